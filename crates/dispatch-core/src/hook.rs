@@ -1,0 +1,124 @@
+//! Lifecycle hooks: observe what happens to jobs without being on their path.
+//!
+//! The runtime delivers events to hooks from a task of its own, in order, after the store has
+//! recorded the transition; a slow hook delays other hooks, never claiming or finishing, and a
+//! panicking hook is caught and logged. Events are `#[non_exhaustive]`: workflow, cron and
+//! cluster events join later.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::id::{DlqId, JobId};
+use crate::job::Failure;
+use crate::scope::Scope;
+use crate::time::Timestamp;
+
+/// The job an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobInfo {
+    /// Its ID.
+    pub id: JobId,
+    /// The job name.
+    pub name: String,
+    /// The queue.
+    pub queue: String,
+    /// Tenant scope.
+    pub scope: Scope,
+}
+
+/// Something that happened to a job, or to the runtime.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A job was stored (or found stored, when `duplicate`).
+    JobEnqueued {
+        /// The job.
+        job: JobInfo,
+        /// Whether an existing job held its unique key.
+        duplicate: bool,
+    },
+    /// An attempt started.
+    JobStarted {
+        /// The job.
+        job: JobInfo,
+        /// The attempt (1-based).
+        attempt: u32,
+    },
+    /// The job completed.
+    JobCompleted {
+        /// The job.
+        job: JobInfo,
+        /// The attempt that succeeded.
+        attempt: u32,
+        /// How long that attempt ran.
+        elapsed: Duration,
+    },
+    /// An attempt failed and the job will run again after `delay`.
+    JobRetrying {
+        /// The job.
+        job: JobInfo,
+        /// The attempt that failed.
+        attempt: u32,
+        /// Why.
+        failure: Failure,
+        /// The backoff before the next attempt.
+        delay: Duration,
+    },
+    /// The job failed for good (it is promoted to the DLQ next).
+    JobFailed {
+        /// The job.
+        job: JobInfo,
+        /// The last attempt.
+        attempt: u32,
+        /// Why.
+        failure: Failure,
+    },
+    /// The job is dead and its DLQ entry exists.
+    JobPromoted {
+        /// The job.
+        job: JobInfo,
+        /// The DLQ entry.
+        dlq_id: DlqId,
+    },
+    /// The job was cancelled while running.
+    JobCancelled {
+        /// The job.
+        job: JobInfo,
+        /// The attempt that was running.
+        attempt: u32,
+    },
+    /// The job was snoozed until `until`.
+    JobSnoozed {
+        /// The job.
+        job: JobInfo,
+        /// When it runs again.
+        until: Timestamp,
+    },
+    /// A worker stopped.
+    Shutdown,
+}
+
+impl Event {
+    /// The job the event is about, if any.
+    pub fn job(&self) -> Option<&JobInfo> {
+        match self {
+            Self::JobEnqueued { job, .. }
+            | Self::JobStarted { job, .. }
+            | Self::JobCompleted { job, .. }
+            | Self::JobRetrying { job, .. }
+            | Self::JobFailed { job, .. }
+            | Self::JobPromoted { job, .. }
+            | Self::JobCancelled { job, .. }
+            | Self::JobSnoozed { job, .. } => Some(job),
+            Self::Shutdown => None,
+        }
+    }
+}
+
+/// Receives lifecycle events. Implement the one method; match the events you care about.
+#[async_trait]
+pub trait Hook: Send + Sync + 'static {
+    /// Called once per event, in order, off the job's path.
+    async fn on_event(&self, event: &Event);
+}

@@ -1,0 +1,46 @@
+//! The core of Dispatch: IDs, records, store traits, errors, clock, payload codec, backoff and
+//! hook types. Every other Dispatch crate depends on it.
+//!
+//! Depend on it directly when you write a store (implement [`JobStore`] and [`DlqStore`], then
+//! run `dispatch-store-tests`) or integrate Dispatch into a framework. Applications use the
+//! `dispatch` crate instead. This crate runs nothing: no worker loop, no SQL, no spawned tasks.
+//!
+//! Key types: [`JobStore`], [`DlqStore`], [`Store`], [`Job`], [`NewJob`], [`Lease`], [`Error`],
+//! [`Clock`], [`Backoff`], [`Hook`].
+
+pub mod backoff;
+pub mod codec;
+pub mod dlq;
+pub mod error;
+pub mod hook;
+pub mod id;
+pub mod job;
+pub mod page;
+pub mod scope;
+pub mod store;
+pub mod time;
+
+#[doc(inline)]
+pub use backoff::Backoff;
+#[doc(inline)]
+pub use dlq::{DlqEntry, DlqFilter, DlqPurge, DlqStore, Replay};
+#[doc(inline)]
+pub use error::{Error, ErrorKind, Result};
+#[doc(inline)]
+pub use hook::{Event, Hook, JobInfo};
+#[doc(inline)]
+pub use id::{CronId, DlqId, EventId, JobId, RunId, WorkerId};
+#[doc(inline)]
+pub use job::{
+    AttemptError, CancelResult, Capabilities, ClaimRequest, ClaimedJob, Enqueued, Failure,
+    FailureKind, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobState, JobStore, Lease,
+    LeaseRef, LeaseToken, NewJob, Outcome, QueueCount, RescueReport, RunAt, UniqueKey,
+};
+#[doc(inline)]
+pub use page::{Page, PageRequest};
+#[doc(inline)]
+pub use scope::Scope;
+#[doc(inline)]
+pub use store::{DynStore, Store};
+#[doc(inline)]
+pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
