@@ -1,0 +1,2 @@
+//! Runs the conformance suite on the memory store (placeholder).
+fn main() {}
