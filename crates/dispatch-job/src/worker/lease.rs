@@ -1,0 +1,110 @@
+//! Keeping leases alive and reclaiming the expired ones.
+//!
+//! Heartbeat: one store call per interval renews every lease the worker holds, whatever their
+//! number; the report tells which handlers lost their lease (their futures are dropped) and
+//! which have a cancel request (their tokens fire). Rescue: every worker periodically reclaims
+//! expired leases of any worker; the store does it atomically, so concurrent rescuers are safe.
+
+use std::sync::Arc;
+
+use dispatch_core::{Event, Failure, FailureKind, JobId, JobInfo, LeaseRef};
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use crate::context::CancelReason;
+
+const RESCUE_BATCH: usize = 1000;
+
+pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, halt: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = halt.cancelled() => return,
+            _ = tick.tick() => heartbeat(&shared).await,
+        }
+    }
+}
+
+async fn heartbeat(shared: &Shared) {
+    let leases: Vec<LeaseRef> = shared.running.lock().values().map(|f| f.lease).collect();
+    if leases.is_empty() {
+        return;
+    }
+    let ttl = shared.config.lease_ttl;
+    let call = tokio::time::timeout(shared.config.store_timeout, shared.store.heartbeat(&leases, ttl));
+    let report = match call.await {
+        Ok(Ok(report)) => report,
+        Ok(Err(error)) => return tracing::warn!(%error, "heartbeat failed"),
+        Err(_) => return tracing::warn!("heartbeat timed out"),
+    };
+    let running = shared.running.lock();
+    for id in &report.lost {
+        if let Some(in_flight) = running.get(id) {
+            tracing::warn!(job.id = %id, "lease lost; dropping the attempt");
+            in_flight.cancel.cancel(CancelReason::LeaseLost);
+            in_flight.abort.cancel();
+        }
+    }
+    for id in &report.cancel_requested {
+        if let Some(in_flight) = running.get(id) {
+            in_flight.cancel.cancel(CancelReason::CancelRequested);
+        }
+    }
+}
+
+pub(crate) async fn rescue_loop(shared: Arc<Shared>, halt: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.rescue_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = halt.cancelled() => return,
+            _ = tick.tick() => rescue(&shared).await,
+        }
+    }
+}
+
+async fn rescue(shared: &Shared) {
+    loop {
+        let call = tokio::time::timeout(shared.config.store_timeout, shared.store.rescue_expired(RESCUE_BATCH));
+        let report = match call.await {
+            Ok(Ok(report)) => report,
+            Ok(Err(error)) => return tracing::warn!(%error, "rescue failed"),
+            Err(_) => return tracing::warn!("rescue timed out"),
+        };
+        let total = report.rescued.len() + report.promoted.len() + report.cancelled.len();
+        if !report.rescued.is_empty() {
+            tracing::info!(count = report.rescued.len(), "rescued jobs with expired leases");
+            shared.wake.notify_one();
+        }
+        if shared.hooks.is_enabled() {
+            emit_rescue_hooks(shared, &report.promoted, &report.cancelled).await;
+        }
+        if total < RESCUE_BATCH {
+            return;
+        }
+    }
+}
+
+async fn emit_rescue_hooks(shared: &Shared, promoted: &[(JobId, dispatch_core::DlqId)], cancelled: &[JobId]) {
+    for &(id, dlq_id) in promoted {
+        if let Some((job, attempt)) = job_info(shared, id).await {
+            let failure = Failure::new(FailureKind::LeaseExpired, "lease expired on the last attempt");
+            let failed = job.clone();
+            shared.hooks.emit(|| Event::JobFailed { job: failed, attempt, failure });
+            shared.hooks.emit(|| Event::JobPromoted { job, dlq_id });
+        }
+    }
+    for &id in cancelled {
+        if let Some((job, attempt)) = job_info(shared, id).await {
+            shared.hooks.emit(|| Event::JobCancelled { job, attempt });
+        }
+    }
+}
+
+/// The job's identity and its last attempt, read back for a hook.
+async fn job_info(shared: &Shared, id: JobId) -> Option<(JobInfo, u32)> {
+    let job = shared.store.get_job(id).await.ok()??;
+    Some((JobInfo { id, name: job.name, queue: job.queue, scope: job.scope }, job.attempt))
+}

@@ -1,0 +1,343 @@
+//! The worker pool: claims jobs, runs them through the handler stack, keeps their leases alive,
+//! finishes them in batches, and shuts down without losing any.
+//!
+//! # Shutdown
+//!
+//! [`WorkerHandle::stop`] stops claiming, then lets in-flight attempts run for up to the
+//! shutdown timeout. Attempts still running then get their cancel token fired with reason
+//! [`CancelReason::Shutdown`](crate::CancelReason::Shutdown), their futures are dropped, and
+//! their leases are released in one store call: the jobs are available at once to any other
+//! worker, with their attempts given back. Nothing waits for a lease to expire.
+
+mod config;
+mod finisher;
+mod lease;
+mod run;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use dispatch_core::{DynStore, Event, Hook, JobId, LeaseRef, Result, WorkerId};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service};
+
+pub use config::WorkerConfig;
+
+use crate::client::JobClient;
+use crate::context::CancelReason;
+use crate::definition::{JobDefinition, JobInput};
+use crate::error::JobError;
+use crate::hooks::HookBus;
+use crate::layer::{RecoverLayer, ScopeLayer, TimeoutLayer, TraceLayer};
+use crate::registry::Registry;
+use crate::service::{HandlerService, JobRequest, JobService};
+use finisher::FinishRequest;
+use run::InFlight;
+
+type LayerFn = Box<dyn Fn(JobService) -> JobService + Send + Sync>;
+
+/// State shared by a worker's tasks.
+pub(crate) struct Shared {
+    pub(crate) id: WorkerId,
+    pub(crate) store: DynStore,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) service: JobService,
+    pub(crate) config: WorkerConfig,
+    pub(crate) queues: Vec<String>,
+    pub(crate) hooks: HookBus,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) running: Mutex<HashMap<JobId, InFlight>>,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) finisher: mpsc::Sender<FinishRequest>,
+    pub(crate) tracker: TaskTracker,
+}
+
+/// Configures a [`Worker`]: handlers, settings, layers and hooks.
+pub struct WorkerBuilder {
+    store: DynStore,
+    registry: Registry,
+    config: WorkerConfig,
+    layers: Vec<LayerFn>,
+    hooks: Vec<Arc<dyn Hook>>,
+}
+
+impl WorkerBuilder {
+    /// Run jobs of `definition`.
+    pub fn register<I: JobInput>(mut self, definition: JobDefinition<I>) -> Self {
+        self.registry.register(definition);
+        self
+    }
+
+    /// Replace all settings.
+    pub fn config(mut self, config: WorkerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Change settings in place.
+    pub fn configure(mut self, change: impl FnOnce(&mut WorkerConfig)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    /// Most attempts running at once.
+    pub fn concurrency(self, concurrency: usize) -> Self {
+        self.configure(|c| c.concurrency = concurrency)
+    }
+
+    /// Claim from these queues only.
+    pub fn queues<S: Into<String>>(self, queues: impl IntoIterator<Item = S>) -> Self {
+        let queues = queues.into_iter().map(Into::into).collect();
+        self.configure(|c| c.queues = Some(queues))
+    }
+
+    /// How long in-flight attempts may run after stop is asked.
+    pub fn shutdown_timeout(self, timeout: std::time::Duration) -> Self {
+        self.configure(|c| c.shutdown_timeout = timeout)
+    }
+
+    /// Add a tower layer around the handler, inside the built-in layers. The first layer added
+    /// is the outermost of the user layers.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<JobService> + Send + Sync + 'static,
+        L::Service: Service<JobRequest, Response = (), Error = JobError> + Clone + Send + Sync + 'static,
+        <L::Service as Service<JobRequest>>::Future: Send + 'static,
+    {
+        self.layers.push(Box::new(move |inner| BoxCloneSyncService::new(layer.layer(inner))));
+        self
+    }
+
+    /// Deliver lifecycle events to `hook`.
+    pub fn hook(mut self, hook: impl Hook) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Deliver lifecycle events to a shared hook.
+    pub fn shared_hook(mut self, hook: Arc<dyn Hook>) -> Self {
+        self.hooks.push(hook);
+        self
+    }
+
+    /// Check the settings and build the worker. Must be called inside a tokio runtime when hooks
+    /// are registered (their delivery task starts here, so enqueue hooks fire before start).
+    pub fn build(self) -> Result<Worker> {
+        self.config.validate()?;
+        let registry = Arc::new(self.registry);
+        let service = build_stack(&registry, &self.layers);
+        let queues = self.config.queues.clone().unwrap_or_else(|| default_queues(&registry));
+        let hooks = if self.hooks.is_empty() || tokio::runtime::Handle::try_current().is_ok() {
+            HookBus::new(self.hooks)
+        } else {
+            return Err(dispatch_core::Error::invalid_input(
+                "a worker with hooks must be built inside a tokio runtime",
+            ));
+        };
+        let capacity = self.config.concurrency.max(self.config.finish_batch) * 2;
+        let (finisher, finish_rx) = mpsc::channel(capacity);
+        let shared = Arc::new(Shared {
+            id: WorkerId::new(),
+            store: self.store,
+            registry,
+            service,
+            slots: Arc::new(Semaphore::new(self.config.concurrency)),
+            config: self.config,
+            queues,
+            hooks,
+            wake: Arc::new(Notify::new()),
+            running: Mutex::new(HashMap::new()),
+            finisher,
+            tracker: TaskTracker::new(),
+        });
+        Ok(Worker { shared, finish_rx })
+    }
+}
+
+fn build_stack(registry: &Arc<Registry>, layers: &[LayerFn]) -> JobService {
+    let mut service = JobService::new(HandlerService::new(registry.clone()));
+    for layer in layers.iter().rev() {
+        service = layer(service);
+    }
+    let builtin = tower::ServiceBuilder::new()
+        .layer(RecoverLayer)
+        .layer(TraceLayer)
+        .layer(ScopeLayer)
+        .layer(TimeoutLayer)
+        .service(service);
+    BoxCloneSyncService::new(builtin)
+}
+
+fn default_queues(registry: &Registry) -> Vec<String> {
+    let mut queues = registry.default_queues();
+    queues.push(dispatch_core::job::DEFAULT_QUEUE.to_owned());
+    queues.sort();
+    queues.dedup();
+    queues
+}
+
+/// A configured worker, not yet running.
+pub struct Worker {
+    shared: Arc<Shared>,
+    finish_rx: mpsc::Receiver<FinishRequest>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.shared.id).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Start configuring a worker over `store`.
+    pub fn builder(store: DynStore) -> WorkerBuilder {
+        WorkerBuilder {
+            store,
+            registry: Registry::new(),
+            config: WorkerConfig::default(),
+            layers: Vec::new(),
+            hooks: Vec::new(),
+        }
+    }
+
+    /// This worker's ID (the owner of its leases).
+    pub fn id(&self) -> WorkerId {
+        self.shared.id
+    }
+
+    /// A client whose enqueues wake this worker and fire its hooks.
+    pub fn client(&self) -> JobClient {
+        client_of(&self.shared)
+    }
+
+    /// Start claiming and running jobs (inside a tokio runtime).
+    pub fn start(self) -> WorkerHandle {
+        let shared = self.shared;
+        let stop = CancellationToken::new();
+        let halt = CancellationToken::new();
+        let finisher = tokio::spawn(finisher::run(
+            shared.store.clone(),
+            self.finish_rx,
+            shared.config.finish_batch,
+            shared.config.store_timeout,
+            halt.clone(),
+        ));
+        let fetch = tokio::spawn(run::fetch_loop(shared.clone(), stop.clone()));
+        let background = vec![
+            tokio::spawn(lease::heartbeat_loop(shared.clone(), halt.clone())),
+            tokio::spawn(lease::rescue_loop(shared.clone(), halt.clone())),
+        ];
+        WorkerHandle { shared, stop, halt, fetch, background, finisher }
+    }
+}
+
+fn client_of(shared: &Shared) -> JobClient {
+    JobClient::with_parts(shared.store.clone(), shared.wake.clone(), shared.hooks.clone())
+}
+
+/// A running worker. Dropping it without [`stop`](Self::stop) leaves its tasks running until the
+/// runtime ends; call `stop` for a graceful shutdown.
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    halt: CancellationToken,
+    fetch: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    finisher: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerHandle").field("id", &self.shared.id).finish_non_exhaustive()
+    }
+}
+
+/// What a shutdown did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Attempts that were still running at the shutdown timeout and were cancelled.
+    pub cancelled: usize,
+    /// Of those, the leases released back to the store.
+    pub released: usize,
+}
+
+impl WorkerHandle {
+    /// This worker's ID.
+    pub fn id(&self) -> WorkerId {
+        self.shared.id
+    }
+
+    /// A client whose enqueues wake this worker and fire its hooks.
+    pub fn client(&self) -> JobClient {
+        client_of(&self.shared)
+    }
+
+    /// How many attempts are running now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.running.lock().len()
+    }
+
+    /// Stop gracefully: see the [module docs](self).
+    pub async fn stop(self) -> ShutdownReport {
+        self.stop.cancel();
+        let _ = self.fetch.await;
+        let shared = &self.shared;
+        shared.tracker.close();
+        let timeout = shared.config.shutdown_timeout;
+        let mut report = ShutdownReport::default();
+        if tokio::time::timeout(timeout, shared.tracker.wait()).await.is_err() {
+            let leases = cancel_in_flight(shared);
+            report.cancelled = leases.len();
+            shared.tracker.wait().await;
+            report.released = release(shared, &leases).await;
+        }
+        self.halt.cancel();
+        for task in self.background {
+            let _ = task.await;
+        }
+        let _ = self.finisher.await;
+        shared.hooks.emit(|| Event::Shutdown);
+        shared.hooks.flush().await;
+        report
+    }
+}
+
+/// Fire every in-flight attempt's token with reason shutdown and drop its future; returns
+/// their leases.
+fn cancel_in_flight(shared: &Shared) -> Vec<LeaseRef> {
+    let running = shared.running.lock();
+    running
+        .values()
+        .map(|in_flight| {
+            in_flight.cancel.cancel(CancelReason::Shutdown);
+            in_flight.abort.cancel();
+            in_flight.lease
+        })
+        .collect()
+}
+
+async fn release(shared: &Shared, leases: &[LeaseRef]) -> usize {
+    if leases.is_empty() {
+        return 0;
+    }
+    let call = tokio::time::timeout(shared.config.store_timeout, shared.store.release(leases));
+    match call.await {
+        Ok(Ok(results)) => results
+            .iter()
+            .filter(|r| matches!(r, dispatch_core::FinishResult::Applied { .. }))
+            .count(),
+        Ok(Err(error)) => {
+            tracing::error!(%error, "releasing leases at shutdown failed; they will expire");
+            0
+        }
+        Err(_) => {
+            tracing::error!("releasing leases at shutdown timed out; they will expire");
+            0
+        }
+    }
+}

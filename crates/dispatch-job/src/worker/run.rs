@@ -1,0 +1,227 @@
+//! The fetch loop and the life of one attempt.
+//!
+//! One fetch loop per worker: it waits for free slots, claims as many jobs as there are free
+//! slots in one store call, and spawns one task per job. A full batch means more work is waiting,
+//! so it claims again at once; a short one means the queues are drained, so it sleeps until a
+//! wake-up (a local enqueue) or the poll interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::{
+    Backoff, ClaimRequest, ClaimedJob, Event, Finish, FinishResult, JobInfo, JobState, LeaseRef,
+    Outcome, RunAt,
+};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::Shared;
+use super::finisher::FinishRequest;
+use crate::context::{CancelReason, CancelToken, JobContext};
+use crate::error::{Action, JobError, JobResult};
+use crate::service::JobRequest;
+
+/// What the worker tracks about an attempt in flight.
+pub(crate) struct InFlight {
+    pub(crate) lease: LeaseRef,
+    pub(crate) cancel: CancelToken,
+    /// Fired to drop the handler's future: its lease is lost, or shutdown ran out of time.
+    pub(crate) abort: CancellationToken,
+}
+
+pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut request = ClaimRequest {
+        worker: shared.id,
+        queues: shared.queues.clone(),
+        names: shared.registry.names(),
+        limit: 0,
+        lease_ttl: shared.config.lease_ttl,
+    };
+    let mut error_delay = shared.config.poll_interval.min(Duration::from_millis(100));
+    loop {
+        let mut permits = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            permit = shared.slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_closed) => return,
+            },
+        };
+        let free = shared.slots.available_permits();
+        if let Ok(more) = shared.slots.clone().try_acquire_many_owned(free as u32) {
+            permits.merge(more);
+        }
+        request.limit = permits.num_permits();
+        let claim = tokio::time::timeout(shared.config.store_timeout, shared.store.claim(&request));
+        let claimed = match claim.await {
+            Ok(Ok(jobs)) => jobs,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "claim failed; backing off");
+                drop(permits);
+                if sleep_or_stop(error_delay, &stop).await {
+                    return;
+                }
+                error_delay = (error_delay * 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(_elapsed) => {
+                tracing::warn!("claim timed out; backing off");
+                drop(permits);
+                if sleep_or_stop(error_delay, &stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        error_delay = shared.config.poll_interval.min(Duration::from_millis(100));
+        let full = claimed.len() == request.limit;
+        for job in claimed {
+            let Some(permit) = permits.split(1) else { break };
+            let task = run_job(shared.clone(), job, permit);
+            shared.tracker.spawn(task);
+        }
+        drop(permits);
+        if !full {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = shared.wake.notified() => {}
+                _ = tokio::time::sleep(shared.config.poll_interval) => {}
+            }
+        }
+    }
+}
+
+/// Sleep for `delay`; true when stop was asked meanwhile.
+async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(delay) => false,
+    }
+}
+
+async fn run_job(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let ClaimedJob { job, lease } = claimed;
+    let lease = LeaseRef { job_id: job.id, token: lease.token };
+    let cancel = CancelToken::new();
+    let abort = CancellationToken::new();
+    let in_flight = InFlight { lease, cancel: cancel.clone(), abort: abort.clone() };
+    shared.running.lock().insert(job.id, in_flight);
+
+    let info = shared.hooks.is_enabled().then(|| JobInfo {
+        id: job.id,
+        name: job.name.clone(),
+        queue: job.queue.clone(),
+        scope: job.scope.clone(),
+    });
+    let attempt = job.attempt;
+    if let Some(info) = &info {
+        shared.hooks.emit(|| Event::JobStarted { job: info.clone(), attempt });
+    }
+    let backoff = shared.registry.get(&job.name).map(|j| j.backoff()).unwrap_or_default();
+    let ctx = JobContext {
+        id: job.id,
+        name: job.name.into(),
+        queue: job.queue.into(),
+        attempt,
+        max_attempts: job.max_attempts,
+        timeout: job.timeout,
+        scope: job.scope,
+        cancel: cancel.clone(),
+    };
+    let started = tokio::time::Instant::now();
+    let call = shared.service.clone().oneshot(JobRequest { ctx, payload: job.payload });
+    let result = tokio::select! {
+        biased;
+        _ = abort.cancelled() => None,
+        result = call => Some(result),
+    };
+    let elapsed = started.elapsed();
+    drop(permit);
+    let Some(result) = result else {
+        // Lease lost (nothing we write would be accepted) or shutdown (stop releases the lease).
+        shared.running.lock().remove(&lease.job_id);
+        return;
+    };
+
+    let outcome = decide(result, &cancel, attempt, backoff);
+    let for_hooks = info.map(|info| (info, outcome.clone()));
+    let finished = finish(&shared, Finish { lease, outcome }).await;
+    shared.running.lock().remove(&lease.job_id);
+    match finished {
+        Ok(result) => {
+            if let Some((info, outcome)) = for_hooks {
+                emit_finished(&shared, info, attempt, elapsed, &outcome, result);
+            }
+        }
+        Err(error) => tracing::error!(job.id = %lease.job_id, %error, "could not record the attempt"),
+    }
+}
+
+async fn finish(shared: &Shared, finish: Finish) -> dispatch_core::Result<FinishResult> {
+    let (reply, answer) = oneshot::channel();
+    let gone = || dispatch_core::Error::unavailable("the worker's finisher has stopped");
+    shared.finisher.send(FinishRequest { finish, reply }).await.map_err(|_| gone())?;
+    answer.await.map_err(|_| gone())?
+}
+
+/// How an attempt's result becomes a store outcome.
+fn decide(result: JobResult, cancel: &CancelToken, attempt: u32, backoff: Backoff) -> Outcome {
+    let error: JobError = match result {
+        Ok(()) => return Outcome::Complete,
+        Err(error) => error,
+    };
+    if cancel.reason() == Some(CancelReason::CancelRequested) {
+        return Outcome::Cancel;
+    }
+    match error.action() {
+        Action::Snooze(delay) => Outcome::Snooze { run_at: RunAt::After(delay) },
+        Action::Permanent => Outcome::Fail { failure: error.to_failure() },
+        Action::Retry(after) => {
+            let delay = after.unwrap_or_else(|| backoff.delay(attempt));
+            Outcome::Retry { failure: error.to_failure(), run_at: RunAt::After(delay) }
+        }
+    }
+}
+
+fn emit_finished(
+    shared: &Shared,
+    job: JobInfo,
+    attempt: u32,
+    elapsed: Duration,
+    outcome: &Outcome,
+    result: FinishResult,
+) {
+    let FinishResult::Applied { state, dlq_id } = result else {
+        tracing::debug!(job.id = %job.id, ?result, "finish not applied; no hooks");
+        return;
+    };
+    let hooks = &shared.hooks;
+    match (state, outcome) {
+        (JobState::Completed, _) => hooks.emit(|| Event::JobCompleted { job, attempt, elapsed }),
+        (JobState::Cancelled, _) => hooks.emit(|| Event::JobCancelled { job, attempt }),
+        (JobState::Available, Outcome::Retry { failure, run_at }) => {
+            let delay = relative(*run_at);
+            hooks.emit(|| Event::JobRetrying { job, attempt, failure: failure.clone(), delay });
+        }
+        (JobState::Available, Outcome::Snooze { run_at }) => {
+            hooks.emit(|| Event::JobSnoozed { job, delay: relative(*run_at) });
+        }
+        (JobState::Dead, Outcome::Retry { failure, .. } | Outcome::Fail { failure }) => {
+            let failed = job.clone();
+            hooks.emit(|| Event::JobFailed { job: failed, attempt, failure: failure.clone() });
+            if let Some(dlq_id) = dlq_id {
+                hooks.emit(|| Event::JobPromoted { job, dlq_id });
+            }
+        }
+        _ => tracing::debug!(job.id = %job.id, ?state, "no hook for this transition"),
+    }
+}
+
+fn relative(run_at: RunAt) -> Duration {
+    match run_at {
+        RunAt::After(delay) => delay,
+        RunAt::Now | RunAt::At(_) => Duration::ZERO,
+    }
+}

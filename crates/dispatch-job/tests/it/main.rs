@@ -1,0 +1,10 @@
+//! Runtime tests of `dispatch-job` on the memory store, through the public API.
+//!
+//! Tests run on tokio's paused clock: timers (poll, heartbeat, backoff, timeouts) advance
+//! instantly when every task is idle, so waits are deterministic and take no real time. The
+//! store reads a manual clock, so leases expire only when a test says so.
+
+mod control;
+mod lifecycle;
+mod pool;
+mod support;

@@ -1,0 +1,116 @@
+//! The pool: concurrency, one claim per fetch sized to free slots, one heartbeat per interval,
+//! the claim filter.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dispatch_core::{JobState, JobStore, NewJob};
+use dispatch_job::{JobContext, JobDefinition};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use crate::support::{CountingStore, eventually, store, worker};
+
+#[tokio::test(start_paused = true)]
+async fn a_thousand_jobs_at_concurrency_16_run_once_each_never_more_than_16_at_once() {
+    let store = store();
+    let runs: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (log, current, max) = (runs.clone(), now.clone(), peak.clone());
+    let work = JobDefinition::new("work", move |_ctx: JobContext, n: u32| {
+        let (log, current, max) = (log.clone(), current.clone(), max.clone());
+        async move {
+            let in_flight = current.fetch_add(1, Ordering::SeqCst) + 1;
+            max.fetch_max(in_flight, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            *log.lock().entry(n).or_default() += 1;
+            current.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        }
+    });
+    let handle = worker(store.clone()).register(work.clone()).concurrency(16).build().unwrap().start();
+    handle.client().enqueue_many(&work, 0..1000, Default::default()).await.unwrap();
+    eventually("1,000 runs", Duration::from_secs(600), || async {
+        (runs.lock().len() == 1000).then_some(())
+    })
+    .await;
+    handle.stop().await;
+    assert!(runs.lock().values().all(|&count| count == 1), "each job ran exactly once");
+    assert_eq!(peak.load(Ordering::SeqCst), 16, "the pool fills its slots and never exceeds them");
+    let counts = store.count_jobs().await.unwrap();
+    assert_eq!(counts.len(), 1);
+    assert_eq!((counts[0].state, counts[0].count), (JobState::Completed, 1000));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_claim_per_fetch_sized_to_free_slots_and_one_heartbeat_per_interval() {
+    let counting = CountingStore::new(store());
+    let gate = Arc::new(Semaphore::new(0));
+    let held = gate.clone();
+    let blocked = JobDefinition::new("blocked", move |_ctx: JobContext, _: u32| {
+        let held = held.clone();
+        async move {
+            let _permit = held.acquire().await;
+            Ok(())
+        }
+    });
+    let heartbeat = Duration::from_millis(100);
+    let handle = worker(counting.clone())
+        .register(blocked.clone())
+        .concurrency(8)
+        .configure(move |c| c.heartbeat_interval = heartbeat)
+        .build()
+        .unwrap()
+        .start();
+    handle.client().enqueue_many(&blocked, 0..20, Default::default()).await.unwrap();
+    eventually("8 in flight", Duration::from_secs(5), || async { (handle.in_flight() == 8).then_some(()) }).await;
+
+    // All slots busy: no claim call while nothing frees up, one heartbeat per interval for all 8.
+    let claims_before = counting.claim_limits.lock().len();
+    let heartbeats_before = counting.heartbeats.lock().len();
+    tokio::time::sleep(heartbeat * 10).await;
+    assert_eq!(counting.claim_limits.lock().len(), claims_before, "no claim without a free slot");
+    let heartbeats = counting.heartbeats.lock()[heartbeats_before..].to_vec();
+    assert!((9..=11).contains(&heartbeats.len()), "{} heartbeat calls in 10 intervals", heartbeats.len());
+    assert!(heartbeats.iter().all(|&leases| leases == 8), "one call carries all leases: {heartbeats:?}");
+
+    // Free 3 slots at once: the next claim asks for exactly 3.
+    gate.add_permits(3);
+    eventually("a refill", Duration::from_secs(5), || async {
+        (counting.claim_limits.lock().len() > claims_before).then_some(())
+    })
+    .await;
+    let limits = counting.claim_limits.lock().clone();
+    assert_eq!(limits[0], 8, "the first claim asks for every free slot");
+    assert_eq!(limits[claims_before], 3, "a claim asks for the free slots: {limits:?}");
+    gate.add_permits(100);
+    eventually("all done", Duration::from_secs(5), || async {
+        let counts = counting.count_jobs().await.unwrap();
+        (counts.iter().all(|c| c.state == JobState::Completed)).then_some(())
+    })
+    .await;
+    handle.stop().await;
+    assert!(counting.claim_limits.lock().iter().all(|&l| (1..=8).contains(&l)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_without_a_handler_here_is_never_claimed_and_stays_available() {
+    let store = store();
+    let noop = JobDefinition::new("noop", |_ctx: JobContext, _: ()| async { Ok(()) });
+    let handle = worker(store.clone()).register(noop.clone()).build().unwrap().start();
+    let client = handle.client();
+    let foreign = client.enqueue_jobs(vec![NewJob::new("elsewhere", b"null".to_vec())]).await.unwrap()[0].id();
+    let mine = client.enqueue(&noop, ()).await.unwrap().id();
+    eventually("the registered job", Duration::from_secs(5), || async {
+        let job = store.get_job(mine).await.unwrap()?;
+        (job.state == JobState::Completed).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    handle.stop().await;
+    let job = store.get_job(foreign).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Available, 0));
+}

@@ -1,0 +1,38 @@
+//! Dispatch: durable background jobs for Rust, as a library.
+//!
+//! This umbrella crate wires the pieces together with [`Dispatcher::builder`] and re-exports
+//! them. It owns no logic beyond that composition; an application that wants fewer crates can
+//! depend on `dispatch-job` and a store crate directly.
+//!
+//! | feature  | default | what it adds |
+//! |----------|---------|--------------|
+//! | `memory` | yes     | [`MemoryStore`], the in-process store (`dispatch-store-memory`) |
+//!
+//! Start with the [`prelude`].
+
+mod dispatcher;
+
+pub use dispatch_core as core;
+pub use dispatch_job as job;
+#[cfg(feature = "memory")]
+pub use dispatch_store_memory as memory;
+
+#[doc(inline)]
+pub use dispatch_core::{Error, ErrorKind, Result};
+#[doc(inline)]
+pub use dispatcher::{Dispatcher, DispatcherBuilder};
+#[doc(inline)]
+#[cfg(feature = "memory")]
+pub use dispatch_store_memory::MemoryStore;
+
+/// The names most applications use.
+pub mod prelude {
+    pub use crate::{Dispatcher, Error, ErrorKind, Result};
+    pub use dispatch_core::{Backoff, Event, Hook, JobId, JobState, Scope};
+    pub use dispatch_job::{
+        CancelReason, EnqueueOptions, JobContext, JobDefinition, JobError, JobResult,
+    };
+
+    #[cfg(feature = "memory")]
+    pub use dispatch_store_memory::MemoryStore;
+}
