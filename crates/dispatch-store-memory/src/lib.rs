@@ -1,1 +1,147 @@
-//! In-process store (placeholder).
+//! The in-process Dispatch store: every store contract, kept in memory.
+//!
+//! Use it for tests, demos and single-process tools, and as the reference the other stores are
+//! compared against: it passes the whole `dispatch-store-tests` suite. It is not durable: what
+//! it holds is gone when the process ends. All state sits behind one mutex that is never held
+//! across an `.await`, so every call is atomic, as the contracts require of a transaction.
+//!
+//! ```
+//! use dispatch_store_memory::MemoryStore;
+//! let store = MemoryStore::new();
+//! # let _ = store;
+//! ```
+
+mod dlq;
+mod index;
+mod job;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
+use dispatch_core::{
+    DlqEntry, DlqId, Job, JobId, JobState, LeaseToken, SharedClock, SystemClock, Timestamp,
+};
+use parking_lot::Mutex;
+
+use index::AvailableIndex;
+
+/// The in-process store. Cheap to clone: clones share the same jobs.
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    clock: SharedClock,
+    max_payload_bytes: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An empty store reading time from `clock` (tests inject a manual clock).
+    pub fn with_clock(clock: SharedClock) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            clock,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    /// Reject payloads larger than `bytes` (default 1 MiB).
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+}
+
+/// One stored job and the bookkeeping around it.
+#[derive(Debug)]
+struct Row {
+    job: Job,
+    /// Enqueue order, for FIFO within a priority.
+    seq: u64,
+    /// The token of the last finish applied, to answer a repeated finish with "already applied".
+    last_finish: Option<LeaseToken>,
+    /// When a unique window was given: the key stays held until then.
+    unique_until: Option<Timestamp>,
+}
+
+impl Row {
+    fn holds_unique_key(&self, now: Timestamp) -> bool {
+        matches!(self.job.state, JobState::Available | JobState::Running)
+            || self.unique_until.is_some_and(|until| now < until)
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    jobs: BTreeMap<JobId, Row>,
+    available: AvailableIndex,
+    /// Running jobs by lease expiry, for rescue.
+    expiries: BTreeSet<(Timestamp, JobId)>,
+    /// (job name, key) → the job that last took the key.
+    unique: HashMap<(String, String), JobId>,
+    dlq: BTreeMap<DlqId, DlqEntry>,
+    next_seq: u64,
+}
+
+impl State {
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Put a job (already in `jobs`) into the available state at `run_at`.
+    fn make_available(&mut self, id: JobId, run_at: Timestamp) {
+        let Some(row) = self.jobs.get_mut(&id) else { return };
+        row.job.state = JobState::Available;
+        row.job.run_at = run_at;
+        let key = index::key(row.job.priority, run_at, row.seq, id);
+        self.available.insert(&row.job.queue, &row.job.name, key);
+    }
+
+    /// Take a job out of the available index (it is about to change state).
+    fn unindex(&mut self, id: JobId) {
+        let Some(row) = self.jobs.get(&id) else { return };
+        if row.job.state == JobState::Available {
+            let key = index::key(row.job.priority, row.job.run_at, row.seq, id);
+            self.available.remove(&row.job.queue, &row.job.name, &key);
+        }
+    }
+
+    /// Drop a running job's lease and its expiry entry.
+    fn clear_lease(&mut self, id: JobId) {
+        let Some(row) = self.jobs.get_mut(&id) else { return };
+        if let Some(lease) = row.job.lease.take() {
+            self.expiries.remove(&(lease.expires_at, id));
+        }
+        row.job.cancel_requested = false;
+    }
+
+    /// End a job in a final state.
+    fn finalize(&mut self, id: JobId, state: JobState, now: Timestamp) {
+        if let Some(row) = self.jobs.get_mut(&id) {
+            row.job.state = state;
+            row.job.finished_at = Some(now);
+        }
+    }
+
+    /// Make a job dead and write its DLQ entry, in the same step.
+    fn promote(&mut self, id: JobId, now: Timestamp) -> Option<DlqId> {
+        self.finalize(id, JobState::Dead, now);
+        let row = self.jobs.get_mut(&id)?;
+        let entry = DlqEntry::for_job(&row.job, now);
+        let dlq_id = entry.id;
+        row.job.dlq_id = Some(dlq_id);
+        self.dlq.insert(dlq_id, entry);
+        Some(dlq_id)
+    }
+}
