@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use crate::id::{DlqId, JobId};
 use crate::job::Failure;
 use crate::scope::Scope;
-use crate::time::Timestamp;
 
 /// The job an event is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,12 +87,12 @@ pub enum Event {
         /// The attempt that was running.
         attempt: u32,
     },
-    /// The job was snoozed until `until`.
+    /// The job was snoozed: it runs again after `delay`, its attempt given back.
     JobSnoozed {
         /// The job.
         job: JobInfo,
-        /// When it runs again.
-        until: Timestamp,
+        /// How long until it runs again.
+        delay: Duration,
     },
     /// A worker stopped.
     Shutdown,

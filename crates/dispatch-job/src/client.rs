@@ -84,12 +84,13 @@ impl JobClient {
             Vec::new()
         };
         let results = self.store.enqueue(jobs).await?;
-        if results.iter().any(|r| !r.is_duplicate()) {
-            self.wake.notify_one();
-        }
+        // Hooks before the wake-up, so the local worker's "started" rarely overtakes "enqueued".
         for (info, result) in infos.into_iter().zip(&results) {
             let job = JobInfo { id: result.id(), ..info };
             self.hooks.emit(|| Event::JobEnqueued { job, duplicate: result.is_duplicate() });
+        }
+        if results.iter().any(|r| !r.is_duplicate()) {
+            self.wake.notify_one();
         }
         Ok(results)
     }

@@ -1,0 +1,92 @@
+//! A store wrapper that tells when a number of jobs have been durably finished: the drain ends
+//! when the store has applied the last finish, not when the last handler returned.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dispatch::core::{
+    CancelResult, ClaimRequest, ClaimedJob, DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore,
+    DynStore, Enqueued, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobStore,
+    LeaseRef, NewJob, Page, PageRequest, QueueCount, Replay, RescueReport, Result,
+};
+use tokio::sync::Notify;
+
+/// Counts applied finishes and wakes a waiter when `target` is reached.
+pub struct FinishCounter {
+    inner: DynStore,
+    applied: AtomicUsize,
+    target: usize,
+    done: Notify,
+}
+
+impl FinishCounter {
+    /// Wrap `inner`, waiting for `target` applied finishes.
+    pub fn new(inner: DynStore, target: usize) -> Arc<Self> {
+        Arc::new(Self { inner, applied: AtomicUsize::new(0), target, done: Notify::new() })
+    }
+
+    /// Wait until `target` finishes have been applied.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.done.notified();
+            if self.applied.load(Ordering::SeqCst) >= self.target {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[async_trait]
+impl JobStore for FinishCounter {
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        self.inner.enqueue(jobs).await
+    }
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        self.inner.claim(request).await
+    }
+    async fn finish(&self, finishes: Vec<Finish>) -> Result<Vec<FinishResult>> {
+        let results = self.inner.finish(finishes).await?;
+        let applied = results.iter().filter(|r| matches!(r, FinishResult::Applied { .. })).count();
+        if self.applied.fetch_add(applied, Ordering::SeqCst) + applied >= self.target {
+            self.done.notify_waiters();
+        }
+        Ok(results)
+    }
+    async fn heartbeat(&self, leases: &[LeaseRef], ttl: Duration) -> Result<HeartbeatReport> {
+        self.inner.heartbeat(leases, ttl).await
+    }
+    async fn request_cancel(&self, id: JobId) -> Result<CancelResult> {
+        self.inner.request_cancel(id).await
+    }
+    async fn rescue_expired(&self, limit: usize) -> Result<RescueReport> {
+        self.inner.rescue_expired(limit).await
+    }
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        self.inner.get_job(id).await
+    }
+    async fn list_jobs(&self, f: &JobFilter, p: &PageRequest<JobId>) -> Result<Page<Job, JobId>> {
+        self.inner.list_jobs(f, p).await
+    }
+    async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
+        self.inner.count_jobs().await
+    }
+}
+
+#[async_trait]
+impl DlqStore for FinishCounter {
+    async fn list_dlq(&self, f: &DlqFilter, p: &PageRequest<DlqId>) -> Result<Page<DlqEntry, DlqId>> {
+        self.inner.list_dlq(f, p).await
+    }
+    async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {
+        self.inner.get_dlq(id).await
+    }
+    async fn replay_dlq(&self, id: DlqId) -> Result<Replay> {
+        self.inner.replay_dlq(id).await
+    }
+    async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
+        self.inner.purge_dlq(filter).await
+    }
+}

@@ -1,0 +1,65 @@
+//! One benchmark scenario per process, so each reports its own peak RSS.
+//!
+//! `cargo xtask bench` runs this binary (release build) three times per scenario and reports
+//! medians; run it by hand as `dispatch-bench <scenario> --store memory [--jobs N]
+//! [--concurrency C] [--rate R] [--seconds S]`. It prints one JSON object.
+
+mod counting;
+mod scenario;
+
+use std::collections::HashMap;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+/// What a scenario measured.
+#[derive(Debug, Default, Serialize)]
+pub struct Measurement {
+    /// The scenario's name, with its parameters.
+    pub scenario: String,
+    /// The store.
+    pub store: String,
+    /// Jobs per second, for throughput scenarios.
+    pub jobs_per_sec: Option<f64>,
+    /// Median enqueue-to-start latency in microseconds, for the latency scenario.
+    pub p50_us: Option<u64>,
+    /// 99th percentile enqueue-to-start latency in microseconds.
+    pub p99_us: Option<u64>,
+    /// Peak resident memory of the process, in KiB.
+    pub peak_rss_kib: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (scenario, options) = parse(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut measurement = runtime.block_on(scenario::run(&scenario, &options))?;
+    measurement.peak_rss_kib = peak_rss_kib();
+    println!("{}", serde_json::to_string(&measurement)?);
+    Ok(())
+}
+
+/// Scenario options, by name.
+pub type Options = HashMap<String, String>;
+
+fn parse(args: &[String]) -> anyhow::Result<(String, Options)> {
+    let scenario = args.first().context("usage: dispatch-bench <scenario> [--key value]...")?;
+    let mut options = Options::new();
+    let mut rest = args[1..].iter();
+    while let Some(key) = rest.next() {
+        let Some(key) = key.strip_prefix("--") else { bail!("expected --option, got {key}") };
+        let value = rest.next().with_context(|| format!("--{key} needs a value"))?;
+        options.insert(key.to_owned(), value.clone());
+    }
+    Ok((scenario.clone(), options))
+}
+
+/// The process's peak resident set (VmHWM), in KiB; 0 where /proc is missing.
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

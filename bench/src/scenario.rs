@@ -1,0 +1,135 @@
+//! The scenarios: enqueue (single, batch), drain, open-loop latency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use dispatch::core::DynStore;
+use dispatch::job::{EnqueueOptions, JobClient, JobContext, JobDefinition, Worker};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+use crate::counting::FinishCounter;
+use crate::{Measurement, Options};
+
+fn option<T: std::str::FromStr>(options: &Options, key: &str, default: T) -> anyhow::Result<T> {
+    match options.get(key) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| anyhow::anyhow!("--{key}: can not parse {v:?}")),
+    }
+}
+
+fn open_store(name: &str) -> anyhow::Result<DynStore> {
+    match name {
+        "memory" => Ok(Arc::new(dispatch::MemoryStore::new())),
+        other => bail!("unknown store {other:?} (known: memory)"),
+    }
+}
+
+fn noop() -> JobDefinition<u64> {
+    JobDefinition::new("noop", |_ctx: JobContext, _: u64| async { Ok(()) })
+}
+
+/// Run `scenario`.
+pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measurement> {
+    let store_name: String = option(options, "store", "memory".to_owned())?;
+    let store = open_store(&store_name)?;
+    let mut m = match scenario {
+        "enqueue-single" => enqueue_single(store, option(options, "jobs", 20_000)?).await?,
+        "enqueue-batch" => {
+            enqueue_batch(store, option(options, "jobs", 200_000)?, option(options, "batch", 1000)?).await?
+        }
+        "drain" => {
+            drain(store, option(options, "jobs", 100_000)?, option(options, "concurrency", 256)?).await?
+        }
+        "latency" => {
+            let rate: u64 = option(options, "rate", 2000)?;
+            let seconds: u64 = option(options, "seconds", 5)?;
+            latency(store, rate, seconds, option(options, "concurrency", 256)?).await?
+        }
+        other => bail!("unknown scenario {other:?}"),
+    };
+    m.store = store_name;
+    Ok(m)
+}
+
+fn rate(jobs: usize, elapsed: Duration) -> Option<f64> {
+    Some(jobs as f64 / elapsed.as_secs_f64())
+}
+
+async fn enqueue_single(store: DynStore, jobs: usize) -> anyhow::Result<Measurement> {
+    let client = JobClient::new(store);
+    let def = noop();
+    let start = Instant::now();
+    for n in 0..jobs {
+        client.enqueue(&def, n as u64).await?;
+    }
+    let jobs_per_sec = rate(jobs, start.elapsed());
+    Ok(Measurement { scenario: "enqueue-single".into(), jobs_per_sec, ..Default::default() })
+}
+
+async fn enqueue_batch(store: DynStore, jobs: usize, batch: usize) -> anyhow::Result<Measurement> {
+    let client = JobClient::new(store);
+    let def = noop();
+    let start = Instant::now();
+    let mut next = 0u64;
+    while (next as usize) < jobs {
+        let end = (next + batch as u64).min(jobs as u64);
+        client.enqueue_many(&def, next..end, EnqueueOptions::new()).await?;
+        next = end;
+    }
+    let jobs_per_sec = rate(jobs, start.elapsed());
+    let scenario = format!("enqueue-batch-{batch}");
+    Ok(Measurement { scenario, jobs_per_sec, ..Default::default() })
+}
+
+async fn drain(store: DynStore, jobs: usize, concurrency: usize) -> anyhow::Result<Measurement> {
+    let def = noop();
+    let client = JobClient::new(store.clone());
+    for chunk in (0..jobs as u64).collect::<Vec<_>>().chunks(1000) {
+        client.enqueue_many(&def, chunk.iter().copied(), EnqueueOptions::new()).await?;
+    }
+    let counter = FinishCounter::new(store, jobs);
+    let worker = Worker::builder(counter.clone()).register(def).concurrency(concurrency).build()?;
+    let start = Instant::now();
+    let handle = worker.start();
+    tokio::time::timeout(Duration::from_secs(600), counter.wait()).await.context("drain stalled")?;
+    let jobs_per_sec = rate(jobs, start.elapsed());
+    handle.stop().await;
+    let scenario = format!("drain-c{concurrency}");
+    Ok(Measurement { scenario, jobs_per_sec, ..Default::default() })
+}
+
+async fn latency(store: DynStore, per_sec: u64, seconds: u64, concurrency: usize) -> anyhow::Result<Measurement> {
+    let total = (per_sec * seconds) as usize;
+    let base = Instant::now();
+    let samples: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let log = samples.clone();
+    let def = JobDefinition::new("timed", move |_ctx: JobContext, sent_us: u64| {
+        let now_us = base.elapsed().as_micros() as u64;
+        log.lock().push(now_us.saturating_sub(sent_us));
+        async { Ok(()) }
+    });
+    let counter = FinishCounter::new(store, total);
+    let worker = Worker::builder(counter.clone()).register(def.clone()).concurrency(concurrency).build()?;
+    let client = worker.client();
+    let handle = worker.start();
+    let interval = Duration::from_secs_f64(1.0 / per_sec as f64);
+    let start = Instant::now();
+    for n in 0..total {
+        tokio::time::sleep_until(start + interval * n as u32).await;
+        let sent_us = base.elapsed().as_micros() as u64;
+        client.enqueue(&def, sent_us).await?;
+    }
+    tokio::time::timeout(Duration::from_secs(60), counter.wait()).await.context("latency run stalled")?;
+    handle.stop().await;
+    let mut samples = samples.lock().clone();
+    samples.sort_unstable();
+    let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q) as usize).copied();
+    Ok(Measurement {
+        scenario: format!("latency-{per_sec}/s"),
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        ..Default::default()
+    })
+}

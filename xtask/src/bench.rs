@@ -1,0 +1,94 @@
+//! `cargo xtask bench`: every scenario three times, each run in its own process, medians in a
+//! table and in `target/bench/<store>.json`.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+const RUNS: usize = 3;
+
+/// Scenario name and arguments, full size and `--quick` size.
+fn scenarios(quick: bool) -> Vec<Vec<String>> {
+    let (drain_jobs, batch_jobs, single_jobs, seconds) =
+        if quick { ("10000", "20000", "2000", "1") } else { ("100000", "200000", "20000", "5") };
+    let list: Vec<Vec<&str>> = vec![
+        vec!["enqueue-single", "--jobs", single_jobs],
+        vec!["enqueue-batch", "--jobs", batch_jobs, "--batch", "1000"],
+        vec!["drain", "--jobs", drain_jobs, "--concurrency", "1"],
+        vec!["drain", "--jobs", drain_jobs, "--concurrency", "16"],
+        vec!["drain", "--jobs", drain_jobs, "--concurrency", "256"],
+        vec!["latency", "--rate", "2000", "--seconds", seconds, "--concurrency", "256"],
+    ];
+    list.into_iter().map(|s| s.into_iter().map(str::to_owned).collect()).collect()
+}
+
+pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let mut store = "memory".to_owned();
+    let mut quick = false;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--store" => store = rest.next().context("--store needs a value")?.clone(),
+            "--quick" => quick = true,
+            other => bail!("unknown bench option {other}"),
+        }
+    }
+    crate::run("cargo build --release -p dispatch-bench")?;
+    let binary = root.join("target/release/dispatch-bench");
+    let mut results = Vec::new();
+    for scenario in scenarios(quick) {
+        let runs = (0..RUNS)
+            .map(|_| run_once(&binary, &scenario, &store))
+            .collect::<anyhow::Result<Vec<Value>>>()?;
+        results.push(median_of(&runs));
+    }
+    print_table(&store, &results);
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let file = out.join(format!("{store}.json"));
+    std::fs::write(&file, serde_json::to_string_pretty(&results)?)?;
+    println!("\nwritten to {}", file.display());
+    Ok(())
+}
+
+fn run_once(binary: &Path, scenario: &[String], store: &str) -> anyhow::Result<Value> {
+    let output = Command::new(binary).args(scenario).args(["--store", store]).output()?;
+    if !output.status.success() {
+        bail!("{scenario:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let stdout = String::from_utf8(output.stdout)?;
+    let line = stdout.lines().last().context("no output")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// Per numeric field, the median of the runs; other fields from the first run.
+fn median_of(runs: &[Value]) -> Value {
+    let mut merged = runs[0].clone();
+    if let Value::Object(map) = &mut merged {
+        for (key, value) in map.iter_mut() {
+            let mut numbers: Vec<f64> = runs.iter().filter_map(|r| r.get(key)?.as_f64()).collect();
+            if numbers.len() == runs.len() {
+                numbers.sort_by(f64::total_cmp);
+                *value = serde_json::json!(numbers[numbers.len() / 2]);
+            }
+        }
+    }
+    merged
+}
+
+fn print_table(store: &str, results: &[Value]) {
+    println!("\nstore: {store} (median of {RUNS} runs, each in its own process)\n");
+    println!("| scenario | jobs/s | p50 | p99 | peak RSS |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in results {
+        let number = |key: &str| r.get(key).and_then(Value::as_f64);
+        let jobs = number("jobs_per_sec").map_or("-".into(), |v| format!("{v:.0}"));
+        let p50 = number("p50_us").map_or("-".into(), |v| format!("{:.2} ms", v / 1000.0));
+        let p99 = number("p99_us").map_or("-".into(), |v| format!("{:.2} ms", v / 1000.0));
+        let rss = number("peak_rss_kib").map_or("-".into(), |v| format!("{:.1} MiB", v / 1024.0));
+        let name = r.get("scenario").and_then(Value::as_str).unwrap_or("?");
+        println!("| {name} | {jobs} | {p50} | {p99} | {rss} |");
+    }
+}
