@@ -77,7 +77,11 @@ impl JobStore for FinishCounter {
 
 #[async_trait]
 impl DlqStore for FinishCounter {
-    async fn list_dlq(&self, f: &DlqFilter, p: &PageRequest<DlqId>) -> Result<Page<DlqEntry, DlqId>> {
+    async fn list_dlq(
+        &self,
+        f: &DlqFilter,
+        p: &PageRequest<DlqId>,
+    ) -> Result<Page<DlqEntry, DlqId>> {
         self.inner.list_dlq(f, p).await
     }
     async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {

@@ -37,10 +37,12 @@ pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measuremen
     let mut m = match scenario {
         "enqueue-single" => enqueue_single(store, option(options, "jobs", 20_000)?).await?,
         "enqueue-batch" => {
-            enqueue_batch(store, option(options, "jobs", 200_000)?, option(options, "batch", 1000)?).await?
+            enqueue_batch(store, option(options, "jobs", 200_000)?, option(options, "batch", 1000)?)
+                .await?
         }
         "drain" => {
-            drain(store, option(options, "jobs", 100_000)?, option(options, "concurrency", 256)?).await?
+            drain(store, option(options, "jobs", 100_000)?, option(options, "concurrency", 256)?)
+                .await?
         }
         "latency" => {
             let rate: u64 = option(options, "rate", 2000)?;
@@ -93,14 +95,21 @@ async fn drain(store: DynStore, jobs: usize, concurrency: usize) -> anyhow::Resu
     let worker = Worker::builder(counter.clone()).register(def).concurrency(concurrency).build()?;
     let start = Instant::now();
     let handle = worker.start();
-    tokio::time::timeout(Duration::from_secs(600), counter.wait()).await.context("drain stalled")?;
+    tokio::time::timeout(Duration::from_secs(600), counter.wait())
+        .await
+        .context("drain stalled")?;
     let jobs_per_sec = rate(jobs, start.elapsed());
     handle.stop().await;
     let scenario = format!("drain-c{concurrency}");
     Ok(Measurement { scenario, jobs_per_sec, ..Default::default() })
 }
 
-async fn latency(store: DynStore, per_sec: u64, seconds: u64, concurrency: usize) -> anyhow::Result<Measurement> {
+async fn latency(
+    store: DynStore,
+    per_sec: u64,
+    seconds: u64,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
     let total = (per_sec * seconds) as usize;
     let base = Instant::now();
     let samples: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(total)));
@@ -111,7 +120,8 @@ async fn latency(store: DynStore, per_sec: u64, seconds: u64, concurrency: usize
         async { Ok(()) }
     });
     let counter = FinishCounter::new(store, total);
-    let worker = Worker::builder(counter.clone()).register(def.clone()).concurrency(concurrency).build()?;
+    let worker =
+        Worker::builder(counter.clone()).register(def.clone()).concurrency(concurrency).build()?;
     let client = worker.client();
     let handle = worker.start();
     let interval = Duration::from_secs_f64(1.0 / per_sec as f64);
@@ -121,7 +131,9 @@ async fn latency(store: DynStore, per_sec: u64, seconds: u64, concurrency: usize
         let sent_us = base.elapsed().as_micros() as u64;
         client.enqueue(&def, sent_us).await?;
     }
-    tokio::time::timeout(Duration::from_secs(60), counter.wait()).await.context("latency run stalled")?;
+    tokio::time::timeout(Duration::from_secs(60), counter.wait())
+        .await
+        .context("latency run stalled")?;
     handle.stop().await;
     let mut samples = samples.lock().clone();
     samples.sort_unstable();

@@ -29,7 +29,9 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(violations.is_empty(), "the crate graph breaks ARCHITECTURE.md");
             Ok(())
         }
-        _ => bail!("usage: cargo xtask ci | cargo xtask bench [--store memory] [--quick] | cargo xtask graph"),
+        _ => bail!(
+            "usage: cargo xtask ci | cargo xtask bench [--store memory] [--quick] | cargo xtask graph"
+        ),
     }
 }
 
@@ -64,7 +66,8 @@ pub(crate) fn run(command: &str) -> anyhow::Result<()> {
     println!("xtask: $ {command}");
     let words: Vec<&str> = command.split_whitespace().collect();
     let (program, args) = words.split_first().context("empty command")?;
-    let status = Command::new(program).args(args).status().with_context(|| format!("starting {command}"))?;
+    let status =
+        Command::new(program).args(args).status().with_context(|| format!("starting {command}"))?;
     if !status.success() {
         bail!("`{command}` failed with {status}");
     }

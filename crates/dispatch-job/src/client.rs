@@ -41,7 +41,11 @@ impl JobClient {
     }
 
     /// Enqueue `input` for `definition` with its defaults.
-    pub async fn enqueue<I: JobInput>(&self, definition: &JobDefinition<I>, input: I) -> Result<Enqueued> {
+    pub async fn enqueue<I: JobInput>(
+        &self,
+        definition: &JobDefinition<I>,
+        input: I,
+    ) -> Result<Enqueued> {
         self.enqueue_with(definition, input, EnqueueOptions::new()).await
     }
 
@@ -78,11 +82,8 @@ impl JobClient {
 
     /// Enqueue jobs built elsewhere (for example by [`JobDefinition::new_job`]) in one store call.
     pub async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        let infos: Vec<JobInfo> = if self.hooks.is_enabled() {
-            jobs.iter().map(info_of).collect()
-        } else {
-            Vec::new()
-        };
+        let infos: Vec<JobInfo> =
+            if self.hooks.is_enabled() { jobs.iter().map(info_of).collect() } else { Vec::new() };
         let results = self.store.enqueue(jobs).await?;
         // Hooks before the wake-up, so the local worker's "started" rarely overtakes "enqueued".
         for (info, result) in infos.into_iter().zip(&results) {
@@ -111,5 +112,10 @@ impl JobClient {
 }
 
 fn info_of(job: &NewJob) -> JobInfo {
-    JobInfo { id: job.id, name: job.name.clone(), queue: job.queue.clone(), scope: job.scope.clone() }
+    JobInfo {
+        id: job.id,
+        name: job.name.clone(),
+        queue: job.queue.clone(),
+        scope: job.scope.clone(),
+    }
 }

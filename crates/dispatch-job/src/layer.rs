@@ -60,9 +60,11 @@ where
     fn call(&mut self, request: JobRequest) -> JobFuture {
         let name = request.ctx.name.clone();
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
-            Ok(future) => Box::pin(AssertUnwindSafe(future).catch_unwind().map(move |r| {
-                r.unwrap_or_else(|panic| Err(panic_error(&name, panic.as_ref())))
-            })),
+            Ok(future) => {
+                Box::pin(AssertUnwindSafe(future).catch_unwind().map(move |r| {
+                    r.unwrap_or_else(|panic| Err(panic_error(&name, panic.as_ref())))
+                }))
+            }
             Err(panic) => Box::pin(std::future::ready(Err(panic_error(&name, panic.as_ref())))),
         }
     }

@@ -4,15 +4,19 @@ use std::ops::Bound;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, Job, JobId, JobState, Page,
-    PageRequest, Replay, Result,
+    DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, Job, JobId, JobState, Page, PageRequest,
+    Replay, Result,
 };
 
 use crate::{MemoryStore, Row};
 
 #[async_trait]
 impl DlqStore for MemoryStore {
-    async fn list_dlq(&self, filter: &DlqFilter, page: &PageRequest<DlqId>) -> Result<Page<DlqEntry, DlqId>> {
+    async fn list_dlq(
+        &self,
+        filter: &DlqFilter,
+        page: &PageRequest<DlqId>,
+    ) -> Result<Page<DlqEntry, DlqId>> {
         let limit = page.effective_limit();
         let start = page.after.map_or(Bound::Unbounded, Bound::Excluded);
         let state = self.state.lock();
@@ -38,7 +42,8 @@ impl DlqStore for MemoryStore {
     async fn replay_dlq(&self, id: DlqId) -> Result<Replay> {
         let now = self.clock.now();
         let mut state = self.state.lock();
-        let entry = state.dlq.get(&id).ok_or_else(|| Error::not_found(format!("no DLQ entry {id}")))?;
+        let entry =
+            state.dlq.get(&id).ok_or_else(|| Error::not_found(format!("no DLQ entry {id}")))?;
         if let Some(job_id) = entry.replayed_as {
             return Ok(Replay::AlreadyReplayed(job_id));
         }

@@ -41,7 +41,13 @@ impl AvailableIndex {
 
     /// The best `limit` due jobs (run-at ≤ `now`) across the given queues and names, in claim
     /// order.
-    pub(crate) fn best_due(&self, queues: &[String], names: &[String], now: Timestamp, limit: usize) -> Vec<Key> {
+    pub(crate) fn best_due(
+        &self,
+        queues: &[String],
+        names: &[String],
+        now: Timestamp,
+        limit: usize,
+    ) -> Vec<Key> {
         let mut candidates = Vec::new();
         for queue in queues {
             let Some(by_name) = self.by_queue.get(queue) else { continue };

@@ -101,7 +101,11 @@ impl JobStore for MemoryStore {
         Ok(self.state.lock().jobs.get(&id).map(|row| row.job.clone()))
     }
 
-    async fn list_jobs(&self, filter: &JobFilter, page: &PageRequest<JobId>) -> Result<Page<Job, JobId>> {
+    async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        page: &PageRequest<JobId>,
+    ) -> Result<Page<Job, JobId>> {
         let limit = page.effective_limit();
         let start = page.after.map_or(Bound::Unbounded, Bound::Excluded);
         let state = self.state.lock();
@@ -138,10 +142,11 @@ fn matches(filter: &JobFilter, job: &Job) -> bool {
 impl State {
     fn enqueue_one(&mut self, new: NewJob, now: Timestamp) -> Enqueued {
         let unique_key = new.unique.as_ref().map(|u| (new.name.clone(), u.key.clone()));
-        if let Some(holder) = unique_key.as_ref().and_then(|k| self.unique.get(k)) {
-            if self.jobs.get(holder).is_some_and(|row| row.holds_unique_key(now)) {
-                return Enqueued::Duplicate(*holder);
-            }
+        let holder = unique_key.as_ref().and_then(|k| self.unique.get(k)).copied();
+        if let Some(holder) =
+            holder.filter(|h| self.jobs.get(h).is_some_and(|r| r.holds_unique_key(now)))
+        {
+            return Enqueued::Duplicate(holder);
         }
         let id = new.id;
         let run_at = new.run_at.resolve(now);
@@ -175,7 +180,12 @@ impl State {
         Enqueued::Created(id)
     }
 
-    fn claim_one(&mut self, id: JobId, request: &ClaimRequest, expires_at: Timestamp) -> Option<ClaimedJob> {
+    fn claim_one(
+        &mut self,
+        id: JobId,
+        request: &ClaimRequest,
+        expires_at: Timestamp,
+    ) -> Option<ClaimedJob> {
         self.unindex(id);
         let row = self.jobs.get_mut(&id)?;
         let lease = Lease { owner: request.worker, token: LeaseToken::new(), expires_at };
@@ -248,7 +258,12 @@ impl State {
     fn record(&mut self, id: JobId, failure: Failure, now: Timestamp) {
         if let Some(row) = self.jobs.get_mut(&id) {
             let attempt = row.job.attempt;
-            row.job.errors.push(AttemptError { attempt, kind: failure.kind, message: failure.message, at: now });
+            row.job.errors.push(AttemptError {
+                attempt,
+                kind: failure.kind,
+                message: failure.message,
+                at: now,
+            });
         }
     }
 
@@ -322,7 +337,8 @@ mod tests {
             let lease = LeaseRef { job_id: id, token: claimed[0].lease.token };
             let result = store.finish(vec![Finish { lease, outcome }]).await.unwrap()[0];
             if attempt == 2 {
-                let FinishResult::Applied { state: JobState::Dead, dlq_id: Some(_) } = result else {
+                let FinishResult::Applied { state: JobState::Dead, dlq_id: Some(_) } = result
+                else {
                     panic!("expected promotion, got {result:?}")
                 };
             }

@@ -71,7 +71,8 @@ impl DispatcherBuilder {
     pub fn layer<L>(self, layer: L) -> Self
     where
         L: Layer<JobService> + Send + Sync + 'static,
-        L::Service: Service<JobRequest, Response = (), Error = JobError> + Clone + Send + Sync + 'static,
+        L::Service:
+            Service<JobRequest, Response = (), Error = JobError> + Clone + Send + Sync + 'static,
         <L::Service as Service<JobRequest>>::Future: Send + 'static,
     {
         self.step(move |w| w.layer(layer))
@@ -153,7 +154,10 @@ impl Dispatcher {
             }
             other => {
                 self.state = other;
-                Err(Error::new(dispatch_core::ErrorKind::Conflict, "the dispatcher was already started"))
+                Err(Error::new(
+                    dispatch_core::ErrorKind::Conflict,
+                    "the dispatcher was already started",
+                ))
             }
         }
     }
@@ -178,7 +182,11 @@ impl Dispatcher {
     }
 
     /// Enqueue `input` for `definition` with its defaults.
-    pub async fn enqueue<I: JobInput>(&self, definition: &JobDefinition<I>, input: I) -> Result<Enqueued> {
+    pub async fn enqueue<I: JobInput>(
+        &self,
+        definition: &JobDefinition<I>,
+        input: I,
+    ) -> Result<Enqueued> {
         self.client.enqueue(definition, input).await
     }
 

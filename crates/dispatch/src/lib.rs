@@ -20,10 +20,10 @@ pub use dispatch_store_memory as memory;
 #[doc(inline)]
 pub use dispatch_core::{Error, ErrorKind, Result};
 #[doc(inline)]
-pub use dispatcher::{Dispatcher, DispatcherBuilder};
-#[doc(inline)]
 #[cfg(feature = "memory")]
 pub use dispatch_store_memory::MemoryStore;
+#[doc(inline)]
+pub use dispatcher::{Dispatcher, DispatcherBuilder};
 
 /// The names most applications use.
 pub mod prelude {

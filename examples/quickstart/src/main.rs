@@ -71,7 +71,10 @@ async fn main() -> anyhow::Result<()> {
         Err(JobError::retry(format!("card declined for order {} ({} cents)", c.order, c.cents)))
     })
     .max_attempts(3)
-    .backoff(Backoff::Exponential { base: Duration::from_millis(100), cap: Duration::from_secs(1) });
+    .backoff(Backoff::Exponential {
+        base: Duration::from_millis(100),
+        cap: Duration::from_secs(1),
+    });
     let reminder = JobDefinition::new("send_reminder", |_ctx: JobContext, w: Welcome| async move {
         println!("           (reminding {})", w.user);
         Ok(())
@@ -112,12 +115,17 @@ async fn main() -> anyhow::Result<()> {
         println!("  {:<13} {:<9} after {} attempt(s)", job.name, job.state, job.attempt);
     }
     let dead = jobs.iter().find(|j| j.state == JobState::Dead).context("no job reached the DLQ")?;
-    let entry = dispatcher.store().get_dlq(dead.dlq_id.context("dead job has no DLQ entry")?).await?;
+    let entry =
+        dispatcher.store().get_dlq(dead.dlq_id.context("dead job has no DLQ entry")?).await?;
     print_dlq_entry(&entry.context("DLQ entry missing")?);
     Ok(())
 }
 
-async fn wait_until_final(d: &Dispatcher, ids: &[JobId], within: Duration) -> anyhow::Result<Vec<Job>> {
+async fn wait_until_final(
+    d: &Dispatcher,
+    ids: &[JobId],
+    within: Duration,
+) -> anyhow::Result<Vec<Job>> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let mut jobs = Vec::with_capacity(ids.len());

@@ -50,7 +50,8 @@ pub(crate) async fn run(
             Err(error) => {
                 tracing::error!(%error, "finishing jobs failed; their leases will expire and be rescued");
                 for reply in replies {
-                    let _ = reply.send(Err(dispatch_core::Error::new(error.kind(), error.to_string())));
+                    let _ =
+                        reply.send(Err(dispatch_core::Error::new(error.kind(), error.to_string())));
                 }
             }
         }
@@ -68,9 +69,13 @@ async fn finish_with_retry(
         let call = tokio::time::timeout(store_timeout, store.finish(finishes.clone()));
         let error = match call.await {
             Ok(Ok(results)) if results.len() == finishes.len() => return Ok(results),
-            Ok(Ok(_)) => dispatch_core::Error::internal("store returned the wrong number of results"),
+            Ok(Ok(_)) => {
+                dispatch_core::Error::internal("store returned the wrong number of results")
+            }
             Ok(Err(error)) => error,
-            Err(_) => dispatch_core::Error::new(dispatch_core::ErrorKind::Timeout, "finish timed out"),
+            Err(_) => {
+                dispatch_core::Error::new(dispatch_core::ErrorKind::Timeout, "finish timed out")
+            }
         };
         if attempt >= RETRIES || !error.kind().is_transient() {
             return Err(error);

@@ -33,7 +33,8 @@ async fn heartbeat(shared: &Shared) {
         return;
     }
     let ttl = shared.config.lease_ttl;
-    let call = tokio::time::timeout(shared.config.store_timeout, shared.store.heartbeat(&leases, ttl));
+    let call =
+        tokio::time::timeout(shared.config.store_timeout, shared.store.heartbeat(&leases, ttl));
     let report = match call.await {
         Ok(Ok(report)) => report,
         Ok(Err(error)) => return tracing::warn!(%error, "heartbeat failed"),
@@ -67,7 +68,10 @@ pub(crate) async fn rescue_loop(shared: Arc<Shared>, halt: CancellationToken) {
 
 async fn rescue(shared: &Shared) {
     loop {
-        let call = tokio::time::timeout(shared.config.store_timeout, shared.store.rescue_expired(RESCUE_BATCH));
+        let call = tokio::time::timeout(
+            shared.config.store_timeout,
+            shared.store.rescue_expired(RESCUE_BATCH),
+        );
         let report = match call.await {
             Ok(Ok(report)) => report,
             Ok(Err(error)) => return tracing::warn!(%error, "rescue failed"),
@@ -87,10 +91,15 @@ async fn rescue(shared: &Shared) {
     }
 }
 
-async fn emit_rescue_hooks(shared: &Shared, promoted: &[(JobId, dispatch_core::DlqId)], cancelled: &[JobId]) {
+async fn emit_rescue_hooks(
+    shared: &Shared,
+    promoted: &[(JobId, dispatch_core::DlqId)],
+    cancelled: &[JobId],
+) {
     for &(id, dlq_id) in promoted {
         if let Some((job, attempt)) = job_info(shared, id).await {
-            let failure = Failure::new(FailureKind::LeaseExpired, "lease expired on the last attempt");
+            let failure =
+                Failure::new(FailureKind::LeaseExpired, "lease expired on the last attempt");
             let failed = job.clone();
             shared.hooks.emit(|| Event::JobFailed { job: failed, attempt, failure });
             shared.hooks.emit(|| Event::JobPromoted { job, dlq_id });

@@ -106,7 +106,8 @@ impl WorkerBuilder {
     pub fn layer<L>(mut self, layer: L) -> Self
     where
         L: Layer<JobService> + Send + Sync + 'static,
-        L::Service: Service<JobRequest, Response = (), Error = JobError> + Clone + Send + Sync + 'static,
+        L::Service:
+            Service<JobRequest, Response = (), Error = JobError> + Clone + Send + Sync + 'static,
         <L::Service as Service<JobRequest>>::Future: Send + 'static,
     {
         self.layers.push(Box::new(move |inner| BoxCloneSyncService::new(layer.layer(inner))));

@@ -155,7 +155,9 @@ async fn run_job(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphor
                 emit_finished(&shared, info, attempt, elapsed, &outcome, result);
             }
         }
-        Err(error) => tracing::error!(job.id = %lease.job_id, %error, "could not record the attempt"),
+        Err(error) => {
+            tracing::error!(job.id = %lease.job_id, %error, "could not record the attempt")
+        }
     }
 }
 

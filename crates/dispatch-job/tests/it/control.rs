@@ -4,9 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{
-    Backoff, CancelResult, ClaimRequest, Event, FailureKind, JobState, WorkerId,
-};
+use dispatch_core::{Backoff, CancelResult, ClaimRequest, Event, FailureKind, JobState, WorkerId};
 use dispatch_job::{CancelReason, CancelToken, JobContext, JobDefinition, JobError};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -42,7 +40,12 @@ async fn timeout_drops_the_future_records_kind_timeout_and_retries() {
     .max_attempts(2)
     .backoff(Backoff::Constant { delay: Duration::from_millis(30) });
     let recorder = Recorder::default();
-    let handle = worker(store.clone()).register(slow.clone()).hook(recorder.clone()).build().unwrap().start();
+    let handle = worker(store.clone())
+        .register(slow.clone())
+        .hook(recorder.clone())
+        .build()
+        .unwrap()
+        .start();
     let id = handle.client().enqueue(&slow, ()).await.unwrap().id();
     let job = wait_for_state(&store, id, JobState::Dead).await;
     handle.stop().await;
@@ -55,7 +58,11 @@ async fn timeout_drops_the_future_records_kind_timeout_and_retries() {
         Event::JobRetrying { failure, delay, .. } => Some((failure.kind, delay)),
         _ => None,
     });
-    assert_eq!(retry, Some((FailureKind::Timeout, Duration::from_millis(30))), "retried per backoff");
+    assert_eq!(
+        retry,
+        Some((FailureKind::Timeout, Duration::from_millis(30))),
+        "retried per backoff"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -154,9 +161,13 @@ async fn shutdown_lets_short_jobs_finish() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         Ok(())
     });
-    let handle = worker(store.clone()).register(work.clone()).concurrency(20).build().unwrap().start();
+    let handle =
+        worker(store.clone()).register(work.clone()).concurrency(20).build().unwrap().start();
     let ids = handle.client().enqueue_many(&work, 0..20, Default::default()).await.unwrap();
-    eventually("20 in flight", Duration::from_secs(5), || async { (handle.in_flight() == 20).then_some(()) }).await;
+    eventually("20 in flight", Duration::from_secs(5), || async {
+        (handle.in_flight() == 20).then_some(())
+    })
+    .await;
     let report = handle.stop().await;
     assert_eq!(report.cancelled, 0);
     for id in ids {
@@ -184,7 +195,10 @@ async fn shutdown_cancels_long_jobs_and_releases_them_for_another_worker() {
         .unwrap()
         .start();
     let ids = handle.client().enqueue_many(&endless, 0..20, Default::default()).await.unwrap();
-    eventually("20 in flight", Duration::from_secs(5), || async { (handle.in_flight() == 20).then_some(()) }).await;
+    eventually("20 in flight", Duration::from_secs(5), || async {
+        (handle.in_flight() == 20).then_some(())
+    })
+    .await;
     let report = handle.stop().await;
     assert_eq!((report.cancelled, report.released), (20, 20));
     assert_eq!(tokens.lock().len(), 20);

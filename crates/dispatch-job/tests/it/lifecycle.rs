@@ -34,7 +34,8 @@ async fn typed_round_trip_with_defaults_and_overrides() {
     .priority(5)
     .max_attempts(7)
     .timeout(Duration::from_secs(30));
-    let worker = worker(store.clone()).register(send.clone()).queues(["emails", "urgent"]).build().unwrap();
+    let worker =
+        worker(store.clone()).register(send.clone()).queues(["emails", "urgent"]).build().unwrap();
     let client = worker.client();
     let handle = worker.start();
 
@@ -70,7 +71,11 @@ async fn delayed_job_waits_for_its_time() {
     let noop = JobDefinition::new("noop", |_ctx: JobContext, _: ()| async { Ok(()) });
     let handle = worker(store.clone()).register(noop.clone()).build().unwrap().start();
     let client = handle.client();
-    let id = client.enqueue_with(&noop, (), EnqueueOptions::new().delay(Duration::from_secs(2))).await.unwrap().id();
+    let id = client
+        .enqueue_with(&noop, (), EnqueueOptions::new().delay(Duration::from_secs(2)))
+        .await
+        .unwrap()
+        .id();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(store.get_job(id).await.unwrap().unwrap().state, JobState::Available);
     tokio::time::sleep(Duration::from_millis(1400)).await;
@@ -146,7 +151,12 @@ async fn permanent_error_goes_to_the_dlq_at_once_with_hooks() {
     let doomed = JobDefinition::new("doomed", |_ctx: JobContext, _: ()| async {
         Err(JobError::permanent("card declined"))
     });
-    let handle = worker(store.clone()).register(doomed.clone()).hook(recorder.clone()).build().unwrap().start();
+    let handle = worker(store.clone())
+        .register(doomed.clone())
+        .hook(recorder.clone())
+        .build()
+        .unwrap()
+        .start();
     let id = handle.client().enqueue(&doomed, ()).await.unwrap().id();
     let job = wait_for_state(&store, id, JobState::Dead).await;
     handle.stop().await;
@@ -155,7 +165,9 @@ async fn permanent_error_goes_to_the_dlq_at_once_with_hooks() {
     assert_eq!(entry.errors.last().unwrap().message, "card declined");
     let events = recorder.for_job(id);
     assert!(matches!(events[events.len() - 2], Event::JobFailed { attempt: 1, .. }));
-    assert!(matches!(events[events.len() - 1], Event::JobPromoted { dlq_id, .. } if dlq_id == entry.id));
+    assert!(
+        matches!(events[events.len() - 1], Event::JobPromoted { dlq_id, .. } if dlq_id == entry.id)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -196,10 +208,16 @@ async fn panic_is_a_failed_attempt_and_the_pool_keeps_running() {
         }
         Ok(())
     });
-    let handle = worker(store.clone()).register(panicky.clone()).register(noop.clone()).build().unwrap().start();
+    let handle = worker(store.clone())
+        .register(panicky.clone())
+        .register(noop.clone())
+        .build()
+        .unwrap()
+        .start();
     let client = handle.client();
     let id = client.enqueue(&panicky, ()).await.unwrap().id();
-    let others = client.enqueue_many(&noop, 0..10, EnqueueOptions::new().max_attempts(1)).await.unwrap();
+    let others =
+        client.enqueue_many(&noop, 0..10, EnqueueOptions::new().max_attempts(1)).await.unwrap();
     let job = wait_for_state(&store, id, JobState::Completed).await;
     assert_eq!(job.errors.len(), 1);
     assert_eq!(job.errors[0].kind, FailureKind::Panic);

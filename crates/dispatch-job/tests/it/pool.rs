@@ -31,7 +31,8 @@ async fn a_thousand_jobs_at_concurrency_16_run_once_each_never_more_than_16_at_o
             Ok(())
         }
     });
-    let handle = worker(store.clone()).register(work.clone()).concurrency(16).build().unwrap().start();
+    let handle =
+        worker(store.clone()).register(work.clone()).concurrency(16).build().unwrap().start();
     handle.client().enqueue_many(&work, 0..1000, Default::default()).await.unwrap();
     eventually("1,000 runs", Duration::from_secs(600), || async {
         (runs.lock().len() == 1000).then_some(())
@@ -68,7 +69,10 @@ async fn one_claim_per_fetch_sized_to_free_slots_and_one_heartbeat_per_interval(
         .unwrap()
         .start();
     handle.client().enqueue_many(&blocked, 0..20, Default::default()).await.unwrap();
-    eventually("8 in flight", Duration::from_secs(5), || async { (handle.in_flight() == 8).then_some(()) }).await;
+    eventually("8 in flight", Duration::from_secs(5), || async {
+        (handle.in_flight() == 8).then_some(())
+    })
+    .await;
 
     // All slots busy: no claim call while nothing frees up, one heartbeat per interval for all 8.
     let claims_before = counting.claim_limits.lock().len();
@@ -76,8 +80,15 @@ async fn one_claim_per_fetch_sized_to_free_slots_and_one_heartbeat_per_interval(
     tokio::time::sleep(heartbeat * 10).await;
     assert_eq!(counting.claim_limits.lock().len(), claims_before, "no claim without a free slot");
     let heartbeats = counting.heartbeats.lock()[heartbeats_before..].to_vec();
-    assert!((9..=11).contains(&heartbeats.len()), "{} heartbeat calls in 10 intervals", heartbeats.len());
-    assert!(heartbeats.iter().all(|&leases| leases == 8), "one call carries all leases: {heartbeats:?}");
+    assert!(
+        (9..=11).contains(&heartbeats.len()),
+        "{} heartbeat calls in 10 intervals",
+        heartbeats.len()
+    );
+    assert!(
+        heartbeats.iter().all(|&leases| leases == 8),
+        "one call carries all leases: {heartbeats:?}"
+    );
 
     // Free 3 slots at once: the next claim asks for exactly 3.
     gate.add_permits(3);
@@ -109,7 +120,9 @@ async fn a_job_without_a_handler_here_is_never_claimed_and_stays_available() {
     let noop = JobDefinition::new("noop", |_ctx: JobContext, _: ()| async { Ok(()) });
     let handle = worker(store.clone()).register(noop.clone()).build().unwrap().start();
     let client = handle.client();
-    let foreign = client.enqueue_jobs(vec![NewJob::new("elsewhere", b"null".to_vec())]).await.unwrap()[0].id();
+    let foreign =
+        client.enqueue_jobs(vec![NewJob::new("elsewhere", b"null".to_vec())]).await.unwrap()[0]
+            .id();
     let mine = client.enqueue(&noop, ()).await.unwrap().id();
     eventually("the registered job", Duration::from_secs(5), || async {
         let job = store.get_job(mine).await.unwrap()?;

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    CancelResult, ClaimRequest, Clock, Timestamp, ClaimedJob, DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore,
+    CancelResult, ClaimRequest, ClaimedJob, Clock, DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore,
     DynStore, Enqueued, Event, Finish, FinishResult, HeartbeatReport, Hook, Job, JobFilter, JobId,
     JobState, JobStore, LeaseRef, ManualClock, NewJob, Page, PageRequest, QueueCount, Replay,
-    RescueReport, Result,
+    RescueReport, Result, Timestamp,
 };
 use dispatch_job::{Worker, WorkerBuilder};
 use dispatch_store_memory::MemoryStore;
@@ -168,7 +168,11 @@ impl JobStore for CountingStore {
 
 #[async_trait]
 impl DlqStore for CountingStore {
-    async fn list_dlq(&self, f: &DlqFilter, p: &PageRequest<DlqId>) -> Result<Page<DlqEntry, DlqId>> {
+    async fn list_dlq(
+        &self,
+        f: &DlqFilter,
+        p: &PageRequest<DlqId>,
+    ) -> Result<Page<DlqEntry, DlqId>> {
         self.inner.list_dlq(f, p).await
     }
     async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {
