@@ -1,0 +1,87 @@
+//! The umbrella's composition: a `Dispatcher` built from a store, definitions, a layer and a hook
+//! runs jobs end to end, and its lifecycle methods behave.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dispatch::core::{DlqFilter, Event, JobState, PageRequest, Replay};
+use dispatch::job::layer::RecoverLayer;
+use dispatch::prelude::*;
+use parking_lot::Mutex;
+
+#[derive(Clone, Default)]
+struct Events(Arc<Mutex<Vec<Event>>>);
+
+#[async_trait::async_trait]
+impl Hook for Events {
+    async fn on_event(&self, event: &Event) {
+        self.0.lock().push(event.clone());
+    }
+}
+
+async fn wait_for(dispatcher: &Dispatcher, id: JobId, state: JobState) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = dispatcher.store().get_job(id).await.unwrap().unwrap();
+        if job.state == state {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "job stuck in {}", job.state);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dispatcher_runs_jobs_through_layers_and_hooks_and_replays_the_dlq() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let double = JobDefinition::new("double", move |_ctx: JobContext, n: u64| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if n == 0 { Err(JobError::permanent("zero is not allowed")) } else { Ok(()) }
+        }
+    });
+    let events = Events::default();
+    let mut dispatcher = Dispatcher::builder()
+        .store(MemoryStore::new())
+        .register(double.clone())
+        .concurrency(4)
+        .layer(RecoverLayer) // a user layer composes with the built-ins
+        .hook(events.clone())
+        .configure(|c| c.poll_interval = Duration::from_millis(10))
+        .build()
+        .unwrap();
+    dispatcher.start().unwrap();
+    assert_eq!(dispatcher.start().unwrap_err().kind(), ErrorKind::Conflict);
+
+    let ok = dispatcher.enqueue(&double, 21).await.unwrap().id();
+    let bad = dispatcher.enqueue(&double, 0).await.unwrap().id();
+    wait_for(&dispatcher, ok, JobState::Completed).await;
+    wait_for(&dispatcher, bad, JobState::Dead).await;
+
+    let page =
+        dispatcher.store().list_dlq(&DlqFilter::default(), &PageRequest::first(10)).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    let replayed = dispatcher.replay(page.items[0].id).await.unwrap();
+    let Replay::Replayed(again) = replayed else {
+        panic!("first replay must replay: {replayed:?}")
+    };
+    assert_eq!(dispatcher.replay(page.items[0].id).await.unwrap(), Replay::AlreadyReplayed(again));
+    wait_for(&dispatcher, again, JobState::Dead).await;
+
+    dispatcher.stop().await;
+    dispatcher.stop().await; // idempotent
+    assert_eq!(runs.load(Ordering::SeqCst), 3);
+    let events = events.0.lock();
+    assert!(events.iter().any(|e| matches!(e, Event::JobCompleted { job, .. } if job.id == ok)));
+    assert!(events.iter().any(|e| matches!(e, Event::JobPromoted { job, .. } if job.id == bad)));
+    assert_eq!(events.last(), Some(&Event::Shutdown));
+}
+
+#[test]
+fn a_dispatcher_needs_a_store() {
+    let err = Dispatcher::builder().build().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
