@@ -66,6 +66,9 @@ impl AvailableIndex {
 
 /// Push up to `limit` due keys of `set` onto `out`, in order.
 fn collect_due(set: &BTreeSet<Key>, now: Timestamp, limit: usize, out: &mut Vec<Key>) {
+    if limit == 0 {
+        return;
+    }
     let mut taken = 0;
     let mut start = Bound::Unbounded;
     'levels: loop {

@@ -1,15 +1,15 @@
 //! [`JobStore`] for [`MemoryStore`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ops::Bound;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    AttemptError, CancelResult, ClaimRequest, ClaimedJob, Enqueued, Error, Failure, FailureKind,
-    Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore, Lease,
-    LeaseRef, LeaseToken, NewJob, Outcome, Page, PageRequest, QueueCount, RescueReport, Result,
-    Timestamp,
+    AttemptError, CancelResult, ClaimRequest, ClaimedJob, Enqueued, Error, ErrorKind, Failure,
+    FailureKind, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore,
+    Lease, LeaseRef, LeaseToken, NewJob, Outcome, Page, PageRequest, QueueCount, RescueReport,
+    Result, Timestamp,
 };
 
 use crate::{MemoryStore, Row, State};
@@ -22,6 +22,15 @@ impl JobStore for MemoryStore {
         }
         let now = self.clock.now();
         let mut state = self.state.lock();
+        // Caller-chosen IDs must be new and distinct; checked before anything is stored.
+        let mut ids = HashSet::with_capacity(jobs.len());
+        if let Some(job) = jobs.iter().find(|j| !ids.insert(j.id) || state.jobs.contains_key(&j.id))
+        {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("job {:?}: a job with ID {} already exists", job.name, job.id),
+            ));
+        }
         Ok(jobs.into_iter().map(|job| state.enqueue_one(job, now)).collect())
     }
 
@@ -190,7 +199,7 @@ impl State {
         let row = self.jobs.get_mut(&id)?;
         let lease = Lease { owner: request.worker, token: LeaseToken::new(), expires_at };
         row.job.state = JobState::Running;
-        row.job.attempt += 1;
+        row.job.attempt = row.job.attempt.saturating_add(1);
         row.job.lease = Some(lease);
         row.job.cancel_requested = false;
         self.expiries.insert((expires_at, id));
@@ -306,45 +315,265 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use dispatch_core::{ManualClock, RunAt, WorkerId};
+    use dispatch_core::{Clock, ErrorKind, RunAt, UniqueKey};
 
     use super::*;
+    use crate::testing::{TTL, claim, claim_one, enqueue, finish, job, lease, request, store};
 
-    fn claim_request(limit: usize) -> ClaimRequest {
-        ClaimRequest {
-            worker: WorkerId::new(),
-            queues: vec!["default".into()],
-            names: vec!["a".into()],
-            limit,
-            lease_ttl: Duration::from_secs(30),
-        }
+    fn unique(name: &str, key: &str, window: Option<Duration>) -> NewJob {
+        let mut job = job(name, 0);
+        job.unique = Some(UniqueKey { key: key.into(), window });
+        job
     }
 
     #[tokio::test]
-    async fn retry_then_exhaust_promotes_with_history() {
-        let clock = Arc::new(ManualClock::fixed());
-        let store = MemoryStore::with_clock(clock.clone());
-        let mut job = NewJob::new("a", b"{}".to_vec());
-        job.max_attempts = 2;
-        let id = store.enqueue(vec![job]).await.unwrap()[0].id();
-        for attempt in 1..=2 {
-            let claimed = store.claim(&claim_request(5)).await.unwrap();
-            assert_eq!(claimed.len(), 1, "attempt {attempt}");
-            let failure = Failure::new(FailureKind::Error, format!("fail {attempt}"));
-            let outcome = Outcome::Retry { failure, run_at: RunAt::Now };
-            let lease = LeaseRef { job_id: id, token: claimed[0].lease.token };
-            let result = store.finish(vec![Finish { lease, outcome }]).await.unwrap()[0];
-            if attempt == 2 {
-                let FinishResult::Applied { state: JobState::Dead, dlq_id: Some(_) } = result
-                else {
-                    panic!("expected promotion, got {result:?}")
-                };
-            }
-        }
+    async fn claims_by_priority_then_run_at_then_fifo() {
+        let (store, clock) = store();
+        let mut early = job("a", 0);
+        early.run_at = RunAt::At(clock.now() - Duration::from_secs(10));
+        let ids =
+            enqueue(&store, vec![job("a", 0), job("a", 5), job("a", 0), job("a", 5), early]).await;
+        let claimed: Vec<JobId> =
+            claim(&store, &["a"], 10).await.iter().map(|c| c.job.id).collect();
+        assert_eq!(claimed, [ids[1], ids[3], ids[4], ids[0], ids[2]]);
+        assert!(claim(&store, &["a"], 10).await.is_empty(), "a claimed job is not claimed again");
+    }
+
+    #[tokio::test]
+    async fn run_at_gates_the_claim() {
+        let (store, clock) = store();
+        let mut later = job("a", 9);
+        later.run_at = RunAt::After(Duration::from_secs(10));
+        let [later_id] = enqueue(&store, vec![later]).await[..] else { unreachable!() };
+        clock.advance(Duration::from_secs(10) - Duration::from_millis(1));
+        assert!(claim(&store, &["a"], 5).await.is_empty());
+        // A due job of lower priority is not hidden behind the future one.
+        let due = enqueue(&store, vec![job("a", 1)]).await[0];
+        assert_eq!(claim_one(&store, &["a"]).await.job.id, due);
+        clock.advance(Duration::from_millis(1));
+        let claimed = claim_one(&store, &["a"]).await;
+        assert_eq!(claimed.job.id, later_id);
+        assert_eq!(claimed.job.state, JobState::Running);
+        assert_eq!(claimed.job.attempt, 1);
+        assert_eq!(claimed.lease.expires_at, clock.now() + TTL);
+        assert_eq!(claimed.job.lease, Some(claimed.lease));
+    }
+
+    #[tokio::test]
+    async fn claim_filters_by_name_and_queue() {
+        let (store, _) = store();
+        let mut other_queue = job("a", 0);
+        other_queue.queue = "other".into();
+        let ids = enqueue(&store, vec![job("a", 0), job("b", 0), other_queue, job("c", 0)]).await;
+        assert!(claim(&store, &[], 10).await.is_empty(), "no names claims nothing");
+        let mut no_queues = request(&["a"], 10);
+        no_queues.queues.clear();
+        assert!(store.claim(&no_queues).await.unwrap().is_empty(), "no queues claims nothing");
+        assert!(claim(&store, &["a"], 0).await.is_empty(), "limit 0 claims nothing");
+        let claimed: Vec<JobId> =
+            claim(&store, &["a", "b", "a"], 10).await.iter().map(|c| c.job.id).collect();
+        assert_eq!(claimed, [ids[0], ids[1]]);
+        let job_c = store.get_job(ids[3]).await.unwrap().unwrap();
+        assert_eq!(job_c.state, JobState::Available, "a job no worker handles stays available");
+    }
+
+    #[tokio::test]
+    async fn fencing_after_rescue() {
+        let (store, clock) = store();
+        let id = enqueue(&store, vec![job("a", 0)]).await[0];
+        let first = claim_one(&store, &["a"]).await;
+        clock.advance(TTL);
+        let report = store.rescue_expired(10).await.unwrap();
+        assert_eq!(report.rescued, [id]);
         let job = store.get_job(id).await.unwrap().unwrap();
-        assert_eq!(job.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1, 2]);
-        assert!(store.claim(&claim_request(5)).await.unwrap().is_empty());
+        assert_eq!((job.state, job.attempt, job.lease), (JobState::Available, 1, None));
+        assert_eq!(job.errors[0].kind, FailureKind::LeaseExpired);
+        assert!(job.errors[0].message.contains(&first.lease.owner.to_string()));
+
+        let second = claim_one(&store, &["a"]).await;
+        assert_eq!(second.job.attempt, 2);
+        assert_ne!(second.lease.token, first.lease.token);
+        assert_eq!(finish(&store, lease(&first), Outcome::Complete).await, FinishResult::LeaseLost);
+        let beat = store.heartbeat(&[lease(&first)], TTL).await.unwrap();
+        assert_eq!(beat.lost, [id]);
+        let applied = FinishResult::Applied { state: JobState::Completed, dlq_id: None };
+        assert_eq!(finish(&store, lease(&second), Outcome::Complete).await, applied);
+        let again = finish(&store, lease(&second), Outcome::Complete).await;
+        assert_eq!(again, FinishResult::AlreadyApplied);
+        assert_eq!(finish(&store, lease(&first), Outcome::Cancel).await, FinishResult::LeaseLost);
+        let job = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!((job.state, job.finished_at), (JobState::Completed, Some(clock.now())));
+        let unknown = LeaseRef { job_id: JobId::new(), token: LeaseToken::new() };
+        assert_eq!(finish(&store, unknown, Outcome::Complete).await, FinishResult::LeaseLost);
+    }
+
+    #[tokio::test]
+    async fn snooze_and_release_give_the_attempt_back() {
+        let (store, clock) = store();
+        let id = enqueue(&store, vec![job("a", 0)]).await[0];
+        let claimed = claim_one(&store, &["a"]).await;
+        let snooze = Outcome::Snooze { run_at: RunAt::After(Duration::from_secs(5)) };
+        let result = finish(&store, lease(&claimed), snooze).await;
+        assert_eq!(result, FinishResult::Applied { state: JobState::Available, dlq_id: None });
+        let job = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!((job.attempt, job.run_at), (0, clock.now() + Duration::from_secs(5)));
+        assert!(claim(&store, &["a"], 1).await.is_empty());
+        clock.advance(Duration::from_secs(5));
+        let claimed = claim_one(&store, &["a"]).await;
+        assert_eq!(claimed.job.attempt, 1);
+        let results = store.release(&[lease(&claimed)]).await.unwrap();
+        assert_eq!(results, [FinishResult::Applied { state: JobState::Available, dlq_id: None }]);
+        let claimed = claim_one(&store, &["a"]).await;
+        assert_eq!(claimed.job.attempt, 1);
+        assert!(claimed.job.errors.is_empty());
+    }
+
+    #[tokio::test]
+    async fn retry_waits_out_its_backoff_and_fail_is_final() {
+        let (store, clock) = store();
+        let ids = enqueue(&store, vec![job("a", 0), job("b", 0)]).await;
+        let claimed = claim_one(&store, &["a"]).await;
+        let failure = Failure::new(FailureKind::Panic, "boom");
+        let outcome = Outcome::Retry { failure, run_at: RunAt::After(Duration::from_secs(2)) };
+        let result = finish(&store, lease(&claimed), outcome).await;
+        assert_eq!(result, FinishResult::Applied { state: JobState::Available, dlq_id: None });
+        let job = store.get_job(ids[0]).await.unwrap().unwrap();
+        let error = AttemptError {
+            attempt: 1,
+            kind: FailureKind::Panic,
+            message: "boom".into(),
+            at: clock.now(),
+        };
+        assert_eq!((job.attempt, &job.errors[..]), (1, &[error][..]));
+        assert!(claim(&store, &["a"], 1).await.is_empty());
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(claim_one(&store, &["a"]).await.job.attempt, 2);
+
+        let claimed = claim_one(&store, &["b"]).await;
+        let outcome = Outcome::Fail { failure: Failure::new(FailureKind::Decode, "bad input") };
+        let FinishResult::Applied { state: JobState::Dead, dlq_id: Some(dlq_id) } =
+            finish(&store, lease(&claimed), outcome).await
+        else {
+            panic!("a failed job is dead at once")
+        };
+        let job = store.get_job(ids[1]).await.unwrap().unwrap();
+        assert_eq!((job.dlq_id, job.errors.len()), (Some(dlq_id), 1));
+    }
+
+    #[tokio::test]
+    async fn heartbeat_extends_and_reports_cancel_requests() {
+        let (store, clock) = store();
+        let id = enqueue(&store, vec![job("a", 0)]).await[0];
+        let claimed = claim_one(&store, &["a"]).await;
+        clock.advance(TTL - Duration::from_secs(1));
+        let beat = store.heartbeat(&[lease(&claimed)], TTL).await.unwrap();
+        assert_eq!((beat.renewed, beat.lost, beat.cancel_requested), (vec![id], vec![], vec![]));
+        clock.advance(TTL - Duration::from_secs(1));
+        assert!(store.rescue_expired(10).await.unwrap().is_empty(), "the renewed lease holds");
+        assert_eq!(store.request_cancel(id).await.unwrap(), CancelResult::Requested);
+        let beat = store.heartbeat(&[lease(&claimed)], TTL).await.unwrap();
+        assert_eq!((beat.renewed, beat.cancel_requested), (vec![id], vec![id]));
+        let result = finish(&store, lease(&claimed), Outcome::Cancel).await;
+        assert_eq!(result, FinishResult::Applied { state: JobState::Cancelled, dlq_id: None });
+        let final_state = CancelResult::AlreadyFinal(JobState::Cancelled);
+        assert_eq!(store.request_cancel(id).await.unwrap(), final_state);
+    }
+
+    #[tokio::test]
+    async fn cancel_of_available_and_rescue_of_cancel_requested() {
+        let (store, clock) = store();
+        let ids = enqueue(&store, vec![job("a", 0), job("b", 0)]).await;
+        assert_eq!(store.request_cancel(ids[0]).await.unwrap(), CancelResult::Cancelled);
+        assert!(claim(&store, &["a"], 1).await.is_empty());
+        claim_one(&store, &["b"]).await;
+        assert_eq!(store.request_cancel(ids[1]).await.unwrap(), CancelResult::Requested);
+        clock.advance(TTL);
+        assert_eq!(store.rescue_expired(10).await.unwrap().cancelled, [ids[1]]);
+        let job = store.get_job(ids[1]).await.unwrap().unwrap();
+        assert_eq!(
+            (job.state, job.lease, job.cancel_requested),
+            (JobState::Cancelled, None, false)
+        );
+        let err = store.request_cancel(JobId::new()).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    }
+
+    #[tokio::test]
+    async fn unique_keys() {
+        let (store, clock) = store();
+        let results = store
+            .enqueue(vec![unique("a", "k", None), unique("a", "k", None), unique("b", "k", None)])
+            .await
+            .unwrap();
+        let holder = results[0].id();
+        assert_eq!(results[1], Enqueued::Duplicate(holder), "duplicate within one batch");
+        assert!(!results[2].is_duplicate(), "keys are scoped by job name");
+        let claimed = claim_one(&store, &["a"]).await;
+        let again = store.enqueue(vec![unique("a", "k", None)]).await.unwrap();
+        assert_eq!(again, [Enqueued::Duplicate(holder)], "a running job holds its key");
+        finish(&store, lease(&claimed), Outcome::Complete).await;
+        let after = store.enqueue(vec![unique("a", "k", None)]).await.unwrap();
+        assert!(!after[0].is_duplicate(), "a finished job without a window lets go");
+
+        let window = Some(Duration::from_secs(60));
+        let windowed = store.enqueue(vec![unique("w", "k", window)]).await.unwrap()[0].id();
+        let claimed = claim_one(&store, &["w"]).await;
+        finish(&store, lease(&claimed), Outcome::Complete).await;
+        clock.advance(Duration::from_secs(59));
+        let held = store.enqueue(vec![unique("w", "k", window)]).await.unwrap();
+        assert_eq!(held, [Enqueued::Duplicate(windowed)], "the window outlives the job");
+        clock.advance(Duration::from_secs(1));
+        let free = store.enqueue(vec![unique("w", "k", window)]).await.unwrap();
+        assert!(!free[0].is_duplicate(), "the window has passed");
+    }
+
+    #[tokio::test]
+    async fn invalid_batch_stores_nothing() {
+        let (store, _) = store();
+        let store = store.max_payload_bytes(4);
+        let big = NewJob::new("a", vec![0; 5]);
+        let err = store.enqueue(vec![job("a", 0), big]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+        let mut no_attempts = job("a", 0);
+        no_attempts.max_attempts = 0;
+        let err = store.enqueue(vec![job("a", 0), no_attempts]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let existing = enqueue(&store, vec![job("a", 0)]).await[0];
+        let mut reused = job("a", 0);
+        reused.id = existing;
+        let err = store.enqueue(vec![job("a", 0), reused]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+        let all = store.list_jobs(&JobFilter::default(), &PageRequest::first(10)).await.unwrap();
+        assert_eq!(all.items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn lists_page_by_id_and_counts_by_queue_and_state() {
+        let (store, _) = store();
+        let mut other = job("b", 0);
+        other.queue = "other".into();
+        let ids = enqueue(&store, vec![job("a", 0), job("a", 0), job("b", 0), other]).await;
+        let claimed = claim_one(&store, &["b"]).await.job.id;
+        // IDs made in one millisecond need not sort in creation order: sort them as the store does.
+        let mut ids = ids[..3].to_vec();
+        ids.sort();
+        let filter = JobFilter { queue: Some("default".into()), ..JobFilter::default() };
+        let page = store.list_jobs(&filter, &PageRequest::first(2)).await.unwrap();
+        assert_eq!(page.items.iter().map(|j| j.id).collect::<Vec<_>>(), &ids[..2]);
+        let next = PageRequest::next_of(&page, 2).unwrap();
+        let page = store.list_jobs(&filter, &next).await.unwrap();
+        assert_eq!((page.items[0].id, page.items.len(), page.next), (ids[2], 1, None));
+        let running = JobFilter { state: Some(JobState::Running), ..JobFilter::default() };
+        let page = store.list_jobs(&running, &PageRequest::first(10)).await.unwrap();
+        assert_eq!(page.items.iter().map(|j| j.id).collect::<Vec<_>>(), [claimed]);
+        let count = |queue: &str, state, count| QueueCount { queue: queue.into(), state, count };
+        assert_eq!(
+            store.count_jobs().await.unwrap(),
+            [
+                count("default", JobState::Available, 2),
+                count("default", JobState::Running, 1),
+                count("other", JobState::Available, 1),
+            ]
+        );
     }
 }

@@ -14,6 +14,8 @@
 mod dlq;
 mod index;
 mod job;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
