@@ -19,12 +19,26 @@ pub struct FinishCounter {
     applied: AtomicUsize,
     target: usize,
     done: Notify,
+    /// Claim calls made.
+    pub claims: AtomicUsize,
+    /// Jobs those calls returned.
+    pub claimed: AtomicUsize,
+    /// Finish calls made.
+    pub finish_calls: AtomicUsize,
 }
 
 impl FinishCounter {
     /// Wrap `inner`, waiting for `target` applied finishes.
     pub fn new(inner: DynStore, target: usize) -> Arc<Self> {
-        Arc::new(Self { inner, applied: AtomicUsize::new(0), target, done: Notify::new() })
+        Arc::new(Self {
+            inner,
+            applied: AtomicUsize::new(0),
+            target,
+            done: Notify::new(),
+            claims: AtomicUsize::new(0),
+            claimed: AtomicUsize::new(0),
+            finish_calls: AtomicUsize::new(0),
+        })
     }
 
     /// Wait until `target` finishes have been applied.
@@ -45,9 +59,13 @@ impl JobStore for FinishCounter {
         self.inner.enqueue(jobs).await
     }
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
-        self.inner.claim(request).await
+        let jobs = self.inner.claim(request).await?;
+        self.claims.fetch_add(1, Ordering::Relaxed);
+        self.claimed.fetch_add(jobs.len(), Ordering::Relaxed);
+        Ok(jobs)
     }
-    async fn finish(&self, finishes: Vec<Finish>) -> Result<Vec<FinishResult>> {
+    async fn finish(&self, finishes: &[Finish]) -> Result<Vec<FinishResult>> {
+        self.finish_calls.fetch_add(1, Ordering::Relaxed);
         let results = self.inner.finish(finishes).await?;
         let applied = results.iter().filter(|r| matches!(r, FinishResult::Applied { .. })).count();
         if self.applied.fetch_add(applied, Ordering::SeqCst) + applied >= self.target {

@@ -100,6 +100,12 @@ async fn drain(store: DynStore, jobs: usize, concurrency: usize) -> anyhow::Resu
         .context("drain stalled")?;
     let jobs_per_sec = rate(jobs, start.elapsed());
     handle.stop().await;
+    eprintln!(
+        "claims: {} calls for {} jobs; finishes: {} calls",
+        counter.claims.load(std::sync::atomic::Ordering::Relaxed),
+        counter.claimed.load(std::sync::atomic::Ordering::Relaxed),
+        counter.finish_calls.load(std::sync::atomic::Ordering::Relaxed),
+    );
     let scenario = format!("drain-c{concurrency}");
     Ok(Measurement { scenario, jobs_per_sec, ..Default::default() })
 }

@@ -582,7 +582,7 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// End attempts. Each item applies only while its token holds the job's lease; one result
     /// per item, in order. A job that becomes dead gets its DLQ entry in the same operation.
-    async fn finish(&self, finishes: Vec<Finish>) -> Result<Vec<FinishResult>>;
+    async fn finish(&self, finishes: &[Finish]) -> Result<Vec<FinishResult>>;
 
     /// Extend leases by `ttl` from now. Reports which were renewed, which are lost, and which
     /// have a cancel request.
@@ -615,8 +615,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Give leases back at shutdown: each job becomes available at once with its attempt
     /// returned. Shorthand for [`finish`](Self::finish) with [`Outcome::Release`].
     async fn release(&self, leases: &[LeaseRef]) -> Result<Vec<FinishResult>> {
-        let finishes = leases.iter().map(|&lease| Finish { lease, outcome: Outcome::Release });
-        self.finish(finishes.collect()).await
+        let finishes: Vec<Finish> =
+            leases.iter().map(|&lease| Finish { lease, outcome: Outcome::Release }).collect();
+        self.finish(&finishes).await
     }
 
     /// The optional powers of this store.

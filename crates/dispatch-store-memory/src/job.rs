@@ -42,10 +42,10 @@ impl JobStore for MemoryStore {
         Ok(keys.into_iter().filter_map(|key| state.claim_one(key.3, request, expires_at)).collect())
     }
 
-    async fn finish(&self, finishes: Vec<Finish>) -> Result<Vec<FinishResult>> {
+    async fn finish(&self, finishes: &[Finish]) -> Result<Vec<FinishResult>> {
         let now = self.clock.now();
         let mut state = self.state.lock();
-        Ok(finishes.into_iter().map(|f| state.finish_one(f, now)).collect())
+        Ok(finishes.iter().map(|f| state.finish_one(f, now)).collect())
     }
 
     async fn heartbeat(&self, leases: &[LeaseRef], ttl: Duration) -> Result<HeartbeatReport> {
@@ -206,7 +206,7 @@ impl State {
         Some(ClaimedJob { job: row.job.clone(), lease })
     }
 
-    fn finish_one(&mut self, finish: Finish, now: Timestamp) -> FinishResult {
+    fn finish_one(&mut self, finish: &Finish, now: Timestamp) -> FinishResult {
         let id = finish.lease.job_id;
         let Some(row) = self.jobs.get_mut(&id) else { return FinishResult::LeaseLost };
         let holds = row.job.state == JobState::Running
@@ -221,18 +221,18 @@ impl State {
         row.last_finish = Some(finish.lease.token);
         self.clear_lease(id);
         let mut dlq_id = None;
-        let state = match finish.outcome {
+        let state = match &finish.outcome {
             Outcome::Complete => self.end(id, JobState::Completed, now),
             Outcome::Cancel => self.end(id, JobState::Cancelled, now),
             Outcome::Snooze { run_at } => self.give_back(id, run_at.resolve(now)),
             Outcome::Release => self.give_back(id, now),
             Outcome::Fail { failure } => {
-                self.record(id, failure, now);
+                self.record(id, failure.clone(), now);
                 dlq_id = self.promote(id, now);
                 JobState::Dead
             }
             Outcome::Retry { failure, run_at } => {
-                self.record(id, failure, now);
+                self.record(id, failure.clone(), now);
                 if self.attempts_left(id) {
                     self.make_available(id, run_at.resolve(now));
                     JobState::Available

@@ -63,5 +63,5 @@ pub(crate) fn lease(claimed: &ClaimedJob) -> LeaseRef {
 
 /// Finish one lease with `outcome`.
 pub(crate) async fn finish(store: &MemoryStore, lease: LeaseRef, outcome: Outcome) -> FinishResult {
-    store.finish(vec![Finish { lease, outcome }]).await.unwrap()[0]
+    store.finish(&[Finish { lease, outcome }]).await.unwrap()[0]
 }

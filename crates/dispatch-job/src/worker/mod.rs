@@ -221,19 +221,15 @@ impl Worker {
         let shared = self.shared;
         let stop = CancellationToken::new();
         let halt = CancellationToken::new();
-        let finisher = tokio::spawn(finisher::run(
-            shared.store.clone(),
-            self.finish_rx,
-            shared.config.finish_batch,
-            shared.config.store_timeout,
-            halt.clone(),
-        ));
+        let halt_finisher = CancellationToken::new();
+        let finisher =
+            tokio::spawn(finisher::run(shared.clone(), self.finish_rx, halt_finisher.clone()));
         let fetch = tokio::spawn(run::fetch_loop(shared.clone(), stop.clone()));
         let background = vec![
             tokio::spawn(lease::heartbeat_loop(shared.clone(), halt.clone())),
             tokio::spawn(lease::rescue_loop(shared.clone(), halt.clone())),
         ];
-        WorkerHandle { shared, stop, halt, fetch, background, finisher }
+        WorkerHandle { shared, stop, halt, halt_finisher, fetch, background, finisher }
     }
 }
 
@@ -247,6 +243,7 @@ pub struct WorkerHandle {
     shared: Arc<Shared>,
     stop: CancellationToken,
     halt: CancellationToken,
+    halt_finisher: CancellationToken,
     fetch: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     finisher: JoinHandle<()>,
@@ -290,36 +287,35 @@ impl WorkerHandle {
         let shared = &self.shared;
         shared.tracker.close();
         let timeout = shared.config.shutdown_timeout;
-        let mut report = ShutdownReport::default();
-        if tokio::time::timeout(timeout, shared.tracker.wait()).await.is_err() {
-            let leases = cancel_in_flight(shared);
-            report.cancelled = leases.len();
+        let timed_out = tokio::time::timeout(timeout, shared.tracker.wait()).await.is_err();
+        if timed_out {
+            abort_in_flight(shared);
             shared.tracker.wait().await;
-            report.released = release(shared, &leases).await;
         }
+        // Write every finish already queued; what is still in flight after that was aborted.
+        self.halt_finisher.cancel();
+        let _ = self.finisher.await;
+        let leases: Vec<LeaseRef> = shared.running.lock().values().map(|f| f.lease).collect();
+        let report =
+            ShutdownReport { cancelled: leases.len(), released: release(shared, &leases).await };
+        shared.running.lock().clear();
         self.halt.cancel();
         for task in self.background {
             let _ = task.await;
         }
-        let _ = self.finisher.await;
         shared.hooks.emit(|| Event::Shutdown);
         shared.hooks.flush().await;
         report
     }
 }
 
-/// Fire every in-flight attempt's token with reason shutdown and drop its future; returns
-/// their leases.
-fn cancel_in_flight(shared: &Shared) -> Vec<LeaseRef> {
-    let running = shared.running.lock();
-    running
-        .values()
-        .map(|in_flight| {
-            in_flight.cancel.cancel(CancelReason::Shutdown);
-            in_flight.abort.cancel();
-            in_flight.lease
-        })
-        .collect()
+/// Fire every in-flight attempt's token with reason shutdown and drop its future (attempts whose
+/// handler already returned are unaffected: their finish is queued).
+fn abort_in_flight(shared: &Shared) {
+    for in_flight in shared.running.lock().values() {
+        in_flight.cancel.cancel(CancelReason::Shutdown);
+        in_flight.abort.cancel();
+    }
 }
 
 async fn release(shared: &Shared, leases: &[LeaseRef]) -> usize {

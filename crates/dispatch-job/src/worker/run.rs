@@ -9,15 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{
-    Backoff, ClaimRequest, ClaimedJob, Event, Finish, FinishResult, JobInfo, JobState, LeaseRef,
-    Outcome, RunAt,
+    Backoff, ClaimRequest, ClaimedJob, Event, Finish, JobInfo, LeaseRef, Outcome, RunAt,
 };
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::Shared;
-use super::finisher::FinishRequest;
+use super::finisher::{FinishRequest, HookInfo};
 use crate::context::{CancelReason, CancelToken, JobContext};
 use crate::error::{Action, JobError, JobResult};
 use crate::service::JobRequest;
@@ -140,32 +139,20 @@ async fn run_job(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphor
     let elapsed = started.elapsed();
     drop(permit);
     let Some(result) = result else {
-        // Lease lost (nothing we write would be accepted) or shutdown (stop releases the lease).
-        shared.running.lock().remove(&lease.job_id);
+        // Shutdown: stop releases the lease. Lease lost: nothing we write would be accepted.
+        if cancel.reason() != Some(CancelReason::Shutdown) {
+            shared.running.lock().remove(&lease.job_id);
+        }
         return;
     };
 
     let outcome = decide(result, &cancel, attempt, backoff);
-    let for_hooks = info.map(|info| (info, outcome.clone()));
-    let finished = finish(&shared, Finish { lease, outcome }).await;
-    shared.running.lock().remove(&lease.job_id);
-    match finished {
-        Ok(result) => {
-            if let Some((info, outcome)) = for_hooks {
-                emit_finished(&shared, info, attempt, elapsed, &outcome, result);
-            }
-        }
-        Err(error) => {
-            tracing::error!(job.id = %lease.job_id, %error, "could not record the attempt")
-        }
+    let hook = info.map(|job| HookInfo { job, attempt, elapsed });
+    let request = FinishRequest { finish: Finish { lease, outcome }, hook };
+    if shared.finisher.send(request).await.is_err() {
+        tracing::error!(job.id = %lease.job_id, "the finisher has stopped; the lease will expire");
+        shared.running.lock().remove(&lease.job_id);
     }
-}
-
-async fn finish(shared: &Shared, finish: Finish) -> dispatch_core::Result<FinishResult> {
-    let (reply, answer) = oneshot::channel();
-    let gone = || dispatch_core::Error::unavailable("the worker's finisher has stopped");
-    shared.finisher.send(FinishRequest { finish, reply }).await.map_err(|_| gone())?;
-    answer.await.map_err(|_| gone())?
 }
 
 /// How an attempt's result becomes a store outcome.
@@ -184,46 +171,5 @@ fn decide(result: JobResult, cancel: &CancelToken, attempt: u32, backoff: Backof
             let delay = after.unwrap_or_else(|| backoff.delay(attempt));
             Outcome::Retry { failure: error.to_failure(), run_at: RunAt::After(delay) }
         }
-    }
-}
-
-fn emit_finished(
-    shared: &Shared,
-    job: JobInfo,
-    attempt: u32,
-    elapsed: Duration,
-    outcome: &Outcome,
-    result: FinishResult,
-) {
-    let FinishResult::Applied { state, dlq_id } = result else {
-        tracing::debug!(job.id = %job.id, ?result, "finish not applied; no hooks");
-        return;
-    };
-    let hooks = &shared.hooks;
-    match (state, outcome) {
-        (JobState::Completed, _) => hooks.emit(|| Event::JobCompleted { job, attempt, elapsed }),
-        (JobState::Cancelled, _) => hooks.emit(|| Event::JobCancelled { job, attempt }),
-        (JobState::Available, Outcome::Retry { failure, run_at }) => {
-            let delay = relative(*run_at);
-            hooks.emit(|| Event::JobRetrying { job, attempt, failure: failure.clone(), delay });
-        }
-        (JobState::Available, Outcome::Snooze { run_at }) => {
-            hooks.emit(|| Event::JobSnoozed { job, delay: relative(*run_at) });
-        }
-        (JobState::Dead, Outcome::Retry { failure, .. } | Outcome::Fail { failure }) => {
-            let failed = job.clone();
-            hooks.emit(|| Event::JobFailed { job: failed, attempt, failure: failure.clone() });
-            if let Some(dlq_id) = dlq_id {
-                hooks.emit(|| Event::JobPromoted { job, dlq_id });
-            }
-        }
-        _ => tracing::debug!(job.id = %job.id, ?state, "no hook for this transition"),
-    }
-}
-
-fn relative(run_at: RunAt) -> Duration {
-    match run_at {
-        RunAt::After(delay) => delay,
-        RunAt::Now | RunAt::At(_) => Duration::ZERO,
     }
 }

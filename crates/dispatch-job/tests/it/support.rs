@@ -138,7 +138,7 @@ impl JobStore for CountingStore {
         self.claim_limits.lock().push(request.limit);
         self.inner.claim(request).await
     }
-    async fn finish(&self, finishes: Vec<Finish>) -> Result<Vec<FinishResult>> {
+    async fn finish(&self, finishes: &[Finish]) -> Result<Vec<FinishResult>> {
         self.finishes.fetch_add(1, Ordering::SeqCst);
         self.inner.finish(finishes).await
     }
