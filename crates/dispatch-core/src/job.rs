@@ -571,7 +571,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Store new jobs. All items are validated first ([`NewJob::validate`]); if any is invalid
     /// the call fails and nothing is stored. Returns one result per item, in order. A job whose
     /// unique key is held (by a stored job or an earlier item of the same batch) is not stored:
-    /// its result is [`Enqueued::Duplicate`] with the holder's ID.
+    /// its result is [`Enqueued::Duplicate`] with the holder's ID. An ID that is already stored,
+    /// or appears twice in the batch, fails the call with
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) and stores nothing.
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
 
     /// Claim up to `limit` available jobs whose run-at has come, from `queues`, of `names`:

@@ -47,7 +47,7 @@ impl WorkerConfig {
     pub fn validate(&self) -> dispatch_core::Result<()> {
         let invalid = |m: &str| Err(dispatch_core::Error::invalid_input(m.to_owned()));
         if self.concurrency == 0 || self.concurrency > u32::MAX as usize >> 4 {
-            return invalid("concurrency must be at least 1");
+            return invalid("concurrency must be between 1 and 2^28");
         }
         if self.heartbeat_interval >= self.lease_ttl {
             return invalid("heartbeat_interval must be shorter than lease_ttl");
