@@ -1,11 +1,12 @@
 //! What a handler knows about its attempt: [`JobContext`], its [`CancelToken`], and the task-local
 //! tenant scope.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use dispatch_core::{JobId, Scope};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 /// Why an attempt was asked to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,6 +23,10 @@ pub enum CancelReason {
 }
 
 /// Fires once, with a reason. Cheap to clone; every clone sees the same firing.
+///
+/// Hand-rolled on an atomic and a [`Notify`] rather than a `CancellationToken`, because one is made
+/// per attempt on the hot path and this costs one allocation. The worker also uses it to *abort*
+/// an attempt (drop its future), which only a lost lease or a shutdown does.
 #[derive(Clone, Debug, Default)]
 pub struct CancelToken {
     inner: Arc<TokenInner>,
@@ -29,8 +34,32 @@ pub struct CancelToken {
 
 #[derive(Debug, Default)]
 struct TokenInner {
-    token: CancellationToken,
-    reason: OnceLock<CancelReason>,
+    /// 0 while not fired, else a `CancelReason` code.
+    reason: AtomicU8,
+    /// 0 while not aborted, else the `CancelReason` code of the abort.
+    aborted: AtomicU8,
+    notify: Notify,
+}
+
+impl CancelReason {
+    fn code(self) -> u8 {
+        match self {
+            Self::CancelRequested => 1,
+            Self::Shutdown => 2,
+            Self::Timeout => 3,
+            Self::LeaseLost => 4,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::CancelRequested),
+            2 => Some(Self::Shutdown),
+            3 => Some(Self::Timeout),
+            4 => Some(Self::LeaseLost),
+            _ => None,
+        }
+    }
 }
 
 impl CancelToken {
@@ -41,25 +70,63 @@ impl CancelToken {
 
     /// Fire with `reason`. Only the first reason sticks; firing again does nothing.
     pub fn cancel(&self, reason: CancelReason) {
-        if self.inner.reason.set(reason).is_ok() {
-            self.inner.token.cancel();
+        let fired = self.inner.reason.compare_exchange(
+            0,
+            reason.code(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if fired.is_ok() {
+            self.inner.notify.notify_waiters();
         }
+    }
+
+    /// Fire with `reason` (if not fired yet) and mark the attempt aborted.
+    pub(crate) fn abort(&self, reason: CancelReason) {
+        self.inner.aborted.store(reason.code(), Ordering::Release);
+        self.cancel(reason);
+        self.inner.notify.notify_waiters();
     }
 
     /// Why it fired, or `None` while it has not.
     pub fn reason(&self) -> Option<CancelReason> {
-        self.inner.reason.get().copied()
+        CancelReason::from_code(self.inner.reason.load(Ordering::Acquire))
     }
 
     /// Whether it has fired.
     pub fn is_cancelled(&self) -> bool {
-        self.inner.token.is_cancelled()
+        self.reason().is_some()
     }
 
     /// Wait until it fires; returns the reason.
     pub async fn cancelled(&self) -> CancelReason {
-        self.inner.token.cancelled().await;
-        self.reason().unwrap_or(CancelReason::CancelRequested)
+        loop {
+            let notified = self.inner.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+
+    /// Why the attempt was aborted, if it was.
+    pub(crate) fn abort_reason(&self) -> Option<CancelReason> {
+        CancelReason::from_code(self.inner.aborted.load(Ordering::Acquire))
+    }
+
+    /// Wait until the attempt is aborted; returns why.
+    pub(crate) async fn aborted(&self) -> CancelReason {
+        loop {
+            let notified = self.inner.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(reason) = self.abort_reason() {
+                return reason;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -160,4 +227,34 @@ pub fn current_scope() -> Option<Scope> {
 /// Run `future` with `scope` as the task's current scope.
 pub async fn with_scope<F: std::future::Future>(scope: Scope, future: F) -> F::Output {
     CURRENT_SCOPE.scope(scope, future).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn first_reason_sticks_and_waiters_wake() {
+        let token = CancelToken::new();
+        let waiter = tokio::spawn({
+            let token = token.clone();
+            async move { token.cancelled().await }
+        });
+        tokio::task::yield_now().await;
+        token.cancel(CancelReason::CancelRequested);
+        token.cancel(CancelReason::Timeout);
+        assert_eq!(waiter.await.unwrap(), CancelReason::CancelRequested);
+        assert_eq!(token.reason(), Some(CancelReason::CancelRequested));
+        assert!(token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn abort_after_a_cancel_request_keeps_both_reasons() {
+        let token = CancelToken::new();
+        token.cancel(CancelReason::CancelRequested);
+        assert_eq!(token.abort_reason(), None);
+        token.abort(CancelReason::Shutdown);
+        assert_eq!(token.aborted().await, CancelReason::Shutdown);
+        assert_eq!(token.reason(), Some(CancelReason::CancelRequested));
+    }
 }

@@ -44,8 +44,7 @@ async fn heartbeat(shared: &Shared) {
     for id in &report.lost {
         if let Some(in_flight) = running.get(id) {
             tracing::warn!(job.id = %id, "lease lost; dropping the attempt");
-            in_flight.cancel.cancel(CancelReason::LeaseLost);
-            in_flight.abort.cancel();
+            in_flight.cancel.abort(CancelReason::LeaseLost);
         }
     }
     for id in &report.cancel_requested {

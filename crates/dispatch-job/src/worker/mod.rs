@@ -313,8 +313,7 @@ impl WorkerHandle {
 /// handler already returned are unaffected: their finish is queued).
 fn abort_in_flight(shared: &Shared) {
     for in_flight in shared.running.lock().values() {
-        in_flight.cancel.cancel(CancelReason::Shutdown);
-        in_flight.abort.cancel();
+        in_flight.cancel.abort(CancelReason::Shutdown);
     }
 }
 

@@ -24,9 +24,9 @@ use crate::service::JobRequest;
 /// What the worker tracks about an attempt in flight.
 pub(crate) struct InFlight {
     pub(crate) lease: LeaseRef,
+    /// Fired with a reason; aborted (the handler's future dropped) when the lease is lost or
+    /// shutdown ran out of time.
     pub(crate) cancel: CancelToken,
-    /// Fired to drop the handler's future: its lease is lost, or shutdown ran out of time.
-    pub(crate) abort: CancellationToken,
 }
 
 pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
@@ -104,8 +104,7 @@ async fn run_job(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphor
     let ClaimedJob { job, lease } = claimed;
     let lease = LeaseRef { job_id: job.id, token: lease.token };
     let cancel = CancelToken::new();
-    let abort = CancellationToken::new();
-    let in_flight = InFlight { lease, cancel: cancel.clone(), abort: abort.clone() };
+    let in_flight = InFlight { lease, cancel: cancel.clone() };
     shared.running.lock().insert(job.id, in_flight);
 
     let info = shared.hooks.is_enabled().then(|| JobInfo {
@@ -133,17 +132,20 @@ async fn run_job(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphor
     let call = shared.service.clone().oneshot(JobRequest { ctx, payload: job.payload });
     let result = tokio::select! {
         biased;
-        _ = abort.cancelled() => None,
-        result = call => Some(result),
+        reason = cancel.aborted() => Err(reason),
+        result = call => Ok(result),
     };
     let elapsed = started.elapsed();
     drop(permit);
-    let Some(result) = result else {
-        // Shutdown: stop releases the lease. Lease lost: nothing we write would be accepted.
-        if cancel.reason() != Some(CancelReason::Shutdown) {
+    let result = match result {
+        Ok(result) => result,
+        // Shutdown: stop releases the lease.
+        Err(CancelReason::Shutdown) => return,
+        // Lease lost: nothing we write would be accepted.
+        Err(_) => {
             shared.running.lock().remove(&lease.job_id);
+            return;
         }
-        return;
     };
 
     let outcome = decide(result, &cancel, attempt, backoff);
