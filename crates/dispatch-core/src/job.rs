@@ -444,6 +444,10 @@ pub enum Outcome {
 }
 
 /// One finish: end the attempt held by `lease` with `outcome`.
+///
+/// A cancel request wins over running again: when the job has a cancel request, an outcome that
+/// would make it available again (retry, snooze, release) ends it cancelled instead (a retry's
+/// failure is still recorded). Complete, fail and cancel apply as they are.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Finish {
     /// The lease being ended.
@@ -463,10 +467,10 @@ pub enum FinishResult {
         /// The DLQ entry made, when the job became dead.
         dlq_id: Option<DlqId>,
     },
-    /// A finish with this token was applied before (a retried call); nothing changed.
+    /// The last finish applied to this job carried this token (a retried call); nothing changed.
     AlreadyApplied,
-    /// The token no longer holds the lease (expired and rescued, or the job is gone); nothing
-    /// changed.
+    /// The token no longer holds the lease (expired and rescued, the job is gone, or a later
+    /// attempt has finished since); nothing changed.
     LeaseLost,
 }
 
@@ -595,9 +599,9 @@ pub trait JobStore: Send + Sync + 'static {
     async fn request_cancel(&self, id: JobId) -> Result<CancelResult>;
 
     /// Reclaim up to `limit` running jobs whose lease has expired, in one operation. Each records
-    /// a [`FailureKind::LeaseExpired`] error and keeps its attempt spent; it becomes available at
-    /// once, or dead with a DLQ entry when no attempts are left, or cancelled when a cancel was
-    /// requested.
+    /// a [`FailureKind::LeaseExpired`] error and keeps its attempt spent; it becomes cancelled when
+    /// a cancel was requested, else dead with a DLQ entry when no attempts are left, else
+    /// available at once. A lease that has expired but not been rescued still holds.
     async fn rescue_expired(&self, limit: usize) -> Result<RescueReport>;
 
     /// One job by ID.

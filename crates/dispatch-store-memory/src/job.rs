@@ -219,11 +219,20 @@ impl State {
             };
         }
         row.last_finish = Some(finish.lease.token);
+        let cancel_requested = row.job.cancel_requested;
         self.clear_lease(id);
         let mut dlq_id = None;
         let state = match &finish.outcome {
             Outcome::Complete => self.end(id, JobState::Completed, now),
             Outcome::Cancel => self.end(id, JobState::Cancelled, now),
+            // A cancel request wins over running again.
+            Outcome::Retry { failure, .. } if cancel_requested => {
+                self.record(id, failure.clone(), now);
+                self.end(id, JobState::Cancelled, now)
+            }
+            Outcome::Snooze { .. } | Outcome::Release if cancel_requested => {
+                self.end(id, JobState::Cancelled, now)
+            }
             Outcome::Snooze { run_at } => self.give_back(id, run_at.resolve(now)),
             Outcome::Release => self.give_back(id, now),
             Outcome::Fail { failure } => {
@@ -294,17 +303,15 @@ impl State {
         let Some(row) = self.jobs.get(&id) else { return };
         let (cancel_requested, owner) = (row.job.cancel_requested, row.job.lease.map(|l| l.owner));
         self.clear_lease(id);
-        if cancel_requested {
-            self.finalize(id, JobState::Cancelled, now);
-            report.cancelled.push(id);
-            return;
-        }
         let message = match owner {
             Some(owner) => format!("lease held by {owner} expired"),
             None => "lease expired".to_owned(),
         };
         self.record(id, Failure::new(FailureKind::LeaseExpired, message), now);
-        if self.attempts_left(id) {
+        if cancel_requested {
+            self.finalize(id, JobState::Cancelled, now);
+            report.cancelled.push(id);
+        } else if self.attempts_left(id) {
             self.make_available(id, now);
             report.rescued.push(id);
         } else if let Some(dlq_id) = self.promote(id, now) {

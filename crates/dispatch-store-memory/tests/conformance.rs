@@ -1,2 +1,28 @@
-//! Runs the conformance suite on the memory store (placeholder).
-fn main() {}
+//! Runs the `dispatch-store-tests` conformance suite on the memory store: every test gets a
+//! fresh `MemoryStore` reading the test's manual clock. Run with
+//! `cargo test -p dispatch-store-memory --test conformance`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use dispatch_core::{DynStore, ManualClock};
+use dispatch_store_memory::MemoryStore;
+use dispatch_store_tests::StoreFactory;
+
+/// Makes a fresh in-process store per test; there is no server to probe.
+struct Memory;
+
+#[async_trait::async_trait]
+impl StoreFactory for Memory {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    async fn create(&self, clock: Arc<ManualClock>) -> dispatch_core::Result<DynStore> {
+        Ok(Arc::new(MemoryStore::with_clock(clock)))
+    }
+}
+
+fn main() -> ExitCode {
+    dispatch_store_tests::run_conformance(Memory)
+}

@@ -1,1 +1,169 @@
-//! Conformance suite (placeholder).
+//! The conformance suite every Dispatch store runs: the executable form of the contracts in
+//! `dispatch-core` ([`JobStore`](dispatch_core::JobStore), [`DlqStore`](dispatch_core::DlqStore)).
+//!
+//! A store author runs it on their store from a test binary declared with `harness = false`:
+//! implement [`StoreFactory`] (how to make a fresh, empty store in its own namespace reading a
+//! given clock) and hand it to [`run_conformance`]:
+//!
+//! ```no_run
+//! use std::process::ExitCode;
+//! use std::sync::Arc;
+//!
+//! use dispatch_core::{DynStore, ManualClock};
+//! use dispatch_store_tests::{StoreFactory, run_conformance};
+//!
+//! struct MyStore;
+//!
+//! #[async_trait::async_trait]
+//! impl StoreFactory for MyStore {
+//!     fn name(&self) -> &str {
+//!         "mine"
+//!     }
+//!     async fn create(&self, clock: Arc<ManualClock>) -> dispatch_core::Result<DynStore> {
+//!         // A fresh store in its own namespace, reading `clock`; here the memory store.
+//!         Ok(Arc::new(dispatch_store_memory::MemoryStore::with_clock(clock)))
+//!     }
+//! }
+//!
+//! fn main() -> ExitCode {
+//!     run_conformance(MyStore)
+//! }
+//! ```
+//!
+//! Every test is a plain `pub async fn(TestContext)` in a module named after the trait it pins
+//! ([`job`], [`dlq`]); [`all_tests`] lists them. Tests are deterministic: time moves only through
+//! the [`ManualClock`](dispatch_core::ManualClock) in the [`TestContext`], never by sleeping, and
+//! each test touches only its own store, so they run in parallel against one server.
+//!
+//! This is not a benchmark, a fuzzer or a test of the job runtime: it checks what a store
+//! promises, one behaviour per test, against the trait docs. A behaviour that is not in the trait
+//! docs is not pinned here.
+
+mod harness;
+mod support;
+
+pub mod dlq;
+pub mod job;
+
+use futures::future::BoxFuture;
+
+pub use harness::{StoreFactory, TestContext, run_conformance};
+
+/// One test of the suite: its name and the function that runs it.
+#[derive(Clone, Copy)]
+pub struct SuiteTest {
+    /// The test's name, `module::function`, e.g. `job::claim_order_priority_then_fifo`.
+    pub name: &'static str,
+    /// Runs the test on a context; panics (a failed assertion) when the store misbehaves.
+    pub run: fn(TestContext) -> BoxFuture<'static, ()>,
+}
+
+impl std::fmt::Debug for SuiteTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SuiteTest").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+macro_rules! suite {
+    ($($module:ident :: $test:ident),* $(,)?) => {
+        vec![$(
+            SuiteTest {
+                name: concat!(stringify!($module), "::", stringify!($test)),
+                run: |ctx| Box::pin($module::$test(ctx)),
+            },
+        )*]
+    };
+}
+
+/// Every test of the suite, in a stable order.
+pub fn all_tests() -> Vec<SuiteTest> {
+    suite![
+        // enqueue
+        job::enqueue_rejects_oversized_payload,
+        job::enqueue_oversized_item_fails_whole_batch,
+        job::enqueue_accepts_payload_at_limit,
+        job::enqueue_rejects_invalid_options,
+        job::enqueue_rejects_duplicate_ids,
+        job::enqueue_empty_batch_is_empty,
+        // claim
+        job::claim_order_priority_then_fifo,
+        job::claim_order_run_at_breaks_priority_ties,
+        job::claim_order_spans_names_and_queues,
+        job::claim_waits_for_run_at,
+        job::claim_filters_names_and_queues,
+        job::claim_with_empty_names_or_queues_claims_nothing,
+        job::claim_writes_lease,
+        job::claim_respects_limit,
+        job::claim_is_exclusive,
+        // finish
+        job::finish_complete,
+        job::finish_retry_schedules_next_attempt,
+        job::finish_fail_promotes_to_dlq,
+        job::finish_retry_exhausted_promotes_to_dlq,
+        job::finish_snooze_gives_attempt_back,
+        job::finish_release_gives_attempt_back,
+        job::finish_cancel_by_handler,
+        job::finish_repeat_is_already_applied,
+        job::finish_repeat_after_reclaim,
+        job::finish_batch_answers_per_item,
+        // leases
+        job::lease_fencing_refuses_old_token,
+        job::heartbeat_extends_lease,
+        job::heartbeat_reports_lost_leases,
+        job::rescue_makes_expired_job_available,
+        job::rescue_leaves_live_leases_alone,
+        job::rescue_respects_limit,
+        job::rescue_keeps_attempt_spent_and_promotes_after_last,
+        job::expired_lease_finishes_until_rescued,
+        job::finish_races_rescue,
+        // cancel
+        job::cancel_available_job,
+        job::cancel_scheduled_job,
+        job::cancel_running_job_through_holder,
+        job::cancel_request_wins_over_running_again,
+        job::cancel_final_job_is_already_final,
+        job::cancel_unknown_job_is_not_found,
+        job::cancel_requested_expired_lease_is_cancelled_by_rescue,
+        job::cancel_by_rescue_records_lease_expired,
+        job::cancel_requested_on_last_attempt_is_cancelled_not_dead,
+        job::cancel_races_claim,
+        // unique keys
+        job::unique_concurrent_enqueues_create_one,
+        job::unique_duplicate_within_batch,
+        job::unique_key_scoped_by_name,
+        job::unique_key_freed_by_final_state,
+        job::unique_window_holds_key_after_finish,
+        job::unique_window_does_not_free_live_holder,
+        // lookups
+        job::list_jobs_keyset_pagination,
+        job::list_jobs_full_last_page_has_no_next,
+        job::list_jobs_page_limit_is_at_least_one,
+        job::list_jobs_filters,
+        job::count_jobs_per_queue_and_state,
+        job::get_job_round_trips_every_field,
+        job::get_job_unknown_is_none,
+        job::store_clock_stamps_times,
+        // dead letter queue
+        dlq::entry_written_with_death,
+        dlq::replay_once_under_concurrency,
+        dlq::replay_unknown_is_not_found,
+        dlq::purge_removes_what_filter_says,
+        dlq::list_filters_and_paginates,
+        dlq::get_unknown_is_none,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_qualified() {
+        let tests = all_tests();
+        let mut names: Vec<&str> = tests.iter().map(|t| t.name).collect();
+        assert!(names.iter().all(|n| n.starts_with("job::") || n.starts_with("dlq::")));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), tests.len(), "duplicate suite test names");
+    }
+}
