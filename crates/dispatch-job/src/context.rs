@@ -134,8 +134,8 @@ impl CancelToken {
 #[derive(Clone, Debug)]
 pub struct JobContext {
     pub(crate) id: JobId,
-    pub(crate) name: Arc<str>,
-    pub(crate) queue: Arc<str>,
+    pub(crate) name: String,
+    pub(crate) queue: String,
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
     pub(crate) timeout: Option<Duration>,

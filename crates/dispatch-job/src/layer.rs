@@ -1,20 +1,24 @@
 //! The built-in layers of the handler stack: panic recovery, tracing, tenant scope, timeout.
 //!
 //! Each is a plain [`tower::Layer`]; user layers compose with them through the worker builder.
+//! Their futures are named types (no box per layer per attempt): the stack is boxed once, as a
+//! whole, by [`JobService`](crate::service::JobService).
 
+use std::any::Any;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
+use futures::future::{CatchUnwind, Either, Map, Ready};
+use futures::{FutureExt, future};
 use tower::{Layer, Service};
 use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use crate::context::{CancelReason, with_scope};
 use crate::error::JobError;
 use crate::service::JobRequest;
 
-type JobFuture = BoxFuture<'static, Result<(), JobError>>;
+type JobResult = Result<(), JobError>;
 
 macro_rules! job_layer {
     ($(#[$meta:meta])* $layer:ident, $service:ident) => {
@@ -44,39 +48,41 @@ job_layer!(
     Recover
 );
 
+type Caught = Result<JobResult, Box<dyn Any + Send>>;
+
+/// The future of [`Recover`].
+pub type RecoverFuture<F> =
+    Either<Map<CatchUnwind<AssertUnwindSafe<F>>, fn(Caught) -> JobResult>, Ready<JobResult>>;
+
 impl<S> Service<JobRequest> for Recover<S>
 where
     S: Service<JobRequest, Response = (), Error = JobError>,
-    S::Future: Send + 'static,
 {
     type Response = ();
     type Error = JobError;
-    type Future = JobFuture;
+    type Future = RecoverFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), JobError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<JobResult> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: JobRequest) -> JobFuture {
-        let name = request.ctx.name.clone();
+    fn call(&mut self, request: JobRequest) -> Self::Future {
+        let settle: fn(Caught) -> JobResult =
+            |caught| caught.unwrap_or_else(|p| Err(panic_error(p)));
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
-            Ok(future) => {
-                Box::pin(AssertUnwindSafe(future).catch_unwind().map(move |r| {
-                    r.unwrap_or_else(|panic| Err(panic_error(&name, panic.as_ref())))
-                }))
-            }
-            Err(panic) => Box::pin(std::future::ready(Err(panic_error(&name, panic.as_ref())))),
+            Ok(future) => Either::Left(AssertUnwindSafe(future).catch_unwind().map(settle)),
+            Err(panic) => Either::Right(future::ready(Err(panic_error(panic)))),
         }
     }
 }
 
-fn panic_error(job: &str, panic: &(dyn std::any::Any + Send)) -> JobError {
+fn panic_error(panic: Box<dyn Any + Send>) -> JobError {
     let message = panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string panic payload".to_owned());
-    JobError::panic(format!("job {job:?} panicked: {message}"))
+    JobError::panic(format!("handler panicked: {message}"))
 }
 
 job_layer!(
@@ -86,20 +92,22 @@ job_layer!(
     Trace
 );
 
+/// The future of [`Trace`].
+pub type TraceFuture<F> = Instrumented<Map<F, fn(JobResult) -> JobResult>>;
+
 impl<S> Service<JobRequest> for Trace<S>
 where
     S: Service<JobRequest, Response = (), Error = JobError>,
-    S::Future: Send + 'static,
 {
     type Response = ();
     type Error = JobError;
-    type Future = JobFuture;
+    type Future = TraceFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), JobError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<JobResult> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: JobRequest) -> JobFuture {
+    fn call(&mut self, request: JobRequest) -> Self::Future {
         let ctx = &request.ctx;
         let span = tracing::info_span!(
             "dispatch.job",
@@ -108,28 +116,28 @@ where
             job.queue = %ctx.queue,
             job.attempt = ctx.attempt,
         );
-        let future = span.in_scope(|| self.inner.call(request));
-        Box::pin(
-            async move {
-                let result = future.await;
-                match &result {
-                    Ok(()) => tracing::debug!("attempt succeeded"),
-                    Err(error) => tracing::warn!(%error, "attempt failed"),
-                }
-                result
+        let log: fn(JobResult) -> JobResult = |result| {
+            match &result {
+                Ok(()) => tracing::debug!("attempt succeeded"),
+                Err(error) => tracing::warn!(%error, "attempt failed"),
             }
-            .instrument(span),
-        )
+            result
+        };
+        let future = span.in_scope(|| self.inner.call(request));
+        future.map(log).instrument(span)
     }
 }
 
 job_layer!(
     /// Makes the job's tenant scope the task's current scope
     /// ([`current_scope`](crate::context::current_scope)), so jobs enqueued by the handler
-    /// inherit it.
+    /// inherit it. Jobs without a scope pass straight through.
     ScopeLayer,
     ScopeService
 );
+
+/// The future of [`ScopeService`].
+pub type ScopeFuture<F> = Either<F, futures::future::BoxFuture<'static, JobResult>>;
 
 impl<S> Service<JobRequest> for ScopeService<S>
 where
@@ -138,15 +146,18 @@ where
 {
     type Response = ();
     type Error = JobError;
-    type Future = JobFuture;
+    type Future = ScopeFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), JobError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<JobResult> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: JobRequest) -> JobFuture {
+    fn call(&mut self, request: JobRequest) -> Self::Future {
+        if request.ctx.scope.is_empty() {
+            return Either::Left(self.inner.call(request));
+        }
         let scope = request.ctx.scope.clone();
-        Box::pin(with_scope(scope, self.inner.call(request)))
+        Either::Right(Box::pin(with_scope(scope, self.inner.call(request))))
     }
 }
 
@@ -157,6 +168,9 @@ job_layer!(
     Timeout
 );
 
+/// The future of [`Timeout`]: the inner future itself when the job has no timeout.
+pub type TimeoutFuture<F> = Either<F, futures::future::BoxFuture<'static, JobResult>>;
+
 impl<S> Service<JobRequest> for Timeout<S>
 where
     S: Service<JobRequest, Response = (), Error = JobError>,
@@ -164,26 +178,23 @@ where
 {
     type Response = ();
     type Error = JobError;
-    type Future = JobFuture;
+    type Future = TimeoutFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), JobError>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<JobResult> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: JobRequest) -> JobFuture {
+    fn call(&mut self, request: JobRequest) -> Self::Future {
         let Some(limit) = request.ctx.timeout else {
-            return Box::pin(self.inner.call(request));
+            return Either::Left(self.inner.call(request));
         };
         let token = request.ctx.cancel.clone();
         let future = self.inner.call(request);
-        Box::pin(async move {
-            match tokio::time::timeout(limit, future).await {
-                Ok(result) => result,
-                Err(_elapsed) => {
-                    token.cancel(CancelReason::Timeout);
-                    Err(JobError::timeout(limit))
-                }
-            }
-        })
+        Either::Right(Box::pin(async move {
+            tokio::time::timeout(limit, future).await.unwrap_or_else(|_elapsed| {
+                token.cancel(CancelReason::Timeout);
+                Err(JobError::timeout(limit))
+            })
+        }))
     }
 }
