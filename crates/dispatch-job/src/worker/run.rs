@@ -120,8 +120,8 @@ async fn run_job(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphor
     let backoff = shared.registry.get(&job.name).map(|j| j.backoff()).unwrap_or_default();
     let ctx = JobContext {
         id: job.id,
-        name: job.name.into(),
-        queue: job.queue.into(),
+        name: job.name,
+        queue: job.queue,
         attempt,
         max_attempts: job.max_attempts,
         timeout: job.timeout,
