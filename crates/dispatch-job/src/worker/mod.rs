@@ -5,7 +5,7 @@
 //!
 //! [`WorkerHandle::stop`] stops claiming, then lets in-flight attempts run for up to the
 //! shutdown timeout. Attempts still running then get their cancel token fired with reason
-//! [`CancelReason::Shutdown`](crate::CancelReason::Shutdown), their futures are dropped, and
+//! [`CancelReason::Shutdown`], their futures are dropped, and
 //! their leases are released in one store call: the jobs are available at once to any other
 //! worker, with their attempts given back. Nothing waits for a lease to expire.
 
