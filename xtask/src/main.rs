@@ -1,4 +1,5 @@
-//! Project automation. `cargo xtask ci` is what CI runs; `cargo xtask bench` measures.
+//! Project automation. `cargo xtask ci` is what CI runs (fmt, clippy, the README's test command,
+//! rustdoc with warnings denied, the README's main command); `cargo xtask bench` measures.
 //!
 //! The README is the single source of the two user commands: the line after
 //! `<!-- command:test -->` and the line after `<!-- command:main -->` in README.md are what
@@ -46,6 +47,7 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     run("cargo fmt --all --check")?;
     run("cargo clippy --workspace --all-targets -- -D warnings")?;
     run(&test)?;
+    run_with_env("cargo doc --workspace --no-deps", &[("RUSTDOCFLAGS", "-D warnings")])?;
     run(&main)?;
     println!("xtask ci: all steps passed");
     Ok(())
@@ -63,11 +65,19 @@ fn readme_command(readme: &str, name: &str) -> anyhow::Result<String> {
 
 /// Run a shell-free command line (words split on whitespace); fail when it fails.
 pub(crate) fn run(command: &str) -> anyhow::Result<()> {
+    run_with_env(command, &[])
+}
+
+/// As [`run`], with extra environment variables.
+fn run_with_env(command: &str, env: &[(&str, &str)]) -> anyhow::Result<()> {
     println!("xtask: $ {command}");
     let words: Vec<&str> = command.split_whitespace().collect();
     let (program, args) = words.split_first().context("empty command")?;
-    let status =
-        Command::new(program).args(args).status().with_context(|| format!("starting {command}"))?;
+    let status = Command::new(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .status()
+        .with_context(|| format!("starting {command}"))?;
     if !status.success() {
         bail!("`{command}` failed with {status}");
     }
