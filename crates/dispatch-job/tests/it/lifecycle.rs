@@ -253,3 +253,92 @@ async fn snooze_five_times_then_succeed_spends_one_attempt() {
     assert_eq!(job.attempt, 1);
     assert!(job.errors.is_empty(), "a snooze is not a failure");
 }
+
+#[tokio::test(start_paused = true)]
+async fn jobs_enqueued_by_a_handler_inherit_its_scope() {
+    let store = store();
+    let client_slot: Arc<Mutex<Option<dispatch_job::JobClient>>> = Arc::default();
+    let child = JobDefinition::new("child", |_ctx: JobContext, _: ()| async { Ok(()) });
+    let (slot, child_def) = (client_slot.clone(), child.clone());
+    let parent = JobDefinition::new("parent", move |_ctx: JobContext, _: ()| {
+        let (slot, child_def) = (slot.clone(), child_def.clone());
+        async move {
+            let client = slot.lock().clone().expect("client set before start");
+            client.enqueue(&child_def, ()).await.map_err(|e| JobError::retry(e.to_string()))?;
+            Ok(())
+        }
+    });
+    let worker = worker(store.clone()).register(parent.clone()).register(child).build().unwrap();
+    *client_slot.lock() = Some(worker.client());
+    let handle = worker.start();
+    let scope = Scope::new("shop", "acme");
+    let options = EnqueueOptions::new().scope(scope.clone());
+    let id = handle.client().enqueue_with(&parent, (), options).await.unwrap().id();
+    wait_for_state(&store, id, JobState::Completed).await;
+    let children = crate::support::eventually("the child job", Duration::from_secs(5), || async {
+        let filter = dispatch_core::JobFilter { name: Some("child".into()), ..Default::default() };
+        let page = store.list_jobs(&filter, &dispatch_core::PageRequest::first(10)).await.unwrap();
+        (!page.items.is_empty()).then_some(page.items)
+    })
+    .await;
+    handle.stop().await;
+    assert_eq!(children.len(), 1);
+    assert_eq!(children[0].scope, scope, "the child inherits the parent's scope");
+}
+
+/// A user layer that counts the attempts passing through it.
+#[derive(Clone)]
+struct CountLayer(Arc<AtomicU32>);
+
+impl<S> tower::Layer<S> for CountLayer {
+    type Service = CountService<S>;
+    fn layer(&self, inner: S) -> CountService<S> {
+        CountService { inner, count: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+struct CountService<S> {
+    inner: S,
+    count: Arc<AtomicU32>,
+}
+
+impl<S> tower::Service<dispatch_job::JobRequest> for CountService<S>
+where
+    S: tower::Service<dispatch_job::JobRequest, Response = (), Error = JobError>,
+{
+    type Response = ();
+    type Error = JobError;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), JobError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: dispatch_job::JobRequest) -> S::Future {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        self.inner.call(request)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn user_layers_wrap_every_attempt() {
+    let store = store();
+    let count = Arc::new(AtomicU32::new(0));
+    let noop = JobDefinition::new("noop", |_ctx: JobContext, _: u32| async { Ok(()) });
+    let handle = worker(store.clone())
+        .register(noop.clone())
+        .layer(CountLayer(count.clone()))
+        .build()
+        .unwrap()
+        .start();
+    let ids = handle.client().enqueue_many(&noop, 0..5, EnqueueOptions::new()).await.unwrap();
+    for id in ids {
+        wait_for_state(&store, id.id(), JobState::Completed).await;
+    }
+    handle.stop().await;
+    assert_eq!(count.load(Ordering::SeqCst), 5);
+}
