@@ -626,6 +626,16 @@ pub trait JobStore: Send + Sync + 'static {
         self.finish(&finishes).await
     }
 
+    /// How long until the next available job of `queues` and `names` is due, by the store's
+    /// clock: `Some(ZERO)` when one is due now, `None` when none is waiting. A worker whose claim
+    /// came back short sleeps this long (at most its poll interval) instead of a whole poll
+    /// interval, so scheduled jobs start on time. The default answers `None`, and workers fall
+    /// back to polling.
+    async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
+        let _ = (queues, names);
+        Ok(None)
+    }
+
     /// The optional powers of this store.
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE

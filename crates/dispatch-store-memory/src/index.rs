@@ -64,6 +64,29 @@ impl AvailableIndex {
     }
 }
 
+impl AvailableIndex {
+    /// The earliest run-at among the available jobs of the given queues and names.
+    pub(crate) fn earliest(&self, queues: &[String], names: &[String]) -> Option<Timestamp> {
+        let sets = queues
+            .iter()
+            .filter_map(|queue| self.by_queue.get(queue))
+            .flat_map(|by_name| names.iter().filter_map(|name| by_name.get(name)));
+        sets.filter_map(earliest_in).min()
+    }
+}
+
+/// The earliest run-at in `set`: the first key of each priority level, levels found by seeking.
+fn earliest_in(set: &BTreeSet<Key>) -> Option<Timestamp> {
+    let mut earliest: Option<Timestamp> = None;
+    let mut start = Bound::Unbounded;
+    while let Some(first) = set.range((start, Bound::Unbounded)).next() {
+        earliest = Some(earliest.map_or(first.1, |e| e.min(first.1)));
+        let Some(lower) = first.0.0.checked_sub(1) else { break };
+        start = Bound::Included(level_start(lower));
+    }
+    earliest
+}
+
 /// Push up to `limit` due keys of `set` onto `out`, in order.
 fn collect_due(set: &BTreeSet<Key>, now: Timestamp, limit: usize, out: &mut Vec<Key>) {
     if limit == 0 {
@@ -111,5 +134,9 @@ mod tests {
         let mut out = Vec::new();
         collect_due(&set, now, 10, &mut out);
         assert_eq!(out, [due_high, due_low]);
+        assert_eq!(earliest_in(&set), Some(now));
+        set.remove(&due_high);
+        set.remove(&due_low);
+        assert_eq!(earliest_in(&set), Some(Timestamp::from_unix_micros(2_000)));
     }
 }

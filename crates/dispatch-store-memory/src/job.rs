@@ -106,6 +106,12 @@ impl JobStore for MemoryStore {
         Ok(report)
     }
 
+    async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
+        let now = self.clock.now();
+        let earliest = self.state.lock().available.earliest(queues, names);
+        Ok(earliest.map(|run_at| run_at.duration_since(now)))
+    }
+
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         Ok(self.state.lock().jobs.get(&id).map(|row| row.job.clone()))
     }

@@ -117,6 +117,7 @@ pub fn all_tests() -> Vec<SuiteTest> {
         job::expired_lease_finishes_until_rescued,
         job::finish_races_rescue,
         // cancel
+        job::next_due_reports_time_until_the_next_job,
         job::cancel_available_job,
         job::cancel_scheduled_job,
         job::cancel_running_job_through_holder,

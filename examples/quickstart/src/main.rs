@@ -87,7 +87,6 @@ async fn main() -> anyhow::Result<()> {
         .register(charge.clone())
         .register(reminder.clone())
         .concurrency(4)
-        .configure(|c| c.poll_interval = Duration::from_millis(100))
         .hook(Timeline { started: tokio::time::Instant::now() })
         .build()?;
     dispatcher.start()?;

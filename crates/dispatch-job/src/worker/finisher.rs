@@ -108,6 +108,12 @@ fn after_finish(
             return tracing::error!(%error, count, "could not record attempts; their leases will expire and be rescued");
         }
     };
+    // A job back in the queue (retry, snooze, release) may be due before the fetch loop's
+    // current sleep ends: wake it to look again.
+    if results.iter().any(|r| matches!(r, FinishResult::Applied { state: JobState::Available, .. }))
+    {
+        shared.wake.notify_one();
+    }
     for ((finish, hook), result) in finishes.iter().zip(hooks).zip(results) {
         if let Some(hook) = hook {
             emit(shared, hook, &finish.outcome, result);

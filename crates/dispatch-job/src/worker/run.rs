@@ -82,13 +82,25 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
         }
         drop(permits);
         if !full {
+            let wait = until_next_due(&shared, &request).await;
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
                 _ = shared.wake.notified() => {}
-                _ = tokio::time::sleep(shared.config.poll_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// How long an idle fetch loop sleeps: until the next job is due, at most a poll interval, at
+/// least a millisecond (a job due "now" that the claim missed is picked up on the next turn).
+async fn until_next_due(shared: &Shared, request: &ClaimRequest) -> Duration {
+    let poll = shared.config.poll_interval;
+    let ask = shared.store.next_due(&request.queues, &request.names);
+    match tokio::time::timeout(shared.config.store_timeout, ask).await {
+        Ok(Ok(Some(due))) => due.clamp(Duration::from_millis(1), poll),
+        _ => poll,
     }
 }
 

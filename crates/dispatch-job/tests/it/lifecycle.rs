@@ -342,3 +342,48 @@ async fn user_layers_wrap_every_attempt() {
     handle.stop().await;
     assert_eq!(count.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_job_starts_on_time_not_at_the_next_poll() {
+    let store = store();
+    let noop = JobDefinition::new("noop", |_ctx: JobContext, _: ()| async { Ok(()) });
+    let handle = worker(store.clone())
+        .register(noop.clone())
+        .configure(|c| c.poll_interval = Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .start();
+    let start = tokio::time::Instant::now();
+    let options = EnqueueOptions::new().delay(Duration::from_secs(2));
+    let id = handle.client().enqueue_with(&noop, (), options).await.unwrap().id();
+    wait_for_state(&store, id, JobState::Completed).await;
+    let waited = start.elapsed();
+    handle.stop().await;
+    assert!(waited >= Duration::from_secs(2), "not before its time: {waited:?}");
+    assert!(waited < Duration::from_millis(2100), "the worker slept until it was due: {waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_runs_after_its_backoff_not_at_the_next_poll() {
+    let store = store();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let once = JobDefinition::new("once", move |_ctx: JobContext, _: ()| {
+        let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+        async move { if first { Err(JobError::retry("first try fails")) } else { Ok(()) } }
+    })
+    .backoff(Backoff::Constant { delay: Duration::from_millis(50) });
+    let handle = worker(store.clone())
+        .register(once.clone())
+        .configure(|c| c.poll_interval = Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .start();
+    let start = tokio::time::Instant::now();
+    let id = handle.client().enqueue(&once, ()).await.unwrap().id();
+    wait_for_state(&store, id, JobState::Completed).await;
+    let waited = start.elapsed();
+    handle.stop().await;
+    assert!(waited >= Duration::from_millis(50), "{waited:?}");
+    assert!(waited < Duration::from_millis(150), "woken for the retry, not the poll: {waited:?}");
+}

@@ -155,6 +155,9 @@ impl JobStore for CountingStore {
     async fn rescue_expired(&self, limit: usize) -> Result<RescueReport> {
         self.inner.rescue_expired(limit).await
     }
+    async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
+        self.inner.next_due(queues, names).await
+    }
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         self.inner.get_job(id).await
     }

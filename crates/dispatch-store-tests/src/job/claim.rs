@@ -248,3 +248,34 @@ pub async fn claim_is_exclusive(ctx: TestContext) {
         assert_eq!((job.state, job.attempt), (JobState::Running, 1), "job {id}");
     }
 }
+
+/// `next_due` reports how long until the next available job of the given queues and names is
+/// due, by the store's clock. A store that does not support it answers `None` throughout (the
+/// runtime then polls); one that answers must answer exactly.
+pub async fn next_due_reports_time_until_the_next_job(ctx: TestContext) {
+    let queues = vec![dispatch_core::job::DEFAULT_QUEUE.to_owned()];
+    let names = vec!["later".to_owned()];
+    let due = |ctx: &TestContext| {
+        let (store, queues, names) = (ctx.store.clone(), queues.clone(), names.clone());
+        async move { store.next_due(&queues, &names).await.expect("next_due") }
+    };
+    assert_eq!(due(&ctx).await, None, "nothing waiting");
+    let mut later = job("later");
+    later.run_at = RunAt::After(secs(10));
+    ctx.enqueue_one(later).await;
+    let Some(first) = due(&ctx).await else {
+        return; // not supported by this store: the runtime polls instead
+    };
+    assert_eq!(first, secs(10));
+    let mut other = job("elsewhere");
+    other.run_at = RunAt::Now;
+    ctx.enqueue_one(other).await;
+    ctx.clock.advance(secs(4));
+    assert_eq!(due(&ctx).await, Some(secs(6)), "other names do not count");
+    let mut urgent = job("later");
+    urgent.priority = -5;
+    ctx.enqueue_one(urgent).await;
+    assert_eq!(due(&ctx).await, Some(Duration::ZERO), "a lower priority job due now counts");
+    assert_eq!(ctx.claim(&["later"], 10).await.len(), 1, "only the due one is claimed");
+    assert_eq!(due(&ctx).await, Some(secs(6)), "claimed jobs are not waiting");
+}
