@@ -7,4 +7,5 @@
 mod control;
 mod lifecycle;
 mod pool;
+mod realtime;
 mod support;

@@ -1,0 +1,196 @@
+//! Store-touching runtime scenarios in real time, so they run on any store (paused time does not
+//! mix with stores that do I/O on other threads). Each scenario takes a fresh store; the test
+//! functions at the bottom bind them to stores. Intervals are short; waits poll the store against
+//! a deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use dispatch_core::{Backoff, CancelResult, ClaimRequest, DynStore, Event, JobState, WorkerId};
+use dispatch_job::{CancelReason, CancelToken, JobContext, JobDefinition, JobError, WorkerBuilder};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::support::{CountingStore, Recorder, eventually, wait_for_state};
+
+/// A worker builder with real-time intervals short enough for tests.
+fn worker(store: DynStore) -> WorkerBuilder {
+    dispatch_job::Worker::builder(store).configure(|c| {
+        c.poll_interval = Duration::from_millis(20);
+        c.heartbeat_interval = Duration::from_millis(50);
+        c.lease_ttl = Duration::from_secs(5);
+        c.rescue_interval = Duration::from_secs(3600);
+        c.shutdown_timeout = Duration::from_secs(2);
+    })
+}
+
+/// Fails twice, then succeeds: completed on attempt 3 with two errors.
+pub(crate) async fn retry_then_succeed(store: DynStore) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let flaky = JobDefinition::new("flaky", move |_ctx: JobContext, _: ()| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move { if n < 2 { Err(JobError::retry("not yet")) } else { Ok(()) } }
+    })
+    .backoff(Backoff::Constant { delay: Duration::from_millis(20) });
+    let handle = worker(store.clone()).register(flaky.clone()).build().unwrap().start();
+    let id = handle.client().enqueue(&flaky, ()).await.unwrap().id();
+    let job = wait_for_state(&store, id, JobState::Completed).await;
+    handle.stop().await;
+    assert_eq!(job.attempt, 3);
+    assert_eq!(job.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(), [1, 2]);
+}
+
+/// Snoozes three times, then succeeds: one attempt spent.
+pub(crate) async fn snooze_gives_the_attempt_back(store: DynStore) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let sleepy = JobDefinition::new("sleepy", move |_ctx: JobContext, _: ()| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move { if n < 3 { Err(JobError::snooze(Duration::from_millis(10))) } else { Ok(()) } }
+    });
+    let handle = worker(store.clone()).register(sleepy.clone()).build().unwrap().start();
+    let id = handle.client().enqueue(&sleepy, ()).await.unwrap().id();
+    let job = wait_for_state(&store, id, JobState::Completed).await;
+    handle.stop().await;
+    assert_eq!((job.attempt, calls.load(Ordering::SeqCst)), (1, 4));
+}
+
+/// A cancel request reaches the running handler through its heartbeat; the job ends cancelled.
+pub(crate) async fn cancel_reaches_the_running_handler(store: DynStore) {
+    let started = Arc::new(Notify::new());
+    let reason: Arc<Mutex<Option<CancelReason>>> = Arc::default();
+    let (on_start, seen) = (started.clone(), reason.clone());
+    let stubborn = JobDefinition::new("stubborn", move |ctx: JobContext, _: ()| {
+        let (on_start, seen) = (on_start.clone(), seen.clone());
+        async move {
+            on_start.notify_one();
+            *seen.lock() = Some(ctx.cancelled().await);
+            Err(JobError::retry("stopped"))
+        }
+    });
+    let handle = worker(store.clone()).register(stubborn.clone()).build().unwrap().start();
+    let id = handle.client().enqueue(&stubborn, ()).await.unwrap().id();
+    started.notified().await;
+    assert_eq!(handle.client().cancel(id).await.unwrap(), CancelResult::Requested);
+    let job = wait_for_state(&store, id, JobState::Cancelled).await;
+    handle.stop().await;
+    assert_eq!(*reason.lock(), Some(CancelReason::CancelRequested));
+    assert_eq!(job.attempt, 1);
+}
+
+/// Jobs outliving the shutdown timeout are cancelled (reason shutdown) and released: another
+/// worker claims them at once with their attempts given back.
+pub(crate) async fn shutdown_releases_long_jobs(store: DynStore) {
+    let tokens: Arc<Mutex<Vec<CancelToken>>> = Arc::default();
+    let seen = tokens.clone();
+    let endless = JobDefinition::new("endless", move |ctx: JobContext, _: u32| {
+        seen.lock().push(ctx.cancel_token().clone());
+        async {
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+    let handle = worker(store.clone())
+        .register(endless.clone())
+        .concurrency(5)
+        .shutdown_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap()
+        .start();
+    handle.client().enqueue_many(&endless, 0..5, Default::default()).await.unwrap();
+    eventually("5 in flight", Duration::from_secs(10), || async {
+        (handle.in_flight() == 5).then_some(())
+    })
+    .await;
+    let report = handle.stop().await;
+    assert_eq!((report.cancelled, report.released), (5, 5));
+    assert!(tokens.lock().iter().all(|t| t.reason() == Some(CancelReason::Shutdown)));
+    let other = ClaimRequest {
+        worker: WorkerId::new(),
+        queues: vec!["default".into()],
+        names: vec!["endless".into()],
+        limit: 10,
+        lease_ttl: Duration::from_secs(60),
+    };
+    let claimed = store.claim(&other).await.unwrap();
+    assert_eq!(claimed.len(), 5, "claimable at once, no lease expiry to wait for");
+    assert!(claimed.iter().all(|c| c.job.attempt == 1), "attempts given back");
+}
+
+/// A partitioned worker (its heartbeats fail) loses its lease to rescue and a second worker; its
+/// late completion is refused and fires no completed hook.
+pub(crate) async fn fenced_out_completion_is_refused(inner: DynStore) {
+    let counting = CountingStore::new(inner.clone());
+    counting.fail_heartbeats.store(true, Ordering::SeqCst);
+    let recorder = Recorder::default();
+    let (release, started) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let (gate, on_start) = (release.clone(), started.clone());
+    let slow = JobDefinition::new("slow", move |_ctx: JobContext, _: ()| {
+        let (gate, on_start) = (gate.clone(), on_start.clone());
+        async move {
+            on_start.notify_one();
+            gate.notified().await;
+            Ok(())
+        }
+    });
+    let handle = worker(counting.clone())
+        .register(slow.clone())
+        .configure(|c| c.lease_ttl = Duration::from_millis(300))
+        .hook(recorder.clone())
+        .build()
+        .unwrap()
+        .start();
+    let id = handle.client().enqueue(&slow, ()).await.unwrap().id();
+    started.notified().await;
+    eventually("the lease to expire and be rescued", Duration::from_secs(10), || async {
+        let report = inner.rescue_expired(10).await.unwrap();
+        report.rescued.contains(&id).then_some(())
+    })
+    .await;
+    let other = ClaimRequest {
+        worker: WorkerId::new(),
+        queues: vec!["default".into()],
+        names: vec!["slow".into()],
+        limit: 1,
+        lease_ttl: Duration::from_secs(600),
+    };
+    assert_eq!(inner.claim(&other).await.unwrap().len(), 1);
+    release.notify_one();
+    eventually("the old attempt to end", Duration::from_secs(10), || async {
+        (handle.in_flight() == 0).then_some(())
+    })
+    .await;
+    handle.stop().await;
+    let job = inner.get_job(id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.lease.map(|l| l.owner)), (JobState::Running, Some(other.worker)));
+    let completed =
+        recorder.for_job(id).into_iter().any(|e| matches!(e, Event::JobCompleted { .. }));
+    assert!(!completed, "a fenced-out completion fires no completed hook");
+}
+
+macro_rules! on_store {
+    ($store:ident: $($scenario:ident),* $(,)?) => {
+        mod $store {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::$store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+async fn memory_store() -> DynStore {
+    Arc::new(dispatch_store_memory::MemoryStore::new())
+}
+
+on_store!(memory_store:
+    retry_then_succeed,
+    snooze_gives_the_attempt_back,
+    cancel_reaches_the_running_handler,
+    shutdown_releases_long_jobs,
+    fenced_out_completion_is_refused,
+);
