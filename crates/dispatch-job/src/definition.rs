@@ -67,6 +67,27 @@ impl Default for JobDefaults {
 /// let send_email = JobDefinition::new("send_email", send).queue("emails").max_attempts(5);
 /// assert_eq!(send_email.name(), "send_email");
 /// ```
+///
+/// The input type is part of the definition's type, so enqueueing the wrong input does not
+/// compile. This compiles:
+///
+/// ```
+/// # use dispatch_job::{JobClient, JobContext, JobDefinition};
+/// # async fn enqueue(client: JobClient) -> dispatch_core::Result<()> {
+/// let count = JobDefinition::new("count", |_ctx: JobContext, _n: u32| async { Ok(()) });
+/// client.enqueue(&count, 7).await?;
+/// # Ok(()) }
+/// ```
+///
+/// and this does not:
+///
+/// ```compile_fail
+/// # use dispatch_job::{JobClient, JobContext, JobDefinition};
+/// # async fn enqueue(client: JobClient) -> dispatch_core::Result<()> {
+/// let count = JobDefinition::new("count", |_ctx: JobContext, _n: u32| async { Ok(()) });
+/// client.enqueue(&count, "seven").await?;
+/// # Ok(()) }
+/// ```
 pub struct JobDefinition<I> {
     name: Arc<str>,
     defaults: JobDefaults,
