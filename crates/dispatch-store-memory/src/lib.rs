@@ -85,7 +85,10 @@ impl Row {
 
 #[derive(Debug, Default)]
 struct State {
-    jobs: BTreeMap<JobId, Row>,
+    /// Jobs by ID: hashed, since claim, finish and heartbeat look them up one by one.
+    jobs: HashMap<JobId, Row>,
+    /// Every job ID in ID order, for keyset listing (jobs are never removed).
+    order: BTreeSet<JobId>,
     available: AvailableIndex,
     /// Running jobs by lease expiry, for rescue.
     expiries: BTreeSet<(Timestamp, JobId)>,
@@ -96,6 +99,12 @@ struct State {
 }
 
 impl State {
+    /// Store a new job row.
+    fn insert_job(&mut self, row: Row) {
+        self.order.insert(row.job.id);
+        self.jobs.insert(row.job.id, row);
+    }
+
     fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
