@@ -69,7 +69,7 @@ impl DlqStore for MemoryStore {
         };
         let job_id = job.id;
         let seq = state.next_seq();
-        state.insert_job(Row { job, seq, last_finish: None, unique_until: None });
+        state.jobs.insert(job_id, Row { job, seq, last_finish: None, unique_until: None });
         state.make_available(job_id, now);
         if let Some(entry) = state.dlq.get_mut(&id) {
             entry.replayed_as = Some(job_id);

@@ -125,9 +125,9 @@ impl JobStore for MemoryStore {
         let start = page.after.map_or(Bound::Unbounded, Bound::Excluded);
         let state = self.state.lock();
         let items = state
-            .order
+            .jobs
             .range((start, Bound::Unbounded))
-            .filter_map(|id| state.jobs.get(id).map(|row| &row.job))
+            .map(|(_, row)| &row.job)
             .filter(|job| matches(filter, job))
             .take(limit + 1)
             .cloned()
@@ -187,7 +187,7 @@ impl State {
             dlq_id: None,
         };
         let seq = self.next_seq();
-        self.insert_job(Row { job, seq, last_finish: None, unique_until });
+        self.jobs.insert(id, Row { job, seq, last_finish: None, unique_until });
         self.make_available(id, run_at);
         if let Some(key) = unique_key {
             self.unique.insert(key, id);

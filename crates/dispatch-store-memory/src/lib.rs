@@ -85,10 +85,7 @@ impl Row {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Jobs by ID: hashed, since claim, finish and heartbeat look them up one by one.
-    jobs: HashMap<JobId, Row>,
-    /// Every job ID in ID order, for keyset listing (jobs are never removed).
-    order: BTreeSet<JobId>,
+    jobs: BTreeMap<JobId, Row>,
     available: AvailableIndex,
     /// Running jobs by lease expiry, for rescue.
     expiries: BTreeSet<(Timestamp, JobId)>,
@@ -99,12 +96,6 @@ struct State {
 }
 
 impl State {
-    /// Store a new job row.
-    fn insert_job(&mut self, row: Row) {
-        self.order.insert(row.job.id);
-        self.jobs.insert(row.job.id, row);
-    }
-
     fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
