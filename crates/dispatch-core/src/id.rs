@@ -25,8 +25,15 @@ macro_rules! define_id {
         }
 
         $(#[$meta])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
         pub struct $name(TypeSafeId<$tag>);
+
+        /// Hashes the UUID alone: the prefix is the same for every value of the type.
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                state.write_u128(self.0.uuid().as_u128());
+            }
+        }
 
         impl $name {
             /// The TypeID prefix of this kind of ID.
