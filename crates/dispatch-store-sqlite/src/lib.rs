@@ -211,3 +211,29 @@ fn db_error_ref(err: &sqlx::Error) -> Error {
         _ => Error::internal(format!("sqlite: {err}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use dispatch_core::{JobStore, NewJob};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_that_waits_past_its_timeout_fails_with_timeout() {
+        let dir = std::env::temp_dir()
+            .join("dispatch-sqlite-unit")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("slow.db");
+        let store = SqliteStore::open(path.to_str().unwrap())
+            .await
+            .unwrap()
+            .call_timeout(Duration::from_millis(50));
+        // Another call holds the writer.
+        let held = store.writer.lock().await;
+        let err = store.enqueue(vec![NewJob::new("a", vec![])]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        drop(held);
+        store.enqueue(vec![NewJob::new("a", vec![])]).await.unwrap();
+    }
+}

@@ -101,3 +101,130 @@ async fn apply(conn: &mut SqliteConnection, version: i64, now: Timestamp) -> Res
         .map_err(db_error)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use dispatch_core::ErrorKind;
+    use sqlx::ConnectOptions;
+    use sqlx::sqlite::SqliteConnectOptions;
+
+    use super::*;
+
+    /// A fresh directory for one test's files.
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir()
+            .join("dispatch-sqlite-unit")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn path_in(dir: &std::path::Path, file: &str) -> String {
+        dir.join(file).to_str().unwrap().to_owned()
+    }
+
+    async fn versions(store: &SqliteStore) -> Vec<i64> {
+        sqlx::query_scalar("SELECT version FROM dispatch_migrations ORDER BY version")
+            .fetch_all(&store.readers)
+            .await
+            .unwrap()
+    }
+
+    async fn open_err(path: &str) -> dispatch_core::Error {
+        SqliteStore::open(path).await.expect_err("the open should fail")
+    }
+
+    #[tokio::test]
+    async fn migrate_twice_is_idempotent() {
+        let dir = temp_dir();
+        let store = SqliteStore::open(&path_in(&dir, "a.db")).await.unwrap();
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        let want: Vec<i64> = (1..=SCHEMA_VERSION).collect();
+        assert_eq!(versions(&store).await, want);
+        drop(store);
+        let store = SqliteStore::open(&path_in(&dir, "a.db")).await.unwrap();
+        assert_eq!(versions(&store).await, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_opens_of_a_new_file_share_one_schema() {
+        let dir = temp_dir();
+        let path = path_in(&dir, "race.db");
+        let (a, b) = (path.clone(), path.clone());
+        let first = tokio::spawn(async move { SqliteStore::open(&a).await });
+        let second = tokio::spawn(async move { SqliteStore::open(&b).await });
+        let first = first.await.unwrap().unwrap();
+        let second = second.await.unwrap().unwrap();
+        let want: Vec<i64> = (1..=SCHEMA_VERSION).collect();
+        assert_eq!(versions(&first).await, want);
+        assert_eq!(versions(&second).await, want);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_sqlite_is_not_a_dispatch_database() {
+        let dir = temp_dir();
+        let path = path_in(&dir, "garbage.db");
+        std::fs::write(&path, vec![0xA5; 8192]).unwrap();
+        let err = open_err(&path).await;
+        assert_eq!(err.kind(), ErrorKind::IncompatibleSchema, "{err}");
+        assert!(err.message().contains("not a Dispatch database"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_file_of_another_program_is_not_a_dispatch_database() {
+        let dir = temp_dir();
+        let path = path_in(&dir, "other.db");
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE users (id INTEGER)").execute(&mut conn).await.unwrap();
+        drop(conn);
+        let err = open_err(&path).await;
+        assert_eq!(err.kind(), ErrorKind::IncompatibleSchema, "{err}");
+        assert!(err.message().contains("not a Dispatch database"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let dir = temp_dir();
+        let path = path_in(&dir, "newer.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut conn = store.writer.lock().await;
+        sqlx::query("INSERT INTO dispatch_migrations (version, applied_at) VALUES (999, 0)")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        drop(store);
+        let err = open_err(&path).await;
+        assert_eq!(err.kind(), ErrorKind::IncompatibleSchema, "{err}");
+        assert!(err.message().contains("999"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_read_only_database_is_refused_clearly() {
+        let dir = temp_dir();
+        let path = path_in(&dir, "ro.db");
+        // An empty file is an empty SQLite database; opened read-only it can not be migrated.
+        std::fs::write(&path, b"").unwrap();
+        let err = open_err(&format!("sqlite://{path}?mode=ro")).await;
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.message().contains("read-only"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unopenable_path_is_unavailable() {
+        let dir = temp_dir();
+        let err = open_err(&path_in(&dir, "missing/dir/x.db")).await;
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.message().contains("can not open"), "{err}");
+        let err = open_err(dir.to_str().unwrap()).await;
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    }
+}
