@@ -1,0 +1,147 @@
+//! [`DlqStore`] for [`SqliteStore`].
+
+use async_trait::async_trait;
+use dispatch_core::{
+    DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, Job, JobId, JobState, Page, PageRequest,
+    Replay, Result, Timestamp,
+};
+use sqlx::SqliteConnection;
+
+use crate::job::sql_limit;
+use crate::row::{dlq_from_row, insert_job};
+use crate::{SqliteStore, db_error};
+
+async fn load(conn: &mut SqliteConnection, id: DlqId) -> Result<Option<DlqEntry>> {
+    sqlx::query("SELECT * FROM dlq WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await
+        .map_err(db_error)?
+        .as_ref()
+        .map(dlq_from_row)
+        .transpose()
+}
+
+#[async_trait]
+impl DlqStore for SqliteStore {
+    async fn list_dlq(
+        &self,
+        filter: &DlqFilter,
+        page: &PageRequest<DlqId>,
+    ) -> Result<Page<DlqEntry, DlqId>> {
+        let limit = page.effective_limit();
+        let after = page.after.map(|id| id.to_string());
+        self.timed("list_dlq", async {
+            let rows = sqlx::query(
+                "SELECT * FROM dlq WHERE (? IS NULL OR id > ?) AND (? IS NULL OR queue = ?) \
+                 AND (? IS NULL OR name = ?) \
+                 AND (? IS NULL OR (replayed_as IS NOT NULL) = ?) ORDER BY id LIMIT ?",
+            )
+            .bind(&after)
+            .bind(&after)
+            .bind(&filter.queue)
+            .bind(&filter.queue)
+            .bind(&filter.name)
+            .bind(&filter.name)
+            .bind(filter.replayed)
+            .bind(filter.replayed)
+            .bind(sql_limit(limit + 1))
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db_error)?;
+            let items = rows.iter().map(dlq_from_row).collect::<Result<_>>()?;
+            Ok(Page::from_overfetch(items, limit, |e: &DlqEntry| e.id))
+        })
+        .await
+    }
+
+    async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {
+        self.timed("get_dlq", async {
+            let mut conn = self.readers.acquire().await.map_err(db_error)?;
+            load(&mut conn, id).await
+        })
+        .await
+    }
+
+    async fn replay_dlq(&self, id: DlqId) -> Result<Replay> {
+        let now = self.clock.now();
+        self.write("replay_dlq", move |conn| {
+            Box::pin(async move {
+                let entry = load(conn, id)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("no DLQ entry {id}")))?;
+                if let Some(job_id) = entry.replayed_as {
+                    return Ok(Replay::AlreadyReplayed(job_id));
+                }
+                let job = replay_job(&entry, now);
+                insert_job(conn, &job, None).await?;
+                let updated = sqlx::query(
+                    "UPDATE dlq SET replayed_as = ?, replayed_at = ? \
+                     WHERE id = ? AND replayed_as IS NULL",
+                )
+                .bind(job.id.to_string())
+                .bind(now.as_unix_micros())
+                .bind(id.to_string())
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?;
+                if updated.rows_affected() != 1 {
+                    return Err(Error::internal(format!("DLQ entry {id} changed during replay")));
+                }
+                Ok(Replay::Replayed(job.id))
+            })
+        })
+        .await
+    }
+
+    async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
+        let filter = filter.clone();
+        self.write("purge_dlq", move |conn| {
+            Box::pin(async move {
+                let failed_before = filter.failed_before.map(Timestamp::as_unix_micros);
+                let done = sqlx::query(
+                    "DELETE FROM dlq WHERE (? IS NULL OR queue = ?) AND (? IS NULL OR name = ?) \
+                     AND (? IS NULL OR failed_at < ?) \
+                     AND (? IS NULL OR (replayed_as IS NOT NULL) = ?)",
+                )
+                .bind(&filter.queue)
+                .bind(&filter.queue)
+                .bind(&filter.name)
+                .bind(&filter.name)
+                .bind(failed_before)
+                .bind(failed_before)
+                .bind(filter.replayed)
+                .bind(filter.replayed)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?;
+                Ok(done.rows_affected())
+            })
+        })
+        .await
+    }
+}
+
+/// The new job a replay of `entry` enqueues.
+fn replay_job(entry: &DlqEntry, now: Timestamp) -> Job {
+    Job {
+        id: JobId::new(),
+        name: entry.name.clone(),
+        queue: entry.queue.clone(),
+        payload: entry.payload.clone(),
+        priority: entry.priority,
+        state: JobState::Available,
+        attempt: 0,
+        max_attempts: entry.max_attempts,
+        timeout: entry.timeout,
+        run_at: now,
+        created_at: now,
+        finished_at: None,
+        unique_key: None,
+        scope: entry.scope.clone(),
+        lease: None,
+        cancel_requested: false,
+        errors: Vec::new(),
+        dlq_id: None,
+    }
+}

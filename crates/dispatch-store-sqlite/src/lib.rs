@@ -1,0 +1,239 @@
+//! The SQLite Dispatch store: jobs and their dead letter queue in one SQLite file.
+//!
+//! Use it for single-node deployments, tools and tests that need jobs to survive a restart. It is
+//! not a shared store for a fleet of machines: every process using it must see the same local
+//! file (several processes on one host are fine; a network file system is not).
+//!
+//! # Concurrency
+//!
+//! All writes go through one writer connection, each in a `BEGIN IMMEDIATE` transaction, so callers
+//! never see `SQLITE_BUSY` from within one process. Reads (`get_job`, `list_jobs`, `count_jobs`,
+//! `list_dlq`, `get_dlq`) use a small pool of reader connections and run beside the writer (WAL).
+//! Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
+//! [`ErrorKind::Timeout`](dispatch_core::ErrorKind::Timeout) past it.
+//!
+//! # Durability
+//!
+//! The database runs in WAL mode with `synchronous=NORMAL`: a committed call survives a crash of
+//! the process, but the last commits before a power loss or an operating system crash may be
+//! lost (the database itself stays consistent).
+//!
+//! ```no_run
+//! # async fn demo() -> dispatch_core::Result<()> {
+//! use dispatch_store_sqlite::SqliteStore;
+//! let store = SqliteStore::open("jobs.db").await?;
+//! # let _ = store;
+//! # Ok(())
+//! # }
+//! ```
+
+mod dlq;
+mod job;
+mod migrate;
+mod row;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
+use dispatch_core::{Error, ErrorKind, Result, SharedClock, SystemClock};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, SqliteConnection};
+use tokio::sync::Mutex;
+
+pub use migrate::SCHEMA_VERSION;
+
+/// How long one store call may take before it fails with a timeout.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reader connections in the pool.
+const READERS: u32 = 3;
+
+/// The SQLite store. Cheap to clone: clones share the connections.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    writer: Arc<Mutex<SqliteConnection>>,
+    readers: SqlitePool,
+    clock: SharedClock,
+    max_payload_bytes: usize,
+    call_timeout: Duration,
+}
+
+impl SqliteStore {
+    /// Open (creating when missing) the database at `path_or_url`, a file path or a
+    /// `sqlite:` URL, and bring its schema up to date with [`migrate`](Self::migrate).
+    ///
+    /// Fails with `Unavailable` when the file can not be opened or written (read-only), and with
+    /// `IncompatibleSchema` when it is not a Dispatch database or was written by a newer version.
+    pub async fn open(path_or_url: &str) -> Result<Self> {
+        let options = if path_or_url.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(path_or_url).map_err(|e| {
+                Error::invalid_input(format!("bad SQLite URL {path_or_url:?}")).with_source(e)
+            })?
+        } else {
+            SqliteConnectOptions::new().filename(path_or_url)
+        };
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = options.connect().await.map_err(|e| open_error(path_or_url, e))?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .connect_with(options)
+            .await
+            .map_err(|e| open_error(path_or_url, e))?;
+        let store = Self {
+            writer: Arc::new(Mutex::new(writer)),
+            readers,
+            clock: Arc::new(SystemClock),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        };
+        store.migrate().await.map_err(|e| {
+            if e.kind() == ErrorKind::Unavailable {
+                Error::unavailable(format!("can not write {path_or_url:?}: {}", e.message()))
+                    .with_source(e)
+            } else {
+                e
+            }
+        })?;
+        Ok(store)
+    }
+
+    /// Read time from `clock` (tests inject a manual clock); the default is the system clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Reject payloads larger than `bytes` (default 1 MiB).
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Run `fut` under the call timeout.
+    async fn timed<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.call_timeout, fut).await {
+            Ok(result) => result,
+            Err(elapsed) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("sqlite {what} took longer than {:?}", self.call_timeout),
+            )
+            .with_source(elapsed)),
+        }
+    }
+
+    /// Run `body` in one `BEGIN IMMEDIATE` transaction on the writer connection, under the call
+    /// timeout: committed when it returns `Ok`, rolled back otherwise.
+    async fn write<T, F>(&self, what: &str, body: F) -> Result<T>
+    where
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>>,
+    {
+        self.timed(what, async {
+            let mut conn = self.writer.lock().await;
+            let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
+            let value = body(&mut tx).await?;
+            tx.commit().await.map_err(db_error)?;
+            Ok(value)
+        })
+        .await
+    }
+}
+
+/// A boxed future borrowing a connection, as [`SqliteStore::write`] bodies return.
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The primary SQLite result code of a driver error, if it is a database error.
+fn sqlite_code(err: &sqlx::Error) -> Option<i64> {
+    let sqlx::Error::Database(db) = err else { return None };
+    db.code().and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff)
+}
+
+const SQLITE_READONLY: i64 = 8;
+const SQLITE_CANTOPEN: i64 = 14;
+const SQLITE_NOTADB: i64 = 26;
+
+/// A driver error met while opening `path`, as a typed error with a clear message.
+fn open_error(path: &str, err: sqlx::Error) -> Error {
+    match sqlite_code(&err) {
+        Some(SQLITE_NOTADB) => Error::new(
+            ErrorKind::IncompatibleSchema,
+            format!("{path:?} is not a Dispatch database: not a SQLite file"),
+        ),
+        Some(SQLITE_CANTOPEN) => Error::unavailable(format!("can not open database {path:?}")),
+        Some(SQLITE_READONLY) => Error::unavailable(format!("database {path:?} is read-only")),
+        _ => {
+            let inner = db_error_ref(&err);
+            Error::new(inner.kind(), format!("can not open database {path:?}: {}", inner.message()))
+        }
+    }
+    .with_source(err)
+}
+
+/// A driver error as the core error, keeping it as the source.
+pub(crate) fn db_error(err: sqlx::Error) -> Error {
+    db_error_ref(&err).with_source(err)
+}
+
+fn db_error_ref(err: &sqlx::Error) -> Error {
+    match err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            Error::new(ErrorKind::Conflict, format!("sqlite: {}", db.message()))
+        }
+        sqlx::Error::Database(_) if sqlite_code(err) == Some(SQLITE_READONLY) => {
+            Error::unavailable("sqlite: the database is read-only")
+        }
+        sqlx::Error::Database(_) if sqlite_code(err) == Some(SQLITE_NOTADB) => {
+            Error::new(ErrorKind::IncompatibleSchema, "not a Dispatch database: not a SQLite file")
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Error::unavailable(format!("sqlite: {err}")),
+        sqlx::Error::Database(db) if sqlite_code(err) == Some(SQLITE_CANTOPEN) => {
+            Error::unavailable(format!("sqlite: {}", db.message()))
+        }
+        _ => Error::internal(format!("sqlite: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dispatch_core::{JobStore, NewJob};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_call_that_waits_past_its_timeout_fails_with_timeout() {
+        let dir = std::env::temp_dir()
+            .join("dispatch-sqlite-unit")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("slow.db");
+        let store = SqliteStore::open(path.to_str().unwrap())
+            .await
+            .unwrap()
+            .call_timeout(Duration::from_millis(50));
+        // Another call holds the writer.
+        let held = store.writer.lock().await;
+        let err = store.enqueue(vec![NewJob::new("a", vec![])]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        drop(held);
+        store.enqueue(vec![NewJob::new("a", vec![])]).await.unwrap();
+    }
+}

@@ -1,0 +1,226 @@
+//! Conversions between rows and core records.
+
+use std::time::Duration;
+
+use dispatch_core::{
+    AttemptError, DlqEntry, Error, Job, JobState, Lease, LeaseToken, Result, Scope, Timestamp,
+};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+use uuid::Uuid;
+
+use crate::db_error;
+
+/// A job row with the bookkeeping the record does not show.
+#[derive(Debug)]
+pub(crate) struct JobRow {
+    pub job: Job,
+    pub seq: i64,
+    pub last_finish: Option<LeaseToken>,
+}
+
+fn get<'r, T>(row: &'r SqliteRow, column: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(column).map_err(db_error)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("sqlite: corrupt {what}: {e}"))
+}
+
+fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e| corrupt(what, e))
+}
+
+fn token(s: &str) -> Result<LeaseToken> {
+    Uuid::parse_str(s).map(LeaseToken::from_uuid).map_err(|e| corrupt("lease token", e))
+}
+
+/// A lease token as stored.
+pub(crate) fn token_text(token: LeaseToken) -> String {
+    token.uuid().simple().to_string()
+}
+
+fn ts(micros: i64) -> Timestamp {
+    Timestamp::from_unix_micros(micros)
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A duration as stored (microseconds).
+pub(crate) fn duration_micros(d: Option<Duration>) -> Option<i64> {
+    d.map(micros)
+}
+
+fn duration(us: Option<i64>) -> Option<Duration> {
+    us.map(|us| Duration::from_micros(us.max(0) as u64))
+}
+
+fn count(what: &str, n: i64) -> Result<u32> {
+    u32::try_from(n).map_err(|e| corrupt(what, e))
+}
+
+/// Errors history as stored (JSON).
+pub(crate) fn errors_json(errors: &[AttemptError]) -> Result<String> {
+    serde_json::to_string(errors).map_err(|e| corrupt("error history", e))
+}
+
+fn errors(s: &str) -> Result<Vec<AttemptError>> {
+    serde_json::from_str(s).map_err(|e| corrupt("error history", e))
+}
+
+/// Decode a `jobs` row selected with `*`.
+pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow> {
+    let lease_owner: Option<String> = get(row, "lease_owner")?;
+    let lease_token: Option<String> = get(row, "lease_token")?;
+    let lease_expires: Option<i64> = get(row, "lease_expires")?;
+    let lease = match (lease_owner, lease_token, lease_expires) {
+        (Some(owner), Some(t), Some(expires)) => Some(Lease {
+            owner: parse("worker ID", &owner)?,
+            token: token(&t)?,
+            expires_at: ts(expires),
+        }),
+        _ => None,
+    };
+    let dlq_id: Option<String> = get(row, "dlq_id")?;
+    let last_finish: Option<String> = get(row, "last_finish_token")?;
+    let finished_at: Option<i64> = get(row, "finished_at")?;
+    let job = Job {
+        id: parse("job ID", &get::<String>(row, "id")?)?,
+        name: get(row, "name")?,
+        queue: get(row, "queue")?,
+        payload: get(row, "payload")?,
+        priority: get(row, "priority")?,
+        state: parse::<JobState>("job state", &get::<String>(row, "state")?)?,
+        attempt: count("attempt", get(row, "attempt")?)?,
+        max_attempts: count("max_attempts", get(row, "max_attempts")?)?,
+        timeout: duration(get(row, "timeout_us")?),
+        run_at: ts(get(row, "run_at")?),
+        created_at: ts(get(row, "created_at")?),
+        finished_at: finished_at.map(ts),
+        unique_key: get(row, "unique_key")?,
+        scope: Scope { app: get(row, "scope_app")?, tenant: get(row, "scope_tenant")? },
+        lease,
+        cancel_requested: get::<i64>(row, "cancel_requested")? != 0,
+        errors: errors(&get::<String>(row, "errors")?)?,
+        dlq_id: dlq_id.map(|s| parse("DLQ ID", &s)).transpose()?,
+    };
+    Ok(JobRow {
+        job,
+        seq: get(row, "seq")?,
+        last_finish: last_finish.map(|t| token(&t)).transpose()?,
+    })
+}
+
+/// Decode a `dlq` row selected with `*`.
+pub(crate) fn dlq_from_row(row: &SqliteRow) -> Result<DlqEntry> {
+    let replayed_as: Option<String> = get(row, "replayed_as")?;
+    let replayed_at: Option<i64> = get(row, "replayed_at")?;
+    Ok(DlqEntry {
+        id: parse("DLQ ID", &get::<String>(row, "id")?)?,
+        job_id: parse("job ID", &get::<String>(row, "job_id")?)?,
+        name: get(row, "name")?,
+        queue: get(row, "queue")?,
+        payload: get(row, "payload")?,
+        priority: get(row, "priority")?,
+        attempts: count("attempts", get(row, "attempts")?)?,
+        max_attempts: count("max_attempts", get(row, "max_attempts")?)?,
+        timeout: duration(get(row, "timeout_us")?),
+        scope: Scope { app: get(row, "scope_app")?, tenant: get(row, "scope_tenant")? },
+        errors: errors(&get::<String>(row, "errors")?)?,
+        failed_at: ts(get(row, "failed_at")?),
+        replayed_as: replayed_as.map(|s| parse("job ID", &s)).transpose()?,
+        replayed_at: replayed_at.map(ts),
+    })
+}
+
+/// Insert a new job row; `unique_until` is when a unique window ends.
+pub(crate) async fn insert_job(
+    conn: &mut SqliteConnection,
+    job: &Job,
+    unique_until: Option<Timestamp>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO jobs (id, name, queue, payload, priority, state, attempt, max_attempts, \
+         timeout_us, run_at, created_at, unique_key, unique_until, scope_app, scope_tenant) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(job.id.to_string())
+    .bind(&job.name)
+    .bind(&job.queue)
+    .bind(&job.payload)
+    .bind(job.priority)
+    .bind(job.state.as_str())
+    .bind(i64::from(job.attempt))
+    .bind(i64::from(job.max_attempts))
+    .bind(duration_micros(job.timeout))
+    .bind(job.run_at.as_unix_micros())
+    .bind(job.created_at.as_unix_micros())
+    .bind(&job.unique_key)
+    .bind(unique_until.map(Timestamp::as_unix_micros))
+    .bind(&job.scope.app)
+    .bind(&job.scope.tenant)
+    .execute(conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Write back the mutable fields of a job row.
+pub(crate) async fn save_job(conn: &mut SqliteConnection, row: &JobRow) -> Result<()> {
+    let job = &row.job;
+    sqlx::query(
+        "UPDATE jobs SET state = ?, attempt = ?, run_at = ?, finished_at = ?, lease_owner = ?, \
+         lease_token = ?, lease_expires = ?, cancel_requested = ?, errors = ?, dlq_id = ?, \
+         last_finish_token = ? WHERE seq = ?",
+    )
+    .bind(job.state.as_str())
+    .bind(i64::from(job.attempt))
+    .bind(job.run_at.as_unix_micros())
+    .bind(job.finished_at.map(Timestamp::as_unix_micros))
+    .bind(job.lease.map(|l| l.owner.to_string()))
+    .bind(job.lease.map(|l| token_text(l.token)))
+    .bind(job.lease.map(|l| l.expires_at.as_unix_micros()))
+    .bind(i64::from(job.cancel_requested))
+    .bind(errors_json(&job.errors)?)
+    .bind(job.dlq_id.map(|id| id.to_string()))
+    .bind(row.last_finish.map(token_text))
+    .bind(row.seq)
+    .execute(conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// Insert a DLQ entry.
+pub(crate) async fn insert_dlq(conn: &mut SqliteConnection, entry: &DlqEntry) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO dlq (id, job_id, name, queue, payload, priority, attempts, max_attempts, \
+         timeout_us, scope_app, scope_tenant, errors, failed_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(entry.id.to_string())
+    .bind(entry.job_id.to_string())
+    .bind(&entry.name)
+    .bind(&entry.queue)
+    .bind(&entry.payload)
+    .bind(entry.priority)
+    .bind(i64::from(entry.attempts))
+    .bind(i64::from(entry.max_attempts))
+    .bind(duration_micros(entry.timeout))
+    .bind(&entry.scope.app)
+    .bind(&entry.scope.tenant)
+    .bind(errors_json(&entry.errors)?)
+    .bind(entry.failed_at.as_unix_micros())
+    .execute(conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}

@@ -1,0 +1,39 @@
+//! Runs the `dispatch-store-tests` conformance suite on the SQLite store: every test gets a fresh
+//! database file in its own temporary path, reading the test's manual clock. Run with
+//! `cargo test -p dispatch-store-sqlite --test conformance`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use dispatch_core::{DynStore, ManualClock};
+use dispatch_store_sqlite::SqliteStore;
+use dispatch_store_tests::StoreFactory;
+
+/// Makes a fresh database file per test under the system temporary directory.
+struct Sqlite {
+    dir: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl StoreFactory for Sqlite {
+    fn name(&self) -> &str {
+        "sqlite"
+    }
+
+    async fn create(&self, clock: Arc<ManualClock>) -> dispatch_core::Result<DynStore> {
+        let path = self.dir.join(format!("{}.db", uuid::Uuid::new_v4().simple()));
+        let path = path.to_str().expect("temporary paths are UTF-8");
+        Ok(Arc::new(SqliteStore::open(path).await?.with_clock(clock)))
+    }
+}
+
+fn main() -> ExitCode {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join("dispatch-sqlite-tests").join(run);
+    std::fs::create_dir_all(&dir).expect("create the test directory");
+    let code = dispatch_store_tests::run_conformance(Sqlite { dir: dir.clone() });
+    // Best effort: the files of this run are no longer needed.
+    let _ = std::fs::remove_dir_all(&dir);
+    code
+}
