@@ -241,6 +241,26 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
+        let now = self.clock.now();
+        let queues = serde_json::to_string(queues).map_err(internal)?;
+        let names = serde_json::to_string(names).map_err(internal)?;
+        self.timed("next_due", async {
+            let earliest: Option<i64> = sqlx::query_scalar(
+                "SELECT min(run_at) FROM jobs WHERE state = 'available' \
+                 AND queue IN (SELECT value FROM json_each(?)) \
+                 AND name IN (SELECT value FROM json_each(?))",
+            )
+            .bind(queues)
+            .bind(names)
+            .fetch_one(&self.readers)
+            .await
+            .map_err(db_error)?;
+            Ok(earliest.map(|micros| Timestamp::from_unix_micros(micros).duration_since(now)))
+        })
+        .await
+    }
+
     async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
         self.timed("count_jobs", async {
             let rows =
