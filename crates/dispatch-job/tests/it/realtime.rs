@@ -187,6 +187,23 @@ async fn memory_store() -> DynStore {
     Arc::new(dispatch_store_memory::MemoryStore::new())
 }
 
+/// A fresh SQLite database file per test.
+async fn sqlite_store() -> DynStore {
+    let dir = std::env::temp_dir().join("dispatch-runtime-tests");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{}.db", dispatch_core::JobId::new()));
+    let store = dispatch_store_sqlite::SqliteStore::open(&path.display().to_string()).await;
+    Arc::new(store.expect("open a fresh SQLite database"))
+}
+
+on_store!(sqlite_store:
+    retry_then_succeed,
+    snooze_gives_the_attempt_back,
+    cancel_reaches_the_running_handler,
+    shutdown_releases_long_jobs,
+    fenced_out_completion_is_refused,
+);
+
 on_store!(memory_store:
     retry_then_succeed,
     snooze_gives_the_attempt_back,
