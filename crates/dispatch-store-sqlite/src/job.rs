@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use dispatch_core::{
     AttemptError, CancelResult, ClaimRequest, ClaimedJob, DlqEntry, Enqueued, Error, ErrorKind,
     Failure, FailureKind, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState,
-    JobStore, Lease, LeaseRef, LeaseToken, NewJob, Outcome, Page, PageRequest, QueueCount,
-    RescueReport, Result, Timestamp,
+    JobStore, LeaseRef, NewJob, Outcome, Page, PageRequest, QueueCount, RescueReport, Result,
+    Timestamp,
 };
 use sqlx::{Row, SqliteConnection};
 
@@ -67,12 +67,20 @@ impl JobStore for SqliteStore {
         let names = serde_json::to_string(&request.names).map_err(internal)?;
         self.write("claim", move |conn| {
             Box::pin(async move {
+                let expires_at = now + request.lease_ttl;
+                // One statement claims the batch; each row gets its own random token.
                 let rows = sqlx::query(
-                    "SELECT * FROM jobs WHERE state = 'available' AND run_at <= ? \
+                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
+                     lease_token = lower(hex(randomblob(16))), lease_expires = ?, \
+                     cancel_requested = 0 \
+                     WHERE seq IN (SELECT seq FROM jobs WHERE state = 'available' AND run_at <= ? \
                      AND queue IN (SELECT value FROM json_each(?)) \
                      AND name IN (SELECT value FROM json_each(?)) \
-                     ORDER BY priority DESC, run_at, seq LIMIT ?",
+                     ORDER BY priority DESC, run_at, seq LIMIT ?) \
+                     RETURNING *",
                 )
+                .bind(request.worker.to_string())
+                .bind(expires_at.as_unix_micros())
                 .bind(now.as_unix_micros())
                 .bind(queues)
                 .bind(names)
@@ -80,17 +88,13 @@ impl JobStore for SqliteStore {
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(db_error)?;
-                let expires_at = now + request.lease_ttl;
+                let mut rows = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+                // RETURNING gives no order: put the batch back in claim order.
+                rows.sort_by_key(|r| (std::cmp::Reverse(r.job.priority), r.job.run_at, r.seq));
                 let mut claimed = Vec::with_capacity(rows.len());
-                for row in &rows {
-                    let mut row = job_from_row(row)?;
+                for row in rows {
                     let lease =
-                        Lease { owner: request.worker, token: LeaseToken::new(), expires_at };
-                    row.job.state = JobState::Running;
-                    row.job.attempt = row.job.attempt.saturating_add(1);
-                    row.job.lease = Some(lease);
-                    row.job.cancel_requested = false;
-                    save_job(conn, &row).await?;
+                        row.job.lease.ok_or_else(|| internal("claimed job without lease"))?;
                     claimed.push(ClaimedJob { job: row.job, lease });
                 }
                 Ok(claimed)
