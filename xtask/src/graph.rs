@@ -21,6 +21,7 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
         "dispatch" => Some(&["dispatch-core", "dispatch-job", "dispatch-store-memory"]),
         // Leaves: programs that use the library.
         "dispatch-bench" | "quickstart" | "xtask" => Some(&["dispatch"]),
+        "dispatch-durability-tests" => Some(&["dispatch", "dispatch-store-sqlite"]),
         _ => None,
     }
 }
