@@ -18,7 +18,12 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
         "dispatch-core" => Some(&[]),
         "dispatch-store-memory" | "dispatch-store-tests" | "dispatch-job" => Some(CORE),
         n if n.starts_with("dispatch-store-") => Some(CORE),
-        "dispatch" => Some(&["dispatch-core", "dispatch-job", "dispatch-store-memory"]),
+        "dispatch" => Some(&[
+            "dispatch-core",
+            "dispatch-job",
+            "dispatch-store-memory",
+            "dispatch-store-sqlite",
+        ]),
         // Leaves: programs that use the library.
         "dispatch-bench" | "quickstart" | "xtask" => Some(&["dispatch"]),
         "dispatch-durability-tests" => Some(&["dispatch", "dispatch-store-sqlite"]),

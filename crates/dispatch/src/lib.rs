@@ -7,6 +7,7 @@
 //! | feature  | default | what it adds |
 //! |----------|---------|--------------|
 //! | `memory` | yes     | [`MemoryStore`], the in-process store (`dispatch-store-memory`) |
+//! | `sqlite` | no      | `SqliteStore`, the embedded durable store (`dispatch-store-sqlite`) |
 //!
 //! Start with the [`prelude`].
 
@@ -16,12 +17,17 @@ pub use dispatch_core as core;
 pub use dispatch_job as job;
 #[cfg(feature = "memory")]
 pub use dispatch_store_memory as memory;
+#[cfg(feature = "sqlite")]
+pub use dispatch_store_sqlite as sqlite;
 
 #[doc(inline)]
 pub use dispatch_core::{Error, ErrorKind, Result};
 #[doc(inline)]
 #[cfg(feature = "memory")]
 pub use dispatch_store_memory::MemoryStore;
+#[doc(inline)]
+#[cfg(feature = "sqlite")]
+pub use dispatch_store_sqlite::SqliteStore;
 #[doc(inline)]
 pub use dispatcher::{Dispatcher, DispatcherBuilder};
 
@@ -35,4 +41,6 @@ pub mod prelude {
 
     #[cfg(feature = "memory")]
     pub use dispatch_store_memory::MemoryStore;
+    #[cfg(feature = "sqlite")]
+    pub use dispatch_store_sqlite::SqliteStore;
 }

@@ -3,6 +3,9 @@
 //! Run it with `cargo run -p quickstart`. It enqueues a job that succeeds, one that fails twice
 //! then succeeds, one that always fails and lands in the dead letter queue, and one scheduled 2 s
 //! ahead; then it waits for all four to settle, prints what happened, and exits.
+//!
+//! Jobs live in a SQLite file: `DISPATCH_DATABASE_URL` (a path or a `sqlite:` URL), by default
+//! `dispatch-quickstart.db` in the working directory. Each run adds its own four jobs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -80,8 +83,13 @@ async fn main() -> anyhow::Result<()> {
         Ok(())
     });
 
+    let database =
+        std::env::var("DISPATCH_DATABASE_URL").unwrap_or_else(|_| "dispatch-quickstart.db".into());
+    let store =
+        SqliteStore::open(&database).await.with_context(|| format!("opening {database}"))?;
+    println!("store: SQLite at {database}");
     let mut dispatcher = Dispatcher::builder()
-        .store(MemoryStore::new())
+        .store(store)
         .register(welcome.clone())
         .register(sync.clone())
         .register(charge.clone())
