@@ -19,10 +19,17 @@ fn option<T: std::str::FromStr>(options: &Options, key: &str, default: T) -> any
     }
 }
 
-fn open_store(name: &str) -> anyhow::Result<DynStore> {
+/// A fresh store with its default durability settings (SQLite: a new file in the temp dir).
+async fn open_store(name: &str) -> anyhow::Result<DynStore> {
     match name {
         "memory" => Ok(Arc::new(dispatch::MemoryStore::new())),
-        other => bail!("unknown store {other:?} (known: memory)"),
+        "sqlite" => {
+            let dir = std::env::temp_dir().join("dispatch-bench");
+            std::fs::create_dir_all(&dir)?;
+            let path = dir.join(format!("{}.db", dispatch::core::JobId::new()));
+            Ok(Arc::new(dispatch::SqliteStore::open(&path.display().to_string()).await?))
+        }
+        other => bail!("unknown store {other:?} (known: memory, sqlite)"),
     }
 }
 
@@ -33,7 +40,7 @@ fn noop() -> JobDefinition<u64> {
 /// Run `scenario`.
 pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measurement> {
     let store_name: String = option(options, "store", "memory".to_owned())?;
-    let store = open_store(&store_name)?;
+    let store = open_store(&store_name).await?;
     let mut m = match scenario {
         "enqueue-single" => enqueue_single(store, option(options, "jobs", 20_000)?).await?,
         "enqueue-batch" => {
