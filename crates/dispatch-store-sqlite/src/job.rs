@@ -63,31 +63,32 @@ impl JobStore for SqliteStore {
         }
         let now = self.clock.now();
         let request = request.clone();
-        let queues = serde_json::to_string(&request.queues).map_err(internal)?;
-        let names = serde_json::to_string(&request.names).map_err(internal)?;
+        let (candidates, pairs) = claim_candidates(&request.queues, &request.names);
         self.write("claim", move |conn| {
             Box::pin(async move {
                 let expires_at = now + request.lease_ttl;
                 // One statement claims the batch; each row gets its own random token.
-                let rows = sqlx::query(
+                let sql = format!(
                     "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
                      lease_token = lower(hex(randomblob(16))), lease_expires = ?, \
-                     cancel_requested = 0 \
-                     WHERE seq IN (SELECT seq FROM jobs WHERE state = 'available' AND run_at <= ? \
-                     AND queue IN (SELECT value FROM json_each(?)) \
-                     AND name IN (SELECT value FROM json_each(?)) \
-                     ORDER BY priority DESC, run_at, seq LIMIT ?) \
-                     RETURNING *",
-                )
-                .bind(request.worker.to_string())
-                .bind(expires_at.as_unix_micros())
-                .bind(now.as_unix_micros())
-                .bind(queues)
-                .bind(names)
-                .bind(sql_limit(request.limit))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db_error)?;
+                     cancel_requested = 0 WHERE seq IN ({candidates}) RETURNING *"
+                );
+                // Safe: the text holds only fixed SQL and placeholders; values are bound.
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(request.worker.to_string())
+                    .bind(expires_at.as_unix_micros());
+                for (queue, name) in &pairs {
+                    query = query
+                        .bind(queue.as_str())
+                        .bind(name.as_str())
+                        .bind(now.as_unix_micros())
+                        .bind(sql_limit(request.limit));
+                }
+                let rows = query
+                    .bind(sql_limit(request.limit))
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
                 let mut rows = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
                 // RETURNING gives no order: put the batch back in claim order.
                 rows.sort_by_key(|r| (std::cmp::Reverse(r.job.priority), r.job.run_at, r.seq));
@@ -289,6 +290,29 @@ impl JobStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The claim's candidate `seq`s as SQL, with the (queue, name) pairs its placeholders bind (four
+/// per pair: queue, name, now, limit; then the overall limit). One sub-select per pair, each an
+/// equality search of the partial claim index in claim order, so a claim reads only the jobs it
+/// takes (an `IN (json_each(..))` filter made SQLite scan every available job). Pairs are
+/// deduplicated and capped below SQLite's 500-term compound limit.
+fn claim_candidates(queues: &[String], names: &[String]) -> (String, Vec<(String, String)>) {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for queue in queues {
+        for name in names {
+            let pair = (queue.clone(), name.clone());
+            if !pairs.contains(&pair) && pairs.len() < 400 {
+                pairs.push(pair);
+            }
+        }
+    }
+    let per_pair = "SELECT seq, priority, run_at FROM (SELECT seq, priority, run_at FROM jobs \
+                    WHERE state = 'available' AND queue = ? AND name = ? AND run_at <= ? \
+                    ORDER BY priority DESC, run_at, seq LIMIT ?)";
+    let union = vec![per_pair; pairs.len()].join(" UNION ALL ");
+    let sql = format!("SELECT seq FROM ({union}) ORDER BY priority DESC, run_at, seq LIMIT ?");
+    (sql, pairs)
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
