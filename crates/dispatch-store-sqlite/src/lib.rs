@@ -10,7 +10,7 @@
 //! never see `SQLITE_BUSY` from within one process. Reads (`get_job`, `list_jobs`, `count_jobs`,
 //! `list_dlq`, `get_dlq`) use a small pool of reader connections and run beside the writer (WAL).
 //! Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
-//! [`ErrorKind::Timeout`](dispatch_core::ErrorKind::Timeout) past it.
+//! [`ErrorKind::Timeout`] past it.
 //!
 //! # Durability
 //!
