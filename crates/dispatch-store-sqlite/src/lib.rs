@@ -64,6 +64,27 @@ pub struct SqliteStore {
     call_timeout: Duration,
 }
 
+/// Run `connect` again while it fails with "database is locked": switching a new file to WAL
+/// needs a lock that SQLite does not wait for, so two processes opening one new file at once can
+/// see it. Bounded by [`BUSY_TIMEOUT`].
+async fn retry_busy<T, F, Fut>(mut connect: F) -> std::result::Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match connect().await {
+            Err(sqlx::Error::Database(e))
+                if e.message().contains("locked") && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl SqliteStore {
     /// Open (creating when missing) the database at `path_or_url`, a file path or a
     /// `sqlite:` URL, and bring its schema up to date with [`migrate`](Self::migrate).
@@ -84,10 +105,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let writer = options.connect().await.map_err(|e| open_error(path_or_url, e))?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .connect_with(options)
+        let writer =
+            retry_busy(|| options.connect()).await.map_err(|e| open_error(path_or_url, e))?;
+        let pool = SqlitePoolOptions::new().max_connections(READERS);
+        let readers = retry_busy(|| pool.clone().connect_with(options.clone()))
             .await
             .map_err(|e| open_error(path_or_url, e))?;
         let store = Self {
