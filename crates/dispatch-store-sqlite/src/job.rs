@@ -266,6 +266,11 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    fn capabilities(&self) -> dispatch_core::Capabilities {
+        // `SqliteStore::enqueue_in` writes jobs inside the application's own transaction.
+        dispatch_core::Capabilities::NONE.with_transactional_enqueue(true)
+    }
+
     async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
         self.timed("count_jobs", async {
             let rows =
@@ -319,14 +324,18 @@ fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("sqlite: {e}"))
 }
 
-fn reused(job: &NewJob) -> Error {
+pub(crate) fn reused(job: &NewJob) -> Error {
     Error::new(
         ErrorKind::Conflict,
         format!("job {:?}: a job with ID {} already exists", job.name, job.id),
     )
 }
 
-async fn enqueue_one(conn: &mut SqliteConnection, new: NewJob, now: Timestamp) -> Result<Enqueued> {
+pub(crate) async fn enqueue_one(
+    conn: &mut SqliteConnection,
+    new: NewJob,
+    now: Timestamp,
+) -> Result<Enqueued> {
     if let Some(unique) = &new.unique {
         let holder: Option<String> = sqlx::query_scalar(
             "SELECT id FROM jobs WHERE name = ? AND unique_key = ? \

@@ -31,6 +31,7 @@ mod dlq;
 mod job;
 mod migrate;
 mod row;
+mod transaction;
 
 use std::future::Future;
 use std::str::FromStr;
