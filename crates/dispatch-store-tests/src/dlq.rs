@@ -1,16 +1,19 @@
 //! Tests of [`DlqStore`](dispatch_core::DlqStore): entries written with the death, replay at most
 //! once, purge by filter, filtered and paginated listing.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use dispatch_core::{
-    DlqFilter, DlqId, DlqPurge, ErrorKind, FinishResult, JobState, PageRequest, Replay, Scope,
+    DlqEntry, DlqFilter, DlqId, DlqPurge, ErrorKind, Finish, FinishResult, JobFilter, JobState,
+    Outcome, PageRequest, Replay, Scope,
 };
 
 use dispatch_core::Clock as _;
 
 use crate::TestContext;
-use crate::support::{assert_kind, ids, job_in, lease, request_in, retry, secs, share};
+use crate::support::{assert_kind, failure, ids, job_in, lease, request_in, retry, secs, share};
 
 /// The death and the entry are one: the job is dead with `dlq_id` naming an entry that lists
 /// under its queue and name, unreplayed.
@@ -122,8 +125,9 @@ pub async fn purge_removes_what_filter_says(ctx: TestContext) {
     ctx.clock.advance(secs(10));
     let (_, e5) = ctx.kill("a", "q1").await;
     let (_, e6) = ctx.kill("c", "q3").await;
+    let mut copies = Vec::new();
     for entry in [e5, e6] {
-        ctx.store.replay_dlq(entry).await.expect("replay_dlq");
+        copies.push(ctx.store.replay_dlq(entry).await.expect("replay_dlq").job_id());
     }
 
     let remaining = |ctx: TestContext| async move {
@@ -164,6 +168,10 @@ pub async fn purge_removes_what_filter_says(ctx: TestContext) {
     assert_eq!(purge(DlqPurge::default()).await, 1, "an empty filter purges everything");
     assert!(remaining(ctx.clone()).await.is_empty());
     assert_eq!(purge(DlqPurge::default()).await, 0);
+    for copy in copies {
+        let job = ctx.job(copy).await;
+        assert_eq!(job.state, JobState::Available, "purging an entry leaves its replay alone");
+    }
 }
 
 /// `list_dlq` filters by queue, name and replayed, and keyset-paginates in ascending ID order,
@@ -237,4 +245,169 @@ pub async fn list_filters_and_paginates(ctx: TestContext) {
 pub async fn get_unknown_is_none(ctx: TestContext) {
     ctx.kill("present", "q").await;
     assert_eq!(ctx.store.get_dlq(DlqId::new()).await.expect("get_dlq"), None);
+}
+
+/// Promotion is one step: a reader watching while 200 jobs die never sees a dead job whose entry
+/// is missing, nor an entry whose job is not dead, and each finish's `dlq_id` is the entry the
+/// job names.
+pub async fn death_and_entry_are_never_apart(ctx: TestContext) {
+    let jobs = (0..200)
+        .map(|_| {
+            let mut new = job_in("mortal", "q");
+            new.max_attempts = 1;
+            new
+        })
+        .collect();
+    let all = ctx.enqueue(jobs).await;
+    let done = Arc::new(AtomicBool::new(false));
+
+    let killer = {
+        let store = share(&ctx.store);
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            let request = request_in(&["q"], &["mortal"], 10);
+            let mut reported = HashMap::new();
+            loop {
+                let claimed = store.claim(&request).await.expect("claim");
+                if claimed.is_empty() {
+                    done.store(true, Ordering::SeqCst);
+                    return reported;
+                }
+                let outcome = Outcome::Fail { failure: failure("fatal") };
+                let finishes: Vec<Finish> = claimed
+                    .iter()
+                    .map(|c| Finish { lease: lease(c), outcome: outcome.clone() })
+                    .collect();
+                let results = store.finish(&finishes).await.expect("finish");
+                for (finish, result) in finishes.iter().zip(results) {
+                    let FinishResult::Applied { state: JobState::Dead, dlq_id: Some(dlq_id) } =
+                        result
+                    else {
+                        panic!("a failed one-attempt job is dead with an entry, got {result:?}");
+                    };
+                    reported.insert(finish.lease.job_id, dlq_id);
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let watcher = {
+        let store = share(&ctx.store);
+        let all = all.clone();
+        tokio::spawn(async move {
+            loop {
+                let last_round = done.load(Ordering::SeqCst);
+                for id in &all {
+                    let job = store.get_job(*id).await.expect("get_job").expect("job exists");
+                    if job.state == JobState::Dead {
+                        let dlq_id = job.dlq_id.expect("a dead job names its entry");
+                        let entry = store.get_dlq(dlq_id).await.expect("get_dlq");
+                        let entry = entry.unwrap_or_else(|| panic!("job {id} dead, no entry"));
+                        assert_eq!(entry.job_id, *id);
+                    } else {
+                        assert_eq!(job.dlq_id, None, "job {id} names an entry but is not dead");
+                    }
+                }
+                let page = PageRequest::first(1000);
+                let entries = store.list_dlq(&DlqFilter::default(), &page).await.expect("list");
+                for entry in entries.items {
+                    let job = store.get_job(entry.job_id).await.expect("get_job");
+                    let job = job.expect("the entry's job exists");
+                    let state = (job.state, job.dlq_id);
+                    assert_eq!(state, (JobState::Dead, Some(entry.id)), "entry before death");
+                }
+                if last_round {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let reported = killer.await.expect("killer task");
+    watcher.await.expect("watcher task");
+    assert_eq!(reported.len(), all.len(), "every job died");
+    for id in &all {
+        let job = ctx.job(*id).await;
+        assert_eq!((job.state, job.dlq_id), (JobState::Dead, reported.get(id).copied()));
+    }
+    assert_eq!(ctx.list_dlq_all(&DlqFilter::default()).await.len(), all.len());
+}
+
+/// A replayed job that dies again gets an entry of its own holding only its own attempts; the
+/// first entry is unchanged and still names the replay; each entry replays once.
+pub async fn replayed_job_dies_again_with_own_entry(ctx: TestContext) {
+    let (first_job, first_entry) = ctx.kill("phoenix", "q").await;
+    let before = ctx.dlq(first_entry).await;
+    ctx.clock.advance(secs(5));
+    let replayed_at = ctx.clock.now();
+    let replay = ctx.store.replay_dlq(first_entry).await.expect("replay_dlq");
+    let Replay::Replayed(second_job) = replay else { panic!("first replay: {replay:?}") };
+
+    let request = request_in(&["q"], &["phoenix"], 1);
+    let claimed = ctx.claim_with(&request).await;
+    assert_eq!(ids(&claimed), HashSet::from([second_job]));
+    assert_eq!(claimed[0].job.attempt, 1, "fresh attempts");
+    ctx.clock.advance(secs(5));
+    let now = ctx.clock.now();
+    let result =
+        ctx.finish(lease(&claimed[0]), Outcome::Fail { failure: failure("dead again") }).await;
+    let FinishResult::Applied { state: JobState::Dead, dlq_id: Some(second_entry) } = result else {
+        panic!("the replay dies with an entry, got {result:?}");
+    };
+    assert_ne!(second_entry, first_entry, "a new entry");
+
+    let entry = ctx.dlq(second_entry).await;
+    assert_eq!(entry.job_id, second_job);
+    assert_eq!((entry.attempts, entry.failed_at, entry.replayed_as), (1, now, None));
+    let errors: Vec<_> = entry.errors.iter().map(|e| (e.attempt, e.message.as_str())).collect();
+    assert_eq!(errors, [(1, "dead again")], "only the replay's own attempts");
+    let first = ctx.dlq(first_entry).await;
+    let unchanged =
+        DlqEntry { replayed_as: Some(second_job), replayed_at: Some(replayed_at), ..before };
+    assert_eq!(first, unchanged, "the first entry only records its replay");
+    assert_eq!(ctx.job(first_job).await.dlq_id, Some(first_entry));
+
+    let again = ctx.store.replay_dlq(first_entry).await.expect("replay_dlq");
+    assert_eq!(again, Replay::AlreadyReplayed(second_job));
+    let replay = ctx.store.replay_dlq(second_entry).await.expect("replay_dlq");
+    let Replay::Replayed(third_job) = replay else { panic!("second entry's replay: {replay:?}") };
+    assert!(third_job != first_job && third_job != second_job, "a new job");
+    assert_eq!(ctx.list_dlq_all(&DlqFilter::default()).await.len(), 2);
+    assert_eq!(ctx.list_all(&JobFilter::default()).await.len(), 3);
+}
+
+/// A cursor whose entry was purged between pages still works: the next page starts after it,
+/// skipping nothing that remains and repeating nothing.
+pub async fn list_continues_after_purged_cursor(ctx: TestContext) {
+    let mut entries: Vec<(DlqId, String)> = Vec::new();
+    for i in 0..10 {
+        let name = format!("n{i}");
+        let (_, dlq_id) = ctx.kill(&name, "q").await;
+        entries.push((dlq_id, name));
+    }
+    entries.sort();
+    let ids_of = |page: &dispatch_core::Page<DlqEntry, DlqId>| -> Vec<DlqId> {
+        page.items.iter().map(|e| e.id).collect()
+    };
+    let expected = |range: std::ops::Range<usize>| -> Vec<DlqId> {
+        entries[range].iter().map(|e| e.0).collect()
+    };
+    let filter = DlqFilter::default();
+    let first = ctx.store.list_dlq(&filter, &PageRequest::first(4)).await.expect("list_dlq");
+    assert_eq!(ids_of(&first), expected(0..4));
+    assert_eq!(first.next, Some(entries[3].0));
+
+    // Purge the cursor's entry and the one after it.
+    for (_, name) in &entries[3..5] {
+        let purge = DlqPurge { name: Some(name.clone()), ..DlqPurge::default() };
+        assert_eq!(ctx.store.purge_dlq(&purge).await.expect("purge_dlq"), 1);
+    }
+    let second = PageRequest { after: first.next, limit: 4 };
+    let second = ctx.store.list_dlq(&filter, &second).await.expect("list_dlq");
+    assert_eq!(ids_of(&second), expected(5..9));
+    assert_eq!(second.next, Some(entries[8].0));
+    let third = PageRequest { after: second.next, limit: 4 };
+    let third = ctx.store.list_dlq(&filter, &third).await.expect("list_dlq");
+    assert_eq!(ids_of(&third), expected(9..10));
+    assert_eq!(third.next, None);
 }

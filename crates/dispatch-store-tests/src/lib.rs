@@ -95,6 +95,7 @@ pub fn all_tests() -> Vec<SuiteTest> {
         job::claim_writes_lease,
         job::claim_respects_limit,
         job::claim_is_exclusive,
+        job::next_due_reports_time_until_the_next_job,
         // finish
         job::finish_complete,
         job::finish_retry_schedules_next_attempt,
@@ -106,6 +107,8 @@ pub fn all_tests() -> Vec<SuiteTest> {
         job::finish_repeat_is_already_applied,
         job::finish_repeat_after_reclaim,
         job::finish_batch_answers_per_item,
+        job::finish_given_back_attempts_do_not_count,
+        job::finish_concurrent_repeats_apply_once,
         // leases
         job::lease_fencing_refuses_old_token,
         job::heartbeat_extends_lease,
@@ -116,8 +119,9 @@ pub fn all_tests() -> Vec<SuiteTest> {
         job::rescue_keeps_attempt_spent_and_promotes_after_last,
         job::expired_lease_finishes_until_rescued,
         job::finish_races_rescue,
+        job::heartbeat_races_rescue,
+        job::rescue_is_exclusive,
         // cancel
-        job::next_due_reports_time_until_the_next_job,
         job::cancel_available_job,
         job::cancel_scheduled_job,
         job::cancel_running_job_through_holder,
@@ -135,21 +139,27 @@ pub fn all_tests() -> Vec<SuiteTest> {
         job::unique_key_freed_by_final_state,
         job::unique_window_holds_key_after_finish,
         job::unique_window_does_not_free_live_holder,
+        job::unique_duplicate_leaves_holder_untouched,
         // lookups
         job::list_jobs_keyset_pagination,
         job::list_jobs_full_last_page_has_no_next,
         job::list_jobs_page_limit_is_at_least_one,
         job::list_jobs_filters,
+        job::list_jobs_stable_while_rows_change,
         job::count_jobs_per_queue_and_state,
         job::get_job_round_trips_every_field,
+        job::get_job_round_trips_edge_values,
         job::get_job_unknown_is_none,
         job::store_clock_stamps_times,
         // dead letter queue
         dlq::entry_written_with_death,
+        dlq::death_and_entry_are_never_apart,
+        dlq::replayed_job_dies_again_with_own_entry,
         dlq::replay_once_under_concurrency,
         dlq::replay_unknown_is_not_found,
         dlq::purge_removes_what_filter_says,
         dlq::list_filters_and_paginates,
+        dlq::list_continues_after_purged_cursor,
         dlq::get_unknown_is_none,
     ]
 }

@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, Failure, FailureKind, Finish, FinishResult, JobState, LeaseRef, LeaseToken,
-    Outcome, RunAt, Scope,
+    AttemptError, DlqFilter, Failure, FailureKind, Finish, FinishResult, JobState, LeaseRef,
+    LeaseToken, Outcome, RunAt, Scope,
 };
 
 use dispatch_core::Clock as _;
 
 use crate::TestContext;
-use crate::support::{failure, job, lease, millis, retry, secs};
+use crate::support::{failure, job, lease, millis, retry, secs, share};
 
 const fn applied(state: JobState) -> FinishResult {
     FinishResult::Applied { state, dlq_id: None }
@@ -309,4 +309,96 @@ pub async fn finish_repeat_after_reclaim(ctx: TestContext) {
     let repeat = ctx.finish(lease(&first), retry("transient", Duration::ZERO)).await;
     assert_eq!(repeat, FinishResult::LeaseLost, "after the next attempt finished");
     assert_eq!(ctx.job(id).await, after, "nothing changed");
+}
+
+/// Attempts given back do not count against `max_attempts`: a two-attempt job snoozed once and
+/// released once still gets two real attempts, and its errors are numbered by spent attempts
+/// (1, 2) with no gaps.
+pub async fn finish_given_back_attempts_do_not_count(ctx: TestContext) {
+    let mut new = job("patient");
+    new.max_attempts = 2;
+    let id = ctx.enqueue_one(new).await;
+
+    let claimed = ctx.claim_one("patient").await;
+    assert_eq!(claimed.job.attempt, 1);
+    let snooze = Outcome::Snooze { run_at: RunAt::Now };
+    assert_eq!(ctx.finish(lease(&claimed), snooze).await, applied(JobState::Available));
+    let claimed = ctx.claim_one("patient").await;
+    assert_eq!(claimed.job.attempt, 1, "the snoozed attempt was given back");
+    let result = ctx.finish(lease(&claimed), retry("first", Duration::ZERO)).await;
+    assert_eq!(result, applied(JobState::Available), "one attempt left");
+
+    let claimed = ctx.claim_one("patient").await;
+    assert_eq!(claimed.job.attempt, 2);
+    let results = ctx.store.release(&[lease(&claimed)]).await.expect("release");
+    assert_eq!(results, vec![applied(JobState::Available)]);
+    assert_eq!(ctx.job(id).await.attempt, 1, "the released attempt was given back");
+
+    let claimed = ctx.claim_one("patient").await;
+    assert_eq!(claimed.job.attempt, 2);
+    let FinishResult::Applied { state: JobState::Dead, dlq_id: Some(dlq_id) } =
+        ctx.finish(lease(&claimed), retry("second", Duration::ZERO)).await
+    else {
+        panic!("the second real attempt is the last");
+    };
+    let dead = ctx.job(id).await;
+    let errors: Vec<_> = dead.errors.iter().map(|e| (e.attempt, e.message.as_str())).collect();
+    assert_eq!(errors, [(1, "first"), (2, "second")]);
+    let entry = ctx.dlq(dlq_id).await;
+    assert_eq!((entry.attempts, entry.max_attempts), (2, 2));
+    assert_eq!(entry.errors, dead.errors);
+}
+
+/// The same finish sent by eight tasks at once (a worker retrying a call that timed out while
+/// the first is still in flight) applies once: one `Applied`, seven `AlreadyApplied`, never
+/// `LeaseLost`; the failure is recorded once and a dead job gets exactly one DLQ entry.
+pub async fn finish_concurrent_repeats_apply_once(ctx: TestContext) {
+    let jobs = ["complete", "retry", "fail"].map(|name| {
+        let mut new = job(name);
+        new.max_attempts = 3;
+        new
+    });
+    let ids = ctx.enqueue(jobs.to_vec()).await;
+    let cases = [
+        (ids[0], "complete", Outcome::Complete, JobState::Completed),
+        (ids[1], "retry", retry("flaky", secs(10)), JobState::Available),
+        (ids[2], "fail", Outcome::Fail { failure: failure("broken") }, JobState::Dead),
+    ];
+    for (id, name, outcome, state) in cases {
+        let claimed = ctx.claim_one(name).await;
+        assert_eq!(claimed.job.id, id);
+        let finish = Finish { lease: lease(&claimed), outcome };
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let store = share(&ctx.store);
+                let finish = finish.clone();
+                tokio::spawn(async move {
+                    store.finish(std::slice::from_ref(&finish)).await.expect("finish")
+                })
+            })
+            .collect();
+        let mut applied_dlq = Vec::new();
+        let mut repeats = 0;
+        for task in tasks {
+            let results = task.await.expect("finish task");
+            assert_eq!(results.len(), 1, "{name}: one result per item");
+            match results[0] {
+                FinishResult::Applied { state: got, dlq_id } => {
+                    assert_eq!(got, state, "{name}");
+                    applied_dlq.push(dlq_id);
+                }
+                FinishResult::AlreadyApplied => repeats += 1,
+                FinishResult::LeaseLost => panic!("{name}: a repeat of the applied finish is lost"),
+            }
+        }
+        assert_eq!((applied_dlq.len(), repeats), (1, 7), "{name}: applied once");
+        let stored = ctx.job(id).await;
+        assert_eq!(stored.state, state, "{name}");
+        let failures = usize::from(state != JobState::Completed);
+        assert_eq!(stored.errors.len(), failures, "{name}: {:?}", stored.errors);
+        assert_eq!(stored.dlq_id, applied_dlq[0], "{name}: the job names the reported entry");
+    }
+    let entries = ctx.list_dlq_all(&DlqFilter::default()).await;
+    assert_eq!(entries.len(), 1, "one entry for the one dead job: {entries:?}");
+    assert_eq!((entries[0].job_id, entries[0].errors.len()), (ids[2], 1));
 }

@@ -1,16 +1,16 @@
 //! Leases: fencing by token, heartbeats, and rescue of expired leases.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use dispatch_core::{
-    FailureKind, Finish, FinishResult, HeartbeatReport, JobState, LeaseRef, LeaseToken, Outcome,
-    RescueReport,
+    DlqFilter, DlqId, FailureKind, Finish, FinishResult, HeartbeatReport, JobId, JobState,
+    LeaseRef, LeaseToken, Outcome, RescueReport,
 };
 
 use dispatch_core::Clock as _;
 
 use crate::TestContext;
-use crate::support::{PAST_TTL, TTL, job, lease, millis, secs, share};
+use crate::support::{PAST_TTL, TTL, job, lease, millis, request, secs, share};
 
 /// A lease that expired and was rescued is fenced off: the old holder's finish is `LeaseLost`
 /// and changes nothing, its heartbeat is lost; the new holder's finish applies once.
@@ -301,4 +301,146 @@ pub async fn finish_races_rescue(ctx: TestContext) {
             other => panic!("job {id}: unexpected finish result {other:?}"),
         }
     }
+}
+
+/// Claim every available job of `names` from the default queue, `batch` at a time.
+async fn claim_all(
+    ctx: &TestContext,
+    names: &[&str],
+    batch: usize,
+) -> Vec<dispatch_core::ClaimedJob> {
+    let request = request(names, batch);
+    let mut claimed = Vec::new();
+    loop {
+        let got = ctx.claim_with(&request).await;
+        if got.is_empty() {
+            return claimed;
+        }
+        claimed.extend(got);
+    }
+}
+
+/// Sweep expired leases with `limit`-sized rescues until one finds nothing; every report.
+async fn rescue_until_empty(store: dispatch_core::DynStore, limit: usize) -> Vec<RescueReport> {
+    let mut reports = Vec::new();
+    loop {
+        let report = store.rescue_expired(limit).await.expect("rescue");
+        if report.is_empty() {
+            return reports;
+        }
+        reports.push(report);
+    }
+}
+
+/// Heartbeats racing a rescue of the same expired (not yet rescued) leases: for each job exactly
+/// one wins. A renewed lease is live (same token, new expiry, no error, not rescued); a lost one
+/// was rescued (available, one `LeaseExpired` error). Never both: a heartbeat must not revive a
+/// rescued job.
+pub async fn heartbeat_races_rescue(ctx: TestContext) {
+    ctx.enqueue((0..200).map(|_| job("pulse")).collect()).await;
+    let claimed = claim_all(&ctx, &["pulse"], 50).await;
+    assert_eq!(claimed.len(), 200);
+    ctx.clock.advance(PAST_TTL);
+    let now = ctx.clock.now();
+
+    let heartbeater = {
+        let store = share(&ctx.store);
+        let leases: Vec<LeaseRef> = claimed.iter().map(lease).collect();
+        tokio::spawn(async move {
+            let (mut renewed, mut lost) = (HashSet::new(), HashSet::new());
+            for chunk in leases.chunks(10) {
+                let report = store.heartbeat(chunk, TTL).await.expect("heartbeat");
+                let answered = report.renewed.len() + report.lost.len();
+                assert_eq!(answered, chunk.len(), "one answer per lease: {report:?}");
+                renewed.extend(report.renewed);
+                lost.extend(report.lost);
+            }
+            (renewed, lost)
+        })
+    };
+    let rescuer = tokio::spawn(rescue_until_empty(share(&ctx.store), 7));
+    let (renewed, lost) = heartbeater.await.expect("heartbeat task");
+    let mut reports = rescuer.await.expect("rescue task");
+    // The rescuer may have stopped early while the heartbeats held the jobs it wanted.
+    reports.push(ctx.store.rescue_expired(1000).await.expect("rescue"));
+    let mut rescued = HashSet::new();
+    for report in reports {
+        assert!(report.promoted.is_empty() && report.cancelled.is_empty(), "{report:?}");
+        for id in report.rescued {
+            assert!(rescued.insert(id), "job {id} rescued twice");
+        }
+    }
+
+    for c in &claimed {
+        let id = c.job.id;
+        let job = ctx.job(id).await;
+        if renewed.contains(&id) {
+            assert!(!lost.contains(&id), "job {id} renewed and lost");
+            assert!(!rescued.contains(&id), "job {id} renewed and rescued");
+            assert_eq!(job.state, JobState::Running, "job {id}");
+            let held = job.lease.map(|l| (l.token, l.expires_at));
+            assert_eq!(held, Some((c.lease.token, now + TTL)), "job {id}: renewed lease");
+            assert!(job.errors.is_empty(), "job {id}: {:?}", job.errors);
+        } else {
+            assert!(lost.contains(&id), "job {id} neither renewed nor lost");
+            assert!(rescued.contains(&id), "job {id} lost its lease but was not rescued");
+            assert_eq!((job.state, job.attempt, job.lease), (JobState::Available, 1, None));
+            assert_eq!(job.errors.len(), 1, "job {id}: {:?}", job.errors);
+        }
+    }
+    assert!(ctx.store.rescue_expired(1000).await.expect("rescue").is_empty(), "renewed are live");
+}
+
+/// Four rescuers sweeping the same 300 expired leases at once: each job is reclaimed by exactly
+/// one of them (one report names it, one `LeaseExpired` error), and each job with no attempts
+/// left gets exactly one DLQ entry, the one its report and its record name.
+pub async fn rescue_is_exclusive(ctx: TestContext) {
+    let jobs = (0..300)
+        .map(|i| {
+            let mut new = job(if i % 2 == 0 { "again" } else { "once" });
+            new.max_attempts = if i % 2 == 0 { 5 } else { 1 };
+            new
+        })
+        .collect();
+    let ids = ctx.enqueue(jobs).await;
+    assert_eq!(claim_all(&ctx, &["again", "once"], 50).await.len(), 300);
+    ctx.clock.advance(PAST_TTL);
+
+    let rescuers: Vec<_> =
+        (0..4).map(|_| tokio::spawn(rescue_until_empty(share(&ctx.store), 9))).collect();
+    let mut reports = Vec::new();
+    for rescuer in rescuers {
+        reports.extend(rescuer.await.expect("rescue task"));
+    }
+    reports.push(ctx.store.rescue_expired(1000).await.expect("rescue"));
+    let mut rescued: HashSet<JobId> = HashSet::new();
+    let mut promoted: HashMap<JobId, DlqId> = HashMap::new();
+    for report in reports {
+        assert!(report.cancelled.is_empty(), "{report:?}");
+        for id in report.rescued {
+            assert!(rescued.insert(id), "job {id} rescued twice");
+        }
+        for (id, dlq_id) in report.promoted {
+            assert!(promoted.insert(id, dlq_id).is_none(), "job {id} promoted twice");
+        }
+    }
+    assert!(rescued.iter().all(|id| !promoted.contains_key(id)), "rescued and promoted");
+
+    for (i, id) in ids.iter().enumerate() {
+        let job = ctx.job(*id).await;
+        let kinds: Vec<_> = job.errors.iter().map(|e| (e.attempt, e.kind)).collect();
+        assert_eq!(kinds, [(1, FailureKind::LeaseExpired)], "job {id}: one rescue, one error");
+        if i % 2 == 0 {
+            assert!(rescued.contains(id), "job {id} was not rescued");
+            assert_eq!(job.state, JobState::Available);
+        } else {
+            assert_eq!(job.state, JobState::Dead, "job {id}");
+            assert!(job.dlq_id.is_some(), "job {id} is dead without an entry");
+            assert_eq!(promoted.get(id).copied(), job.dlq_id, "job {id}: reported entry");
+        }
+    }
+    let entries = ctx.list_dlq_all(&DlqFilter::default()).await;
+    assert_eq!(entries.len(), 150, "one entry per dead job");
+    let entry_ids: HashSet<DlqId> = entries.iter().map(|e| e.id).collect();
+    assert_eq!(entry_ids, promoted.values().copied().collect::<HashSet<_>>());
 }

@@ -3,14 +3,17 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use std::time::Duration;
+
 use dispatch_core::{
-    JobFilter, JobId, JobState, NewJob, Outcome, PageRequest, QueueCount, RunAt, Scope, UniqueKey,
+    Failure, FailureKind, FinishResult, JobFilter, JobId, JobState, NewJob, Outcome, PageRequest,
+    QueueCount, Replay, RunAt, Scope, UniqueKey,
 };
 
 use dispatch_core::Clock as _;
 
 use crate::TestContext;
-use crate::support::{failure, job_in, lease, request_in, secs};
+use crate::support::{failure, ids, job_in, lease, request_in, secs};
 
 /// Keyset pagination over 1,000 jobs with pages of 37: each job exactly once, in ascending ID
 /// order, full pages until the last, `next` `None` on the last.
@@ -298,4 +301,102 @@ pub async fn store_clock_stamps_times(ctx: TestContext) {
     ctx.clock.set(t0 - secs(86_400));
     let past = ctx.enqueue_one(job_in("clocked", "q")).await;
     assert_eq!(ctx.job(past).await.created_at, t0 - secs(86_400));
+}
+
+/// Keyset pages stay exact while jobs are added and leave the filter between pages: ascending
+/// IDs across pages, no job twice, every item matching the filter, and every job that matched
+/// throughout returned.
+pub async fn list_jobs_stable_while_rows_change(ctx: TestContext) {
+    let original = ctx.enqueue((0..100).map(|_| job_in("churn", "q")).collect()).await;
+    let filter = JobFilter { state: Some(JobState::Available), ..JobFilter::default() };
+    let mut seen: Vec<JobId> = Vec::new();
+    let mut page = PageRequest::first(10);
+    let mut pages = 0;
+    loop {
+        let got = ctx.store.list_jobs(&filter, &page).await.expect("list_jobs");
+        assert!(got.items.iter().all(|j| j.state == JobState::Available), "filter holds");
+        seen.extend(got.items.iter().map(|j| j.id));
+        // Between pages: new jobs arrive and the oldest available ones are claimed.
+        ctx.enqueue((0..3).map(|_| job_in("churn", "q")).collect()).await;
+        ctx.claim_with(&request_in(&["q"], &["churn"], 2)).await;
+        match PageRequest::next_of(&got, 10) {
+            Some(next) => page = next,
+            None => break,
+        }
+        pages += 1;
+        assert!(pages <= 100, "pagination does not end");
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "ascending across pages, no job twice");
+    let seen: HashSet<JobId> = seen.into_iter().collect();
+    let original: HashSet<JobId> = original.into_iter().collect();
+    for job in ctx.list_all(&filter).await {
+        if original.contains(&job.id) {
+            assert!(seen.contains(&job.id), "job {} was available throughout but skipped", job.id);
+        }
+    }
+}
+
+/// Values at the edges come back exactly as given, on the job, through its claim, in its DLQ
+/// entry and in its replay: an empty payload, NUL and non-UTF-8 bytes, each half of a scope
+/// alone, a timeout of one microsecond and of a month, non-ASCII names and an error message
+/// with quotes, backslashes and newlines.
+pub async fn get_job_round_trips_edge_values(ctx: TestContext) {
+    let (name, queue) = ("résumé.envoyer_📧", "cola-ñ");
+    let message = "échec 💥 \"quoted\" \\ {} \n second line\t";
+    let cases = [
+        (Vec::new(), Scope::default(), None),
+        (vec![0], Scope { app: Some("app".into()), tenant: None }, Some(Duration::from_micros(1))),
+        (
+            vec![0xff, 0xfe, 0, 0x80],
+            Scope { app: None, tenant: Some("tenant".into()) },
+            Some(secs(30 * 86_400)),
+        ),
+        (b"null".to_vec(), Scope::new("ぷ", "ünï"), Some(secs(1))),
+    ];
+    let request = request_in(&[queue], &[name], 1);
+    for (payload, scope, timeout) in cases {
+        let mut new = job_in(name, queue);
+        new.payload = payload;
+        new.scope = scope;
+        new.timeout = timeout;
+        new.max_attempts = 1;
+        let what = format!("{:?} {:?} {:?}", new.payload, new.scope, new.timeout);
+        let expected = (
+            new.name.clone(),
+            new.queue.clone(),
+            new.payload.clone(),
+            new.scope.clone(),
+            new.timeout,
+        );
+        let id = ctx.enqueue_one(new).await;
+
+        let stored = ctx.job(id).await;
+        let got = (stored.name, stored.queue, stored.payload, stored.scope, stored.timeout);
+        assert_eq!(got, expected, "stored: {what}");
+        let claimed = ctx.claim_with(&request).await;
+        assert_eq!(ids(&claimed), HashSet::from([id]), "{what}");
+        let c = &claimed[0].job;
+        let got = (c.name.clone(), c.queue.clone(), c.payload.clone(), c.scope.clone(), c.timeout);
+        assert_eq!(got, expected, "claimed: {what}");
+
+        let outcome = Outcome::Fail { failure: Failure::new(FailureKind::Decode, message) };
+        let FinishResult::Applied { state: JobState::Dead, dlq_id: Some(dlq_id) } =
+            ctx.finish(lease(&claimed[0]), outcome).await
+        else {
+            panic!("a failed one-attempt job is dead: {what}");
+        };
+        assert_eq!(ctx.job(id).await.errors[0].message, message, "{what}");
+        let e = ctx.dlq(dlq_id).await;
+        let got = (e.name, e.queue, e.payload, e.scope, e.timeout);
+        assert_eq!(got, expected, "DLQ entry: {what}");
+        assert_eq!(e.errors[0].message, message, "DLQ entry: {what}");
+
+        let replay = ctx.store.replay_dlq(dlq_id).await.expect("replay_dlq");
+        let Replay::Replayed(copy) = replay else { panic!("first replay: {replay:?}") };
+        let r = ctx.job(copy).await;
+        assert_eq!((r.name, r.queue, r.payload, r.scope, r.timeout), expected, "replay: {what}");
+        let claimed = ctx.claim_with(&request).await;
+        assert_eq!(ids(&claimed), HashSet::from([copy]), "the replay is claimable: {what}");
+        ctx.finish(lease(&claimed[0]), Outcome::Complete).await;
+    }
 }

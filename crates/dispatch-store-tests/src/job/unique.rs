@@ -173,3 +173,32 @@ pub async fn unique_window_does_not_free_live_holder(ctx: TestContext) {
     let next_id = next.id;
     assert_eq!(enqueue_keyed(&ctx, next).await, Enqueued::Created(next_id), "window long gone");
 }
+
+/// A duplicate stores nothing and changes nothing: the holder keeps its own payload, priority,
+/// run-at and options, whatever the duplicate carried.
+pub async fn unique_duplicate_leaves_holder_untouched(ctx: TestContext) {
+    let mut first = keyed("invoice", "order-7", None);
+    first.payload = b"first".to_vec();
+    let holder = ctx.enqueue_one(first).await;
+    let before = ctx.job(holder).await;
+    ctx.clock.advance(secs(5));
+
+    let mut second = keyed("invoice", "order-7", Some(secs(3600)));
+    second.payload = b"second".to_vec();
+    second.priority = 99;
+    second.max_attempts = 1;
+    second.run_at = dispatch_core::RunAt::After(secs(600));
+    second.timeout = Some(secs(1));
+    let second_id = second.id;
+    assert_eq!(enqueue_keyed(&ctx, second).await, Enqueued::Duplicate(holder));
+    assert_eq!(ctx.job(holder).await, before, "the holder is untouched");
+    assert_eq!(ctx.store.get_job(second_id).await.expect("get_job"), None, "not stored");
+
+    // The duplicate's window was not applied to the holder: the key is free once it completes.
+    let claimed = ctx.claim_one("invoice").await;
+    assert_eq!(claimed.job.id, holder);
+    ctx.finish(lease(&claimed), Outcome::Complete).await;
+    let third = keyed("invoice", "order-7", None);
+    let third_id = third.id;
+    assert_eq!(enqueue_keyed(&ctx, third).await, Enqueued::Created(third_id));
+}
