@@ -37,13 +37,7 @@ pub(crate) async fn load(conn: &mut SqliteConnection, id: JobId) -> Result<Optio
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        for job in &jobs {
-            job.validate(self.max_payload_bytes)?;
-        }
-        let mut ids = HashSet::with_capacity(jobs.len());
-        if let Some(job) = jobs.iter().find(|j| !ids.insert(j.id)) {
-            return Err(reused(job));
-        }
+        validate_batch(&jobs, self.max_payload_bytes)?;
         let now = self.clock.now();
         self.write("enqueue", move |conn| {
             Box::pin(async move {
@@ -322,6 +316,18 @@ fn claim_candidates(queues: &[String], names: &[String]) -> (String, Vec<(String
 
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("sqlite: {e}"))
+}
+
+/// What every enqueue checks before writing: each job valid, no ID twice in the batch.
+pub(crate) fn validate_batch(jobs: &[NewJob], max_payload_bytes: usize) -> Result<()> {
+    for job in jobs {
+        job.validate(max_payload_bytes)?;
+    }
+    let mut ids = HashSet::with_capacity(jobs.len());
+    match jobs.iter().find(|j| !ids.insert(j.id)) {
+        Some(job) => Err(reused(job)),
+        None => Ok(()),
+    }
 }
 
 pub(crate) fn reused(job: &NewJob) -> Error {

@@ -9,13 +9,11 @@
 //! commit (a local worker at its next poll or next-due wake-up; call
 //! `dispatch_job::JobClient`'s wake-up path yourself for less latency).
 
-use std::collections::HashSet;
-
 use dispatch_core::{Enqueued, NewJob, Result};
 use sqlx::SqliteConnection;
 
 use crate::SqliteStore;
-use crate::job::{enqueue_one, reused};
+use crate::job::{enqueue_one, validate_batch};
 
 impl SqliteStore {
     /// Enqueue `jobs` on `conn`, a connection to this store's file inside a transaction the
@@ -26,13 +24,7 @@ impl SqliteStore {
         conn: &mut SqliteConnection,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<Enqueued>> {
-        for job in &jobs {
-            job.validate(self.max_payload_bytes)?;
-        }
-        let mut ids = HashSet::with_capacity(jobs.len());
-        if let Some(job) = jobs.iter().find(|j| !ids.insert(j.id)) {
-            return Err(reused(job));
-        }
+        validate_batch(&jobs, self.max_payload_bytes)?;
         let now = self.clock.now();
         let mut results = Vec::with_capacity(jobs.len());
         for job in jobs {
