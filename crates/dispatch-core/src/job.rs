@@ -636,6 +636,12 @@ pub trait JobStore: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// A stream of push wake-ups for one worker, or `None` when the store can not push (workers
+    /// then poll). Stores that return a stream set [`Capabilities::push_wakeups`].
+    fn wakeups(&self) -> Option<crate::WakeupStream> {
+        None
+    }
+
     /// The optional powers of this store.
     fn capabilities(&self) -> Capabilities {
         Capabilities::NONE

@@ -19,6 +19,7 @@ pub mod page;
 pub mod scope;
 pub mod store;
 pub mod time;
+pub mod wake;
 
 #[doc(inline)]
 pub use backoff::Backoff;
@@ -44,3 +45,5 @@ pub use scope::Scope;
 pub use store::{DynStore, Store};
 #[doc(inline)]
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
+#[doc(inline)]
+pub use wake::{Wakeup, WakeupStream};

@@ -225,10 +225,17 @@ impl Worker {
         let finisher =
             tokio::spawn(finisher::run(shared.clone(), self.finish_rx, halt_finisher.clone()));
         let fetch = tokio::spawn(run::fetch_loop(shared.clone(), stop.clone()));
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(lease::heartbeat_loop(shared.clone(), halt.clone())),
             tokio::spawn(lease::rescue_loop(shared.clone(), halt.clone())),
         ];
+        if let Some(wakeups) = shared.store.wakeups() {
+            background.push(tokio::spawn(run::forward_wakeups(
+                shared.clone(),
+                wakeups,
+                halt.clone(),
+            )));
+        }
         WorkerHandle { shared, stop, halt, halt_finisher, fetch, background, finisher }
     }
 }

@@ -3,14 +3,16 @@
 //! One fetch loop per worker: it waits for free slots, claims as many jobs as there are free
 //! slots in one store call, and spawns one task per job. A full batch means more work is waiting,
 //! so it claims again at once; a short one means the queues are drained, so it sleeps until a
-//! wake-up (a local enqueue) or the poll interval.
+//! wake-up (a local enqueue, or a push from the store) or the poll interval.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{
     Backoff, ClaimRequest, ClaimedJob, Event, Finish, JobInfo, LeaseRef, Outcome, RunAt,
+    WakeupStream,
 };
+use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -89,6 +91,27 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 _ = shared.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+}
+
+/// Wake the fetch loop for every store wake-up that concerns this worker's queues, until halted
+/// or the store's stream ends (polling goes on either way).
+pub(crate) async fn forward_wakeups(
+    shared: Arc<Shared>,
+    mut wakeups: WakeupStream,
+    halt: CancellationToken,
+) {
+    loop {
+        let wakeup = tokio::select! {
+            _ = halt.cancelled() => return,
+            next = wakeups.next() => match next {
+                Some(wakeup) => wakeup,
+                None => return,
+            },
+        };
+        if wakeup.concerns(&shared.queues) {
+            shared.wake.notify_one();
         }
     }
 }
