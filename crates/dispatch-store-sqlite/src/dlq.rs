@@ -7,8 +7,9 @@ use dispatch_core::{
 };
 use sqlx::SqliteConnection;
 
+use crate::enqueue::insert_rows;
 use crate::job::sql_limit;
-use crate::row::{dlq_from_row, insert_job};
+use crate::row::dlq_from_row;
 use crate::{SqliteStore, db_error};
 
 async fn load(conn: &mut SqliteConnection, id: DlqId) -> Result<Option<DlqEntry>> {
@@ -74,7 +75,7 @@ impl DlqStore for SqliteStore {
                     return Ok(Replay::AlreadyReplayed(job_id));
                 }
                 let job = replay_job(&entry, now);
-                insert_job(conn, &job, None).await?;
+                insert_rows(conn, std::slice::from_ref(&job), None).await?;
                 let updated = sqlx::query(
                     "UPDATE dlq SET replayed_as = ?, replayed_at = ? \
                      WHERE id = ? AND replayed_as IS NULL",

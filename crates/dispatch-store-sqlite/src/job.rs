@@ -2,19 +2,20 @@
 //! writer connection; the transitions themselves are decided in Rust on the loaded rows, the same
 //! way the memory store decides them.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    AttemptError, CancelResult, ClaimRequest, ClaimedJob, DlqEntry, Enqueued, Error, ErrorKind,
-    Failure, FailureKind, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState,
-    JobStore, LeaseRef, NewJob, Outcome, Page, PageRequest, QueueCount, RescueReport, Result,
-    Timestamp,
+    CancelResult, ClaimRequest, ClaimedJob, Enqueued, Error, Finish, FinishResult, HeartbeatReport,
+    Job, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob, Page, PageRequest, QueueCount,
+    RescueReport, Result, Timestamp,
 };
 use sqlx::{Row, SqliteConnection};
 
-use crate::row::{JobRow, insert_dlq, insert_job, job_from_row, save_job, token_text};
+use crate::enqueue::{enqueue_batch, validate_batch};
+use crate::finish::{finalize, finish_batch, rescue_one};
+use crate::row::{JobRow, insert_dlq, job_from_row, save_job, token_text};
 use crate::{SqliteStore, db_error};
 
 /// A row count or limit as SQLite takes it.
@@ -40,13 +41,7 @@ impl JobStore for SqliteStore {
         validate_batch(&jobs, self.max_payload_bytes)?;
         let now = self.clock.now();
         self.write("enqueue", move |conn| {
-            Box::pin(async move {
-                let mut results = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    results.push(enqueue_one(conn, job, now).await?);
-                }
-                Ok(results)
-            })
+            Box::pin(async move { enqueue_batch(conn, jobs, now).await })
         })
         .await
     }
@@ -102,13 +97,7 @@ impl JobStore for SqliteStore {
         let now = self.clock.now();
         let finishes = finishes.to_vec();
         self.write("finish", move |conn| {
-            Box::pin(async move {
-                let mut results = Vec::with_capacity(finishes.len());
-                for finish in &finishes {
-                    results.push(finish_one(conn, finish, now).await?);
-                }
-                Ok(results)
-            })
+            Box::pin(async move { finish_batch(conn, &finishes, now).await })
         })
         .await
     }
@@ -117,32 +106,7 @@ impl JobStore for SqliteStore {
         let expires_at = (self.clock.now() + ttl).as_unix_micros();
         let leases = leases.to_vec();
         self.write("heartbeat", move |conn| {
-            Box::pin(async move {
-                let mut report = HeartbeatReport::default();
-                for lease in leases {
-                    let cancel: Option<i64> = sqlx::query_scalar(
-                        "UPDATE jobs SET lease_expires = ? \
-                         WHERE id = ? AND state = 'running' AND lease_token = ? \
-                         RETURNING cancel_requested",
-                    )
-                    .bind(expires_at)
-                    .bind(lease.job_id.to_string())
-                    .bind(token_text(lease.token))
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(db_error)?;
-                    match cancel {
-                        Some(cancel) => {
-                            report.renewed.push(lease.job_id);
-                            if cancel != 0 {
-                                report.cancel_requested.push(lease.job_id);
-                            }
-                        }
-                        None => report.lost.push(lease.job_id),
-                    }
-                }
-                Ok(report)
-            })
+            Box::pin(async move { renew(conn, &leases, expires_at).await })
         })
         .await
     }
@@ -318,190 +282,46 @@ fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("sqlite: {e}"))
 }
 
-/// What every enqueue checks before writing: each job valid, no ID twice in the batch.
-pub(crate) fn validate_batch(jobs: &[NewJob], max_payload_bytes: usize) -> Result<()> {
-    for job in jobs {
-        job.validate(max_payload_bytes)?;
+/// Extend every lease in `leases` that is still held, in one statement; report the rest as lost.
+async fn renew(
+    conn: &mut SqliteConnection,
+    leases: &[LeaseRef],
+    expires_at: i64,
+) -> Result<HeartbeatReport> {
+    let mut report = HeartbeatReport::default();
+    if leases.is_empty() {
+        return Ok(report);
     }
-    let mut ids = HashSet::with_capacity(jobs.len());
-    match jobs.iter().find(|j| !ids.insert(j.id)) {
-        Some(job) => Err(reused(job)),
-        None => Ok(()),
-    }
-}
-
-pub(crate) fn reused(job: &NewJob) -> Error {
-    Error::new(
-        ErrorKind::Conflict,
-        format!("job {:?}: a job with ID {} already exists", job.name, job.id),
+    let rows: Vec<(String, String)> =
+        leases.iter().map(|l| (l.job_id.to_string(), token_text(l.token))).collect();
+    let json = serde_json::to_string(&rows).map_err(internal)?;
+    let renewed = sqlx::query(
+        "UPDATE jobs SET lease_expires = ? FROM (SELECT json_extract(value, '$[0]') AS id, \
+         json_extract(value, '$[1]') AS token FROM json_each(?)) AS f \
+         WHERE jobs.id = f.id AND +jobs.state = 'running' AND jobs.lease_token = f.token \
+         RETURNING jobs.id, jobs.cancel_requested",
     )
-}
-
-pub(crate) async fn enqueue_one(
-    conn: &mut SqliteConnection,
-    new: NewJob,
-    now: Timestamp,
-) -> Result<Enqueued> {
-    if let Some(unique) = &new.unique {
-        let holder: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE name = ? AND unique_key = ? \
-             AND (state IN ('available', 'running') OR unique_until > ?) \
-             ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(&new.name)
-        .bind(&unique.key)
-        .bind(now.as_unix_micros())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?;
-        if let Some(holder) = holder {
-            return Ok(Enqueued::Duplicate(holder.parse()?));
-        }
+    .bind(expires_at)
+    .bind(json)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    let mut held = HashMap::with_capacity(renewed.len());
+    for row in renewed {
+        let id: String = row.try_get(0).map_err(db_error)?;
+        let cancel: i64 = row.try_get(1).map_err(db_error)?;
+        held.insert(id, cancel != 0);
     }
-    let exists: Option<i64> = sqlx::query_scalar("SELECT seq FROM jobs WHERE id = ?")
-        .bind(new.id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    if exists.is_some() {
-        return Err(reused(&new));
-    }
-    let unique_until = new.unique.as_ref().and_then(|u| u.window).map(|w| now + w);
-    let id = new.id;
-    let job = Job {
-        id,
-        name: new.name,
-        queue: new.queue,
-        payload: new.payload,
-        priority: new.priority,
-        state: JobState::Available,
-        attempt: 0,
-        max_attempts: new.max_attempts,
-        timeout: new.timeout,
-        run_at: new.run_at.resolve(now),
-        created_at: now,
-        finished_at: None,
-        unique_key: new.unique.map(|u| u.key),
-        scope: new.scope,
-        lease: None,
-        cancel_requested: false,
-        errors: Vec::new(),
-        dlq_id: None,
-    };
-    insert_job(conn, &job, unique_until).await?;
-    Ok(Enqueued::Created(id))
-}
-
-async fn finish_one(
-    conn: &mut SqliteConnection,
-    finish: &Finish,
-    now: Timestamp,
-) -> Result<FinishResult> {
-    let Some(mut row) = load(conn, finish.lease.job_id).await? else {
-        return Ok(FinishResult::LeaseLost);
-    };
-    let holds = row.job.state == JobState::Running
-        && row.job.lease.is_some_and(|l| l.token == finish.lease.token);
-    if !holds {
-        return Ok(if row.last_finish == Some(finish.lease.token) {
-            FinishResult::AlreadyApplied
-        } else {
-            FinishResult::LeaseLost
-        });
-    }
-    row.last_finish = Some(finish.lease.token);
-    let job = &mut row.job;
-    let cancel_requested = job.cancel_requested;
-    job.lease = None;
-    job.cancel_requested = false;
-    let mut dlq = None;
-    match &finish.outcome {
-        Outcome::Complete => finalize(job, JobState::Completed, now),
-        Outcome::Cancel => finalize(job, JobState::Cancelled, now),
-        // A cancel request wins over running again.
-        Outcome::Retry { failure, .. } if cancel_requested => {
-            record(job, failure.clone(), now);
-            finalize(job, JobState::Cancelled, now);
-        }
-        Outcome::Snooze { .. } | Outcome::Release if cancel_requested => {
-            finalize(job, JobState::Cancelled, now);
-        }
-        Outcome::Snooze { run_at } => give_back(job, run_at.resolve(now)),
-        Outcome::Release => give_back(job, now),
-        Outcome::Fail { failure } => {
-            record(job, failure.clone(), now);
-            dlq = Some(promote(job, now));
-        }
-        Outcome::Retry { failure, run_at } => {
-            record(job, failure.clone(), now);
-            if job.attempt < job.max_attempts {
-                job.state = JobState::Available;
-                job.run_at = run_at.resolve(now);
-            } else {
-                dlq = Some(promote(job, now));
+    for lease in leases {
+        match held.get(&lease.job_id.to_string()) {
+            Some(&cancel) => {
+                report.renewed.push(lease.job_id);
+                if cancel {
+                    report.cancel_requested.push(lease.job_id);
+                }
             }
+            None => report.lost.push(lease.job_id),
         }
     }
-    let result = FinishResult::Applied { state: job.state, dlq_id: dlq.as_ref().map(|e| e.id) };
-    save_job(conn, &row).await?;
-    if let Some(entry) = dlq {
-        insert_dlq(conn, &entry).await?;
-    }
-    Ok(result)
-}
-
-/// End a job in a final state.
-fn finalize(job: &mut Job, state: JobState, now: Timestamp) {
-    job.state = state;
-    job.finished_at = Some(now);
-}
-
-/// Available again with the attempt returned (snooze, release).
-fn give_back(job: &mut Job, run_at: Timestamp) {
-    job.attempt = job.attempt.saturating_sub(1);
-    job.state = JobState::Available;
-    job.run_at = run_at;
-}
-
-/// Append the failure of the current attempt to the job's error history.
-fn record(job: &mut Job, failure: Failure, now: Timestamp) {
-    job.errors.push(AttemptError {
-        attempt: job.attempt,
-        kind: failure.kind,
-        message: failure.message,
-        at: now,
-    });
-}
-
-/// Make a job dead; the caller writes the returned DLQ entry in the same transaction.
-fn promote(job: &mut Job, now: Timestamp) -> DlqEntry {
-    finalize(job, JobState::Dead, now);
-    let entry = DlqEntry::for_job(job, now);
-    job.dlq_id = Some(entry.id);
-    entry
-}
-
-/// Reclaim a job whose lease expired; returns its DLQ entry when it died.
-fn rescue_one(job: &mut Job, now: Timestamp, report: &mut RescueReport) -> Option<DlqEntry> {
-    let cancel_requested = job.cancel_requested;
-    let message = match job.lease.take() {
-        Some(lease) => format!("lease held by {} expired", lease.owner),
-        None => "lease expired".to_owned(),
-    };
-    job.cancel_requested = false;
-    record(job, Failure::new(FailureKind::LeaseExpired, message), now);
-    if cancel_requested {
-        finalize(job, JobState::Cancelled, now);
-        report.cancelled.push(job.id);
-        None
-    } else if job.attempt < job.max_attempts {
-        job.state = JobState::Available;
-        job.run_at = now;
-        report.rescued.push(job.id);
-        None
-    } else {
-        let entry = promote(job, now);
-        report.promoted.push((job.id, entry.id));
-        Some(entry)
-    }
+    Ok(report)
 }

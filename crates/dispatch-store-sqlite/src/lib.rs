@@ -28,6 +28,8 @@
 //! ```
 
 mod dlq;
+mod enqueue;
+mod finish;
 mod job;
 mod migrate;
 mod row;

@@ -141,38 +141,6 @@ pub(crate) fn dlq_from_row(row: &SqliteRow) -> Result<DlqEntry> {
     })
 }
 
-/// Insert a new job row; `unique_until` is when a unique window ends.
-pub(crate) async fn insert_job(
-    conn: &mut SqliteConnection,
-    job: &Job,
-    unique_until: Option<Timestamp>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO jobs (id, name, queue, payload, priority, state, attempt, max_attempts, \
-         timeout_us, run_at, created_at, unique_key, unique_until, scope_app, scope_tenant) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(job.id.to_string())
-    .bind(&job.name)
-    .bind(&job.queue)
-    .bind(&job.payload)
-    .bind(job.priority)
-    .bind(job.state.as_str())
-    .bind(i64::from(job.attempt))
-    .bind(i64::from(job.max_attempts))
-    .bind(duration_micros(job.timeout))
-    .bind(job.run_at.as_unix_micros())
-    .bind(job.created_at.as_unix_micros())
-    .bind(&job.unique_key)
-    .bind(unique_until.map(Timestamp::as_unix_micros))
-    .bind(&job.scope.app)
-    .bind(&job.scope.tenant)
-    .execute(conn)
-    .await
-    .map_err(db_error)?;
-    Ok(())
-}
-
 /// Write back the mutable fields of a job row.
 pub(crate) async fn save_job(conn: &mut SqliteConnection, row: &JobRow) -> Result<()> {
     let job = &row.job;

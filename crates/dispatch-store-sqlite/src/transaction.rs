@@ -13,7 +13,7 @@ use dispatch_core::{Enqueued, NewJob, Result};
 use sqlx::SqliteConnection;
 
 use crate::SqliteStore;
-use crate::job::{enqueue_one, validate_batch};
+use crate::enqueue::{enqueue_batch, validate_batch};
 
 impl SqliteStore {
     /// Enqueue `jobs` on `conn`, a connection to this store's file inside a transaction the
@@ -26,10 +26,6 @@ impl SqliteStore {
     ) -> Result<Vec<Enqueued>> {
         validate_batch(&jobs, self.max_payload_bytes)?;
         let now = self.clock.now();
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            results.push(enqueue_one(conn, job, now).await?);
-        }
-        Ok(results)
+        enqueue_batch(conn, jobs, now).await
     }
 }

@@ -1,0 +1,173 @@
+//! Enqueue: validation, unique keys, and multi-row inserts.
+//!
+//! A batch is written in runs: consecutive jobs without a unique key go in multi-row `INSERT`s
+//! (one statement per up to [`CHUNK`] rows), and each job with a unique key is checked against
+//! the jobs stored so far, earlier items of the batch included. Runs keep the batch's order, so
+//! enqueue order (`seq`) is the order of the items.
+
+use std::collections::HashSet;
+
+use dispatch_core::{Enqueued, Error, ErrorKind, Job, JobState, NewJob, Result, Timestamp};
+use sqlx::SqliteConnection;
+
+use crate::db_error;
+use crate::row::duration_micros;
+
+/// Rows per multi-row insert: 15 columns each, well under SQLite's bound-parameter limit.
+const CHUNK: usize = 128;
+/// The columns every insert writes, in bind order.
+const COLUMNS: &str = "id, name, queue, payload, priority, state, attempt, max_attempts, \
+                       timeout_us, run_at, created_at, unique_key, unique_until, scope_app, \
+                       scope_tenant";
+const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// What every enqueue checks before writing: each job valid, no ID twice in the batch.
+pub(crate) fn validate_batch(jobs: &[NewJob], max_payload_bytes: usize) -> Result<()> {
+    for job in jobs {
+        job.validate(max_payload_bytes)?;
+    }
+    let mut ids = HashSet::with_capacity(jobs.len());
+    match jobs.iter().find(|j| !ids.insert(j.id)) {
+        Some(job) => Err(reused(&job.name, &job.id.to_string())),
+        None => Ok(()),
+    }
+}
+
+fn reused(name: &str, id: &str) -> Error {
+    Error::new(ErrorKind::Conflict, format!("job {name:?}: a job with ID {id} already exists"))
+}
+
+/// Write a validated batch on `conn` (inside the caller's transaction); one result per item.
+pub(crate) async fn enqueue_batch(
+    conn: &mut SqliteConnection,
+    jobs: Vec<NewJob>,
+    now: Timestamp,
+) -> Result<Vec<Enqueued>> {
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut run: Vec<Job> = Vec::new();
+    for new in jobs {
+        match new.unique.as_ref() {
+            None => {
+                results.push(Enqueued::Created(new.id));
+                run.push(into_job(new, now));
+            }
+            Some(unique) => {
+                insert_rows(conn, &std::mem::take(&mut run), None).await?;
+                let holder = unique_holder(conn, &new.name, &unique.key, now).await?;
+                let result = match holder {
+                    Some(holder) => Enqueued::Duplicate(holder),
+                    None => {
+                        let until = unique.window.map(|window| now + window);
+                        let id = new.id;
+                        insert_rows(conn, &[into_job(new, now)], until).await?;
+                        Enqueued::Created(id)
+                    }
+                };
+                results.push(result);
+            }
+        }
+    }
+    insert_rows(conn, &run, None).await?;
+    Ok(results)
+}
+
+/// The job holding `key` for `name`: an unfinished one, or a finished one whose window is open.
+async fn unique_holder(
+    conn: &mut SqliteConnection,
+    name: &str,
+    key: &str,
+    now: Timestamp,
+) -> Result<Option<dispatch_core::JobId>> {
+    let holder: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE name = ? AND unique_key = ? \
+         AND (state IN ('available', 'running') OR unique_until > ?) \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(name)
+    .bind(key)
+    .bind(now.as_unix_micros())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    holder.map(|id| id.parse()).transpose()
+}
+
+/// The stored record of a new job.
+pub(crate) fn into_job(new: NewJob, now: Timestamp) -> Job {
+    Job {
+        id: new.id,
+        name: new.name,
+        queue: new.queue,
+        payload: new.payload,
+        priority: new.priority,
+        state: JobState::Available,
+        attempt: 0,
+        max_attempts: new.max_attempts,
+        timeout: new.timeout,
+        run_at: new.run_at.resolve(now),
+        created_at: now,
+        finished_at: None,
+        unique_key: new.unique.map(|u| u.key),
+        scope: new.scope,
+        lease: None,
+        cancel_requested: false,
+        errors: Vec::new(),
+        dlq_id: None,
+    }
+}
+
+/// Insert `jobs` (all sharing `unique_until`), in order, in statements of [`CHUNK`] rows and then
+/// of halving sizes, so only a handful of statement shapes are ever prepared and cached. An ID
+/// already stored fails with `Conflict`.
+pub(crate) async fn insert_rows(
+    conn: &mut SqliteConnection,
+    jobs: &[Job],
+    unique_until: Option<Timestamp>,
+) -> Result<()> {
+    let mut rest = jobs;
+    while !rest.is_empty() {
+        let size = if rest.len() >= CHUNK { CHUNK } else { 1 << rest.len().ilog2() };
+        let (chunk, tail) = rest.split_at(size);
+        insert_chunk(conn, chunk, unique_until).await?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+async fn insert_chunk(
+    conn: &mut SqliteConnection,
+    jobs: &[Job],
+    unique_until: Option<Timestamp>,
+) -> Result<()> {
+    let rows = vec![ROW; jobs.len()].join(", ");
+    // Safe: the text holds only fixed SQL and placeholders; values are bound.
+    let sql = sqlx::AssertSqlSafe(format!("INSERT INTO jobs ({COLUMNS}) VALUES {rows}"));
+    let mut query = sqlx::query(sql);
+    for job in jobs {
+        query = query
+            .bind(job.id.to_string())
+            .bind(job.name.as_str())
+            .bind(job.queue.as_str())
+            .bind(job.payload.as_slice())
+            .bind(job.priority)
+            .bind(job.state.as_str())
+            .bind(i64::from(job.attempt))
+            .bind(i64::from(job.max_attempts))
+            .bind(duration_micros(job.timeout))
+            .bind(job.run_at.as_unix_micros())
+            .bind(job.created_at.as_unix_micros())
+            .bind(job.unique_key.as_deref())
+            .bind(unique_until.map(Timestamp::as_unix_micros))
+            .bind(job.scope.app.as_deref())
+            .bind(job.scope.tenant.as_deref())
+    }
+    query.execute(conn).await.map_err(|e| match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            let first = &jobs[0];
+            let what = if jobs.len() == 1 { "this ID" } else { "one of these IDs" };
+            reused(&first.name, &format!("{} ({what})", first.id))
+        }
+        other => db_error(other),
+    })?;
+    Ok(())
+}
