@@ -85,6 +85,12 @@ impl JobStore for FinishCounter {
     async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
         self.inner.next_due(queues, names).await
     }
+    fn wakeups(&self) -> Option<dispatch::core::WakeupStream> {
+        self.inner.wakeups()
+    }
+    fn capabilities(&self) -> dispatch::core::Capabilities {
+        self.inner.capabilities()
+    }
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         self.inner.get_job(id).await
     }

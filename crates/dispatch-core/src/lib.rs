@@ -46,4 +46,4 @@ pub use store::{DynStore, Store};
 #[doc(inline)]
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 #[doc(inline)]
-pub use wake::{Wakeup, WakeupStream};
+pub use wake::{Wakeup, WakeupHub, WakeupStream};

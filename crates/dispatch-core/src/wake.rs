@@ -38,3 +38,145 @@ impl Wakeup {
 
 /// The wake-ups a store pushes to one subscriber. It ends when the store is dropped.
 pub type WakeupStream = Pin<Box<dyn Stream<Item = Wakeup> + Send + 'static>>;
+
+/// The fan-out of wake-ups from a store to its subscribed workers, for stores that push from
+/// their own write path (in-process). Wake-ups coalesce: a subscriber that has not yet read its
+/// last wake-up sees one, for that queue or, when several queues were woken meanwhile, for any
+/// queue. So a slow subscriber never makes a notifier wait or buffer. Clones share subscribers;
+/// streams end when the last clone is dropped.
+#[derive(Clone, Debug, Default)]
+pub struct WakeupHub {
+    inner: std::sync::Arc<HubInner>,
+}
+
+#[derive(Debug, Default)]
+struct HubInner {
+    subscribers: parking_lot::Mutex<Vec<std::sync::Weak<Slot>>>,
+}
+
+/// One subscriber's pending wake-up and the task waiting for it.
+#[derive(Debug, Default)]
+struct Slot {
+    state: parking_lot::Mutex<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    pending: Option<Wakeup>,
+    waker: Option<std::task::Waker>,
+    closed: bool,
+}
+
+impl WakeupHub {
+    /// A hub with no subscribers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wake subscribers for jobs in `queues`: a wake-up for the queue when all are one queue,
+    /// for any queue when they are several; nothing when `queues` is empty.
+    pub fn notify<'a>(&self, queues: impl IntoIterator<Item = &'a str>) {
+        let mut queues = queues.into_iter();
+        let Some(first) = queues.next() else { return };
+        let wakeup = if queues.all(|q| q == first) { Wakeup::queue(first) } else { Wakeup::any() };
+        self.send(&wakeup);
+    }
+
+    /// Deliver `wakeup` to every live subscriber.
+    pub fn send(&self, wakeup: &Wakeup) {
+        let mut subscribers = self.inner.subscribers.lock();
+        subscribers.retain(|slot| match slot.upgrade() {
+            Some(slot) => {
+                slot.offer(wakeup);
+                true
+            }
+            None => false,
+        });
+    }
+
+    /// A new subscriber's stream.
+    pub fn subscribe(&self) -> WakeupStream {
+        let slot = std::sync::Arc::new(Slot::default());
+        self.inner.subscribers.lock().push(std::sync::Arc::downgrade(&slot));
+        Box::pin(Subscription { slot })
+    }
+}
+
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        for slot in self.subscribers.get_mut().drain(..).filter_map(|s| s.upgrade()) {
+            let mut state = slot.state.lock();
+            state.closed = true;
+            if let Some(waker) = state.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn offer(&self, wakeup: &Wakeup) {
+        let mut state = self.state.lock();
+        state.pending = Some(match state.pending.take() {
+            Some(pending) if pending != *wakeup => Wakeup::any(),
+            _ => wakeup.clone(),
+        });
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// The stream side of one subscriber.
+struct Subscription {
+    slot: std::sync::Arc<Slot>,
+}
+
+impl Stream for Subscription {
+    type Item = Wakeup;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Wakeup>> {
+        let mut state = self.slot.state.lock();
+        if let Some(wakeup) = state.pending.take() {
+            return std::task::Poll::Ready(Some(wakeup));
+        }
+        if state.closed {
+            return std::task::Poll::Ready(None);
+        }
+        state.waker = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+
+    fn poll(stream: &mut WakeupStream) -> Poll<Option<Wakeup>> {
+        stream.as_mut().poll_next(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn wake_ups_coalesce_per_subscriber_and_streams_end_with_the_hub() {
+        let hub = WakeupHub::new();
+        let mut first = hub.subscribe();
+        assert_eq!(poll(&mut first), Poll::Pending);
+        hub.notify(["a"]);
+        hub.notify(["a", "a"]);
+        let mut second = hub.subscribe();
+        hub.notify(["b"]);
+        assert_eq!(poll(&mut first), Poll::Ready(Some(Wakeup::any())), "a then b coalesce");
+        assert_eq!(poll(&mut second), Poll::Ready(Some(Wakeup::queue("b"))));
+        assert_eq!(poll(&mut second), Poll::Pending);
+        hub.notify(Vec::<&str>::new());
+        assert_eq!(poll(&mut second), Poll::Pending, "no queues, no wake-up");
+        drop(hub);
+        assert_eq!(poll(&mut first), Poll::Ready(None));
+        assert_eq!(poll(&mut second), Poll::Ready(None));
+    }
+}

@@ -67,7 +67,7 @@ impl DlqStore for MemoryStore {
             errors: Vec::new(),
             dlq_id: None,
         };
-        let job_id = job.id;
+        let (job_id, queue) = (job.id, job.queue.clone());
         let seq = state.next_seq();
         state.jobs.insert(job_id, Row { job, seq, last_finish: None, unique_until: None });
         state.make_available(job_id, now);
@@ -75,6 +75,8 @@ impl DlqStore for MemoryStore {
             entry.replayed_as = Some(job_id);
             entry.replayed_at = Some(now);
         }
+        drop(state);
+        self.wakeups.notify([queue.as_str()]);
         Ok(Replay::Replayed(job_id))
     }
 
@@ -234,3 +236,4 @@ mod tests {
         assert!(store.get_dlq(other).await.unwrap().is_none());
     }
 }
+

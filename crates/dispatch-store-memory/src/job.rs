@@ -31,7 +31,13 @@ impl JobStore for MemoryStore {
                 format!("job {:?}: a job with ID {} already exists", job.name, job.id),
             ));
         }
-        Ok(jobs.into_iter().map(|job| state.enqueue_one(job, now)).collect())
+        let queues: Vec<String> = jobs.iter().map(|job| job.queue.clone()).collect();
+        let results: Vec<Enqueued> =
+            jobs.into_iter().map(|job| state.enqueue_one(job, now)).collect();
+        drop(state);
+        let created = results.iter().zip(&queues).filter(|(r, _)| !r.is_duplicate());
+        self.wakeups.notify(created.map(|(_, queue)| queue.as_str()));
+        Ok(results)
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
@@ -110,6 +116,14 @@ impl JobStore for MemoryStore {
         let now = self.clock.now();
         let earliest = self.state.lock().available.earliest(queues, names);
         Ok(earliest.map(|run_at| run_at.duration_since(now)))
+    }
+
+    fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
+        Some(self.wakeups.subscribe())
+    }
+
+    fn capabilities(&self) -> dispatch_core::Capabilities {
+        dispatch_core::Capabilities::NONE.with_push_wakeups(true)
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {

@@ -34,6 +34,8 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     clock: SharedClock,
     max_payload_bytes: usize,
+    /// Wakes subscribed workers after calls that make jobs available.
+    wakeups: dispatch_core::WakeupHub,
 }
 
 impl Default for MemoryStore {
@@ -54,6 +56,7 @@ impl MemoryStore {
             state: Arc::new(Mutex::new(State::default())),
             clock,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            wakeups: dispatch_core::WakeupHub::new(),
         }
     }
 

@@ -66,33 +66,38 @@ impl DlqStore for SqliteStore {
 
     async fn replay_dlq(&self, id: DlqId) -> Result<Replay> {
         let now = self.clock.now();
-        self.write("replay_dlq", move |conn| {
-            Box::pin(async move {
-                let entry = load(conn, id)
-                    .await?
-                    .ok_or_else(|| Error::not_found(format!("no DLQ entry {id}")))?;
-                if let Some(job_id) = entry.replayed_as {
-                    return Ok(Replay::AlreadyReplayed(job_id));
-                }
-                let job = replay_job(&entry, now);
-                insert_rows(conn, std::slice::from_ref(&job), None).await?;
-                let updated = sqlx::query(
-                    "UPDATE dlq SET replayed_as = ?, replayed_at = ? \
+        let (replay, queue) = self
+            .write("replay_dlq", move |conn| {
+                Box::pin(async move {
+                    let entry = load(conn, id)
+                        .await?
+                        .ok_or_else(|| Error::not_found(format!("no DLQ entry {id}")))?;
+                    if let Some(job_id) = entry.replayed_as {
+                        return Ok((Replay::AlreadyReplayed(job_id), None));
+                    }
+                    let job = replay_job(&entry, now);
+                    insert_rows(conn, std::slice::from_ref(&job), None).await?;
+                    let updated = sqlx::query(
+                        "UPDATE dlq SET replayed_as = ?, replayed_at = ? \
                      WHERE id = ? AND replayed_as IS NULL",
-                )
-                .bind(job.id.to_string())
-                .bind(now.as_unix_micros())
-                .bind(id.to_string())
-                .execute(&mut *conn)
-                .await
-                .map_err(db_error)?;
-                if updated.rows_affected() != 1 {
-                    return Err(Error::internal(format!("DLQ entry {id} changed during replay")));
-                }
-                Ok(Replay::Replayed(job.id))
+                    )
+                    .bind(job.id.to_string())
+                    .bind(now.as_unix_micros())
+                    .bind(id.to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
+                    if updated.rows_affected() != 1 {
+                        return Err(Error::internal(format!(
+                            "DLQ entry {id} changed during replay"
+                        )));
+                    }
+                    Ok((Replay::Replayed(job.id), Some(job.queue)))
+                })
             })
-        })
-        .await
+            .await?;
+        self.wakeups.notify(queue.as_deref());
+        Ok(replay)
     }
 
     async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {

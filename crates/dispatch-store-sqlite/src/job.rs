@@ -40,10 +40,15 @@ impl JobStore for SqliteStore {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         validate_batch(&jobs, self.max_payload_bytes)?;
         let now = self.clock.now();
-        self.write("enqueue", move |conn| {
-            Box::pin(async move { enqueue_batch(conn, jobs, now).await })
-        })
-        .await
+        let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
+        let results = self
+            .write("enqueue", move |conn| {
+                Box::pin(async move { enqueue_batch(conn, jobs, now).await })
+            })
+            .await?;
+        let created = results.iter().zip(&queues).filter(|(r, _)| !r.is_duplicate());
+        self.wakeups.notify(created.map(|(_, queue)| queue.as_str()));
+        Ok(results)
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
@@ -141,7 +146,10 @@ impl JobStore for SqliteStore {
         self.write("rescue_expired", move |conn| {
             Box::pin(async move {
                 let rows = sqlx::query(
-                    "SELECT * FROM jobs WHERE state = 'running' AND lease_expires <= ? \
+                    // Pinned to the lease index: only expired leases are read (the planner
+                    // would otherwise walk every running job through the state index).
+                    "SELECT * FROM jobs INDEXED BY jobs_lease \
+                     WHERE state = 'running' AND lease_expires <= ? \
                      ORDER BY lease_expires, id LIMIT ?",
                 )
                 .bind(now.as_unix_micros())
@@ -206,27 +214,34 @@ impl JobStore for SqliteStore {
 
     async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
         let now = self.clock.now();
-        let queues = serde_json::to_string(queues).map_err(internal)?;
-        let names = serde_json::to_string(names).map_err(internal)?;
+        let pairs = queue_name_pairs(queues, names);
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        let per_pair = "SELECT min(run_at) AS due FROM jobs INDEXED BY jobs_due \
+                        WHERE state = 'available' AND queue = ? AND name = ?";
+        let union = vec![per_pair; pairs.len()].join(" UNION ALL ");
+        let sql = format!("SELECT min(due) FROM ({union})");
         self.timed("next_due", async {
-            let earliest: Option<i64> = sqlx::query_scalar(
-                "SELECT min(run_at) FROM jobs WHERE state = 'available' \
-                 AND queue IN (SELECT value FROM json_each(?)) \
-                 AND name IN (SELECT value FROM json_each(?))",
-            )
-            .bind(queues)
-            .bind(names)
-            .fetch_one(&self.readers)
-            .await
-            .map_err(db_error)?;
+            // Safe: the text holds only fixed SQL and placeholders; values are bound.
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+            for (queue, name) in &pairs {
+                query = query.bind(queue.as_str()).bind(name.as_str());
+            }
+            let earliest: Option<i64> = query.fetch_one(&self.readers).await.map_err(db_error)?;
             Ok(earliest.map(|micros| Timestamp::from_unix_micros(micros).duration_since(now)))
         })
         .await
     }
 
+    fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
+        Some(self.wakeups.subscribe())
+    }
+
     fn capabilities(&self) -> dispatch_core::Capabilities {
-        // `SqliteStore::enqueue_in` writes jobs inside the application's own transaction.
-        dispatch_core::Capabilities::NONE.with_transactional_enqueue(true)
+        // `SqliteStore::enqueue_in` writes jobs inside the application's own transaction;
+        // wake-ups reach the workers of this process only (other processes poll).
+        dispatch_core::Capabilities::NONE.with_transactional_enqueue(true).with_push_wakeups(true)
     }
 
     async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
@@ -255,12 +270,9 @@ impl JobStore for SqliteStore {
     }
 }
 
-/// The claim's candidate `seq`s as SQL, with the (queue, name) pairs its placeholders bind (four
-/// per pair: queue, name, now, limit; then the overall limit). One sub-select per pair, each an
-/// equality search of the partial claim index in claim order, so a claim reads only the jobs it
-/// takes (an `IN (json_each(..))` filter made SQLite scan every available job). Pairs are
-/// deduplicated and capped below SQLite's 500-term compound limit.
-fn claim_candidates(queues: &[String], names: &[String]) -> (String, Vec<(String, String)>) {
+/// Every (queue, name) pair a claim or next-due lookup searches, deduplicated and capped below
+/// SQLite's 500-term compound limit.
+fn queue_name_pairs(queues: &[String], names: &[String]) -> Vec<(String, String)> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for queue in queues {
         for name in names {
@@ -270,9 +282,19 @@ fn claim_candidates(queues: &[String], names: &[String]) -> (String, Vec<(String
             }
         }
     }
+    pairs
+}
+
+/// The claim's candidate `seq`s as SQL, with the (queue, name) pairs its placeholders bind (four
+/// per pair: queue, name, now, limit; then the overall limit). One sub-select per pair, each an
+/// equality search of the claim index in claim order, so a claim reads only the jobs it takes
+/// (an `IN (json_each(..))` filter made SQLite scan every available job). `INDEXED BY` pins the
+/// index: the planner would otherwise prefer `jobs_due` and sort every due job.
+fn claim_candidates(queues: &[String], names: &[String]) -> (String, Vec<(String, String)>) {
+    let pairs = queue_name_pairs(queues, names);
     let per_pair = "SELECT seq, priority, run_at FROM (SELECT seq, priority, run_at FROM jobs \
-                    WHERE state = 'available' AND queue = ? AND name = ? AND run_at <= ? \
-                    ORDER BY priority DESC, run_at, seq LIMIT ?)";
+                    INDEXED BY jobs_claim WHERE state = 'available' AND queue = ? AND name = ? \
+                    AND run_at <= ? ORDER BY priority DESC, run_at, seq LIMIT ?)";
     let union = vec![per_pair; pairs.len()].join(" UNION ALL ");
     let sql = format!("SELECT seq FROM ({union}) ORDER BY priority DESC, run_at, seq LIMIT ?");
     (sql, pairs)

@@ -12,6 +12,12 @@
 //! Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
 //! [`ErrorKind::Timeout`] past it.
 //!
+//! # Wake-ups
+//!
+//! A call that makes jobs available (enqueue, DLQ replay) wakes the idle workers of this process
+//! at once ([`JobStore::wakeups`](dispatch_core::JobStore::wakeups)), whichever clone of the store
+//! they use. Workers in other processes sharing the file find new jobs at their next poll.
+//!
 //! # Durability
 //!
 //! The database runs in WAL mode with `synchronous=NORMAL`: a committed call survives a crash of
@@ -65,6 +71,8 @@ pub struct SqliteStore {
     clock: SharedClock,
     max_payload_bytes: usize,
     call_timeout: Duration,
+    /// Wakes this process's workers after commits that make jobs available.
+    wakeups: dispatch_core::WakeupHub,
 }
 
 /// Run `connect` again while it fails with "database is locked": switching a new file to WAL
@@ -120,6 +128,7 @@ impl SqliteStore {
             clock: Arc::new(SystemClock),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            wakeups: dispatch_core::WakeupHub::new(),
         };
         store.migrate().await.map_err(|e| {
             if e.kind() == ErrorKind::Unavailable {

@@ -5,9 +5,9 @@
 //! `BEGIN IMMEDIATE` (so it takes SQLite's write lock up front instead of failing to upgrade a
 //! read transaction later). While it holds that lock, the store's own writer waits for it (up to
 //! the busy timeout), so keep such transactions short. Nothing fires from inside the
-//! transaction: no hooks, no wake-ups. Workers find the jobs at their next claim after the
-//! commit (a local worker at its next poll or next-due wake-up; call
-//! `dispatch_job::JobClient`'s wake-up path yourself for less latency).
+//! transaction: no hooks, no wake-ups (the jobs may yet be rolled back). Workers find the jobs at
+//! their next claim after the commit: at their next poll, or at once when the application calls
+//! [`SqliteStore::wake`] after committing.
 
 use dispatch_core::{Enqueued, NewJob, Result};
 use sqlx::SqliteConnection;
@@ -27,5 +27,14 @@ impl SqliteStore {
         validate_batch(&jobs, self.max_payload_bytes)?;
         let now = self.clock.now();
         enqueue_batch(conn, jobs, now).await
+    }
+}
+
+impl SqliteStore {
+    /// Wake this process's idle workers of `queue` now, for example right after committing a
+    /// transaction that enqueued through [`enqueue_in`](Self::enqueue_in). Workers in other
+    /// processes are not reached; they find the jobs at their next poll.
+    pub fn wake(&self, queue: &str) {
+        self.wakeups.notify([queue]);
     }
 }

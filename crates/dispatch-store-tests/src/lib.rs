@@ -151,6 +151,8 @@ pub fn all_tests() -> Vec<SuiteTest> {
         job::get_job_round_trips_edge_values,
         job::get_job_unknown_is_none,
         job::store_clock_stamps_times,
+        // push wake-ups
+        job::wakeups_follow_enqueues_and_replays,
         // dead letter queue
         dlq::entry_written_with_death,
         dlq::death_and_entry_are_never_apart,

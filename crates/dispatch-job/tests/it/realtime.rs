@@ -170,6 +170,33 @@ pub(crate) async fn fenced_out_completion_is_refused(inner: DynStore) {
     assert!(!completed, "a fenced-out completion fires no completed hook");
 }
 
+/// A job enqueued straight on the store, past any client of the worker, starts on an idle
+/// worker through the store's push wake-up, long before the worker's next poll.
+pub(crate) async fn store_wake_up_starts_an_idle_worker(inner: DynStore) {
+    assert!(inner.capabilities().push_wakeups, "this scenario is for stores that push");
+    let counting = CountingStore::new(inner.clone());
+    let quick = JobDefinition::new("quick", |_ctx: JobContext, _: ()| async { Ok(()) });
+    let handle = worker(counting.clone())
+        .register(quick.clone())
+        .configure(|c| c.poll_interval = Duration::from_secs(600))
+        .build()
+        .unwrap()
+        .start();
+    eventually("the worker to go idle", Duration::from_secs(10), || async {
+        (counting.next_dues.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    let job = quick.new_job(&(), Default::default()).unwrap();
+    let id = inner.enqueue(vec![job]).await.unwrap()[0].id();
+    // Well inside the 600 s poll interval: only the wake-up can have started it.
+    eventually("the job to complete", Duration::from_secs(20), || async {
+        let job = inner.get_job(id).await.unwrap()?;
+        (job.state == JobState::Completed).then_some(())
+    })
+    .await;
+    handle.stop().await;
+}
+
 macro_rules! on_store {
     ($store:ident: $($scenario:ident),* $(,)?) => {
         mod $store {
@@ -202,6 +229,7 @@ on_store!(sqlite_store:
     cancel_reaches_the_running_handler,
     shutdown_releases_long_jobs,
     fenced_out_completion_is_refused,
+    store_wake_up_starts_an_idle_worker,
 );
 
 on_store!(memory_store:
@@ -210,4 +238,5 @@ on_store!(memory_store:
     cancel_reaches_the_running_handler,
     shutdown_releases_long_jobs,
     fenced_out_completion_is_refused,
+    store_wake_up_starts_an_idle_worker,
 );

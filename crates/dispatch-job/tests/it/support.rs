@@ -113,6 +113,8 @@ pub struct CountingStore {
     pub claim_limits: Mutex<Vec<usize>>,
     pub heartbeats: Mutex<Vec<usize>>,
     pub finishes: AtomicUsize,
+    /// `next_due` calls answered: each is an idle fetch loop about to sleep.
+    pub next_dues: AtomicUsize,
     /// When set, heartbeats fail as if the store were unreachable.
     pub fail_heartbeats: AtomicBool,
 }
@@ -124,6 +126,7 @@ impl CountingStore {
             claim_limits: Mutex::default(),
             heartbeats: Mutex::default(),
             finishes: AtomicUsize::new(0),
+            next_dues: AtomicUsize::new(0),
             fail_heartbeats: AtomicBool::new(false),
         })
     }
@@ -156,7 +159,15 @@ impl JobStore for CountingStore {
         self.inner.rescue_expired(limit).await
     }
     async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
-        self.inner.next_due(queues, names).await
+        let due = self.inner.next_due(queues, names).await;
+        self.next_dues.fetch_add(1, Ordering::SeqCst);
+        due
+    }
+    fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
+        self.inner.wakeups()
+    }
+    fn capabilities(&self) -> dispatch_core::Capabilities {
+        self.inner.capabilities()
     }
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         self.inner.get_job(id).await

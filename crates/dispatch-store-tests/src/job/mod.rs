@@ -1,5 +1,5 @@
 //! Tests of [`JobStore`](dispatch_core::JobStore): enqueue, claim, finish, leases (heartbeat,
-//! rescue, fencing), cancel, unique keys and lookups.
+//! rescue, fencing), cancel, unique keys, lookups and push wake-ups.
 
 mod cancel;
 mod claim;
@@ -8,6 +8,7 @@ mod finish;
 mod lease;
 mod lookup;
 mod unique;
+mod wake;
 
 pub use cancel::*;
 pub use claim::*;
@@ -16,3 +17,4 @@ pub use finish::*;
 pub use lease::*;
 pub use lookup::*;
 pub use unique::*;
+pub use wake::*;

@@ -1,0 +1,55 @@
+//! Push wake-ups: a store that says it pushes hands out streams that see its enqueues and
+//! replays.
+
+use std::time::Duration;
+
+use dispatch_core::{Replay, Wakeup, WakeupStream};
+use futures::StreamExt;
+
+use crate::TestContext;
+use crate::support::job_in;
+
+/// How long a wake-up may take to arrive (a remote store's notification round trip included).
+const WITHIN: Duration = Duration::from_secs(10);
+
+/// The next wake-up on `stream` that concerns `queue`, failing the test past [`WITHIN`].
+async fn next_for(stream: &mut WakeupStream, queue: &str) -> Wakeup {
+    let queues = [queue.to_owned()];
+    let wait = async {
+        loop {
+            match stream.next().await {
+                Some(wakeup) if wakeup.concerns(&queues) => return wakeup,
+                Some(_) => {}
+                None => panic!("the wake-up stream ended while the store is alive"),
+            }
+        }
+    };
+    tokio::time::timeout(WITHIN, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no wake-up for queue {queue:?} within {WITHIN:?}"))
+}
+
+/// `push_wakeups` and `wakeups()` agree; when the store pushes, every subscriber hears of an
+/// enqueue (single and batched, across queues) and of a DLQ replay, in the queue concerned.
+pub async fn wakeups_follow_enqueues_and_replays(ctx: TestContext) {
+    let pushes = ctx.store.capabilities().push_wakeups;
+    let Some(mut first) = ctx.store.wakeups() else {
+        assert!(!pushes, "a store that says it pushes must hand out wake-up streams");
+        return;
+    };
+    assert!(pushes, "a store that hands out wake-up streams must say it pushes");
+    let mut second = ctx.store.wakeups().expect("every subscriber gets a stream");
+
+    ctx.enqueue_one(job_in("send", "mail")).await;
+    next_for(&mut first, "mail").await;
+    next_for(&mut second, "mail").await;
+
+    ctx.enqueue(vec![job_in("send", "mail"), job_in("resize", "images")]).await;
+    next_for(&mut first, "images").await;
+
+    let (_, dlq_id) = ctx.kill("fragile", "critical").await;
+    let replay = ctx.store.replay_dlq(dlq_id).await.expect("replay");
+    assert!(matches!(replay, Replay::Replayed(_)), "{replay:?}");
+    next_for(&mut first, "critical").await;
+    next_for(&mut second, "critical").await;
+}
