@@ -236,4 +236,3 @@ mod tests {
         assert!(store.get_dlq(other).await.unwrap().is_none());
     }
 }
-

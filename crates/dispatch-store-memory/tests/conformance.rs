@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use dispatch_core::{DynStore, ManualClock};
+use dispatch_core::{DynStore, SharedClock};
 use dispatch_store_memory::MemoryStore;
 use dispatch_store_tests::StoreFactory;
 
@@ -18,7 +18,7 @@ impl StoreFactory for Memory {
         "memory"
     }
 
-    async fn create(&self, clock: Arc<ManualClock>) -> dispatch_core::Result<DynStore> {
+    async fn create(&self, clock: SharedClock) -> dispatch_core::Result<DynStore> {
         Ok(Arc::new(MemoryStore::with_clock(clock)))
     }
 }

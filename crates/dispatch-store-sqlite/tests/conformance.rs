@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use dispatch_core::{DynStore, ManualClock};
+use dispatch_core::{DynStore, SharedClock};
 use dispatch_store_sqlite::SqliteStore;
 use dispatch_store_tests::StoreFactory;
 
@@ -21,7 +21,7 @@ impl StoreFactory for Sqlite {
         "sqlite"
     }
 
-    async fn create(&self, clock: Arc<ManualClock>) -> dispatch_core::Result<DynStore> {
+    async fn create(&self, clock: SharedClock) -> dispatch_core::Result<DynStore> {
         let path = self.dir.join(format!("{}.db", uuid::Uuid::new_v4().simple()));
         let path = path.to_str().expect("temporary paths are UTF-8");
         Ok(Arc::new(SqliteStore::open(path).await?.with_clock(clock)))

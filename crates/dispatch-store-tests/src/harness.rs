@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{DynStore, ManualClock};
+use dispatch_core::{DynStore, ManualClock, SharedClock, SystemClock};
 use libtest_mimic::{Arguments, Failed, Trial};
 
-use crate::{SuiteTest, all_tests};
+use crate::{RuntimeTest, SuiteTest, all_tests, runtime_tests};
 
 /// How long one suite test may take before it is failed as hung. Generous: the suite never
 /// sleeps, so only a stalled store comes near it.
@@ -35,8 +35,9 @@ pub trait StoreFactory: Send + Sync + 'static {
         Ok(())
     }
 
-    /// A fresh empty store (own schema / key prefix / file) reading time from `clock`.
-    async fn create(&self, clock: Arc<ManualClock>) -> dispatch_core::Result<DynStore>;
+    /// A fresh empty store (own schema / key prefix / file) reading time from `clock`: a
+    /// [`ManualClock`] for the suite, the system clock for the runtime scenarios.
+    async fn create(&self, clock: SharedClock) -> dispatch_core::Result<DynStore>;
 }
 
 /// Entry point for a `harness = false` test binary: runs every suite test on stores made by
@@ -70,18 +71,22 @@ pub fn run_conformance(factory: impl StoreFactory) -> ExitCode {
         }
     }
 
-    let trials = all_tests()
-        .into_iter()
-        .map(|test| {
+    let suite = all_tests().into_iter().map(|test| {
+        let factory = Arc::clone(&factory);
+        (test.name, Box::new(move || run_one(factory, test)) as Runner)
+    });
+    let scenarios = runtime_tests().into_iter().map(|test| {
+        let factory = Arc::clone(&factory);
+        (test.name, Box::new(move || run_scenario(factory, test)) as Runner)
+    });
+    let trials = suite
+        .chain(scenarios)
+        .map(|(name, runner)| {
             let trial = match &probe {
-                Ok(()) => {
-                    let factory = Arc::clone(&factory);
-                    Trial::test(test.name, move || run_one(factory, test))
-                }
+                Ok(()) => Trial::test(name, runner),
                 Err(reason) => {
                     let reason = reason.clone();
-                    Trial::test(test.name, move || Err(Failed::from(reason)))
-                        .with_ignored_flag(!in_ci)
+                    Trial::test(name, move || Err(Failed::from(reason))).with_ignored_flag(!in_ci)
                 }
             };
             trial.with_kind(store_name.clone())
@@ -90,6 +95,9 @@ pub fn run_conformance(factory: impl StoreFactory) -> ExitCode {
 
     libtest_mimic::run(&args, trials).exit_code()
 }
+
+/// One trial's body.
+type Runner = Box<dyn FnOnce() -> Result<(), Failed> + Send>;
 
 /// Probe the factory on a small runtime of its own.
 fn probe(factory: &dyn StoreFactory) -> Result<(), String> {
@@ -103,21 +111,41 @@ fn probe(factory: &dyn StoreFactory) -> Result<(), String> {
 /// Run one suite test on its own runtime, store and clock. Panics (failed assertions) propagate
 /// to libtest-mimic, which reports them as failures.
 fn run_one(factory: Arc<dyn StoreFactory>, test: SuiteTest) -> Result<(), Failed> {
+    let clock = Arc::new(ManualClock::fixed());
+    on_fresh_store(factory, test.name, clock.clone(), move |store| {
+        (test.run)(TestContext { store, clock })
+    })
+}
+
+/// Run one runtime scenario on its own runtime and a fresh store on the system clock.
+fn run_scenario(factory: Arc<dyn StoreFactory>, test: RuntimeTest) -> Result<(), Failed> {
+    on_fresh_store(factory, test.name, Arc::new(SystemClock), test.run)
+}
+
+/// Make a store reading `clock` on a new runtime (2 workers) and run `test` on it, failing it
+/// past [`TRIAL_TIMEOUT`].
+fn on_fresh_store<F>(
+    factory: Arc<dyn StoreFactory>,
+    name: &str,
+    clock: SharedClock,
+    test: impl FnOnce(DynStore) -> F,
+) -> Result<(), Failed>
+where
+    F: std::future::Future<Output = ()>,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("can not build a tokio runtime: {e}"))?;
     runtime.block_on(async move {
-        let clock = Arc::new(ManualClock::fixed());
         let store = factory
-            .create(Arc::clone(&clock))
+            .create(clock)
             .await
             .map_err(|e| format!("can not create a {:?} store: {e}", factory.name()))?;
-        let ctx = TestContext { store, clock };
-        tokio::time::timeout(TRIAL_TIMEOUT, (test.run)(ctx))
+        tokio::time::timeout(TRIAL_TIMEOUT, test(store))
             .await
-            .map_err(|_| format!("{} did not finish within {TRIAL_TIMEOUT:?}", test.name))?;
+            .map_err(|_| format!("{name} did not finish within {TRIAL_TIMEOUT:?}"))?;
         Ok(())
     })
 }

@@ -9,7 +9,7 @@
 //! use std::process::ExitCode;
 //! use std::sync::Arc;
 //!
-//! use dispatch_core::{DynStore, ManualClock};
+//! use dispatch_core::{DynStore, SharedClock};
 //! use dispatch_store_tests::{StoreFactory, run_conformance};
 //!
 //! struct MyStore;
@@ -19,7 +19,7 @@
 //!     fn name(&self) -> &str {
 //!         "mine"
 //!     }
-//!     async fn create(&self, clock: Arc<ManualClock>) -> dispatch_core::Result<DynStore> {
+//!     async fn create(&self, clock: SharedClock) -> dispatch_core::Result<DynStore> {
 //!         // A fresh store in its own namespace, reading `clock`; here the memory store.
 //!         Ok(Arc::new(dispatch_store_memory::MemoryStore::with_clock(clock)))
 //!     }
@@ -35,12 +35,20 @@
 //! the [`ManualClock`](dispatch_core::ManualClock) in the [`TestContext`], never by sleeping, and
 //! each test touches only its own store, so they run in parallel against one server.
 //!
-//! This is not a benchmark, a fuzzer or a test of the job runtime: it checks what a store
-//! promises, one behaviour per test, against the trait docs. A behaviour that is not in the trait
-//! docs is not pinned here.
+//! Beside the suite, [`run_conformance`] runs the [`runtime`] scenarios: the job runtime
+//! (`dispatch-job`) driven end to end over a fresh store on the system clock (retry, snooze,
+//! cancel, shutdown release, fencing, push wake-ups), so a new store is exercised under real
+//! workers without writing a test of its own. [`fixtures`] holds what those scenarios share with
+//! `dispatch-job`'s own tests.
+//!
+//! This is not a benchmark or a fuzzer: it checks what a store promises, one behaviour per test,
+//! against the trait docs. A behaviour that is not in the trait docs is not pinned here.
 
 mod harness;
 mod support;
+
+pub mod fixtures;
+pub mod runtime;
 
 pub mod dlq;
 pub mod job;
@@ -48,6 +56,41 @@ pub mod job;
 use futures::future::BoxFuture;
 
 pub use harness::{StoreFactory, TestContext, run_conformance};
+
+/// A runtime scenario: the job runtime driven over a fresh store on the system clock.
+#[derive(Clone, Copy)]
+pub struct RuntimeTest {
+    /// `runtime::<function>`.
+    pub name: &'static str,
+    /// The scenario.
+    pub run: fn(dispatch_core::DynStore) -> BoxFuture<'static, ()>,
+}
+
+impl std::fmt::Debug for RuntimeTest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeTest").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+/// Every runtime scenario, in a stable order.
+pub fn runtime_tests() -> Vec<RuntimeTest> {
+    macro_rules! scenarios {
+        ($($test:ident),* $(,)?) => {
+            vec![$(RuntimeTest {
+                name: concat!("runtime::", stringify!($test)),
+                run: |store| Box::pin(runtime::$test(store)),
+            },)*]
+        };
+    }
+    scenarios![
+        retry_then_succeed,
+        snooze_gives_the_attempt_back,
+        cancel_reaches_the_running_handler,
+        shutdown_releases_long_jobs,
+        fenced_out_completion_is_refused,
+        store_wake_up_starts_an_idle_worker,
+    ]
+}
 
 /// One test of the suite: its name and the function that runs it.
 #[derive(Clone, Copy)]
@@ -175,8 +218,9 @@ mod tests {
         let tests = all_tests();
         let mut names: Vec<&str> = tests.iter().map(|t| t.name).collect();
         assert!(names.iter().all(|n| n.starts_with("job::") || n.starts_with("dlq::")));
+        names.extend(runtime_tests().iter().map(|t| t.name));
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), tests.len(), "duplicate suite test names");
+        assert_eq!(names.len(), tests.len() + runtime_tests().len(), "duplicate test names");
     }
 }

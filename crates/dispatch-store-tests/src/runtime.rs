@@ -1,7 +1,9 @@
-//! Store-touching runtime scenarios in real time, so they run on any store (paused time does not
-//! mix with stores that do I/O on other threads). Each scenario takes a fresh store; the test
-//! functions at the bottom bind them to stores. Intervals are short; waits poll the store against
-//! a deadline.
+//! Runtime scenarios: the job runtime (`dispatch-job`) driven over the store under test, in real
+//! time (paused time does not mix with stores that do I/O on other threads). Each scenario gets a
+//! fresh store on the system clock; [`run_conformance`](crate::run_conformance) runs them beside
+//! the suite, so every store that passes conformance also runs retries, snoozes, cancels,
+//! shutdown releases, fencing and wake-ups end to end. Intervals are short; waits poll the store
+//! against a deadline.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,7 +14,7 @@ use dispatch_job::{CancelReason, CancelToken, JobContext, JobDefinition, JobErro
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::support::{CountingStore, Recorder, eventually, wait_for_state};
+use crate::fixtures::{CountingStore, Recorder, eventually, wait_for_state};
 
 /// A worker builder with real-time intervals short enough for tests.
 fn worker(store: DynStore) -> WorkerBuilder {
@@ -26,7 +28,7 @@ fn worker(store: DynStore) -> WorkerBuilder {
 }
 
 /// Fails twice, then succeeds: completed on attempt 3 with two errors.
-pub(crate) async fn retry_then_succeed(store: DynStore) {
+pub async fn retry_then_succeed(store: DynStore) {
     let calls = Arc::new(AtomicU32::new(0));
     let counter = calls.clone();
     let flaky = JobDefinition::new("flaky", move |_ctx: JobContext, _: ()| {
@@ -43,7 +45,7 @@ pub(crate) async fn retry_then_succeed(store: DynStore) {
 }
 
 /// Snoozes three times, then succeeds: one attempt spent.
-pub(crate) async fn snooze_gives_the_attempt_back(store: DynStore) {
+pub async fn snooze_gives_the_attempt_back(store: DynStore) {
     let calls = Arc::new(AtomicU32::new(0));
     let counter = calls.clone();
     let sleepy = JobDefinition::new("sleepy", move |_ctx: JobContext, _: ()| {
@@ -58,7 +60,7 @@ pub(crate) async fn snooze_gives_the_attempt_back(store: DynStore) {
 }
 
 /// A cancel request reaches the running handler through its heartbeat; the job ends cancelled.
-pub(crate) async fn cancel_reaches_the_running_handler(store: DynStore) {
+pub async fn cancel_reaches_the_running_handler(store: DynStore) {
     let started = Arc::new(Notify::new());
     let reason: Arc<Mutex<Option<CancelReason>>> = Arc::default();
     let (on_start, seen) = (started.clone(), reason.clone());
@@ -82,7 +84,7 @@ pub(crate) async fn cancel_reaches_the_running_handler(store: DynStore) {
 
 /// Jobs outliving the shutdown timeout are cancelled (reason shutdown) and released: another
 /// worker claims them at once with their attempts given back.
-pub(crate) async fn shutdown_releases_long_jobs(store: DynStore) {
+pub async fn shutdown_releases_long_jobs(store: DynStore) {
     let tokens: Arc<Mutex<Vec<CancelToken>>> = Arc::default();
     let seen = tokens.clone();
     let endless = JobDefinition::new("endless", move |ctx: JobContext, _: u32| {
@@ -121,7 +123,7 @@ pub(crate) async fn shutdown_releases_long_jobs(store: DynStore) {
 
 /// A partitioned worker (its heartbeats fail) loses its lease to rescue and a second worker; its
 /// late completion is refused and fires no completed hook.
-pub(crate) async fn fenced_out_completion_is_refused(inner: DynStore) {
+pub async fn fenced_out_completion_is_refused(inner: DynStore) {
     let counting = CountingStore::new(inner.clone());
     counting.fail_heartbeats.store(true, Ordering::SeqCst);
     let recorder = Recorder::default();
@@ -172,7 +174,7 @@ pub(crate) async fn fenced_out_completion_is_refused(inner: DynStore) {
 
 /// A job enqueued straight on the store, past any client of the worker, starts on an idle
 /// worker through the store's push wake-up, long before the worker's next poll.
-pub(crate) async fn store_wake_up_starts_an_idle_worker(inner: DynStore) {
+pub async fn store_wake_up_starts_an_idle_worker(inner: DynStore) {
     assert!(inner.capabilities().push_wakeups, "this scenario is for stores that push");
     let counting = CountingStore::new(inner.clone());
     let quick = JobDefinition::new("quick", |_ctx: JobContext, _: ()| async { Ok(()) });
@@ -196,47 +198,3 @@ pub(crate) async fn store_wake_up_starts_an_idle_worker(inner: DynStore) {
     .await;
     handle.stop().await;
 }
-
-macro_rules! on_store {
-    ($store:ident: $($scenario:ident),* $(,)?) => {
-        mod $store {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() {
-                    super::$scenario(super::$store().await).await;
-                }
-            )*
-        }
-    };
-}
-
-async fn memory_store() -> DynStore {
-    Arc::new(dispatch_store_memory::MemoryStore::new())
-}
-
-/// A fresh SQLite database file per test.
-async fn sqlite_store() -> DynStore {
-    let dir = std::env::temp_dir().join("dispatch-runtime-tests");
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(format!("{}.db", dispatch_core::JobId::new()));
-    let store = dispatch_store_sqlite::SqliteStore::open(&path.display().to_string()).await;
-    Arc::new(store.expect("open a fresh SQLite database"))
-}
-
-on_store!(sqlite_store:
-    retry_then_succeed,
-    snooze_gives_the_attempt_back,
-    cancel_reaches_the_running_handler,
-    shutdown_releases_long_jobs,
-    fenced_out_completion_is_refused,
-    store_wake_up_starts_an_idle_worker,
-);
-
-on_store!(memory_store:
-    retry_then_succeed,
-    snooze_gives_the_attempt_back,
-    cancel_reaches_the_running_handler,
-    shutdown_releases_long_jobs,
-    fenced_out_completion_is_refused,
-    store_wake_up_starts_an_idle_worker,
-);
