@@ -63,7 +63,7 @@ use std::time::Duration;
 use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
 use dispatch_core::{Error, ErrorKind, Result, SharedClock};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
+use sqlx::{ConnectOptions, Connection, PgPool};
 
 pub use migrate::SCHEMA_VERSION;
 
@@ -160,8 +160,10 @@ impl PostgresStoreBuilder {
     pub async fn build(self) -> Result<PostgresStore> {
         let quoted = quote_schema(&self.schema)?;
         let options = connect_options(&self.url)?.application_name(&self.application_name);
-        let pool = match tokio::time::timeout(self.call_timeout, self.pool(&options)).await {
-            Ok(pool) => pool.map_err(|e| error::connect_error(&options, e))?,
+        // One connection first: a refused or failed login is reported at once (the pool
+        // would retry until its timeout), and it runs the migrations.
+        let mut conn = match tokio::time::timeout(self.call_timeout, options.connect()).await {
+            Ok(conn) => conn.map_err(|e| error::connect_error(&options, e))?,
             Err(elapsed) => {
                 let message = format!(
                     "connecting to {} took longer than {:?}",
@@ -174,7 +176,7 @@ impl PostgresStoreBuilder {
         let channel = wake::channel_name(&self.schema);
         let store = PostgresStore {
             shared: Arc::new(Shared {
-                pool,
+                pool: self.pool(&options),
                 sql: Queries::new(&quoted),
                 schema: self.schema,
                 wake: Wake::new(options, channel),
@@ -183,18 +185,20 @@ impl PostgresStoreBuilder {
             max_payload_bytes: self.max_payload_bytes,
             call_timeout: self.call_timeout,
         };
-        store.migrate().await?;
+        store.timed("migrate", store.migrate_on(&mut conn)).await?;
+        // Best effort: the migrations are committed whether or not the goodbye arrives.
+        let _ = conn.close().await;
         Ok(store)
     }
-}
 
-impl PostgresStoreBuilder {
-    /// Open the pool. Connections are pinged before reuse only after sitting idle for
-    /// [`PING_AFTER_IDLE`], so a busy store spends one round trip per call.
-    async fn pool(&self, options: &PgConnectOptions) -> std::result::Result<PgPool, sqlx::Error> {
+    /// The pool, opening connections as calls need them. Connections are pinged before reuse
+    /// only after sitting idle for [`PING_AFTER_IDLE`], so a busy store spends one round trip
+    /// per call. Acquiring gives up a little before the call timeout, so a server that went
+    /// away is reported `Unavailable` rather than `Timeout`.
+    fn pool(&self, options: &PgConnectOptions) -> PgPool {
         PgPoolOptions::new()
             .max_connections(self.max_connections)
-            .acquire_timeout(self.call_timeout)
+            .acquire_timeout(self.call_timeout.mul_f64(0.9))
             .test_before_acquire(false)
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
@@ -204,8 +208,7 @@ impl PostgresStoreBuilder {
                     Ok(true)
                 })
             })
-            .connect_with(options.clone())
-            .await
+            .connect_lazy_with(options.clone())
     }
 }
 

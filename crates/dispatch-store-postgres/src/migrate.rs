@@ -2,7 +2,7 @@
 //! [`PostgresStore::migrate`] in the store's schema.
 
 use dispatch_core::{Error, ErrorKind, Result};
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use crate::{PostgresStore, db_error};
 
@@ -26,11 +26,17 @@ impl PostgresStore {
     /// knows, or holds tables but no Dispatch migration record (not a Dispatch schema).
     pub async fn migrate(&self) -> Result<()> {
         self.timed("migrate", async {
-            let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
-            self.migrate_in(&mut tx).await?;
-            tx.commit().await.map_err(db_error)
+            let mut conn = self.shared.pool.acquire().await.map_err(db_error)?;
+            self.migrate_on(&mut conn).await
         })
         .await
+    }
+
+    /// [`migrate`](Self::migrate) on `conn`, in a transaction of its own.
+    pub(crate) async fn migrate_on(&self, conn: &mut PgConnection) -> Result<()> {
+        let mut tx = conn.begin().await.map_err(db_error)?;
+        self.migrate_in(&mut tx).await?;
+        tx.commit().await.map_err(db_error)
     }
 
     async fn migrate_in(&self, conn: &mut PgConnection) -> Result<()> {

@@ -33,9 +33,11 @@ pub async fn probe(url: &str) -> Result<(), String> {
         sqlx::query("SELECT 1").execute(&mut conn).await.map_err(|e| e.to_string())?;
         conn.close().await.map_err(|e| e.to_string())
     };
+    // Name the server without the credentials the URL may hold.
+    let server = url.rsplit('@').next().unwrap_or(url);
     match tokio::time::timeout(Duration::from_secs(5), answer).await {
-        Ok(result) => result.map_err(|e| format!("PostgreSQL at {url}: {e}")),
-        Err(_) => Err(format!("PostgreSQL at {url} did not answer within 5 s")),
+        Ok(result) => result.map_err(|e| format!("PostgreSQL at {server}: {e}")),
+        Err(_) => Err(format!("PostgreSQL at {server} did not answer within 5 s")),
     }
 }
 
