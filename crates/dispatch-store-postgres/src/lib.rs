@@ -32,6 +32,16 @@
 //! [`ErrorKind::Timeout`] past it; a lost or refused connection is
 //! [`ErrorKind::Unavailable`].
 //!
+//! # Wake-ups and transactional enqueue
+//!
+//! Enqueues, DLQ replays, and finishes or rescues that make jobs available each send one
+//! `NOTIFY` per call on [`channel`](PostgresStore::channel) (payload: the queue, or empty when
+//! the call touched several). The first [`wakeups`](JobStore::wakeups) subscriber starts one
+//! listener task per store on a dedicated connection; it sends `Wakeup::any()` whenever it
+//! (re)connects, because notifications sent while it was away are lost, and stops when the last
+//! clone of the store is dropped. [`enqueue_in`](PostgresStore::enqueue_in) writes jobs, and
+//! their `NOTIFY`, inside the application's own transaction: both exist only if it commits.
+//!
 //! ```no_run
 //! # async fn demo() -> dispatch_core::Result<()> {
 //! use dispatch_store_postgres::PostgresStore;
@@ -60,6 +70,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(doc)]
+use dispatch_core::JobStore;
 use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
 use dispatch_core::{Error, ErrorKind, Result, SharedClock};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -255,7 +267,8 @@ impl PostgresStore {
         self
     }
 
-    /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]).
+    /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]). Waiting
+    /// for a free pooled connection keeps the limit given to the builder.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
         self

@@ -14,7 +14,9 @@ use dispatch_core::{DynStore, ManualClock};
 use dispatch_store_postgres::PostgresStore;
 use dispatch_store_tests::StoreFactory;
 
-/// Connections per test store: tests run in parallel against one server.
+/// Connections per test store: tests run in parallel against one server (libtest-mimic runs
+/// one per core by default; at 4 each, a server with the default `max_connections = 100` fits
+/// over 20 at once).
 const MAX_CONNECTIONS: u32 = 4;
 
 /// Makes a fresh schema per test (dropped at the end of the run).
