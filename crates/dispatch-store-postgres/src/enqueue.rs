@@ -59,42 +59,42 @@ fn reused(id: JobId, name: &str) -> Error {
 /// The batch as the enqueue statement's array parameters: the items at `indices`, each stored
 /// only when its `candidate` flag is set.
 #[derive(Default)]
-struct Columns {
+struct Columns<'a> {
     ids: Vec<Uuid>,
-    names: Vec<String>,
-    queues: Vec<String>,
-    payloads: Vec<Vec<u8>>,
+    names: Vec<&'a str>,
+    queues: Vec<&'a str>,
+    payloads: Vec<&'a [u8]>,
     priorities: Vec<i32>,
     run_abs: Vec<Option<i64>>,
     run_delay: Vec<Option<i64>>,
     max_attempts: Vec<i64>,
     timeouts: Vec<Option<i64>>,
-    unique_keys: Vec<Option<String>>,
+    unique_keys: Vec<Option<&'a str>>,
     unique_windows: Vec<Option<i64>>,
-    scope_apps: Vec<Option<String>>,
-    scope_tenants: Vec<Option<String>>,
+    scope_apps: Vec<Option<&'a str>>,
+    scope_tenants: Vec<Option<&'a str>>,
     candidate: Vec<bool>,
 }
 
-impl Columns {
-    fn of(jobs: &[NewJob], indices: &[usize], candidate: impl Fn(usize) -> bool) -> Self {
+impl<'a> Columns<'a> {
+    fn of(jobs: &'a [NewJob], indices: &[usize], candidate: impl Fn(usize) -> bool) -> Self {
         let mut c = Self::default();
         for &i in indices {
             let job = &jobs[i];
             let (run_abs, run_delay) = run_at_parts(job.run_at);
             c.ids.push(job.id.uuid());
-            c.names.push(job.name.clone());
-            c.queues.push(job.queue.clone());
-            c.payloads.push(job.payload.clone());
+            c.names.push(&job.name);
+            c.queues.push(&job.queue);
+            c.payloads.push(&job.payload);
             c.priorities.push(job.priority);
             c.run_abs.push(run_abs);
             c.run_delay.push(run_delay);
             c.max_attempts.push(i64::from(job.max_attempts));
             c.timeouts.push(job.timeout.map(micros));
-            c.unique_keys.push(job.unique.as_ref().map(|u| u.key.clone()));
+            c.unique_keys.push(job.unique.as_ref().map(|u| u.key.as_str()));
             c.unique_windows.push(job.unique.as_ref().and_then(|u| u.window).map(micros));
-            c.scope_apps.push(job.scope.app.clone());
-            c.scope_tenants.push(job.scope.tenant.clone());
+            c.scope_apps.push(job.scope.app.as_deref());
+            c.scope_tenants.push(job.scope.tenant.as_deref());
             c.candidate.push(candidate(i));
         }
         c
@@ -165,7 +165,7 @@ impl PostgresStore {
     }
 
     /// Run the enqueue statement; the IDs it stored. A reused ID fails with `Conflict`.
-    async fn insert(&self, conn: &mut PgConnection, c: &Columns) -> Result<HashSet<Uuid>> {
+    async fn insert(&self, conn: &mut PgConnection, c: &Columns<'_>) -> Result<HashSet<Uuid>> {
         let row = sqlx::query(self.shared.sql.enqueue.clone())
             .bind(self.now_param())
             .bind(&c.ids)
@@ -187,7 +187,7 @@ impl PostgresStore {
             .await
             .map_err(db_error)?;
         if let Some(clash) = get::<Option<Uuid>>(&row, "clash")? {
-            let name = c.ids.iter().position(|&id| id == clash).map(|i| c.names[i].as_str());
+            let name = c.ids.iter().position(|&id| id == clash).map(|i| c.names[i]);
             return Err(reused(JobId::from_uuid(clash), name.unwrap_or_default()));
         }
         Ok(get::<Vec<Uuid>>(&row, "created")?.into_iter().collect())

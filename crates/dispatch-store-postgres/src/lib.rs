@@ -117,7 +117,7 @@ struct Shared {
 
 /// Options for [`PostgresStore::builder`]: where the tables live, what the connections are
 /// called, how many there are and how long a call may take.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[must_use = "a builder does nothing until `build` is awaited"]
 pub struct PostgresStoreBuilder {
     url: String,
@@ -126,6 +126,19 @@ pub struct PostgresStoreBuilder {
     max_connections: u32,
     call_timeout: Duration,
     max_payload_bytes: usize,
+}
+
+/// Leaves out the URL: it may hold the password.
+impl std::fmt::Debug for PostgresStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStoreBuilder")
+            .field("schema", &self.schema)
+            .field("application_name", &self.application_name)
+            .field("max_connections", &self.max_connections)
+            .field("call_timeout", &self.call_timeout)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PostgresStoreBuilder {
@@ -347,6 +360,15 @@ mod tests {
             let err = quote_schema(bad).unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let builder = PostgresStore::builder("postgres://app:s3cret@db/app");
+        assert!(!format!("{builder:?}").contains("s3cret"));
+        let options = connect_options("postgres://app:s3cret@db/app").unwrap();
+        let wake = Wake::new(options, "dispatch_x".into());
+        assert!(!format!("{wake:?}").contains("s3cret"));
     }
 
     #[tokio::test]

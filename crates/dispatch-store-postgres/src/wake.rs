@@ -31,7 +31,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CHANNEL_LEN: usize = 63;
 
 /// The wake-up side of one store: its channel and, once someone subscribed, its listener.
-#[derive(Debug)]
 pub(crate) struct Wake {
     channel: String,
     options: PgConnectOptions,
@@ -59,6 +58,17 @@ pub(crate) fn channel_name(schema: &str) -> String {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("dispatch_{hash:016x}")
+}
+
+/// Leaves out the connect options: they hold the password.
+impl std::fmt::Debug for Wake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        f.debug_struct("Wake")
+            .field("channel", &self.channel)
+            .field("listener", &*listener)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Wake {
