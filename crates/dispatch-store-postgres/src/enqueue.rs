@@ -6,6 +6,10 @@
 //! repeats answer whatever it answers. A candidate whose key is held (a live job, or a finished
 //! one within its window) is not stored; a second statement, only then, reads the holders. If a
 //! holder finished between the two statements, the item is tried again.
+//!
+//! The partial unique index on live holders settles concurrent enqueues of one key exactly. A
+//! window is checked against the statement's snapshot, so a holder enqueued, claimed and
+//! finished entirely while another enqueue of its key is executing does not hold that one back.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
