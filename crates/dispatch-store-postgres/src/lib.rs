@@ -1,0 +1,385 @@
+//! The PostgreSQL Dispatch store: jobs and their dead letter queue in a PostgreSQL database,
+//! shared by any number of worker and client processes.
+//!
+//! Use it when several processes or machines work one queue, when jobs must be enqueued inside
+//! the application's own transaction ([`PostgresStore::enqueue_in`]), or when idle workers
+//! should wake at once on jobs enqueued elsewhere ([`JobStore::wakeups`], `LISTEN`/`NOTIFY`).
+//! It is not a way to reach jobs of a SQLite or memory store, and it does not manage the
+//! server: backups, replication, vacuum and connection limits are the operator's.
+//!
+//! # Layout
+//!
+//! Everything lives in one schema (default [`DEFAULT_SCHEMA`], see
+//! [`PostgresStoreBuilder::schema`]): tables `jobs` and `dlq`, and the store's own migrations
+//! table `dispatch_migrations`. Several stores (or test runs) share a database in separate
+//! schemas. Times are `bigint` microseconds since the Unix epoch, like
+//! [`Timestamp`](dispatch_core::Timestamp).
+//!
+//! # Time
+//!
+//! Without an injected clock the store reads the database clock (`now()`, the start of the
+//! statement's transaction), so workers whose clocks disagree still agree on run-at times and
+//! lease expiry. [`with_clock`](PostgresStore::with_clock) makes every statement use the given
+//! clock instead (tests use a manual clock).
+//!
+//! # Round trips
+//!
+//! Each hot-path call is one statement for the whole batch: claim (`FOR UPDATE SKIP LOCKED`
+//! over a partial index of available jobs), finish (array parameters; dead jobs get their DLQ
+//! entries in the same statement), heartbeat, rescue and enqueue. A finish batch with items that
+//! did not apply, or an enqueue whose unique keys were taken, reads once more to answer them.
+//! Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
+//! [`ErrorKind::Timeout`] past it; a lost or refused connection is
+//! [`ErrorKind::Unavailable`].
+//!
+//! # Wake-ups and transactional enqueue
+//!
+//! Enqueues, DLQ replays, and finishes or rescues that make jobs available each send one
+//! `NOTIFY` per call on [`channel`](PostgresStore::channel) (payload: the queue, or empty when
+//! the call touched several). The first [`wakeups`](JobStore::wakeups) subscriber starts one
+//! listener task per store on a dedicated connection; it sends `Wakeup::any()` whenever it
+//! (re)connects, because notifications sent while it was away are lost, and stops when the last
+//! clone of the store is dropped. [`enqueue_in`](PostgresStore::enqueue_in) writes jobs, and
+//! their `NOTIFY`, inside the application's own transaction: both exist only if it commits.
+//!
+//! ```no_run
+//! # async fn demo() -> dispatch_core::Result<()> {
+//! use dispatch_store_postgres::PostgresStore;
+//! let store = PostgresStore::builder("postgres://app@db.internal/app")
+//!     .schema("jobs")
+//!     .application_name("billing-worker")
+//!     .build()
+//!     .await?;
+//! # let _ = store;
+//! # Ok(())
+//! # }
+//! ```
+
+mod dlq;
+mod enqueue;
+mod error;
+mod job;
+mod migrate;
+mod row;
+mod sql;
+mod transaction;
+mod wake;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[cfg(doc)]
+use dispatch_core::JobStore;
+use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
+use dispatch_core::{Error, ErrorKind, Result, SharedClock};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+pub use migrate::SCHEMA_VERSION;
+
+pub(crate) use error::db_error;
+use sql::Queries;
+use wake::Wake;
+
+/// How long one store call may take before it fails with a timeout.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The schema the store's tables live in unless told otherwise.
+pub const DEFAULT_SCHEMA: &str = "dispatch";
+/// The `application_name` the store's connections carry unless told otherwise.
+pub const DEFAULT_APPLICATION_NAME: &str = "dispatch";
+/// Connections in the store's pool unless told otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// A pooled connection idle this long is pinged before it is used again.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
+/// The longest schema name PostgreSQL keeps (`NAMEDATALEN - 1`).
+const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// The PostgreSQL store. Cheap to clone: clones share the pool and the wake-up listener, which
+/// stops when the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+    clock: Option<SharedClock>,
+    max_payload_bytes: usize,
+    call_timeout: Duration,
+}
+
+/// What every clone of one store shares.
+#[derive(Debug)]
+struct Shared {
+    pool: PgPool,
+    sql: Queries,
+    schema: String,
+    wake: Wake,
+}
+
+/// Options for [`PostgresStore::builder`]: where the tables live, what the connections are
+/// called, how many there are and how long a call may take.
+#[derive(Clone)]
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct PostgresStoreBuilder {
+    url: String,
+    schema: String,
+    application_name: String,
+    max_connections: u32,
+    call_timeout: Duration,
+    max_payload_bytes: usize,
+}
+
+/// Leaves out the URL: it may hold the password.
+impl std::fmt::Debug for PostgresStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStoreBuilder")
+            .field("schema", &self.schema)
+            .field("application_name", &self.application_name)
+            .field("max_connections", &self.max_connections)
+            .field("call_timeout", &self.call_timeout)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStoreBuilder {
+    /// Keep the tables in `schema` (default [`DEFAULT_SCHEMA`]): lowercase ASCII letters,
+    /// digits and `_`, not starting with a digit, at most 63 bytes, not starting with `pg_`.
+    /// The schema is created when missing.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Name the store's connections `name` in `pg_stat_activity` (default
+    /// [`DEFAULT_APPLICATION_NAME`]); the wake-up listener's connection carries it too.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = name.into();
+        self
+    }
+
+    /// Open at most `n` pooled connections (default [`DEFAULT_MAX_CONNECTIONS`], at least 1).
+    /// The wake-up listener holds one more while anyone subscribes.
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Reject payloads larger than `bytes` (default 1 MiB).
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Connect, and bring the schema up to date with [`PostgresStore::migrate`].
+    ///
+    /// Fails with `InvalidInput` for a malformed URL or schema name, `Unavailable` when the
+    /// server can not be reached (or refuses the login), `Timeout` past the call timeout, and
+    /// `IncompatibleSchema` when the schema is not a Dispatch schema or was written by a newer
+    /// version.
+    pub async fn build(self) -> Result<PostgresStore> {
+        let quoted = quote_schema(&self.schema)?;
+        let options = connect_options(&self.url)?.application_name(&self.application_name);
+        // One connection first: a refused or failed login is reported at once (the pool
+        // would retry until its timeout), and it runs the migrations.
+        let mut conn = match tokio::time::timeout(self.call_timeout, options.connect()).await {
+            Ok(conn) => conn.map_err(|e| error::connect_error(&options, e))?,
+            Err(elapsed) => {
+                let message = format!(
+                    "connecting to {} took longer than {:?}",
+                    target(&options),
+                    self.call_timeout
+                );
+                return Err(Error::new(ErrorKind::Timeout, message).with_source(elapsed));
+            }
+        };
+        let channel = wake::channel_name(&self.schema);
+        let store = PostgresStore {
+            shared: Arc::new(Shared {
+                pool: self.pool(&options),
+                sql: Queries::new(&quoted),
+                schema: self.schema,
+                wake: Wake::new(options, channel),
+            }),
+            clock: None,
+            max_payload_bytes: self.max_payload_bytes,
+            call_timeout: self.call_timeout,
+        };
+        store.timed("migrate", store.migrate_on(&mut conn)).await?;
+        // Best effort: the migrations are committed whether or not the goodbye arrives.
+        let _ = conn.close().await;
+        Ok(store)
+    }
+
+    /// The pool, opening connections as calls need them. Connections are pinged before reuse
+    /// only after sitting idle for [`PING_AFTER_IDLE`], so a busy store spends one round trip
+    /// per call. Acquiring gives up a little before the call timeout, so a server that went
+    /// away is reported `Unavailable` rather than `Timeout`.
+    fn pool(&self, options: &PgConnectOptions) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(self.max_connections)
+            .acquire_timeout(self.call_timeout.mul_f64(0.9))
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_AFTER_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
+            .connect_lazy_with(options.clone())
+    }
+}
+
+/// The connect options of a `postgres://` or `postgresql://` URL.
+fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Error::invalid_input(
+            "a PostgreSQL URL starts with postgres:// or postgresql://",
+        ));
+    }
+    PgConnectOptions::from_str(url)
+        .map_err(|e| Error::invalid_input("bad PostgreSQL URL").with_source(e))
+}
+
+impl PostgresStore {
+    /// Connect to `url` (`postgres://user:password@host:port/database`) with the default
+    /// options, and bring the schema up to date. See [`PostgresStoreBuilder::build`] for the
+    /// errors.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::builder(url).build().await
+    }
+
+    /// Options for a store at `url`; finish with [`build`](PostgresStoreBuilder::build).
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.to_owned(),
+            application_name: DEFAULT_APPLICATION_NAME.to_owned(),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    /// Read time from `clock` (tests inject a manual clock) instead of the database clock.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Reject payloads larger than `bytes` (default 1 MiB).
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]). Waiting
+    /// for a free pooled connection keeps the limit given to the builder.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The schema the tables live in.
+    pub fn schema(&self) -> &str {
+        &self.shared.schema
+    }
+
+    /// The store's connection pool: to open the transactions [`enqueue_in`](Self::enqueue_in)
+    /// writes into, or for the application's own queries against the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// The `NOTIFY` channel this store's wake-ups travel on: `dispatch_<schema>` (a hash of the
+    /// schema name when that would be longer than PostgreSQL keeps).
+    pub fn channel(&self) -> &str {
+        self.shared.wake.channel()
+    }
+
+    /// The time parameter of every statement: the injected clock's now, or `None` (SQL NULL)
+    /// for the database clock.
+    fn now_param(&self) -> Option<i64> {
+        self.clock.as_ref().map(|clock| clock.now().as_unix_micros())
+    }
+
+    /// Run `fut` under the call timeout.
+    async fn timed<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.call_timeout, fut).await {
+            Ok(result) => result,
+            Err(elapsed) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("postgres {what} took longer than {:?}", self.call_timeout),
+            )
+            .with_source(elapsed)),
+        }
+    }
+}
+
+/// `host:port/database` of `options`, for messages (never the password).
+fn target(options: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    )
+}
+
+/// The schema name as a quoted identifier, after checking it is one this store accepts.
+fn quote_schema(schema: &str) -> Result<String> {
+    let mut chars = schema.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !first_ok || !rest_ok || schema.len() > MAX_IDENTIFIER_LEN || schema.starts_with("pg_") {
+        return Err(Error::invalid_input(format!(
+            "schema name {schema:?} must match [a-z_][a-z0-9_]*, be at most \
+             {MAX_IDENTIFIER_LEN} bytes and not start with \"pg_\""
+        )));
+    }
+    Ok(format!("\"{schema}\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked_and_quoted() {
+        assert_eq!(quote_schema("dispatch").unwrap(), "\"dispatch\"");
+        assert_eq!(quote_schema("_a1_b").unwrap(), "\"_a1_b\"");
+        assert!(quote_schema(&"a".repeat(63)).is_ok());
+        for bad in ["", "1abc", "Upper", "a-b", "a\"b", "a b", "pg_x", "é", &"a".repeat(64)] {
+            let err = quote_schema(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let builder = PostgresStore::builder("postgres://app:s3cret@db/app");
+        assert!(!format!("{builder:?}").contains("s3cret"));
+        let options = connect_options("postgres://app:s3cret@db/app").unwrap();
+        let wake = Wake::new(options, "dispatch_x".into());
+        assert!(!format!("{wake:?}").contains("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_schema_or_url_fails_before_connecting() {
+        let err = PostgresStore::builder("postgres://nowhere.invalid/x")
+            .schema("Bad")
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        let err = PostgresStore::connect("mysql://x").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    }
+}

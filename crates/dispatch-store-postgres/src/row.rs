@@ -1,0 +1,132 @@
+//! Conversions between rows and core records.
+
+use std::time::Duration;
+
+use dispatch_core::{
+    AttemptError, DlqEntry, DlqId, Error, Job, JobId, JobState, Lease, LeaseToken, Result, RunAt,
+    Scope, Timestamp,
+};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+use crate::db_error;
+
+/// A job row with the bookkeeping the record does not show.
+#[derive(Debug)]
+pub(crate) struct JobRow {
+    pub job: Job,
+    pub seq: i64,
+}
+
+/// Read `column` of `row`.
+pub(crate) fn get<'r, T>(row: &'r PgRow, column: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(column).map_err(db_error)
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("postgres: corrupt {what}: {e}"))
+}
+
+fn ts(micros: i64) -> Timestamp {
+    Timestamp::from_unix_micros(micros)
+}
+
+/// A duration as stored: whole microseconds, saturating at `i64::MAX`.
+pub(crate) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn duration(us: Option<i64>) -> Option<Duration> {
+    us.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0)))
+}
+
+fn count(what: &str, n: i64) -> Result<u32> {
+    u32::try_from(n).map_err(|e| corrupt(what, e))
+}
+
+/// A run-at as the statements take it: an absolute time, or a delay from the store's now.
+pub(crate) fn run_at_parts(run_at: RunAt) -> (Option<i64>, Option<i64>) {
+    match run_at {
+        RunAt::Now => (None, Some(0)),
+        RunAt::At(t) => (Some(t.as_unix_micros()), None),
+        RunAt::After(d) => (None, Some(micros(d))),
+    }
+}
+
+/// A job state as stored.
+pub(crate) fn state(s: &str) -> Result<JobState> {
+    s.parse().map_err(|e| corrupt("job state", e))
+}
+
+fn errors(s: &str) -> Result<Vec<AttemptError>> {
+    serde_json::from_str(s).map_err(|e| corrupt("error history", e))
+}
+
+/// Decode a job row selected with the store's job columns.
+pub(crate) fn job_from_row(row: &PgRow) -> Result<JobRow> {
+    let lease_owner: Option<String> = get(row, "lease_owner")?;
+    let lease_token: Option<Uuid> = get(row, "lease_token")?;
+    let lease_expires: Option<i64> = get(row, "lease_expires")?;
+    let lease = match (lease_owner, lease_token, lease_expires) {
+        (Some(owner), Some(token), Some(expires)) => Some(Lease {
+            owner: owner.parse().map_err(|e| corrupt("worker ID", e))?,
+            token: LeaseToken::from_uuid(token),
+            expires_at: ts(expires),
+        }),
+        _ => None,
+    };
+    let finished_at: Option<i64> = get(row, "finished_at")?;
+    let dlq_id: Option<Uuid> = get(row, "dlq_id")?;
+    let job = Job {
+        id: JobId::from_uuid(get(row, "id")?),
+        name: get(row, "name")?,
+        queue: get(row, "queue")?,
+        payload: get(row, "payload")?,
+        priority: get(row, "priority")?,
+        state: state(&get::<String>(row, "state")?)?,
+        attempt: count("attempt", get(row, "attempt")?)?,
+        max_attempts: count("max_attempts", get(row, "max_attempts")?)?,
+        timeout: duration(get(row, "timeout_us")?),
+        run_at: ts(get(row, "run_at")?),
+        created_at: ts(get(row, "created_at")?),
+        finished_at: finished_at.map(ts),
+        unique_key: get(row, "unique_key")?,
+        scope: Scope { app: get(row, "scope_app")?, tenant: get(row, "scope_tenant")? },
+        lease,
+        cancel_requested: get(row, "cancel_requested")?,
+        errors: errors(&get::<String>(row, "errors")?)?,
+        dlq_id: dlq_id.map(DlqId::from_uuid),
+    };
+    Ok(JobRow { job, seq: get(row, "seq")? })
+}
+
+/// Decode a DLQ row selected with the store's DLQ columns.
+pub(crate) fn dlq_from_row(row: &PgRow) -> Result<DlqEntry> {
+    let replayed_as: Option<Uuid> = get(row, "replayed_as")?;
+    let replayed_at: Option<i64> = get(row, "replayed_at")?;
+    Ok(DlqEntry {
+        id: DlqId::from_uuid(get(row, "id")?),
+        job_id: JobId::from_uuid(get(row, "job_id")?),
+        name: get(row, "name")?,
+        queue: get(row, "queue")?,
+        payload: get(row, "payload")?,
+        priority: get(row, "priority")?,
+        attempts: count("attempts", get(row, "attempts")?)?,
+        max_attempts: count("max_attempts", get(row, "max_attempts")?)?,
+        timeout: duration(get(row, "timeout_us")?),
+        scope: Scope { app: get(row, "scope_app")?, tenant: get(row, "scope_tenant")? },
+        errors: errors(&get::<String>(row, "errors")?)?,
+        failed_at: ts(get(row, "failed_at")?),
+        replayed_as: replayed_as.map(JobId::from_uuid),
+        replayed_at: replayed_at.map(ts),
+    })
+}
+
+/// A row count or limit as PostgreSQL takes it.
+pub(crate) fn sql_limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}

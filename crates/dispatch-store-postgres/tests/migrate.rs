@@ -1,0 +1,151 @@
+//! Connecting and migrating: concurrent migrations of one schema, schemas this version can not
+//! use, and how connection trouble surfaces (unreachable server, call timeout, terminated
+//! connections). Needs the test server (see `support`).
+
+mod support;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use dispatch_core::{ErrorKind, JobStore, NewJob};
+use dispatch_store_postgres::{PostgresStore, SCHEMA_VERSION};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+fn main() -> ExitCode {
+    support::run(vec![
+        ("concurrent_migrations_share_one_schema", |url| {
+            Box::pin(concurrent_migrations_share_one_schema(url))
+        }),
+        ("a_newer_schema_is_refused", |url| Box::pin(a_newer_schema_is_refused(url))),
+        ("a_foreign_schema_is_refused", |url| Box::pin(a_foreign_schema_is_refused(url))),
+        ("an_unreachable_server_is_unavailable", |url| {
+            Box::pin(an_unreachable_server_is_unavailable(url))
+        }),
+        ("a_call_waiting_past_its_timeout_fails_with_timeout", |url| {
+            Box::pin(a_call_waiting_past_its_timeout_fails_with_timeout(url))
+        }),
+        ("terminated_connections_are_unavailable_then_replaced", |url| {
+            Box::pin(terminated_connections_are_unavailable_then_replaced(url))
+        }),
+    ])
+}
+
+async fn execute(url: &str, sql: String) {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await.expect("execute");
+}
+
+async fn versions(url: &str, schema: &str) -> Vec<i32> {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    let sql = format!("SELECT version FROM \"{schema}\".dispatch_migrations ORDER BY version");
+    sqlx::query_scalar(AssertSqlSafe(sql)).fetch_all(&mut conn).await.expect("versions")
+}
+
+async fn concurrent_migrations_share_one_schema(url: String) {
+    let schema = support::fresh_schema();
+    let build = || {
+        let (url, schema) = (url.clone(), schema.clone());
+        tokio::spawn(async move { PostgresStore::builder(url).schema(schema).build().await })
+    };
+    let (first, second) = (build(), build());
+    let first = first.await.expect("task").expect("first store");
+    let second = second.await.expect("task").expect("second store");
+    let want: Vec<i32> = (1..=SCHEMA_VERSION as i32).collect();
+    assert_eq!(versions(&url, &schema).await, want, "each version applied once");
+
+    // Migrating again, concurrently, changes nothing.
+    let (a, b) = tokio::join!(first.migrate(), second.migrate());
+    a.expect("migrate again");
+    b.expect("migrate again");
+    assert_eq!(versions(&url, &schema).await, want);
+    let id = first.enqueue(vec![NewJob::new("a", vec![])]).await.expect("enqueue")[0].id();
+    assert!(second.get_job(id).await.expect("get_job").is_some(), "one schema, one table");
+}
+
+async fn a_newer_schema_is_refused(url: String) {
+    let schema = support::fresh_schema();
+    let store = PostgresStore::builder(&url).schema(&schema).build().await.expect("store");
+    execute(
+        &url,
+        format!(
+            "INSERT INTO \"{schema}\".dispatch_migrations (version, applied_at) VALUES (999, 0)"
+        ),
+    )
+    .await;
+    let err = store.migrate().await.expect_err("a newer schema");
+    assert_eq!(err.kind(), ErrorKind::IncompatibleSchema, "{err}");
+    assert!(err.message().contains("999"), "{err}");
+    let err = PostgresStore::builder(&url).schema(&schema).build().await.expect_err("newer");
+    assert_eq!(err.kind(), ErrorKind::IncompatibleSchema, "{err}");
+}
+
+async fn a_foreign_schema_is_refused(url: String) {
+    let schema = support::fresh_schema();
+    execute(&url, format!("CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".users (id int)"))
+        .await;
+    let err = PostgresStore::builder(&url).schema(&schema).build().await.expect_err("foreign");
+    assert_eq!(err.kind(), ErrorKind::IncompatibleSchema, "{err}");
+    assert!(err.message().contains("not a Dispatch schema"), "{err}");
+    assert!(err.message().contains("users"), "{err}");
+}
+
+async fn an_unreachable_server_is_unavailable(_url: String) {
+    let err = PostgresStore::builder("postgres://postgres@127.0.0.1:1/test")
+        .call_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .expect_err("nothing listens on port 1");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("127.0.0.1:1/test"), "{err}");
+}
+
+async fn a_call_waiting_past_its_timeout_fails_with_timeout(url: String) {
+    let schema = support::fresh_schema();
+    let store = PostgresStore::builder(&url)
+        .schema(&schema)
+        .build()
+        .await
+        .expect("store")
+        .call_timeout(Duration::from_millis(300));
+    // Another session holds the jobs table.
+    let mut other = PgConnection::connect(&url).await.expect("connect");
+    let mut tx = other.begin().await.expect("begin");
+    let lock = format!("LOCK TABLE \"{schema}\".jobs IN ACCESS EXCLUSIVE MODE");
+    sqlx::raw_sql(AssertSqlSafe(lock)).execute(&mut *tx).await.expect("lock");
+    let err = store.enqueue(vec![NewJob::new("a", vec![])]).await.expect_err("blocked");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    tx.rollback().await.expect("rollback");
+    let ok = support::eventually(Duration::from_secs(10), || async {
+        store.enqueue(vec![NewJob::new("a", vec![])]).await.is_ok()
+    })
+    .await;
+    assert!(ok, "the store works again once the lock is gone");
+}
+
+async fn terminated_connections_are_unavailable_then_replaced(url: String) {
+    let app = format!("dispatch-terminate-{}", uuid::Uuid::new_v4().simple());
+    let store = PostgresStore::builder(&url)
+        .schema(support::fresh_schema())
+        .application_name(&app)
+        .max_connections(1)
+        .build()
+        .await
+        .expect("store");
+    store.enqueue(vec![NewJob::new("a", vec![])]).await.expect("enqueue");
+    let mut admin = PgConnection::connect(&url).await.expect("connect");
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&app)
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    assert_eq!(terminated, [true], "the store's one connection carries its application_name");
+    // The next call finds the connection gone: unavailable (a transient error), or a success
+    // when the pool noticed first.
+    if let Err(err) = store.count_jobs().await {
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    }
+    let counts = store.count_jobs().await.expect("a new connection replaces the lost one");
+    assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 1);
+}
