@@ -25,6 +25,8 @@ pub struct Measurement {
     pub p50_us: Option<u64>,
     /// 99th percentile enqueue-to-start latency in microseconds.
     pub p99_us: Option<u64>,
+    /// Dead tuples in the jobs table after a drain (PostgreSQL only).
+    pub dead_tuples: Option<i64>,
     /// Peak resident memory of the process, in KiB.
     pub peak_rss_kib: u64,
 }

@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use dispatch::core::DynStore;
 use dispatch::job::{EnqueueOptions, JobClient, JobContext, JobDefinition, Worker};
 use parking_lot::Mutex;
+use sqlx::Connection;
 use tokio::time::Instant;
 
 use crate::counting::FinishCounter;
@@ -19,18 +20,66 @@ fn option<T: std::str::FromStr>(options: &Options, key: &str, default: T) -> any
     }
 }
 
-/// A fresh store with its default durability settings (SQLite: a new file in the temp dir).
-async fn open_store(name: &str) -> anyhow::Result<DynStore> {
-    match name {
-        "memory" => Ok(Arc::new(dispatch::MemoryStore::new())),
+/// The PostgreSQL server: `DISPATCH_TEST_POSTGRES_URL`, else the local default.
+fn postgres_url() -> String {
+    std::env::var("DISPATCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A store opened for one run, and the PostgreSQL schema it lives in (dropped after the run).
+struct Opened {
+    store: DynStore,
+    schema: Option<String>,
+}
+
+/// A fresh store with its default durability settings: SQLite, a new file in the temp dir;
+/// PostgreSQL, a new schema on [`postgres_url`], `synchronous_commit` as the server has it (on
+/// by default).
+async fn open_store(name: &str) -> anyhow::Result<Opened> {
+    let fresh = dispatch::core::JobId::new().uuid().simple().to_string();
+    let store: DynStore = match name {
+        "memory" => Arc::new(dispatch::MemoryStore::new()),
         "sqlite" => {
             let dir = std::env::temp_dir().join("dispatch-bench");
             std::fs::create_dir_all(&dir)?;
-            let path = dir.join(format!("{}.db", dispatch::core::JobId::new()));
-            Ok(Arc::new(dispatch::SqliteStore::open(&path.display().to_string()).await?))
+            let path = dir.join(format!("{fresh}.db"));
+            Arc::new(dispatch::SqliteStore::open(&path.display().to_string()).await?)
         }
-        other => bail!("unknown store {other:?} (known: memory, sqlite)"),
-    }
+        "postgres" => {
+            let schema = format!("dispatch_bench_{}", &fresh[fresh.len() - 12..]);
+            let store = dispatch::PostgresStore::builder(postgres_url())
+                .schema(schema.clone())
+                .application_name("dispatch-bench")
+                .build()
+                .await?;
+            return Ok(Opened { store: Arc::new(store), schema: Some(schema) });
+        }
+        other => bail!("unknown store {other:?} (known: memory, sqlite, postgres)"),
+    };
+    Ok(Opened { store, schema: None })
+}
+
+/// The dead tuples left in a PostgreSQL schema's jobs table (what vacuum has to clean), read
+/// once backends have flushed their statistics.
+async fn dead_tuples(schema: &str) -> anyhow::Result<Option<i64>> {
+    // Backends flush table statistics about once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut conn = sqlx::PgConnection::connect(&postgres_url()).await?;
+    let dead = sqlx::query_scalar(
+        "SELECT n_dead_tup FROM pg_stat_user_tables WHERE schemaname = $1 AND relname = 'jobs'",
+    )
+    .bind(schema)
+    .fetch_optional(&mut conn)
+    .await?;
+    Ok(dead)
+}
+
+/// Drop a run's PostgreSQL schema.
+async fn drop_schema(schema: &str) -> anyhow::Result<()> {
+    let mut conn = sqlx::PgConnection::connect(&postgres_url()).await?;
+    let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;
+    Ok(())
 }
 
 fn noop() -> JobDefinition<u64> {
@@ -40,7 +89,7 @@ fn noop() -> JobDefinition<u64> {
 /// Run `scenario`.
 pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measurement> {
     let store_name: String = option(options, "store", "memory".to_owned())?;
-    let store = open_store(&store_name).await?;
+    let Opened { store, schema } = open_store(&store_name).await?;
     let mut m = match scenario {
         "enqueue-single" => enqueue_single(store, option(options, "jobs", 20_000)?).await?,
         "enqueue-batch" => {
@@ -59,6 +108,12 @@ pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measuremen
         other => bail!("unknown scenario {other:?}"),
     };
     m.store = store_name;
+    if let Some(schema) = schema {
+        if scenario == "drain" {
+            m.dead_tuples = dead_tuples(&schema).await?;
+        }
+        drop_schema(&schema).await?;
+    }
     Ok(m)
 }
 
@@ -132,10 +187,12 @@ async fn latency(
         log.lock().push(now_us.saturating_sub(sent_us));
         async { Ok(()) }
     });
-    let counter = FinishCounter::new(store, total);
+    let counter = FinishCounter::new(store.clone(), total);
     let worker =
         Worker::builder(counter.clone()).register(def.clone()).concurrency(concurrency).build()?;
-    let client = worker.client();
+    // A client of its own, as another process would have: the worker learns of each job through
+    // the store's push wake-ups (PostgreSQL: LISTEN/NOTIFY), not a local shortcut.
+    let client = JobClient::new(store);
     let handle = worker.start();
     let interval = Duration::from_secs_f64(1.0 / per_sec as f64);
     let start = Instant::now();

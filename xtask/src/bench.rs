@@ -9,20 +9,26 @@ use serde_json::Value;
 
 const RUNS: usize = 3;
 
-/// Scenario name and arguments, full size and `--quick` size. The latency rate is the store's
-/// target rate (durable stores are measured at 1,000 jobs/s).
+/// Scenario name and arguments, full size and `--quick` size. The latency rates are the store's
+/// target rates (memory 2,000 jobs/s; SQLite 1,000; PostgreSQL 200 and 1,000).
 fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
-    let rate = if store == "memory" { "2000" } else { "1000" };
+    let rates: &[&str] = match store {
+        "memory" => &["2000"],
+        "postgres" => &["200", "1000"],
+        _ => &["1000"],
+    };
     let (drain_jobs, batch_jobs, single_jobs, seconds) =
         if quick { ("10000", "20000", "2000", "1") } else { ("100000", "200000", "20000", "5") };
-    let list: Vec<Vec<&str>> = vec![
+    let mut list: Vec<Vec<&str>> = vec![
         vec!["enqueue-single", "--jobs", single_jobs],
         vec!["enqueue-batch", "--jobs", batch_jobs, "--batch", "1000"],
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "1"],
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "16"],
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "256"],
-        vec!["latency", "--rate", rate, "--seconds", seconds, "--concurrency", "256"],
     ];
+    for rate in rates {
+        list.push(vec!["latency", "--rate", rate, "--seconds", seconds, "--concurrency", "256"]);
+    }
     list.into_iter().map(|s| s.into_iter().map(str::to_owned).collect()).collect()
 }
 
@@ -82,15 +88,16 @@ fn median_of(runs: &[Value]) -> Value {
 
 fn print_table(store: &str, results: &[Value]) {
     println!("\nstore: {store} (median of {RUNS} runs, each in its own process)\n");
-    println!("| scenario | jobs/s | p50 | p99 | peak RSS |");
-    println!("|---|---:|---:|---:|---:|");
+    println!("| scenario | jobs/s | p50 | p99 | dead tuples | peak RSS |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in results {
         let number = |key: &str| r.get(key).and_then(Value::as_f64);
         let jobs = number("jobs_per_sec").map_or("-".into(), |v| format!("{v:.0}"));
         let p50 = number("p50_us").map_or("-".into(), |v| format!("{:.2} ms", v / 1000.0));
         let p99 = number("p99_us").map_or("-".into(), |v| format!("{:.2} ms", v / 1000.0));
+        let dead = number("dead_tuples").map_or("-".into(), |v| format!("{v:.0}"));
         let rss = number("peak_rss_kib").map_or("-".into(), |v| format!("{:.1} MiB", v / 1024.0));
         let name = r.get("scenario").and_then(Value::as_str).unwrap_or("?");
-        println!("| {name} | {jobs} | {p50} | {p99} | {rss} |");
+        println!("| {name} | {jobs} | {p50} | {p99} | {dead} | {rss} |");
     }
 }

@@ -25,10 +25,13 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
             "dispatch-job",
             "dispatch-store-memory",
             "dispatch-store-sqlite",
+            "dispatch-store-postgres",
         ]),
         // Leaves: programs that use the library.
         "dispatch-bench" | "quickstart" | "xtask" => Some(&["dispatch"]),
-        "dispatch-durability-tests" => Some(&["dispatch", "dispatch-store-sqlite"]),
+        "dispatch-durability-tests" => {
+            Some(&["dispatch", "dispatch-store-sqlite", "dispatch-store-postgres"])
+        }
         _ => None,
     }
 }

@@ -18,8 +18,11 @@ impl StoreFactory for Memory {
         "memory"
     }
 
-    async fn create(&self, clock: SharedClock) -> dispatch_core::Result<DynStore> {
-        Ok(Arc::new(MemoryStore::with_clock(clock)))
+    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<DynStore> {
+        Ok(Arc::new(match clock {
+            Some(clock) => MemoryStore::with_clock(clock),
+            None => MemoryStore::new(),
+        }))
     }
 }
 

@@ -10,7 +10,7 @@ mod support;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use dispatch_core::{DynStore, ManualClock};
+use dispatch_core::{DynStore, SharedClock};
 use dispatch_store_postgres::PostgresStore;
 use dispatch_store_tests::StoreFactory;
 
@@ -34,7 +34,7 @@ impl StoreFactory for Postgres {
         support::probe(&self.url).await
     }
 
-    async fn create(&self, clock: Arc<ManualClock>) -> dispatch_core::Result<DynStore> {
+    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<DynStore> {
         let schema = support::fresh_schema();
         let store = PostgresStore::builder(&self.url)
             .schema(schema)
@@ -42,7 +42,11 @@ impl StoreFactory for Postgres {
             .max_connections(MAX_CONNECTIONS)
             .build()
             .await?;
-        Ok(Arc::new(store.with_clock(clock)))
+        // No clock: the database's own (`now()`), as in production.
+        Ok(Arc::new(match clock {
+            Some(clock) => store.with_clock(clock),
+            None => store,
+        }))
     }
 }
 

@@ -21,10 +21,14 @@ impl StoreFactory for Sqlite {
         "sqlite"
     }
 
-    async fn create(&self, clock: SharedClock) -> dispatch_core::Result<DynStore> {
+    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<DynStore> {
         let path = self.dir.join(format!("{}.db", uuid::Uuid::new_v4().simple()));
         let path = path.to_str().expect("temporary paths are UTF-8");
-        Ok(Arc::new(SqliteStore::open(path).await?.with_clock(clock)))
+        let store = SqliteStore::open(path).await?;
+        Ok(Arc::new(match clock {
+            Some(clock) => store.with_clock(clock),
+            None => store,
+        }))
     }
 }
 

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{DynStore, ManualClock, SharedClock, SystemClock};
+use dispatch_core::{DynStore, ManualClock, SharedClock};
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::{RuntimeTest, SuiteTest, all_tests, runtime_tests};
@@ -36,8 +36,9 @@ pub trait StoreFactory: Send + Sync + 'static {
     }
 
     /// A fresh empty store (own schema / key prefix / file) reading time from `clock`: a
-    /// [`ManualClock`] for the suite, the system clock for the runtime scenarios.
-    async fn create(&self, clock: SharedClock) -> dispatch_core::Result<DynStore>;
+    /// [`ManualClock`] for the suite; `None` for the runtime scenarios, which run on the store's
+    /// own default time source (the database clock, for a server store).
+    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<DynStore>;
 }
 
 /// Entry point for a `harness = false` test binary: runs every suite test on stores made by
@@ -112,14 +113,14 @@ fn probe(factory: &dyn StoreFactory) -> Result<(), String> {
 /// to libtest-mimic, which reports them as failures.
 fn run_one(factory: Arc<dyn StoreFactory>, test: SuiteTest) -> Result<(), Failed> {
     let clock = Arc::new(ManualClock::fixed());
-    on_fresh_store(factory, test.name, clock.clone(), move |store| {
+    on_fresh_store(factory, test.name, Some(clock.clone()), move |store| {
         (test.run)(TestContext { store, clock })
     })
 }
 
-/// Run one runtime scenario on its own runtime and a fresh store on the system clock.
+/// Run one runtime scenario on its own runtime and a fresh store on its default clock.
 fn run_scenario(factory: Arc<dyn StoreFactory>, test: RuntimeTest) -> Result<(), Failed> {
-    on_fresh_store(factory, test.name, Arc::new(SystemClock), test.run)
+    on_fresh_store(factory, test.name, None, test.run)
 }
 
 /// Make a store reading `clock` on a new runtime (2 workers) and run `test` on it, failing it
@@ -127,7 +128,7 @@ fn run_scenario(factory: Arc<dyn StoreFactory>, test: RuntimeTest) -> Result<(),
 fn on_fresh_store<F>(
     factory: Arc<dyn StoreFactory>,
     name: &str,
-    clock: SharedClock,
+    clock: Option<SharedClock>,
     test: impl FnOnce(DynStore) -> F,
 ) -> Result<(), Failed>
 where

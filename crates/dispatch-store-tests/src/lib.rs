@@ -9,7 +9,7 @@
 //! use std::process::ExitCode;
 //! use std::sync::Arc;
 //!
-//! use dispatch_core::{DynStore, SharedClock};
+//! use dispatch_core::{DynStore, SharedClock, SystemClock};
 //! use dispatch_store_tests::{StoreFactory, run_conformance};
 //!
 //! struct MyStore;
@@ -19,8 +19,10 @@
 //!     fn name(&self) -> &str {
 //!         "mine"
 //!     }
-//!     async fn create(&self, clock: SharedClock) -> dispatch_core::Result<DynStore> {
-//!         // A fresh store in its own namespace, reading `clock`; here the memory store.
+//!     async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<DynStore> {
+//!         // A fresh store in its own namespace, reading `clock` (or its default); here the
+//!         // memory store.
+//!         let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
 //!         Ok(Arc::new(dispatch_store_memory::MemoryStore::with_clock(clock)))
 //!     }
 //! }
@@ -36,7 +38,7 @@
 //! each test touches only its own store, so they run in parallel against one server.
 //!
 //! Beside the suite, [`run_conformance`] runs the [`runtime`] scenarios: the job runtime
-//! (`dispatch-job`) driven end to end over a fresh store on the system clock (retry, snooze,
+//! (`dispatch-job`) driven end to end over a fresh store on its default clock (retry, snooze,
 //! cancel, shutdown release, fencing, push wake-ups), so a new store is exercised under real
 //! workers without writing a test of its own. [`fixtures`] holds what those scenarios share with
 //! `dispatch-job`'s own tests.

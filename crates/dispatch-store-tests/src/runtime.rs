@@ -1,6 +1,6 @@
 //! Runtime scenarios: the job runtime (`dispatch-job`) driven over the store under test, in real
 //! time (paused time does not mix with stores that do I/O on other threads). Each scenario gets a
-//! fresh store on the system clock; [`run_conformance`](crate::run_conformance) runs them beside
+//! fresh store on its default clock (the database's, for a server store); [`run_conformance`](crate::run_conformance) runs them beside
 //! the suite, so every store that passes conformance also runs retries, snoozes, cancels,
 //! shutdown releases, fencing and wake-ups end to end. Intervals are short; waits poll the store
 //! against a deadline.
@@ -137,8 +137,11 @@ pub async fn fenced_out_completion_is_refused(inner: DynStore) {
             Ok(())
         }
     });
+    // One slot, held by the fenced-out attempt: this worker can not claim the job back once it is
+    // rescued (a store that pushes a wake-up on rescue would otherwise race the second claimer).
     let handle = worker(counting.clone())
         .register(slow.clone())
+        .concurrency(1)
         .configure(|c| c.lease_ttl = Duration::from_millis(300))
         .hook(recorder.clone())
         .build()

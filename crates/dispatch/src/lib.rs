@@ -8,6 +8,7 @@
 //! |----------|---------|--------------|
 //! | `memory` | yes     | [`MemoryStore`], the in-process store (`dispatch-store-memory`) |
 //! | `sqlite` | no      | `SqliteStore`, the embedded durable store (`dispatch-store-sqlite`) |
+//! | `postgres` | no    | `PostgresStore`, the production store (`dispatch-store-postgres`) |
 //!
 //! Start with the [`prelude`].
 
@@ -17,6 +18,8 @@ pub use dispatch_core as core;
 pub use dispatch_job as job;
 #[cfg(feature = "memory")]
 pub use dispatch_store_memory as memory;
+#[cfg(feature = "postgres")]
+pub use dispatch_store_postgres as postgres;
 #[cfg(feature = "sqlite")]
 pub use dispatch_store_sqlite as sqlite;
 
@@ -25,6 +28,9 @@ pub use dispatch_core::{Error, ErrorKind, Result};
 #[doc(inline)]
 #[cfg(feature = "memory")]
 pub use dispatch_store_memory::MemoryStore;
+#[doc(inline)]
+#[cfg(feature = "postgres")]
+pub use dispatch_store_postgres::PostgresStore;
 #[doc(inline)]
 #[cfg(feature = "sqlite")]
 pub use dispatch_store_sqlite::SqliteStore;
@@ -41,6 +47,8 @@ pub mod prelude {
 
     #[cfg(feature = "memory")]
     pub use dispatch_store_memory::MemoryStore;
+    #[cfg(feature = "postgres")]
+    pub use dispatch_store_postgres::PostgresStore;
     #[cfg(feature = "sqlite")]
     pub use dispatch_store_sqlite::SqliteStore;
 }

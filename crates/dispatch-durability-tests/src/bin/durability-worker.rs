@@ -1,35 +1,36 @@
 //! The worker process of the durability tests.
 //!
-//! `durability-worker work <database> <concurrency> <lease-ms>`: run `sleepy` jobs until killed.
-//! `durability-worker migrate <database>`: open (and so migrate) the database, then exit.
+//! `durability-worker work <store> <concurrency> <lease-ms> [poll-ms]`: run `sleepy` jobs until
+//! killed. `durability-worker migrate <store>`: open (and so migrate) the store, then exit.
+//! `<store>` is a SQLite file path or `postgres:<schema>` (see `StoreSpec`).
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use dispatch::prelude::*;
-use dispatch_durability_tests::sleepy_job;
-use dispatch_store_sqlite::SqliteStore;
+use dispatch_durability_tests::{StoreSpec, sleepy_job};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["migrate", database] => {
-            SqliteStore::open(database).await.context("open")?;
+        ["migrate", store] => {
+            StoreSpec::parse(store).open("worker").await?;
             Ok(())
         }
-        ["work", database, concurrency, lease_ms] => {
-            let store = SqliteStore::open(database).await.context("open")?;
+        ["work", store, concurrency, lease_ms, rest @ ..] => {
+            let poll_ms: u64 = rest.first().map_or(Ok(50), |p| p.parse())?;
+            let store = StoreSpec::parse(store).open("worker").await?;
             let lease = Duration::from_millis(lease_ms.parse()?);
             let mut dispatcher = Dispatcher::builder()
-                .store(store)
+                .shared_store(store)
                 .register(sleepy_job())
                 .concurrency(concurrency.parse()?)
                 .configure(move |c| {
                     c.lease_ttl = lease;
                     c.heartbeat_interval = lease / 4;
                     c.rescue_interval = Duration::from_millis(200);
-                    c.poll_interval = Duration::from_millis(50);
+                    c.poll_interval = Duration::from_millis(poll_ms);
                 })
                 .build()?;
             dispatcher.start()?;
@@ -38,7 +39,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         _ => bail!(
-            "usage: durability-worker work <database> <concurrency> <lease-ms> | migrate <database>"
+            "usage: durability-worker work <store> <concurrency> <lease-ms> [poll-ms] | \
+             migrate <store>"
         ),
     }
 }
