@@ -91,6 +91,7 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         shutdown_releases_long_jobs,
         fenced_out_completion_is_refused,
         store_wake_up_starts_an_idle_worker,
+        delayed_job_starts_when_due,
     ]
 }
 

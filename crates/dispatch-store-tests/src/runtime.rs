@@ -201,3 +201,32 @@ pub async fn store_wake_up_starts_an_idle_worker(inner: DynStore) {
     .await;
     handle.stop().await;
 }
+
+/// A job enqueued with a 2 s delay starts after 2 s: not before (the store resolves the delay on
+/// its own clock, the database's for a server store; the runtime sends only the duration, so no
+/// application clock takes part), and not at some later poll (the idle worker sleeps until the
+/// job is due).
+pub async fn delayed_job_starts_when_due(store: DynStore) {
+    const DELAY: Duration = Duration::from_secs(2);
+    let started: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
+    let seen = started.clone();
+    let later = JobDefinition::new("later", move |_ctx: JobContext, _: ()| {
+        *seen.lock() = Some(tokio::time::Instant::now());
+        async { Ok(()) }
+    });
+    let handle = worker(store.clone())
+        .register(later.clone())
+        .configure(|c| c.poll_interval = Duration::from_secs(600))
+        .build()
+        .unwrap()
+        .start();
+    let sent = tokio::time::Instant::now();
+    let options = dispatch_job::EnqueueOptions::new().delay(DELAY);
+    let id = handle.client().enqueue_with(&later, (), options).await.unwrap().id();
+    wait_for_state(&store, id, JobState::Completed).await;
+    handle.stop().await;
+    let waited = started.lock().expect("the handler ran").duration_since(sent);
+    assert!(waited >= DELAY, "started after {waited:?}, before its {DELAY:?} delay");
+    // Generous: a worker that fell back to its 600 s poll would be far past this.
+    assert!(waited < DELAY + Duration::from_secs(30), "started only after {waited:?}");
+}
