@@ -26,6 +26,9 @@ pub enum ErrorKind {
     Codec,
     /// The store's schema was written by a newer version, or is not a Dispatch schema.
     IncompatibleSchema,
+    /// The caller's lease no longer holds: another attempt owns the work now, and this write was
+    /// refused (fencing). Stop, do not retry.
+    LeaseLost,
     /// A bug or an invariant broken inside a store.
     Internal,
 }
@@ -42,6 +45,7 @@ impl ErrorKind {
             Self::PayloadTooLarge => "payload_too_large",
             Self::Codec => "codec",
             Self::IncompatibleSchema => "incompatible_schema",
+            Self::LeaseLost => "lease_lost",
             Self::Internal => "internal",
         }
     }

@@ -20,6 +20,7 @@ pub mod scope;
 pub mod store;
 pub mod time;
 pub mod wake;
+pub mod workflow;
 
 #[doc(inline)]
 pub use backoff::Backoff;
@@ -47,3 +48,8 @@ pub use store::{DynStore, Store};
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 #[doc(inline)]
 pub use wake::{Wakeup, WakeupHub, WakeupStream};
+#[doc(inline)]
+pub use workflow::{
+    Checkpoint, EventWait, NewCheckpoint, NewEvent, NewRun, Published, Run, RunEnd, RunFilter,
+    RunSnapshot, RunState, Started, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
+};

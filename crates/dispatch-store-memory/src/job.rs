@@ -169,7 +169,7 @@ fn matches(filter: &JobFilter, job: &Job) -> bool {
 }
 
 impl State {
-    fn enqueue_one(&mut self, new: NewJob, now: Timestamp) -> Enqueued {
+    pub(crate) fn enqueue_one(&mut self, new: NewJob, now: Timestamp) -> Enqueued {
         let unique_key = new.unique.as_ref().map(|u| (new.name.clone(), u.key.clone()));
         let holder = unique_key.as_ref().and_then(|k| self.unique.get(k)).copied();
         if let Some(holder) =
@@ -226,7 +226,7 @@ impl State {
         Some(ClaimedJob { job: row.job.clone(), lease })
     }
 
-    fn finish_one(&mut self, finish: &Finish, now: Timestamp) -> FinishResult {
+    pub(crate) fn finish_one(&mut self, finish: &Finish, now: Timestamp) -> FinishResult {
         let id = finish.lease.job_id;
         let Some(row) = self.jobs.get_mut(&id) else { return FinishResult::LeaseLost };
         let holds = row.job.state == JobState::Running

@@ -16,6 +16,7 @@ mod index;
 mod job;
 #[cfg(test)]
 mod testing;
+mod workflow;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -95,6 +96,8 @@ struct State {
     /// (job name, key) → the job that last took the key.
     unique: HashMap<(String, String), JobId>,
     dlq: BTreeMap<DlqId, DlqEntry>,
+    /// Workflow runs, checkpoints, waits and kept events.
+    runs: workflow::Runs,
     next_seq: u64,
 }
 
@@ -146,7 +149,12 @@ impl State {
         let entry = DlqEntry::for_job(&row.job, now);
         let dlq_id = entry.id;
         row.job.dlq_id = Some(dlq_id);
+        let error = entry
+            .errors
+            .last()
+            .map_or_else(|| "the drive job died".to_owned(), |e| e.message.clone());
         self.dlq.insert(dlq_id, entry);
+        self.runs.fail_driven_by(id, error, now);
         Some(dlq_id)
     }
 }

@@ -1,0 +1,381 @@
+//! Durable workflow runs: their records, checkpoints, correlated events, and the
+//! [`WorkflowStore`] contract.
+//!
+//! A run is advanced by one *drive job* of the job runtime at a time. The drive job's lease
+//! fences every write a drive makes ([`LeaseRef`] on each call): a drive whose lease was lost
+//! (its worker stalled, the job was rescued and claimed again) can not write a checkpoint, suspend
+//! or end the run. Starting a run creates the run and its drive job in one store operation.
+//!
+//! # Checkpoints
+//!
+//! A checkpoint is a key and opaque bytes, written by the runtime (step results, timers, event
+//! deliveries). Keys are unique per run; writing a key again replaces it. Resume reads the run
+//! and all its checkpoints in one call ([`WorkflowStore::load_run`]), in write order.
+//!
+//! # Suspension
+//!
+//! A run waits (a durable sleep, an event) by [`suspend_run`](WorkflowStore::suspend_run): in one
+//! store operation the run becomes suspended, its event waits are registered, and its drive job
+//! is *finished* by the store as a snooze until the earliest wake time (the finish records the
+//! lease token, so the runtime's own finish of that attempt is answered
+//! [`AlreadyApplied`](crate::FinishResult::AlreadyApplied)). A suspended run holds no worker
+//! slot. When an event for one of its waits was already waiting in the store, it is delivered
+//! then and the run does not suspend.
+//!
+//! # Events
+//!
+//! An event has a name, a correlation key and a tenant scope. Publishing delivers it, in the same
+//! store operation, to the oldest wait registered on that (name, key, scope) — one event, one
+//! waiter — or, for a broadcast, to every such wait registered at that moment. Delivery writes the
+//! wait's checkpoint (the payload) and makes the waiting run's drive job available at once. A
+//! non-broadcast event nobody waits for is kept until its `keep_until` and taken by the first
+//! wait registered before then. A wait that times out is removed atomically with the check
+//! that nothing was delivered ([`resolve_wait`](WorkflowStore::resolve_wait)), so an event
+//! is never delivered to a wait that already gave up.
+//!
+//! # Failure of the drive job
+//!
+//! When a run's drive job dies (out of attempts: crashes, rescues), the store ends the run
+//! failed in the same operation, with the job's last error.
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::{EventId, JobId, RunId};
+use crate::job::{LeaseRef, NewJob};
+use crate::page::{Page, PageRequest};
+use crate::scope::Scope;
+use crate::time::Timestamp;
+
+/// Where a run is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// Being driven, or waiting for a worker to drive it.
+    Running,
+    /// Waiting for a timer or an event; its drive job is scheduled for the wake time.
+    Suspended,
+    /// Returned its output.
+    Completed,
+    /// Ended with an error.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+impl RunState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [Self; 5] =
+        [Self::Running, Self::Suspended, Self::Completed, Self::Failed, Self::Cancelled];
+
+    /// The stable lowercase name stores write.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Suspended => "suspended",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the run has ended.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunState {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| Error::invalid_input(format!("unknown run state {s:?}")))
+    }
+}
+
+/// A run to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRun {
+    /// The run's ID (chosen by the caller, so it is known before the store answers).
+    pub id: RunId,
+    /// The workflow name.
+    pub name: String,
+    /// The workflow version the run is bound to.
+    pub version: u32,
+    /// The encoded input.
+    pub input: Vec<u8>,
+    /// Tenant scope; events reach the run only within it.
+    pub scope: Scope,
+    /// When set, a second start with the same workflow name and key returns the first run
+    /// instead of starting another ([`Started::Existing`]).
+    pub idempotency_key: Option<String>,
+    /// The run that started this one as a child.
+    pub parent: Option<RunId>,
+}
+
+/// What a start did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Started {
+    /// The run and its drive job were created.
+    Created(RunId),
+    /// A run with the same workflow name and idempotency key exists; nothing was created.
+    Existing(RunId),
+}
+
+impl Started {
+    /// The run's ID (new or existing).
+    pub fn id(self) -> RunId {
+        match self {
+            Self::Created(id) | Self::Existing(id) => id,
+        }
+    }
+}
+
+/// A workflow run, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Run {
+    /// The run's ID.
+    pub id: RunId,
+    /// The workflow name.
+    pub name: String,
+    /// The workflow version it runs on.
+    pub version: u32,
+    /// Its state.
+    pub state: RunState,
+    /// The encoded input.
+    pub input: Vec<u8>,
+    /// The encoded output, once completed.
+    pub output: Option<Vec<u8>>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+    /// Tenant scope.
+    pub scope: Scope,
+    /// The idempotency key it was started with.
+    pub idempotency_key: Option<String>,
+    /// The parent run, for a child.
+    pub parent: Option<RunId>,
+    /// The job that drives it (one per run, snoozed while the run is suspended).
+    pub drive_job: JobId,
+    /// When it was started (store clock).
+    pub created_at: Timestamp,
+    /// When its state last changed.
+    pub updated_at: Timestamp,
+    /// When it ended.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// A checkpoint to write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewCheckpoint {
+    /// Unique per run; writing a key again replaces its data.
+    pub key: String,
+    /// Opaque to the store.
+    pub data: Vec<u8>,
+}
+
+impl NewCheckpoint {
+    /// A checkpoint of `data` under `key`.
+    pub fn new(key: impl Into<String>, data: Vec<u8>) -> Self {
+        Self { key: key.into(), data }
+    }
+}
+
+/// A stored checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Its key.
+    pub key: String,
+    /// Its data.
+    pub data: Vec<u8>,
+    /// When it was (last) written (store clock).
+    pub at: Timestamp,
+}
+
+/// A run with every checkpoint it has, in write order (a rewritten key keeps its first place):
+/// what a drive needs to resume, in one read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSnapshot {
+    /// The run.
+    pub run: Run,
+    /// Its checkpoints.
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// One event a suspending run waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventWait {
+    /// The checkpoint key a delivery writes (with the event's payload).
+    pub key: String,
+    /// The event name.
+    pub name: String,
+    /// The correlation key.
+    pub correlation: String,
+    /// When the wait gives up; the run's drive job is due then at the latest.
+    pub deadline: Timestamp,
+}
+
+/// A run suspending: until a time, and/or until events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suspend {
+    /// The run.
+    pub run: RunId,
+    /// Wake at this time (a durable sleep), if set.
+    pub until: Option<Timestamp>,
+    /// Events to wait for; registered, or delivered now when one is already stored.
+    pub waits: Vec<EventWait>,
+}
+
+impl Suspend {
+    /// When the drive job is due: the earliest of `until` and every wait's deadline.
+    pub fn wake_at(&self) -> Option<Timestamp> {
+        self.waits.iter().map(|w| w.deadline).chain(self.until).min()
+    }
+}
+
+/// What a suspend did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuspendOutcome {
+    /// The run is suspended and its drive job snoozed until this time; the attempt is over.
+    Suspended {
+        /// When the drive job is due.
+        wake_at: Timestamp,
+    },
+    /// A stored event was delivered to one of the waits at once (its checkpoint is written):
+    /// nothing was suspended and the drive goes on.
+    Delivered,
+}
+
+/// How a wait ended, as [`resolve_wait`](WorkflowStore::resolve_wait) settles it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitResolution {
+    /// An event was delivered: its payload.
+    Delivered(Vec<u8>),
+    /// Nothing was delivered; the wait is removed and can no longer receive one.
+    TimedOut,
+}
+
+/// How a run ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Completed with this encoded output.
+    Completed(Vec<u8>),
+    /// Failed with this error.
+    Failed(String),
+    /// Cancelled, with this reason.
+    Cancelled(String),
+}
+
+impl RunEnd {
+    /// The state this end leaves the run in.
+    pub fn state(&self) -> RunState {
+        match self {
+            Self::Completed(_) => RunState::Completed,
+            Self::Failed(_) => RunState::Failed,
+            Self::Cancelled(_) => RunState::Cancelled,
+        }
+    }
+}
+
+/// An event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The event's ID.
+    pub id: EventId,
+    /// The event name.
+    pub name: String,
+    /// The correlation key: which runs it concerns.
+    pub correlation: String,
+    /// The payload delivered to the waiting run.
+    pub payload: Vec<u8>,
+    /// Tenant scope: only runs of this scope receive it.
+    pub scope: Scope,
+    /// Deliver to every run waiting now (not kept for later waiters).
+    pub broadcast: bool,
+    /// Until when a non-broadcast event that no run waits for yet is kept for a later wait.
+    pub keep_until: Timestamp,
+}
+
+/// What a publish did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// The runs it was delivered to (their drive jobs are due now).
+    pub delivered_to: Vec<RunId>,
+    /// Whether it was kept for a later wait (nobody waited).
+    pub kept: bool,
+}
+
+/// Which runs a listing returns. Unset fields match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    /// Only this state.
+    pub state: Option<RunState>,
+    /// Only this workflow name.
+    pub name: Option<String>,
+}
+
+/// Where workflow runs live. Implemented by every store beside [`JobStore`](crate::JobStore);
+/// the same conformance suite pins it.
+#[async_trait]
+pub trait WorkflowStore: Send + Sync + 'static {
+    /// Create `run` and its drive job `drive` in one operation (the run's `drive_job` is
+    /// `drive.id`). With an idempotency key already used for this workflow name, nothing is
+    /// created and the existing run is returned. `drive` is validated like an enqueue.
+    async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started>;
+
+    /// One run by ID.
+    async fn get_run(&self, id: RunId) -> Result<Option<Run>>;
+
+    /// Runs matching `filter`, in ID order (creation order), after the page's cursor.
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        page: &PageRequest<RunId>,
+    ) -> Result<Page<Run, RunId>>;
+
+    /// The run's checkpoints in write order (its timeline), without the fence of a drive.
+    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>>;
+
+    /// Begin a drive: the run and all its checkpoints in one read; a suspended run becomes
+    /// running. Fenced by the drive job's lease: `LeaseLost` when `lease` does not hold the
+    /// run's drive job; `NotFound` for an unknown run.
+    async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot>;
+
+    /// Write checkpoints (inserting or replacing by key), in one operation. Fenced like
+    /// [`load_run`](Self::load_run); nothing is written when the lease does not hold.
+    async fn save_checkpoints(
+        &self,
+        lease: LeaseRef,
+        run: RunId,
+        checkpoints: Vec<NewCheckpoint>,
+    ) -> Result<()>;
+
+    /// Suspend the run (see the [module docs](self)): register its waits, or deliver an already
+    /// stored event to one of them; else mark it suspended and finish the drive job as a snooze
+    /// until [`Suspend::wake_at`]. `InvalidInput` when there is nothing to wake for. Fenced.
+    async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome>;
+
+    /// Settle the wait whose checkpoint key is `key`: `Delivered` with the payload when an event
+    /// reached it, else remove it (no event can reach it any more) and answer `TimedOut`.
+    /// Fenced.
+    async fn resolve_wait(&self, lease: LeaseRef, run: RunId, key: &str) -> Result<WaitResolution>;
+
+    /// End the run: its state, output or error, its finish time; its remaining waits are
+    /// removed. Fenced. The drive job is finished by the runtime as usual.
+    async fn end_run(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()>;
+
+    /// Publish an event (see the [module docs](self)).
+    async fn publish_event(&self, event: NewEvent) -> Result<Published>;
+}

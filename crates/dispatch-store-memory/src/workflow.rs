@@ -1,0 +1,326 @@
+//! [`WorkflowStore`] for [`MemoryStore`]: runs, checkpoints, event waits and kept events, under
+//! the same mutex as the jobs, so a suspend (run + drive job) or a delivery (checkpoint + wake)
+//! is one step.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use dispatch_core::{
+    Checkpoint, Enqueued, Error, ErrorKind, EventWait, Finish, FinishResult, JobId, JobState,
+    LeaseRef, NewCheckpoint, NewEvent, NewJob, NewRun, Outcome, Page, PageRequest, Published,
+    Result, Run, RunAt, RunEnd, RunFilter, RunId, RunSnapshot, RunState, Scope, Started, Suspend,
+    SuspendOutcome, Timestamp, WaitResolution, WorkflowStore,
+};
+
+use crate::{MemoryStore, State};
+
+/// Everything workflow-shaped the memory store keeps.
+#[derive(Debug, Default)]
+pub(crate) struct Runs {
+    runs: BTreeMap<RunId, RunRow>,
+    /// (workflow name, idempotency key) → run.
+    by_key: HashMap<(String, String), RunId>,
+    /// Drive job → run, so a dying drive job fails its run.
+    by_drive: HashMap<JobId, RunId>,
+    /// Registered waits, in registration order (the key orders them).
+    waits: BTreeMap<u64, Wait>,
+    /// Events nobody waited for, in publish order.
+    kept: BTreeMap<u64, KeptEvent>,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+struct RunRow {
+    run: Run,
+    checkpoints: Vec<Checkpoint>,
+}
+
+#[derive(Debug)]
+struct Wait {
+    run: RunId,
+    scope: Scope,
+    wait: EventWait,
+}
+
+#[derive(Debug)]
+struct KeptEvent {
+    name: String,
+    correlation: String,
+    scope: Scope,
+    payload: Vec<u8>,
+    keep_until: Timestamp,
+}
+
+impl Runs {
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// The run driven by job `id` failed with the job: called when that job dies.
+    pub(crate) fn fail_driven_by(&mut self, id: JobId, error: String, now: Timestamp) {
+        let Some(run_id) = self.by_drive.get(&id).copied() else { return };
+        if let Some(row) = self.runs.get_mut(&run_id)
+            && !row.run.state.is_final()
+        {
+            end(&mut row.run, RunEnd::Failed(error), now);
+        }
+        self.waits.retain(|_, w| w.run != run_id);
+    }
+
+    fn write(&mut self, run: RunId, checkpoint: NewCheckpoint, now: Timestamp) {
+        let Some(row) = self.runs.get_mut(&run) else { return };
+        let stored = Checkpoint { key: checkpoint.key, data: checkpoint.data, at: now };
+        match row.checkpoints.iter_mut().find(|c| c.key == stored.key) {
+            Some(existing) => *existing = stored,
+            None => row.checkpoints.push(stored),
+        }
+    }
+}
+
+fn end(run: &mut Run, how: RunEnd, now: Timestamp) {
+    run.state = how.state();
+    match how {
+        RunEnd::Completed(output) => run.output = Some(output),
+        RunEnd::Failed(error) | RunEnd::Cancelled(error) => run.error = Some(error),
+    }
+    run.updated_at = now;
+    run.finished_at = Some(now);
+}
+
+fn lease_lost(run: RunId) -> Error {
+    Error::new(ErrorKind::LeaseLost, format!("the drive of run {run} no longer holds its lease"))
+}
+
+impl State {
+    /// The run, when `lease` holds its drive job.
+    fn fenced(&mut self, lease: LeaseRef, run: RunId) -> Result<&mut RunRow> {
+        let row =
+            self.runs.runs.get(&run).ok_or_else(|| Error::not_found(format!("no run {run}")))?;
+        let holds = row.run.drive_job == lease.job_id
+            && self.jobs.get(&lease.job_id).is_some_and(|job| {
+                job.job.state == JobState::Running
+                    && job.job.lease.is_some_and(|l| l.token == lease.token)
+            });
+        if !holds {
+            return Err(lease_lost(run));
+        }
+        Ok(self.runs.runs.get_mut(&run).expect("checked above"))
+    }
+
+    /// Hand `payload` to the wait `seq`: its checkpoint, and the run's drive job due now.
+    fn deliver(&mut self, seq: u64, payload: Vec<u8>, now: Timestamp) -> Option<RunId> {
+        let wait = self.runs.waits.remove(&seq)?;
+        self.runs.write(wait.run, NewCheckpoint::new(wait.wait.key, payload), now);
+        let drive = self.runs.runs.get(&wait.run)?.run.drive_job;
+        if self.jobs.get(&drive).is_some_and(|row| row.job.state == JobState::Available) {
+            self.unindex(drive);
+            self.make_available(drive, now);
+        }
+        Some(wait.run)
+    }
+
+    /// The oldest kept event for `wait` in `scope`, taken out of the store.
+    fn take_kept(&mut self, wait: &EventWait, scope: &Scope, now: Timestamp) -> Option<Vec<u8>> {
+        self.runs.kept.retain(|_, e| e.keep_until > now);
+        let seq = self.runs.kept.iter().find_map(|(seq, e)| {
+            (e.name == wait.name && e.correlation == wait.correlation && e.scope == *scope)
+                .then_some(*seq)
+        })?;
+        self.runs.kept.remove(&seq).map(|e| e.payload)
+    }
+}
+
+#[async_trait]
+impl WorkflowStore for MemoryStore {
+    async fn start_run(&self, new: NewRun, drive: NewJob) -> Result<Started> {
+        drive.validate(self.max_payload_bytes)?;
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        if let Some(key) = &new.idempotency_key
+            && let Some(existing) = state.runs.by_key.get(&(new.name.clone(), key.clone()))
+        {
+            return Ok(Started::Existing(*existing));
+        }
+        if state.runs.runs.contains_key(&new.id) || state.jobs.contains_key(&drive.id) {
+            return Err(Error::new(ErrorKind::Conflict, format!("run {} already exists", new.id)));
+        }
+        let (drive_job, queue) = (drive.id, drive.queue.clone());
+        if let Enqueued::Duplicate(holder) = state.enqueue_one(drive, now) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("the drive job's unique key is held by job {holder}"),
+            ));
+        }
+        let run = Run {
+            id: new.id,
+            name: new.name,
+            version: new.version,
+            state: RunState::Running,
+            input: new.input,
+            output: None,
+            error: None,
+            scope: new.scope,
+            idempotency_key: new.idempotency_key,
+            parent: new.parent,
+            drive_job,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        if let Some(key) = &run.idempotency_key {
+            state.runs.by_key.insert((run.name.clone(), key.clone()), run.id);
+        }
+        state.runs.by_drive.insert(drive_job, run.id);
+        let id = run.id;
+        state.runs.runs.insert(id, RunRow { run, checkpoints: Vec::new() });
+        drop(state);
+        self.wakeups.notify([queue.as_str()]);
+        Ok(Started::Created(id))
+    }
+
+    async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
+        Ok(self.state.lock().runs.runs.get(&id).map(|row| row.run.clone()))
+    }
+
+    async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        page: &PageRequest<RunId>,
+    ) -> Result<Page<Run, RunId>> {
+        let limit = page.effective_limit();
+        let state = self.state.lock();
+        let after = page.after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let items = state
+            .runs
+            .runs
+            .range((after, std::ops::Bound::Unbounded))
+            .map(|(_, row)| &row.run)
+            .filter(|run| filter.state.is_none_or(|s| run.state == s))
+            .filter(|run| filter.name.as_ref().is_none_or(|n| &run.name == n))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        Ok(Page::from_overfetch(items, limit, |run: &Run| run.id))
+    }
+
+    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
+        let state = self.state.lock();
+        let row =
+            state.runs.runs.get(&run).ok_or_else(|| Error::not_found(format!("no run {run}")))?;
+        Ok(row.checkpoints.clone())
+    }
+
+    async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        let row = state.fenced(lease, run)?;
+        if row.run.state == RunState::Suspended {
+            row.run.state = RunState::Running;
+            row.run.updated_at = now;
+        }
+        Ok(RunSnapshot { run: row.run.clone(), checkpoints: row.checkpoints.clone() })
+    }
+
+    async fn save_checkpoints(
+        &self,
+        lease: LeaseRef,
+        run: RunId,
+        checkpoints: Vec<NewCheckpoint>,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        state.fenced(lease, run)?;
+        for checkpoint in checkpoints {
+            state.runs.write(run, checkpoint, now);
+        }
+        Ok(())
+    }
+
+    async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome> {
+        let now = self.clock.now();
+        let wake_at = suspend.wake_at().ok_or_else(|| {
+            Error::invalid_input("a suspend needs a wake time or an event to wait for")
+        })?;
+        let mut state = self.state.lock();
+        let scope = state.fenced(lease, suspend.run)?.run.scope.clone();
+        for wait in &suspend.waits {
+            if let Some(payload) = state.take_kept(wait, &scope, now) {
+                state.runs.write(suspend.run, NewCheckpoint::new(wait.key.clone(), payload), now);
+                return Ok(SuspendOutcome::Delivered);
+            }
+        }
+        for wait in suspend.waits {
+            state.runs.waits.retain(|_, w| !(w.run == suspend.run && w.wait.key == wait.key));
+            let seq = state.runs.next_seq();
+            state.runs.waits.insert(seq, Wait { run: suspend.run, scope: scope.clone(), wait });
+        }
+        let row = state.fenced(lease, suspend.run)?;
+        row.run.state = RunState::Suspended;
+        row.run.updated_at = now;
+        let snooze = Finish { lease, outcome: Outcome::Snooze { run_at: RunAt::At(wake_at) } };
+        match state.finish_one(&snooze, now) {
+            FinishResult::Applied { .. } => Ok(SuspendOutcome::Suspended { wake_at }),
+            _ => Err(lease_lost(suspend.run)),
+        }
+    }
+
+    async fn resolve_wait(&self, lease: LeaseRef, run: RunId, key: &str) -> Result<WaitResolution> {
+        let mut state = self.state.lock();
+        let row = state.fenced(lease, run)?;
+        if let Some(delivered) = row.checkpoints.iter().find(|c| c.key == key) {
+            return Ok(WaitResolution::Delivered(delivered.data.clone()));
+        }
+        state.runs.waits.retain(|_, w| !(w.run == run && w.wait.key == key));
+        Ok(WaitResolution::TimedOut)
+    }
+
+    async fn end_run(&self, lease: LeaseRef, run: RunId, how: RunEnd) -> Result<()> {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        let row = state.fenced(lease, run)?;
+        end(&mut row.run, how, now);
+        state.runs.waits.retain(|_, w| w.run != run);
+        Ok(())
+    }
+
+    async fn publish_event(&self, event: NewEvent) -> Result<Published> {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        let matching: Vec<u64> = state
+            .runs
+            .waits
+            .iter()
+            .filter(|(_, w)| {
+                w.wait.name == event.name
+                    && w.wait.correlation == event.correlation
+                    && w.scope == event.scope
+            })
+            .map(|(seq, _)| *seq)
+            .take(if event.broadcast { usize::MAX } else { 1 })
+            .collect();
+        let mut published = Published::default();
+        for seq in matching {
+            if let Some(run) = state.deliver(seq, event.payload.clone(), now) {
+                published.delivered_to.push(run);
+            }
+        }
+        if published.delivered_to.is_empty() && !event.broadcast && event.keep_until > now {
+            let seq = state.runs.next_seq();
+            let kept = KeptEvent {
+                name: event.name,
+                correlation: event.correlation,
+                scope: event.scope,
+                payload: event.payload,
+                keep_until: event.keep_until,
+            };
+            state.runs.kept.insert(seq, kept);
+            published.kept = true;
+        }
+        drop(state);
+        if !published.delivered_to.is_empty() {
+            self.wakeups.send(&dispatch_core::Wakeup::any());
+        }
+        Ok(published)
+    }
+}
