@@ -11,6 +11,10 @@ use dispatch::core::{
     DynStore, Enqueued, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobStore,
     LeaseRef, NewJob, Page, PageRequest, QueueCount, Replay, RescueReport, Result,
 };
+use dispatch::core::{
+    Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunEnd, RunFilter, RunId,
+    RunSnapshot, Started, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
+};
 use tokio::sync::Notify;
 
 /// Counts applied finishes and wakes a waiter when `target` is reached.
@@ -99,6 +103,45 @@ impl JobStore for FinishCounter {
     }
     async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
         self.inner.count_jobs().await
+    }
+}
+
+#[async_trait]
+impl WorkflowStore for FinishCounter {
+    async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started> {
+        self.inner.start_run(run, drive).await
+    }
+    async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
+        self.inner.get_run(id).await
+    }
+    async fn list_runs(&self, f: &RunFilter, p: &PageRequest<RunId>) -> Result<Page<Run, RunId>> {
+        self.inner.list_runs(f, p).await
+    }
+    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
+        self.inner.checkpoints(run).await
+    }
+    async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
+        self.inner.load_run(lease, run).await
+    }
+    async fn save_checkpoints(
+        &self,
+        lease: LeaseRef,
+        run: RunId,
+        checkpoints: Vec<NewCheckpoint>,
+    ) -> Result<()> {
+        self.inner.save_checkpoints(lease, run, checkpoints).await
+    }
+    async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome> {
+        self.inner.suspend_run(lease, suspend).await
+    }
+    async fn resolve_wait(&self, lease: LeaseRef, run: RunId, key: &str) -> Result<WaitResolution> {
+        self.inner.resolve_wait(lease, run, key).await
+    }
+    async fn end_run(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()> {
+        self.inner.end_run(lease, run, end).await
+    }
+    async fn publish_event(&self, event: NewEvent) -> Result<Published> {
+        self.inner.publish_event(event).await
     }
 }
 

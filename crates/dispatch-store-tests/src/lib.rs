@@ -1,5 +1,6 @@
 //! The conformance suite every Dispatch store runs: the executable form of the contracts in
-//! `dispatch-core` ([`JobStore`](dispatch_core::JobStore), [`DlqStore`](dispatch_core::DlqStore)).
+//! `dispatch-core` ([`JobStore`](dispatch_core::JobStore), [`DlqStore`](dispatch_core::DlqStore),
+//! [`WorkflowStore`](dispatch_core::WorkflowStore)).
 //!
 //! A store author runs it on their store from a test binary declared with `harness = false`:
 //! implement [`StoreFactory`] (how to make a fresh, empty store in its own namespace reading a
@@ -33,7 +34,7 @@
 //! ```
 //!
 //! Every test is a plain `pub async fn(TestContext)` in a module named after the trait it pins
-//! ([`job`], [`dlq`]); [`all_tests`] lists them. Tests are deterministic: time moves only through
+//! ([`job`], [`dlq`], [`workflow`]); [`all_tests`] lists them. Tests are deterministic: time moves only through
 //! the [`ManualClock`](dispatch_core::ManualClock) in the [`TestContext`], never by sleeping, and
 //! each test touches only its own store, so they run in parallel against one server.
 //!
@@ -54,6 +55,7 @@ pub mod runtime;
 
 pub mod dlq;
 pub mod job;
+pub mod workflow;
 
 use futures::future::BoxFuture;
 
@@ -209,6 +211,23 @@ pub fn all_tests() -> Vec<SuiteTest> {
         dlq::list_filters_and_paginates,
         dlq::list_continues_after_purged_cursor,
         dlq::get_unknown_is_none,
+        // workflow runs
+        workflow::start_creates_run_and_drive_job,
+        workflow::start_is_idempotent_by_key,
+        workflow::start_with_invalid_drive_job_stores_nothing,
+        workflow::checkpoints_load_in_write_order,
+        workflow::drive_calls_are_fenced,
+        workflow::suspend_snoozes_the_drive_job,
+        workflow::suspend_needs_something_to_wake_for,
+        workflow::event_goes_to_the_oldest_waiter,
+        workflow::event_before_its_wait_is_kept,
+        workflow::kept_event_expires,
+        workflow::broadcast_reaches_every_current_waiter,
+        workflow::event_respects_name_key_and_scope,
+        workflow::timed_out_wait_receives_nothing_later,
+        workflow::end_run_records_the_outcome,
+        workflow::dying_drive_job_fails_its_run,
+        workflow::list_runs_filters_and_paginates,
     ]
 }
 
@@ -220,7 +239,8 @@ mod tests {
     fn names_are_unique_and_qualified() {
         let tests = all_tests();
         let mut names: Vec<&str> = tests.iter().map(|t| t.name).collect();
-        assert!(names.iter().all(|n| n.starts_with("job::") || n.starts_with("dlq::")));
+        let modules = ["job::", "dlq::", "workflow::"];
+        assert!(names.iter().all(|n| modules.iter().any(|m| n.starts_with(m))));
         names.extend(runtime_tests().iter().map(|t| t.name));
         names.sort_unstable();
         names.dedup();

@@ -1,0 +1,456 @@
+//! Tests of [`WorkflowStore`](dispatch_core::WorkflowStore): runs started with their drive job,
+//! idempotent starts, fenced checkpoints, suspension (the drive job snoozed in the same
+//! operation), correlated event delivery (one event one waiter, broadcast, kept events and their
+//! expiry, scope), wait resolution, run ends, and a dying drive job failing its run.
+
+use std::collections::HashSet;
+
+use dispatch_core::{
+    Checkpoint, ErrorKind, EventId, EventWait, FinishResult, JobState, LeaseRef, NewCheckpoint,
+    NewEvent, NewJob, NewRun, Outcome, PageRequest, RunEnd, RunFilter, RunId, RunState, Scope,
+    Started, Suspend, SuspendOutcome, Timestamp, WaitResolution,
+};
+
+use dispatch_core::Clock as _;
+
+use crate::TestContext;
+use crate::support::{PAST_TTL, assert_kind, failure, lease, request, secs};
+
+/// The drive jobs of the suite's runs.
+const DRIVE: &str = "wf-drive";
+
+fn new_run(name: &str) -> (NewRun, NewJob) {
+    let run = NewRun {
+        id: RunId::new(),
+        name: name.to_owned(),
+        version: 2,
+        input: b"{\"order\":7}".to_vec(),
+        scope: Scope::default(),
+        idempotency_key: None,
+        parent: None,
+    };
+    let drive = NewJob::new(DRIVE, run.id.to_string().into_bytes());
+    (run, drive)
+}
+
+impl TestContext {
+    /// Start a run of `name` in `scope`; its ID.
+    async fn start_in(&self, name: &str, scope: Scope) -> RunId {
+        let (mut run, mut drive) = new_run(name);
+        run.scope = scope.clone();
+        drive.scope = scope;
+        let started = self.store.start_run(run, drive).await.expect("start_run");
+        assert!(matches!(started, Started::Created(_)), "{started:?}");
+        started.id()
+    }
+
+    async fn start(&self, name: &str) -> RunId {
+        self.start_in(name, Scope::default()).await
+    }
+
+    /// Claim the drive job of `run` (the only due drive job), as a drive does.
+    async fn drive(&self, run: RunId) -> LeaseRef {
+        let drive_job = self.store.get_run(run).await.expect("get_run").expect("run").drive_job;
+        let claimed = self.claim(&[DRIVE], 1).await;
+        assert_eq!(claimed.len(), 1, "the drive job of {run} is due");
+        assert_eq!(claimed[0].job.id, drive_job, "claimed the drive job of {run}");
+        lease(&claimed[0])
+    }
+
+    async fn run_state(&self, run: RunId) -> RunState {
+        self.store.get_run(run).await.expect("get_run").expect("run").state
+    }
+
+    async fn wait_for(
+        &self,
+        lease: LeaseRef,
+        run: RunId,
+        key: &str,
+        name: &str,
+        corr: &str,
+    ) -> SuspendOutcome {
+        let wait = EventWait {
+            key: key.to_owned(),
+            name: name.to_owned(),
+            correlation: corr.to_owned(),
+            deadline: self.clock.now() + secs(60),
+        };
+        let suspend = Suspend { run, until: None, waits: vec![wait] };
+        self.store.suspend_run(lease, suspend).await.expect("suspend_run")
+    }
+
+    async fn publish(
+        &self,
+        name: &str,
+        corr: &str,
+        payload: &str,
+        broadcast: bool,
+    ) -> dispatch_core::Published {
+        self.publish_in(name, corr, payload, broadcast, Scope::default()).await
+    }
+
+    async fn publish_in(
+        &self,
+        name: &str,
+        corr: &str,
+        payload: &str,
+        broadcast: bool,
+        scope: Scope,
+    ) -> dispatch_core::Published {
+        let event = NewEvent {
+            id: EventId::new(),
+            name: name.to_owned(),
+            correlation: corr.to_owned(),
+            payload: payload.as_bytes().to_vec(),
+            scope,
+            broadcast,
+            keep_until: self.clock.now() + secs(3600),
+        };
+        self.store.publish_event(event).await.expect("publish_event")
+    }
+
+    async fn checkpoint_keys(&self, run: RunId) -> Vec<String> {
+        let checkpoints = self.store.checkpoints(run).await.expect("checkpoints");
+        checkpoints.into_iter().map(|c| c.key).collect()
+    }
+}
+
+/// A start creates the run (running, every field as given, stamped by the store clock) and its
+/// drive job, available at once under the given name.
+pub async fn start_creates_run_and_drive_job(ctx: TestContext) {
+    let (run, drive) = new_run("order");
+    let drive_id = drive.id;
+    let started = ctx.store.start_run(run.clone(), drive).await.expect("start_run");
+    assert_eq!(started, Started::Created(run.id));
+    let stored = ctx.store.get_run(run.id).await.unwrap().expect("stored");
+    assert_eq!((stored.name.as_str(), stored.version, &stored.input), ("order", 2, &run.input));
+    assert_eq!(
+        (stored.state, stored.drive_job, stored.parent),
+        (RunState::Running, drive_id, None)
+    );
+    assert_eq!((stored.created_at, stored.finished_at), (ctx.clock.now(), None));
+    assert_eq!((stored.output, stored.error), (None, None));
+    let job = ctx.job(drive_id).await;
+    assert_eq!((job.name.as_str(), job.state), (DRIVE, JobState::Available));
+    assert_eq!(ctx.drive(run.id).await.job_id, drive_id);
+    assert!(ctx.store.get_run(RunId::new()).await.unwrap().is_none());
+}
+
+/// A second start with the same workflow name and idempotency key returns the first run and
+/// creates nothing; the same key under another name is another run.
+pub async fn start_is_idempotent_by_key(ctx: TestContext) {
+    let (mut first, drive) = new_run("charge");
+    first.idempotency_key = Some("order-7".into());
+    let first_id = ctx.store.start_run(first, drive).await.unwrap().id();
+    let (mut again, drive) = new_run("charge");
+    again.idempotency_key = Some("order-7".into());
+    let again_drive = drive.id;
+    assert_eq!(ctx.store.start_run(again, drive).await.unwrap(), Started::Existing(first_id));
+    assert!(ctx.store.get_job(again_drive).await.unwrap().is_none(), "no second drive job");
+    let (mut other, drive) = new_run("refund");
+    other.idempotency_key = Some("order-7".into());
+    assert!(matches!(ctx.store.start_run(other, drive).await.unwrap(), Started::Created(_)));
+    assert_eq!(ctx.claim(&[DRIVE], 10).await.len(), 2);
+}
+
+/// A drive job that fails validation starts nothing.
+pub async fn start_with_invalid_drive_job_stores_nothing(ctx: TestContext) {
+    let (run, mut drive) = new_run("big");
+    drive.payload = vec![b'x'; dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES + 1];
+    let id = run.id;
+    assert_kind(ctx.store.start_run(run, drive).await, ErrorKind::PayloadTooLarge, "start_run");
+    assert!(ctx.store.get_run(id).await.unwrap().is_none());
+    ctx.claim_none(DRIVE).await;
+}
+
+/// Checkpoints load in write order; rewriting a key replaces its data in place; every write
+/// is stamped by the store clock.
+pub async fn checkpoints_load_in_write_order(ctx: TestContext) {
+    let run = ctx.start("steps").await;
+    let lease = ctx.drive(run).await;
+    let write = |key: &str, data: &str| NewCheckpoint::new(key, data.as_bytes().to_vec());
+    ctx.store.save_checkpoints(lease, run, vec![write("b", "1"), write("a", "2")]).await.unwrap();
+    ctx.clock.advance(secs(1));
+    ctx.store.save_checkpoints(lease, run, vec![write("c", "3"), write("b", "4")]).await.unwrap();
+    let snapshot = ctx.store.load_run(lease, run).await.unwrap();
+    let now = ctx.clock.now();
+    let at = |s: u64| now - secs(1) + secs(s);
+    let expected = vec![
+        Checkpoint { key: "b".into(), data: b"4".to_vec(), at: at(1) },
+        Checkpoint { key: "a".into(), data: b"2".to_vec(), at: at(0) },
+        Checkpoint { key: "c".into(), data: b"3".to_vec(), at: at(1) },
+    ];
+    assert_eq!(snapshot.checkpoints, expected);
+    assert_eq!(ctx.store.checkpoints(run).await.unwrap(), expected);
+    assert_eq!(snapshot.run.id, run);
+}
+
+/// Every drive call is fenced by the drive job's lease: a stale or foreign lease is refused
+/// with `LeaseLost` and writes nothing; an unknown run is `NotFound`.
+pub async fn drive_calls_are_fenced(ctx: TestContext) {
+    let run = ctx.start("fenced").await;
+    let old = ctx.drive(run).await;
+    ctx.clock.advance(PAST_TTL);
+    let report = ctx.store.rescue_expired(10).await.unwrap();
+    assert_eq!(report.rescued, vec![old.job_id]);
+    let new = ctx.drive(run).await;
+    let write = vec![NewCheckpoint::new("k", b"stale".to_vec())];
+    assert_kind(
+        ctx.store.save_checkpoints(old, run, write).await,
+        ErrorKind::LeaseLost,
+        "save_checkpoints",
+    );
+    assert_kind(ctx.store.load_run(old, run).await, ErrorKind::LeaseLost, "load_run");
+    assert_kind(ctx.store.resolve_wait(old, run, "k").await, ErrorKind::LeaseLost, "resolve_wait");
+    assert_kind(
+        ctx.store.end_run(old, run, RunEnd::Completed(vec![])).await,
+        ErrorKind::LeaseLost,
+        "end_run",
+    );
+    let suspend = Suspend { run, until: Some(ctx.clock.now() + secs(5)), waits: vec![] };
+    assert_kind(ctx.store.suspend_run(old, suspend).await, ErrorKind::LeaseLost, "suspend_run");
+    assert!(ctx.checkpoint_keys(run).await.is_empty(), "nothing written by the stale drive");
+    assert_eq!(ctx.run_state(run).await, RunState::Running);
+    // The lease of another run's drive job does not fence this run either.
+    let other = ctx.start("other").await;
+    let other_lease = ctx.drive(other).await;
+    assert_kind(ctx.store.load_run(other_lease, run).await, ErrorKind::LeaseLost, "load_run");
+    assert_kind(ctx.store.load_run(new, RunId::new()).await, ErrorKind::NotFound, "load_run");
+    ctx.store.load_run(new, run).await.expect("the current lease holds");
+}
+
+/// Suspending until a time marks the run suspended and snoozes its drive job in the same
+/// operation: due at the wake time, the attempt given back, and the runtime's own finish of
+/// that attempt is `AlreadyApplied`. Driving again makes the run running.
+pub async fn suspend_snoozes_the_drive_job(ctx: TestContext) {
+    let run = ctx.start("sleepy").await;
+    let lease = ctx.drive(run).await;
+    let wake = ctx.clock.now() + secs(10);
+    let suspend = Suspend { run, until: Some(wake), waits: vec![] };
+    let outcome = ctx.store.suspend_run(lease, suspend).await.unwrap();
+    assert_eq!(outcome, SuspendOutcome::Suspended { wake_at: wake });
+    assert_eq!(ctx.run_state(run).await, RunState::Suspended);
+    let job = ctx.job(lease.job_id).await;
+    assert_eq!((job.state, job.run_at, job.attempt), (JobState::Available, wake, 0));
+    assert_eq!(ctx.finish(lease, Outcome::Complete).await, FinishResult::AlreadyApplied);
+    ctx.clock.advance(secs(9));
+    ctx.claim_none(DRIVE).await;
+    ctx.clock.advance(secs(1));
+    let again = ctx.drive(run).await;
+    let snapshot = ctx.store.load_run(again, run).await.unwrap();
+    assert_eq!(snapshot.run.state, RunState::Running);
+    assert_eq!(ctx.run_state(run).await, RunState::Running);
+}
+
+/// A suspend with no wake time and no wait is refused and changes nothing.
+pub async fn suspend_needs_something_to_wake_for(ctx: TestContext) {
+    let run = ctx.start("idle").await;
+    let lease = ctx.drive(run).await;
+    let suspend = Suspend { run, until: None, waits: vec![] };
+    assert_kind(
+        ctx.store.suspend_run(lease, suspend).await,
+        ErrorKind::InvalidInput,
+        "suspend_run",
+    );
+    assert_eq!(ctx.job(lease.job_id).await.state, JobState::Running);
+}
+
+/// One event, one waiter: the oldest wait on (name, key) receives it; its checkpoint holds the
+/// payload and its drive job is due at once; the other waiter keeps waiting.
+pub async fn event_goes_to_the_oldest_waiter(ctx: TestContext) {
+    let first = ctx.start("a").await;
+    let lease = ctx.drive(first).await;
+    ctx.clock.advance(secs(1));
+    assert!(matches!(
+        ctx.wait_for(lease, first, "w", "paid", "o-1").await,
+        SuspendOutcome::Suspended { .. }
+    ));
+    let second = ctx.start("b").await;
+    let lease2 = ctx.drive(second).await;
+    assert!(matches!(
+        ctx.wait_for(lease2, second, "w", "paid", "o-1").await,
+        SuspendOutcome::Suspended { .. }
+    ));
+    ctx.claim_none(DRIVE).await;
+
+    let published = ctx.publish("paid", "o-1", "{\"cents\":1999}", false).await;
+    assert_eq!((published.delivered_to, published.kept), (vec![first], false));
+    assert_eq!(ctx.checkpoint_keys(first).await, vec!["w".to_owned()]);
+    assert!(ctx.checkpoint_keys(second).await.is_empty());
+    let again = ctx.drive(first).await;
+    let resolved = ctx.store.resolve_wait(again, first, "w").await.unwrap();
+    assert_eq!(resolved, WaitResolution::Delivered(b"{\"cents\":1999}".to_vec()));
+    ctx.claim_none(DRIVE).await;
+
+    let published = ctx.publish("paid", "o-1", "{}", false).await;
+    assert_eq!(published.delivered_to, vec![second]);
+}
+
+/// An event nobody waits for is kept and taken by the first wait that matches: that suspend
+/// answers `Delivered`, writes the checkpoint and leaves the drive running; it is taken once.
+pub async fn event_before_its_wait_is_kept(ctx: TestContext) {
+    let published = ctx.publish("shipped", "o-2", "truck", false).await;
+    assert_eq!((published.delivered_to.len(), published.kept), (0, true));
+    let run = ctx.start("ship").await;
+    let lease = ctx.drive(run).await;
+    assert_eq!(ctx.wait_for(lease, run, "w", "shipped", "o-2").await, SuspendOutcome::Delivered);
+    assert_eq!(ctx.job(lease.job_id).await.state, JobState::Running, "the drive goes on");
+    let resolved = ctx.store.resolve_wait(lease, run, "w").await.unwrap();
+    assert_eq!(resolved, WaitResolution::Delivered(b"truck".to_vec()));
+    // Taken: a second wait for the same event suspends.
+    let suspended = ctx.wait_for(lease, run, "w2", "shipped", "o-2").await;
+    assert!(matches!(suspended, SuspendOutcome::Suspended { .. }), "{suspended:?}");
+}
+
+/// A kept event expires at its `keep_until`.
+pub async fn kept_event_expires(ctx: TestContext) {
+    let event = NewEvent {
+        id: EventId::new(),
+        name: "late".into(),
+        correlation: "k".into(),
+        payload: b"x".to_vec(),
+        scope: Scope::default(),
+        broadcast: false,
+        keep_until: ctx.clock.now() + secs(5),
+    };
+    assert!(ctx.store.publish_event(event).await.unwrap().kept);
+    ctx.clock.advance(secs(6));
+    let run = ctx.start("late").await;
+    let lease = ctx.drive(run).await;
+    let outcome = ctx.wait_for(lease, run, "w", "late", "k").await;
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "expired, got {outcome:?}");
+}
+
+/// A broadcast reaches every run waiting at publish time and is not kept for later ones.
+pub async fn broadcast_reaches_every_current_waiter(ctx: TestContext) {
+    let mut waiting = HashSet::new();
+    for _ in 0..3 {
+        let run = ctx.start("listener").await;
+        let lease = ctx.drive(run).await;
+        ctx.wait_for(lease, run, "w", "deploy", "all").await;
+        waiting.insert(run);
+    }
+    let published = ctx.publish("deploy", "all", "v2", true).await;
+    assert_eq!(published.delivered_to.iter().copied().collect::<HashSet<_>>(), waiting);
+    assert!(!published.kept);
+    assert_eq!(ctx.claim(&[DRIVE], 10).await.len(), 3, "every waiter is due");
+    let late = ctx.start("late").await;
+    let lease = ctx.drive(late).await;
+    let outcome = ctx.wait_for(lease, late, "w", "deploy", "all").await;
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "not kept: {outcome:?}");
+}
+
+/// Delivery needs the same name, correlation key and scope.
+pub async fn event_respects_name_key_and_scope(ctx: TestContext) {
+    let acme = Scope::new("shop", "acme");
+    let run = ctx.start_in("scoped", acme.clone()).await;
+    let lease = ctx.drive(run).await;
+    ctx.wait_for(lease, run, "w", "paid", "o-9").await;
+    assert!(ctx.publish_in("paid", "o-9", "x", false, Scope::new("shop", "globex")).await.kept);
+    assert!(ctx.publish_in("paid", "o-8", "x", false, acme.clone()).await.kept);
+    assert!(ctx.publish_in("refunded", "o-9", "x", false, acme.clone()).await.kept);
+    ctx.claim_none(DRIVE).await;
+    let published = ctx.publish_in("paid", "o-9", "yes", false, acme).await;
+    assert_eq!(published.delivered_to, vec![run]);
+}
+
+/// A wait that timed out is removed when resolved: a later event is kept, not delivered to it.
+pub async fn timed_out_wait_receives_nothing_later(ctx: TestContext) {
+    let run = ctx.start("patient").await;
+    let lease = ctx.drive(run).await;
+    let outcome = ctx.wait_for(lease, run, "w", "reply", "r-1").await;
+    let SuspendOutcome::Suspended { wake_at } = outcome else { panic!("{outcome:?}") };
+    assert_eq!(wake_at, ctx.clock.now() + secs(60), "due at the wait's deadline");
+    ctx.clock.advance(secs(60));
+    let again = ctx.drive(run).await;
+    assert_eq!(ctx.store.resolve_wait(again, run, "w").await.unwrap(), WaitResolution::TimedOut);
+    let published = ctx.publish("reply", "r-1", "too late", false).await;
+    assert_eq!((published.delivered_to.len(), published.kept), (0, true));
+    assert!(ctx.checkpoint_keys(run).await.is_empty());
+}
+
+/// Ending a run records its state, output or error and finish time, and drops its waits.
+pub async fn end_run_records_the_outcome(ctx: TestContext) {
+    let done = ctx.start("done").await;
+    let lease = ctx.drive(done).await;
+    ctx.store.end_run(lease, done, RunEnd::Completed(b"42".to_vec())).await.unwrap();
+    let run = ctx.store.get_run(done).await.unwrap().unwrap();
+    assert_eq!(
+        (run.state, run.output, run.finished_at),
+        (RunState::Completed, Some(b"42".to_vec()), Some(ctx.clock.now()))
+    );
+
+    let failed = ctx.start("failed").await;
+    let lease = ctx.drive(failed).await;
+    let deadline = ctx.clock.now() + secs(60);
+    let wait =
+        EventWait { key: "w".into(), name: "never".into(), correlation: "x".into(), deadline };
+    let outcome = ctx
+        .store
+        .suspend_run(lease, Suspend { run: failed, until: None, waits: vec![wait] })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }));
+    ctx.clock.advance(secs(60));
+    let lease = ctx.drive(failed).await;
+    ctx.store.end_run(lease, failed, RunEnd::Failed("card declined".into())).await.unwrap();
+    let run = ctx.store.get_run(failed).await.unwrap().unwrap();
+    assert_eq!((run.state, run.error.as_deref()), (RunState::Failed, Some("card declined")));
+    assert!(ctx.publish("never", "x", "p", false).await.kept, "its waits are gone");
+}
+
+/// A drive job that dies (out of attempts) fails its run in the same operation, with the job's
+/// last error.
+pub async fn dying_drive_job_fails_its_run(ctx: TestContext) {
+    let (run, mut drive) = new_run("fragile");
+    drive.max_attempts = 1;
+    let id = ctx.store.start_run(run, drive).await.unwrap().id();
+    let lease = ctx.drive(id).await;
+    let result = ctx.finish(lease, Outcome::Fail { failure: failure("worker crashed") }).await;
+    assert!(matches!(result, FinishResult::Applied { state: JobState::Dead, .. }), "{result:?}");
+    let run = ctx.store.get_run(id).await.unwrap().unwrap();
+    assert_eq!((run.state, run.error.as_deref()), (RunState::Failed, Some("worker crashed")));
+
+    // The same through rescue: the lease expires on the last attempt.
+    let (run, mut drive) = new_run("crashy");
+    drive.max_attempts = 1;
+    let id = ctx.store.start_run(run, drive).await.unwrap().id();
+    ctx.drive(id).await;
+    ctx.clock.advance(PAST_TTL);
+    assert_eq!(ctx.store.rescue_expired(10).await.unwrap().promoted.len(), 1);
+    assert_eq!(ctx.run_state(id).await, RunState::Failed);
+}
+
+/// Listing by state and name, in ID order, page by page.
+pub async fn list_runs_filters_and_paginates(ctx: TestContext) {
+    let mut orders = Vec::new();
+    for _ in 0..5 {
+        orders.push(ctx.start("order").await);
+    }
+    let refund = ctx.start("refund").await;
+    let lease = ctx.drive(orders[0]).await;
+    ctx.store.end_run(lease, orders[0], RunEnd::Completed(vec![])).await.unwrap();
+
+    let mut seen = Vec::new();
+    let filter = RunFilter { name: Some("order".into()), ..RunFilter::default() };
+    let mut page = PageRequest::first(2);
+    loop {
+        let found = ctx.store.list_runs(&filter, &page).await.unwrap();
+        assert!(found.items.len() <= 2);
+        seen.extend(found.items.iter().map(|r| r.id));
+        match PageRequest::next_of(&found, 2) {
+            Some(next) => page = next,
+            None => break,
+        }
+    }
+    let mut expected = orders.clone();
+    expected.sort();
+    assert_eq!(seen, expected, "every order run once, in ID order");
+    let running = RunFilter { state: Some(RunState::Running), name: Some("order".into()) };
+    let found = ctx.store.list_runs(&running, &PageRequest::first(100)).await.unwrap();
+    assert_eq!(found.items.len(), 4);
+    let all = ctx.store.list_runs(&RunFilter::default(), &PageRequest::first(100)).await.unwrap();
+    assert_eq!(all.items.len(), 6);
+    assert!(all.items.iter().any(|r| r.id == refund));
+    let _: Timestamp = all.items[0].created_at;
+}
