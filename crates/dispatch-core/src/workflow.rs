@@ -212,6 +212,9 @@ pub struct RunSnapshot {
     pub run: Run,
     /// Its checkpoints.
     pub checkpoints: Vec<Checkpoint>,
+    /// The store's clock at the load: the drive measures time from it (durable sleeps and
+    /// wait deadlines are absolute times on the store's clock, never the application's).
+    pub now: Timestamp,
 }
 
 /// One event a suspending run waits for.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{JobId, Scope};
+use dispatch_core::{JobId, LeaseRef, LeaseToken, Scope};
 use tokio::sync::Notify;
 
 /// Why an attempt was asked to stop.
@@ -141,9 +141,16 @@ pub struct JobContext {
     pub(crate) timeout: Option<Duration>,
     pub(crate) scope: Scope,
     pub(crate) cancel: CancelToken,
+    pub(crate) token: LeaseToken,
 }
 
 impl JobContext {
+    /// This attempt's lease: the fence for store writes made on behalf of the attempt (a
+    /// workflow drive's checkpoints). Writes with it are refused once the lease is lost.
+    pub fn lease(&self) -> LeaseRef {
+        LeaseRef { job_id: self.id, token: self.token }
+    }
+
     /// The job's ID.
     pub fn job_id(&self) -> JobId {
         self.id
@@ -210,6 +217,7 @@ impl JobContext {
             timeout: None,
             scope: Scope::default(),
             cancel: CancelToken::new(),
+            token: LeaseToken::new(),
         }
     }
 }

@@ -219,7 +219,7 @@ impl WorkflowStore for MemoryStore {
             row.run.state = RunState::Running;
             row.run.updated_at = now;
         }
-        Ok(RunSnapshot { run: row.run.clone(), checkpoints: row.checkpoints.clone() })
+        Ok(RunSnapshot { run: row.run.clone(), checkpoints: row.checkpoints.clone(), now })
     }
 
     async fn save_checkpoints(

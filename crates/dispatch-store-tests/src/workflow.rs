@@ -182,7 +182,7 @@ pub async fn checkpoints_load_in_write_order(ctx: TestContext) {
     ];
     assert_eq!(snapshot.checkpoints, expected);
     assert_eq!(ctx.store.checkpoints(run).await.unwrap(), expected);
-    assert_eq!(snapshot.run.id, run);
+    assert_eq!((snapshot.run.id, snapshot.now), (run, now), "the store's clock at the load");
 }
 
 /// Every drive call is fenced by the drive job's lease: a stale or foreign lease is refused

@@ -162,6 +162,7 @@ async fn run_job(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphor
         timeout: job.timeout,
         scope: job.scope,
         cancel: cancel.clone(),
+        token: lease.token,
     };
     let started = tokio::time::Instant::now();
     let call = shared.service.clone().oneshot(JobRequest { ctx, payload: job.payload });
