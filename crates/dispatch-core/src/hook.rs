@@ -1,4 +1,4 @@
-//! Lifecycle hooks: observe what happens to jobs without being on their path.
+//! Lifecycle hooks: observe what happens to jobs and workflow runs without being on their path.
 //!
 //! The runtime delivers events to hooks from a task of its own, in order, after the store has
 //! recorded the transition; a slow hook delays other hooks, never claiming or finishing, and a
@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::id::{DlqId, JobId};
+use crate::id::{DlqId, JobId, RunId};
 use crate::job::Failure;
 use crate::scope::Scope;
+use crate::time::Timestamp;
 
 /// The job an event is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +27,20 @@ pub struct JobInfo {
     pub scope: Scope,
 }
 
-/// Something that happened to a job, or to the runtime.
+/// The workflow run an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunInfo {
+    /// Its ID.
+    pub id: RunId,
+    /// The workflow name.
+    pub name: String,
+    /// The workflow version it runs on.
+    pub version: u32,
+    /// Tenant scope.
+    pub scope: Scope,
+}
+
+/// Something that happened to a job, a workflow run, or the runtime.
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Event {
@@ -94,6 +108,58 @@ pub enum Event {
         /// How long until it runs again.
         delay: Duration,
     },
+    /// A workflow run was started (its first drive is due).
+    RunStarted {
+        /// The run.
+        run: RunInfo,
+    },
+    /// A drive picked up a run that was suspended.
+    RunResumed {
+        /// The run.
+        run: RunInfo,
+    },
+    /// A run suspended (a durable sleep, an event wait, a step's retry backoff): it holds no
+    /// worker until `wake_at` or an event.
+    RunSuspended {
+        /// The run.
+        run: RunInfo,
+        /// When its drive is due at the latest (store clock).
+        wake_at: Timestamp,
+    },
+    /// A step's result was checkpointed.
+    StepCompleted {
+        /// The run.
+        run: RunInfo,
+        /// The step's checkpoint key.
+        key: String,
+        /// The attempt that succeeded (1-based).
+        attempt: u32,
+    },
+    /// A step attempt failed.
+    StepFailed {
+        /// The run.
+        run: RunInfo,
+        /// The step's checkpoint key.
+        key: String,
+        /// The attempt that failed (1-based).
+        attempt: u32,
+        /// Why.
+        error: String,
+        /// Whether another attempt is scheduled.
+        will_retry: bool,
+    },
+    /// A run completed.
+    RunCompleted {
+        /// The run.
+        run: RunInfo,
+    },
+    /// A run failed.
+    RunFailed {
+        /// The run.
+        run: RunInfo,
+        /// Why.
+        error: String,
+    },
     /// A worker stopped.
     Shutdown,
 }
@@ -110,7 +176,21 @@ impl Event {
             | Self::JobPromoted { job, .. }
             | Self::JobCancelled { job, .. }
             | Self::JobSnoozed { job, .. } => Some(job),
-            Self::Shutdown => None,
+            _ => None,
+        }
+    }
+
+    /// The workflow run the event is about, if any.
+    pub fn run(&self) -> Option<&RunInfo> {
+        match self {
+            Self::RunStarted { run }
+            | Self::RunResumed { run }
+            | Self::RunSuspended { run, .. }
+            | Self::StepCompleted { run, .. }
+            | Self::StepFailed { run, .. }
+            | Self::RunCompleted { run }
+            | Self::RunFailed { run, .. } => Some(run),
+            _ => None,
         }
     }
 }

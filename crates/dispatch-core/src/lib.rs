@@ -29,7 +29,7 @@ pub use dlq::{DlqEntry, DlqFilter, DlqPurge, DlqStore, Replay};
 #[doc(inline)]
 pub use error::{Error, ErrorKind, Result};
 #[doc(inline)]
-pub use hook::{Event, Hook, JobInfo};
+pub use hook::{Event, Hook, JobInfo, RunInfo};
 #[doc(inline)]
 pub use id::{CronId, DlqId, EventId, JobId, RunId, WorkerId};
 #[doc(inline)]

@@ -28,7 +28,7 @@
 //! store operation, to the oldest wait registered on that (name, key, scope) — one event, one
 //! waiter — or, for a broadcast, to every such wait registered at that moment. Delivery writes the
 //! wait's checkpoint (the payload) and makes the waiting run's drive job available at once. A
-//! non-broadcast event nobody waits for is kept until its `keep_until` and taken by the first
+//! non-broadcast event nobody waits for is kept for its `keep_for` and taken by the first
 //! wait registered before then. A wait that times out is removed atomically with the check
 //! that nothing was delivered ([`resolve_wait`](WorkflowStore::resolve_wait)), so an event
 //! is never delivered to a wait that already gave up.
@@ -307,8 +307,9 @@ pub struct NewEvent {
     pub scope: Scope,
     /// Deliver to every run waiting now (not kept for later waiters).
     pub broadcast: bool,
-    /// Until when a non-broadcast event that no run waits for yet is kept for a later wait.
-    pub keep_until: Timestamp,
+    /// How long a non-broadcast event that no run waits for yet is kept for a later wait,
+    /// from the publish (store clock).
+    pub keep_for: std::time::Duration,
 }
 
 /// What a publish did.

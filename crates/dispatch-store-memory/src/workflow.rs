@@ -305,14 +305,15 @@ impl WorkflowStore for MemoryStore {
                 published.delivered_to.push(run);
             }
         }
-        if published.delivered_to.is_empty() && !event.broadcast && event.keep_until > now {
+        let keep_until = now + event.keep_for;
+        if published.delivered_to.is_empty() && !event.broadcast && keep_until > now {
             let seq = state.runs.next_seq();
             let kept = KeptEvent {
                 name: event.name,
                 correlation: event.correlation,
                 scope: event.scope,
                 payload: event.payload,
-                keep_until: event.keep_until,
+                keep_until,
             };
             state.runs.kept.insert(seq, kept);
             published.kept = true;

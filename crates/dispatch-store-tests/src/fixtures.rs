@@ -86,6 +86,8 @@ pub struct CountingStore {
     pub finishes: AtomicUsize,
     /// `next_due` calls answered: each is an idle fetch loop about to sleep.
     pub next_dues: AtomicUsize,
+    /// Calls a workflow drive makes: load, save checkpoints, suspend, resolve a wait, end.
+    pub drive_calls: AtomicUsize,
     /// When set, heartbeats fail as if the store were unreachable.
     pub fail_heartbeats: AtomicBool,
 }
@@ -99,6 +101,7 @@ impl CountingStore {
             heartbeats: Mutex::default(),
             finishes: AtomicUsize::new(0),
             next_dues: AtomicUsize::new(0),
+            drive_calls: AtomicUsize::new(0),
             fail_heartbeats: AtomicBool::new(false),
         })
     }
@@ -167,6 +170,7 @@ impl WorkflowStore for CountingStore {
         self.inner.checkpoints(run).await
     }
     async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
+        self.drive_calls.fetch_add(1, Ordering::SeqCst);
         self.inner.load_run(lease, run).await
     }
     async fn save_checkpoints(
@@ -175,15 +179,19 @@ impl WorkflowStore for CountingStore {
         run: RunId,
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
+        self.drive_calls.fetch_add(1, Ordering::SeqCst);
         self.inner.save_checkpoints(lease, run, checkpoints).await
     }
     async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome> {
+        self.drive_calls.fetch_add(1, Ordering::SeqCst);
         self.inner.suspend_run(lease, suspend).await
     }
     async fn resolve_wait(&self, lease: LeaseRef, run: RunId, key: &str) -> Result<WaitResolution> {
+        self.drive_calls.fetch_add(1, Ordering::SeqCst);
         self.inner.resolve_wait(lease, run, key).await
     }
     async fn end_run(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()> {
+        self.drive_calls.fetch_add(1, Ordering::SeqCst);
         self.inner.end_run(lease, run, end).await
     }
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {

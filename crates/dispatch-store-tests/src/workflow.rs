@@ -14,7 +14,7 @@ use dispatch_core::{
 use dispatch_core::Clock as _;
 
 use crate::TestContext;
-use crate::support::{PAST_TTL, assert_kind, failure, lease, request, secs};
+use crate::support::{PAST_TTL, assert_kind, failure, lease, secs};
 
 /// The drive jobs of the suite's runs.
 const DRIVE: &str = "wf-drive";
@@ -104,7 +104,7 @@ impl TestContext {
             payload: payload.as_bytes().to_vec(),
             scope,
             broadcast,
-            keep_until: self.clock.now() + secs(3600),
+            keep_for: secs(3600),
         };
         self.store.publish_event(event).await.expect("publish_event")
     }
@@ -302,7 +302,7 @@ pub async fn event_before_its_wait_is_kept(ctx: TestContext) {
     assert!(matches!(suspended, SuspendOutcome::Suspended { .. }), "{suspended:?}");
 }
 
-/// A kept event expires at its `keep_until`.
+/// A kept event expires `keep_for` after its publish.
 pub async fn kept_event_expires(ctx: TestContext) {
     let event = NewEvent {
         id: EventId::new(),
@@ -311,7 +311,7 @@ pub async fn kept_event_expires(ctx: TestContext) {
         payload: b"x".to_vec(),
         scope: Scope::default(),
         broadcast: false,
-        keep_until: ctx.clock.now() + secs(5),
+        keep_for: secs(5),
     };
     assert!(ctx.store.publish_event(event).await.unwrap().kept);
     ctx.clock.advance(secs(6));

@@ -1,0 +1,138 @@
+//! Workflow definitions: a name, a version, typed input and output, and the async function that
+//! runs the workflow over a [`WorkflowContext`].
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::Backoff;
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::WorkflowContext;
+use crate::error::WorkflowError;
+
+/// How a step is retried: attempts (the first included) and the backoff between them. A retry is
+/// durable: the run suspends for the backoff and holds no worker slot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepPolicy {
+    /// Attempts, the first included (at least 1).
+    pub attempts: u32,
+    /// The wait before attempt `n + 1` after attempt `n` failed.
+    pub backoff: Backoff,
+}
+
+impl Default for StepPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            backoff: Backoff::Exponential {
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(60),
+            },
+        }
+    }
+}
+
+/// The type-erased body of a workflow: encoded input in, encoded output out.
+pub(crate) type Body = Arc<
+    dyn Fn(WorkflowContext, Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, WorkflowError>>
+        + Send
+        + Sync,
+>;
+
+/// A workflow: `name` at `version`, from input `I` to output `O`.
+pub struct WorkflowDefinition<I, O> {
+    pub(crate) name: String,
+    pub(crate) version: u32,
+    pub(crate) policy: StepPolicy,
+    pub(crate) body: Body,
+    _types: PhantomData<fn(I) -> O>,
+}
+
+impl<I, O> Clone for WorkflowDefinition<I, O> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            version: self.version,
+            policy: self.policy.clone(),
+            body: self.body.clone(),
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<I, O> std::fmt::Debug for WorkflowDefinition<I, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkflowDefinition")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I, O> WorkflowDefinition<I, O>
+where
+    I: Serialize + DeserializeOwned + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
+{
+    /// Version 1 of workflow `name`, running `body`.
+    pub fn new<F, Fut>(name: impl Into<String>, body: F) -> Self
+    where
+        F: Fn(WorkflowContext, I) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<O, WorkflowError>> + Send + 'static,
+    {
+        let body: Body =
+            Arc::new(move |ctx, input: Vec<u8>| match serde_json::from_slice(&input) {
+                Ok(input) => body(ctx, input)
+                    .map(|out| {
+                        let out = out?;
+                        serde_json::to_vec(&out).map_err(|e| WorkflowError::Codec(e.to_string()))
+                    })
+                    .boxed(),
+                Err(e) => {
+                    let error = WorkflowError::Codec(format!("input does not decode: {e}"));
+                    async move { Err(error) }.boxed()
+                }
+            });
+        Self {
+            name: name.into(),
+            version: 1,
+            policy: StepPolicy::default(),
+            body,
+            _types: PhantomData,
+        }
+    }
+
+    /// This definition as `version` (several versions of one name can be registered; a run stays
+    /// on the version it started with).
+    pub fn version(mut self, version: u32) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The retry policy of steps that do not set their own.
+    pub fn step_policy(mut self, policy: StepPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The workflow name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name of this version's drive jobs: workers claim them by it, so a worker without this
+    /// version never drives its runs.
+    pub fn drive_job_name(&self) -> String {
+        drive_job_name(&self.name, self.version)
+    }
+}
+
+/// The drive job name of `name` at `version`.
+pub(crate) fn drive_job_name(name: &str, version: u32) -> String {
+    format!("workflow:{name}:v{version}")
+}

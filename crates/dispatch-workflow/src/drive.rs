@@ -1,0 +1,213 @@
+//! One drive of a run: the state its primitives share while the workflow function replays, and
+//! the loop that runs the function until it returns, suspends, or is fenced out.
+//!
+//! The function re-runs from the top on every drive; primitives answer from the checkpoints
+//! loaded at the start (no store call for a finished step), so a resume costs one read however
+//! many steps are done. A primitive that must wait (a sleep, an event, a step's retry backoff)
+//! records why and never completes; once no step is executing anywhere in the function, the
+//! drive drops the function's future and suspends the run in one store call.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use dispatch_core::{
+    Error, ErrorKind, Event, EventWait, LeaseRef, NewCheckpoint, RunInfo, Suspend, Timestamp,
+    WorkflowStore,
+};
+use dispatch_job::HookBus;
+use futures::FutureExt;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::context::WorkflowContext;
+use crate::definition::{Body, StepPolicy};
+use crate::error::WorkflowError;
+
+/// Why a drive stopped before the function returned.
+#[derive(Debug)]
+pub(crate) enum Halt {
+    /// The run waits: suspend it.
+    Suspend(Suspend),
+    /// A store call failed: end this attempt (the drive job retries) or, for `LeaseLost`, stop.
+    Store(Error),
+}
+
+/// How the function's run ended.
+pub(crate) enum Ended {
+    Returned(Result<Vec<u8>, WorkflowError>),
+    Panicked(String),
+    Halted(Halt),
+}
+
+#[derive(Default)]
+struct Pending {
+    /// Steps (and checkpoint writes) executing now.
+    active: usize,
+    until: Option<Timestamp>,
+    waits: Vec<EventWait>,
+    failed: Option<Error>,
+}
+
+/// The state one drive's primitives share.
+pub(crate) struct Drive {
+    pub(crate) store: Arc<dyn WorkflowStore>,
+    pub(crate) lease: LeaseRef,
+    pub(crate) run: RunInfo,
+    pub(crate) policy: StepPolicy,
+    pub(crate) hooks: HookBus,
+    checkpoints: Mutex<HashMap<String, Vec<u8>>>,
+    /// The store's clock at the load, and when that was by this process's monotonic clock.
+    base: (Timestamp, tokio::time::Instant),
+    pending: Mutex<Pending>,
+    idle: Notify,
+}
+
+impl Drive {
+    pub(crate) fn new(
+        store: Arc<dyn WorkflowStore>,
+        lease: LeaseRef,
+        run: RunInfo,
+        policy: StepPolicy,
+        hooks: HookBus,
+        snapshot: &dispatch_core::RunSnapshot,
+    ) -> Self {
+        let checkpoints =
+            snapshot.checkpoints.iter().map(|c| (c.key.clone(), c.data.clone())).collect();
+        Self {
+            store,
+            lease,
+            run,
+            policy,
+            hooks,
+            checkpoints: Mutex::new(checkpoints),
+            base: (snapshot.now, tokio::time::Instant::now()),
+            pending: Mutex::new(Pending::default()),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Now, on the store's clock.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.base.0 + self.base.1.elapsed()
+    }
+
+    /// The data of checkpoint `key`, if written.
+    pub(crate) fn checkpoint(&self, key: &str) -> Option<Vec<u8>> {
+        self.checkpoints.lock().get(key).cloned()
+    }
+
+    /// Write checkpoint `key`, fenced by the drive's lease. On failure the drive halts: this
+    /// future never completes.
+    pub(crate) async fn write(&self, key: String, data: Vec<u8>) {
+        let active = self.begin();
+        let write = vec![NewCheckpoint::new(key.clone(), data.clone())];
+        match self.store.save_checkpoints(self.lease, self.run.id, write).await {
+            Ok(()) => {
+                self.checkpoints.lock().insert(key, data);
+            }
+            Err(error) => {
+                drop(active);
+                self.fail(error).await;
+            }
+        }
+    }
+
+    /// Halt the drive on a failed store call. Never completes.
+    pub(crate) async fn fail(&self, error: Error) {
+        self.pending.lock().failed = Some(error);
+        self.halt().await;
+    }
+
+    /// Mark a step (or write) as executing until the guard drops.
+    pub(crate) fn begin(&self) -> Active<'_> {
+        self.pending.lock().active += 1;
+        Active(self)
+    }
+
+    /// Wait until `until`: the run suspends (once nothing else executes). Never completes.
+    pub(crate) async fn sleep_until(&self, until: Timestamp) {
+        {
+            let mut pending = self.pending.lock();
+            pending.until = Some(pending.until.map_or(until, |t| t.min(until)));
+        }
+        self.halt().await;
+    }
+
+    /// Wait for an event: the run suspends with this wait registered. Never completes.
+    pub(crate) async fn wait(&self, wait: EventWait) {
+        self.pending.lock().waits.push(wait);
+        self.halt().await;
+    }
+
+    async fn halt(&self) {
+        self.idle.notify_one();
+        std::future::pending::<()>().await;
+    }
+
+    /// Why to stop now, if the function can not make progress without a suspension.
+    fn halt_reason(&self) -> Option<Halt> {
+        let mut pending = self.pending.lock();
+        if let Some(error) = pending.failed.take() {
+            return Some(Halt::Store(error));
+        }
+        let waiting = pending.until.is_some() || !pending.waits.is_empty();
+        (pending.active == 0 && waiting).then(|| {
+            Halt::Suspend(Suspend {
+                run: self.run.id,
+                until: pending.until.take(),
+                waits: std::mem::take(&mut pending.waits),
+            })
+        })
+    }
+
+    pub(crate) fn emit(&self, make: impl FnOnce(RunInfo) -> Event) {
+        self.hooks.emit(|| make(self.run.clone()));
+    }
+}
+
+/// A step or write in progress; dropping it may let the drive suspend.
+pub(crate) struct Active<'a>(&'a Drive);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.pending.lock().active -= 1;
+        self.0.idle.notify_one();
+    }
+}
+
+/// Run the workflow function over `drive` until it returns, panics, or halts.
+pub(crate) async fn run_body(body: &Body, drive: Arc<Drive>, input: Vec<u8>) -> Ended {
+    let ctx = WorkflowContext::root(drive.clone());
+    let mut function = AssertUnwindSafe(body(ctx, input)).catch_unwind();
+    loop {
+        tokio::select! {
+            biased;
+            ended = &mut function => {
+                return match ended {
+                    Ok(result) => Ended::Returned(result),
+                    Err(panic) => Ended::Panicked(panic_message(panic.as_ref())),
+                };
+            }
+            () = drive.idle.notified() => {
+                if let Some(halt) = drive.halt_reason() {
+                    return Ended::Halted(halt);
+                }
+            }
+        }
+    }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-string payload".to_owned())
+}
+
+/// Whether `error` means the drive was fenced out (nothing more to do).
+pub(crate) fn fenced(error: &Error) -> bool {
+    error.kind() == ErrorKind::LeaseLost
+}

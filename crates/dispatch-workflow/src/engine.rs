@@ -1,0 +1,332 @@
+//! [`Workflows`]: registers definitions as drive jobs, starts runs, publishes events, and drives
+//! runs when the job runtime hands it a drive job.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::{
+    DynStore, Error, Event, EventId, Hook, NewEvent, NewRun, Page, PageRequest, Published, Run,
+    RunEnd, RunFilter, RunId, RunInfo, RunSnapshot, RunState, Scope, Started,
+};
+use dispatch_job::{EnqueueOptions, HookBus, JobContext, JobDefinition, JobError};
+use parking_lot::RwLock;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::definition::{Body, StepPolicy, WorkflowDefinition, drive_job_name};
+use crate::drive::{Drive, Ended, Halt, fenced, run_body};
+
+/// How long an event nobody waits for is kept by default.
+pub const DEFAULT_EVENT_KEEP: Duration = Duration::from_secs(24 * 3600);
+/// Attempts of a drive job: spent only when a drive crashes or loses its lease (a suspension
+/// gives its attempt back), so a run whose drive kills its worker this often ends failed.
+pub const DRIVE_ATTEMPTS: u32 = 10;
+
+/// Options of a start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StartOptions {
+    /// Start at most one run per workflow name and key: a second start returns the first run.
+    pub idempotency_key: Option<String>,
+    /// Tenant scope (events reach the run only within it).
+    pub scope: Scope,
+}
+
+/// Options of a publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Tenant scope: only runs of this scope receive it.
+    pub scope: Scope,
+    /// Deliver to every run waiting now, instead of the one that waited longest.
+    pub broadcast: bool,
+    /// How long to keep it when nobody waits yet (default [`DEFAULT_EVENT_KEEP`]).
+    pub keep_for: Duration,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        Self { scope: Scope::default(), broadcast: false, keep_for: DEFAULT_EVENT_KEEP }
+    }
+}
+
+/// A registered version of a workflow.
+struct Registered {
+    body: Body,
+    policy: StepPolicy,
+}
+
+struct Inner {
+    store: DynStore,
+    versions: RwLock<HashMap<(String, u32), Arc<Registered>>>,
+    hooks: HookBus,
+}
+
+/// The workflow engine over one store. Cheap to clone.
+#[derive(Clone)]
+pub struct Workflows {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Workflows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workflows").finish_non_exhaustive()
+    }
+}
+
+impl Workflows {
+    /// An engine over `store`, with no hooks.
+    pub fn new(store: DynStore) -> Self {
+        Self::with_hooks(store, Vec::new())
+    }
+
+    /// An engine over `store` whose run and step events go to `hooks` (build it inside a tokio
+    /// runtime when `hooks` is not empty: delivery runs on a task of its own).
+    pub fn with_hooks(store: DynStore, hooks: Vec<Arc<dyn Hook>>) -> Self {
+        let hooks = if hooks.is_empty() { HookBus::disabled() } else { HookBus::new(hooks) };
+        Self { inner: Arc::new(Inner { store, versions: RwLock::default(), hooks }) }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &DynStore {
+        &self.inner.store
+    }
+
+    /// Register `definition` and get the drive job to register with a worker
+    /// (`WorkerBuilder::register`): a worker drives the runs of exactly the versions whose drive
+    /// jobs it registered.
+    pub fn register<I, O>(&self, definition: &WorkflowDefinition<I, O>) -> JobDefinition<RunId>
+    where
+        I: Serialize + DeserializeOwned + Send + 'static,
+        O: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let registered =
+            Registered { body: definition.body.clone(), policy: definition.policy.clone() };
+        let key = (definition.name.clone(), definition.version);
+        self.inner.versions.write().insert(key, Arc::new(registered));
+        let engine = self.clone();
+        JobDefinition::new(definition.drive_job_name(), move |ctx: JobContext, run: RunId| {
+            let engine = engine.clone();
+            async move { engine.drive(ctx, run).await }
+        })
+        .max_attempts(DRIVE_ATTEMPTS)
+    }
+
+    /// Start a run of `definition` with `input`: the run and its first drive job are created
+    /// in one store operation. Returns the run's ID (the existing run's, for an idempotency key
+    /// already used).
+    pub async fn start<I, O>(
+        &self,
+        definition: &WorkflowDefinition<I, O>,
+        input: &I,
+        options: StartOptions,
+    ) -> Result<RunId, Error>
+    where
+        I: Serialize + DeserializeOwned + Send + 'static,
+        O: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let input = serde_json::to_vec(input)
+            .map_err(|e| Error::new(dispatch_core::ErrorKind::Codec, e.to_string()))?;
+        let run = NewRun {
+            id: RunId::new(),
+            name: definition.name.clone(),
+            version: definition.version,
+            input,
+            scope: options.scope.clone(),
+            idempotency_key: options.idempotency_key,
+            parent: None,
+        };
+        let drive = drive_job(&run, options.scope)?;
+        let info = run_info_of(&run);
+        let started = self.inner.store.start_run(run, drive).await?;
+        if let Started::Created(_) = started {
+            self.inner.hooks.emit(|| Event::RunStarted { run: info });
+        }
+        Ok(started.id())
+    }
+
+    /// Wait until run `id` ends and decode its output: `Ok(Ok(output))` when it completed,
+    /// `Ok(Err(run))` when it failed or was cancelled (see `run.error`). Polls the store.
+    pub async fn wait_for_output<O: DeserializeOwned>(
+        &self,
+        id: RunId,
+        timeout: Duration,
+    ) -> Result<Result<O, Run>, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut interval = Duration::from_millis(5);
+        loop {
+            let run = self
+                .inner
+                .store
+                .get_run(id)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("no run {id}")))?;
+            if run.state.is_final() {
+                return match (run.state, &run.output) {
+                    (RunState::Completed, Some(output)) => serde_json::from_slice(output)
+                        .map(Ok)
+                        .map_err(|e| Error::new(dispatch_core::ErrorKind::Codec, e.to_string())),
+                    _ => Ok(Err(run)),
+                };
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    dispatch_core::ErrorKind::Timeout,
+                    format!("run {id} did not end within {timeout:?}"),
+                ));
+            }
+            tokio::time::sleep(interval).await;
+            interval = (interval * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// Publish event `name` for `correlation` with `payload` (see `WorkflowStore::publish_event`).
+    pub async fn publish<T: Serialize>(
+        &self,
+        name: &str,
+        correlation: &str,
+        payload: &T,
+        options: PublishOptions,
+    ) -> Result<Published, Error> {
+        let payload = serde_json::to_vec(payload)
+            .map_err(|e| Error::new(dispatch_core::ErrorKind::Codec, e.to_string()))?;
+        let event = NewEvent {
+            id: EventId::new(),
+            name: name.to_owned(),
+            correlation: correlation.to_owned(),
+            payload,
+            scope: options.scope,
+            broadcast: options.broadcast,
+            keep_for: options.keep_for,
+        };
+        self.inner.store.publish_event(event).await
+    }
+
+    /// One run.
+    pub async fn get_run(&self, id: RunId) -> Result<Option<Run>, Error> {
+        self.inner.store.get_run(id).await
+    }
+
+    /// Runs by state and name, a page at a time.
+    pub async fn list_runs(
+        &self,
+        filter: &RunFilter,
+        page: &PageRequest<RunId>,
+    ) -> Result<Page<Run, RunId>, Error> {
+        self.inner.store.list_runs(filter, page).await
+    }
+
+    /// The run's timeline: its checkpoints (steps, timers, waits) in the order written.
+    pub async fn timeline(&self, id: RunId) -> Result<Vec<dispatch_core::Checkpoint>, Error> {
+        self.inner.store.checkpoints(id).await
+    }
+
+    /// Advance run `id` as the drive job `ctx` (the job runtime calls this).
+    async fn drive(&self, ctx: JobContext, id: RunId) -> Result<(), JobError> {
+        let store = &self.inner.store;
+        loop {
+            let snapshot = match store.load_run(ctx.lease(), id).await {
+                Ok(snapshot) => snapshot,
+                Err(error) if fenced(&error) => return Ok(()),
+                Err(error) => return Err(JobError::retry(error.to_string())),
+            };
+            if snapshot.run.state.is_final() {
+                return Ok(());
+            }
+            match self.drive_once(&ctx, &snapshot).await? {
+                Some(()) => return Ok(()),
+                // An event was already waiting: replay with it.
+                None => continue,
+            }
+        }
+    }
+
+    /// One pass of the workflow function; `None` when it must run again at once.
+    async fn drive_once(
+        &self,
+        ctx: &JobContext,
+        snapshot: &RunSnapshot,
+    ) -> Result<Option<()>, JobError> {
+        let run = &snapshot.run;
+        let key = (run.name.clone(), run.version);
+        let Some(registered) = self.inner.versions.read().get(&key).cloned() else {
+            return Err(JobError::permanent(format!(
+                "workflow {} version {} is not registered on this worker",
+                run.name, run.version
+            )));
+        };
+        let info = run_info(run);
+        let drive = Arc::new(Drive::new(
+            self.inner.store.clone() as Arc<dyn dispatch_core::WorkflowStore>,
+            ctx.lease(),
+            info.clone(),
+            registered.policy.clone(),
+            self.inner.hooks.clone(),
+            snapshot,
+        ));
+        let ended = run_body(&registered.body, drive, run.input.clone()).await;
+        let end = match ended {
+            Ended::Returned(Ok(output)) => RunEnd::Completed(output),
+            Ended::Returned(Err(error)) => RunEnd::Failed(error.to_string()),
+            Ended::Panicked(message) => {
+                RunEnd::Failed(format!("workflow code panicked outside a step: {message}"))
+            }
+            Ended::Halted(Halt::Store(error)) if fenced(&error) => return Ok(Some(())),
+            Ended::Halted(Halt::Store(error)) => return Err(JobError::retry(error.to_string())),
+            Ended::Halted(Halt::Suspend(suspend)) => {
+                return self.suspend(ctx, info, suspend).await;
+            }
+        };
+        self.end(ctx, info, end).await.map(Some)
+    }
+
+    async fn suspend(
+        &self,
+        ctx: &JobContext,
+        info: RunInfo,
+        suspend: dispatch_core::Suspend,
+    ) -> Result<Option<()>, JobError> {
+        match self.inner.store.suspend_run(ctx.lease(), suspend).await {
+            Ok(dispatch_core::SuspendOutcome::Suspended { wake_at }) => {
+                self.inner.hooks.emit(|| Event::RunSuspended { run: info, wake_at });
+                Ok(Some(()))
+            }
+            Ok(dispatch_core::SuspendOutcome::Delivered) => Ok(None),
+            Err(error) if fenced(&error) => Ok(Some(())),
+            Err(error) => Err(JobError::retry(error.to_string())),
+        }
+    }
+
+    async fn end(&self, ctx: &JobContext, info: RunInfo, end: RunEnd) -> Result<(), JobError> {
+        let event = match &end {
+            RunEnd::Completed(_) => Event::RunCompleted { run: info.clone() },
+            RunEnd::Failed(error) | RunEnd::Cancelled(error) => {
+                Event::RunFailed { run: info.clone(), error: error.clone() }
+            }
+        };
+        match self.inner.store.end_run(ctx.lease(), info.id, end).await {
+            Ok(()) => {
+                self.inner.hooks.emit(|| event);
+                Ok(())
+            }
+            Err(error) if fenced(&error) => Ok(()),
+            Err(error) => Err(JobError::retry(error.to_string())),
+        }
+    }
+}
+
+/// The first drive job of `run`.
+fn drive_job(run: &NewRun, scope: Scope) -> Result<dispatch_core::NewJob, Error> {
+    let definition =
+        JobDefinition::new(drive_job_name(&run.name, run.version), |_, _: RunId| async { Ok(()) })
+            .max_attempts(DRIVE_ATTEMPTS);
+    let options = EnqueueOptions::new().scope(scope);
+    definition.new_job(&run.id, options)
+}
+
+fn run_info(run: &Run) -> RunInfo {
+    RunInfo { id: run.id, name: run.name.clone(), version: run.version, scope: run.scope.clone() }
+}
+
+fn run_info_of(run: &NewRun) -> RunInfo {
+    RunInfo { id: run.id, name: run.name.clone(), version: run.version, scope: run.scope.clone() }
+}

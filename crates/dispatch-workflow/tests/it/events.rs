@@ -1,0 +1,165 @@
+//! Correlated events: one event per waiter, keys, timeouts, early events, broadcast.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::{RunId, RunState};
+use dispatch_workflow::{
+    PublishOptions, StartOptions, StepError, WorkflowContext, WorkflowDefinition, Workflows,
+};
+use parking_lot::Mutex;
+
+use crate::support::{store, wait_state, worker};
+
+/// Waits for `paid` on its input key for `timeout` ms; returns the payload or -1, and counts
+/// how often it completed per key.
+fn waiter(done: Arc<Mutex<HashMap<String, u32>>>) -> WorkflowDefinition<(String, u64), i64> {
+    WorkflowDefinition::new("waiter", move |wf: WorkflowContext, (key, timeout): (String, u64)| {
+        let done = done.clone();
+        async move {
+            let got: Option<i64> =
+                wf.wait_for_event("paid", &key, Duration::from_millis(timeout)).await?;
+            let value = got.unwrap_or(-1);
+            wf.step("record", || {
+                let (done, key) = (done.clone(), key.clone());
+                async move {
+                    *done.lock().entry(key).or_default() += 1;
+                    Ok::<_, StepError>(())
+                }
+            })
+            .await?;
+            Ok(value)
+        }
+    })
+}
+
+async fn setup(
+    done: Arc<Mutex<HashMap<String, u32>>>,
+) -> (Workflows, WorkflowDefinition<(String, u64), i64>, dispatch_job::WorkerHandle) {
+    let store = store();
+    let workflows = Workflows::new(store.clone());
+    let def = waiter(done);
+    let handle =
+        worker(store).register(workflows.register(&def)).concurrency(16).build().unwrap().start();
+    (workflows, def, handle)
+}
+
+async fn all_suspended(workflows: &Workflows, runs: &[RunId]) {
+    for run in runs {
+        wait_state(workflows, *run, RunState::Suspended).await;
+    }
+}
+
+/// 50 runs waiting on one name with 50 keys, 50 events: each run completes exactly once with
+/// its own event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_keys_fifty_events() {
+    let done = Arc::new(Mutex::new(HashMap::new()));
+    let (workflows, def, handle) = setup(done.clone()).await;
+    let mut runs = Vec::new();
+    for i in 0..50 {
+        runs.push(
+            workflows
+                .start(&def, &(format!("k{i}"), 60_000), StartOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    all_suspended(&workflows, &runs).await;
+    for i in 0..50i64 {
+        let published = workflows
+            .publish("paid", &format!("k{i}"), &i, PublishOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(published.delivered_to, vec![runs[i as usize]]);
+    }
+    for (i, run) in runs.iter().enumerate() {
+        let got: i64 =
+            workflows.wait_for_output(*run, Duration::from_secs(30)).await.unwrap().unwrap();
+        assert_eq!(got, i as i64);
+    }
+    handle.stop().await;
+    assert!(done.lock().values().all(|&n| n == 1) && done.lock().len() == 50);
+}
+
+/// 10 runs waiting on one key and 4 events: exactly 4 runs receive one each; the other 6 time
+/// out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_events_for_ten_waiters() {
+    let done = Arc::new(Mutex::new(HashMap::new()));
+    let (workflows, def, handle) = setup(done).await;
+    let mut runs = Vec::new();
+    for _ in 0..10 {
+        runs.push(
+            workflows
+                .start(&def, &("shared".to_owned(), 3000), StartOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    all_suspended(&workflows, &runs).await;
+    for i in 0..4i64 {
+        workflows.publish("paid", "shared", &(100 + i), PublishOptions::default()).await.unwrap();
+    }
+    let mut received = Vec::new();
+    let mut timed_out = 0;
+    for run in &runs {
+        match workflows
+            .wait_for_output::<i64>(*run, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            -1 => timed_out += 1,
+            v => received.push(v),
+        }
+    }
+    handle.stop().await;
+    received.sort_unstable();
+    assert_eq!(received, vec![100, 101, 102, 103], "each event to exactly one run");
+    assert_eq!(timed_out, 6);
+}
+
+/// An event published before its run waits is received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_event_is_received() {
+    let done = Arc::new(Mutex::new(HashMap::new()));
+    let (workflows, def, handle) = setup(done).await;
+    let published =
+        workflows.publish("paid", "early", &42i64, PublishOptions::default()).await.unwrap();
+    assert!(published.kept);
+    let run = workflows
+        .start(&def, &("early".to_owned(), 60_000), StartOptions::default())
+        .await
+        .unwrap();
+    let got: i64 = workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    handle.stop().await;
+    assert_eq!(got, 42);
+}
+
+/// A broadcast reaches every run waiting when it is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_reaches_all_current_waiters() {
+    let done = Arc::new(Mutex::new(HashMap::new()));
+    let (workflows, def, handle) = setup(done).await;
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(
+            workflows
+                .start(&def, &("all".to_owned(), 60_000), StartOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    all_suspended(&workflows, &runs).await;
+    let options = PublishOptions { broadcast: true, ..PublishOptions::default() };
+    let published = workflows.publish("paid", "all", &7i64, options).await.unwrap();
+    assert_eq!(published.delivered_to.len(), 5);
+    for run in &runs {
+        let got: i64 =
+            workflows.wait_for_output(*run, Duration::from_secs(30)).await.unwrap().unwrap();
+        assert_eq!(got, 7);
+    }
+    handle.stop().await;
+}

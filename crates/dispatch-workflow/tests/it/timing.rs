@@ -1,0 +1,149 @@
+//! Durable time: sleeps, step retry backoff, and waiting runs holding no worker slot.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use dispatch_core::{Backoff, RunState};
+use dispatch_job::{JobContext, JobDefinition};
+use dispatch_workflow::{
+    StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition, Workflows,
+};
+use parking_lot::Mutex;
+
+use crate::support::{eventually, store, wait_state, worker};
+
+/// A sleeping run wakes after its sleep, never before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_wakes_after_its_duration() {
+    let woke: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
+    let seen = woke.clone();
+    let def = WorkflowDefinition::new("nap", move |wf: WorkflowContext, _: ()| {
+        let seen = seen.clone();
+        async move {
+            wf.sleep(Duration::from_millis(800)).await?;
+            wf.step("woke", || {
+                let seen = seen.clone();
+                async move {
+                    *seen.lock() = Some(tokio::time::Instant::now());
+                    Ok::<_, StepError>(())
+                }
+            })
+            .await
+        }
+    });
+    let store = store();
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store.clone()).register(workflows.register(&def)).build().unwrap().start();
+    let started = tokio::time::Instant::now();
+    let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
+    wait_state(&workflows, run, RunState::Suspended).await;
+    workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    handle.stop().await;
+    let waited = woke.lock().expect("woke").duration_since(started);
+    assert!(waited >= Duration::from_millis(800), "woke after {waited:?}");
+}
+
+/// With concurrency 1 and 100 runs asleep, a new job still starts at once: sleeping runs hold
+/// no worker slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleeping_runs_hold_no_worker_slot() {
+    let def = WorkflowDefinition::new("long-nap", |wf: WorkflowContext, _: u32| async move {
+        wf.sleep(Duration::from_secs(600)).await?;
+        Ok(())
+    });
+    let ran = Arc::new(AtomicU32::new(0));
+    let counter = ran.clone();
+    let job = JobDefinition::new("urgent", move |_ctx: JobContext, _: ()| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok(()) }
+    });
+    let store = store();
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store.clone())
+        .register(workflows.register(&def))
+        .register(job.clone())
+        .concurrency(1)
+        .build()
+        .unwrap()
+        .start();
+    for i in 0..100 {
+        workflows.start(&def, &i, StartOptions::default()).await.unwrap();
+    }
+    eventually("100 runs asleep", Duration::from_secs(30), || async {
+        let filter = dispatch_core::RunFilter { state: Some(RunState::Suspended), name: None };
+        let page =
+            workflows.list_runs(&filter, &dispatch_core::PageRequest::first(1000)).await.unwrap();
+        (page.items.len() == 100).then_some(())
+    })
+    .await;
+    handle.client().enqueue(&job, ()).await.unwrap();
+    eventually("the job to run", Duration::from_secs(10), || async {
+        (ran.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    handle.stop().await;
+}
+
+/// A step failing twice with a 1 s backoff succeeds on its third attempt; the checkpoint
+/// records 3 attempts; during the backoff the run holds no worker slot (a job runs meanwhile
+/// on a worker of concurrency 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_retry_is_durable_and_holds_no_slot() {
+    let attempts = Arc::new(Mutex::new(Vec::new()));
+    let log = attempts.clone();
+    let def = WorkflowDefinition::new("retry", move |wf: WorkflowContext, _: ()| {
+        let log = log.clone();
+        async move {
+            let policy = StepPolicy {
+                attempts: 5,
+                backoff: Backoff::Constant { delay: Duration::from_secs(1) },
+            };
+            wf.step_with("flaky", &policy, || {
+                let log = log.clone();
+                async move {
+                    let mut log = log.lock();
+                    log.push(tokio::time::Instant::now());
+                    if log.len() < 3 { Err(StepError::retry("not yet")) } else { Ok(log.len()) }
+                }
+            })
+            .await
+        }
+    });
+    let ran = Arc::new(AtomicU32::new(0));
+    let counter = ran.clone();
+    let job = JobDefinition::new("meanwhile", move |_ctx: JobContext, _: ()| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok(()) }
+    });
+    let store = store();
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store.clone())
+        .register(workflows.register(&def))
+        .register(job.clone())
+        .concurrency(1)
+        .build()
+        .unwrap()
+        .start();
+    let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
+    wait_state(&workflows, run, RunState::Suspended).await;
+    handle.client().enqueue(&job, ()).await.unwrap();
+    eventually("the job during the backoff", Duration::from_secs(10), || async {
+        (ran.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(attempts.lock().len(), 1, "the job ran while the step waited for its retry");
+    let third: usize =
+        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    handle.stop().await;
+    assert_eq!(third, 3);
+    let times = attempts.lock().clone();
+    assert!(
+        times.windows(2).all(|w| w[1].duration_since(w[0]) >= Duration::from_secs(1)),
+        "backoff kept"
+    );
+    let timeline = workflows.timeline(run).await.unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&timeline[0].data).unwrap();
+    assert_eq!(record["status"], "done");
+    assert_eq!(record["attempts"], 3);
+}
