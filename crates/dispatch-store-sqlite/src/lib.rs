@@ -35,11 +35,13 @@
 
 mod dlq;
 mod enqueue;
+mod events;
 mod finish;
 mod job;
 mod migrate;
 mod row;
 mod transaction;
+mod workflow;
 
 use std::future::Future;
 use std::str::FromStr;
