@@ -28,7 +28,7 @@ use crate::{SqliteStore, db_error};
 const CHUNK: usize = 128;
 
 /// `items` cut into statements of [`CHUNK`] rows and then of halving sizes, so only a handful of
-/// statement shapes are ever prepared and cached (as [`insert_rows`](crate::enqueue) does).
+/// statement shapes are ever prepared and cached (as [`crate::enqueue`] does for jobs).
 pub(crate) fn chunks<T>(items: &[T]) -> Vec<&[T]> {
     let mut rest = items;
     let mut chunks = Vec::new();
