@@ -18,6 +18,7 @@ use sqlx::{Row, SqliteConnection};
 use crate::db_error;
 use crate::job::load;
 use crate::row::{insert_dlq, save_job, token_text};
+use crate::workflow::fail_driven_run;
 
 /// Apply `finishes` on `conn` (inside the caller's transaction); one result per item, in order.
 pub(crate) async fn finish_batch(
@@ -212,9 +213,24 @@ async fn finish_one(
     let result = FinishResult::Applied { state: job.state, dlq_id: dlq.as_ref().map(|e| e.id) };
     save_job(conn, &row).await?;
     if let Some(entry) = dlq {
-        insert_dlq(conn, &entry).await?;
+        write_dead(conn, &entry, now).await?;
     }
     Ok(result)
+}
+
+/// Record the death of a job whose row was just saved dead: its DLQ entry and, when it drives a
+/// workflow run, the failure of that run, in the caller's transaction (so a dead drive job and
+/// a run still waiting for it are never seen together). Runs only on promotion, never on the
+/// hot path of finishes that do not kill a job.
+pub(crate) async fn write_dead(
+    conn: &mut SqliteConnection,
+    entry: &DlqEntry,
+    now: Timestamp,
+) -> Result<()> {
+    insert_dlq(conn, entry).await?;
+    let error =
+        entry.errors.last().map_or_else(|| "the drive job died".to_owned(), |e| e.message.clone());
+    fail_driven_run(conn, entry.job_id, &error, now).await
 }
 
 /// Apply `outcome` to a running job whose lease the finish holds; returns the DLQ entry to write

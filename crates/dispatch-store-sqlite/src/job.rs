@@ -14,8 +14,8 @@ use dispatch_core::{
 use sqlx::{Row, SqliteConnection};
 
 use crate::enqueue::{enqueue_batch, validate_batch};
-use crate::finish::{finalize, finish_batch, rescue_one};
-use crate::row::{JobRow, insert_dlq, job_from_row, save_job, token_text};
+use crate::finish::{finalize, finish_batch, rescue_one, write_dead};
+use crate::row::{JobRow, job_from_row, save_job, token_text};
 use crate::{SqliteStore, db_error};
 
 /// A row count or limit as SQLite takes it.
@@ -163,7 +163,7 @@ impl JobStore for SqliteStore {
                     let dlq = rescue_one(&mut row.job, now, &mut report);
                     save_job(conn, &row).await?;
                     if let Some(entry) = dlq {
-                        insert_dlq(conn, &entry).await?;
+                        write_dead(conn, &entry, now).await?;
                     }
                 }
                 Ok(report)

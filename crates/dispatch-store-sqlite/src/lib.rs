@@ -1,4 +1,4 @@
-//! The SQLite Dispatch store: jobs and their dead letter queue in one SQLite file.
+//! The SQLite Dispatch store: jobs, their dead letter queue and workflow runs in one SQLite file.
 //!
 //! Use it for single-node deployments, tools and tests that need jobs to survive a restart. It is
 //! not a shared store for a fleet of machines: every process using it must see the same local
@@ -8,15 +8,27 @@
 //!
 //! All writes go through one writer connection, each in a `BEGIN IMMEDIATE` transaction, so callers
 //! never see `SQLITE_BUSY` from within one process. Reads (`get_job`, `list_jobs`, `count_jobs`,
-//! `list_dlq`, `get_dlq`) use a small pool of reader connections and run beside the writer (WAL).
-//! Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
-//! [`ErrorKind::Timeout`] past it.
+//! `list_dlq`, `get_dlq`, `get_run`, `list_runs`, `checkpoints`) use a small pool of reader
+//! connections and run beside the writer (WAL). Every call has a timeout
+//! ([`DEFAULT_CALL_TIMEOUT`]) and fails with [`ErrorKind::Timeout`] past it.
+//!
+//! # Workflows
+//!
+//! Workflow runs ([`WorkflowStore`](dispatch_core::WorkflowStore)) live in their own tables
+//! (`runs`, `checkpoints`, `event_waits`, `kept_events`) beside the jobs, written by the same
+//! writer, so each multi-part step is one transaction: a run and its drive job are created
+//! together; a suspend registers its waits, marks the run suspended and snoozes the drive job
+//! together; a delivery writes the wait's checkpoint and makes the drive job due together; and a
+//! drive job that dies takes its run with it (failed, with the job's last error) in the
+//! transaction that writes its DLQ entry. Every drive call checks its lease inside its own
+//! transaction and writes nothing when the lease no longer holds the drive job.
 //!
 //! # Wake-ups
 //!
-//! A call that makes jobs available (enqueue, DLQ replay) wakes the idle workers of this process
-//! at once ([`JobStore::wakeups`](dispatch_core::JobStore::wakeups)), whichever clone of the store
-//! they use. Workers in other processes sharing the file find new jobs at their next poll.
+//! A call that makes jobs available (enqueue, DLQ replay, a run's start, an event delivered to a
+//! suspended run) wakes the idle workers of this process at once
+//! ([`JobStore::wakeups`](dispatch_core::JobStore::wakeups)), whichever clone of the store they
+//! use. Workers in other processes sharing the file find new jobs at their next poll.
 //!
 //! # Durability
 //!
@@ -35,11 +47,13 @@
 
 mod dlq;
 mod enqueue;
+mod events;
 mod finish;
 mod job;
 mod migrate;
 mod row;
 mod transaction;
+mod workflow;
 
 use std::future::Future;
 use std::str::FromStr;

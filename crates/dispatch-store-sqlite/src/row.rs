@@ -1,9 +1,10 @@
-//! Conversions between rows and core records.
+//! Conversions between rows and core records (jobs, DLQ entries, runs, checkpoints).
 
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, DlqEntry, Error, Job, JobState, Lease, LeaseToken, Result, Scope, Timestamp,
+    AttemptError, Checkpoint, DlqEntry, Error, Job, JobState, Lease, LeaseToken, Result, Run,
+    RunState, Scope, Timestamp,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -30,7 +31,8 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> Error {
     Error::internal(format!("sqlite: corrupt {what}: {e}"))
 }
 
-fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T>
+/// Parse a stored text value; a value that does not parse is a corrupt row (`Internal`).
+pub(crate) fn parse<T: std::str::FromStr>(what: &str, s: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
@@ -191,4 +193,31 @@ pub(crate) async fn insert_dlq(conn: &mut SqliteConnection, entry: &DlqEntry) ->
     .await
     .map_err(db_error)?;
     Ok(())
+}
+
+/// Decode a `runs` row selected with `*` (or `runs.*`).
+pub(crate) fn run_from_row(row: &SqliteRow) -> Result<Run> {
+    let parent: Option<String> = get(row, "parent")?;
+    let finished_at: Option<i64> = get(row, "finished_at")?;
+    Ok(Run {
+        id: parse("run ID", &get::<String>(row, "id")?)?,
+        name: get(row, "name")?,
+        version: count("workflow version", get(row, "version")?)?,
+        state: parse::<RunState>("run state", &get::<String>(row, "state")?)?,
+        input: get(row, "input")?,
+        output: get(row, "output")?,
+        error: get(row, "error")?,
+        scope: Scope { app: get(row, "scope_app")?, tenant: get(row, "scope_tenant")? },
+        idempotency_key: get(row, "idempotency_key")?,
+        parent: parent.map(|s| parse("run ID", &s)).transpose()?,
+        drive_job: parse("job ID", &get::<String>(row, "drive_job")?)?,
+        created_at: ts(get(row, "created_at")?),
+        updated_at: ts(get(row, "updated_at")?),
+        finished_at: finished_at.map(ts),
+    })
+}
+
+/// Decode a checkpoint from a row with `key`, `data` and `at` columns.
+pub(crate) fn checkpoint_from_row(row: &SqliteRow) -> Result<Checkpoint> {
+    Ok(Checkpoint { key: get(row, "key")?, data: get(row, "data")?, at: ts(get(row, "at")?) })
 }
