@@ -149,7 +149,7 @@ pub(crate) async fn publish(
         waits.push((seq, run, key));
     }
     if waits.is_empty() {
-        let kept = !event.broadcast && event.keep_until > now;
+        let kept = !event.broadcast && now + event.keep_for > now;
         if kept {
             keep(conn, event, now).await?;
         }
@@ -209,7 +209,7 @@ async fn keep(conn: &mut SqliteConnection, event: &NewEvent, now: Timestamp) -> 
     .bind(event.scope.app.as_deref())
     .bind(event.scope.tenant.as_deref())
     .bind(event.payload.as_slice())
-    .bind(event.keep_until.as_unix_micros())
+    .bind((now + event.keep_for).as_unix_micros())
     .execute(&mut *conn)
     .await
     .map_err(db_error)?;

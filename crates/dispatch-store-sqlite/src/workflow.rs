@@ -322,7 +322,7 @@ impl WorkflowStore for SqliteStore {
                     run.updated_at = now;
                 }
                 let checkpoints = load_checkpoints(conn, id).await?;
-                Ok(RunSnapshot { run, checkpoints })
+                Ok(RunSnapshot { run, checkpoints, now })
             })
         })
         .await
