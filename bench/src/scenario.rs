@@ -100,6 +100,9 @@ pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measuremen
             drain(store, option(options, "jobs", 100_000)?, option(options, "concurrency", 256)?)
                 .await?
         }
+        "workflow" => {
+            workflow(store, option(options, "runs", 1000)?, option(options, "steps", 10)?).await?
+        }
         "latency" => {
             let rate: u64 = option(options, "rate", 2000)?;
             let seconds: u64 = option(options, "seconds", 5)?;
@@ -214,4 +217,35 @@ async fn latency(
         p99_us: at(0.99),
         ..Default::default()
     })
+}
+
+/// `runs` workflow runs of `steps` no-op steps each, started before the worker, driven to the
+/// end at concurrency 256: checkpointed steps per second.
+async fn workflow(store: DynStore, runs: usize, steps: usize) -> anyhow::Result<Measurement> {
+    use dispatch::workflow::{
+        StartOptions, StepError, WorkflowContext, WorkflowDefinition, Workflows,
+    };
+    let def = WorkflowDefinition::new("steps", move |wf: WorkflowContext, n: u64| async move {
+        let mut acc = n;
+        for _ in 0..steps {
+            acc = wf.step("noop", || async move { Ok::<_, StepError>(acc + 1) }).await?;
+        }
+        Ok(acc)
+    });
+    let counter = FinishCounter::new(store.clone(), runs);
+    let workflows = Workflows::new(counter.clone());
+    let drive = workflows.register(&def);
+    for n in 0..runs as u64 {
+        workflows.start(&def, &n, StartOptions::default()).await?;
+    }
+    let worker = Worker::builder(counter.clone()).register(drive).concurrency(256).build()?;
+    let start = Instant::now();
+    let handle = worker.start();
+    tokio::time::timeout(Duration::from_secs(600), counter.wait())
+        .await
+        .context("workflow runs stalled")?;
+    let elapsed = start.elapsed();
+    handle.stop().await;
+    let scenario = format!("workflow-{runs}x{steps}");
+    Ok(Measurement { scenario, jobs_per_sec: rate(runs * steps, elapsed), ..Default::default() })
 }

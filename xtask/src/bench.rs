@@ -26,6 +26,7 @@ fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "16"],
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "256"],
     ];
+    list.push(vec!["workflow", "--runs", if quick { "200" } else { "1000" }, "--steps", "10"]);
     for rate in rates {
         list.push(vec!["latency", "--rate", rate, "--seconds", seconds, "--concurrency", "256"]);
     }
@@ -88,7 +89,7 @@ fn median_of(runs: &[Value]) -> Value {
 
 fn print_table(store: &str, results: &[Value]) {
     println!("\nstore: {store} (median of {RUNS} runs, each in its own process)\n");
-    println!("| scenario | jobs/s | p50 | p99 | dead tuples | peak RSS |");
+    println!("| scenario | jobs/s (steps/s) | p50 | p99 | dead tuples | peak RSS |");
     println!("|---|---:|---:|---:|---:|---:|");
     for r in results {
         let number = |key: &str| r.get(key).and_then(Value::as_f64);

@@ -17,6 +17,7 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
     match name {
         "dispatch-core" => Some(&[]),
         "dispatch-store-memory" | "dispatch-job" => Some(CORE),
+        "dispatch-workflow" => Some(&["dispatch-core", "dispatch-job"]),
         // The conformance suite also drives the runtime over each store (runtime scenarios).
         "dispatch-store-tests" => Some(&["dispatch-core", "dispatch-job"]),
         n if n.starts_with("dispatch-store-") => Some(CORE),
@@ -26,6 +27,7 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
             "dispatch-store-memory",
             "dispatch-store-sqlite",
             "dispatch-store-postgres",
+            "dispatch-workflow",
         ]),
         // Leaves: programs that use the library.
         "dispatch-bench" | "quickstart" | "xtask" => Some(&["dispatch"]),

@@ -113,7 +113,8 @@ pub enum Event {
         /// The run.
         run: RunInfo,
     },
-    /// A drive picked up a run that was suspended.
+    /// A drive picked up a run that had made progress before (after a suspension, a crash or a
+    /// lost lease): it replays from its checkpoints.
     RunResumed {
         /// The run.
         run: RunInfo,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dispatch::core::DynStore;
 use dispatch::prelude::*;
+use dispatch::workflow::{StepError, WorkflowContext, WorkflowDefinition};
 use dispatch_store_postgres::PostgresStore;
 use dispatch_store_sqlite::SqliteStore;
 
@@ -64,7 +65,7 @@ impl StoreSpec {
                 PostgresStore::builder(postgres_url())
                     .schema(schema.as_str())
                     .application_name(format!("{schema}_{role}"))
-                    .max_connections(8)
+                    .max_connections(4)
                     .build()
                     .await
                     .context("connect to PostgreSQL")?,
@@ -80,4 +81,103 @@ impl std::fmt::Display for StoreSpec {
             Self::Postgres(schema) => write!(f, "postgres:{schema}"),
         }
     }
+}
+
+/// Where a worker of the ten-step workflow dies (aborts: no destructors, no lease release, as
+/// abrupt as SIGKILL).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Before step `k` runs (after step `k - 1`'s checkpoint was written).
+    Before(usize),
+    /// After step `k`'s effect, before its checkpoint is written.
+    AfterEffect(usize),
+}
+
+impl Cut {
+    /// `before:K`, `after:K`, or `none`.
+    pub fn parse(s: &str) -> anyhow::Result<Option<Self>> {
+        let Some((at, k)) = s.split_once(':') else {
+            anyhow::ensure!(s == "none", "a cut is before:K, after:K or none, got {s:?}");
+            return Ok(None);
+        };
+        let k = k.parse()?;
+        match at {
+            "before" => Ok(Some(Self::Before(k))),
+            "after" => Ok(Some(Self::AfterEffect(k))),
+            other => anyhow::bail!("unknown cut {other:?}"),
+        }
+    }
+
+    /// The form [`parse`](Self::parse) reads.
+    pub fn render(cut: Option<Self>) -> String {
+        match cut {
+            None => "none".to_owned(),
+            Some(Self::Before(k)) => format!("before:{k}"),
+            Some(Self::AfterEffect(k)) => format!("after:{k}"),
+        }
+    }
+}
+
+/// Die here, by SIGKILL, if `cut` says so: no destructors run, no lease is released, nothing
+/// is flushed.
+fn maybe_die(cut: Option<Cut>, here: Cut) {
+    if cut == Some(here) {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill").args(["-9", &pid]).status();
+        // The signal is on its way; never go on past the cut.
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// Ten steps whose output depends on every step's result; each step's effect appends its
+/// number to the file `effects`, so a test counts how often each step ran across processes.
+pub fn ten_steps(effects: std::path::PathBuf, cut: Option<Cut>) -> WorkflowDefinition<u64, u64> {
+    WorkflowDefinition::new("ten-steps", move |wf: WorkflowContext, seed: u64| {
+        let effects = effects.clone();
+        async move {
+            let mut acc = seed;
+            for k in 0..10 {
+                maybe_die(cut, Cut::Before(k));
+                let effects = effects.clone();
+                acc = wf
+                    .step(&format!("step-{k}"), move || {
+                        let effects = effects.clone();
+                        async move {
+                            append(&effects, k).map_err(|e| StepError::retry(e.to_string()))?;
+                            maybe_die(cut, Cut::AfterEffect(k));
+                            Ok(acc.wrapping_mul(31).wrapping_add(k as u64))
+                        }
+                    })
+                    .await?;
+            }
+            Ok(acc)
+        }
+    })
+}
+
+/// What [`ten_steps`] returns for `seed`.
+pub fn ten_steps_output(seed: u64) -> u64 {
+    (0..10u64).fold(seed, |acc, k| acc.wrapping_mul(31).wrapping_add(k))
+}
+
+fn append(path: &std::path::Path, k: usize) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(file, "{k}")
+}
+
+/// Sleeps its input in milliseconds, then returns the wake time (µs since the epoch, this
+/// machine's clock) from a step.
+pub fn sleeper() -> WorkflowDefinition<u64, i64> {
+    WorkflowDefinition::new("sleeper", |wf: WorkflowContext, ms: u64| async move {
+        wf.sleep(Duration::from_millis(ms)).await?;
+        wf.step("woke", || async {
+            Ok::<_, StepError>(
+                dispatch::core::Clock::now(&dispatch::core::SystemClock).as_unix_micros(),
+            )
+        })
+        .await
+    })
 }

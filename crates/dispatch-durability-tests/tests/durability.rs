@@ -1,5 +1,6 @@
 //! Durability with real processes, on SQLite and on PostgreSQL: kill -9 mid-run, two workers at
-//! once, two migrations at once, and (PostgreSQL) every connection terminated mid-run. Waits poll
+//! once, two migrations at once, a workflow killed at every step boundary, durable sleeps across
+//! a restart of every worker, and (PostgreSQL) every connection terminated mid-run. Waits poll
 //! the store against a deadline.
 //!
 //! A libtest-mimic harness: PostgreSQL trials are reported ignored when the server does not
@@ -12,7 +13,10 @@ use std::time::Duration;
 
 use dispatch::core::{DynStore, JobFilter, JobState, PageRequest};
 use dispatch::job::{EnqueueOptions, JobClient};
-use dispatch_durability_tests::{StoreSpec, postgres_url, sleepy_job};
+use dispatch::workflow::{StartOptions, Workflows};
+use dispatch_durability_tests::{
+    Cut, StoreSpec, postgres_url, sleeper, sleepy_job, ten_steps, ten_steps_output,
+};
 use libtest_mimic::{Arguments, Failed, Trial};
 use sqlx::Connection;
 
@@ -216,6 +220,96 @@ async fn terminated_connections_lose_nothing(kind: Kind) {
     drop_schema(&spec).await;
 }
 
+/// Start the `workflows` worker process on `spec`, dying at `cut`.
+fn workflow_worker(spec: &StoreSpec, effects: &std::path::Path, cut: Option<Cut>) -> Worker {
+    let child = Command::new(env!("CARGO_BIN_EXE_durability-worker"))
+        .args(["workflows", &spec.to_string(), &effects.display().to_string()])
+        .arg(Cut::render(cut))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the workflow worker");
+    Worker(child)
+}
+
+/// Wait for a worker process to end on its own (it kills itself at its cut).
+async fn exited(worker: &mut Worker) {
+    wait_until("the worker to die at its cut", Duration::from_secs(60), async || {
+        worker.0.try_wait().expect("try_wait").is_some()
+    })
+    .await;
+}
+
+/// One cut of the ten-step workflow on a store of its own: the worker process SIGKILLs itself
+/// at the cut; a second process finishes the run. The output equals an uninterrupted run's;
+/// every step ran once, the step at an after-effect cut at most twice.
+async fn one_cut(kind: Kind, cut: Cut) {
+    let spec = fresh(kind, &format!("cut-{}", Cut::render(Some(cut)).replace(':', "-")));
+    let store = spec.open("test").await.expect("open");
+    let effects = std::env::temp_dir()
+        .join("dispatch-durability")
+        .join(format!("effects-{}", dispatch::core::RunId::new()));
+    let workflows = Workflows::new(store.clone());
+    let def = ten_steps(effects.clone(), None);
+    let run = workflows.start(&def, &7, StartOptions::default()).await.expect("start");
+    let mut first = workflow_worker(&spec, &effects, Some(cut));
+    exited(&mut first).await;
+    let second = workflow_worker(&spec, &effects, None);
+    let output =
+        workflows.wait_for_output::<u64>(run, Duration::from_secs(120)).await.expect("run");
+    drop(second);
+    let output = output.unwrap_or_else(|run| panic!("{cut:?}: the run failed: {:?}", run.error));
+    assert_eq!(output, ten_steps_output(7), "{cut:?}");
+    let log = std::fs::read_to_string(&effects).expect("effects");
+    for step in 0..10 {
+        let runs = log.lines().filter(|l| *l == step.to_string()).count();
+        let allowed = if cut == Cut::AfterEffect(step) { 2 } else { 1 };
+        assert!(runs >= 1 && runs <= allowed, "{cut:?}: step {step} ran {runs} times");
+    }
+    drop_schema(&spec).await;
+}
+
+/// The ten-step workflow killed before each step and after each step's effect (20 cuts, five
+/// at a time, each on its own store and worker processes).
+async fn workflow_killed_at_every_step_boundary_resumes_exactly(kind: Kind) {
+    let cuts: Vec<Cut> = (0..10).flat_map(|k| [Cut::Before(k), Cut::AfterEffect(k)]).collect();
+    for wave in cuts.chunks(5) {
+        futures::future::join_all(wave.iter().map(|&cut| one_cut(kind, cut))).await;
+    }
+}
+
+/// 200 runs sleeping 2–10 s; every worker process killed at 6 s and a new one started: every
+/// run wakes, none before its deadline.
+async fn durable_sleep_survives_a_restart(kind: Kind) {
+    let spec = fresh(kind, "sleep");
+    let store = spec.open("test").await.expect("open");
+    let workflows = Workflows::new(store.clone());
+    let def = sleeper();
+    let mut runs = Vec::new();
+    for i in 0..200u64 {
+        let ms = 2000 + i * 40;
+        runs.push((workflows.start(&def, &ms, StartOptions::default()).await.expect("start"), ms));
+    }
+    let effects = std::env::temp_dir().join("dispatch-durability").join("unused");
+    let first = workflow_worker(&spec, &effects, None);
+    // The point of the scenario: the fleet goes down 6 s in, with runs asleep.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    first.kill();
+    let _second = workflow_worker(&spec, &effects, None);
+    for (run, ms) in runs {
+        let woke =
+            workflows.wait_for_output::<i64>(run, Duration::from_secs(120)).await.expect("run");
+        let woke = woke.unwrap_or_else(|run| panic!("run failed: {:?}", run.error));
+        let started = workflows.get_run(run).await.expect("get").expect("run").created_at;
+        let deadline = started.as_unix_micros() + (ms as i64) * 1000;
+        assert!(
+            woke >= deadline,
+            "run {run} slept {ms} ms but woke {} ms early",
+            (deadline - woke) / 1000
+        );
+    }
+    drop_schema(&spec).await;
+}
+
 /// `pg_terminate_backend` every connection of the worker processes of `spec`; how many.
 async fn terminate_worker_connections(spec: &StoreSpec) -> i64 {
     let name = spec.worker_application_name().expect("a PostgreSQL store");
@@ -265,6 +359,8 @@ fn main() -> ExitCode {
         kill_nine_mid_run_loses_nothing,
         two_processes_never_claim_a_job_twice,
         two_processes_migrating_at_once_make_one_schema,
+        workflow_killed_at_every_step_boundary_resumes_exactly,
+        durable_sleep_survives_a_restart,
     ];
     let postgres_only = scenarios![terminated_connections_lose_nothing];
     let mut trials = Vec::new();

@@ -255,6 +255,9 @@ impl Workflows {
             )));
         };
         let info = run_info(run);
+        if !snapshot.checkpoints.is_empty() {
+            self.inner.hooks.emit(|| Event::RunResumed { run: info.clone() });
+        }
         let drive = Arc::new(Drive::new(
             self.inner.store.clone() as Arc<dyn dispatch_core::WorkflowStore>,
             ctx.lease(),

@@ -7,6 +7,7 @@
 //! | feature  | default | what it adds |
 //! |----------|---------|--------------|
 //! | `memory` | yes     | [`MemoryStore`], the in-process store (`dispatch-store-memory`) |
+//! | `workflow` | yes   | [`workflow`]: durable workflows (`dispatch-workflow`) |
 //! | `sqlite` | no      | `SqliteStore`, the embedded durable store (`dispatch-store-sqlite`) |
 //! | `postgres` | no    | `PostgresStore`, the production store (`dispatch-store-postgres`) |
 //!
@@ -22,6 +23,8 @@ pub use dispatch_store_memory as memory;
 pub use dispatch_store_postgres as postgres;
 #[cfg(feature = "sqlite")]
 pub use dispatch_store_sqlite as sqlite;
+#[cfg(feature = "workflow")]
+pub use dispatch_workflow as workflow;
 
 #[doc(inline)]
 pub use dispatch_core::{Error, ErrorKind, Result};

@@ -2,13 +2,16 @@
 //!
 //! `durability-worker work <store> <concurrency> <lease-ms> [poll-ms]`: run `sleepy` jobs until
 //! killed. `durability-worker migrate <store>`: open (and so migrate) the store, then exit.
+//! `durability-worker workflows <store> <effects-file> <cut>`: drive the `ten-steps` and
+//! `sleeper` workflows until killed, aborting at `<cut>` (`before:K`, `after:K`, `none`).
 //! `<store>` is a SQLite file path or `postgres:<schema>` (see `StoreSpec`).
 
 use std::time::Duration;
 
 use anyhow::bail;
 use dispatch::prelude::*;
-use dispatch_durability_tests::{StoreSpec, sleepy_job};
+use dispatch::workflow::Workflows;
+use dispatch_durability_tests::{Cut, StoreSpec, sleeper, sleepy_job, ten_steps};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -38,9 +41,31 @@ async fn main() -> anyhow::Result<()> {
             std::future::pending::<()>().await;
             Ok(())
         }
+        ["workflows", store, effects, cut] => {
+            let store = StoreSpec::parse(store).open("worker").await?;
+            let workflows = Workflows::new(store.clone());
+            let steps = workflows.register(&ten_steps(effects.into(), Cut::parse(cut)?));
+            let sleeps = workflows.register(&sleeper());
+            let mut dispatcher = Dispatcher::builder()
+                .shared_store(store)
+                .register(steps)
+                .register(sleeps)
+                .concurrency(64)
+                .configure(|c| {
+                    c.lease_ttl = Duration::from_millis(1000);
+                    c.heartbeat_interval = Duration::from_millis(250);
+                    c.rescue_interval = Duration::from_millis(200);
+                    c.poll_interval = Duration::from_millis(50);
+                })
+                .build()?;
+            dispatcher.start()?;
+            println!("ready");
+            std::future::pending::<()>().await;
+            Ok(())
+        }
         _ => bail!(
             "usage: durability-worker work <store> <concurrency> <lease-ms> [poll-ms] | \
-             migrate <store>"
+             migrate <store> | workflows <store> <effects-file> <cut>"
         ),
     }
 }

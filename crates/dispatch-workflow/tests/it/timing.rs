@@ -33,7 +33,8 @@ async fn sleep_wakes_after_its_duration() {
         }
     });
     let store = store();
-    let workflows = Workflows::new(store.clone());
+    let recorder = crate::support::Recorder::default();
+    let workflows = Workflows::with_hooks(store.clone(), vec![Arc::new(recorder.clone())]);
     let handle = worker(store.clone()).register(workflows.register(&def)).build().unwrap().start();
     let started = tokio::time::Instant::now();
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
@@ -42,6 +43,25 @@ async fn sleep_wakes_after_its_duration() {
     handle.stop().await;
     let waited = woke.lock().expect("woke").duration_since(started);
     assert!(waited >= Duration::from_millis(800), "woke after {waited:?}");
+    eventually("the run's hooks", Duration::from_secs(5), || async {
+        use dispatch_core::Event;
+        let kinds: Vec<&'static str> = recorder
+            .events
+            .lock()
+            .iter()
+            .filter(|e| e.run().is_some_and(|r| r.id == run))
+            .map(|e| match e {
+                Event::RunStarted { .. } => "started",
+                Event::RunSuspended { .. } => "suspended",
+                Event::RunResumed { .. } => "resumed",
+                Event::StepCompleted { .. } => "step",
+                Event::RunCompleted { .. } => "completed",
+                _ => "other",
+            })
+            .collect();
+        (kinds == ["started", "suspended", "resumed", "step", "completed"]).then_some(())
+    })
+    .await;
 }
 
 /// With concurrency 1 and 100 runs asleep, a new job still starts at once: sleeping runs hold
