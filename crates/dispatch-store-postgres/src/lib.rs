@@ -64,6 +64,8 @@ mod row;
 mod sql;
 mod transaction;
 mod wake;
+mod workflow;
+mod workflow_sql;
 
 use std::future::Future;
 use std::str::FromStr;
