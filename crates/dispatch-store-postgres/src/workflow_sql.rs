@@ -187,9 +187,10 @@ const PUBLISH: &str = "WITH t AS (SELECT {now} AS now), \
      written AS (INSERT INTO {s}.checkpoints (run_id, key, data, at) \
        SELECT d.run_id, d.key, $6, t.now FROM taken d, t ORDER BY d.seq \
        ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at), \
-     drives AS (SELECT j.id, j.queue FROM taken d JOIN {s}.runs x ON x.id = d.run_id \
-       JOIN {s}.jobs j ON j.id = x.drive_job), \
-     due AS (SELECT j.id FROM {s}.jobs j, t WHERE j.id IN (SELECT id FROM drives) \
+     drives AS (SELECT j.id, j.queue, j.state, j.run_at FROM taken d \
+       JOIN {s}.runs x ON x.id = d.run_id JOIN {s}.jobs j ON j.id = x.drive_job), \
+     due AS (SELECT j.id FROM {s}.jobs j, t WHERE j.id = ANY (array(SELECT d.id FROM drives d, t \
+         WHERE d.state = 'available' AND d.run_at > t.now)) \
        AND j.state = 'available' AND j.run_at > t.now ORDER BY j.id FOR UPDATE OF j SKIP LOCKED), \
      woken AS (UPDATE {s}.jobs j SET run_at = t.now FROM due, t WHERE j.id = due.id), \
      kept AS (INSERT INTO {s}.kept_events (id, name, correlation, scope_app, scope_tenant, \
