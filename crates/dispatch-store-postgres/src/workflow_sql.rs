@@ -101,12 +101,10 @@ const SAVE_CHECKPOINTS: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
 /// registered (the last of a repeated key wins; re-registering a key moves it to the back), the
 /// run becomes suspended and the drive job is finished as a snooze until `$5`, exactly as
 /// FINISH does it: attempt given back, lease cleared, the token recorded as the last finish,
-/// cancelled instead when a cancel was requested. Expired kept events of the waits' keys go.
+/// cancelled instead when a cancel was requested.
 const SUSPEND: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
      w AS (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::int8[]) \
        WITH ORDINALITY AS w(key, name, correlation, deadline, ord)), \
-     expired AS (DELETE FROM {s}.kept_events e USING w, t, ok WHERE e.name = w.name \
-       AND e.correlation = w.correlation AND e.keep_until <= t.now), \
      found AS (SELECT w.key, k.seq FROM ok CROSS JOIN t CROSS JOIN w CROSS JOIN LATERAL \
        (SELECT e.seq FROM {s}.kept_events e WHERE e.name = w.name \
          AND e.correlation = w.correlation AND e.scope_app IS NOT DISTINCT FROM ok.scope_app \
@@ -164,6 +162,9 @@ const END_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
      dropped AS (DELETE FROM {s}.event_waits w USING ok WHERE w.run_id = ok.id) \
      SELECT {fenced}";
 
+/// How many expired kept events a publish deletes at most.
+const PURGE: usize = 16;
+
 /// Take the transaction-level advisory locks `$1` (sorted), one per (name, correlation) an
 /// event is published or waited on: a publish and a suspend of one key take turns, so each
 /// statement that follows sees what the other committed.
@@ -175,10 +176,12 @@ const LOCK_EVENT_KEYS: &str = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::i
 /// deleted, its checkpoint written, its run's drive job due now when it is available and not due
 /// yet (skipping a locked job: whoever holds an available drive job is claiming or cancelling
 /// it). Nobody waiting, not broadcast and not expired: kept. One NOTIFY (`$10`) when delivered.
-/// Expired kept events of the key go.
+/// Each publish also deletes up to [`PURGE`] expired kept events (of any key): as every kept
+/// event comes from a publish, expired ones can not pile up.
 const PUBLISH: &str = "WITH t AS (SELECT {now} AS now), \
-     expired AS (DELETE FROM {s}.kept_events e USING t WHERE e.name = $2 \
-       AND e.correlation = $3 AND e.keep_until <= t.now), \
+     expired AS (DELETE FROM {s}.kept_events e WHERE e.seq IN (SELECT x.seq \
+       FROM {s}.kept_events x, t WHERE x.keep_until <= t.now ORDER BY x.keep_until \
+       LIMIT {purge} FOR UPDATE SKIP LOCKED)), \
      picked AS (SELECT w.seq FROM {s}.event_waits w WHERE w.name = $2 AND w.correlation = $3 \
        AND w.scope_app IS NOT DISTINCT FROM $4 AND w.scope_tenant IS NOT DISTINCT FROM $5 \
        ORDER BY w.seq LIMIT CASE WHEN $7 THEN NULL ELSE 1 END FOR UPDATE SKIP LOCKED), \
@@ -229,7 +232,8 @@ impl WorkflowQueries {
                     .replace("{fence}", FENCE)
                     .replace("{fenced}", FENCED)
                     .replace("{run_columns}", RUN_COLUMNS)
-                    .replace("{checkpoint_arrays}", CHECKPOINT_ARRAYS),
+                    .replace("{checkpoint_arrays}", CHECKPOINT_ARRAYS)
+                    .replace("{purge}", &PURGE.to_string()),
             )
         };
         Self {
@@ -266,6 +270,7 @@ mod tests {
             assert!(!sql.as_str().contains("{fence"), "{}", sql.as_str());
             assert!(!sql.as_str().contains("_columns}"), "{}", sql.as_str());
             assert!(!sql.as_str().contains("{sat("), "{}", sql.as_str());
+            assert!(!sql.as_str().contains("{purge}"), "{}", sql.as_str());
         }
         assert!(q.suspend.as_str().contains("\"dispatch\".jobs"));
     }

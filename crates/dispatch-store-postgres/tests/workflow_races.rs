@@ -2,7 +2,7 @@
 //! publishes reach distinct waiters, one event each; concurrent starts with one idempotency key
 //! make one run; a publish racing a suspend of its key, or a wait's resolution, never strands or
 //! double-answers the event. Several stores (pools) on one schema, so the calls really overlap.
-//! Needs the test server (see `support`).
+//! Also: expired kept events do not pile up. Needs the test server (see `support`).
 
 mod support;
 
@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{
-    ClaimRequest, Clock, EventId, EventWait, JobId, JobStore, LeaseRef, NewEvent, NewJob, NewRun,
-    PageRequest, Published, RunFilter, RunId, Scope, Started, Suspend, SuspendOutcome, SystemClock,
-    Timestamp, WaitResolution, WorkerId, WorkflowStore,
+    ClaimRequest, Clock, EventId, EventWait, JobId, JobStore, LeaseRef, ManualClock, NewEvent,
+    NewJob, NewRun, PageRequest, Published, RunFilter, RunId, Scope, Started, Suspend,
+    SuspendOutcome, SystemClock, Timestamp, WaitResolution, WorkerId, WorkflowStore,
 };
 use dispatch_store_postgres::PostgresStore;
+use sqlx::AssertSqlSafe;
 use tokio::sync::Barrier;
 
 /// The drive jobs' name.
@@ -37,6 +38,9 @@ fn main() -> ExitCode {
         }),
         ("a_publish_racing_a_timeout_is_answered_once", |url| {
             Box::pin(a_publish_racing_a_timeout_is_answered_once(url))
+        }),
+        ("publishes_purge_expired_kept_events", |url| {
+            Box::pin(publishes_purge_expired_kept_events(url))
         }),
     ])
 }
@@ -276,4 +280,28 @@ async fn a_publish_racing_a_timeout_is_answered_once(url: String) {
             }
         }
     }
+}
+
+/// Every publish deletes a few expired kept events, of any key: they do not pile up.
+async fn publishes_purge_expired_kept_events(url: String) {
+    let clock = Arc::new(ManualClock::new(now()));
+    let store = stores(&url, 1).await.remove(0).with_clock(clock.clone());
+    let kept = || async {
+        let sql = format!("SELECT count(*) FROM \"{}\".kept_events", store.schema());
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(store.pool()).await.unwrap();
+        n
+    };
+    for i in 0..40 {
+        let mut event = event("unclaimed", &i.to_string(), "x");
+        event.keep_until = clock.now() + Duration::from_secs(5);
+        assert!(store.publish_event(event).await.unwrap().kept);
+    }
+    assert_eq!(kept().await, 40);
+    clock.advance(Duration::from_secs(6));
+    for _ in 0..3 {
+        let mut event = event("other", "k", "x");
+        event.keep_until = clock.now() + Duration::from_secs(5);
+        assert!(store.publish_event(event).await.unwrap().kept);
+    }
+    assert_eq!(kept().await, 3, "only the unexpired events are left");
 }

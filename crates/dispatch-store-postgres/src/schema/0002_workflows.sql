@@ -69,3 +69,5 @@ CREATE TABLE kept_events (
 
 -- Serves suspend: the oldest kept event of one (name, correlation).
 CREATE INDEX kept_events_match ON kept_events (name, correlation, seq);
+-- Serves the purge of expired kept events (a few per publish).
+CREATE INDEX kept_events_expiry ON kept_events (keep_until);
