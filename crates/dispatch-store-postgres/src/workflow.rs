@@ -253,7 +253,11 @@ impl WorkflowStore for PostgresStore {
         let state = end.state().as_str();
         let (output, error) = match end {
             RunEnd::Completed(output) => (Some(output), None),
-            RunEnd::Failed(error) | RunEnd::Cancelled(error) => (None, Some(error)),
+            // PostgreSQL text can not hold NUL: keep the message, mark where a NUL was (as the
+            // finish of a job does with its failure message).
+            RunEnd::Failed(error) | RunEnd::Cancelled(error) => {
+                (None, Some(error.replace('\0', "\u{fffd}")))
+            }
         };
         self.timed("end_run", async {
             let row = self

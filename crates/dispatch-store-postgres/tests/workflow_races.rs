@@ -2,7 +2,9 @@
 //! publishes reach distinct waiters, one event each; concurrent starts with one idempotency key
 //! make one run; a publish racing a suspend of its key, or a wait's resolution, never strands or
 //! double-answers the event. Several stores (pools) on one schema, so the calls really overlap.
-//! Also: expired kept events do not pile up. Needs the test server (see `support`).
+//! Also, PostgreSQL specifics: expired kept events do not pile up; a run error holding a NUL
+//! character (which `text` can not store) is kept with the NUL marked. Needs the test server
+//! (see `support`).
 
 mod support;
 
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use dispatch_core::{
     ClaimRequest, Clock, EventId, EventWait, JobId, JobStore, LeaseRef, ManualClock, NewEvent,
-    NewJob, NewRun, PageRequest, Published, RunFilter, RunId, Scope, Started, Suspend,
+    NewJob, NewRun, PageRequest, Published, RunEnd, RunFilter, RunId, Scope, Started, Suspend,
     SuspendOutcome, SystemClock, Timestamp, WaitResolution, WorkerId, WorkflowStore,
 };
 use dispatch_store_postgres::PostgresStore;
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         ("publishes_purge_expired_kept_events", |url| {
             Box::pin(publishes_purge_expired_kept_events(url))
         }),
+        ("a_run_error_with_nul_is_kept", |url| Box::pin(a_run_error_with_nul_is_kept(url))),
     ])
 }
 
@@ -304,4 +307,14 @@ async fn publishes_purge_expired_kept_events(url: String) {
         assert!(store.publish_event(event).await.unwrap().kept);
     }
     assert_eq!(kept().await, 3, "only the unexpired events are left");
+}
+
+/// A run failed with an error holding NUL keeps the error, the NUL replaced by U+FFFD.
+async fn a_run_error_with_nul_is_kept(url: String) {
+    let store = stores(&url, 1).await.remove(0);
+    let (runs, _) = driven_runs(&store, 1).await;
+    let (run, lease) = runs[0];
+    store.end_run(lease, run, RunEnd::Failed("bad\0byte".into())).await.expect("end_run");
+    let stored = store.get_run(run).await.unwrap().expect("run");
+    assert_eq!(stored.error.as_deref(), Some("bad\u{fffd}byte"));
 }
