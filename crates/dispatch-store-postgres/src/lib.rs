@@ -10,8 +10,9 @@
 //! # Layout
 //!
 //! Everything lives in one schema (default [`DEFAULT_SCHEMA`], see
-//! [`PostgresStoreBuilder::schema`]): tables `jobs` and `dlq`, and the store's own migrations
-//! table `dispatch_migrations`. Several stores (or test runs) share a database in separate
+//! [`PostgresStoreBuilder::schema`]): tables `jobs` and `dlq`, the workflow tables `runs`,
+//! `checkpoints`, `event_waits` and `kept_events`, and the store's own migrations table
+//! `dispatch_migrations`. Several stores (or test runs) share a database in separate
 //! schemas. Times are `bigint` microseconds since the Unix epoch, like
 //! [`Timestamp`](dispatch_core::Timestamp).
 //!
@@ -31,6 +32,17 @@
 //! Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
 //! [`ErrorKind::Timeout`] past it; a lost or refused connection is
 //! [`ErrorKind::Unavailable`].
+//!
+//! # Workflows
+//!
+//! [`WorkflowStore`](dispatch_core::WorkflowStore) keeps runs next to the jobs that drive them.
+//! A drive's calls are fenced in the statement itself: the drive job's row is locked only while
+//! the caller's lease holds it, and nothing is written otherwise (`LeaseLost`). Each call is one
+//! statement (a start inserts the run and its drive job together; a suspend registers the waits,
+//! marks the run and snoozes the drive job together), except that a publish and a suspend that
+//! waits for events first take a transaction-level advisory lock per (name, correlation), so
+//! neither can miss the other. A finish or rescue that kills a drive job fails its run in the
+//! same statement.
 //!
 //! # Wake-ups and transactional enqueue
 //!
@@ -64,6 +76,8 @@ mod row;
 mod sql;
 mod transaction;
 mod wake;
+mod workflow;
+mod workflow_sql;
 
 use std::future::Future;
 use std::str::FromStr;

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, DlqEntry, DlqId, Error, Job, JobId, JobState, Lease, LeaseToken, Result, RunAt,
-    Scope, Timestamp,
+    AttemptError, Checkpoint, DlqEntry, DlqId, Error, Job, JobId, JobState, Lease, LeaseToken,
+    Result, Run, RunAt, RunId, RunState, Scope, Timestamp,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -124,6 +124,47 @@ pub(crate) fn dlq_from_row(row: &PgRow) -> Result<DlqEntry> {
         replayed_as: replayed_as.map(JobId::from_uuid),
         replayed_at: replayed_at.map(ts),
     })
+}
+
+/// Decode a run row selected with the store's run columns.
+pub(crate) fn run_from_row(row: &PgRow) -> Result<Run> {
+    let output: Option<Vec<u8>> = get(row, "output")?;
+    let parent: Option<Uuid> = get(row, "parent")?;
+    let finished_at: Option<i64> = get(row, "finished_at")?;
+    let version: i64 = get(row, "version")?;
+    let state: String = get(row, "state")?;
+    Ok(Run {
+        id: RunId::from_uuid(get(row, "id")?),
+        name: get(row, "name")?,
+        version: u32::try_from(version).map_err(|e| corrupt("run version", e))?,
+        state: state.parse::<RunState>().map_err(|e| corrupt("run state", e))?,
+        input: get(row, "input")?,
+        output,
+        error: get(row, "error")?,
+        scope: Scope { app: get(row, "scope_app")?, tenant: get(row, "scope_tenant")? },
+        idempotency_key: get(row, "idempotency_key")?,
+        parent: parent.map(RunId::from_uuid),
+        drive_job: JobId::from_uuid(get(row, "drive_job")?),
+        created_at: ts(get(row, "created_at")?),
+        updated_at: ts(get(row, "updated_at")?),
+        finished_at: finished_at.map(ts),
+    })
+}
+
+/// Decode the checkpoint arrays (`ck_keys`, `ck_data`, `ck_at`, in write order) of a row.
+pub(crate) fn checkpoints_from_row(row: &PgRow) -> Result<Vec<Checkpoint>> {
+    let keys: Vec<String> = get(row, "ck_keys")?;
+    let data: Vec<Vec<u8>> = get(row, "ck_data")?;
+    let at: Vec<i64> = get(row, "ck_at")?;
+    if keys.len() != data.len() || keys.len() != at.len() {
+        return Err(corrupt("checkpoints", "arrays of different lengths"));
+    }
+    Ok(keys
+        .into_iter()
+        .zip(data)
+        .zip(at)
+        .map(|((key, data), at)| Checkpoint { key, data, at: ts(at) })
+        .collect())
 }
 
 /// A row count or limit as PostgreSQL takes it.

@@ -8,6 +8,8 @@
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
 
+use crate::workflow_sql::WorkflowQueries;
+
 /// The store's now: the injected clock's time (`$1`) or the database's transaction time, in
 /// microseconds since the epoch.
 const NOW: &str = "coalesce($1::bigint, (extract(epoch from now()) * 1000000)::bigint)";
@@ -41,6 +43,17 @@ const DEAD_COPY: &str = "INSERT INTO {s}.dlq (id, job_id, name, queue, payload, 
 /// they share one queue, else empty ("any queue"). `$chan` is the channel parameter.
 const WOKE: &str = "SELECT pg_notify($chan, CASE WHEN count(DISTINCT u.queue) = 1 \
      THEN min(u.queue) ELSE '' END) FROM upd u WHERE u.state = 'available' HAVING count(*) > 0";
+
+/// A dying drive job fails its workflow run in the same statement: for the jobs a transition made
+/// dead (`upd`), the run they drive (unless it already ended) becomes failed with the job's last
+/// error, and the run's event waits are dropped. Touches no row when no job died.
+const DRIVE_DEATH: &str = "failed_runs AS (UPDATE {s}.runs r SET state = 'failed', \
+       error = coalesce(u.errors -> -1 ->> 'message', 'the drive job died'), \
+       updated_at = u.finished_at, finished_at = u.finished_at \
+       FROM upd u WHERE u.state = 'dead' AND r.drive_job = u.id \
+       AND r.state IN ('running', 'suspended')), \
+     dropped_waits AS (DELETE FROM {s}.event_waits w USING upd u, {s}.runs r \
+       WHERE u.state = 'dead' AND r.drive_job = u.id AND w.run_id = r.id)";
 
 /// Store a batch. `$2..$15` are the batch's columns (one array each, in batch order); items
 /// with `candidate = false` (repeats of a unique key within the batch) are not inserted. Nothing
@@ -97,7 +110,8 @@ const CLAIM: &str = "WITH t AS (SELECT {now} AS now), \
 
 /// End attempts. `$2..$8` are the finishes (job, token, outcome, failure kind and message,
 /// absolute or relative run-at). Rows are locked in ID order; the first item per job whose token
-/// holds the lease applies (in batch order). Dead jobs get their DLQ entry in this statement.
+/// holds the lease applies (in batch order). Dead jobs get their DLQ entry in this statement, and
+/// the workflow runs they drive fail in it.
 const FINISH: &str = "WITH t AS (SELECT {now} AS now), \
      i AS (SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], \
        $7::int8[], $8::int8[]) WITH ORDINALITY \
@@ -132,6 +146,7 @@ const FINISH: &str = "WITH t AS (SELECT {now} AS now), \
        j.timeout_us, j.scope_app, j.scope_tenant, j.errors, j.finished_at, j.state, j.dlq_id, \
        p.ord, p.prev_finish), \
      dead AS ({dead_copy}), \
+     {drive_death}, \
      woke AS ({woke}) \
      SELECT u.ord, u.state, u.dlq_id, u.prev_finish, (SELECT count(*) FROM woke) AS notified \
      FROM upd u";
@@ -161,7 +176,7 @@ const JOB_STATE: &str = "SELECT j.state FROM {s}.jobs j WHERE j.id = $1";
 
 /// Reclaim up to `$2` expired leases (skipping rows others hold), with a `LeaseExpired` error
 /// each: cancelled after a cancel request, else available with attempts left, else dead with a
-/// DLQ entry written in this statement.
+/// DLQ entry written (and its workflow run failed) in this statement.
 const RESCUE: &str = "WITH t AS (SELECT {now} AS now), \
      expired AS (SELECT j.id, j.lease_expires, j.seq FROM {s}.jobs j \
        WHERE j.state = 'running' AND j.lease_expires <= (SELECT now FROM t) \
@@ -185,6 +200,7 @@ const RESCUE: &str = "WITH t AS (SELECT {now} AS now), \
        j.timeout_us, j.scope_app, j.scope_tenant, j.errors, j.finished_at, j.state, j.dlq_id, \
        e.lease_expires AS expired_at, e.seq), \
      dead AS ({dead_copy}), \
+     {drive_death}, \
      woke AS ({woke}) \
      SELECT u.id, u.state, u.dlq_id, u.expired_at, u.seq, (SELECT count(*) FROM woke) AS notified \
      FROM upd u";
@@ -254,22 +270,14 @@ pub(crate) struct Queries {
     pub list_dlq: SqlStr,
     pub replay_dlq: SqlStr,
     pub purge_dlq: SqlStr,
+    /// The workflow statements.
+    pub wf: WorkflowQueries,
 }
 
 impl Queries {
     /// The statements for the schema named by `quoted`, a validated, double-quoted identifier.
     pub(crate) fn new(quoted: &str) -> Self {
-        let build = |template: &str| {
-            let sql = expand_sat(template)
-                .replace("{dead_copy}", DEAD_COPY)
-                .replace("{job_columns}", JOB_COLUMNS)
-                .replace("{dlq_columns}", DLQ_COLUMNS)
-                .replace("{uuid_v7}", UUID_V7)
-                .replace("{now}", NOW)
-                .replace("{s}", quoted);
-            // Safe: fixed text and a schema name checked against [a-z_][a-z0-9_]*.
-            AssertSqlSafe(sql).into_sql_str()
-        };
+        let build = |template: &str| build(template, quoted);
         Self {
             enqueue: build(ENQUEUE),
             holders: build(HOLDERS),
@@ -288,8 +296,24 @@ impl Queries {
             list_dlq: build(LIST_DLQ),
             replay_dlq: build(REPLAY_DLQ),
             purge_dlq: build(PURGE_DLQ),
+            wf: WorkflowQueries::new(build),
         }
     }
+}
+
+/// `template` as a statement for the schema named by `quoted` (a validated, double-quoted
+/// identifier): placeholders expanded, `{now}` and `{s}` last.
+pub(crate) fn build(template: &str, quoted: &str) -> SqlStr {
+    let sql = expand_sat(template)
+        .replace("{dead_copy}", DEAD_COPY)
+        .replace("{drive_death}", DRIVE_DEATH)
+        .replace("{job_columns}", JOB_COLUMNS)
+        .replace("{dlq_columns}", DLQ_COLUMNS)
+        .replace("{uuid_v7}", UUID_V7)
+        .replace("{now}", NOW)
+        .replace("{s}", quoted);
+    // Safe: fixed text and a schema name checked against [a-z_][a-z0-9_]*.
+    AssertSqlSafe(sql).into_sql_str()
 }
 
 /// Replace each `{sat(a, b)}` with `a + b` computed exactly and saturated at `i64::MAX`.

@@ -1,0 +1,277 @@
+//! The workflow statements, built once per store beside the job statements of [`crate::sql`]
+//! (same placeholders: `{s}` the schema, `{now}` the store's clock from `$1`, `{sat(a, b)}`).
+//!
+//! Fenced statements (a drive's calls) take `$2` the drive job, `$3` the lease token and `$4` the
+//! run, and start with [`FENCE`]: the job row is locked `FOR UPDATE` only while that lease holds
+//! it, so nothing can finish, rescue or re-claim the job until the statement commits, and every
+//! write joins `ok`, which is empty when the lease does not hold the run's drive job. They answer
+//! `found` (the run exists) and `held` (the fence held).
+
+use sqlx::SqlStr;
+
+/// The fence of a drive's call; see the module docs.
+const FENCE: &str = "lock AS (SELECT j.id FROM {s}.jobs j WHERE j.id = $2 AND j.state = 'running' \
+       AND j.lease_token = $3 FOR UPDATE), \
+     r AS (SELECT x.* FROM {s}.runs x WHERE x.id = $4), \
+     ok AS (SELECT r.* FROM r JOIN lock l ON l.id = r.drive_job)";
+
+/// What every fenced statement answers.
+const FENCED: &str = "EXISTS (SELECT 1 FROM r) AS found, EXISTS (SELECT 1 FROM ok) AS held";
+
+/// The columns of a run row, as `row::run_from_row` reads them (alias `r`).
+const RUN_COLUMNS: &str = "r.id, r.name, r.version, r.state, r.input, r.output, r.error, \
+     r.scope_app, r.scope_tenant, r.idempotency_key, r.parent, r.drive_job, r.created_at, \
+     r.updated_at, r.finished_at";
+
+/// A run's checkpoints (alias `c`) as three arrays in write order, as
+/// `row::checkpoints_from_row` reads them.
+const CHECKPOINT_ARRAYS: &str = "coalesce(array_agg(c.key ORDER BY c.seq), '{}') AS ck_keys, \
+     coalesce(array_agg(c.data ORDER BY c.seq), '{}') AS ck_data, \
+     coalesce(array_agg(c.at ORDER BY c.seq), '{}') AS ck_at";
+
+/// Start a run (`$2..$9`) and its drive job (`$10..$22`, as one enqueue item) unless the
+/// run's (name, idempotency key) is taken (`existing`), its or the job's ID is (`clash`), or the
+/// job's unique key is held (`held`). A concurrent start of the same key makes the run insert do
+/// nothing (the partial unique index settles it) and so the job insert too; any other concurrent
+/// clash is a unique violation that rolls everything back. One NOTIFY (`$23`) for the job.
+const START_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+     existing AS (SELECT x.id FROM {s}.runs x WHERE $8::text IS NOT NULL AND x.name = $3 \
+       AND x.idempotency_key = $8), \
+     clash AS (SELECT 'run' AS what FROM {s}.runs x WHERE x.id = $2 \
+       UNION ALL SELECT 'job' FROM {s}.jobs j WHERE j.id = $10), \
+     held AS (SELECT h.id FROM {s}.jobs h, t WHERE $19::text IS NOT NULL AND h.name = $11 \
+       AND h.unique_key = $19 AND (h.state IN ('available', 'running') OR h.unique_until > t.now) \
+       ORDER BY h.seq DESC LIMIT 1), \
+     run_ins AS (INSERT INTO {s}.runs (id, name, version, state, input, scope_app, scope_tenant, \
+       idempotency_key, parent, drive_job, created_at, updated_at) \
+       SELECT $2, $3, $4, 'running', $5, $6, $7, $8, $9, $10, t.now, t.now FROM t \
+       WHERE NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM clash) \
+       AND NOT EXISTS (SELECT 1 FROM held) \
+       ON CONFLICT (name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+       RETURNING id), \
+     job_ins AS (INSERT INTO {s}.jobs (id, name, queue, payload, priority, state, attempt, \
+       max_attempts, timeout_us, run_at, created_at, unique_key, unique_until, scope_app, \
+       scope_tenant) \
+       SELECT $10, $11, $12, $13, $14, 'available', 0, $17, $18, \
+       coalesce($15, {sat(t.now, $16)}), t.now, $19, {sat(t.now, $20)}, $21, $22 \
+       FROM run_ins, t RETURNING queue), \
+     woke AS (SELECT pg_notify($23, queue) FROM job_ins) \
+     SELECT (SELECT id FROM existing) AS existing, (SELECT min(what) FROM clash) AS clash, \
+       (SELECT id FROM held) AS held, (SELECT id FROM run_ins) AS created, \
+       (SELECT count(*) FROM woke) AS notified";
+
+/// The run of a (name `$1`, idempotency key `$2`), read after a start lost the race for it.
+const RUN_BY_KEY: &str = "SELECT x.id FROM {s}.runs x WHERE x.name = $1 AND x.idempotency_key = $2";
+
+const GET_RUN: &str = "SELECT {run_columns} FROM {s}.runs r WHERE r.id = $1";
+
+const LIST_RUNS: &str = "SELECT {run_columns} FROM {s}.runs r \
+     WHERE ($1::uuid IS NULL OR r.id > $1) AND ($2::text IS NULL OR r.state = $2) \
+     AND ($3::text IS NULL OR r.name = $3) ORDER BY r.id LIMIT $4";
+
+/// Run `$1`'s checkpoints; no row for an unknown run.
+const CHECKPOINTS: &str = "SELECT ck.* FROM {s}.runs r CROSS JOIN LATERAL \
+     (SELECT {checkpoint_arrays} FROM {s}.checkpoints c WHERE c.run_id = r.id) ck \
+     WHERE r.id = $1";
+
+/// Fenced: the run and its checkpoints; a suspended run becomes running (`flipped_at`). No row
+/// for an unknown run.
+const LOAD_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
+     flip AS (UPDATE {s}.runs x SET state = 'running', updated_at = t.now FROM ok, t \
+       WHERE x.id = ok.id AND x.state = 'suspended' RETURNING x.updated_at) \
+     SELECT {run_columns}, EXISTS (SELECT 1 FROM ok) AS held, \
+       (SELECT updated_at FROM flip) AS flipped_at, ck.* \
+     FROM r CROSS JOIN LATERAL (SELECT {checkpoint_arrays} FROM {s}.checkpoints c \
+       WHERE c.run_id = r.id AND EXISTS (SELECT 1 FROM ok)) ck";
+
+/// Fenced: upsert checkpoints `$5`/`$6` (keys, data; keys distinct) in order. A rewritten key
+/// keeps its `seq` (its place in write order).
+const SAVE_CHECKPOINTS: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
+     ins AS (INSERT INTO {s}.checkpoints (run_id, key, data, at) \
+       SELECT ok.id, c.key, c.data, t.now FROM ok, t, \
+       unnest($5::text[], $6::bytea[]) WITH ORDINALITY AS c(key, data, ord) ORDER BY c.ord \
+       ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at \
+       RETURNING 1) \
+     SELECT {fenced}, (SELECT count(*) FROM ins) AS written";
+
+/// Fenced suspend. `$5` wake-at, `$6..$9` the waits (key, name, correlation, deadline) in order,
+/// `$10` the channel. The first wait (in order) with an unexpired kept event of its name,
+/// correlation and the run's scope takes the oldest one (`found`): the event is deleted and
+/// written as that wait's checkpoint, and nothing else happens. Otherwise every wait is
+/// registered (the last of a repeated key wins; re-registering a key moves it to the back), the
+/// run becomes suspended and the drive job is finished as a snooze until `$5`, exactly as
+/// FINISH does it: attempt given back, lease cleared, the token recorded as the last finish,
+/// cancelled instead when a cancel was requested.
+const SUSPEND: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
+     w AS (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::int8[]) \
+       WITH ORDINALITY AS w(key, name, correlation, deadline, ord)), \
+     found AS (SELECT w.key, k.seq FROM ok CROSS JOIN t CROSS JOIN w CROSS JOIN LATERAL \
+       (SELECT e.seq FROM {s}.kept_events e WHERE e.name = w.name \
+         AND e.correlation = w.correlation AND e.scope_app IS NOT DISTINCT FROM ok.scope_app \
+         AND e.scope_tenant IS NOT DISTINCT FROM ok.scope_tenant AND e.keep_until > t.now \
+         ORDER BY e.seq LIMIT 1 FOR UPDATE SKIP LOCKED) k \
+       ORDER BY w.ord LIMIT 1), \
+     took AS (DELETE FROM {s}.kept_events e USING found f WHERE e.seq = f.seq \
+       RETURNING f.key, e.payload), \
+     delivered AS (INSERT INTO {s}.checkpoints (run_id, key, data, at) \
+       SELECT $4, took.key, took.payload, t.now FROM took, t \
+       ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at), \
+     reg AS (INSERT INTO {s}.event_waits (run_id, key, name, correlation, scope_app, \
+       scope_tenant, deadline) \
+       SELECT ok.id, d.key, d.name, d.correlation, ok.scope_app, ok.scope_tenant, d.deadline \
+       FROM ok, (SELECT DISTINCT ON (w.key) w.* FROM w ORDER BY w.key, w.ord DESC) d \
+       WHERE NOT EXISTS (SELECT 1 FROM found) ORDER BY d.ord \
+       ON CONFLICT (run_id, key) DO UPDATE SET seq = DEFAULT, name = excluded.name, \
+       correlation = excluded.correlation, scope_app = excluded.scope_app, \
+       scope_tenant = excluded.scope_tenant, deadline = excluded.deadline), \
+     susp AS (UPDATE {s}.runs x SET state = 'suspended', updated_at = t.now FROM ok, t \
+       WHERE x.id = ok.id AND NOT EXISTS (SELECT 1 FROM found)), \
+     snooze AS (UPDATE {s}.jobs j SET \
+       state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'available' END, \
+       attempt = CASE WHEN j.cancel_requested THEN j.attempt \
+         ELSE greatest(j.attempt - 1, 0) END, \
+       run_at = CASE WHEN j.cancel_requested THEN j.run_at ELSE $5 END, \
+       finished_at = CASE WHEN j.cancel_requested THEN t.now END, \
+       dlq_id = NULL, lease_owner = NULL, lease_token = NULL, lease_expires = NULL, \
+       cancel_requested = false, last_finish_token = j.lease_token \
+       FROM ok, t WHERE j.id = ok.drive_job AND NOT EXISTS (SELECT 1 FROM found) \
+       RETURNING j.state, j.queue), \
+     woke AS (SELECT pg_notify($10, s.queue) FROM snooze s WHERE s.state = 'available') \
+     SELECT {fenced}, EXISTS (SELECT 1 FROM took) AS delivered, \
+       (SELECT state FROM snooze) AS job_state, (SELECT count(*) FROM woke) AS notified";
+
+/// Fenced: the checkpoint of key `$5` (`data`), or else the wait of that key deleted
+/// (`removed`). A publish delivering to that wait at the same moment holds its row: the delete
+/// waits for it and then finds the row gone, while this statement's snapshot misses the
+/// checkpoint it wrote; the caller reads [`CHECKPOINT_DATA`] again in that case.
+const RESOLVE_WAIT: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
+     cp AS (SELECT c.data FROM {s}.checkpoints c, ok WHERE c.run_id = ok.id AND c.key = $5), \
+     gone AS (DELETE FROM {s}.event_waits w USING ok WHERE w.run_id = ok.id AND w.key = $5 \
+       AND NOT EXISTS (SELECT 1 FROM cp) RETURNING w.seq) \
+     SELECT {fenced}, (SELECT data FROM cp) AS data, EXISTS (SELECT 1 FROM gone) AS removed";
+
+/// The data of run `$1`'s checkpoint `$2`.
+const CHECKPOINT_DATA: &str =
+    "SELECT c.data FROM {s}.checkpoints c WHERE c.run_id = $1 AND c.key = $2";
+
+/// Fenced: end the run in state `$5` with output `$6` or error `$7`; drop its waits.
+const END_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
+     ended AS (UPDATE {s}.runs x SET state = $5, output = coalesce($6, x.output), \
+       error = coalesce($7, x.error), updated_at = t.now, finished_at = t.now FROM ok, t \
+       WHERE x.id = ok.id), \
+     dropped AS (DELETE FROM {s}.event_waits w USING ok WHERE w.run_id = ok.id) \
+     SELECT {fenced}";
+
+/// How many expired kept events a publish deletes at most.
+const PURGE: usize = 16;
+
+/// Take the transaction-level advisory locks `$1` (sorted), one per (name, correlation) an
+/// event is published or waited on: a publish and a suspend of one key take turns, so each
+/// statement that follows sees what the other committed.
+const LOCK_EVENT_KEYS: &str = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS u(k)";
+
+/// Publish event `$8` (name `$2`, correlation `$3`, scope `$4`/`$5`, payload `$6`, broadcast
+/// `$7`, keep-until `$9`). The oldest matching wait (all of them for a broadcast) is taken,
+/// skipping waits another statement holds (they are being delivered to, resolved or dropped):
+/// deleted, its checkpoint written, its run's drive job due now when it is available and not due
+/// yet (skipping a locked job: whoever holds an available drive job is claiming or cancelling
+/// it). Nobody waiting, not broadcast and not expired: kept. One NOTIFY (`$10`) when delivered.
+/// Each publish also deletes up to [`PURGE`] expired kept events (of any key): as every kept
+/// event comes from a publish, expired ones can not pile up.
+const PUBLISH: &str = "WITH t AS (SELECT {now} AS now), \
+     expired AS (DELETE FROM {s}.kept_events e WHERE e.seq IN (SELECT x.seq \
+       FROM {s}.kept_events x, t WHERE x.keep_until <= t.now ORDER BY x.keep_until \
+       LIMIT {purge} FOR UPDATE SKIP LOCKED)), \
+     picked AS (SELECT w.seq FROM {s}.event_waits w WHERE w.name = $2 AND w.correlation = $3 \
+       AND w.scope_app IS NOT DISTINCT FROM $4 AND w.scope_tenant IS NOT DISTINCT FROM $5 \
+       ORDER BY w.seq LIMIT CASE WHEN $7 THEN NULL ELSE 1 END FOR UPDATE SKIP LOCKED), \
+     taken AS (DELETE FROM {s}.event_waits w USING picked p WHERE w.seq = p.seq \
+       RETURNING w.seq, w.run_id, w.key), \
+     written AS (INSERT INTO {s}.checkpoints (run_id, key, data, at) \
+       SELECT d.run_id, d.key, $6, t.now FROM taken d, t ORDER BY d.seq \
+       ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at), \
+     drives AS (SELECT j.id, j.queue, j.state, j.run_at FROM taken d \
+       JOIN {s}.runs x ON x.id = d.run_id JOIN {s}.jobs j ON j.id = x.drive_job), \
+     due AS (SELECT j.id FROM {s}.jobs j, t WHERE j.id = ANY (array(SELECT d.id FROM drives d, t \
+         WHERE d.state = 'available' AND d.run_at > t.now)) \
+       AND j.state = 'available' AND j.run_at > t.now ORDER BY j.id FOR UPDATE OF j SKIP LOCKED), \
+     woken AS (UPDATE {s}.jobs j SET run_at = t.now FROM due, t WHERE j.id = due.id), \
+     kept AS (INSERT INTO {s}.kept_events (id, name, correlation, scope_app, scope_tenant, \
+       payload, keep_until) \
+       SELECT $8, $2, $3, $4, $5, $6, $9 FROM t \
+       WHERE NOT $7 AND $9 > t.now AND NOT EXISTS (SELECT 1 FROM taken) RETURNING seq), \
+     woke AS (SELECT pg_notify($10, CASE WHEN count(DISTINCT queue) = 1 THEN min(queue) \
+       ELSE '' END) FROM drives HAVING count(*) > 0) \
+     SELECT array(SELECT run_id FROM taken ORDER BY seq) AS delivered, \
+       EXISTS (SELECT 1 FROM kept) AS kept, (SELECT count(*) FROM woke) AS notified";
+
+/// The workflow statements of one store.
+#[derive(Debug)]
+pub(crate) struct WorkflowQueries {
+    pub start_run: SqlStr,
+    pub run_by_key: SqlStr,
+    pub get_run: SqlStr,
+    pub list_runs: SqlStr,
+    pub checkpoints: SqlStr,
+    pub load_run: SqlStr,
+    pub save_checkpoints: SqlStr,
+    pub suspend: SqlStr,
+    pub resolve_wait: SqlStr,
+    pub checkpoint_data: SqlStr,
+    pub end_run: SqlStr,
+    pub lock_event_keys: SqlStr,
+    pub publish: SqlStr,
+}
+
+impl WorkflowQueries {
+    /// The statements, finished by `build` (the schema's [`crate::sql::build`]).
+    pub(crate) fn new(build: impl Fn(&str) -> SqlStr) -> Self {
+        let build = |template: &str| {
+            build(
+                &template
+                    .replace("{fence}", FENCE)
+                    .replace("{fenced}", FENCED)
+                    .replace("{run_columns}", RUN_COLUMNS)
+                    .replace("{checkpoint_arrays}", CHECKPOINT_ARRAYS)
+                    .replace("{purge}", &PURGE.to_string()),
+            )
+        };
+        Self {
+            start_run: build(START_RUN),
+            run_by_key: build(RUN_BY_KEY),
+            get_run: build(GET_RUN),
+            list_runs: build(LIST_RUNS),
+            checkpoints: build(CHECKPOINTS),
+            load_run: build(LOAD_RUN),
+            save_checkpoints: build(SAVE_CHECKPOINTS),
+            suspend: build(SUSPEND),
+            resolve_wait: build(RESOLVE_WAIT),
+            checkpoint_data: build(CHECKPOINT_DATA),
+            end_run: build(END_RUN),
+            lock_event_keys: build(LOCK_EVENT_KEYS),
+            publish: build(PUBLISH),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::sql::Queries;
+
+    #[test]
+    fn no_placeholder_is_left() {
+        let q = Queries::new("\"dispatch\"").wf;
+        for sql in [&q.start_run, &q.load_run, &q.save_checkpoints, &q.suspend, &q.resolve_wait]
+            .into_iter()
+            .chain([&q.end_run, &q.publish, &q.checkpoints, &q.list_runs])
+        {
+            assert!(!sql.as_str().contains("{s}"), "{}", sql.as_str());
+            assert!(!sql.as_str().contains("{now}"), "{}", sql.as_str());
+            assert!(!sql.as_str().contains("{fence"), "{}", sql.as_str());
+            assert!(!sql.as_str().contains("_columns}"), "{}", sql.as_str());
+            assert!(!sql.as_str().contains("{sat("), "{}", sql.as_str());
+            assert!(!sql.as_str().contains("{purge}"), "{}", sql.as_str());
+        }
+        assert!(q.suspend.as_str().contains("\"dispatch\".jobs"));
+    }
+}
