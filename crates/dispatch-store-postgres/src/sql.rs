@@ -212,7 +212,7 @@ const NEXT_DUE: &str = "SELECT CASE WHEN min(d.run_at) IS NOT NULL \
      FROM (SELECT DISTINCT q FROM unnest($2::text[]) AS u(q)) qs \
      CROSS JOIN (SELECT DISTINCT n FROM unnest($3::text[]) AS u(n)) ns \
      CROSS JOIN LATERAL (SELECT j.run_at FROM {s}.jobs j WHERE j.state = 'available' \
-       AND j.queue = qs.q AND j.name = ns.n ORDER BY j.run_at LIMIT 1) d";
+       AND ARRAY[j.queue, j.name] = ARRAY[qs.q, ns.n] ORDER BY j.run_at LIMIT 1) d";
 
 const GET_JOB: &str = "SELECT {job_columns} FROM {s}.jobs j WHERE j.id = $1";
 

@@ -162,7 +162,8 @@ impl WorkflowStore for PostgresStore {
                 stored.state = RunState::Running;
                 stored.updated_at = Timestamp::from_unix_micros(at);
             }
-            Ok(RunSnapshot { run: stored, checkpoints: checkpoints_from_row(&row)? })
+            let now = Timestamp::from_unix_micros(get(&row, "store_now")?);
+            Ok(RunSnapshot { run: stored, checkpoints: checkpoints_from_row(&row)?, now })
         })
         .await
     }
@@ -285,7 +286,7 @@ impl WorkflowStore for PostgresStore {
                 .bind(event.payload.as_slice())
                 .bind(event.broadcast)
                 .bind(event.id.uuid())
-                .bind(event.keep_until.as_unix_micros())
+                .bind(i64::try_from(event.keep_for.as_micros()).unwrap_or(i64::MAX))
                 .bind(self.channel());
             let row = self.fetch_one_locked(&locks, query).await?;
             let delivered: Vec<Uuid> = get(&row, "delivered")?;

@@ -80,7 +80,7 @@ const LOAD_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
      flip AS (UPDATE {s}.runs x SET state = 'running', updated_at = t.now FROM ok, t \
        WHERE x.id = ok.id AND x.state = 'suspended' RETURNING x.updated_at) \
      SELECT {run_columns}, EXISTS (SELECT 1 FROM ok) AS held, \
-       (SELECT updated_at FROM flip) AS flipped_at, ck.* \
+       (SELECT updated_at FROM flip) AS flipped_at, (SELECT now FROM t) AS store_now, ck.* \
      FROM r CROSS JOIN LATERAL (SELECT {checkpoint_arrays} FROM {s}.checkpoints c \
        WHERE c.run_id = r.id AND EXISTS (SELECT 1 FROM ok)) ck";
 
@@ -171,7 +171,7 @@ const PURGE: usize = 16;
 const LOCK_EVENT_KEYS: &str = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::int8[]) AS u(k)";
 
 /// Publish event `$8` (name `$2`, correlation `$3`, scope `$4`/`$5`, payload `$6`, broadcast
-/// `$7`, keep-until `$9`). The oldest matching wait (all of them for a broadcast) is taken,
+/// `$7`, kept for `$9` µs from now). The oldest matching wait (all of them for a broadcast) is taken,
 /// skipping waits another statement holds (they are being delivered to, resolved or dropped):
 /// deleted, its checkpoint written, its run's drive job due now when it is available and not due
 /// yet (skipping a locked job: whoever holds an available drive job is claiming or cancelling
@@ -198,8 +198,8 @@ const PUBLISH: &str = "WITH t AS (SELECT {now} AS now), \
      woken AS (UPDATE {s}.jobs j SET run_at = t.now FROM due, t WHERE j.id = due.id), \
      kept AS (INSERT INTO {s}.kept_events (id, name, correlation, scope_app, scope_tenant, \
        payload, keep_until) \
-       SELECT $8, $2, $3, $4, $5, $6, $9 FROM t \
-       WHERE NOT $7 AND $9 > t.now AND NOT EXISTS (SELECT 1 FROM taken) RETURNING seq), \
+       SELECT $8, $2, $3, $4, $5, $6, t.now + $9 FROM t \
+       WHERE NOT $7 AND $9 > 0 AND NOT EXISTS (SELECT 1 FROM taken) RETURNING seq), \
      woke AS (SELECT pg_notify($10, CASE WHEN count(DISTINCT queue) = 1 THEN min(queue) \
        ELSE '' END) FROM drives HAVING count(*) > 0) \
      SELECT array(SELECT run_id FROM taken ORDER BY seq) AS delivered, \

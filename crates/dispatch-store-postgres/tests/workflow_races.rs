@@ -127,7 +127,7 @@ fn event(name: &str, correlation: &str, payload: &str) -> NewEvent {
         payload: payload.as_bytes().to_vec(),
         scope: Scope::default(),
         broadcast: false,
-        keep_until: now() + Duration::from_secs(3600),
+        keep_for: Duration::from_secs(3600),
     }
 }
 
@@ -296,14 +296,14 @@ async fn publishes_purge_expired_kept_events(url: String) {
     };
     for i in 0..40 {
         let mut event = event("unclaimed", &i.to_string(), "x");
-        event.keep_until = clock.now() + Duration::from_secs(5);
+        event.keep_for = Duration::from_secs(5);
         assert!(store.publish_event(event).await.unwrap().kept);
     }
     assert_eq!(kept().await, 40);
     clock.advance(Duration::from_secs(6));
     for _ in 0..3 {
         let mut event = event("other", "k", "x");
-        event.keep_until = clock.now() + Duration::from_secs(5);
+        event.keep_for = Duration::from_secs(5);
         assert!(store.publish_event(event).await.unwrap().kept);
     }
     assert_eq!(kept().await, 3, "only the unexpired events are left");

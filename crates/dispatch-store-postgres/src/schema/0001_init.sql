@@ -33,8 +33,12 @@ CREATE TABLE jobs (
 
 -- Serves claim: available jobs of one queue in claim order.
 CREATE INDEX jobs_claim ON jobs (queue, priority DESC, run_at, seq) WHERE state = 'available';
--- Serves next_due: the earliest available job of one queue and name.
-CREATE INDEX jobs_due ON jobs (queue, name, run_at) WHERE state = 'available';
+-- Serves next_due: the earliest available job of one queue and name. Keyed by the expression
+-- ARRAY[queue, name] on purpose: a claim (conditions on queue, name and run_at) can not use it.
+-- Keyed by the plain columns, a queue filled faster than autovacuum analyzes it got row
+-- estimates of 1, and every claim read all due jobs through this index and sorted them (33 ms
+-- per claim at 100,000 jobs, against 0.4 ms through jobs_claim).
+CREATE INDEX jobs_due ON jobs ((ARRAY[queue, name]), run_at) WHERE state = 'available';
 -- Serves rescue: running jobs by lease expiry.
 CREATE INDEX jobs_lease ON jobs (lease_expires, seq) WHERE state = 'running';
 -- One live holder per (name, unique key): settles concurrent enqueues of one key.
