@@ -18,8 +18,8 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
         "dispatch-core" => Some(&[]),
         "dispatch-store-memory" | "dispatch-job" => Some(CORE),
         "dispatch-workflow" => Some(&["dispatch-core", "dispatch-job"]),
-        // The conformance suite also drives the runtime over each store (runtime scenarios).
-        "dispatch-store-tests" => Some(&["dispatch-core", "dispatch-job"]),
+        // The conformance suite also drives the job and workflow runtimes over each store.
+        "dispatch-store-tests" => Some(&["dispatch-core", "dispatch-job", "dispatch-workflow"]),
         n if n.starts_with("dispatch-store-") => Some(CORE),
         "dispatch" => Some(&[
             "dispatch-core",

@@ -87,7 +87,8 @@ impl std::fmt::Display for StoreSpec {
 /// abrupt as SIGKILL).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cut {
-    /// Before step `k` runs (after step `k - 1`'s checkpoint was written).
+    /// Before step `k` runs (after step `k - 1`'s checkpoint was written); `Before(10)` is
+    /// after the last checkpoint, before the run ends.
     Before(usize),
     /// After step `k`'s effect, before its checkpoint is written.
     AfterEffect(usize),
@@ -152,6 +153,7 @@ pub fn ten_steps(effects: std::path::PathBuf, cut: Option<Cut>) -> WorkflowDefin
                     })
                     .await?;
             }
+            maybe_die(cut, Cut::Before(10));
             Ok(acc)
         }
     })

@@ -268,10 +268,11 @@ async fn one_cut(kind: Kind, cut: Cut) {
     drop_schema(&spec).await;
 }
 
-/// The ten-step workflow killed before each step and after each step's effect (20 cuts, five
-/// at a time, each on its own store and worker processes).
+/// The ten-step workflow killed before each step, after each step's effect, and after the last
+/// checkpoint (21 cuts, five at a time, each on its own store and worker processes).
 async fn workflow_killed_at_every_step_boundary_resumes_exactly(kind: Kind) {
-    let cuts: Vec<Cut> = (0..10).flat_map(|k| [Cut::Before(k), Cut::AfterEffect(k)]).collect();
+    let mut cuts: Vec<Cut> = (0..10).flat_map(|k| [Cut::Before(k), Cut::AfterEffect(k)]).collect();
+    cuts.push(Cut::Before(10));
     for wave in cuts.chunks(5) {
         futures::future::join_all(wave.iter().map(|&cut| one_cut(kind, cut))).await;
     }

@@ -51,6 +51,7 @@ mod harness;
 mod support;
 
 pub mod fixtures;
+pub mod runs;
 pub mod runtime;
 
 pub mod dlq;
@@ -64,7 +65,7 @@ pub use harness::{StoreFactory, TestContext, run_conformance};
 /// A runtime scenario: the job runtime driven over a fresh store on the system clock.
 #[derive(Clone, Copy)]
 pub struct RuntimeTest {
-    /// `runtime::<function>`.
+    /// `runtime::<function>` (job runtime) or `runs::<function>` (workflows).
     pub name: &'static str,
     /// The scenario.
     pub run: fn(dispatch_core::DynStore) -> BoxFuture<'static, ()>,
@@ -86,7 +87,15 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
             },)*]
         };
     }
-    scenarios![
+    macro_rules! workflow_scenarios {
+        ($($test:ident),* $(,)?) => {
+            vec![$(RuntimeTest {
+                name: concat!("runs::", stringify!($test)),
+                run: |store| Box::pin(runs::$test(store)),
+            },)*]
+        };
+    }
+    let jobs: Vec<RuntimeTest> = scenarios![
         retry_then_succeed,
         snooze_gives_the_attempt_back,
         cancel_reaches_the_running_handler,
@@ -94,7 +103,22 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         fenced_out_completion_is_refused,
         store_wake_up_starts_an_idle_worker,
         delayed_job_starts_when_due,
-    ]
+    ];
+    let runs: Vec<RuntimeTest> = workflow_scenarios![
+        interrupted_at_every_step_boundary_resumes_exactly,
+        a_step_in_a_loop_gets_a_checkpoint_per_call,
+        parallel_branches_keep_their_own_results,
+        resume_cost_does_not_grow_with_finished_steps,
+        panics_fail_attempts_or_runs_not_workers,
+        sleep_wakes_after_its_duration,
+        sleeping_runs_hold_no_worker_slot,
+        step_retry_is_durable_and_holds_no_slot,
+        fifty_keys_fifty_events,
+        four_events_for_ten_waiters,
+        early_event_is_received,
+        broadcast_reaches_all_current_waiters,
+    ];
+    jobs.into_iter().chain(runs).collect()
 }
 
 /// One test of the suite: its name and the function that runs it.

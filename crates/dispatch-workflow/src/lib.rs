@@ -32,6 +32,10 @@
 //! business (`dispatch_core::WorkflowStore`, implemented by every Dispatch store). Not here yet:
 //! sagas, child workflows, cancel, run timeouts, deterministic helpers (the next workflow issue).
 //! The checkpoint key format is documented in the `record` module source and is persisted.
+//!
+//! Its tests run on every store: the workflow scenarios of `dispatch-store-tests` (module `runs`)
+//! are part of each store's conformance binary, and `dispatch-durability-tests` kills real worker
+//! processes at every step boundary.
 
 mod context;
 mod definition;

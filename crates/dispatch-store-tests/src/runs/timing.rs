@@ -4,18 +4,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{Backoff, RunState};
+use dispatch_core::{Backoff, DynStore, RunState};
 use dispatch_job::{JobContext, JobDefinition};
 use dispatch_workflow::{
     StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition, Workflows,
 };
 use parking_lot::Mutex;
 
-use crate::support::{eventually, store, wait_state, worker};
+use super::{wait_state, worker};
+use crate::fixtures::eventually;
 
 /// A sleeping run wakes after its sleep, never before.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sleep_wakes_after_its_duration() {
+pub async fn sleep_wakes_after_its_duration(store: DynStore) {
     let woke: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
     let seen = woke.clone();
     let def = WorkflowDefinition::new("nap", move |wf: WorkflowContext, _: ()| {
@@ -32,8 +32,7 @@ async fn sleep_wakes_after_its_duration() {
             .await
         }
     });
-    let store = store();
-    let recorder = crate::support::Recorder::default();
+    let recorder = crate::fixtures::Recorder::default();
     let workflows = Workflows::with_hooks(store.clone(), vec![Arc::new(recorder.clone())]);
     let handle = worker(store.clone()).register(workflows.register(&def)).build().unwrap().start();
     let started = tokio::time::Instant::now();
@@ -66,8 +65,7 @@ async fn sleep_wakes_after_its_duration() {
 
 /// With concurrency 1 and 100 runs asleep, a new job still starts at once: sleeping runs hold
 /// no worker slot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sleeping_runs_hold_no_worker_slot() {
+pub async fn sleeping_runs_hold_no_worker_slot(store: DynStore) {
     let def = WorkflowDefinition::new("long-nap", |wf: WorkflowContext, _: u32| async move {
         wf.sleep(Duration::from_secs(600)).await?;
         Ok(())
@@ -78,7 +76,6 @@ async fn sleeping_runs_hold_no_worker_slot() {
         counter.fetch_add(1, Ordering::SeqCst);
         async { Ok(()) }
     });
-    let store = store();
     let workflows = Workflows::new(store.clone());
     let handle = worker(store.clone())
         .register(workflows.register(&def))
@@ -108,8 +105,7 @@ async fn sleeping_runs_hold_no_worker_slot() {
 /// A step failing twice with a 1 s backoff succeeds on its third attempt; the checkpoint
 /// records 3 attempts; during the backoff the run holds no worker slot (a job runs meanwhile
 /// on a worker of concurrency 1).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn step_retry_is_durable_and_holds_no_slot() {
+pub async fn step_retry_is_durable_and_holds_no_slot(store: DynStore) {
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let log = attempts.clone();
     let def = WorkflowDefinition::new("retry", move |wf: WorkflowContext, _: ()| {
@@ -136,7 +132,6 @@ async fn step_retry_is_durable_and_holds_no_slot() {
         counter.fetch_add(1, Ordering::SeqCst);
         async { Ok(()) }
     });
-    let store = store();
     let workflows = Workflows::new(store.clone());
     let handle = worker(store.clone())
         .register(workflows.register(&def))

@@ -5,17 +5,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{Event, RunState};
+use dispatch_core::{DynStore, Event, RunState};
 use dispatch_workflow::{StartOptions, StepError, WorkflowContext, WorkflowDefinition, Workflows};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::support::{CountingStore, Recorder, crash, eventually, store, worker};
+use super::{crash, worker};
+use crate::fixtures::{CountingStore, Recorder, eventually};
 
 /// Where the ten-step workflow stops its worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Cut {
-    /// Before step `k` runs (after the previous checkpoint was written).
+    /// Before step `k` runs (after the previous checkpoint was written); `Before(10)` is after
+    /// the last checkpoint, before the run ends.
     Before(usize),
     /// After step `k`'s effect, before its checkpoint is written.
     AfterEffect(usize),
@@ -66,6 +68,7 @@ fn ten_steps(probe: Arc<Probe>) -> WorkflowDefinition<u64, u64> {
                     })
                     .await?;
             }
+            probe.maybe_stop(Cut::Before(10)).await;
             Ok(acc)
         }
     })
@@ -78,13 +81,13 @@ fn expected(seed: u64) -> u64 {
 /// Interrupted before each step and after each step's effect (before its checkpoint): the
 /// output equals an uninterrupted run; every step before the cut ran once, the step at it at
 /// most twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interrupted_at_every_step_boundary_resumes_exactly() {
-    for k in 0..10 {
-        for cut in [Cut::Before(k), Cut::AfterEffect(k)] {
+pub async fn interrupted_at_every_step_boundary_resumes_exactly(store: DynStore) {
+    let cuts = (0..10).flat_map(|k| [Cut::Before(k), Cut::AfterEffect(k)]);
+    // Before(10): after the last checkpoint, before the run ends.
+    for cut in cuts.chain([Cut::Before(10)]) {
+        {
             let probe = Arc::new(Probe::default());
             *probe.cut.lock() = Some(cut);
-            let store = store();
             let workflows = Workflows::new(store.clone());
             let def = ten_steps(probe.clone());
             let drive = workflows.register(&def);
@@ -117,8 +120,7 @@ async fn interrupted_at_every_step_boundary_resumes_exactly() {
 
 /// A loop of 100 `step("item")` calls makes 100 checkpoints, and resumes correctly when
 /// interrupted in the middle.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_step_in_a_loop_gets_a_checkpoint_per_call() {
+pub async fn a_step_in_a_loop_gets_a_checkpoint_per_call(store: DynStore) {
     let calls = Arc::new(AtomicUsize::new(0));
     let stop_at = Arc::new(Notify::new());
     let (counter, gate) = (calls.clone(), stop_at.clone());
@@ -144,7 +146,6 @@ async fn a_step_in_a_loop_gets_a_checkpoint_per_call() {
             Ok(sum)
         }
     });
-    let store = store();
     let workflows = Workflows::new(store.clone());
     let drive = workflows.register(&def);
     let first = worker(store.clone())
@@ -170,8 +171,7 @@ async fn a_step_in_a_loop_gets_a_checkpoint_per_call() {
 
 /// Parallel branches using the same step names keep their own checkpoints and results, also
 /// across a resume.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn parallel_branches_keep_their_own_results() {
+pub async fn parallel_branches_keep_their_own_results(store: DynStore) {
     let def = WorkflowDefinition::new("fan", |wf: WorkflowContext, _: ()| async move {
         let branches = (0..3u64)
             .map(|b| {
@@ -185,7 +185,6 @@ async fn parallel_branches_keep_their_own_results() {
             .collect();
         wf.parallel("branches", branches).await
     });
-    let store = store();
     let workflows = Workflows::new(store.clone());
     let handle = worker(store.clone()).register(workflows.register(&def)).build().unwrap().start();
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
@@ -205,11 +204,10 @@ async fn parallel_branches_keep_their_own_results() {
 
 /// Resuming costs the same store calls whether 10 or 100 steps are done: one load, then only
 /// what the resumed code does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_cost_does_not_grow_with_finished_steps() {
+pub async fn resume_cost_does_not_grow_with_finished_steps(store: DynStore) {
     let mut costs = Vec::new();
     for steps in [10u64, 100] {
-        let counting = CountingStore::new(store());
+        let counting = CountingStore::new(store.clone());
         let def = WorkflowDefinition::new("long", |wf: WorkflowContext, n: u64| async move {
             for i in 0..n {
                 wf.step("s", || async move { Ok(i) }).await?;
@@ -221,7 +219,7 @@ async fn resume_cost_does_not_grow_with_finished_steps() {
         let handle =
             worker(counting.clone()).register(workflows.register(&def)).build().unwrap().start();
         let run = workflows.start(&def, &steps, StartOptions::default()).await.unwrap();
-        crate::support::wait_state(&workflows, run, RunState::Suspended).await;
+        super::wait_state(&workflows, run, RunState::Suspended).await;
         let before = counting.drive_calls.load(Ordering::SeqCst);
         workflows.publish("go", "k", &true, Default::default()).await.unwrap();
         let out: bool =
@@ -235,8 +233,7 @@ async fn resume_cost_does_not_grow_with_finished_steps() {
 
 /// A panic inside a step is a failed attempt (retried); a panic in workflow code outside a
 /// step fails the run with a clear error; the worker survives both.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn panics_fail_attempts_or_runs_not_workers() {
+pub async fn panics_fail_attempts_or_runs_not_workers(store: DynStore) {
     let tries = Arc::new(AtomicU32::new(0));
     let counter = tries.clone();
     let flaky = WorkflowDefinition::new("flaky", move |wf: WorkflowContext, _: ()| {
@@ -264,7 +261,6 @@ async fn panics_fail_attempts_or_runs_not_workers() {
         }
         Ok(())
     });
-    let store = store();
     let recorder = Recorder::default();
     let workflows = Workflows::with_hooks(store.clone(), vec![Arc::new(recorder.clone())]);
     let handle = worker(store.clone())

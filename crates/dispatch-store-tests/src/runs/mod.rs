@@ -1,20 +1,28 @@
-//! Fixtures: a memory store, an engine, workers with short intervals.
+//! Workflow scenarios: durable workflows (`dispatch-workflow`) driven end to end over the store
+//! under test, in real time, by workers of the job runtime: steps exactly once across
+//! interruptions, loops, parallel branches, resume cost, panics, durable sleeps and retries that
+//! hold no worker slot, correlated events. [`run_conformance`](crate::run_conformance) runs them
+//! on every store beside the suite; the multi-process crash tests (a worker killed at every step
+//! boundary, sleeps across a restart of every worker) live in `dispatch-durability-tests`.
 
-use std::sync::Arc;
+mod events;
+mod steps;
+mod timing;
+
 use std::time::Duration;
 
 use dispatch_core::{DynStore, RunId, RunState};
 use dispatch_job::{Worker, WorkerBuilder, WorkerHandle};
-use dispatch_store_memory::MemoryStore;
-pub use dispatch_store_tests::fixtures::{CountingStore, Recorder, eventually};
 use dispatch_workflow::Workflows;
 
-pub fn store() -> DynStore {
-    Arc::new(MemoryStore::new())
-}
+pub use events::*;
+pub use steps::*;
+pub use timing::*;
+
+use crate::fixtures::eventually;
 
 /// A worker builder with intervals short enough for tests.
-pub fn worker(store: DynStore) -> WorkerBuilder {
+fn worker(store: DynStore) -> WorkerBuilder {
     Worker::builder(store).configure(|c| {
         c.poll_interval = Duration::from_millis(20);
         c.heartbeat_interval = Duration::from_millis(50);
@@ -27,7 +35,7 @@ pub fn worker(store: DynStore) -> WorkerBuilder {
 /// Stop `handle` as a crash would leave things: in-flight drives are dropped mid-way (build the
 /// worker with a short shutdown timeout; their leases are released so the next worker need not
 /// wait for expiry).
-pub async fn crash(handle: WorkerHandle) {
+async fn crash(handle: WorkerHandle) {
     let _ = tokio::time::timeout(Duration::from_secs(10), async move {
         handle.stop().await;
     })
@@ -35,7 +43,7 @@ pub async fn crash(handle: WorkerHandle) {
 }
 
 /// Wait until run `id` is in `state`.
-pub async fn wait_state(workflows: &Workflows, id: RunId, state: RunState) {
+async fn wait_state(workflows: &Workflows, id: RunId, state: RunState) {
     eventually(&format!("run {id} to be {state}"), Duration::from_secs(30), || async {
         let run = workflows.get_run(id).await.expect("get_run")?;
         (run.state == state).then_some(())

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{RunId, RunState};
+use dispatch_core::{DynStore, RunId, RunState};
 use dispatch_workflow::{
     PublishOptions, StartOptions, StepError, WorkflowContext, WorkflowDefinition, Workflows,
 };
 use parking_lot::Mutex;
 
-use crate::support::{store, wait_state, worker};
+use super::{wait_state, worker};
 
 /// Waits for `paid` on its input key for `timeout` ms; returns the payload or -1, and counts
 /// how often it completed per key.
@@ -35,9 +35,9 @@ fn waiter(done: Arc<Mutex<HashMap<String, u32>>>) -> WorkflowDefinition<(String,
 }
 
 async fn setup(
+    store: DynStore,
     done: Arc<Mutex<HashMap<String, u32>>>,
 ) -> (Workflows, WorkflowDefinition<(String, u64), i64>, dispatch_job::WorkerHandle) {
-    let store = store();
     let workflows = Workflows::new(store.clone());
     let def = waiter(done);
     let handle =
@@ -53,10 +53,9 @@ async fn all_suspended(workflows: &Workflows, runs: &[RunId]) {
 
 /// 50 runs waiting on one name with 50 keys, 50 events: each run completes exactly once with
 /// its own event.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_keys_fifty_events() {
+pub async fn fifty_keys_fifty_events(store: DynStore) {
     let done = Arc::new(Mutex::new(HashMap::new()));
-    let (workflows, def, handle) = setup(done.clone()).await;
+    let (workflows, def, handle) = setup(store, done.clone()).await;
     let mut runs = Vec::new();
     for i in 0..50 {
         runs.push(
@@ -85,10 +84,9 @@ async fn fifty_keys_fifty_events() {
 
 /// 10 runs waiting on one key and 4 events: exactly 4 runs receive one each; the other 6 time
 /// out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn four_events_for_ten_waiters() {
+pub async fn four_events_for_ten_waiters(store: DynStore) {
     let done = Arc::new(Mutex::new(HashMap::new()));
-    let (workflows, def, handle) = setup(done).await;
+    let (workflows, def, handle) = setup(store, done).await;
     let mut runs = Vec::new();
     for _ in 0..10 {
         runs.push(
@@ -122,10 +120,9 @@ async fn four_events_for_ten_waiters() {
 }
 
 /// An event published before its run waits is received.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn early_event_is_received() {
+pub async fn early_event_is_received(store: DynStore) {
     let done = Arc::new(Mutex::new(HashMap::new()));
-    let (workflows, def, handle) = setup(done).await;
+    let (workflows, def, handle) = setup(store, done).await;
     let published =
         workflows.publish("paid", "early", &42i64, PublishOptions::default()).await.unwrap();
     assert!(published.kept);
@@ -139,10 +136,9 @@ async fn early_event_is_received() {
 }
 
 /// A broadcast reaches every run waiting when it is published.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broadcast_reaches_all_current_waiters() {
+pub async fn broadcast_reaches_all_current_waiters(store: DynStore) {
     let done = Arc::new(Mutex::new(HashMap::new()));
-    let (workflows, def, handle) = setup(done).await;
+    let (workflows, def, handle) = setup(store, done).await;
     let mut runs = Vec::new();
     for _ in 0..5 {
         runs.push(
