@@ -49,6 +49,7 @@ mod dlq;
 mod enqueue;
 mod events;
 mod finish;
+mod group;
 mod job;
 mod migrate;
 mod row;
@@ -81,6 +82,8 @@ const READERS: u32 = 3;
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     writer: Arc<Mutex<SqliteConnection>>,
+    /// Checkpoint writes waiting for the next group commit.
+    writes: Arc<group::WriteQueue>,
     readers: SqlitePool,
     clock: SharedClock,
     max_payload_bytes: usize,
@@ -138,6 +141,7 @@ impl SqliteStore {
             .map_err(|e| open_error(path_or_url, e))?;
         let store = Self {
             writer: Arc::new(Mutex::new(writer)),
+            writes: Arc::default(),
             readers,
             clock: Arc::new(SystemClock),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
