@@ -117,6 +117,11 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         four_events_for_ten_waiters,
         early_event_is_received,
         broadcast_reaches_all_current_waiters,
+        saga_compensates_in_reverse_once,
+        children_loop_fan_out_and_fail,
+        deterministic_helpers_replay_their_values,
+        run_timeout_ends_a_sleeping_run,
+        runs_stay_on_their_version,
     ];
     jobs.into_iter().chain(runs).collect()
 }

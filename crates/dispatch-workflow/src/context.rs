@@ -43,6 +43,10 @@ impl std::fmt::Debug for WorkflowContext {
 }
 
 impl WorkflowContext {
+    pub(crate) fn drive(&self) -> &Arc<Drive> {
+        &self.drive
+    }
+
     pub(crate) fn root(drive: Arc<Drive>) -> Self {
         Self { drive, path: String::new(), counters: Arc::default() }
     }
@@ -53,7 +57,7 @@ impl WorkflowContext {
     }
 
     /// The checkpoint key of the next call of `kind` and `name` in this branch.
-    fn next_key(&self, kind: &str, name: &str) -> String {
+    pub(crate) fn next_key(&self, kind: &str, name: &str) -> String {
         let mut counters = self.counters.lock();
         let n = counters.entry(format!("{kind}:{name}")).or_insert(0);
         *n += 1;
@@ -79,7 +83,7 @@ impl WorkflowContext {
         &self,
         name: &str,
         policy: &StepPolicy,
-        mut step: F,
+        step: F,
     ) -> Result<T, WorkflowError>
     where
         T: Serialize + DeserializeOwned,
@@ -87,6 +91,23 @@ impl WorkflowContext {
         Fut: Future<Output = Result<T, StepError>>,
     {
         let key = self.next_key("s", name);
+        self.drive.check_deadline()?;
+        self.step_at(key, policy, step).await
+    }
+
+    /// The step machinery under an explicit checkpoint key (steps, compensations, journaled
+    /// values).
+    pub(crate) async fn step_at<T, F, Fut>(
+        &self,
+        key: String,
+        policy: &StepPolicy,
+        mut step: F,
+    ) -> Result<T, WorkflowError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+    {
         let drive = &self.drive;
         let attempt = match drive.checkpoint(&key).map(|d| serde_json::from_slice(&d)) {
             Some(Ok(StepRecord::Done { value, .. })) => return decode(&key, value),
@@ -160,6 +181,7 @@ impl WorkflowContext {
 
     async fn sleep_until_inner(&self, name: &str, until: Timestamp) -> Result<(), WorkflowError> {
         let key = self.next_key("t", name);
+        self.drive.check_deadline()?;
         let until = self.deadline(key, until).await?;
         if self.drive.now() < until {
             self.drive.sleep_until(until).await;
@@ -168,7 +190,11 @@ impl WorkflowContext {
     }
 
     /// The checkpointed deadline under `key`, written as `proposed` on first use.
-    async fn deadline(&self, key: String, proposed: Timestamp) -> Result<Timestamp, WorkflowError> {
+    pub(crate) async fn deadline(
+        &self,
+        key: String,
+        proposed: Timestamp,
+    ) -> Result<Timestamp, WorkflowError> {
         match self.drive.checkpoint(&key) {
             Some(data) => serde_json::from_slice::<Deadline>(&data)
                 .map(Deadline::at)
@@ -191,8 +217,20 @@ impl WorkflowContext {
         correlation: &str,
         timeout: Duration,
     ) -> Result<Option<T>, WorkflowError> {
-        let key = self.next_key("w", name);
+        self.wait_keyed(name, name, correlation, timeout).await
+    }
+
+    /// [`wait_for_event`](Self::wait_for_event) with its checkpoint named `key_name`.
+    pub(crate) async fn wait_keyed<T: DeserializeOwned>(
+        &self,
+        key_name: &str,
+        name: &str,
+        correlation: &str,
+        timeout: Duration,
+    ) -> Result<Option<T>, WorkflowError> {
+        let key = self.next_key("w", key_name);
         let drive = &self.drive;
+        drive.check_deadline()?;
         if let Some(payload) = drive.checkpoint(&key) {
             return decode_payload(&key, &payload).map(Some);
         }

@@ -49,6 +49,7 @@ pub struct WorkflowDefinition<I, O> {
     pub(crate) name: String,
     pub(crate) version: u32,
     pub(crate) policy: StepPolicy,
+    pub(crate) timeout: Option<Duration>,
     pub(crate) body: Body,
     _types: PhantomData<fn(I) -> O>,
 }
@@ -59,6 +60,7 @@ impl<I, O> Clone for WorkflowDefinition<I, O> {
             name: self.name.clone(),
             version: self.version,
             policy: self.policy.clone(),
+            timeout: self.timeout,
             body: self.body.clone(),
             _types: PhantomData,
         }
@@ -102,6 +104,7 @@ where
             name: name.into(),
             version: 1,
             policy: StepPolicy::default(),
+            timeout: None,
             body,
             _types: PhantomData,
         }
@@ -117,6 +120,14 @@ where
     /// The retry policy of steps that do not set their own.
     pub fn step_policy(mut self, policy: StepPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Fail runs that have not finished `timeout` after their first drive: they stop at their
+    /// next step, sleep or wait (a suspended run wakes for it), run their compensations, and end
+    /// failed with a timeout error.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 

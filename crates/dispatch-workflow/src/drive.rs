@@ -49,6 +49,11 @@ struct Pending {
     failed: Option<Error>,
 }
 
+/// A compensation registered by a completed step, ready to run.
+pub(crate) type Compensation = Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Result<(), crate::StepError>> + Send + Sync,
+>;
+
 /// The state one drive's primitives share.
 pub(crate) struct Drive {
     pub(crate) store: Arc<dyn WorkflowStore>,
@@ -61,6 +66,12 @@ pub(crate) struct Drive {
     base: (Timestamp, tokio::time::Instant),
     pending: Mutex<Pending>,
     idle: Notify,
+    /// When the run times out (store clock), if it has a timeout.
+    deadline: Mutex<Option<Timestamp>>,
+    /// Compensations of completed steps, in completion order.
+    compensations: Mutex<Vec<(String, Compensation)>>,
+    /// Set while compensations run: they run past the deadline.
+    compensating: std::sync::atomic::AtomicBool,
 }
 
 impl Drive {
@@ -84,6 +95,9 @@ impl Drive {
             base: (snapshot.now, tokio::time::Instant::now()),
             pending: Mutex::new(Pending::default()),
             idle: Notify::new(),
+            deadline: Mutex::new(None),
+            compensations: Mutex::new(Vec::new()),
+            compensating: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -119,6 +133,34 @@ impl Drive {
         self.halt().await;
     }
 
+    /// The run times out at `deadline`: primitives fail with a timeout from then on, and a
+    /// suspension wakes at the deadline at the latest.
+    pub(crate) fn set_deadline(&self, deadline: Timestamp) {
+        *self.deadline.lock() = Some(deadline);
+    }
+
+    /// `Err(TimedOut)` once the run's deadline has passed (not while compensating).
+    pub(crate) fn check_deadline(&self) -> Result<(), WorkflowError> {
+        if self.compensating.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        match *self.deadline.lock() {
+            Some(deadline) if self.now() >= deadline => Err(WorkflowError::TimedOut),
+            _ => Ok(()),
+        }
+    }
+
+    /// Register the compensation of the completed step `key`.
+    pub(crate) fn push_compensation(&self, key: String, compensation: Compensation) {
+        self.compensations.lock().push((key, compensation));
+    }
+
+    /// Take the registered compensations (completion order) and enter compensation mode.
+    pub(crate) fn start_compensating(&self) -> Vec<(String, Compensation)> {
+        self.compensating.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::mem::take(&mut *self.compensations.lock())
+    }
+
     /// Mark a step (or write) as executing until the guard drops.
     pub(crate) fn begin(&self) -> Active<'_> {
         self.pending.lock().active += 1;
@@ -152,10 +194,16 @@ impl Drive {
             return Some(Halt::Store(error));
         }
         let waiting = pending.until.is_some() || !pending.waits.is_empty();
+        let deadline = *self.deadline.lock();
         (pending.active == 0 && waiting).then(|| {
+            // A run with a timeout wakes at its deadline at the latest, to time out.
+            let until = match (pending.until.take(), deadline) {
+                (Some(until), Some(deadline)) => Some(until.min(deadline)),
+                (until, deadline) => until.or(deadline),
+            };
             Halt::Suspend(Suspend {
                 run: self.run.id,
-                until: pending.until.take(),
+                until,
                 waits: std::mem::take(&mut pending.waits),
             })
         })
@@ -176,10 +224,17 @@ impl Drop for Active<'_> {
     }
 }
 
-/// Run the workflow function over `drive` until it returns, panics, or halts.
-pub(crate) async fn run_body(body: &Body, drive: Arc<Drive>, input: Vec<u8>) -> Ended {
+/// Run the workflow function (with its timeout and compensations) over `drive` until it
+/// returns, panics, or halts.
+pub(crate) async fn run_body(
+    body: &Body,
+    timeout: Option<std::time::Duration>,
+    drive: Arc<Drive>,
+    input: Vec<u8>,
+) -> Ended {
     let ctx = WorkflowContext::root(drive.clone());
-    let mut function = AssertUnwindSafe(body(ctx, input)).catch_unwind();
+    let function = crate::saga::run(body.clone(), timeout, ctx, input);
+    let mut function = AssertUnwindSafe(function).catch_unwind();
     loop {
         tokio::select! {
             biased;

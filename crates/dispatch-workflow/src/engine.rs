@@ -53,6 +53,7 @@ impl Default for PublishOptions {
 struct Registered {
     body: Body,
     policy: StepPolicy,
+    timeout: Option<Duration>,
 }
 
 struct Inner {
@@ -99,8 +100,11 @@ impl Workflows {
         I: Serialize + DeserializeOwned + Send + 'static,
         O: Serialize + DeserializeOwned + Send + 'static,
     {
-        let registered =
-            Registered { body: definition.body.clone(), policy: definition.policy.clone() };
+        let registered = Registered {
+            body: definition.body.clone(),
+            policy: definition.policy.clone(),
+            timeout: definition.timeout,
+        };
         let key = (definition.name.clone(), definition.version);
         self.inner.versions.write().insert(key, Arc::new(registered));
         let engine = self.clone();
@@ -266,7 +270,7 @@ impl Workflows {
             self.inner.hooks.clone(),
             snapshot,
         ));
-        let ended = run_body(&registered.body, drive, run.input.clone()).await;
+        let ended = run_body(&registered.body, registered.timeout, drive, run.input.clone()).await;
         let end = match ended {
             Ended::Returned(Ok(output)) => RunEnd::Completed(output),
             Ended::Returned(Err(error)) => RunEnd::Failed(error.to_string()),
@@ -279,7 +283,7 @@ impl Workflows {
                 return self.suspend(ctx, info, suspend).await;
             }
         };
-        self.end(ctx, info, end).await.map(Some)
+        self.end(ctx, info, run.parent, end).await.map(Some)
     }
 
     async fn suspend(
@@ -299,16 +303,40 @@ impl Workflows {
         }
     }
 
-    async fn end(&self, ctx: &JobContext, info: RunInfo, end: RunEnd) -> Result<(), JobError> {
+    async fn end(
+        &self,
+        ctx: &JobContext,
+        info: RunInfo,
+        parent: Option<RunId>,
+        end: RunEnd,
+    ) -> Result<(), JobError> {
         let event = match &end {
             RunEnd::Completed(_) => Event::RunCompleted { run: info.clone() },
             RunEnd::Failed(error) | RunEnd::Cancelled(error) => {
                 Event::RunFailed { run: info.clone(), error: error.clone() }
             }
         };
+        let notice = parent.map(|_| crate::child::RunEnded::of(&end));
         match self.inner.store.end_run(ctx.lease(), info.id, end).await {
             Ok(()) => {
                 self.inner.hooks.emit(|| event);
+                if let Some(notice) = notice {
+                    // Best effort: a parent that misses it finds the child's end by looking.
+                    let published = self
+                        .publish(
+                            crate::child::RUN_ENDED,
+                            &info.id.to_string(),
+                            &notice,
+                            PublishOptions {
+                                scope: info.scope.clone(),
+                                ..PublishOptions::default()
+                            },
+                        )
+                        .await;
+                    if let Err(error) = published {
+                        tracing::warn!(run = %info.id, %error, "could not tell the parent run");
+                    }
+                }
                 Ok(())
             }
             Err(error) if fenced(&error) => Ok(()),
@@ -318,7 +346,7 @@ impl Workflows {
 }
 
 /// The first drive job of `run`.
-fn drive_job(run: &NewRun, scope: Scope) -> Result<dispatch_core::NewJob, Error> {
+pub(crate) fn drive_job(run: &NewRun, scope: Scope) -> Result<dispatch_core::NewJob, Error> {
     let definition =
         JobDefinition::new(drive_job_name(&run.name, run.version), |_, _: RunId| async { Ok(()) })
             .max_attempts(DRIVE_ATTEMPTS);
@@ -330,6 +358,6 @@ fn run_info(run: &Run) -> RunInfo {
     RunInfo { id: run.id, name: run.name.clone(), version: run.version, scope: run.scope.clone() }
 }
 
-fn run_info_of(run: &NewRun) -> RunInfo {
+pub(crate) fn run_info_of(run: &NewRun) -> RunInfo {
     RunInfo { id: run.id, name: run.name.clone(), version: run.version, scope: run.scope.clone() }
 }

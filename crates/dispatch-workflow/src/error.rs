@@ -57,6 +57,8 @@ pub enum WorkflowError {
     Codec(String),
     /// The workflow code gave up with this message.
     Failed(String),
+    /// The run's timeout passed.
+    TimedOut,
 }
 
 impl WorkflowError {
@@ -72,6 +74,7 @@ impl fmt::Display for WorkflowError {
             Self::Step { key, error } => write!(f, "step {key} failed: {error}"),
             Self::Codec(message) => write!(f, "codec: {message}"),
             Self::Failed(message) => f.write_str(message),
+            Self::TimedOut => f.write_str("timeout: the run did not finish within its timeout"),
         }
     }
 }

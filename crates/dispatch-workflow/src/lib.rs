@@ -29,20 +29,25 @@
 //! ```
 //!
 //! This crate is the runtime side; where runs, checkpoints and events live is the store's
-//! business (`dispatch_core::WorkflowStore`, implemented by every Dispatch store). Not here yet:
-//! sagas, child workflows, cancel, run timeouts, deterministic helpers (the next workflow issue).
+//! business (`dispatch_core::WorkflowStore`, implemented by every Dispatch store). Also here:
+//! sagas (`step_with_compensation`), run timeouts, child workflows (`child`, `start_child`,
+//! `fan_out`) and deterministic helpers (`now`, `random`, `uuid`). Not here yet: cancelling a
+//! run, migrating a run to another version, replay from a step.
 //! The checkpoint key format is documented in the `record` module source and is persisted.
 //!
 //! Its tests run on every store: the workflow scenarios of `dispatch-store-tests` (module `runs`)
 //! are part of each store's conformance binary, and `dispatch-durability-tests` kills real worker
 //! processes at every step boundary.
 
+mod child;
 mod context;
 mod definition;
+mod deterministic;
 mod drive;
 mod engine;
 mod error;
 mod record;
+mod saga;
 
 pub use context::WorkflowContext;
 pub use definition::{StepPolicy, WorkflowDefinition};

@@ -6,6 +6,7 @@
 //! boundary, sleeps across a restart of every worker) live in `dispatch-durability-tests`.
 
 mod events;
+mod sagas;
 mod steps;
 mod timing;
 
@@ -16,6 +17,7 @@ use dispatch_job::{Worker, WorkerBuilder, WorkerHandle};
 use dispatch_workflow::Workflows;
 
 pub use events::*;
+pub use sagas::*;
 pub use steps::*;
 pub use timing::*;
 

@@ -1,0 +1,251 @@
+//! Workflows, part 2: sagas, child workflows, deterministic helpers, run timeouts, versions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use dispatch_core::{DynStore, PageRequest, RunFilter, RunState};
+use dispatch_workflow::{
+    StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition, WorkflowError,
+    Workflows,
+};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use super::{crash, wait_state, worker};
+
+/// A step policy that gives up at once (the saga tests want a failure, not retries).
+fn once() -> StepPolicy {
+    StepPolicy { attempts: 1, ..StepPolicy::default() }
+}
+
+/// Steps one and two have compensations; step three fails: the compensations of two and one
+/// run, in that order, exactly once each, also when the worker stops between them; the run's
+/// error stays step three's.
+pub async fn saga_compensates_in_reverse_once(store: DynStore) {
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop_before_undo_one = Arc::new(AtomicBool::new(true));
+    let reached = Arc::new(Notify::new());
+    let (l, gate, hit) = (log.clone(), stop_before_undo_one.clone(), reached.clone());
+    let def = WorkflowDefinition::new("saga", move |wf: WorkflowContext, _: ()| {
+        let (l, gate, hit) = (l.clone(), gate.clone(), hit.clone());
+        async move {
+            for n in 1..=2u32 {
+                let (l, gate, hit) = (l.clone(), gate.clone(), hit.clone());
+                wf.step_with_compensation(
+                    &format!("do-{n}"),
+                    || async move { Ok::<_, StepError>(n) },
+                    move |done: u32| {
+                        let (l, gate, hit) = (l.clone(), gate.clone(), hit.clone());
+                        async move {
+                            if done == 1 && gate.swap(false, Ordering::SeqCst) {
+                                hit.notify_one();
+                                std::future::pending::<()>().await;
+                            }
+                            l.lock().push(format!("undo-{done}"));
+                            Ok(())
+                        }
+                    },
+                )
+                .await?;
+            }
+            wf.step_with("do-3", &once(), || async {
+                Err::<u32, _>(StepError::permanent("card declined"))
+            })
+            .await?;
+            Ok(())
+        }
+    });
+    let workflows = Workflows::new(store.clone());
+    let drive = workflows.register(&def);
+    let first = worker(store.clone())
+        .register(drive.clone())
+        .shutdown_timeout(Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .start();
+    let stopped = reached.notified();
+    let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("undo-1 reached");
+    crash(first).await;
+    let second = worker(store.clone()).register(drive).build().unwrap().start();
+    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
+    second.stop().await;
+    let run = ended.expect_err("the saga fails");
+    assert_eq!(run.state, RunState::Failed);
+    assert!(run.error.as_deref().unwrap_or_default().contains("card declined"), "{:?}", run.error);
+    assert_eq!(*log.lock(), vec!["undo-2".to_owned(), "undo-1".to_owned()]);
+}
+
+fn doubler() -> WorkflowDefinition<u64, u64> {
+    WorkflowDefinition::new("doubler", |wf: WorkflowContext, n: u64| async move {
+        if n == 13 {
+            return Err(WorkflowError::failed("thirteen is unlucky"));
+        }
+        wf.step("double", || async move { Ok::<_, StepError>(n * 2) }).await
+    })
+}
+
+/// Five child starts in a loop make five children; a fan-out of 20 returns 20 outputs in input
+/// order; a failing child fails its parent with the child's error.
+pub async fn children_loop_fan_out_and_fail(store: DynStore) {
+    let child = doubler();
+    let spawner = {
+        let child = child.clone();
+        WorkflowDefinition::new("spawner", move |wf: WorkflowContext, _: ()| {
+            let child = child.clone();
+            async move {
+                let mut sum = 0;
+                for n in 0..5u64 {
+                    sum += wf.child(&child, &n).await?;
+                }
+                let inputs: Vec<u64> = (100..120).collect();
+                let doubled = wf.fan_out(&child, &inputs).await?;
+                Ok((sum, doubled))
+            }
+        })
+    };
+    let unlucky = {
+        let child = child.clone();
+        WorkflowDefinition::new("unlucky", move |wf: WorkflowContext, _: ()| {
+            let child = child.clone();
+            async move { wf.child(&child, &13).await }
+        })
+    };
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store.clone())
+        .register(workflows.register(&child))
+        .register(workflows.register(&spawner))
+        .register(workflows.register(&unlucky))
+        .concurrency(32)
+        .build()
+        .unwrap()
+        .start();
+    let run = workflows.start(&spawner, &(), StartOptions::default()).await.unwrap();
+    let (sum, doubled): (u64, Vec<u64>) =
+        workflows.wait_for_output(run, Duration::from_secs(60)).await.unwrap().unwrap();
+    assert_eq!(sum, 20);
+    assert_eq!(doubled, (100..120).map(|n| n * 2).collect::<Vec<_>>());
+    let filter = RunFilter { name: Some("doubler".into()), state: Some(RunState::Completed) };
+    let children = workflows.list_runs(&filter, &PageRequest::first(100)).await.unwrap();
+    assert_eq!(children.items.len(), 25, "5 in the loop, 20 in the fan-out");
+    assert!(children.items.iter().all(|c| c.parent == Some(run)));
+
+    let bad = workflows.start(&unlucky, &(), StartOptions::default()).await.unwrap();
+    let failed = workflows.wait_for_output::<u64>(bad, Duration::from_secs(60)).await.unwrap();
+    let error = failed.expect_err("a failed child fails its parent").error.unwrap_or_default();
+    assert!(error.contains("thirteen is unlucky"), "{error}");
+    handle.stop().await;
+}
+
+/// `now`, `random` and `uuid` return the same values after an interruption and resume.
+pub async fn deterministic_helpers_replay_their_values(store: DynStore) {
+    let first_seen: Arc<Mutex<Option<(i64, u64, String)>>> = Arc::default();
+    let stop_once = Arc::new(AtomicBool::new(true));
+    let reached = Arc::new(Notify::new());
+    let (seen, gate, hit) = (first_seen.clone(), stop_once.clone(), reached.clone());
+    let def = WorkflowDefinition::new("dice", move |wf: WorkflowContext, _: ()| {
+        let (seen, gate, hit) = (seen.clone(), gate.clone(), hit.clone());
+        async move {
+            let values = (
+                wf.now().await?.as_unix_micros(),
+                wf.random().await?,
+                wf.uuid().await?.to_string(),
+            );
+            if seen.lock().is_none() {
+                *seen.lock() = Some(values.clone());
+            }
+            let (gate, hit) = (gate.clone(), hit.clone());
+            wf.step("pause", || {
+                let (gate, hit) = (gate.clone(), hit.clone());
+                async move {
+                    if gate.swap(false, Ordering::SeqCst) {
+                        hit.notify_one();
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, StepError>(())
+                }
+            })
+            .await?;
+            Ok(values)
+        }
+    });
+    let workflows = Workflows::new(store.clone());
+    let drive = workflows.register(&def);
+    let first = worker(store.clone())
+        .register(drive.clone())
+        .shutdown_timeout(Duration::from_millis(10))
+        .build()
+        .unwrap()
+        .start();
+    let stopped = reached.notified();
+    let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("the pause");
+    crash(first).await;
+    let second = worker(store.clone()).register(drive).build().unwrap().start();
+    let values: (i64, u64, String) =
+        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    second.stop().await;
+    assert_eq!(Some(values), first_seen.lock().clone());
+}
+
+/// A run timeout of 2 s on a run sleeping 10 s ends it failed with a timeout error at about 2 s.
+pub async fn run_timeout_ends_a_sleeping_run(store: DynStore) {
+    let def = WorkflowDefinition::new("slow", |wf: WorkflowContext, _: ()| async move {
+        wf.sleep(Duration::from_secs(10)).await?;
+        Ok(())
+    })
+    .timeout(Duration::from_secs(2));
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store.clone()).register(workflows.register(&def)).build().unwrap().start();
+    let started = tokio::time::Instant::now();
+    let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
+    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
+    let took = started.elapsed();
+    handle.stop().await;
+    let run = ended.expect_err("timed out");
+    assert_eq!(run.state, RunState::Failed);
+    assert!(run.error.as_deref().unwrap_or_default().contains("timeout"), "{:?}", run.error);
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "ended after {took:?}"
+    );
+}
+
+fn versioned(version: u32) -> WorkflowDefinition<(), String> {
+    WorkflowDefinition::new("greeting", move |wf: WorkflowContext, _: ()| async move {
+        let _: Option<bool> =
+            wf.wait_for_event("go", &format!("v{version}"), Duration::from_secs(60)).await?;
+        Ok(format!("hello from v{version}"))
+    })
+    .version(version)
+}
+
+/// v1 and v2 of one workflow: a v1 run suspended before v2 was registered resumes on v1 and
+/// returns v1's output; a new run on v2 returns v2's.
+pub async fn runs_stay_on_their_version(store: DynStore) {
+    let (v1, v2) = (versioned(1), versioned(2));
+    let old = Workflows::new(store.clone());
+    let first = worker(store.clone()).register(old.register(&v1)).build().unwrap().start();
+    let old_run = old.start(&v1, &(), StartOptions::default()).await.unwrap();
+    wait_state(&old, old_run, RunState::Suspended).await;
+    first.stop().await;
+
+    let both = Workflows::new(store.clone());
+    let second = worker(store.clone())
+        .register(both.register(&v1))
+        .register(both.register(&v2))
+        .build()
+        .unwrap()
+        .start();
+    let new_run = both.start(&v2, &(), StartOptions::default()).await.unwrap();
+    wait_state(&both, new_run, RunState::Suspended).await;
+    both.publish("go", "v1", &true, Default::default()).await.unwrap();
+    both.publish("go", "v2", &true, Default::default()).await.unwrap();
+    let old_out: String =
+        both.wait_for_output(old_run, Duration::from_secs(30)).await.unwrap().unwrap();
+    let new_out: String =
+        both.wait_for_output(new_run, Duration::from_secs(30)).await.unwrap().unwrap();
+    second.stop().await;
+    assert_eq!((old_out.as_str(), new_out.as_str()), ("hello from v1", "hello from v2"));
+}

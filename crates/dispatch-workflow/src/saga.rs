@@ -1,0 +1,85 @@
+//! What wraps every workflow body: its run timeout, and its saga. When the body fails (a step
+//! out of attempts, an error it returned, the timeout), the compensations of the steps that
+//! completed run in reverse completion order, each as a checkpointed, retried step (key
+//! `c:{step key}`), so a crash during compensation resumes it and no compensation runs twice.
+//! The run's error stays the body's.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::context::WorkflowContext;
+use crate::definition::Body;
+use crate::drive::Compensation;
+use crate::error::{StepError, WorkflowError};
+
+/// The checkpoint of the run's deadline.
+const DEADLINE_KEY: &str = "d:run-deadline#1";
+
+/// The body with its timeout and compensations, as one future.
+pub(crate) fn run(
+    body: Body,
+    timeout: Option<Duration>,
+    ctx: WorkflowContext,
+    input: Vec<u8>,
+) -> BoxFuture<'static, Result<Vec<u8>, WorkflowError>> {
+    async move {
+        if let Some(timeout) = timeout {
+            let proposed = ctx.drive().now() + timeout;
+            let deadline = ctx.deadline(DEADLINE_KEY.to_owned(), proposed).await?;
+            ctx.drive().set_deadline(deadline);
+            ctx.drive().check_deadline()?;
+        }
+        let result = body(ctx.clone(), input).await;
+        if result.is_err() {
+            compensate(&ctx).await;
+        }
+        result
+    }
+    .boxed()
+}
+
+/// Run every registered compensation, newest first; one that fails for good is reported (its
+/// step-failed hook) and the others still run.
+async fn compensate(ctx: &WorkflowContext) {
+    let policy = ctx.drive().policy.clone();
+    for (key, compensation) in ctx.drive().start_compensating().into_iter().rev() {
+        let undone: Result<(), WorkflowError> =
+            ctx.step_at(format!("c:{key}"), &policy, || compensation()).await;
+        if let Err(error) = undone {
+            tracing::warn!(run = %ctx.run_id(), step = %key, %error, "compensation failed");
+        }
+    }
+}
+
+impl WorkflowContext {
+    /// A step with a compensation: when the run later fails (or times out), `compensate` runs
+    /// with this step's result, after the compensations of later steps (see the `saga` module).
+    pub async fn step_with_compensation<T, F, Fut, C, CFut>(
+        &self,
+        name: &str,
+        step: F,
+        compensate: C,
+    ) -> Result<T, WorkflowError>
+    where
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StepError>>,
+        C: Fn(T) -> CFut + Send + Sync + 'static,
+        CFut: Future<Output = Result<(), StepError>> + Send + 'static,
+    {
+        let key = self.next_key("s", name);
+        self.drive().check_deadline()?;
+        let policy = self.drive().policy.clone();
+        let value = self.step_at(key.clone(), &policy, step).await?;
+        let (compensate, done) = (Arc::new(compensate), value.clone());
+        let compensation: Compensation = Arc::new(move || compensate(done.clone()).boxed());
+        self.drive().push_compensation(key, compensation);
+        Ok(value)
+    }
+}
