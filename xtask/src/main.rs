@@ -51,6 +51,8 @@ fn ci(root: &Path) -> anyhow::Result<()> {
     // Twice: the second run finds the first run's database and must behave the same.
     run(&main)?;
     run(&main)?;
+    // The examples must run to the end too.
+    run("cargo run -q -p workflow-example")?;
     println!("xtask ci: all steps passed");
     Ok(())
 }

@@ -28,14 +28,15 @@ const LOOK_AGAIN: Duration = Duration::from_secs(60);
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct RunEnded {
     state: RunState,
-    output: Option<Vec<u8>>,
+    /// The child's output (JSON, as its workflow encoded it).
+    output: Option<serde_json::Value>,
     error: Option<String>,
 }
 
 impl RunEnded {
     pub(crate) fn of(end: &RunEnd) -> Self {
         let (output, error) = match end {
-            RunEnd::Completed(output) => (Some(output.clone()), None),
+            RunEnd::Completed(output) => (Some(json(output)), None),
             RunEnd::Failed(error) | RunEnd::Cancelled(error) => (None, Some(error.clone())),
         };
         Self { state: end.state(), output, error }
@@ -43,7 +44,7 @@ impl RunEnded {
 
     fn output<O: DeserializeOwned>(self, child: RunId) -> Result<O, WorkflowError> {
         match (self.state, self.output) {
-            (RunState::Completed, Some(output)) => serde_json::from_slice(&output)
+            (RunState::Completed, Some(output)) => serde_json::from_value(output)
                 .map_err(|e| WorkflowError::Codec(format!("child {child} output: {e}"))),
             (state, _) => Err(WorkflowError::Failed(format!(
                 "child run {child} ended {state}: {}",
@@ -51,6 +52,11 @@ impl RunEnded {
             ))),
         }
     }
+}
+
+/// A run output (JSON bytes, as workflows encode them) as a JSON value.
+fn json(output: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(output).unwrap_or(serde_json::Value::Null)
 }
 
 impl WorkflowContext {
@@ -111,7 +117,8 @@ impl WorkflowContext {
             drop(active);
             match run {
                 Ok(Some(run)) if run.state.is_final() => {
-                    let ended = RunEnded { state: run.state, output: run.output, error: run.error };
+                    let output = run.output.as_deref().map(json);
+                    let ended = RunEnded { state: run.state, output, error: run.error };
                     return ended.output(child);
                 }
                 Ok(_) => {}

@@ -1,0 +1,120 @@
+//! An order pipeline as a durable workflow, driven to the end by this program.
+//!
+//! Run it with `cargo run -p workflow-example`. Two orders go through the same pipeline on a
+//! SQLite file in the temporary directory: reserve stock and charge the card (each with a
+//! compensation), ship through a child workflow, wait durably for the delivery event (published
+//! here after a moment), sleep durably before asking for a review. The second order's card is
+//! declined after the stock was reserved, so its saga releases the stock again. The program
+//! prints each run's outcome and its timeline of checkpoints, then exits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use dispatch::core::{DynStore, RunId};
+use dispatch::job::Worker;
+use dispatch::workflow::{
+    StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition, Workflows,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Order {
+    id: u32,
+    cents: u64,
+    card_ok: bool,
+}
+
+/// The child workflow: book a carrier and return the tracking number.
+fn shipping() -> WorkflowDefinition<u32, String> {
+    WorkflowDefinition::new("ship", |wf: WorkflowContext, order: u32| async move {
+        wf.step("book-carrier", || async move { Ok::<_, StepError>(format!("TRK-{order:05}")) })
+            .await
+    })
+}
+
+/// The order pipeline.
+fn pipeline(ship: WorkflowDefinition<u32, String>) -> WorkflowDefinition<Order, String> {
+    WorkflowDefinition::new("order", move |wf: WorkflowContext, order: Order| {
+        let ship = ship.clone();
+        async move {
+            let id = order.id;
+            wf.step_with_compensation(
+                "reserve-stock",
+                || async move { Ok::<_, StepError>(format!("reservation-{id}")) },
+                |reservation: String| async move {
+                    println!("  saga: released {reservation}");
+                    Ok(())
+                },
+            )
+            .await?;
+            let once = StepPolicy { attempts: 1, ..StepPolicy::default() };
+            let card_ok = order.card_ok;
+            wf.step_with("charge-card", &once, || async move {
+                if card_ok { Ok(order.cents) } else { Err(StepError::permanent("card declined")) }
+            })
+            .await?;
+            let tracking: String = wf.child(&ship, &id).await?;
+            let delivered: Option<String> =
+                wf.wait_for_event("delivered", &id.to_string(), Duration::from_secs(30)).await?;
+            wf.sleep(Duration::from_millis(300)).await?;
+            let review = wf.uuid().await?;
+            Ok(format!(
+                "order {id}: shipped {tracking}, delivered {}, review link {review}",
+                delivered.as_deref().unwrap_or("(no word)")
+            ))
+        }
+    })
+}
+
+async fn open_store() -> anyhow::Result<DynStore> {
+    let path = std::env::temp_dir()
+        .join(format!("dispatch-workflow-example-{}.db", dispatch::core::RunId::new()));
+    let store = dispatch::SqliteStore::open(&path.display().to_string()).await?;
+    Ok(Arc::new(store))
+}
+
+async fn print_timeline(workflows: &Workflows, run: RunId) -> anyhow::Result<()> {
+    for checkpoint in workflows.timeline(run).await? {
+        let data = String::from_utf8_lossy(&checkpoint.data);
+        println!("    {:<28} {data}", checkpoint.key);
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let store = open_store().await?;
+    let workflows = Workflows::new(store.clone());
+    let ship = shipping();
+    let order = pipeline(ship.clone());
+    let worker = Worker::builder(store)
+        .register(workflows.register(&ship))
+        .register(workflows.register(&order))
+        .build()?
+        .start();
+
+    let good = Order { id: 1, cents: 1999, card_ok: true };
+    let bad = Order { id: 2, cents: 4999, card_ok: false };
+    let runs = [
+        workflows.start(&order, &good, StartOptions::default()).await?,
+        workflows.start(&order, &bad, StartOptions::default()).await?,
+    ];
+    // The carrier reports the delivery a moment later; the run waits for it durably.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    workflows.publish("delivered", "1", &"at the door", Default::default()).await?;
+
+    for run in runs {
+        let outcome = workflows
+            .wait_for_output::<String>(run, Duration::from_secs(60))
+            .await
+            .context("waiting for the run")?;
+        match outcome {
+            Ok(summary) => println!("completed: {summary}"),
+            Err(run) => println!("failed: {}", run.error.unwrap_or_default()),
+        }
+        print_timeline(&workflows, run).await?;
+    }
+    worker.stop().await;
+    Ok(())
+}
