@@ -29,9 +29,14 @@ use crate::{PostgresStore, db_error};
 /// A statement with its parameters bound.
 type Bound<'q> = Query<'q, Postgres, PgArguments>;
 
-#[async_trait]
-impl WorkflowStore for PostgresStore {
-    async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started> {
+impl PostgresStore {
+    /// Start `run` with its drive job on `conn` (the store's or the caller's transaction).
+    pub(crate) async fn start_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        run: NewRun,
+        drive: NewJob,
+    ) -> Result<Started> {
         validate_batch(std::slice::from_ref(&drive), self.max_payload_bytes)?;
         let (run_abs, run_delay) = run_at_parts(drive.run_at);
         self.timed("start_run", async {
@@ -59,7 +64,7 @@ impl WorkflowStore for PostgresStore {
                 .bind(drive.scope.app.as_deref())
                 .bind(drive.scope.tenant.as_deref())
                 .bind(self.channel())
-                .fetch_one(&self.shared.pool)
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(db_error)?;
             if let Some(existing) = get::<Option<Uuid>>(&row, "existing")? {
@@ -88,7 +93,7 @@ impl WorkflowStore for PostgresStore {
             let winner: Option<Uuid> = sqlx::query_scalar(self.shared.sql.wf.run_by_key.clone())
                 .bind(&run.name)
                 .bind(key)
-                .fetch_optional(&self.shared.pool)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(db_error)?;
             winner.map(|id| Started::Existing(RunId::from_uuid(id))).ok_or_else(|| {
@@ -98,6 +103,16 @@ impl WorkflowStore for PostgresStore {
             })
         })
         .await
+    }
+}
+
+#[async_trait]
+impl WorkflowStore for PostgresStore {
+    async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started> {
+        let mut conn = self
+            .timed("start_run", async { self.shared.pool.acquire().await.map_err(db_error) })
+            .await?;
+        self.start_on(&mut conn, run, drive).await
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>> {

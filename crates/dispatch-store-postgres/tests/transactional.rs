@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{ClaimRequest, JobId, JobState, JobStore, NewJob, WorkerId};
+use dispatch_core::{
+    ClaimRequest, JobId, JobState, JobStore, NewJob, NewRun, PageRequest, RunFilter, RunId, Scope,
+    Started, WorkerId, WorkflowStore,
+};
 use dispatch_store_postgres::PostgresStore;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
@@ -24,6 +27,9 @@ fn main() -> ExitCode {
         }),
         ("a_reused_id_leaves_the_transaction_usable", |url| {
             Box::pin(a_reused_id_leaves_the_transaction_usable(url))
+        }),
+        ("a_run_exists_exactly_when_its_transaction_commits", |url| {
+            Box::pin(a_run_exists_exactly_when_its_transaction_commits(url))
         }),
     ])
 }
@@ -144,4 +150,35 @@ async fn a_reused_id_leaves_the_transaction_usable(url: String) {
     store.enqueue_in(&mut tx, vec![second]).await.expect("enqueue_in");
     tx.commit().await.expect("commit");
     assert_eq!(available(&store).await, 2);
+}
+
+/// 50 runs started in rolled-back transactions leave none; 50 committed leave 50, each with its
+/// drive job.
+async fn a_run_exists_exactly_when_its_transaction_commits(url: String) {
+    let (store, mut app, _) = setup(&url).await;
+    for commit in [false, true] {
+        for n in 0..50 {
+            let mut tx = app.begin().await.expect("begin");
+            let run = NewRun {
+                id: RunId::new(),
+                name: "checkout".into(),
+                version: 1,
+                input: format!("{n}").into_bytes(),
+                scope: Scope::default(),
+                idempotency_key: None,
+                parent: None,
+            };
+            let drive = NewJob::new("workflow:checkout:v1", run.id.to_string().into_bytes());
+            let started = store.start_run_in(&mut tx, run, drive).await.expect("start_run_in");
+            assert!(matches!(started, Started::Created(_)));
+            if commit {
+                tx.commit().await.expect("commit");
+            } else {
+                tx.rollback().await.expect("rollback");
+            }
+        }
+        let runs = store.list_runs(&RunFilter::default(), &PageRequest::first(1000)).await.unwrap();
+        let want = if commit { 50 } else { 0 };
+        assert_eq!((runs.items.len() as u64, available(&store).await), (want, want));
+    }
 }

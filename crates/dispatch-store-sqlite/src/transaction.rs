@@ -9,11 +9,12 @@
 //! their next claim after the commit: at their next poll, or at once when the application calls
 //! [`SqliteStore::wake`] after committing.
 
-use dispatch_core::{Enqueued, NewJob, Result};
+use dispatch_core::{Enqueued, NewJob, NewRun, Result, Started};
 use sqlx::SqliteConnection;
 
 use crate::SqliteStore;
 use crate::enqueue::{enqueue_batch, validate_batch};
+use crate::workflow::start_in;
 
 impl SqliteStore {
     /// Enqueue `jobs` on `conn`, a connection to this store's file inside a transaction the
@@ -27,6 +28,21 @@ impl SqliteStore {
         validate_batch(&jobs, self.max_payload_bytes)?;
         let now = self.clock.now();
         enqueue_batch(conn, jobs, now).await
+    }
+
+    /// Start a workflow run (with its drive job) on `conn`, inside a transaction the caller
+    /// opened with `BEGIN IMMEDIATE`: the run exists exactly when that transaction commits. Same
+    /// answers as [`WorkflowStore::start_run`](dispatch_core::WorkflowStore::start_run); build
+    /// `run` and `drive` with `dispatch_workflow::Workflows::new_run`. Call
+    /// [`wake`](Self::wake) with the drive job's queue after committing for a prompt start.
+    pub async fn start_run_in(
+        &self,
+        conn: &mut SqliteConnection,
+        run: NewRun,
+        drive: NewJob,
+    ) -> Result<Started> {
+        validate_batch(std::slice::from_ref(&drive), self.max_payload_bytes)?;
+        start_in(conn, run, drive, self.clock.now()).await
     }
 }
 

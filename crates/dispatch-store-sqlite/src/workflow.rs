@@ -69,6 +69,30 @@ pub(crate) async fn fenced(conn: &mut SqliteConnection, lease: LeaseRef, id: Run
     if holds { Ok(run) } else { Err(lease_lost(id)) }
 }
 
+/// Start `run` with its drive job on `conn`, inside the caller's transaction.
+pub(crate) async fn start_in(
+    conn: &mut SqliteConnection,
+    run: NewRun,
+    drive: NewJob,
+    now: Timestamp,
+) -> Result<Started> {
+    if let Some(key) = &run.idempotency_key
+        && let Some(existing) = run_by_key(conn, &run.name, key).await?
+    {
+        return Ok(Started::Existing(existing));
+    }
+    let drive_job = drive.id;
+    if let Some(Enqueued::Duplicate(holder)) = enqueue_batch(conn, vec![drive], now).await?.first()
+    {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("the drive job's unique key is held by job {holder}"),
+        ));
+    }
+    insert_run(conn, &run, drive_job, now).await?;
+    Ok(Started::Created(run.id))
+}
+
 /// Write `checkpoints` of `run` stamped `now`, inserting or replacing by key: a replaced key
 /// keeps its row, so its place in write order. Multi-row upserts; a key given twice ends with
 /// its last data, as sequential writes would.
@@ -189,28 +213,8 @@ impl WorkflowStore for SqliteStore {
         validate_batch(std::slice::from_ref(&drive), self.max_payload_bytes)?;
         let now = self.clock.now();
         let queue = drive.queue.clone();
-        let started = self
-            .write("start_run", move |conn| {
-                Box::pin(async move {
-                    if let Some(key) = &run.idempotency_key
-                        && let Some(existing) = run_by_key(conn, &run.name, key).await?
-                    {
-                        return Ok(Started::Existing(existing));
-                    }
-                    let drive_job = drive.id;
-                    if let Some(Enqueued::Duplicate(holder)) =
-                        enqueue_batch(conn, vec![drive], now).await?.first()
-                    {
-                        return Err(Error::new(
-                            ErrorKind::Conflict,
-                            format!("the drive job's unique key is held by job {holder}"),
-                        ));
-                    }
-                    insert_run(conn, &run, drive_job, now).await?;
-                    Ok(Started::Created(run.id))
-                })
-            })
-            .await?;
+        let started =
+            self.write("start_run", move |conn| Box::pin(start_in(conn, run, drive, now))).await?;
         if let Started::Created(_) = started {
             self.wakeups.notify([queue.as_str()]);
         }

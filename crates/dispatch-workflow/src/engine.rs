@@ -128,6 +128,27 @@ impl Workflows {
         I: Serialize + DeserializeOwned + Send + 'static,
         O: Serialize + DeserializeOwned + Send + 'static,
     {
+        let (run, drive) = Self::new_run(definition, input, options)?;
+        let info = run_info_of(&run);
+        let started = self.inner.store.start_run(run, drive).await?;
+        if let Started::Created(_) = started {
+            self.inner.hooks.emit(|| Event::RunStarted { run: info });
+        }
+        Ok(started.id())
+    }
+
+    /// The run and drive job a start of `definition` with `input` stores, for starting it
+    /// inside the application's own transaction (`SqliteStore::start_run_in`,
+    /// `PostgresStore::start_run_in`): the run exists exactly when that transaction commits.
+    pub fn new_run<I, O>(
+        definition: &WorkflowDefinition<I, O>,
+        input: &I,
+        options: StartOptions,
+    ) -> Result<(NewRun, dispatch_core::NewJob), Error>
+    where
+        I: Serialize + DeserializeOwned + Send + 'static,
+        O: Serialize + DeserializeOwned + Send + 'static,
+    {
         let input = serde_json::to_vec(input)
             .map_err(|e| Error::new(dispatch_core::ErrorKind::Codec, e.to_string()))?;
         let run = NewRun {
@@ -140,12 +161,7 @@ impl Workflows {
             parent: None,
         };
         let drive = drive_job(&run, options.scope)?;
-        let info = run_info_of(&run);
-        let started = self.inner.store.start_run(run, drive).await?;
-        if let Started::Created(_) = started {
-            self.inner.hooks.emit(|| Event::RunStarted { run: info });
-        }
-        Ok(started.id())
+        Ok((run, drive))
     }
 
     /// Wait until run `id` ends and decode its output: `Ok(Ok(output))` when it completed,
