@@ -12,8 +12,8 @@ use dispatch::core::{
     LeaseRef, NewJob, Page, PageRequest, QueueCount, Replay, RescueReport, Result,
 };
 use dispatch::core::{
-    Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunEnd, RunFilter, RunId,
-    RunSnapshot, Started, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
+    Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd, RunFilter,
+    RunId, RunSnapshot, Started, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
 };
 use tokio::sync::Notify;
 
@@ -142,6 +142,9 @@ impl WorkflowStore for FinishCounter {
     }
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {
         self.inner.publish_event(event).await
+    }
+    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
+        self.inner.cancel_run(id, reason).await
     }
 }
 

@@ -161,6 +161,20 @@ pub enum Event {
         /// Why.
         error: String,
     },
+    /// A run was cancelled (after its compensations ran).
+    RunCancelled {
+        /// The run.
+        run: RunInfo,
+        /// Why.
+        reason: String,
+    },
+    /// The compensation of a completed step ran (the run is failing or cancelled).
+    CompensationRan {
+        /// The run.
+        run: RunInfo,
+        /// The checkpoint key of the step it undid.
+        key: String,
+    },
     /// A worker stopped.
     Shutdown,
 }
@@ -190,7 +204,9 @@ impl Event {
             | Self::StepCompleted { run, .. }
             | Self::StepFailed { run, .. }
             | Self::RunCompleted { run }
-            | Self::RunFailed { run, .. } => Some(run),
+            | Self::RunFailed { run, .. }
+            | Self::RunCancelled { run, .. }
+            | Self::CompensationRan { run, .. } => Some(run),
             _ => None,
         }
     }

@@ -50,6 +50,7 @@ pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 pub use wake::{Wakeup, WakeupHub, WakeupStream};
 #[doc(inline)]
 pub use workflow::{
-    Checkpoint, EventWait, NewCheckpoint, NewEvent, NewRun, Published, Run, RunEnd, RunFilter,
-    RunSnapshot, RunState, Started, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
+    Checkpoint, EventWait, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd,
+    RunFilter, RunSnapshot, RunState, Started, Suspend, SuspendOutcome, WaitResolution,
+    WorkflowStore,
 };

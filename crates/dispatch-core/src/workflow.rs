@@ -175,6 +175,8 @@ pub struct Run {
     pub updated_at: Timestamp,
     /// When it ended.
     pub finished_at: Option<Timestamp>,
+    /// Why it was asked to stop ([`WorkflowStore::cancel_run`]), while it winds down.
+    pub cancel_requested: Option<String>,
 }
 
 /// A checkpoint to write.
@@ -259,6 +261,19 @@ pub enum SuspendOutcome {
     /// A stored event was delivered to one of the waits at once (its checkpoint is written):
     /// nothing was suspended and the drive goes on.
     Delivered,
+    /// The run has a cancel request: nothing was suspended or registered; the drive goes on to
+    /// wind the run down.
+    CancelRequested,
+}
+
+/// What a cancel request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunCancel {
+    /// Recorded: the run stops at its next step or suspension (a waiting run's drive job is
+    /// due at once), runs its compensations and ends cancelled.
+    Requested,
+    /// The run had already ended in this state; nothing changed.
+    AlreadyFinal(RunState),
 }
 
 /// How a wait ended, as [`resolve_wait`](WorkflowStore::resolve_wait) settles it.
@@ -382,4 +397,12 @@ pub trait WorkflowStore: Send + Sync + 'static {
 
     /// Publish an event (see the [module docs](self)).
     async fn publish_event(&self, event: NewEvent) -> Result<Published>;
+
+    /// Ask run `id` to stop, for `reason`: recorded on the run (`cancel_requested`; a second
+    /// request keeps the first reason), and when its drive job waits (the run is suspended) the
+    /// job is made due at once. A drive learns of it from `load_run`, `suspend_run`
+    /// ([`SuspendOutcome::CancelRequested`]) and by reading the run. `NotFound` for an unknown
+    /// run. The job-level cancel of the drive job is not used: a cancelled drive job would leave
+    /// its run without a driver.
+    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel>;
 }

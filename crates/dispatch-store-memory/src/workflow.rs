@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use dispatch_core::{
     Checkpoint, Enqueued, Error, ErrorKind, EventWait, Finish, FinishResult, JobId, JobState,
     LeaseRef, NewCheckpoint, NewEvent, NewJob, NewRun, Outcome, Page, PageRequest, Published,
-    Result, Run, RunAt, RunEnd, RunFilter, RunId, RunSnapshot, RunState, Scope, Started, Suspend,
-    SuspendOutcome, Timestamp, WaitResolution, WorkflowStore,
+    Result, Run, RunAt, RunCancel, RunEnd, RunFilter, RunId, RunSnapshot, RunState, Scope, Started,
+    Suspend, SuspendOutcome, Timestamp, WaitResolution, WorkflowStore,
 };
 
 use crate::{MemoryStore, State};
@@ -167,6 +167,7 @@ impl WorkflowStore for MemoryStore {
             created_at: now,
             updated_at: now,
             finished_at: None,
+            cancel_requested: None,
         };
         if let Some(key) = &run.idempotency_key {
             state.runs.by_key.insert((run.name.clone(), key.clone()), run.id);
@@ -243,7 +244,11 @@ impl WorkflowStore for MemoryStore {
             Error::invalid_input("a suspend needs a wake time or an event to wait for")
         })?;
         let mut state = self.state.lock();
-        let scope = state.fenced(lease, suspend.run)?.run.scope.clone();
+        let run = &state.fenced(lease, suspend.run)?.run;
+        if run.cancel_requested.is_some() {
+            return Ok(SuspendOutcome::CancelRequested);
+        }
+        let scope = run.scope.clone();
         for wait in &suspend.waits {
             if let Some(payload) = state.take_kept(wait, &scope, now) {
                 state.runs.write(suspend.run, NewCheckpoint::new(wait.key.clone(), payload), now);
@@ -282,6 +287,33 @@ impl WorkflowStore for MemoryStore {
         end(&mut row.run, how, now);
         state.runs.waits.retain(|_, w| w.run != run);
         Ok(())
+    }
+
+    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        let row =
+            state.runs.runs.get_mut(&id).ok_or_else(|| Error::not_found(format!("no run {id}")))?;
+        if row.run.state.is_final() {
+            return Ok(RunCancel::AlreadyFinal(row.run.state));
+        }
+        if row.run.cancel_requested.is_none() {
+            row.run.cancel_requested = Some(reason.to_owned());
+            row.run.updated_at = now;
+        }
+        let drive = row.run.drive_job;
+        let waiting =
+            state.jobs.get(&drive).is_some_and(|job| job.job.state == JobState::Available);
+        let queue = state.jobs.get(&drive).map(|job| job.job.queue.clone());
+        if waiting {
+            state.unindex(drive);
+            state.make_available(drive, now);
+        }
+        drop(state);
+        if let (true, Some(queue)) = (waiting, queue) {
+            self.wakeups.notify([queue.as_str()]);
+        }
+        Ok(RunCancel::Requested)
     }
 
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {

@@ -15,8 +15,8 @@ use dispatch_core::{
     Result,
 };
 use dispatch_core::{
-    Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunEnd, RunFilter, RunId,
-    RunSnapshot, Started, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
+    Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd, RunFilter,
+    RunId, RunSnapshot, Started, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
 };
 use parking_lot::Mutex;
 
@@ -196,6 +196,9 @@ impl WorkflowStore for CountingStore {
     }
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {
         self.inner.publish_event(event).await
+    }
+    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
+        self.inner.cancel_run(id, reason).await
     }
 }
 

@@ -257,6 +257,8 @@ pub fn all_tests() -> Vec<SuiteTest> {
         workflow::end_run_records_the_outcome,
         workflow::dying_drive_job_fails_its_run,
         workflow::list_runs_filters_and_paginates,
+        workflow::cancel_wakes_a_suspended_run,
+        workflow::cancel_of_a_running_drive_refuses_its_suspend,
     ]
 }
 

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 use dispatch_core::{
     Checkpoint, ErrorKind, EventId, EventWait, FinishResult, JobState, LeaseRef, NewCheckpoint,
-    NewEvent, NewJob, NewRun, Outcome, PageRequest, RunEnd, RunFilter, RunId, RunState, Scope,
-    Started, Suspend, SuspendOutcome, Timestamp, WaitResolution,
+    NewEvent, NewJob, NewRun, Outcome, PageRequest, RunCancel, RunEnd, RunFilter, RunId, RunState,
+    Scope, Started, Suspend, SuspendOutcome, Timestamp, WaitResolution,
 };
 
 use dispatch_core::Clock as _;
@@ -453,4 +453,38 @@ pub async fn list_runs_filters_and_paginates(ctx: TestContext) {
     assert_eq!(all.items.len(), 6);
     assert!(all.items.iter().any(|r| r.id == refund));
     let _: Timestamp = all.items[0].created_at;
+}
+
+/// A cancel of a suspended run records its reason (the first one) and makes its drive job due
+/// at once; the next drive sees the request.
+pub async fn cancel_wakes_a_suspended_run(ctx: TestContext) {
+    let run = ctx.start("waiting").await;
+    let lease = ctx.drive(run).await;
+    let suspend = Suspend { run, until: Some(ctx.clock.now() + secs(3600)), waits: vec![] };
+    ctx.store.suspend_run(lease, suspend).await.unwrap();
+    ctx.claim_none(DRIVE).await;
+    assert_eq!(ctx.store.cancel_run(run, "customer asked").await.unwrap(), RunCancel::Requested);
+    assert_eq!(ctx.store.cancel_run(run, "again").await.unwrap(), RunCancel::Requested);
+    let stored = ctx.store.get_run(run).await.unwrap().unwrap();
+    assert_eq!(stored.cancel_requested.as_deref(), Some("customer asked"), "the first reason");
+    let again = ctx.drive(run).await;
+    let snapshot = ctx.store.load_run(again, run).await.unwrap();
+    assert_eq!(snapshot.run.cancel_requested.as_deref(), Some("customer asked"));
+    assert_kind(ctx.store.cancel_run(RunId::new(), "x").await, ErrorKind::NotFound, "cancel_run");
+}
+
+/// A running drive learns of a cancel when it tries to suspend: nothing is suspended or
+/// registered and its lease still holds; once the run ends, a cancel is `AlreadyFinal`.
+pub async fn cancel_of_a_running_drive_refuses_its_suspend(ctx: TestContext) {
+    let run = ctx.start("busy").await;
+    let lease = ctx.drive(run).await;
+    assert_eq!(ctx.store.cancel_run(run, "stop").await.unwrap(), RunCancel::Requested);
+    let outcome = ctx.wait_for(lease, run, "w", "never", "k").await;
+    assert_eq!(outcome, SuspendOutcome::CancelRequested);
+    assert_eq!(ctx.job(lease.job_id).await.state, JobState::Running, "the drive goes on");
+    assert_eq!(ctx.run_state(run).await, RunState::Running);
+    assert!(ctx.publish("never", "k", "x", false).await.kept, "no wait was registered");
+    ctx.store.end_run(lease, run, RunEnd::Cancelled("stop".into())).await.unwrap();
+    let ended = ctx.store.cancel_run(run, "late").await.unwrap();
+    assert_eq!(ended, RunCancel::AlreadyFinal(RunState::Cancelled));
 }

@@ -77,7 +77,7 @@ impl WorkflowContext {
             return serde_json::from_slice(&data)
                 .map_err(|e| WorkflowError::Codec(format!("checkpoint {key}: {e}")));
         }
-        drive.check_deadline()?;
+        drive.check_stop().await?;
         let input = serde_json::to_vec(input)
             .map_err(|e| WorkflowError::Codec(format!("child input: {e}")))?;
         let run = NewRun {

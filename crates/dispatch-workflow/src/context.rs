@@ -91,7 +91,6 @@ impl WorkflowContext {
         Fut: Future<Output = Result<T, StepError>>,
     {
         let key = self.next_key("s", name);
-        self.drive.check_deadline()?;
         self.step_at(key, policy, step).await
     }
 
@@ -116,13 +115,17 @@ impl WorkflowContext {
             }
             Some(Ok(StepRecord::Retrying { attempts, retry_at, .. })) => {
                 let retry_at = Timestamp::from_unix_micros(retry_at);
+                drive.check_stop().await?;
                 if drive.now() < retry_at {
                     drive.sleep_until(retry_at).await;
                 }
                 attempts + 1
             }
             Some(Err(e)) => return Err(WorkflowError::Codec(format!("checkpoint {key}: {e}"))),
-            None => 1,
+            None => {
+                drive.check_stop().await?;
+                1
+            }
         };
         let active = drive.begin();
         let result = AssertUnwindSafe(step()).catch_unwind().await;
@@ -181,9 +184,9 @@ impl WorkflowContext {
 
     async fn sleep_until_inner(&self, name: &str, until: Timestamp) -> Result<(), WorkflowError> {
         let key = self.next_key("t", name);
-        self.drive.check_deadline()?;
         let until = self.deadline(key, until).await?;
         if self.drive.now() < until {
+            self.drive.check_stop().await?;
             self.drive.sleep_until(until).await;
         }
         Ok(())
@@ -230,13 +233,13 @@ impl WorkflowContext {
     ) -> Result<Option<T>, WorkflowError> {
         let key = self.next_key("w", key_name);
         let drive = &self.drive;
-        drive.check_deadline()?;
         if let Some(payload) = drive.checkpoint(&key) {
             return decode_payload(&key, &payload).map(Some);
         }
         if drive.checkpoint(&format!("{key}~timeout")).is_some() {
             return Ok(None);
         }
+        drive.check_stop().await?;
         let proposed = drive.now() + timeout;
         let deadline = self.deadline(format!("{key}~deadline"), proposed).await?;
         if drive.now() < deadline {

@@ -24,6 +24,9 @@ use crate::context::WorkflowContext;
 use crate::definition::{Body, StepPolicy};
 use crate::error::WorkflowError;
 
+/// How often a drive asks the store whether its run was cancelled (at step boundaries).
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Why a drive stopped before the function returned.
 #[derive(Debug)]
 pub(crate) enum Halt {
@@ -70,8 +73,10 @@ pub(crate) struct Drive {
     deadline: Mutex<Option<Timestamp>>,
     /// Compensations of completed steps, in completion order.
     compensations: Mutex<Vec<(String, Compensation)>>,
-    /// Set while compensations run: they run past the deadline.
+    /// Set while compensations run: they run past the deadline and a cancel request.
     compensating: std::sync::atomic::AtomicBool,
+    /// The run's cancel request, once known, and when the store was last asked.
+    cancel: Mutex<(Option<String>, tokio::time::Instant)>,
 }
 
 impl Drive {
@@ -98,6 +103,10 @@ impl Drive {
             deadline: Mutex::new(None),
             compensations: Mutex::new(Vec::new()),
             compensating: std::sync::atomic::AtomicBool::new(false),
+            cancel: Mutex::new((
+                snapshot.run.cancel_requested.clone(),
+                tokio::time::Instant::now(),
+            )),
         }
     }
 
@@ -139,15 +148,46 @@ impl Drive {
         *self.deadline.lock() = Some(deadline);
     }
 
-    /// `Err(TimedOut)` once the run's deadline has passed (not while compensating).
-    pub(crate) fn check_deadline(&self) -> Result<(), WorkflowError> {
+    /// Whether the run must stop before its next primitive: `Err(TimedOut)` past its deadline,
+    /// `Err(Cancelled)` once a cancel was requested (the store is asked at most once a second).
+    /// Never while compensating.
+    pub(crate) async fn check_stop(&self) -> Result<(), WorkflowError> {
         if self.compensating.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
-        match *self.deadline.lock() {
-            Some(deadline) if self.now() >= deadline => Err(WorkflowError::TimedOut),
-            _ => Ok(()),
+        if let Some(deadline) = *self.deadline.lock()
+            && self.now() >= deadline
+        {
+            return Err(WorkflowError::TimedOut);
         }
+        let ask = {
+            let cancel = self.cancel.lock();
+            if let Some(reason) = &cancel.0 {
+                return Err(WorkflowError::Cancelled(reason.clone()));
+            }
+            cancel.1.elapsed() >= CANCEL_POLL
+        };
+        if ask {
+            let active = self.begin();
+            let run = self.store.get_run(self.run.id).await;
+            drop(active);
+            let reason = run.ok().flatten().and_then(|run| run.cancel_requested);
+            *self.cancel.lock() = (reason.clone(), tokio::time::Instant::now());
+            if let Some(reason) = reason {
+                return Err(WorkflowError::Cancelled(reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// The child runs this run started (from their checkpoints).
+    pub(crate) fn children(&self) -> Vec<dispatch_core::RunId> {
+        self.checkpoints
+            .lock()
+            .iter()
+            .filter(|(key, _)| key.rsplit('/').next().is_some_and(|last| last.starts_with("k:")))
+            .filter_map(|(_, data)| serde_json::from_slice(data).ok())
+            .collect()
     }
 
     /// Register the compensation of the completed step `key`.

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::definition::{Body, StepPolicy, WorkflowDefinition, drive_job_name};
 use crate::drive::{Drive, Ended, Halt, fenced, run_body};
+use crate::error::WorkflowError;
 
 /// How long an event nobody waits for is kept by default.
 pub const DEFAULT_EVENT_KEEP: Duration = Duration::from_secs(24 * 3600);
@@ -221,6 +222,24 @@ impl Workflows {
         self.inner.store.publish_event(event).await
     }
 
+    /// Ask run `id` to stop: it stops at its next step or suspension (a waiting run wakes for
+    /// it), runs the compensations of its completed steps, cancels its running children, and
+    /// ends cancelled with `reason`.
+    pub async fn cancel(&self, id: RunId, reason: &str) -> Result<dispatch_core::RunCancel, Error> {
+        self.inner.store.cancel_run(id, reason).await
+    }
+
+    /// Cancel the children a cancelled run started (best effort: each child also winds down on
+    /// its own).
+    async fn cancel_children(&self, children: &[RunId]) {
+        for child in children {
+            let cancelled = self.inner.store.cancel_run(*child, "the parent run was cancelled");
+            if let Err(error) = cancelled.await {
+                tracing::warn!(%child, %error, "could not cancel a child run");
+            }
+        }
+    }
+
     /// One run.
     pub async fn get_run(&self, id: RunId) -> Result<Option<Run>, Error> {
         self.inner.store.get_run(id).await
@@ -286,9 +305,15 @@ impl Workflows {
             self.inner.hooks.clone(),
             snapshot,
         ));
-        let ended = run_body(&registered.body, registered.timeout, drive, run.input.clone()).await;
+        let ended =
+            run_body(&registered.body, registered.timeout, drive.clone(), run.input.clone()).await;
+        let children = drive.children();
         let end = match ended {
             Ended::Returned(Ok(output)) => RunEnd::Completed(output),
+            Ended::Returned(Err(WorkflowError::Cancelled(reason))) => {
+                self.cancel_children(&children).await;
+                RunEnd::Cancelled(reason)
+            }
             Ended::Returned(Err(error)) => RunEnd::Failed(error.to_string()),
             Ended::Panicked(message) => {
                 RunEnd::Failed(format!("workflow code panicked outside a step: {message}"))
@@ -313,7 +338,9 @@ impl Workflows {
                 self.inner.hooks.emit(|| Event::RunSuspended { run: info, wake_at });
                 Ok(Some(()))
             }
-            Ok(dispatch_core::SuspendOutcome::Delivered) => Ok(None),
+            // Replay at once: with an event delivered, or winding down for a cancel request.
+            Ok(dispatch_core::SuspendOutcome::Delivered)
+            | Ok(dispatch_core::SuspendOutcome::CancelRequested) => Ok(None),
             Err(error) if fenced(&error) => Ok(Some(())),
             Err(error) => Err(JobError::retry(error.to_string())),
         }
@@ -328,8 +355,9 @@ impl Workflows {
     ) -> Result<(), JobError> {
         let event = match &end {
             RunEnd::Completed(_) => Event::RunCompleted { run: info.clone() },
-            RunEnd::Failed(error) | RunEnd::Cancelled(error) => {
-                Event::RunFailed { run: info.clone(), error: error.clone() }
+            RunEnd::Failed(error) => Event::RunFailed { run: info.clone(), error: error.clone() },
+            RunEnd::Cancelled(reason) => {
+                Event::RunCancelled { run: info.clone(), reason: reason.clone() }
             }
         };
         let notice = parent.map(|_| crate::child::RunEnded::of(&end));

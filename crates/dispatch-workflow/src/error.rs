@@ -59,6 +59,8 @@ pub enum WorkflowError {
     Failed(String),
     /// The run's timeout passed.
     TimedOut,
+    /// The run was cancelled, for this reason.
+    Cancelled(String),
 }
 
 impl WorkflowError {
@@ -75,6 +77,7 @@ impl fmt::Display for WorkflowError {
             Self::Codec(message) => write!(f, "codec: {message}"),
             Self::Failed(message) => f.write_str(message),
             Self::TimedOut => f.write_str("timeout: the run did not finish within its timeout"),
+            Self::Cancelled(reason) => write!(f, "cancelled: {reason}"),
         }
     }
 }

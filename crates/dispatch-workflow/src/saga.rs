@@ -1,5 +1,5 @@
 //! What wraps every workflow body: its run timeout, and its saga. When the body fails (a step
-//! out of attempts, an error it returned, the timeout), the compensations of the steps that
+//! out of attempts, an error it returned, the timeout, a cancel), the compensations of the steps that
 //! completed run in reverse completion order, each as a checkpointed, retried step (key
 //! `c:{step key}`), so a crash during compensation resumes it and no compensation runs twice.
 //! The run's error stays the body's.
@@ -33,7 +33,6 @@ pub(crate) fn run(
             let proposed = ctx.drive().now() + timeout;
             let deadline = ctx.deadline(DEADLINE_KEY.to_owned(), proposed).await?;
             ctx.drive().set_deadline(deadline);
-            ctx.drive().check_deadline()?;
         }
         let result = body(ctx.clone(), input).await;
         if result.is_err() {
@@ -51,8 +50,11 @@ async fn compensate(ctx: &WorkflowContext) {
     for (key, compensation) in ctx.drive().start_compensating().into_iter().rev() {
         let undone: Result<(), WorkflowError> =
             ctx.step_at(format!("c:{key}"), &policy, || compensation()).await;
-        if let Err(error) = undone {
-            tracing::warn!(run = %ctx.run_id(), step = %key, %error, "compensation failed");
+        match undone {
+            Ok(()) => ctx.drive().emit(|run| dispatch_core::Event::CompensationRan { run, key }),
+            Err(error) => {
+                tracing::warn!(run = %ctx.run_id(), step = %key, %error, "compensation failed");
+            }
         }
     }
 }
@@ -74,7 +76,6 @@ impl WorkflowContext {
         CFut: Future<Output = Result<(), StepError>> + Send + 'static,
     {
         let key = self.next_key("s", name);
-        self.drive().check_deadline()?;
         let policy = self.drive().policy.clone();
         let value = self.step_at(key.clone(), &policy, step).await?;
         let (compensate, done) = (Arc::new(compensate), value.clone());
