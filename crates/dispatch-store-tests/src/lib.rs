@@ -122,6 +122,8 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         deterministic_helpers_replay_their_values,
         run_timeout_ends_a_sleeping_run,
         runs_stay_on_their_version,
+        cancel_of_a_suspended_run_compensates_and_cascades,
+        cancel_of_a_running_run_stops_at_a_step_boundary,
     ];
     jobs.into_iter().chain(runs).collect()
 }

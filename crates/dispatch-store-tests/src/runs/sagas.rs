@@ -249,3 +249,103 @@ pub async fn runs_stay_on_their_version(store: DynStore) {
     second.stop().await;
     assert_eq!((old_out.as_str(), new_out.as_str()), ("hello from v1", "hello from v2"));
 }
+
+/// Cancel of a suspended run: it wakes, runs the compensation of its completed step once,
+/// cancels the child it started, and ends cancelled with the reason; a second cancel is
+/// `AlreadyFinal`.
+pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore) {
+    let undone = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let child = WorkflowDefinition::new("napper", |wf: WorkflowContext, _: ()| async move {
+        wf.sleep(Duration::from_secs(600)).await?;
+        Ok(())
+    });
+    let parent = {
+        let (child, undone) = (child.clone(), undone.clone());
+        WorkflowDefinition::new("holder", move |wf: WorkflowContext, _: ()| {
+            let (child, undone) = (child.clone(), undone.clone());
+            async move {
+                wf.step_with_compensation(
+                    "reserve",
+                    || async { Ok::<_, StepError>(7u32) },
+                    move |_: u32| {
+                        let undone = undone.clone();
+                        async move {
+                            undone.fetch_add(1, Ordering::SeqCst);
+                            Ok(())
+                        }
+                    },
+                )
+                .await?;
+                wf.start_child(&child, &()).await?;
+                wf.sleep(Duration::from_secs(600)).await?;
+                Ok(())
+            }
+        })
+    };
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store.clone())
+        .register(workflows.register(&child))
+        .register(workflows.register(&parent))
+        .build()
+        .unwrap()
+        .start();
+    let run = workflows.start(&parent, &(), StartOptions::default()).await.unwrap();
+    wait_state(&workflows, run, RunState::Suspended).await;
+    let cancel = workflows.cancel(run, "customer changed their mind").await.unwrap();
+    assert_eq!(cancel, dispatch_core::RunCancel::Requested);
+    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
+    let ended = ended.expect_err("cancelled");
+    assert_eq!(ended.state, RunState::Cancelled);
+    assert_eq!(ended.error.as_deref(), Some("customer changed their mind"));
+    assert_eq!(undone.load(Ordering::SeqCst), 1, "the compensation ran once");
+    let filter = RunFilter { name: Some("napper".into()), state: None };
+    let children = workflows.list_runs(&filter, &PageRequest::first(10)).await.unwrap().items;
+    assert_eq!(children.len(), 1);
+    let child_run = children[0].id;
+    let child_end = workflows.wait_for_output::<()>(child_run, Duration::from_secs(30)).await;
+    let child_end = child_end.unwrap().expect_err("the child is cancelled too");
+    assert_eq!(child_end.state, RunState::Cancelled);
+    let again = workflows.cancel(run, "again").await.unwrap();
+    assert_eq!(again, dispatch_core::RunCancel::AlreadyFinal(RunState::Cancelled));
+    handle.stop().await;
+}
+
+/// Cancel of a running run: it stops at a step boundary (it does not run all its steps) and
+/// ends cancelled.
+pub async fn cancel_of_a_running_run_stops_at_a_step_boundary(store: DynStore) {
+    let ran = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let busy = {
+        let ran = ran.clone();
+        WorkflowDefinition::new("busy", move |wf: WorkflowContext, _: ()| {
+            let ran = ran.clone();
+            async move {
+                for _ in 0..400 {
+                    let ran = ran.clone();
+                    wf.step("work", || {
+                        let ran = ran.clone();
+                        async move {
+                            ran.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(25)).await;
+                            Ok::<_, StepError>(())
+                        }
+                    })
+                    .await?;
+                }
+                Ok(())
+            }
+        })
+    };
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store.clone()).register(workflows.register(&busy)).build().unwrap().start();
+    let run = workflows.start(&busy, &(), StartOptions::default()).await.unwrap();
+    crate::fixtures::eventually("a few steps", Duration::from_secs(30), || async {
+        (ran.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await;
+    workflows.cancel(run, "enough").await.unwrap();
+    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
+    handle.stop().await;
+    let ended = ended.expect_err("cancelled");
+    assert_eq!((ended.state, ended.error.as_deref()), (RunState::Cancelled, Some("enough")));
+    assert!(ran.load(Ordering::SeqCst) < 400, "stopped early, ran {}", ran.load(Ordering::SeqCst));
+}
