@@ -12,9 +12,12 @@ mod timing;
 
 use std::time::Duration;
 
-use dispatch_core::{DynStore, RunId, RunState};
+use dispatch_core::{DynStore, Run, RunId, RunState};
 use dispatch_job::{Worker, WorkerBuilder, WorkerHandle};
-use dispatch_workflow::Workflows;
+use dispatch_workflow::{StartOptions, WorkflowDefinition, Workflows};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
 
 pub use events::*;
 pub use sagas::*;
@@ -42,6 +45,38 @@ async fn crash(handle: WorkerHandle) {
         handle.stop().await;
     })
     .await;
+}
+
+/// Start a run of `definition` with `input` on a worker that is stopped as a crash would leave
+/// things once `reached` is notified (the workflow notifies it where it wants to be cut, then
+/// blocks), then finish the run on a second worker: the run's outcome.
+async fn run_with_one_interruption<I, O>(
+    store: &DynStore,
+    workflows: &Workflows,
+    definition: &WorkflowDefinition<I, O>,
+    input: &I,
+    reached: &Notify,
+) -> Result<O, Run>
+where
+    I: Serialize + DeserializeOwned + Send + 'static,
+    O: Serialize + DeserializeOwned + Send + 'static,
+{
+    let drive = workflows.register(definition);
+    let first = worker(store.clone())
+        .register(drive.clone())
+        .shutdown_timeout(Duration::from_millis(10))
+        .build()
+        .expect("first worker")
+        .start();
+    let cut = reached.notified();
+    let run = workflows.start(definition, input, StartOptions::default()).await.expect("start");
+    tokio::time::timeout(Duration::from_secs(30), cut).await.expect("the workflow reached its cut");
+    crash(first).await;
+    let second = worker(store.clone()).register(drive).build().expect("second worker").start();
+    let outcome =
+        workflows.wait_for_output(run, Duration::from_secs(30)).await.expect("the run ends");
+    second.stop().await;
+    outcome
 }
 
 /// Wait until run `id` is in `state`.

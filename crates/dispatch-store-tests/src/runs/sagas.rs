@@ -12,7 +12,7 @@ use dispatch_workflow::{
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{crash, wait_state, worker};
+use super::{run_with_one_interruption, wait_state, worker};
 
 /// A step policy that gives up at once (the saga tests want a failure, not retries).
 fn once() -> StepPolicy {
@@ -57,20 +57,7 @@ pub async fn saga_compensates_in_reverse_once(store: DynStore) {
         }
     });
     let workflows = Workflows::new(store.clone());
-    let drive = workflows.register(&def);
-    let first = worker(store.clone())
-        .register(drive.clone())
-        .shutdown_timeout(Duration::from_millis(10))
-        .build()
-        .unwrap()
-        .start();
-    let stopped = reached.notified();
-    let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("undo-1 reached");
-    crash(first).await;
-    let second = worker(store.clone()).register(drive).build().unwrap().start();
-    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
-    second.stop().await;
+    let ended = run_with_one_interruption(&store, &workflows, &def, &(), &reached).await;
     let run = ended.expect_err("the saga fails");
     assert_eq!(run.state, RunState::Failed);
     assert!(run.error.as_deref().unwrap_or_default().contains("card declined"), "{:?}", run.error);
@@ -171,21 +158,10 @@ pub async fn deterministic_helpers_replay_their_values(store: DynStore) {
         }
     });
     let workflows = Workflows::new(store.clone());
-    let drive = workflows.register(&def);
-    let first = worker(store.clone())
-        .register(drive.clone())
-        .shutdown_timeout(Duration::from_millis(10))
-        .build()
-        .unwrap()
-        .start();
-    let stopped = reached.notified();
-    let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("the pause");
-    crash(first).await;
-    let second = worker(store.clone()).register(drive).build().unwrap().start();
     let values: (i64, u64, String) =
-        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
-    second.stop().await;
+        run_with_one_interruption(&store, &workflows, &def, &(), &reached)
+            .await
+            .expect("completes");
     assert_eq!(Some(values), first_seen.lock().clone());
 }
 

@@ -10,7 +10,7 @@ use dispatch_workflow::{StartOptions, StepError, WorkflowContext, WorkflowDefini
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{crash, worker};
+use super::{run_with_one_interruption, worker};
 use crate::fixtures::{CountingStore, Recorder, eventually};
 
 /// Where the ten-step workflow stops its worker.
@@ -90,24 +90,9 @@ pub async fn interrupted_at_every_step_boundary_resumes_exactly(store: DynStore)
             *probe.cut.lock() = Some(cut);
             let workflows = Workflows::new(store.clone());
             let def = ten_steps(probe.clone());
-            let drive = workflows.register(&def);
-            let first = worker(store.clone())
-                .register(drive.clone())
-                .shutdown_timeout(Duration::from_millis(10))
-                .build()
-                .unwrap()
-                .start();
-            let reached = probe.reached.notified();
-            let run = workflows.start(&def, &7, StartOptions::default()).await.unwrap();
-            tokio::time::timeout(Duration::from_secs(10), reached).await.expect("the cut");
-            crash(first).await;
-            let second = worker(store.clone()).register(drive).build().unwrap().start();
-            let output: u64 = workflows
-                .wait_for_output(run, Duration::from_secs(30))
+            let output = run_with_one_interruption(&store, &workflows, &def, &7, &probe.reached)
                 .await
-                .unwrap()
                 .unwrap_or_else(|run| panic!("{cut:?}: run failed: {:?}", run.error));
-            second.stop().await;
             assert_eq!(output, expected(7), "{cut:?}");
             for (step, runs) in probe.runs.iter().enumerate() {
                 let runs = runs.load(Ordering::SeqCst);
@@ -147,20 +132,10 @@ pub async fn a_step_in_a_loop_gets_a_checkpoint_per_call(store: DynStore) {
         }
     });
     let workflows = Workflows::new(store.clone());
-    let drive = workflows.register(&def);
-    let first = worker(store.clone())
-        .register(drive.clone())
-        .shutdown_timeout(Duration::from_millis(10))
-        .build()
-        .unwrap()
-        .start();
-    let stopped = stop_at.notified();
-    let run = workflows.start(&def, &100, StartOptions::default()).await.unwrap();
-    stopped.await;
-    crash(first).await;
-    let second = worker(store.clone()).register(drive).build().unwrap().start();
-    let sum: u64 = workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
-    second.stop().await;
+    let sum = run_with_one_interruption(&store, &workflows, &def, &100, &stop_at).await.unwrap();
+    let filter = dispatch_core::RunFilter { name: Some("loop".into()), state: None };
+    let page = workflows.list_runs(&filter, &dispatch_core::PageRequest::first(10)).await.unwrap();
+    let run = page.items.first().expect("the run").id;
     assert_eq!(sum, (0..100u64).map(|i| i * i).sum::<u64>());
     let timeline = workflows.timeline(run).await.unwrap();
     let keys: Vec<String> = timeline.iter().map(|c| c.key.clone()).collect();
