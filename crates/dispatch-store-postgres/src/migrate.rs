@@ -7,8 +7,11 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use crate::{PostgresStore, db_error};
 
 /// The migrations this crate knows, in order; version `n` is `MIGRATIONS[n - 1]`.
-const MIGRATIONS: &[&str] =
-    &[include_str!("schema/0001_init.sql"), include_str!("schema/0002_workflows.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema/0001_init.sql"),
+    include_str!("schema/0002_workflows.sql"),
+    include_str!("schema/0003_cancel.sql"),
+];
 
 /// The schema version this crate writes: the number of migrations it knows.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

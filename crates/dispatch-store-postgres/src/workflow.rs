@@ -14,8 +14,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use dispatch_core::{
     Checkpoint, Error, ErrorKind, LeaseRef, NewCheckpoint, NewEvent, NewJob, NewRun, Page,
-    PageRequest, Published, Result, Run, RunEnd, RunFilter, RunId, RunSnapshot, RunState, Started,
-    Suspend, SuspendOutcome, Timestamp, WaitResolution, WorkflowStore,
+    PageRequest, Published, Result, Run, RunCancel, RunEnd, RunFilter, RunId, RunSnapshot,
+    RunState, Started, Suspend, SuspendOutcome, Timestamp, WaitResolution, WorkflowStore,
 };
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
@@ -225,6 +225,9 @@ impl WorkflowStore for PostgresStore {
                 .bind(self.channel());
             let row = self.fetch_one_locked(&locks, query).await?;
             check_fence(&row, run)?;
+            if get::<bool>(&row, "cancel_requested")? {
+                return Ok(SuspendOutcome::CancelRequested);
+            }
             if get::<bool>(&row, "delivered")? {
                 return Ok(SuspendOutcome::Delivered);
             }
@@ -285,6 +288,28 @@ impl WorkflowStore for PostgresStore {
                 .await
                 .map_err(db_error)?;
             check_fence(&row, run)
+        })
+        .await
+    }
+
+    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
+        // PostgreSQL text can not hold NUL: keep the reason, mark where a NUL was.
+        let reason = reason.replace('\0', "\u{fffd}");
+        self.timed("cancel_run", async {
+            let row = sqlx::query(self.shared.sql.wf.cancel_run.clone())
+                .bind(self.now_param())
+                .bind(id.uuid())
+                .bind(&reason)
+                .bind(self.channel())
+                .fetch_optional(&self.shared.pool)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| no_run(id))?;
+            let state: String = get(&row, "state")?;
+            let state = state.parse::<RunState>().map_err(|e| {
+                Error::internal(format!("postgres: run {id} has an unknown state: {e}"))
+            })?;
+            Ok(if state.is_final() { RunCancel::AlreadyFinal(state) } else { RunCancel::Requested })
         })
         .await
     }

@@ -21,7 +21,7 @@ const FENCED: &str = "EXISTS (SELECT 1 FROM r) AS found, EXISTS (SELECT 1 FROM o
 /// The columns of a run row, as `row::run_from_row` reads them (alias `r`).
 const RUN_COLUMNS: &str = "r.id, r.name, r.version, r.state, r.input, r.output, r.error, \
      r.scope_app, r.scope_tenant, r.idempotency_key, r.parent, r.drive_job, r.created_at, \
-     r.updated_at, r.finished_at";
+     r.updated_at, r.finished_at, r.cancel_reason";
 
 /// A run's checkpoints (alias `c`) as three arrays in write order, as
 /// `row::checkpoints_from_row` reads them.
@@ -101,14 +101,20 @@ const SAVE_CHECKPOINTS: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
 /// registered (the last of a repeated key wins; re-registering a key moves it to the back), the
 /// run becomes suspended and the drive job is finished as a snooze until `$5`, exactly as
 /// FINISH does it: attempt given back, lease cleared, the token recorded as the last finish,
-/// cancelled instead when a cancel was requested.
+/// cancelled instead when a cancel was requested (of the job). A run with a cancel request
+/// (`cx`, its row locked after the fence, so a [`CANCEL_RUN`] either commits before and is seen
+/// here or waits for this statement and then sees the drive job it left) does none of this
+/// (`go` is empty): no event taken, no wait registered, nothing changed (`cancel_requested`).
 const SUSPEND: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
+     cx AS (SELECT x.id, x.cancel_reason FROM {s}.runs x JOIN ok ON x.id = ok.id \
+       FOR UPDATE OF x), \
+     go AS (SELECT ok.* FROM ok JOIN cx ON cx.id = ok.id WHERE cx.cancel_reason IS NULL), \
      w AS (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::int8[]) \
        WITH ORDINALITY AS w(key, name, correlation, deadline, ord)), \
-     found AS (SELECT w.key, k.seq FROM ok CROSS JOIN t CROSS JOIN w CROSS JOIN LATERAL \
+     found AS (SELECT w.key, k.seq FROM go CROSS JOIN t CROSS JOIN w CROSS JOIN LATERAL \
        (SELECT e.seq FROM {s}.kept_events e WHERE e.name = w.name \
-         AND e.correlation = w.correlation AND e.scope_app IS NOT DISTINCT FROM ok.scope_app \
-         AND e.scope_tenant IS NOT DISTINCT FROM ok.scope_tenant AND e.keep_until > t.now \
+         AND e.correlation = w.correlation AND e.scope_app IS NOT DISTINCT FROM go.scope_app \
+         AND e.scope_tenant IS NOT DISTINCT FROM go.scope_tenant AND e.keep_until > t.now \
          ORDER BY e.seq LIMIT 1 FOR UPDATE SKIP LOCKED) k \
        ORDER BY w.ord LIMIT 1), \
      took AS (DELETE FROM {s}.kept_events e USING found f WHERE e.seq = f.seq \
@@ -118,14 +124,14 @@ const SUSPEND: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
        ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at), \
      reg AS (INSERT INTO {s}.event_waits (run_id, key, name, correlation, scope_app, \
        scope_tenant, deadline) \
-       SELECT ok.id, d.key, d.name, d.correlation, ok.scope_app, ok.scope_tenant, d.deadline \
-       FROM ok, (SELECT DISTINCT ON (w.key) w.* FROM w ORDER BY w.key, w.ord DESC) d \
+       SELECT go.id, d.key, d.name, d.correlation, go.scope_app, go.scope_tenant, d.deadline \
+       FROM go, (SELECT DISTINCT ON (w.key) w.* FROM w ORDER BY w.key, w.ord DESC) d \
        WHERE NOT EXISTS (SELECT 1 FROM found) ORDER BY d.ord \
        ON CONFLICT (run_id, key) DO UPDATE SET seq = DEFAULT, name = excluded.name, \
        correlation = excluded.correlation, scope_app = excluded.scope_app, \
        scope_tenant = excluded.scope_tenant, deadline = excluded.deadline), \
-     susp AS (UPDATE {s}.runs x SET state = 'suspended', updated_at = t.now FROM ok, t \
-       WHERE x.id = ok.id AND NOT EXISTS (SELECT 1 FROM found)), \
+     susp AS (UPDATE {s}.runs x SET state = 'suspended', updated_at = t.now FROM go, t \
+       WHERE x.id = go.id AND NOT EXISTS (SELECT 1 FROM found)), \
      snooze AS (UPDATE {s}.jobs j SET \
        state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'available' END, \
        attempt = CASE WHEN j.cancel_requested THEN j.attempt \
@@ -134,11 +140,13 @@ const SUSPEND: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
        finished_at = CASE WHEN j.cancel_requested THEN t.now END, \
        dlq_id = NULL, lease_owner = NULL, lease_token = NULL, lease_expires = NULL, \
        cancel_requested = false, last_finish_token = j.lease_token \
-       FROM ok, t WHERE j.id = ok.drive_job AND NOT EXISTS (SELECT 1 FROM found) \
+       FROM go, t WHERE j.id = go.drive_job AND NOT EXISTS (SELECT 1 FROM found) \
        RETURNING j.state, j.queue), \
      woke AS (SELECT pg_notify($10, s.queue) FROM snooze s WHERE s.state = 'available') \
      SELECT {fenced}, EXISTS (SELECT 1 FROM took) AS delivered, \
-       (SELECT state FROM snooze) AS job_state, (SELECT count(*) FROM woke) AS notified";
+       (SELECT state FROM snooze) AS job_state, \
+       EXISTS (SELECT 1 FROM cx WHERE cx.cancel_reason IS NOT NULL) AS cancel_requested, \
+       (SELECT count(*) FROM woke) AS notified";
 
 /// Fenced: the checkpoint of key `$5` (`data`), or else the wait of that key deleted
 /// (`removed`). A publish delivering to that wait at the same moment holds its row: the delete
@@ -161,6 +169,26 @@ const END_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
        WHERE x.id = ok.id), \
      dropped AS (DELETE FROM {s}.event_waits w USING ok WHERE w.run_id = ok.id) \
      SELECT {fenced}";
+
+/// Ask run `$2` to stop for reason `$3`; `$4` the channel. The drive job's row is locked first
+/// (`job`), then the run's (`r`, waiting for it): the order of the fenced statements, so a
+/// concurrent suspend either commits first (this statement then sees the drive job it left
+/// available) or sees the reason. A run in a final state is left alone; else the reason is
+/// recorded unless one is (`marked`), and an available drive job is made due now (`due`) with
+/// one NOTIFY of its queue. Answers the run's `state` (no row: unknown run).
+const CANCEL_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+     job AS (SELECT j.id, j.state FROM {s}.jobs j JOIN {s}.runs x ON j.id = x.drive_job \
+       WHERE x.id = $2 FOR UPDATE OF j), \
+     r AS (SELECT x.id, x.state, x.cancel_reason FROM {s}.runs x LEFT JOIN job ON true \
+       WHERE x.id = $2 FOR UPDATE OF x), \
+     live AS (SELECT r.* FROM r \
+       WHERE r.state NOT IN ('completed', 'failed', 'cancelled')), \
+     marked AS (UPDATE {s}.runs x SET cancel_reason = $3, updated_at = t.now FROM live, t \
+       WHERE x.id = live.id AND live.cancel_reason IS NULL), \
+     due AS (UPDATE {s}.jobs j SET run_at = least(j.run_at, t.now) FROM job, live, t \
+       WHERE j.id = job.id AND job.state = 'available' RETURNING j.queue), \
+     woke AS (SELECT pg_notify($4, due.queue) FROM due) \
+     SELECT r.state, (SELECT count(*) FROM woke) AS notified FROM r";
 
 /// How many expired kept events a publish deletes at most.
 const PURGE: usize = 16;
@@ -219,6 +247,7 @@ pub(crate) struct WorkflowQueries {
     pub resolve_wait: SqlStr,
     pub checkpoint_data: SqlStr,
     pub end_run: SqlStr,
+    pub cancel_run: SqlStr,
     pub lock_event_keys: SqlStr,
     pub publish: SqlStr,
 }
@@ -248,6 +277,7 @@ impl WorkflowQueries {
             resolve_wait: build(RESOLVE_WAIT),
             checkpoint_data: build(CHECKPOINT_DATA),
             end_run: build(END_RUN),
+            cancel_run: build(CANCEL_RUN),
             lock_event_keys: build(LOCK_EVENT_KEYS),
             publish: build(PUBLISH),
         }
@@ -263,7 +293,7 @@ mod tests {
         let q = Queries::new("\"dispatch\"").wf;
         for sql in [&q.start_run, &q.load_run, &q.save_checkpoints, &q.suspend, &q.resolve_wait]
             .into_iter()
-            .chain([&q.end_run, &q.publish, &q.checkpoints, &q.list_runs])
+            .chain([&q.end_run, &q.cancel_run, &q.publish, &q.checkpoints, &q.list_runs])
         {
             assert!(!sql.as_str().contains("{s}"), "{}", sql.as_str());
             assert!(!sql.as_str().contains("{now}"), "{}", sql.as_str());

@@ -1,10 +1,10 @@
 //! Workflow races the conformance suite can not stage (it runs one call at a time): concurrent
 //! publishes reach distinct waiters, one event each; concurrent starts with one idempotency key
 //! make one run; a publish racing a suspend of its key, or a wait's resolution, never strands or
-//! double-answers the event. Several stores (pools) on one schema, so the calls really overlap.
-//! Also, PostgreSQL specifics: expired kept events do not pile up; a run error holding a NUL
-//! character (which `text` can not store) is kept with the NUL marked. Needs the test server
-//! (see `support`).
+//! double-answers the event; a cancel racing a suspend is never lost. Several stores (pools) on one
+//! schema, so the calls really overlap. Also, PostgreSQL specifics: expired kept events do not pile
+//! up; a run error holding a NUL character (which `text` can not store) is kept with the NUL
+//! marked. Needs the test server (see `support`).
 
 mod support;
 
@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use dispatch_core::{
     ClaimRequest, Clock, EventId, EventWait, JobId, JobStore, LeaseRef, ManualClock, NewEvent,
-    NewJob, NewRun, PageRequest, Published, RunEnd, RunFilter, RunId, Scope, Started, Suspend,
-    SuspendOutcome, SystemClock, Timestamp, WaitResolution, WorkerId, WorkflowStore,
+    NewJob, NewRun, PageRequest, Published, RunCancel, RunEnd, RunFilter, RunId, Scope, Started,
+    Suspend, SuspendOutcome, SystemClock, Timestamp, WaitResolution, WorkerId, WorkflowStore,
 };
 use dispatch_store_postgres::PostgresStore;
 use sqlx::AssertSqlSafe;
@@ -45,6 +45,9 @@ fn main() -> ExitCode {
             Box::pin(publishes_purge_expired_kept_events(url))
         }),
         ("a_run_error_with_nul_is_kept", |url| Box::pin(a_run_error_with_nul_is_kept(url))),
+        ("a_cancel_racing_a_suspend_is_never_lost", |url| {
+            Box::pin(a_cancel_racing_a_suspend_is_never_lost(url))
+        }),
     ])
 }
 
@@ -240,9 +243,48 @@ async fn a_publish_racing_a_suspend_is_delivered_once(url: String) {
             SuspendOutcome::Suspended { .. } => {
                 assert_eq!((published.delivered_to, published.kept), (vec![run], false), "{round}")
             }
+            SuspendOutcome::CancelRequested => panic!("round {round}: no cancel was requested"),
         }
         let checkpoints = stores[0].checkpoints(run).await.unwrap();
         assert_eq!(checkpoints.len(), 1, "round {round}: the event is the wait's checkpoint");
+    }
+}
+
+/// A run is cancelled while its drive suspends it for an hour: either the suspend sees the
+/// request (and changes nothing), or it suspends first and the cancel makes the drive job due
+/// at once; never a suspended run with a cancel request whose drive sleeps on.
+async fn a_cancel_racing_a_suspend_is_never_lost(url: String) {
+    let stores = stores(&url, 2).await;
+    for round in 0..ROUNDS {
+        let (runs, queue) = driven_runs(&stores[0], 1).await;
+        let (run, lease) = runs[0];
+        let suspend = Suspend { run, ..wait("never", "k", now() + Duration::from_secs(3600)) };
+        let barrier = Arc::new(Barrier::new(2));
+        let (a, b) = (stores[0].clone(), stores[1].clone());
+        let (ba, bb) = (barrier.clone(), barrier);
+        let suspending = tokio::spawn(async move {
+            ba.wait().await;
+            a.suspend_run(lease, suspend).await.expect("suspend_run")
+        });
+        let cancelling = tokio::spawn(async move {
+            bb.wait().await;
+            b.cancel_run(run, "stop").await.expect("cancel_run")
+        });
+        let (outcome, cancel) = (suspending.await.unwrap(), cancelling.await.unwrap());
+        assert_eq!(cancel, RunCancel::Requested, "round {round}");
+        match outcome {
+            SuspendOutcome::CancelRequested => {
+                let job = stores[0].get_job(lease.job_id).await.unwrap().expect("drive job");
+                assert_eq!(job.state, dispatch_core::JobState::Running, "round {round}");
+            }
+            SuspendOutcome::Suspended { .. } => {
+                let due = claim(&stores[0], &queue, 1).await;
+                assert_eq!(due.len(), 1, "round {round}: the cancel made the drive job due");
+            }
+            SuspendOutcome::Delivered => panic!("round {round}: no event was published"),
+        }
+        let stored = stores[0].get_run(run).await.unwrap().expect("run");
+        assert_eq!(stored.cancel_requested.as_deref(), Some("stop"), "round {round}");
     }
 }
 
