@@ -16,8 +16,8 @@ use crate::row::parse;
 use crate::workflow::{chunks, fenced, lease_lost, write_checkpoints};
 
 /// Suspend a run whose drive holds `lease` (see
-/// [`WorkflowStore::suspend_run`](dispatch_core::WorkflowStore::suspend_run)): deliver the
-/// oldest unexpired kept event matching one of the waits, taken in the waits' order, and answer
+/// [`WorkflowStore::suspend_run`](dispatch_core::WorkflowStore::suspend_run)): when the run has
+/// a cancel request, answer `CancelRequested` and change nothing; else deliver the oldest unexpired kept event matching one of the waits, taken in the waits' order, and answer
 /// `Delivered`; else register every wait, mark the run suspended, and finish the drive job as a
 /// snooze until `wake_at` with the same code as [`Outcome::Snooze`] (attempt given back, lease
 /// cleared, the token recorded as the last finish; a cancel request cancels it instead).
@@ -29,6 +29,9 @@ pub(crate) async fn suspend(
     now: Timestamp,
 ) -> Result<SuspendOutcome> {
     let run = fenced(conn, lease, request.run).await?;
+    if run.cancel_requested.is_some() {
+        return Ok(SuspendOutcome::CancelRequested);
+    }
     for wait in &request.waits {
         if let Some(payload) = take_kept(conn, wait, &run.scope, now).await? {
             let checkpoint = NewCheckpoint::new(wait.key.clone(), payload);

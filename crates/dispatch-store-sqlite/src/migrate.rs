@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema/0001_init.sql"),
     include_str!("schema/0002_due_index.sql"),
     include_str!("schema/0003_workflows.sql"),
+    include_str!("schema/0004_cancel.sql"),
 ];
 
 /// The schema version this crate writes: the number of migrations it knows.

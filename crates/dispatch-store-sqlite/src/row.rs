@@ -214,6 +214,7 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<Run> {
         created_at: ts(get(row, "created_at")?),
         updated_at: ts(get(row, "updated_at")?),
         finished_at: finished_at.map(ts),
+        cancel_requested: get(row, "cancel_reason")?,
     })
 }
 

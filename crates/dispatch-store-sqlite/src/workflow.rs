@@ -13,8 +13,9 @@
 use async_trait::async_trait;
 use dispatch_core::{
     Checkpoint, Enqueued, Error, ErrorKind, JobId, LeaseRef, NewCheckpoint, NewEvent, NewJob,
-    NewRun, Page, PageRequest, Published, Result, Run, RunEnd, RunFilter, RunId, RunSnapshot,
-    RunState, Started, Suspend, SuspendOutcome, Timestamp, WaitResolution, WorkflowStore,
+    NewRun, Page, PageRequest, Published, Result, Run, RunCancel, RunEnd, RunFilter, RunId,
+    RunSnapshot, RunState, Started, Suspend, SuspendOutcome, Timestamp, WaitResolution,
+    WorkflowStore,
 };
 use sqlx::{Row, SqliteConnection};
 
@@ -205,6 +206,52 @@ async fn insert_run(
         other => db_error(other),
     })?;
     Ok(())
+}
+
+/// Ask run `id` to stop, inside the caller's transaction (see
+/// [`WorkflowStore::cancel_run`]): record `reason` unless a reason is already recorded, and make
+/// the run's drive job due now when it is available, so the drive sees the request. Returns the
+/// answer and the queues of the drive jobs it made due, to wake after the commit. The drive job's
+/// own `cancel_requested` flag is left alone.
+async fn request_cancel(
+    conn: &mut SqliteConnection,
+    id: RunId,
+    reason: &str,
+    now: Timestamp,
+) -> Result<(RunCancel, Vec<String>)> {
+    let run = id.to_string();
+    let state: String = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?")
+        .bind(run.as_str())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| Error::not_found(format!("no run {id}")))?;
+    let state = parse::<RunState>("run state", &state)?;
+    if state.is_final() {
+        return Ok((RunCancel::AlreadyFinal(state), Vec::new()));
+    }
+    sqlx::query(
+        "UPDATE runs SET cancel_reason = ?, updated_at = ? \
+         WHERE id = ? AND cancel_reason IS NULL",
+    )
+    .bind(reason)
+    .bind(now.as_unix_micros())
+    .bind(run.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    // `+state` keeps the planner on the ID index. A running drive job is left alone: its drive
+    // sees the request when it next suspends or reads the run.
+    let queues: Vec<String> = sqlx::query_scalar(
+        "UPDATE jobs SET run_at = min(run_at, ?) WHERE +state = 'available' \
+         AND id = (SELECT drive_job FROM runs WHERE id = ?) RETURNING queue",
+    )
+    .bind(now.as_unix_micros())
+    .bind(run.as_str())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok((RunCancel::Requested, queues))
 }
 
 #[async_trait]
@@ -433,6 +480,18 @@ impl WorkflowStore for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
+        let now = self.clock.now();
+        let reason = reason.to_owned();
+        let (cancel, queues) = self
+            .write("cancel_run", move |conn| {
+                Box::pin(async move { request_cancel(conn, id, &reason, now).await })
+            })
+            .await?;
+        self.wakeups.notify(queues.iter().map(String::as_str));
+        Ok(cancel)
     }
 
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {
