@@ -30,7 +30,7 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
             "dispatch-workflow",
         ]),
         // Leaves: programs that use the library.
-        "dispatch-bench" | "quickstart" | "xtask" => Some(&["dispatch"]),
+        "dispatch-bench" | "quickstart" | "workflow-example" | "xtask" => Some(&["dispatch"]),
         "dispatch-durability-tests" => {
             Some(&["dispatch", "dispatch-store-sqlite", "dispatch-store-postgres"])
         }
