@@ -92,10 +92,13 @@ pub enum Cut {
     Before(usize),
     /// After step `k`'s effect, before its checkpoint is written.
     AfterEffect(usize),
+    /// In the saga, before the compensation of step `k` does anything (the later steps'
+    /// compensations are done and checkpointed).
+    BeforeUndo(usize),
 }
 
 impl Cut {
-    /// `before:K`, `after:K`, or `none`.
+    /// `before:K`, `after:K`, `before-undo:K`, or `none`.
     pub fn parse(s: &str) -> anyhow::Result<Option<Self>> {
         let Some((at, k)) = s.split_once(':') else {
             anyhow::ensure!(s == "none", "a cut is before:K, after:K or none, got {s:?}");
@@ -105,6 +108,7 @@ impl Cut {
         match at {
             "before" => Ok(Some(Self::Before(k))),
             "after" => Ok(Some(Self::AfterEffect(k))),
+            "before-undo" => Ok(Some(Self::BeforeUndo(k))),
             other => anyhow::bail!("unknown cut {other:?}"),
         }
     }
@@ -115,6 +119,7 @@ impl Cut {
             None => "none".to_owned(),
             Some(Self::Before(k)) => format!("before:{k}"),
             Some(Self::AfterEffect(k)) => format!("after:{k}"),
+            Some(Self::BeforeUndo(k)) => format!("before-undo:{k}"),
         }
     }
 }
@@ -182,4 +187,42 @@ pub fn sleeper() -> WorkflowDefinition<u64, i64> {
         })
         .await
     })
+}
+
+/// A saga: steps 1 and 2 with compensations that append `undo-N` to the file `effects`, then a
+/// step 3 that fails for good, so the compensations run (2, then 1).
+pub fn saga(effects: std::path::PathBuf, cut: Option<Cut>) -> WorkflowDefinition<(), ()> {
+    use dispatch::workflow::StepPolicy;
+    WorkflowDefinition::new("saga", move |wf: WorkflowContext, _: ()| {
+        let effects = effects.clone();
+        async move {
+            for n in 1..=2usize {
+                let effects = effects.clone();
+                wf.step_with_compensation(
+                    &format!("do-{n}"),
+                    move || async move { Ok::<_, StepError>(n) },
+                    move |done: usize| {
+                        let effects = effects.clone();
+                        async move {
+                            maybe_die(cut, Cut::BeforeUndo(done));
+                            append_line(&effects, &format!("undo-{done}"))
+                                .map_err(|e| StepError::retry(e.to_string()))
+                        }
+                    },
+                )
+                .await?;
+            }
+            let once = StepPolicy { attempts: 1, ..StepPolicy::default() };
+            wf.step_with("do-3", &once, || async {
+                Err::<(), _>(StepError::permanent("card declined"))
+            })
+            .await
+        }
+    })
+}
+
+fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(file, "{line}")
 }

@@ -15,7 +15,7 @@ use dispatch::core::{DynStore, JobFilter, JobState, PageRequest};
 use dispatch::job::{EnqueueOptions, JobClient};
 use dispatch::workflow::{StartOptions, Workflows};
 use dispatch_durability_tests::{
-    Cut, StoreSpec, postgres_url, sleeper, sleepy_job, ten_steps, ten_steps_output,
+    Cut, StoreSpec, postgres_url, saga, sleeper, sleepy_job, ten_steps, ten_steps_output,
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use sqlx::Connection;
@@ -278,6 +278,33 @@ async fn workflow_killed_at_every_step_boundary_resumes_exactly(kind: Kind) {
     }
 }
 
+/// A saga whose third step fails; the worker process SIGKILLs itself as the compensation of step
+/// one begins (step two's is done): a second process finishes the compensations, each ran exactly
+/// once, in reverse order, and the run keeps the original error.
+async fn saga_killed_during_compensation_compensates_once(kind: Kind) {
+    let spec = fresh(kind, "saga");
+    let store = spec.open("test").await.expect("open");
+    let effects = std::env::temp_dir()
+        .join("dispatch-durability")
+        .join(format!("saga-{}", dispatch::core::RunId::new()));
+    let workflows = Workflows::new(store.clone());
+    let definition = saga(effects.clone(), None);
+    let run = workflows.start(&definition, &(), StartOptions::default()).await.expect("start");
+    let mut first = workflow_worker(&spec, &effects, Some(Cut::BeforeUndo(1)));
+    exited(&mut first).await;
+    let _second = workflow_worker(&spec, &effects, None);
+    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(120)).await.expect("run");
+    let ended = ended.expect_err("the saga fails");
+    assert!(
+        ended.error.as_deref().unwrap_or_default().contains("card declined"),
+        "{:?}",
+        ended.error
+    );
+    let log = std::fs::read_to_string(&effects).expect("effects");
+    assert_eq!(log.lines().collect::<Vec<_>>(), ["undo-2", "undo-1"]);
+    drop_schema(&spec).await;
+}
+
 /// 200 runs sleeping 2–10 s; every worker process killed at 6 s and a new one started: every
 /// run wakes, none before its deadline.
 async fn durable_sleep_survives_a_restart(kind: Kind) {
@@ -362,6 +389,7 @@ fn main() -> ExitCode {
         two_processes_migrating_at_once_make_one_schema,
         workflow_killed_at_every_step_boundary_resumes_exactly,
         durable_sleep_survives_a_restart,
+        saga_killed_during_compensation_compensates_once,
     ];
     let postgres_only = scenarios![terminated_connections_lose_nothing];
     let mut trials = Vec::new();

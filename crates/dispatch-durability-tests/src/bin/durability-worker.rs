@@ -2,8 +2,9 @@
 //!
 //! `durability-worker work <store> <concurrency> <lease-ms> [poll-ms]`: run `sleepy` jobs until
 //! killed. `durability-worker migrate <store>`: open (and so migrate) the store, then exit.
-//! `durability-worker workflows <store> <effects-file> <cut>`: drive the `ten-steps` and
-//! `sleeper` workflows until killed, aborting at `<cut>` (`before:K`, `after:K`, `none`).
+//! `durability-worker workflows <store> <effects-file> <cut>`: drive the `ten-steps`, `saga` and
+//! `sleeper` workflows until killed, dying at `<cut>` (`before:K`, `after:K`, `before-undo:K`,
+//! `none`).
 //! `<store>` is a SQLite file path or `postgres:<schema>` (see `StoreSpec`).
 
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use anyhow::bail;
 use dispatch::prelude::*;
 use dispatch::workflow::Workflows;
-use dispatch_durability_tests::{Cut, StoreSpec, sleeper, sleepy_job, ten_steps};
+use dispatch_durability_tests::{Cut, StoreSpec, saga, sleeper, sleepy_job, ten_steps};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -44,11 +45,14 @@ async fn main() -> anyhow::Result<()> {
         ["workflows", store, effects, cut] => {
             let store = StoreSpec::parse(store).open("worker").await?;
             let workflows = Workflows::new(store.clone());
-            let steps = workflows.register(&ten_steps(effects.into(), Cut::parse(cut)?));
+            let cut = Cut::parse(cut)?;
+            let steps = workflows.register(&ten_steps(effects.into(), cut));
+            let sagas = workflows.register(&saga(effects.into(), cut));
             let sleeps = workflows.register(&sleeper());
             let mut dispatcher = Dispatcher::builder()
                 .shared_store(store)
                 .register(steps)
+                .register(sagas)
                 .register(sleeps)
                 .concurrency(64)
                 .configure(|c| {
