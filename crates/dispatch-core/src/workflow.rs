@@ -405,4 +405,18 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// run. The job-level cancel of the drive job is not used: a cancelled drive job would leave
     /// its run without a driver.
     async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel>;
+
+    /// Debugging: replay run `id` from its checkpoint `key`. Checkpoints written after `key` are
+    /// dropped (`key` itself is kept), the run becomes running again (output, error, finish time
+    /// and cancel request cleared; same version) and its drive job is re-armed: available at
+    /// once, attempts reset, lease cleared. `NotFound` for an unknown run or key; `Conflict`
+    /// while a drive holds the run (its drive job is running).
+    async fn replay_run(&self, id: RunId, key: &str) -> Result<()>;
+
+    /// Move run `id` to `version`, whose drive jobs are named `drive_job_name`. Its checkpoints
+    /// are kept; the run becomes running again when it had failed or been cancelled (error and
+    /// finish time cleared) and its drive job is renamed and re-armed as for
+    /// [`replay_run`](Self::replay_run); a suspended run keeps its wake time. `NotFound` for an
+    /// unknown run; `Conflict` while a drive holds the run, or when it completed.
+    async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()>;
 }

@@ -88,11 +88,52 @@ fn end(run: &mut Run, how: RunEnd, now: Timestamp) {
     run.finished_at = Some(now);
 }
 
+/// Make an ended (or rewound) run running again.
+fn reopen(run: &mut Run, now: Timestamp) {
+    run.state = RunState::Running;
+    run.output = None;
+    run.error = None;
+    run.finished_at = None;
+    run.cancel_requested = None;
+    run.updated_at = now;
+}
+
 fn lease_lost(run: RunId) -> Error {
     Error::new(ErrorKind::LeaseLost, format!("the drive of run {run} no longer holds its lease"))
 }
 
 impl State {
+    /// The drive job of run `id`, when no drive holds it (and, for a migration, the run has not
+    /// completed).
+    fn rearmable(&self, id: RunId, migrating: bool) -> Result<JobId> {
+        let row =
+            self.runs.runs.get(&id).ok_or_else(|| Error::not_found(format!("no run {id}")))?;
+        let drive = row.run.drive_job;
+        if self.jobs.get(&drive).is_some_and(|job| job.job.state == JobState::Running) {
+            return Err(Error::new(ErrorKind::Conflict, format!("a drive holds run {id}")));
+        }
+        if migrating && row.run.state == RunState::Completed {
+            return Err(Error::new(ErrorKind::Conflict, format!("run {id} has completed")));
+        }
+        Ok(drive)
+    }
+
+    /// Re-arm drive job `id` (renamed to `name` when given): available at `run_at`, attempts
+    /// reset, no lease. Its queue, for the wake-up.
+    fn rearm(&mut self, id: JobId, name: Option<&str>, run_at: Timestamp) -> Option<String> {
+        self.unindex(id);
+        self.clear_lease(id);
+        let row = self.jobs.get_mut(&id)?;
+        row.job.attempt = 0;
+        row.job.finished_at = None;
+        if let Some(name) = name {
+            row.job.name = name.to_owned();
+        }
+        let queue = row.job.queue.clone();
+        self.make_available(id, run_at);
+        Some(queue)
+    }
+
     /// The run, when `lease` holds its drive job.
     fn fenced(&mut self, lease: LeaseRef, run: RunId) -> Result<&mut RunRow> {
         let row =
@@ -314,6 +355,49 @@ impl WorkflowStore for MemoryStore {
             self.wakeups.notify([queue.as_str()]);
         }
         Ok(RunCancel::Requested)
+    }
+
+    async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        let drive = state.rearmable(id, false)?;
+        let row =
+            state.runs.runs.get_mut(&id).ok_or_else(|| Error::not_found(format!("no run {id}")))?;
+        let at = row
+            .checkpoints
+            .iter()
+            .position(|c| c.key == key)
+            .ok_or_else(|| Error::not_found(format!("run {id} has no checkpoint {key:?}")))?;
+        row.checkpoints.truncate(at + 1);
+        reopen(&mut row.run, now);
+        state.runs.waits.retain(|_, w| w.run != id);
+        let queue = state.rearm(drive, None, now);
+        drop(state);
+        self.wakeups.notify(queue.as_deref());
+        Ok(())
+    }
+
+    async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()> {
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        let drive = state.rearmable(id, true)?;
+        let row =
+            state.runs.runs.get_mut(&id).ok_or_else(|| Error::not_found(format!("no run {id}")))?;
+        row.run.version = version;
+        row.run.updated_at = now;
+        if row.run.state.is_final() {
+            reopen(&mut row.run, now);
+        }
+        // A waiting drive job keeps its wake time; an ended one is due now.
+        let run_at = state
+            .jobs
+            .get(&drive)
+            .filter(|job| job.job.state == JobState::Available)
+            .map_or(now, |job| job.job.run_at);
+        let queue = state.rearm(drive, Some(drive_job_name), run_at);
+        drop(state);
+        self.wakeups.notify(queue.as_deref());
+        Ok(())
     }
 
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {

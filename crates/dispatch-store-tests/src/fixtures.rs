@@ -200,6 +200,12 @@ impl WorkflowStore for CountingStore {
     async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
         self.inner.cancel_run(id, reason).await
     }
+    async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {
+        self.inner.replay_run(id, key).await
+    }
+    async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()> {
+        self.inner.migrate_run(id, version, drive_job_name).await
+    }
 }
 
 #[async_trait]

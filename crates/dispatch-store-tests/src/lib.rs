@@ -261,6 +261,8 @@ pub fn all_tests() -> Vec<SuiteTest> {
         workflow::list_runs_filters_and_paginates,
         workflow::cancel_wakes_a_suspended_run,
         workflow::cancel_of_a_running_drive_refuses_its_suspend,
+        workflow::replay_rewinds_to_a_checkpoint,
+        workflow::migrate_moves_a_run_to_another_version,
     ]
 }
 

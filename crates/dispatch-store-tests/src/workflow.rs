@@ -488,3 +488,58 @@ pub async fn cancel_of_a_running_drive_refuses_its_suspend(ctx: TestContext) {
     let ended = ctx.store.cancel_run(run, "late").await.unwrap();
     assert_eq!(ended, RunCancel::AlreadyFinal(RunState::Cancelled));
 }
+
+/// Replay from a checkpoint: later checkpoints dropped, the run running again (output, error and
+/// finish cleared), its drive job due at once with attempts reset. Unknown key or run:
+/// `NotFound`; while a drive holds the run: `Conflict`.
+pub async fn replay_rewinds_to_a_checkpoint(ctx: TestContext) {
+    let run = ctx.start("rewind").await;
+    let lease = ctx.drive(run).await;
+    let write = |key: &str| NewCheckpoint::new(key, key.as_bytes().to_vec());
+    ctx.store.save_checkpoints(lease, run, vec![write("a"), write("b"), write("c")]).await.unwrap();
+    assert_kind(ctx.store.replay_run(run, "b").await, ErrorKind::Conflict, "replay_run");
+    ctx.store.end_run(lease, run, RunEnd::Completed(b"1".to_vec())).await.unwrap();
+    assert!(matches!(ctx.finish(lease, Outcome::Complete).await, FinishResult::Applied { .. }));
+
+    assert_kind(ctx.store.replay_run(run, "zz").await, ErrorKind::NotFound, "replay_run");
+    assert_kind(ctx.store.replay_run(RunId::new(), "a").await, ErrorKind::NotFound, "replay_run");
+    ctx.store.replay_run(run, "b").await.unwrap();
+    let stored = ctx.store.get_run(run).await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.output, stored.finished_at), (RunState::Running, None, None));
+    assert_eq!(ctx.checkpoint_keys(run).await, vec!["a".to_owned(), "b".to_owned()]);
+    let again = ctx.drive(run).await;
+    assert_eq!(ctx.job(again.job_id).await.attempt, 1, "attempts start over");
+}
+
+/// Migration to another version: checkpoints kept, a failed run running again, its drive job
+/// renamed to the new version's and due at once. A completed run, or one a drive holds:
+/// `Conflict`.
+pub async fn migrate_moves_a_run_to_another_version(ctx: TestContext) {
+    let run = ctx.start("versioned").await;
+    let lease = ctx.drive(run).await;
+    let keep = vec![NewCheckpoint::new("a", b"1".to_vec())];
+    ctx.store.save_checkpoints(lease, run, keep).await.unwrap();
+    assert_kind(
+        ctx.store.migrate_run(run, 3, "wf-drive-v3").await,
+        ErrorKind::Conflict,
+        "migrate_run",
+    );
+    ctx.store.end_run(lease, run, RunEnd::Failed("bug in v2".into())).await.unwrap();
+    assert!(matches!(ctx.finish(lease, Outcome::Complete).await, FinishResult::Applied { .. }));
+
+    ctx.store.migrate_run(run, 3, "wf-drive-v3").await.unwrap();
+    let stored = ctx.store.get_run(run).await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.state, stored.error), (3, RunState::Running, None));
+    assert_eq!(ctx.checkpoint_keys(run).await, vec!["a".to_owned()]);
+    ctx.claim_none(DRIVE).await;
+    let claimed = ctx.claim(&["wf-drive-v3"], 1).await;
+    assert_eq!(claimed.len(), 1, "the drive job belongs to the new version");
+    assert_eq!(claimed[0].job.id, stored.drive_job);
+    let held = crate::support::lease(&claimed[0]);
+    ctx.store.end_run(held, run, RunEnd::Completed(b"ok".to_vec())).await.unwrap();
+    assert_kind(
+        ctx.store.migrate_run(run, 4, "wf-drive-v4").await,
+        ErrorKind::Conflict,
+        "migrate_run",
+    );
+}
