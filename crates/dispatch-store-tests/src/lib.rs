@@ -124,6 +124,8 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         runs_stay_on_their_version,
         cancel_of_a_suspended_run_compensates_and_cascades,
         cancel_of_a_running_run_stops_at_a_step_boundary,
+        replay_from_a_step_reruns_what_follows,
+        migrate_a_failed_run_to_a_fixed_version,
     ];
     jobs.into_iter().chain(runs).collect()
 }

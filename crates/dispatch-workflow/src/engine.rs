@@ -229,6 +229,29 @@ impl Workflows {
         self.inner.store.cancel_run(id, reason).await
     }
 
+    /// Debugging: replay run `id` from its checkpoint `key` (a key of its timeline): later
+    /// checkpoints are dropped and the run is driven again on its own version, so the steps after
+    /// `key` run again. `Conflict` while a drive holds the run.
+    pub async fn replay_from(&self, id: RunId, key: &str) -> Result<(), Error> {
+        self.inner.store.replay_run(id, key).await
+    }
+
+    /// Move run `id` to `definition`'s version (register it on a worker first): its checkpoints
+    /// are kept, so finished steps are not run again; a failed or cancelled run is driven again.
+    /// `Conflict` while a drive holds the run, or when it completed.
+    pub async fn migrate<I, O>(
+        &self,
+        id: RunId,
+        definition: &WorkflowDefinition<I, O>,
+    ) -> Result<(), Error>
+    where
+        I: Serialize + DeserializeOwned + Send + 'static,
+        O: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let store = &self.inner.store;
+        store.migrate_run(id, definition.version, &definition.drive_job_name()).await
+    }
+
     /// Cancel the children a cancelled run started (best effort: each child also winds down on
     /// its own).
     async fn cancel_children(&self, children: &[RunId]) {

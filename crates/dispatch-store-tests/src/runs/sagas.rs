@@ -325,3 +325,86 @@ pub async fn cancel_of_a_running_run_stops_at_a_step_boundary(store: DynStore) {
     assert_eq!((ended.state, ended.error.as_deref()), (RunState::Cancelled, Some("enough")));
     assert!(ran.load(Ordering::SeqCst) < 400, "stopped early, ran {}", ran.load(Ordering::SeqCst));
 }
+
+fn counted(
+    name: &str,
+    runs: Arc<Mutex<Vec<String>>>,
+) -> impl FnMut() -> futures::future::BoxFuture<'static, Result<u32, StepError>> {
+    let name = name.to_owned();
+    move || {
+        let (name, runs) = (name.clone(), runs.clone());
+        Box::pin(async move {
+            runs.lock().push(name);
+            Ok(1)
+        })
+    }
+}
+
+/// Replay from a step: the steps after it run again, on the run's own version, and the run
+/// completes again; the steps up to it do not run again.
+pub async fn replay_from_a_step_reruns_what_follows(store: DynStore) {
+    let runs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let def = {
+        let runs = runs.clone();
+        WorkflowDefinition::new("abc", move |wf: WorkflowContext, _: ()| {
+            let runs = runs.clone();
+            async move {
+                let mut total = 0;
+                for name in ["a", "b", "c"] {
+                    total += wf.step(name, counted(name, runs.clone())).await?;
+                }
+                Ok(total)
+            }
+        })
+    };
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store.clone()).register(workflows.register(&def)).build().unwrap().start();
+    let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
+    let first: u32 =
+        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    workflows.replay_from(run, "s:b#1").await.unwrap();
+    wait_state(&workflows, run, RunState::Completed).await;
+    let again: u32 =
+        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    handle.stop().await;
+    assert_eq!((first, again), (3, 3));
+    assert_eq!(*runs.lock(), ["a", "b", "c", "c"], "only the step after b ran again");
+}
+
+/// A run that failed on v1 is migrated to v2: its finished steps are not run again and it
+/// completes with v2's output.
+pub async fn migrate_a_failed_run_to_a_fixed_version(store: DynStore) {
+    let runs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let version = |v: u32, runs: Arc<Mutex<Vec<String>>>| {
+        WorkflowDefinition::new("fixable", move |wf: WorkflowContext, _: ()| {
+            let runs = runs.clone();
+            async move {
+                wf.step("a", counted("a", runs.clone())).await?;
+                if v == 1 {
+                    return Err(WorkflowError::failed("bug in v1"));
+                }
+                Ok(format!("fixed in v{v}"))
+            }
+        })
+        .version(v)
+    };
+    let (v1, v2) = (version(1, runs.clone()), version(2, runs.clone()));
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store.clone())
+        .register(workflows.register(&v1))
+        .register(workflows.register(&v2))
+        .build()
+        .unwrap()
+        .start();
+    let run = workflows.start(&v1, &(), StartOptions::default()).await.unwrap();
+    let failed = workflows.wait_for_output::<String>(run, Duration::from_secs(30)).await.unwrap();
+    assert!(failed.is_err(), "v1 fails");
+    workflows.migrate(run, &v2).await.unwrap();
+    let out: String =
+        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    handle.stop().await;
+    assert_eq!(out, "fixed in v2");
+    assert_eq!(*runs.lock(), ["a"], "the finished step did not run again");
+    let stored = workflows.get_run(run).await.unwrap().unwrap();
+    assert_eq!(stored.version, 2);
+}
