@@ -258,7 +258,8 @@ pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore)
             }
         })
     };
-    let workflows = Workflows::new(store.clone());
+    let recorder = crate::fixtures::Recorder::default();
+    let workflows = Workflows::with_hooks(store.clone(), vec![Arc::new(recorder.clone())]);
     let handle = worker(store.clone())
         .register(workflows.register(&child))
         .register(workflows.register(&parent))
@@ -284,6 +285,15 @@ pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore)
     let again = workflows.cancel(run, "again").await.unwrap();
     assert_eq!(again, dispatch_core::RunCancel::AlreadyFinal(RunState::Cancelled));
     handle.stop().await;
+    crate::fixtures::eventually("the cancel hooks", Duration::from_secs(5), || async {
+        use dispatch_core::Event;
+        let events = recorder.events.lock().clone();
+        let ours = |e: &&Event| e.run().is_some_and(|r| r.id == run);
+        let undone = events.iter().filter(ours).any(|e| matches!(e, Event::CompensationRan { .. }));
+        let cancelled = events.iter().filter(ours).any(|e| matches!(e, Event::RunCancelled { .. }));
+        (undone && cancelled).then_some(())
+    })
+    .await;
 }
 
 /// Cancel of a running run: it stops at a step boundary (it does not run all its steps) and
