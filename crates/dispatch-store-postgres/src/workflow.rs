@@ -2,12 +2,13 @@
 //! the store's schema, next to the jobs that drive the runs (statements in
 //! [`crate::workflow_sql`]).
 //!
-//! Every call is one statement, except two that are one short transaction: a publish, and a
+//! Every call is one statement, except four that are one short transaction: a publish, and a
 //! suspend that waits for events, first take a transaction-level advisory lock per (name,
 //! correlation) they touch, then run their statement. Without it a publish and a suspend of one
 //! key running at once could each miss the other (the event kept, the wait registered, neither
 //! delivered): a statement's snapshot is taken before any lock it takes, so the lock has to come
-//! first, in a statement of its own.
+//! first, in a statement of its own. For the same reason a replay and a migration first lock the
+//! run's drive job and the run in a statement of their own, then change them.
 
 use std::collections::HashMap;
 
@@ -314,6 +315,62 @@ impl WorkflowStore for PostgresStore {
         .await
     }
 
+    async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {
+        self.timed("replay_run", async {
+            let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
+            let locked = self.lock_drive(&mut tx, id, Some(key)).await?;
+            if locked.key_seq.is_none() {
+                return Err(Error::not_found(format!("run {id} has no checkpoint {key:?}")));
+            }
+            sqlx::query(self.shared.sql.wf.drop_waits.clone())
+                .bind(id.uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let row = sqlx::query(self.shared.sql.wf.replay_run.clone())
+                .bind(self.now_param())
+                .bind(id.uuid())
+                .bind(key)
+                .bind(self.channel())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            if !get::<bool>(&row, "replayed")? {
+                return Err(Error::internal(format!(
+                    "postgres: run {id} and its checkpoint {key:?} were locked but not replayed"
+                )));
+            }
+            tx.commit().await.map_err(db_error)
+        })
+        .await
+    }
+
+    async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()> {
+        self.timed("migrate_run", async {
+            let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
+            let locked = self.lock_drive(&mut tx, id, None).await?;
+            if locked.run_state == RunState::Completed {
+                return Err(Error::new(ErrorKind::Conflict, format!("run {id} has completed")));
+            }
+            let row = sqlx::query(self.shared.sql.wf.migrate_run.clone())
+                .bind(self.now_param())
+                .bind(id.uuid())
+                .bind(i64::from(version))
+                .bind(drive_job_name)
+                .bind(self.channel())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            if !get::<bool>(&row, "migrated")? {
+                return Err(Error::internal(format!(
+                    "postgres: run {id} was locked but not migrated"
+                )));
+            }
+            tx.commit().await.map_err(db_error)
+        })
+        .await
+    }
+
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {
         let locks = self.event_locks([(&*event.name, &*event.correlation)]);
         self.timed("publish_event", async {
@@ -350,6 +407,33 @@ impl PostgresStore {
             .bind(run.uuid())
     }
 
+    /// Lock run `id`'s drive job, then the run (`LOCK_DRIVE` of [`crate::workflow_sql`]), in `tx`,
+    /// for a replay or a migration: `NotFound` for an unknown run, `Conflict` while a drive
+    /// holds it (its drive job is running). Answers the run's state and the `seq` of its
+    /// checkpoint `key`, when asked for and stored.
+    async fn lock_drive(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        id: RunId,
+        key: Option<&str>,
+    ) -> Result<LockedDrive> {
+        let row = sqlx::query(self.shared.sql.wf.lock_drive.clone())
+            .bind(id.uuid())
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| no_run(id))?;
+        if get::<Option<String>>(&row, "job_state")?.as_deref() == Some("running") {
+            return Err(Error::new(ErrorKind::Conflict, format!("a drive holds run {id}")));
+        }
+        let state: String = get(&row, "run_state")?;
+        let run_state = state.parse::<RunState>().map_err(|e| {
+            Error::internal(format!("postgres: run {id} has an unknown state: {e}"))
+        })?;
+        Ok(LockedDrive { run_state, key_seq: get(&row, "key_seq")? })
+    }
+
     /// The advisory lock keys of (name, correlation) pairs in this store's schema, sorted and
     /// distinct, so concurrent callers take them in one order.
     fn event_locks<'a>(&self, keys: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<i64> {
@@ -378,6 +462,14 @@ impl PostgresStore {
         tx.commit().await.map_err(db_error)?;
         Ok(row)
     }
+}
+
+/// What [`PostgresStore::lock_drive`] found under its locks.
+struct LockedDrive {
+    /// The run's state.
+    run_state: RunState,
+    /// The `seq` of the asked-for checkpoint, when it is stored.
+    key_seq: Option<i64>,
 }
 
 /// The advisory lock key of events named `name` with key `correlation` in `schema`: FNV-1a

@@ -190,6 +190,63 @@ const CANCEL_RUN: &str = "WITH t AS (SELECT {now} AS now), \
      woke AS (SELECT pg_notify($4, due.queue) FROM due) \
      SELECT r.state, (SELECT count(*) FROM woke) AS notified FROM r";
 
+/// The first statement of a replay or a migration (both one transaction): lock run `$1`'s
+/// drive job row, then the run's (the order of the fenced statements and [`CANCEL_RUN`]), so no
+/// claim, drive or cancel interleaves, and every later statement of the transaction (a snapshot
+/// of its own) sees what they committed before. Answers the run's `run_state`, its drive job's
+/// `job_state`, and the `seq` of its checkpoint `$2` (`key_seq`; NULL when `$2` is NULL or no
+/// such checkpoint exists). No row: unknown run.
+const LOCK_DRIVE: &str = "WITH job AS (SELECT j.id, j.state FROM {s}.jobs j \
+       JOIN {s}.runs x ON j.id = x.drive_job WHERE x.id = $1 FOR UPDATE OF j) \
+     SELECT x.state AS run_state, job.state AS job_state, \
+       (SELECT c.seq FROM {s}.checkpoints c WHERE c.run_id = x.id AND c.key = $2) AS key_seq \
+     FROM {s}.runs x LEFT JOIN job ON true WHERE x.id = $1 FOR UPDATE OF x";
+
+/// Drop run `$1`'s event waits (a replay, after [`LOCK_DRIVE`]). A statement of its own: a
+/// publish delivering to one of them holds its row, and the delete waits for it, so the next
+/// statement's snapshot sees the checkpoint that publish wrote.
+const DROP_WAITS: &str = "DELETE FROM {s}.event_waits w WHERE w.run_id = $1";
+
+/// The columns a re-armed drive job (alias `j`) is given: no attempt, no lease, no cancel
+/// request, not finished. Its state and run time come with it.
+const REARM: &str = "attempt = 0, lease_owner = NULL, lease_token = NULL, lease_expires = NULL, \
+     cancel_requested = false, finished_at = NULL";
+
+/// Replay run `$2` from its checkpoint `$3` (after [`LOCK_DRIVE`] and [`DROP_WAITS`], in their
+/// transaction): the checkpoints written after it (greater `seq`) are deleted, the run is
+/// running again (output, error, finish time and cancel request cleared) and its drive job is
+/// re-armed, due now, with one NOTIFY (`$4`) of its queue.
+const REPLAY_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+     cp AS (SELECT c.seq FROM {s}.checkpoints c WHERE c.run_id = $2 AND c.key = $3), \
+     dropped AS (DELETE FROM {s}.checkpoints c USING cp WHERE c.run_id = $2 AND c.seq > cp.seq), \
+     reopened AS (UPDATE {s}.runs x SET state = 'running', output = NULL, error = NULL, \
+       finished_at = NULL, cancel_reason = NULL, updated_at = t.now FROM t, cp \
+       WHERE x.id = $2 RETURNING x.drive_job), \
+     rearmed AS (UPDATE {s}.jobs j SET state = 'available', run_at = t.now, {rearm} \
+       FROM reopened r, t WHERE j.id = r.drive_job RETURNING j.queue), \
+     woke AS (SELECT pg_notify($4, q.queue) FROM rearmed q) \
+     SELECT EXISTS (SELECT 1 FROM reopened) AS replayed, (SELECT count(*) FROM woke) AS notified";
+
+/// Move run `$2` to version `$3` (after [`LOCK_DRIVE`], in its transaction): a failed or
+/// cancelled run is running again (output, error, finish time and cancel request cleared), and
+/// its drive job is renamed `$4` and re-armed: due at its current run time when it is available
+/// (a suspended run keeps its wake time), else now. One NOTIFY (`$5`) of its queue.
+const MIGRATE_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+     moved AS (UPDATE {s}.runs x SET version = $3, updated_at = t.now, \
+       state = CASE WHEN x.state IN ('failed', 'cancelled') THEN 'running' ELSE x.state END, \
+       output = CASE WHEN x.state IN ('failed', 'cancelled') THEN NULL ELSE x.output END, \
+       error = CASE WHEN x.state IN ('failed', 'cancelled') THEN NULL ELSE x.error END, \
+       finished_at = CASE WHEN x.state IN ('failed', 'cancelled') THEN NULL \
+         ELSE x.finished_at END, \
+       cancel_reason = CASE WHEN x.state IN ('failed', 'cancelled') THEN NULL \
+         ELSE x.cancel_reason END \
+       FROM t WHERE x.id = $2 AND x.state <> 'completed' RETURNING x.drive_job), \
+     rearmed AS (UPDATE {s}.jobs j SET name = $4, state = 'available', \
+       run_at = CASE WHEN j.state = 'available' THEN j.run_at ELSE t.now END, {rearm} \
+       FROM moved m, t WHERE j.id = m.drive_job RETURNING j.queue), \
+     woke AS (SELECT pg_notify($5, q.queue) FROM rearmed q) \
+     SELECT EXISTS (SELECT 1 FROM moved) AS migrated, (SELECT count(*) FROM woke) AS notified";
+
 /// How many expired kept events a publish deletes at most.
 const PURGE: usize = 16;
 
@@ -250,6 +307,10 @@ pub(crate) struct WorkflowQueries {
     pub cancel_run: SqlStr,
     pub lock_event_keys: SqlStr,
     pub publish: SqlStr,
+    pub lock_drive: SqlStr,
+    pub drop_waits: SqlStr,
+    pub replay_run: SqlStr,
+    pub migrate_run: SqlStr,
 }
 
 impl WorkflowQueries {
@@ -262,6 +323,7 @@ impl WorkflowQueries {
                     .replace("{fenced}", FENCED)
                     .replace("{run_columns}", RUN_COLUMNS)
                     .replace("{checkpoint_arrays}", CHECKPOINT_ARRAYS)
+                    .replace("{rearm}", REARM)
                     .replace("{purge}", &PURGE.to_string()),
             )
         };
@@ -280,6 +342,10 @@ impl WorkflowQueries {
             cancel_run: build(CANCEL_RUN),
             lock_event_keys: build(LOCK_EVENT_KEYS),
             publish: build(PUBLISH),
+            lock_drive: build(LOCK_DRIVE),
+            drop_waits: build(DROP_WAITS),
+            replay_run: build(REPLAY_RUN),
+            migrate_run: build(MIGRATE_RUN),
         }
     }
 }
@@ -294,6 +360,7 @@ mod tests {
         for sql in [&q.start_run, &q.load_run, &q.save_checkpoints, &q.suspend, &q.resolve_wait]
             .into_iter()
             .chain([&q.end_run, &q.cancel_run, &q.publish, &q.checkpoints, &q.list_runs])
+            .chain([&q.lock_drive, &q.drop_waits, &q.replay_run, &q.migrate_run])
         {
             assert!(!sql.as_str().contains("{s}"), "{}", sql.as_str());
             assert!(!sql.as_str().contains("{now}"), "{}", sql.as_str());
@@ -301,6 +368,7 @@ mod tests {
             assert!(!sql.as_str().contains("_columns}"), "{}", sql.as_str());
             assert!(!sql.as_str().contains("{sat("), "{}", sql.as_str());
             assert!(!sql.as_str().contains("{purge}"), "{}", sql.as_str());
+            assert!(!sql.as_str().contains("{rearm}"), "{}", sql.as_str());
         }
         assert!(q.suspend.as_str().contains("\"dispatch\".jobs"));
     }
