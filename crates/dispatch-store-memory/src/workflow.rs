@@ -136,17 +136,18 @@ impl State {
 
     /// The run, when `lease` holds its drive job.
     fn fenced(&mut self, lease: LeaseRef, run: RunId) -> Result<&mut RunRow> {
-        let row =
-            self.runs.runs.get(&run).ok_or_else(|| Error::not_found(format!("no run {run}")))?;
+        let jobs = &self.jobs;
+        let row = self
+            .runs
+            .runs
+            .get_mut(&run)
+            .ok_or_else(|| Error::not_found(format!("no run {run}")))?;
         let holds = row.run.drive_job == lease.job_id
-            && self.jobs.get(&lease.job_id).is_some_and(|job| {
+            && jobs.get(&lease.job_id).is_some_and(|job| {
                 job.job.state == JobState::Running
                     && job.job.lease.is_some_and(|l| l.token == lease.token)
             });
-        if !holds {
-            return Err(lease_lost(run));
-        }
-        Ok(self.runs.runs.get_mut(&run).expect("checked above"))
+        if holds { Ok(row) } else { Err(lease_lost(run)) }
     }
 
     /// Hand `payload` to the wait `seq`: its checkpoint, and the run's drive job due now.
