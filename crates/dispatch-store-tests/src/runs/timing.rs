@@ -63,6 +63,33 @@ pub async fn sleep_wakes_after_its_duration(store: DynStore) {
     .await;
 }
 
+/// A worker with one slot driving `def` and running a plain job that counts its runs: the
+/// handle, the job, and the count.
+fn one_slot_worker<I, O>(
+    store: &DynStore,
+    workflows: &Workflows,
+    def: &WorkflowDefinition<I, O>,
+) -> (dispatch_job::WorkerHandle, JobDefinition<()>, Arc<AtomicU32>)
+where
+    I: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    O: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let ran = Arc::new(AtomicU32::new(0));
+    let counter = ran.clone();
+    let job = JobDefinition::new("plain", move |_ctx: JobContext, _: ()| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok(()) }
+    });
+    let handle = worker(store.clone())
+        .register(workflows.register(def))
+        .register(job.clone())
+        .concurrency(1)
+        .build()
+        .expect("a one-slot worker")
+        .start();
+    (handle, job, ran)
+}
+
 /// With concurrency 1 and 100 runs asleep, a new job still starts at once: sleeping runs hold
 /// no worker slot.
 pub async fn sleeping_runs_hold_no_worker_slot(store: DynStore) {
@@ -70,20 +97,8 @@ pub async fn sleeping_runs_hold_no_worker_slot(store: DynStore) {
         wf.sleep(Duration::from_secs(600)).await?;
         Ok(())
     });
-    let ran = Arc::new(AtomicU32::new(0));
-    let counter = ran.clone();
-    let job = JobDefinition::new("urgent", move |_ctx: JobContext, _: ()| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async { Ok(()) }
-    });
     let workflows = Workflows::new(store.clone());
-    let handle = worker(store.clone())
-        .register(workflows.register(&def))
-        .register(job.clone())
-        .concurrency(1)
-        .build()
-        .unwrap()
-        .start();
+    let (handle, job, ran) = one_slot_worker(&store, &workflows, &def);
     for i in 0..100 {
         workflows.start(&def, &i, StartOptions::default()).await.unwrap();
     }
@@ -126,20 +141,8 @@ pub async fn step_retry_is_durable_and_holds_no_slot(store: DynStore) {
             .await
         }
     });
-    let ran = Arc::new(AtomicU32::new(0));
-    let counter = ran.clone();
-    let job = JobDefinition::new("meanwhile", move |_ctx: JobContext, _: ()| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async { Ok(()) }
-    });
     let workflows = Workflows::new(store.clone());
-    let handle = worker(store.clone())
-        .register(workflows.register(&def))
-        .register(job.clone())
-        .concurrency(1)
-        .build()
-        .unwrap()
-        .start();
+    let (handle, job, ran) = one_slot_worker(&store, &workflows, &def);
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
     wait_state(&workflows, run, RunState::Suspended).await;
     handle.client().enqueue(&job, ()).await.unwrap();
