@@ -91,7 +91,7 @@ pub async fn four_events_for_ten_waiters(store: DynStore) {
     for _ in 0..10 {
         runs.push(
             workflows
-                .start(&def, &("shared".to_owned(), 3000), StartOptions::default())
+                .start(&def, &("shared".to_owned(), 6000), StartOptions::default())
                 .await
                 .unwrap(),
         );

