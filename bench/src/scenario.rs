@@ -156,20 +156,20 @@ async fn drain(store: DynStore, jobs: usize, concurrency: usize) -> anyhow::Resu
     for chunk in (0..jobs as u64).collect::<Vec<_>>().chunks(1000) {
         client.enqueue_many(&def, chunk.iter().copied(), EnqueueOptions::new()).await?;
     }
-    let counter = FinishCounter::new(store, jobs);
+    let counter = FinishCounter::wrap(store, jobs);
     let worker = Worker::builder(counter.clone()).register(def).concurrency(concurrency).build()?;
     let start = Instant::now();
     let handle = worker.start();
-    tokio::time::timeout(Duration::from_secs(600), counter.wait())
+    tokio::time::timeout(Duration::from_secs(600), counter.interceptor().wait())
         .await
         .context("drain stalled")?;
     let jobs_per_sec = rate(jobs, start.elapsed());
     handle.stop().await;
     eprintln!(
         "claims: {} calls for {} jobs; finishes: {} calls",
-        counter.claims.load(std::sync::atomic::Ordering::Relaxed),
-        counter.claimed.load(std::sync::atomic::Ordering::Relaxed),
-        counter.finish_calls.load(std::sync::atomic::Ordering::Relaxed),
+        counter.interceptor().claims.load(std::sync::atomic::Ordering::Relaxed),
+        counter.interceptor().claimed.load(std::sync::atomic::Ordering::Relaxed),
+        counter.interceptor().finish_calls.load(std::sync::atomic::Ordering::Relaxed),
     );
     let scenario = format!("drain-c{concurrency}");
     Ok(Measurement { scenario, jobs_per_sec, ..Default::default() })
@@ -190,7 +190,7 @@ async fn latency(
         log.lock().push(now_us.saturating_sub(sent_us));
         async { Ok(()) }
     });
-    let counter = FinishCounter::new(store.clone(), total);
+    let counter = FinishCounter::wrap(store.clone(), total);
     let worker =
         Worker::builder(counter.clone()).register(def.clone()).concurrency(concurrency).build()?;
     // A client of its own, as another process would have: the worker learns of each job through
@@ -204,7 +204,7 @@ async fn latency(
         let sent_us = base.elapsed().as_micros() as u64;
         client.enqueue(&def, sent_us).await?;
     }
-    tokio::time::timeout(Duration::from_secs(60), counter.wait())
+    tokio::time::timeout(Duration::from_secs(60), counter.interceptor().wait())
         .await
         .context("latency run stalled")?;
     handle.stop().await;
@@ -232,7 +232,7 @@ async fn workflow(store: DynStore, runs: usize, steps: usize) -> anyhow::Result<
         }
         Ok(acc)
     });
-    let counter = FinishCounter::new(store.clone(), runs);
+    let counter = FinishCounter::wrap(store.clone(), runs);
     let workflows = Workflows::new(counter.clone());
     let drive = workflows.register(&def);
     for n in 0..runs as u64 {
@@ -241,7 +241,7 @@ async fn workflow(store: DynStore, runs: usize, steps: usize) -> anyhow::Result<
     let worker = Worker::builder(counter.clone()).register(drive).concurrency(256).build()?;
     let start = Instant::now();
     let handle = worker.start();
-    tokio::time::timeout(Duration::from_secs(600), counter.wait())
+    tokio::time::timeout(Duration::from_secs(600), counter.interceptor().wait())
         .await
         .context("workflow runs stalled")?;
     let elapsed = start.elapsed();

@@ -14,6 +14,7 @@ pub mod dlq;
 pub mod error;
 pub mod hook;
 pub mod id;
+pub mod intercept;
 pub mod job;
 pub mod page;
 pub mod scope;
@@ -32,6 +33,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use hook::{Event, Hook, JobInfo, RunInfo};
 #[doc(inline)]
 pub use id::{CronId, DlqId, EventId, JobId, RunId, WorkerId};
+#[doc(inline)]
+pub use intercept::{Call, CallKind, Intercepted, Interceptor, Reply};
 #[doc(inline)]
 pub use job::{
     AttemptError, CancelResult, Capabilities, ClaimRequest, ClaimedJob, Enqueued, Failure,

@@ -1,5 +1,6 @@
 //! Fixtures for tests that drive the runtime over a store: polling against a deadline, a hook
-//! that records events, a hook that panics, and a store wrapper that counts (and can fail) calls.
+//! that records events, a hook that panics, a store wrapper that counts (and can fail) calls, and (in [`faults`](crate::faults)) one that
+//! delays, fails and lies.
 //! Used by the runtime scenarios of this crate and by `dispatch-job`'s own tests.
 
 use std::future::Future;
@@ -9,14 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    CancelResult, ClaimRequest, ClaimedJob, DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore,
-    DynStore, Enqueued, Event, Finish, FinishResult, HeartbeatReport, Hook, Job, JobFilter, JobId,
-    JobState, JobStore, LeaseRef, NewJob, Page, PageRequest, QueueCount, Replay, RescueReport,
-    Result,
-};
-use dispatch_core::{
-    Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd, RunFilter,
-    RunId, RunSnapshot, Started, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
+    Call, CallKind, DynStore, Event, Hook, Intercepted, Interceptor, Job, JobId, JobState, Result,
 };
 use parking_lot::Mutex;
 
@@ -75,9 +69,17 @@ impl Hook for PanickingHook {
     }
 }
 
-/// A store that counts the calls made through it.
-pub struct CountingStore {
-    inner: DynStore,
+/// A store that counts the calls made through it: [`Counts`] around the real store.
+pub type CountingStore = Intercepted<Counts>;
+
+/// Wrap `inner` in a [`CountingStore`].
+pub fn counting(inner: DynStore) -> Arc<CountingStore> {
+    Arc::new(Intercepted::new(inner, Counts::default()))
+}
+
+/// What a [`CountingStore`] counted.
+#[derive(Debug, Default)]
+pub struct Counts {
     /// The limit of every claim, in order.
     pub claim_limits: Mutex<Vec<usize>>,
     /// The number of leases in every heartbeat, in order.
@@ -92,138 +94,29 @@ pub struct CountingStore {
     pub fail_heartbeats: AtomicBool,
 }
 
-impl CountingStore {
-    /// Wrap `inner`.
-    pub fn new(inner: DynStore) -> Arc<Self> {
-        Arc::new(Self {
-            inner,
-            claim_limits: Mutex::default(),
-            heartbeats: Mutex::default(),
-            finishes: AtomicUsize::new(0),
-            next_dues: AtomicUsize::new(0),
-            drive_calls: AtomicUsize::new(0),
-            fail_heartbeats: AtomicBool::new(false),
-        })
-    }
-}
-
 #[async_trait]
-impl JobStore for CountingStore {
-    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        self.inner.enqueue(jobs).await
-    }
-    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
-        self.claim_limits.lock().push(request.limit);
-        self.inner.claim(request).await
-    }
-    async fn finish(&self, finishes: &[Finish]) -> Result<Vec<FinishResult>> {
-        self.finishes.fetch_add(1, Ordering::SeqCst);
-        self.inner.finish(finishes).await
-    }
-    async fn heartbeat(&self, leases: &[LeaseRef], ttl: Duration) -> Result<HeartbeatReport> {
-        self.heartbeats.lock().push(leases.len());
-        if self.fail_heartbeats.load(Ordering::SeqCst) {
-            return Err(dispatch_core::Error::unavailable("heartbeats are failing in this test"));
+impl Interceptor for Counts {
+    async fn before(&self, call: Call) -> Result<()> {
+        match call.kind {
+            CallKind::Claim => self.claim_limits.lock().push(call.items),
+            CallKind::Heartbeat => {
+                self.heartbeats.lock().push(call.items);
+                if self.fail_heartbeats.load(Ordering::SeqCst) {
+                    let message = "heartbeats are failing in this test";
+                    return Err(dispatch_core::Error::unavailable(message));
+                }
+            }
+            CallKind::Finish => _ = self.finishes.fetch_add(1, Ordering::SeqCst),
+            CallKind::Drive => _ = self.drive_calls.fetch_add(1, Ordering::SeqCst),
+            _ => {}
         }
-        self.inner.heartbeat(leases, ttl).await
+        Ok(())
     }
-    async fn request_cancel(&self, id: JobId) -> Result<CancelResult> {
-        self.inner.request_cancel(id).await
-    }
-    async fn rescue_expired(&self, limit: usize) -> Result<RescueReport> {
-        self.inner.rescue_expired(limit).await
-    }
-    async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
-        let due = self.inner.next_due(queues, names).await;
-        self.next_dues.fetch_add(1, Ordering::SeqCst);
-        due
-    }
-    fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
-        self.inner.wakeups()
-    }
-    fn capabilities(&self) -> dispatch_core::Capabilities {
-        self.inner.capabilities()
-    }
-    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
-        self.inner.get_job(id).await
-    }
-    async fn list_jobs(&self, f: &JobFilter, p: &PageRequest<JobId>) -> Result<Page<Job, JobId>> {
-        self.inner.list_jobs(f, p).await
-    }
-    async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
-        self.inner.count_jobs().await
-    }
-}
 
-#[async_trait]
-impl WorkflowStore for CountingStore {
-    async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started> {
-        self.inner.start_run(run, drive).await
-    }
-    async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
-        self.inner.get_run(id).await
-    }
-    async fn list_runs(&self, f: &RunFilter, p: &PageRequest<RunId>) -> Result<Page<Run, RunId>> {
-        self.inner.list_runs(f, p).await
-    }
-    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
-        self.inner.checkpoints(run).await
-    }
-    async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
-        self.drive_calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.load_run(lease, run).await
-    }
-    async fn save_checkpoints(
-        &self,
-        lease: LeaseRef,
-        run: RunId,
-        checkpoints: Vec<NewCheckpoint>,
-    ) -> Result<()> {
-        self.drive_calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.save_checkpoints(lease, run, checkpoints).await
-    }
-    async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome> {
-        self.drive_calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.suspend_run(lease, suspend).await
-    }
-    async fn resolve_wait(&self, lease: LeaseRef, run: RunId, key: &str) -> Result<WaitResolution> {
-        self.drive_calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.resolve_wait(lease, run, key).await
-    }
-    async fn end_run(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()> {
-        self.drive_calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.end_run(lease, run, end).await
-    }
-    async fn publish_event(&self, event: NewEvent) -> Result<Published> {
-        self.inner.publish_event(event).await
-    }
-    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
-        self.inner.cancel_run(id, reason).await
-    }
-    async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {
-        self.inner.replay_run(id, key).await
-    }
-    async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()> {
-        self.inner.migrate_run(id, version, drive_job_name).await
-    }
-}
-
-#[async_trait]
-impl DlqStore for CountingStore {
-    async fn list_dlq(
-        &self,
-        f: &DlqFilter,
-        p: &PageRequest<DlqId>,
-    ) -> Result<Page<DlqEntry, DlqId>> {
-        self.inner.list_dlq(f, p).await
-    }
-    async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {
-        self.inner.get_dlq(id).await
-    }
-    async fn replay_dlq(&self, id: DlqId) -> Result<Replay> {
-        self.inner.replay_dlq(id).await
-    }
-    async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
-        self.inner.purge_dlq(filter).await
+    async fn after(&self, call: Call, _reply: dispatch_core::Reply<'_>) -> Result<()> {
+        if call.kind == CallKind::NextDue {
+            self.next_dues.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
     }
 }

@@ -9,7 +9,7 @@ use dispatch_job::{CancelReason, CancelToken, JobContext, JobDefinition, JobErro
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::support::{CountingStore, Recorder, eventually, store, wait_for_state, worker};
+use crate::support::{Recorder, counting, eventually, store, wait_for_state, worker};
 
 /// Sets its flag when dropped: proves a handler's future was dropped.
 struct DropFlag(Arc<AtomicBool>);
@@ -104,8 +104,8 @@ async fn cancel_of_a_running_job_fires_the_token_within_one_heartbeat() {
 #[tokio::test(start_paused = true)]
 async fn fenced_out_completion_fires_no_completed_hook() {
     let inner = store();
-    let counting = CountingStore::new(inner.clone());
-    counting.fail_heartbeats.store(true, Ordering::SeqCst); // this worker is partitioned
+    let counting = counting(inner.clone());
+    counting.interceptor().fail_heartbeats.store(true, Ordering::SeqCst); // this worker is partitioned
     let recorder = Recorder::default();
     let release = Arc::new(Notify::new());
     let started = Arc::new(Notify::new());

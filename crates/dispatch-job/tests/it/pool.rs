@@ -11,7 +11,7 @@ use dispatch_job::{JobContext, JobDefinition};
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-use crate::support::{CountingStore, eventually, store, worker};
+use crate::support::{counting, eventually, store, worker};
 
 #[tokio::test(start_paused = true)]
 async fn a_thousand_jobs_at_concurrency_16_run_once_each_never_more_than_16_at_once() {
@@ -48,7 +48,7 @@ async fn a_thousand_jobs_at_concurrency_16_run_once_each_never_more_than_16_at_o
 
 #[tokio::test(start_paused = true)]
 async fn one_claim_per_fetch_sized_to_free_slots_and_one_heartbeat_per_interval() {
-    let counting = CountingStore::new(store());
+    let counting = counting(store());
     let gate = Arc::new(Semaphore::new(0));
     let held = gate.clone();
     let blocked = JobDefinition::new("blocked", move |_ctx: JobContext, _: u32| {
@@ -75,11 +75,15 @@ async fn one_claim_per_fetch_sized_to_free_slots_and_one_heartbeat_per_interval(
     .await;
 
     // All slots busy: no claim call while nothing frees up, one heartbeat per interval for all 8.
-    let claims_before = counting.claim_limits.lock().len();
-    let heartbeats_before = counting.heartbeats.lock().len();
+    let claims_before = counting.interceptor().claim_limits.lock().len();
+    let heartbeats_before = counting.interceptor().heartbeats.lock().len();
     tokio::time::sleep(heartbeat * 10).await;
-    assert_eq!(counting.claim_limits.lock().len(), claims_before, "no claim without a free slot");
-    let heartbeats = counting.heartbeats.lock()[heartbeats_before..].to_vec();
+    assert_eq!(
+        counting.interceptor().claim_limits.lock().len(),
+        claims_before,
+        "no claim without a free slot"
+    );
+    let heartbeats = counting.interceptor().heartbeats.lock()[heartbeats_before..].to_vec();
     assert!(
         (9..=11).contains(&heartbeats.len()),
         "{} heartbeat calls in 10 intervals",
@@ -93,10 +97,10 @@ async fn one_claim_per_fetch_sized_to_free_slots_and_one_heartbeat_per_interval(
     // Free 3 slots at once: the next claim asks for exactly 3.
     gate.add_permits(3);
     eventually("a refill", Duration::from_secs(5), || async {
-        (counting.claim_limits.lock().len() > claims_before).then_some(())
+        (counting.interceptor().claim_limits.lock().len() > claims_before).then_some(())
     })
     .await;
-    let limits = counting.claim_limits.lock().clone();
+    let limits = counting.interceptor().claim_limits.lock().clone();
     assert_eq!(limits[0], 8, "the first claim asks for every free slot");
     let refill = limits[claims_before];
     assert!((1..=3).contains(&refill), "a claim asks for the free slots, at most 3: {limits:?}");
@@ -111,7 +115,7 @@ async fn one_claim_per_fetch_sized_to_free_slots_and_one_heartbeat_per_interval(
     })
     .await;
     handle.stop().await;
-    assert!(counting.claim_limits.lock().iter().all(|&l| (1..=8).contains(&l)));
+    assert!(counting.interceptor().claim_limits.lock().iter().all(|&l| (1..=8).contains(&l)));
 }
 
 #[tokio::test(start_paused = true)]

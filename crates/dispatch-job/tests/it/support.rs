@@ -10,7 +10,7 @@ use dispatch_job::{Worker, WorkerBuilder};
 use dispatch_store_memory::MemoryStore;
 
 pub use dispatch_store_tests::fixtures::{
-    CountingStore, PanickingHook, Recorder, eventually, wait_for_state,
+    PanickingHook, Recorder, counting, eventually, wait_for_state,
 };
 
 /// A clock that follows tokio's (paused) clock, so the store's time moves with the test's

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{run_with_one_interruption, worker};
-use crate::fixtures::{CountingStore, Recorder, eventually};
+use crate::fixtures::{Recorder, counting, eventually};
 
 /// Where the ten-step workflow stops its worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +182,7 @@ pub async fn parallel_branches_keep_their_own_results(store: DynStore) {
 pub async fn resume_cost_does_not_grow_with_finished_steps(store: DynStore) {
     let mut costs = Vec::new();
     for steps in [10u64, 100] {
-        let counting = CountingStore::new(store.clone());
+        let counting = counting(store.clone());
         let def = WorkflowDefinition::new("long", |wf: WorkflowContext, n: u64| async move {
             for i in 0..n {
                 wf.step("s", || async move { Ok(i) }).await?;
@@ -195,13 +195,13 @@ pub async fn resume_cost_does_not_grow_with_finished_steps(store: DynStore) {
             worker(counting.clone()).register(workflows.register(&def)).build().unwrap().start();
         let run = workflows.start(&def, &steps, StartOptions::default()).await.unwrap();
         super::wait_state(&workflows, run, RunState::Suspended).await;
-        let before = counting.drive_calls.load(Ordering::SeqCst);
+        let before = counting.interceptor().drive_calls.load(Ordering::SeqCst);
         workflows.publish("go", "k", &true, Default::default()).await.unwrap();
         let out: bool =
             workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
         assert!(out);
         handle.stop().await;
-        costs.push(counting.drive_calls.load(Ordering::SeqCst) - before);
+        costs.push(counting.interceptor().drive_calls.load(Ordering::SeqCst) - before);
     }
     assert_eq!(costs[0], costs[1], "store calls of the resume: {costs:?}");
 }

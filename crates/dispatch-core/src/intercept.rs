@@ -1,0 +1,281 @@
+//! A store that forwards every call to another store, with an [`Interceptor`] on each side of
+//! the call.
+//!
+//! Tests and tools that need a store which counts, delays or fails calls write an
+//! [`Interceptor`] (a few lines) and wrap the real store in [`Intercepted`]; the forwarding of
+//! every trait method lives here once, so a new store method is added in one place. An
+//! interceptor sees which call is made ([`Call`]), may fail it before it reaches the store, and
+//! sees the store's reply ([`Reply`]) before the caller does, which it may replace with an error
+//! (an ambiguous failure: applied, then reported as failed).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::dlq::{DlqEntry, DlqFilter, DlqPurge, DlqStore, Replay};
+use crate::error::{Error, Result};
+use crate::id::{DlqId, JobId, RunId};
+use crate::job::{
+    CancelResult, Capabilities, ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult,
+    HeartbeatReport, Job, JobFilter, JobStore, LeaseRef, NewJob, QueueCount, RescueReport,
+};
+use crate::page::{Page, PageRequest};
+use crate::store::DynStore;
+use crate::wake::WakeupStream;
+use crate::workflow::{
+    Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd, RunFilter,
+    RunSnapshot, Started, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
+};
+
+/// Which store method a call is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CallKind {
+    /// [`JobStore::enqueue`].
+    Enqueue,
+    /// [`JobStore::claim`].
+    Claim,
+    /// [`JobStore::finish`] (and [`JobStore::release`], which is a finish).
+    Finish,
+    /// [`JobStore::heartbeat`].
+    Heartbeat,
+    /// [`JobStore::request_cancel`].
+    RequestCancel,
+    /// [`JobStore::rescue_expired`].
+    Rescue,
+    /// [`JobStore::next_due`].
+    NextDue,
+    /// A lookup: `get_job`, `list_jobs`, `count_jobs`, `list_dlq`, `get_dlq`, `get_run`,
+    /// `list_runs`, `checkpoints`.
+    Read,
+    /// [`DlqStore::replay_dlq`] or [`DlqStore::purge_dlq`].
+    Dlq,
+    /// A run started, an event published, or a run cancelled, replayed or migrated.
+    Run,
+    /// A fenced call of a drive: `load_run`, `save_checkpoints`, `suspend_run`, `resolve_wait`,
+    /// `end_run`.
+    Drive,
+}
+
+/// One call about to reach the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// Which method.
+    pub kind: CallKind,
+    /// How many items it carries: jobs to enqueue, the claim's limit, finishes, leases to renew,
+    /// checkpoints; 1 for a call about one thing.
+    pub items: usize,
+}
+
+impl Call {
+    fn new(kind: CallKind, items: usize) -> Self {
+        Self { kind, items }
+    }
+
+    fn one(kind: CallKind) -> Self {
+        Self { kind, items: 1 }
+    }
+}
+
+/// The store's answer to a call, as an interceptor sees it.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum Reply<'a> {
+    /// The call failed.
+    Failed(&'a Error),
+    /// A claim's jobs.
+    Claimed(&'a [ClaimedJob]),
+    /// A finish's results, one per item.
+    Finished(&'a [FinishResult]),
+    /// A heartbeat's report.
+    Heartbeat(&'a HeartbeatReport),
+    /// Any other successful call.
+    Done,
+}
+
+/// What an [`Intercepted`] store does around each call. Both methods default to doing nothing.
+#[async_trait]
+pub trait Interceptor: Send + Sync + 'static {
+    /// Before the call reaches the store. An error fails the call without reaching the store.
+    async fn before(&self, call: Call) -> Result<()> {
+        let _ = call;
+        Ok(())
+    }
+
+    /// After the store answered, before the caller sees it. An error replaces the answer: the
+    /// store applied the call (when it succeeded) but the caller is told it failed.
+    async fn after(&self, call: Call, reply: Reply<'_>) -> Result<()> {
+        let _ = (call, reply);
+        Ok(())
+    }
+}
+
+/// A store forwarding every call to `inner`, through an [`Interceptor`].
+pub struct Intercepted<I> {
+    inner: DynStore,
+    interceptor: I,
+}
+
+impl<I: Interceptor> Intercepted<I> {
+    /// Wrap `inner`.
+    pub fn new(inner: DynStore, interceptor: I) -> Self {
+        Self { inner, interceptor }
+    }
+
+    /// The interceptor (to read what it counted, or change what it does).
+    pub fn interceptor(&self) -> &I {
+        &self.interceptor
+    }
+
+    /// The wrapped store.
+    pub fn inner(&self) -> &DynStore {
+        &self.inner
+    }
+
+    /// Run `call` on the inner store between the interceptor's two sides.
+    async fn around<T, F>(&self, call: Call, on: F, reply: fn(&T) -> Reply<'_>) -> Result<T>
+    where
+        F: Future<Output = Result<T>> + Send,
+        T: Send,
+    {
+        self.interceptor.before(call).await?;
+        let result = on.await;
+        let seen = match &result {
+            Ok(value) => reply(value),
+            Err(error) => Reply::Failed(error),
+        };
+        self.interceptor.after(call, seen).await?;
+        result
+    }
+}
+
+fn done<T>(_: &T) -> Reply<'_> {
+    Reply::Done
+}
+
+impl<I> std::fmt::Debug for Intercepted<I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intercepted").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<I: Interceptor> JobStore for Intercepted<I> {
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        let call = Call::new(CallKind::Enqueue, jobs.len());
+        self.around(call, self.inner.enqueue(jobs), done).await
+    }
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
+        let call = Call::new(CallKind::Claim, request.limit);
+        self.around(call, self.inner.claim(request), |jobs| Reply::Claimed(jobs)).await
+    }
+    async fn finish(&self, finishes: &[Finish]) -> Result<Vec<FinishResult>> {
+        let call = Call::new(CallKind::Finish, finishes.len());
+        self.around(call, self.inner.finish(finishes), |results| Reply::Finished(results)).await
+    }
+    async fn release(&self, leases: &[LeaseRef]) -> Result<Vec<FinishResult>> {
+        let call = Call::new(CallKind::Finish, leases.len());
+        self.around(call, self.inner.release(leases), |results| Reply::Finished(results)).await
+    }
+    async fn heartbeat(&self, leases: &[LeaseRef], ttl: Duration) -> Result<HeartbeatReport> {
+        let call = Call::new(CallKind::Heartbeat, leases.len());
+        self.around(call, self.inner.heartbeat(leases, ttl), |report| Reply::Heartbeat(report))
+            .await
+    }
+    async fn request_cancel(&self, id: JobId) -> Result<CancelResult> {
+        self.around(Call::one(CallKind::RequestCancel), self.inner.request_cancel(id), done).await
+    }
+    async fn rescue_expired(&self, limit: usize) -> Result<RescueReport> {
+        let call = Call::new(CallKind::Rescue, limit);
+        self.around(call, self.inner.rescue_expired(limit), done).await
+    }
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        self.around(Call::one(CallKind::Read), self.inner.get_job(id), done).await
+    }
+    async fn list_jobs(&self, f: &JobFilter, p: &PageRequest<JobId>) -> Result<Page<Job, JobId>> {
+        self.around(Call::one(CallKind::Read), self.inner.list_jobs(f, p), done).await
+    }
+    async fn count_jobs(&self) -> Result<Vec<QueueCount>> {
+        self.around(Call::one(CallKind::Read), self.inner.count_jobs(), done).await
+    }
+    async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
+        self.around(Call::one(CallKind::NextDue), self.inner.next_due(queues, names), done).await
+    }
+    fn wakeups(&self) -> Option<WakeupStream> {
+        self.inner.wakeups()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+}
+
+#[async_trait]
+impl<I: Interceptor> DlqStore for Intercepted<I> {
+    async fn list_dlq(
+        &self,
+        f: &DlqFilter,
+        p: &PageRequest<DlqId>,
+    ) -> Result<Page<DlqEntry, DlqId>> {
+        self.around(Call::one(CallKind::Read), self.inner.list_dlq(f, p), done).await
+    }
+    async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {
+        self.around(Call::one(CallKind::Read), self.inner.get_dlq(id), done).await
+    }
+    async fn replay_dlq(&self, id: DlqId) -> Result<Replay> {
+        self.around(Call::one(CallKind::Dlq), self.inner.replay_dlq(id), done).await
+    }
+    async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
+        self.around(Call::one(CallKind::Dlq), self.inner.purge_dlq(filter), done).await
+    }
+}
+
+#[async_trait]
+impl<I: Interceptor> WorkflowStore for Intercepted<I> {
+    async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started> {
+        self.around(Call::one(CallKind::Run), self.inner.start_run(run, drive), done).await
+    }
+    async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
+        self.around(Call::one(CallKind::Read), self.inner.get_run(id), done).await
+    }
+    async fn list_runs(&self, f: &RunFilter, p: &PageRequest<RunId>) -> Result<Page<Run, RunId>> {
+        self.around(Call::one(CallKind::Read), self.inner.list_runs(f, p), done).await
+    }
+    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
+        self.around(Call::one(CallKind::Read), self.inner.checkpoints(run), done).await
+    }
+    async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
+        self.around(Call::one(CallKind::Drive), self.inner.load_run(lease, run), done).await
+    }
+    async fn save_checkpoints(
+        &self,
+        lease: LeaseRef,
+        run: RunId,
+        checkpoints: Vec<NewCheckpoint>,
+    ) -> Result<()> {
+        let call = Call::new(CallKind::Drive, checkpoints.len());
+        self.around(call, self.inner.save_checkpoints(lease, run, checkpoints), done).await
+    }
+    async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome> {
+        self.around(Call::one(CallKind::Drive), self.inner.suspend_run(lease, suspend), done).await
+    }
+    async fn resolve_wait(&self, lease: LeaseRef, run: RunId, key: &str) -> Result<WaitResolution> {
+        let call = Call::one(CallKind::Drive);
+        self.around(call, self.inner.resolve_wait(lease, run, key), done).await
+    }
+    async fn end_run(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()> {
+        self.around(Call::one(CallKind::Drive), self.inner.end_run(lease, run, end), done).await
+    }
+    async fn publish_event(&self, event: NewEvent) -> Result<Published> {
+        self.around(Call::one(CallKind::Run), self.inner.publish_event(event), done).await
+    }
+    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
+        self.around(Call::one(CallKind::Run), self.inner.cancel_run(id, reason), done).await
+    }
+    async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {
+        self.around(Call::one(CallKind::Run), self.inner.replay_run(id, key), done).await
+    }
+    async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()> {
+        let call = Call::one(CallKind::Run);
+        self.around(call, self.inner.migrate_run(id, version, drive_job_name), done).await
+    }
+}
