@@ -50,6 +50,7 @@
 mod harness;
 mod support;
 
+pub mod faults;
 pub mod fixtures;
 pub mod runs;
 pub mod runtime;
@@ -103,6 +104,9 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         fenced_out_completion_is_refused,
         store_wake_up_starts_an_idle_worker,
         delayed_job_starts_when_due,
+        slow_finish_replies_never_run_a_job_twice,
+        ambiguous_finishes_never_run_a_job_twice,
+        outage_shorter_than_the_lease_loses_no_finish,
     ];
     let runs: Vec<RuntimeTest> = workflow_scenarios![
         interrupted_at_every_step_boundary_resumes_exactly,

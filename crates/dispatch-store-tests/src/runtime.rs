@@ -14,7 +14,13 @@ use dispatch_job::{CancelReason, CancelToken, JobContext, JobDefinition, JobErro
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::fixtures::{CountingStore, Recorder, eventually, wait_for_state};
+use crate::fixtures::{Recorder, counting, eventually, wait_for_state};
+
+mod flaky;
+pub use flaky::{
+    ambiguous_finishes_never_run_a_job_twice, outage_shorter_than_the_lease_loses_no_finish,
+    slow_finish_replies_never_run_a_job_twice,
+};
 
 /// A worker builder with real-time intervals short enough for tests.
 fn worker(store: DynStore) -> WorkerBuilder {
@@ -124,8 +130,8 @@ pub async fn shutdown_releases_long_jobs(store: DynStore) {
 /// A partitioned worker (its heartbeats fail) loses its lease to rescue and a second worker; its
 /// late completion is refused and fires no completed hook.
 pub async fn fenced_out_completion_is_refused(inner: DynStore) {
-    let counting = CountingStore::new(inner.clone());
-    counting.fail_heartbeats.store(true, Ordering::SeqCst);
+    let counting = counting(inner.clone());
+    counting.interceptor().fail_heartbeats.store(true, Ordering::SeqCst);
     let recorder = Recorder::default();
     let (release, started) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
     let (gate, on_start) = (release.clone(), started.clone());
@@ -179,7 +185,7 @@ pub async fn fenced_out_completion_is_refused(inner: DynStore) {
 /// worker through the store's push wake-up, long before the worker's next poll.
 pub async fn store_wake_up_starts_an_idle_worker(inner: DynStore) {
     assert!(inner.capabilities().push_wakeups, "this scenario is for stores that push");
-    let counting = CountingStore::new(inner.clone());
+    let counting = counting(inner.clone());
     let quick = JobDefinition::new("quick", |_ctx: JobContext, _: ()| async { Ok(()) });
     let handle = worker(counting.clone())
         .register(quick.clone())
@@ -188,7 +194,7 @@ pub async fn store_wake_up_starts_an_idle_worker(inner: DynStore) {
         .unwrap()
         .start();
     eventually("the worker to go idle", Duration::from_secs(10), || async {
-        (counting.next_dues.load(Ordering::SeqCst) > 0).then_some(())
+        (counting.interceptor().next_dues.load(Ordering::SeqCst) > 0).then_some(())
     })
     .await;
     let job = quick.new_job(&(), Default::default()).unwrap();

@@ -24,6 +24,10 @@ pub struct WorkerConfig {
     pub store_timeout: Duration,
     /// The most finishes written in one store call (default 1,000).
     pub finish_batch: usize,
+    /// How many hook events may wait for delivery (default 10,000). When hooks fall further
+    /// behind, new events are dropped and counted rather than slowing jobs down; see
+    /// [`ShutdownReport::hook_events_dropped`](super::ShutdownReport::hook_events_dropped).
+    pub hook_buffer: usize,
 }
 
 impl Default for WorkerConfig {
@@ -38,6 +42,7 @@ impl Default for WorkerConfig {
             shutdown_timeout: Duration::from_secs(30),
             store_timeout: Duration::from_secs(10),
             finish_batch: 1000,
+            hook_buffer: crate::hooks::DEFAULT_HOOK_BUFFER,
         }
     }
 }
@@ -55,8 +60,8 @@ impl WorkerConfig {
         if self.poll_interval.is_zero() || self.rescue_interval.is_zero() {
             return invalid("poll_interval and rescue_interval must be positive");
         }
-        if self.finish_batch == 0 {
-            return invalid("finish_batch must be at least 1");
+        if self.finish_batch == 0 || self.hook_buffer == 0 {
+            return invalid("finish_batch and hook_buffer must be at least 1");
         }
         if self.queues.as_ref().is_some_and(Vec::is_empty) {
             return invalid("queues must not be empty");

@@ -7,11 +7,10 @@
 
 use std::sync::Arc;
 
-use dispatch_core::{Event, Failure, FailureKind, JobId, JobInfo, LeaseRef};
+use dispatch_core::{Event, Failure, FailureKind, JobId, JobInfo};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use crate::context::CancelReason;
 
 const RESCUE_BATCH: usize = 1000;
 
@@ -28,29 +27,18 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, halt: CancellationToken)
 }
 
 async fn heartbeat(shared: &Shared) {
-    let leases: Vec<LeaseRef> = shared.running.lock().values().map(|f| f.lease).collect();
+    let leases = shared.attempts.leases();
     if leases.is_empty() {
         return;
     }
     let ttl = shared.config.lease_ttl;
+    let expires = tokio::time::Instant::now() + ttl;
     let call =
         tokio::time::timeout(shared.config.store_timeout, shared.store.heartbeat(&leases, ttl));
-    let report = match call.await {
-        Ok(Ok(report)) => report,
-        Ok(Err(error)) => return tracing::warn!(%error, "heartbeat failed"),
-        Err(_) => return tracing::warn!("heartbeat timed out"),
-    };
-    let running = shared.running.lock();
-    for id in &report.lost {
-        if let Some(in_flight) = running.get(id) {
-            tracing::warn!(job.id = %id, "lease lost; dropping the attempt");
-            in_flight.cancel.abort(CancelReason::LeaseLost);
-        }
-    }
-    for id in &report.cancel_requested {
-        if let Some(in_flight) = running.get(id) {
-            in_flight.cancel.cancel(CancelReason::CancelRequested);
-        }
+    match call.await {
+        Ok(Ok(report)) => shared.attempts.apply_heartbeat(&leases, &report, expires),
+        Ok(Err(error)) => tracing::warn!(%error, "heartbeat failed"),
+        Err(_) => tracing::warn!("heartbeat timed out"),
     }
 }
 

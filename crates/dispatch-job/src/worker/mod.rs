@@ -9,16 +9,15 @@
 //! their leases are released in one store call: the jobs are available at once to any other
 //! worker, with their attempts given back. Nothing waits for a lease to expire.
 
+mod attempts;
 mod config;
 mod finisher;
 mod lease;
 mod run;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use dispatch_core::{DynStore, Event, Hook, JobId, LeaseRef, Result, WorkerId};
-use parking_lot::Mutex;
+use dispatch_core::{DynStore, Event, Hook, LeaseRef, Result, WorkerId};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -36,8 +35,8 @@ use crate::hooks::HookBus;
 use crate::layer::{RecoverLayer, ScopeLayer, TimeoutLayer, TraceLayer};
 use crate::registry::Registry;
 use crate::service::{HandlerService, JobRequest, JobService};
+use attempts::Attempts;
 use finisher::FinishRequest;
-use run::InFlight;
 
 type LayerFn = Box<dyn Fn(JobService) -> JobService + Send + Sync>;
 
@@ -51,7 +50,7 @@ pub(crate) struct Shared {
     pub(crate) queues: Vec<String>,
     pub(crate) hooks: HookBus,
     pub(crate) wake: Arc<Notify>,
-    pub(crate) running: Mutex<HashMap<JobId, InFlight>>,
+    pub(crate) attempts: Attempts,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) finisher: mpsc::Sender<FinishRequest>,
     pub(crate) tracker: TaskTracker,
@@ -134,7 +133,7 @@ impl WorkerBuilder {
         let service = build_stack(&registry, &self.layers);
         let queues = self.config.queues.clone().unwrap_or_else(|| default_queues(&registry));
         let hooks = if self.hooks.is_empty() || tokio::runtime::Handle::try_current().is_ok() {
-            HookBus::new(self.hooks)
+            HookBus::with_buffer(self.hooks, self.config.hook_buffer)
         } else {
             return Err(dispatch_core::Error::invalid_input(
                 "a worker with hooks must be built inside a tokio runtime",
@@ -152,7 +151,7 @@ impl WorkerBuilder {
             queues,
             hooks,
             wake: Arc::new(Notify::new()),
-            running: Mutex::new(HashMap::new()),
+            attempts: Attempts::default(),
             finisher,
             tracker: TaskTracker::new(),
         });
@@ -269,6 +268,12 @@ pub struct ShutdownReport {
     pub cancelled: usize,
     /// Of those, the leases released back to the store.
     pub released: usize,
+    /// Hook events dropped over the worker's life because hooks fell behind (see
+    /// [`WorkerConfig::hook_buffer`]).
+    pub hook_events_dropped: u64,
+    /// Whether every hook event was delivered before stop returned; false when the hooks were
+    /// still busy after the shutdown timeout.
+    pub hooks_flushed: bool,
 }
 
 impl WorkerHandle {
@@ -284,7 +289,7 @@ impl WorkerHandle {
 
     /// How many attempts are running now.
     pub fn in_flight(&self) -> usize {
-        self.shared.running.lock().len()
+        self.shared.attempts.len()
     }
 
     /// Stop gracefully: see the [module docs](self).
@@ -302,26 +307,33 @@ impl WorkerHandle {
         // Write every finish already queued; what is still in flight after that was aborted.
         self.halt_finisher.cancel();
         let _ = self.finisher.await;
-        let leases: Vec<LeaseRef> = shared.running.lock().values().map(|f| f.lease).collect();
-        let report =
-            ShutdownReport { cancelled: leases.len(), released: release(shared, &leases).await };
-        shared.running.lock().clear();
+        let leases = shared.attempts.take_all();
+        let released = release(shared, &leases).await;
         self.halt.cancel();
         for task in self.background {
             let _ = task.await;
         }
         shared.hooks.emit(|| Event::Shutdown);
-        shared.hooks.flush().await;
-        report
+        let hooks_flushed = shared.hooks.flush(timeout).await;
+        if !hooks_flushed {
+            tracing::warn!(
+                ?timeout,
+                "hooks were still busy at the shutdown timeout; stopping anyway"
+            );
+        }
+        ShutdownReport {
+            cancelled: leases.len(),
+            released,
+            hook_events_dropped: shared.hooks.dropped(),
+            hooks_flushed,
+        }
     }
 }
 
 /// Fire every in-flight attempt's token with reason shutdown and drop its future (attempts whose
 /// handler already returned are unaffected: their finish is queued).
 fn abort_in_flight(shared: &Shared) {
-    for in_flight in shared.running.lock().values() {
-        in_flight.cancel.abort(CancelReason::Shutdown);
-    }
+    shared.attempts.abort_all(CancelReason::Shutdown);
 }
 
 async fn release(shared: &Shared, leases: &[LeaseRef]) -> usize {

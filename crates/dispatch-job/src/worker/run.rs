@@ -23,14 +23,6 @@ use crate::context::{CancelReason, CancelToken, JobContext};
 use crate::error::{Action, JobError, JobResult};
 use crate::service::JobRequest;
 
-/// What the worker tracks about an attempt in flight.
-pub(crate) struct InFlight {
-    pub(crate) lease: LeaseRef,
-    /// Fired with a reason; aborted (the handler's future dropped) when the lease is lost or
-    /// shutdown ran out of time.
-    pub(crate) cancel: CancelToken,
-}
-
 pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut request = ClaimRequest {
         worker: shared.id,
@@ -54,6 +46,7 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
             permits.merge(more);
         }
         request.limit = permits.num_permits();
+        let expires = tokio::time::Instant::now() + request.lease_ttl;
         let claim = tokio::time::timeout(shared.config.store_timeout, shared.store.claim(&request));
         let claimed = match claim.await {
             Ok(Ok(jobs)) => jobs,
@@ -79,7 +72,7 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
         let full = claimed.len() == request.limit;
         for job in claimed {
             let Some(permit) = permits.split(1) else { break };
-            let task = run_job(shared.clone(), job, permit);
+            let task = run_job(shared.clone(), job, expires, permit);
             shared.tracker.spawn(task);
         }
         drop(permits);
@@ -135,12 +128,17 @@ async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
-async fn run_job(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphorePermit) {
+/// Run one claimed attempt whose lease expires no earlier than `expires`, and queue its finish.
+async fn run_job(
+    shared: Arc<Shared>,
+    claimed: ClaimedJob,
+    expires: tokio::time::Instant,
+    permit: OwnedSemaphorePermit,
+) {
     let ClaimedJob { job, lease } = claimed;
     let lease = LeaseRef { job_id: job.id, token: lease.token };
     let cancel = CancelToken::new();
-    let in_flight = InFlight { lease, cancel: cancel.clone() };
-    shared.running.lock().insert(job.id, in_flight);
+    shared.attempts.begin(lease, cancel.clone(), expires);
 
     let info = shared.hooks.is_enabled().then(|| JobInfo {
         id: job.id,
@@ -178,10 +176,7 @@ async fn run_job(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphor
         // Shutdown: stop releases the lease.
         Err(CancelReason::Shutdown) => return,
         // Lease lost: nothing we write would be accepted.
-        Err(_) => {
-            shared.running.lock().remove(&lease.job_id);
-            return;
-        }
+        Err(_) => return shared.attempts.end(lease),
     };
 
     let outcome = decide(result, &cancel, attempt, backoff);
@@ -189,7 +184,7 @@ async fn run_job(shared: Arc<Shared>, claimed: ClaimedJob, permit: OwnedSemaphor
     let request = FinishRequest { finish: Finish { lease, outcome }, hook };
     if shared.finisher.send(request).await.is_err() {
         tracing::error!(job.id = %lease.job_id, "the finisher has stopped; the lease will expire");
-        shared.running.lock().remove(&lease.job_id);
+        shared.attempts.end(lease);
     }
 }
 
