@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: every scenario three times, each run in its own process, medians in a
-//! table and in `target/bench/<store>.json`.
+//! table and in `<target dir>/bench/<store>.json` (`target/` unless `CARGO_TARGET_DIR` or cargo's
+//! configuration says otherwise).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -33,7 +34,7 @@ fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
     list.into_iter().map(|s| s.into_iter().map(str::to_owned).collect()).collect()
 }
 
-pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut store = "memory".to_owned();
     let mut quick = false;
     let mut rest = args.iter();
@@ -45,7 +46,8 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         }
     }
     crate::run("cargo build --release -p dispatch-bench")?;
-    let binary = root.join("target/release/dispatch-bench");
+    let target = target_directory(Command::new(env!("CARGO")))?;
+    let binary = target.join("release/dispatch-bench");
     let mut results = Vec::new();
     for scenario in scenarios(quick, &store) {
         let runs = (0..RUNS)
@@ -54,12 +56,25 @@ pub(crate) fn run(root: &Path, args: &[String]) -> anyhow::Result<()> {
         results.push(median_of(&runs));
     }
     print_table(&store, &results);
-    let out = root.join("target/bench");
+    let out = target.join("bench");
     std::fs::create_dir_all(&out)?;
     let file = out.join(format!("{store}.json"));
     std::fs::write(&file, serde_json::to_string_pretty(&results)?)?;
     println!("\nwritten to {}", file.display());
     Ok(())
+}
+
+/// Where cargo puts build outputs, as `cargo` (a command, so tests can set its environment)
+/// reports it: `CARGO_TARGET_DIR` and cargo's configuration included.
+fn target_directory(mut cargo: Command) -> anyhow::Result<PathBuf> {
+    let output = cargo
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .output()
+        .context("running cargo metadata")?;
+    anyhow::ensure!(output.status.success(), "cargo metadata failed");
+    let metadata: Value = serde_json::from_slice(&output.stdout)?;
+    let dir = metadata["target_directory"].as_str().context("no target_directory")?;
+    Ok(PathBuf::from(dir))
 }
 
 fn run_once(binary: &Path, scenario: &[String], store: &str) -> anyhow::Result<Value> {
@@ -100,5 +115,18 @@ fn print_table(store: &str, results: &[Value]) {
         let rss = number("peak_rss_kib").map_or("-".into(), |v| format!("{:.1} MiB", v / 1024.0));
         let name = r.get("scenario").and_then(Value::as_str).unwrap_or("?");
         println!("| {name} | {jobs} | {p50} | {p99} | {dead} | {rss} |");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_directory_follows_cargo_target_dir() {
+        let elsewhere = std::env::temp_dir().join("dispatch-xtask-target");
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.env("CARGO_TARGET_DIR", &elsewhere);
+        assert_eq!(target_directory(cargo).unwrap(), elsewhere);
     }
 }

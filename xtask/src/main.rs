@@ -19,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
-        Some("bench") => bench::run(&root, &args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("graph") => {
             let graph = graph::workspace_graph()?;
             for (name, deps) in &graph {
