@@ -56,7 +56,10 @@ async fn main() -> anyhow::Result<()> {
                 .register(sleeps)
                 .concurrency(64)
                 .configure(|c| {
-                    c.lease_ttl = Duration::from_millis(1000);
+                    // Long enough that a loaded machine never lets a live drive's lease expire
+                    // (a step would run twice); short enough that the next process takes over
+                    // a killed one's runs within seconds.
+                    c.lease_ttl = Duration::from_millis(3000);
                     c.heartbeat_interval = Duration::from_millis(250);
                     c.rescue_interval = Duration::from_millis(200);
                     c.poll_interval = Duration::from_millis(50);
