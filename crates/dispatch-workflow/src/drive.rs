@@ -65,7 +65,8 @@ pub(crate) struct Drive {
     pub(crate) policy: StepPolicy,
     pub(crate) hooks: HookBus,
     checkpoints: Mutex<HashMap<String, Vec<u8>>>,
-    /// The store's clock at the load, and when that was by this process's monotonic clock.
+    /// The store's clock at the load, and when the load was asked for by this process's
+    /// monotonic clock (no later than the store read its clock, so `now` is never behind).
     base: (Timestamp, tokio::time::Instant),
     pending: Mutex<Pending>,
     idle: Notify,
@@ -86,7 +87,7 @@ impl Drive {
         run: RunInfo,
         policy: StepPolicy,
         hooks: HookBus,
-        snapshot: &dispatch_core::RunSnapshot,
+        (snapshot, asked_at): (&dispatch_core::RunSnapshot, tokio::time::Instant),
     ) -> Self {
         let checkpoints =
             snapshot.checkpoints.iter().map(|c| (c.key.clone(), c.data.clone())).collect();
@@ -97,7 +98,7 @@ impl Drive {
             policy,
             hooks,
             checkpoints: Mutex::new(checkpoints),
-            base: (snapshot.now, tokio::time::Instant::now()),
+            base: (snapshot.now, asked_at),
             pending: Mutex::new(Pending::default()),
             idle: Notify::new(),
             deadline: Mutex::new(None),
@@ -216,10 +217,14 @@ impl Drive {
         self.halt().await;
     }
 
-    /// Wait for an event: the run suspends with this wait registered. Never completes.
+    /// Wait for an event: the run suspends with this wait registered. Never completes. A wait
+    /// whose future is dropped before the run suspends (the losing branch of a `select!`) is
+    /// no longer pending, so the suspension does not register it: a wait nobody listens to
+    /// would take an event meant for another run.
     pub(crate) async fn wait(&self, wait: EventWait) {
-        self.pending.lock().waits.push(wait);
+        let pending = Pending::waiting(self, wait);
         self.halt().await;
+        drop(pending);
     }
 
     async fn halt(&self) {
@@ -251,6 +256,28 @@ impl Drive {
 
     pub(crate) fn emit(&self, make: impl FnOnce(RunInfo) -> Event) {
         self.hooks.emit(|| make(self.run.clone()));
+    }
+}
+
+impl Pending {
+    /// Register `wait` as pending until the returned guard drops.
+    fn waiting(drive: &Drive, wait: EventWait) -> PendingWait<'_> {
+        let key = wait.key.clone();
+        drive.pending.lock().waits.push(wait);
+        PendingWait { drive, key }
+    }
+}
+
+/// A wait the drive's function is blocked on; dropping it (the function moved on without it)
+/// withdraws the wait. Once the drive has halted, the suspension has taken the waits already.
+struct PendingWait<'a> {
+    drive: &'a Drive,
+    key: String,
+}
+
+impl Drop for PendingWait<'_> {
+    fn drop(&mut self) {
+        self.drive.pending.lock().waits.retain(|w| w.key != self.key);
     }
 }
 

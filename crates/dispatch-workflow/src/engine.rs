@@ -286,6 +286,9 @@ impl Workflows {
     async fn drive(&self, ctx: JobContext, id: RunId) -> Result<(), JobError> {
         let store = &self.inner.store;
         loop {
+            // Before the call: the drive's clock then runs ahead of the store's, never behind,
+            // so a durable sleep or step backoff measured from it never ends early.
+            let asked_at = tokio::time::Instant::now();
             let snapshot = match store.load_run(ctx.lease(), id).await {
                 Ok(snapshot) => snapshot,
                 Err(error) if fenced(&error) => return Ok(()),
@@ -294,7 +297,7 @@ impl Workflows {
             if snapshot.run.state.is_final() {
                 return Ok(());
             }
-            match self.drive_once(&ctx, &snapshot).await? {
+            match self.drive_once(&ctx, &snapshot, asked_at).await? {
                 Some(()) => return Ok(()),
                 // An event was already waiting: replay with it.
                 None => continue,
@@ -307,6 +310,7 @@ impl Workflows {
         &self,
         ctx: &JobContext,
         snapshot: &RunSnapshot,
+        asked_at: tokio::time::Instant,
     ) -> Result<Option<()>, JobError> {
         let run = &snapshot.run;
         let key = (run.name.clone(), run.version);
@@ -326,7 +330,7 @@ impl Workflows {
             info.clone(),
             registered.policy.clone(),
             self.inner.hooks.clone(),
-            snapshot,
+            (snapshot, asked_at),
         ));
         let ended =
             run_body(&registered.body, registered.timeout, drive.clone(), run.input.clone()).await;
