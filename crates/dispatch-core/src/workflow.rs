@@ -22,6 +22,13 @@
 //! slot. When an event for one of its waits was already waiting in the store, it is delivered
 //! then and the run does not suspend.
 //!
+//! The waits a suspension lists are the run's waits from then on: waits registered by an earlier
+//! suspension and not listed again (a branch the workflow dropped) are removed, so they can not
+//! take events meant for other runs. A wait registered earlier and listed again may have
+//! received its event while the run was being driven (the drive replays from the checkpoints it
+//! loaded): a suspension that finds one of its waits' checkpoints already written answers
+//! [`SuspendOutcome::Delivered`] and changes nothing, so the drive goes on with the event.
+//!
 //! # Events
 //!
 //! An event has a name, a correlation key and a tenant scope. Publishing delivers it, in the same
@@ -381,9 +388,12 @@ pub trait WorkflowStore: Send + Sync + 'static {
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()>;
 
-    /// Suspend the run (see the [module docs](self)): register its waits, or deliver an already
-    /// stored event to one of them; else mark it suspended and finish the drive job as a snooze
-    /// until [`Suspend::wake_at`]. `InvalidInput` when there is nothing to wake for. Fenced.
+    /// Suspend the run (see the [module docs](self)). In one operation: `CancelRequested` when
+    /// the run has a cancel request; else `Delivered` when one of the waits already has its
+    /// checkpoint (delivered while the run was being driven) or a stored event is delivered to
+    /// one of them now; else the listed waits become the run's only waits, the run is marked
+    /// suspended and the drive job finished as a snooze until [`Suspend::wake_at`].
+    /// `InvalidInput` when there is nothing to wake for. Fenced.
     async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome>;
 
     /// Settle the wait whose checkpoint key is `key`: `Delivered` with the payload when an event

@@ -286,19 +286,25 @@ impl WorkflowStore for MemoryStore {
             Error::invalid_input("a suspend needs a wake time or an event to wait for")
         })?;
         let mut state = self.state.lock();
-        let run = &state.fenced(lease, suspend.run)?.run;
-        if run.cancel_requested.is_some() {
+        let row = state.fenced(lease, suspend.run)?;
+        if row.run.cancel_requested.is_some() {
             return Ok(SuspendOutcome::CancelRequested);
         }
-        let scope = run.scope.clone();
+        // Delivered since the drive's snapshot (the run was being driven): go on, no suspension.
+        if suspend.waits.iter().any(|w| row.checkpoints.iter().any(|c| c.key == w.key)) {
+            return Ok(SuspendOutcome::Delivered);
+        }
+        let scope = row.run.scope.clone();
         for wait in &suspend.waits {
             if let Some(payload) = state.take_kept(wait, &scope, now) {
                 state.runs.write(suspend.run, NewCheckpoint::new(wait.key.clone(), payload), now);
                 return Ok(SuspendOutcome::Delivered);
             }
         }
+        // The waits listed are the run's waits now: earlier ones it no longer lists (a branch
+        // it dropped) must not take events meant for others.
+        state.runs.waits.retain(|_, w| w.run != suspend.run);
         for wait in suspend.waits {
-            state.runs.waits.retain(|_, w| !(w.run == suspend.run && w.wait.key == wait.key));
             let seq = state.runs.next_seq();
             state.runs.waits.insert(seq, Wait { run: suspend.run, scope: scope.clone(), wait });
         }

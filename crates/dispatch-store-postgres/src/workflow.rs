@@ -386,6 +386,10 @@ impl WorkflowStore for PostgresStore {
                 .bind(i64::try_from(event.keep_for.as_micros()).unwrap_or(i64::MAX))
                 .bind(self.channel());
             let row = self.fetch_one_locked(&locks, query).await?;
+            let missed: Vec<Uuid> = get(&row, "missed")?;
+            if !missed.is_empty() {
+                self.wake_drives(&missed).await;
+            }
             let delivered: Vec<Uuid> = get(&row, "delivered")?;
             Ok(Published {
                 delivered_to: delivered.into_iter().map(RunId::from_uuid).collect(),
@@ -397,6 +401,20 @@ impl WorkflowStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Make drive jobs a publish delivered to but had to skip due now (see
+    /// [`crate::workflow_sql`]'s `PUBLISH`). The publish is committed, so a failure here is not
+    /// the caller's: it is logged, and the run wakes at its wait's deadline at the latest.
+    async fn wake_drives(&self, jobs: &[Uuid]) {
+        let wake = sqlx::query(self.shared.sql.wf.wake_drives.clone())
+            .bind(self.now_param())
+            .bind(jobs)
+            .bind(self.channel())
+            .execute(&self.shared.pool);
+        if let Err(error) = wake.await {
+            tracing::warn!(%error, "could not wake the drive jobs of a delivered event");
+        }
+    }
+
     /// `sql`, a fenced statement, with its first parameters bound: the store's now, the lease's
     /// job and token, the run.
     fn fenced(&self, sql: &SqlStr, lease: LeaseRef, run: RunId) -> Bound<'static> {

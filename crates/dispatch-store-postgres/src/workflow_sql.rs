@@ -95,10 +95,13 @@ const SAVE_CHECKPOINTS: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
      SELECT {fenced}, (SELECT count(*) FROM ins) AS written";
 
 /// Fenced suspend. `$5` wake-at, `$6..$9` the waits (key, name, correlation, deadline) in order,
-/// `$10` the channel. The first wait (in order) with an unexpired kept event of its name,
+/// `$10` the channel. When one of the waits already has its checkpoint (`pre`: an event reached
+/// a wait an earlier suspend registered while the run was being driven), nothing happens and
+/// the answer is `delivered`. Else the first wait (in order) with an unexpired kept event of its name,
 /// correlation and the run's scope takes the oldest one (`found`): the event is deleted and
-/// written as that wait's checkpoint, and nothing else happens. Otherwise every wait is
-/// registered (the last of a repeated key wins; re-registering a key moves it to the back), the
+/// written as that wait's checkpoint, and nothing else happens. Otherwise the run's waits become
+/// exactly these (`stale`: earlier waits not listed are deleted; the last of a repeated key
+/// wins; re-registering a key moves it to the back), the
 /// run becomes suspended and the drive job is finished as a snooze until `$5`, exactly as
 /// FINISH does it: attempt given back, lease cleared, the token recorded as the last finish,
 /// cancelled instead when a cancel was requested (of the job). A run with a cancel request
@@ -108,9 +111,12 @@ const SAVE_CHECKPOINTS: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
 const SUSPEND: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
      cx AS (SELECT x.id, x.cancel_reason FROM {s}.runs x JOIN ok ON x.id = ok.id \
        FOR UPDATE OF x), \
-     go AS (SELECT ok.* FROM ok JOIN cx ON cx.id = ok.id WHERE cx.cancel_reason IS NULL), \
      w AS (SELECT * FROM unnest($6::text[], $7::text[], $8::text[], $9::int8[]) \
        WITH ORDINALITY AS w(key, name, correlation, deadline, ord)), \
+     pre AS (SELECT 1 FROM ok JOIN cx ON cx.id = ok.id JOIN {s}.checkpoints c ON c.run_id = ok.id \
+       JOIN w ON w.key = c.key WHERE cx.cancel_reason IS NULL LIMIT 1), \
+     go AS (SELECT ok.* FROM ok JOIN cx ON cx.id = ok.id WHERE cx.cancel_reason IS NULL \
+       AND NOT EXISTS (SELECT 1 FROM pre)), \
      found AS (SELECT w.key, k.seq FROM go CROSS JOIN t CROSS JOIN w CROSS JOIN LATERAL \
        (SELECT e.seq FROM {s}.kept_events e WHERE e.name = w.name \
          AND e.correlation = w.correlation AND e.scope_app IS NOT DISTINCT FROM go.scope_app \
@@ -122,6 +128,8 @@ const SUSPEND: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
      delivered AS (INSERT INTO {s}.checkpoints (run_id, key, data, at) \
        SELECT $4, took.key, took.payload, t.now FROM took, t \
        ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at), \
+     stale AS (DELETE FROM {s}.event_waits e USING go WHERE e.run_id = go.id \
+       AND e.key <> ALL($6::text[]) AND NOT EXISTS (SELECT 1 FROM found)), \
      reg AS (INSERT INTO {s}.event_waits (run_id, key, name, correlation, scope_app, \
        scope_tenant, deadline) \
        SELECT go.id, d.key, d.name, d.correlation, go.scope_app, go.scope_tenant, d.deadline \
@@ -143,7 +151,7 @@ const SUSPEND: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
        FROM go, t WHERE j.id = go.drive_job AND NOT EXISTS (SELECT 1 FROM found) \
        RETURNING j.state, j.queue), \
      woke AS (SELECT pg_notify($10, s.queue) FROM snooze s WHERE s.state = 'available') \
-     SELECT {fenced}, EXISTS (SELECT 1 FROM took) AS delivered, \
+     SELECT {fenced}, EXISTS (SELECT 1 FROM took) OR EXISTS (SELECT 1 FROM pre) AS delivered, \
        (SELECT state FROM snooze) AS job_state, \
        EXISTS (SELECT 1 FROM cx WHERE cx.cancel_reason IS NOT NULL) AS cancel_requested, \
        (SELECT count(*) FROM woke) AS notified";
@@ -259,8 +267,13 @@ const LOCK_EVENT_KEYS: &str = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::i
 /// `$7`, kept for `$9` µs from now). The oldest matching wait (all of them for a broadcast) is taken,
 /// skipping waits another statement holds (they are being delivered to, resolved or dropped):
 /// deleted, its checkpoint written, its run's drive job due now when it is available and not due
-/// yet (skipping a locked job: whoever holds an available drive job is claiming or cancelling
-/// it). Nobody waiting, not broadcast and not expired: kept. One NOTIFY (`$10`) when delivered.
+/// yet. A drive job locked by another statement is skipped rather than waited for (this
+/// statement holds wait rows a finish may want: waiting could deadlock), and its ID answered in
+/// `missed`: the lock may be one a heartbeat or finish took on the row without changing it (a
+/// locking statement that waited for the suspend's commit locks the new row version before it
+/// finds it no longer matches), so the caller wakes those jobs again, after the commit, with
+/// [`WAKE_DRIVES`]. Nobody waiting, not broadcast and not expired: kept. One NOTIFY (`$10`)
+/// when delivered.
 /// Each publish also deletes up to [`PURGE`] expired kept events (of any key): as every kept
 /// event comes from a publish, expired ones can not pile up.
 const PUBLISH: &str = "WITH t AS (SELECT {now} AS now), \
@@ -281,6 +294,8 @@ const PUBLISH: &str = "WITH t AS (SELECT {now} AS now), \
          WHERE d.state = 'available' AND d.run_at > t.now)) \
        AND j.state = 'available' AND j.run_at > t.now ORDER BY j.id FOR UPDATE OF j SKIP LOCKED), \
      woken AS (UPDATE {s}.jobs j SET run_at = t.now FROM due, t WHERE j.id = due.id), \
+     missed AS (SELECT d.id FROM drives d, t WHERE d.state = 'available' AND d.run_at > t.now \
+       AND d.id NOT IN (SELECT id FROM due)), \
      kept AS (INSERT INTO {s}.kept_events (id, name, correlation, scope_app, scope_tenant, \
        payload, keep_until) \
        SELECT $8, $2, $3, $4, $5, $6, t.now + $9 FROM t \
@@ -288,7 +303,18 @@ const PUBLISH: &str = "WITH t AS (SELECT {now} AS now), \
      woke AS (SELECT pg_notify($10, CASE WHEN count(DISTINCT queue) = 1 THEN min(queue) \
        ELSE '' END) FROM drives HAVING count(*) > 0) \
      SELECT array(SELECT run_id FROM taken ORDER BY seq) AS delivered, \
-       EXISTS (SELECT 1 FROM kept) AS kept, (SELECT count(*) FROM woke) AS notified";
+       EXISTS (SELECT 1 FROM kept) AS kept, (SELECT count(*) FROM woke) AS notified, \
+       array(SELECT id FROM missed) AS missed";
+
+/// Make the drive jobs `$2` due now, those still available and not yet due (after a
+/// [`PUBLISH`] that had to skip them); waits for row locks (it holds no other). One NOTIFY
+/// (`$3`) when any was woken.
+const WAKE_DRIVES: &str = "WITH t AS (SELECT {now} AS now), \
+     woken AS (UPDATE {s}.jobs j SET run_at = t.now FROM t WHERE j.id = ANY($2::uuid[]) \
+       AND j.state = 'available' AND j.run_at > t.now RETURNING j.queue), \
+     woke AS (SELECT pg_notify($3, CASE WHEN count(DISTINCT queue) = 1 THEN min(queue) \
+       ELSE '' END) FROM woken HAVING count(*) > 0) \
+     SELECT (SELECT count(*) FROM woke) AS notified";
 
 /// The workflow statements of one store.
 #[derive(Debug)]
@@ -307,6 +333,7 @@ pub(crate) struct WorkflowQueries {
     pub cancel_run: SqlStr,
     pub lock_event_keys: SqlStr,
     pub publish: SqlStr,
+    pub wake_drives: SqlStr,
     pub lock_drive: SqlStr,
     pub drop_waits: SqlStr,
     pub replay_run: SqlStr,
@@ -342,6 +369,7 @@ impl WorkflowQueries {
             cancel_run: build(CANCEL_RUN),
             lock_event_keys: build(LOCK_EVENT_KEYS),
             publish: build(PUBLISH),
+            wake_drives: build(WAKE_DRIVES),
             lock_drive: build(LOCK_DRIVE),
             drop_waits: build(DROP_WAITS),
             replay_run: build(REPLAY_RUN),

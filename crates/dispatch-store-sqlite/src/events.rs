@@ -17,8 +17,11 @@ use crate::workflow::{chunks, fenced, lease_lost, write_checkpoints};
 
 /// Suspend a run whose drive holds `lease` (see
 /// [`WorkflowStore::suspend_run`](dispatch_core::WorkflowStore::suspend_run)): when the run has
-/// a cancel request, answer `CancelRequested` and change nothing; else deliver the oldest unexpired kept event matching one of the waits, taken in the waits' order, and answer
-/// `Delivered`; else register every wait, mark the run suspended, and finish the drive job as a
+/// a cancel request, answer `CancelRequested` and change nothing; else, when one of the waits
+/// already has its checkpoint (an event reached it during the drive), answer `Delivered`; else
+/// deliver the oldest unexpired kept event matching one of the waits, taken in the waits' order,
+/// and answer `Delivered`; else make the waits the run's only ones, mark the run suspended, and
+/// finish the drive job as a
 /// snooze until `wake_at` with the same code as [`Outcome::Snooze`] (attempt given back, lease
 /// cleared, the token recorded as the last finish; a cancel request cancels it instead).
 pub(crate) async fn suspend(
@@ -32,6 +35,9 @@ pub(crate) async fn suspend(
     if run.cancel_requested.is_some() {
         return Ok(SuspendOutcome::CancelRequested);
     }
+    if delivered_since_load(conn, request).await? {
+        return Ok(SuspendOutcome::Delivered);
+    }
     for wait in &request.waits {
         if let Some(payload) = take_kept(conn, wait, &run.scope, now).await? {
             let checkpoint = NewCheckpoint::new(wait.key.clone(), payload);
@@ -39,6 +45,9 @@ pub(crate) async fn suspend(
             return Ok(SuspendOutcome::Delivered);
         }
     }
+    // The waits listed are the run's waits now: earlier ones it no longer lists (a branch it
+    // dropped) must not take events meant for others.
+    delete_waits(conn, &request.run.to_string()).await?;
     register(conn, request.run, &run.scope, &request.waits).await?;
     sqlx::query("UPDATE runs SET state = 'suspended', updated_at = ? WHERE id = ?")
         .bind(now.as_unix_micros())
@@ -52,6 +61,25 @@ pub(crate) async fn suspend(
         // Fenced above in this transaction, so not expected; rolled back if it happens.
         _ => Err(lease_lost(request.run)),
     }
+}
+
+/// Whether an event reached one of `request`'s waits while the run was being driven (a wait an
+/// earlier suspend registered): its checkpoint is written, so the drive must go on, not suspend.
+async fn delivered_since_load(conn: &mut SqliteConnection, request: &Suspend) -> Result<bool> {
+    let run = request.run.to_string();
+    for wait in &request.waits {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM checkpoints WHERE run_id = ? AND key = ?")
+                .bind(run.as_str())
+                .bind(wait.key.as_str())
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        if found.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The payload of the oldest unexpired kept event for `wait` in `scope`, deleted from the store.

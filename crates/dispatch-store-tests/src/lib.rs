@@ -121,6 +121,7 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         four_events_for_ten_waiters,
         early_event_is_received,
         broadcast_reaches_all_current_waiters,
+        a_dropped_wait_takes_no_event,
         saga_compensates_in_reverse_once,
         children_loop_fan_out_and_fail,
         deterministic_helpers_replay_their_values,
@@ -269,6 +270,8 @@ pub fn all_tests() -> Vec<SuiteTest> {
         workflow::cancel_of_a_running_drive_refuses_its_suspend,
         workflow::replay_rewinds_to_a_checkpoint,
         workflow::migrate_moves_a_run_to_another_version,
+        workflow::suspend_notices_a_delivery_made_during_the_drive,
+        workflow::suspend_replaces_the_runs_earlier_waits,
     ]
 }
 

@@ -255,6 +255,57 @@ pub async fn suspend_needs_something_to_wake_for(ctx: TestContext) {
     assert_eq!(ctx.job(lease.job_id).await.state, JobState::Running);
 }
 
+fn wait_on(ctx: &TestContext, key: &str, name: &str) -> EventWait {
+    EventWait {
+        key: key.to_owned(),
+        name: name.to_owned(),
+        correlation: "k".to_owned(),
+        deadline: ctx.clock.now() + secs(60),
+    }
+}
+
+/// An event delivered while the run is being driven, to a wait an earlier suspend registered,
+/// is noticed by the drive's next suspend on that key (`Delivered`: the drive goes on), rather
+/// than the run suspending with its event already written until the wait's deadline.
+pub async fn suspend_notices_a_delivery_made_during_the_drive(ctx: TestContext) {
+    let run = ctx.start("two-waits").await;
+    let lease = ctx.drive(run).await;
+    let waits = vec![wait_on(&ctx, "a", "ev-a"), wait_on(&ctx, "b", "ev-b")];
+    let first = ctx.store.suspend_run(lease, Suspend { run, until: None, waits }).await.unwrap();
+    assert!(matches!(first, SuspendOutcome::Suspended { .. }), "{first:?}");
+    assert_eq!(ctx.publish("ev-a", "k", "1", false).await.delivered_to, [run]);
+    let lease = ctx.drive(run).await;
+    let snapshot = ctx.store.load_run(lease, run).await.unwrap();
+    assert_eq!(snapshot.checkpoints.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), ["a"]);
+    // While the drive replays from that snapshot, the other event reaches wait `b`.
+    assert_eq!(ctx.publish("ev-b", "k", "2", false).await.delivered_to, [run]);
+    let outcome = ctx.wait_for(lease, run, "b", "ev-b", "k").await;
+    assert_eq!(outcome, SuspendOutcome::Delivered);
+    assert_eq!(ctx.job(lease.job_id).await.state, JobState::Running, "still the drive's");
+    assert_eq!(ctx.run_state(run).await, RunState::Running);
+}
+
+/// A suspend's waits replace the run's earlier ones: a wait the run no longer lists (a branch
+/// it dropped) receives nothing, and the event is kept for whoever waits for it next.
+pub async fn suspend_replaces_the_runs_earlier_waits(ctx: TestContext) {
+    let run = ctx.start("select").await;
+    let lease = ctx.drive(run).await;
+    let until = Some(ctx.clock.now() + secs(1));
+    let waits = vec![wait_on(&ctx, "a", "ev-a")];
+    ctx.store.suspend_run(lease, Suspend { run, until, waits }).await.unwrap();
+    ctx.clock.advance(secs(1)); // the sleep wins; the branch waiting for ev-a is dropped
+    let lease = ctx.drive(run).await;
+    ctx.store.load_run(lease, run).await.unwrap();
+    let outcome = ctx.wait_for(lease, run, "b", "ev-b", "k").await;
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "{outcome:?}");
+    let published = ctx.publish("ev-a", "k", "1", false).await;
+    assert!(published.delivered_to.is_empty(), "delivered to a dropped wait: {published:?}");
+    assert!(published.kept);
+    let other = ctx.start("later").await;
+    let lease = ctx.drive(other).await;
+    assert_eq!(ctx.wait_for(lease, other, "a", "ev-a", "k").await, SuspendOutcome::Delivered);
+}
+
 /// One event, one waiter: the oldest wait on (name, key) receives it; its checkpoint holds the
 /// payload and its drive job is due at once; the other waiter keeps waiting.
 pub async fn event_goes_to_the_oldest_waiter(ctx: TestContext) {

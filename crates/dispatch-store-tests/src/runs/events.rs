@@ -159,3 +159,59 @@ pub async fn broadcast_reaches_all_current_waiters(store: DynStore) {
     }
     handle.stop().await;
 }
+
+/// A run that waited for `x` or a short sleep, whichever came first, and moved on when the sleep
+/// won, waits for `y` next: its dropped wait for `x` takes nothing, so a later run waiting for
+/// `x` receives the one `x` published.
+pub async fn a_dropped_wait_takes_no_event(store: DynStore) {
+    let chooser = WorkflowDefinition::new("chooser", |wf: WorkflowContext, _: ()| async move {
+        let hour = Duration::from_secs(3600);
+        let first: Option<u32> = tokio::select! {
+            biased;
+            got = wf.wait_for_event::<u32>("x", "k", hour) => got?,
+            slept = wf.sleep(Duration::from_millis(300)) => { slept?; None }
+        };
+        let then: Option<u32> = wf.wait_for_event("y", "k", hour).await?;
+        Ok((first, then))
+    });
+    let taker = WorkflowDefinition::new("taker", |wf: WorkflowContext, _: ()| async move {
+        let got: Option<u32> = wf.wait_for_event("x", "k", Duration::from_secs(3600)).await?;
+        Ok(got)
+    });
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store)
+        .register(workflows.register(&chooser))
+        .register(workflows.register(&taker))
+        .build()
+        .unwrap()
+        .start();
+    let chosen = workflows.start(&chooser, &(), StartOptions::default()).await.unwrap();
+    waiting_on(&workflows, chosen, "w:y#1~deadline").await;
+    let took = workflows.start(&taker, &(), StartOptions::default()).await.unwrap();
+    waiting_on(&workflows, took, "w:x#1~deadline").await;
+    workflows.publish("x", "k", &7u32, PublishOptions::default()).await.unwrap();
+    let got: Option<u32> =
+        workflows.wait_for_output(took, Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(got, Some(7), "the waiting run receives x, not the dropped wait");
+    workflows.publish("y", "k", &9u32, PublishOptions::default()).await.unwrap();
+    let both: (Option<u32>, Option<u32>) =
+        workflows.wait_for_output(chosen, Duration::from_secs(30)).await.unwrap().unwrap();
+    assert_eq!(both, (None, Some(9)));
+    handle.stop().await;
+}
+
+/// Wait until `run` is suspended after writing checkpoint `key` (the deadline of a wait is
+/// written just before the run suspends on it).
+async fn waiting_on(workflows: &Workflows, run: RunId, key: &str) {
+    crate::fixtures::eventually(
+        &format!("{run} to wait on {key}"),
+        Duration::from_secs(30),
+        || async {
+            let keys = workflows.timeline(run).await.unwrap();
+            let written = keys.iter().any(|c| c.key == key);
+            let suspended = workflows.get_run(run).await.unwrap().map(|r| r.state);
+            (written && suspended == Some(RunState::Suspended)).then_some(())
+        },
+    )
+    .await;
+}
