@@ -177,6 +177,24 @@ impl SqliteStore {
         self
     }
 
+    /// Wait at most `timeout` (default 10 s) for a write lock that another connection holds
+    /// (another process, or the application's own connection of [`enqueue_in`](Self::enqueue_in))
+    /// before a write gives up. Keep it below the [call timeout](Self::call_timeout), which
+    /// otherwise ends the wait first. It applies to the writer connection, which every clone of
+    /// this store shares.
+    pub async fn busy_timeout(self, timeout: Duration) -> Result<Self> {
+        let millis = timeout.as_millis().min(i32::MAX as u128);
+        // Safe: the text holds only fixed SQL and an integer.
+        let sql = sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {millis}"));
+        self.timed("busy_timeout", async {
+            let mut conn = self.writer.lock().await;
+            sqlx::query(sql).execute(&mut *conn).await.map_err(db_error)?;
+            Ok(())
+        })
+        .await?;
+        Ok(self)
+    }
+
     /// Run `fut` under the call timeout.
     async fn timed<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(self.call_timeout, fut).await {
