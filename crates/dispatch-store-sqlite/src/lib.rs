@@ -34,6 +34,46 @@
 //! ([`JobStore::wakeups`](dispatch_core::JobStore::wakeups)), whichever clone of the store they
 //! use. Workers in other processes sharing the file find new jobs at their next poll.
 //!
+//! # Transactional enqueue
+//!
+//! To create jobs exactly when the application's own writes commit, run the application's
+//! transaction on the store's writer with [`SqliteStore::transaction`]: the body gets a
+//! [`SqliteTransaction`] with the writer connection for the application's SQL
+//! ([`conn`](SqliteTransaction::conn)) and [`enqueue`](SqliteTransaction::enqueue) for the jobs
+//! (typed ones built with `dispatch_job::JobDefinition::new_job`); all of it commits together,
+//! and the workers of this process are woken after the commit. The transaction takes its turn
+//! with the workers' calls, so a busy application can not starve them, but every store call
+//! waits while it runs: keep it short (it is bounded by the call timeout).
+//!
+//! [`SqliteStore::enqueue_in`] writes jobs in a transaction on a connection the application owns
+//! instead. That connection competes with the store's writer for SQLite's file lock, a contest
+//! SQLite does not run fairly: back-to-back transactions there can starve the workers' claims,
+//! finishes and heartbeats. Use it only when the transaction must run on that connection.
+//!
+//! ```no_run
+//! # type BoxError = Box<dyn std::error::Error + Send + Sync>;
+//! # async fn demo(store: dispatch_store_sqlite::SqliteStore) -> Result<(), BoxError> {
+//! use dispatch_core::NewJob;
+//!
+//! let order_id = 7;
+//! store
+//!     .transaction(|tx| {
+//!         Box::pin(async move {
+//!             sqlx::query("INSERT INTO orders (id) VALUES (?)")
+//!                 .bind(order_id)
+//!                 .execute(tx.conn())
+//!                 .await?;
+//!             // Typed: `ship_order.new_job(&order_id, EnqueueOptions::default())?`.
+//!             let job = NewJob::new("ship_order", order_id.to_string().into_bytes());
+//!             tx.enqueue(vec![job]).await?;
+//!             Ok::<_, BoxError>(())
+//!         })
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Durability
 //!
 //! The database runs in WAL mode with `synchronous=NORMAL`: a committed call survives a crash of
@@ -74,6 +114,7 @@ use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::sync::Mutex;
 
 pub use migrate::SCHEMA_VERSION;
+pub use transaction::SqliteTransaction;
 
 /// How long one store call may take before it fails with a timeout.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -229,8 +270,9 @@ impl SqliteStore {
     }
 }
 
-/// A boxed future borrowing a connection, as [`SqliteStore::write`] bodies return.
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed future that may borrow for `'a`, as the body of [`SqliteStore::transaction`] returns
+/// it: `Box::pin(async move { … })`.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The primary SQLite result code of a driver error, if it is a database error: the driver
 /// reports extended codes (`SQLITE_BUSY_SNAPSHOT` = 517), whose low byte is the primary one.
