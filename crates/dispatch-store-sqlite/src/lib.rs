@@ -6,11 +6,15 @@
 //!
 //! # Concurrency
 //!
-//! All writes go through one writer connection, each in a `BEGIN IMMEDIATE` transaction, so callers
-//! never see `SQLITE_BUSY` from within one process. Reads (`get_job`, `list_jobs`, `count_jobs`,
-//! `list_dlq`, `get_dlq`, `get_run`, `list_runs`, `checkpoints`) use a small pool of reader
-//! connections and run beside the writer (WAL). Every call has a timeout
-//! ([`DEFAULT_CALL_TIMEOUT`]) and fails with [`ErrorKind::Timeout`] past it.
+//! All writes go through one writer connection, each in a `BEGIN IMMEDIATE` transaction, taken in
+//! turn (first come, first served), so the store's own calls never see `SQLITE_BUSY` from one
+//! another. Reads (`get_job`, `list_jobs`, `count_jobs`, `list_dlq`, `get_dlq`, `get_run`,
+//! `list_runs`, `checkpoints`) use a small pool of reader connections and run beside the writer
+//! (WAL). Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
+//! [`ErrorKind::Timeout`] past it. A connection outside the store (another process, or the
+//! application's own) that holds the write lock past the
+//! [busy timeout](SqliteStore::busy_timeout) makes a write fail with [`ErrorKind::Unavailable`];
+//! both kinds are transient, so the runtime retries such calls.
 //!
 //! # Workflows
 //!
@@ -29,6 +33,46 @@
 //! suspended run) wakes the idle workers of this process at once
 //! ([`JobStore::wakeups`](dispatch_core::JobStore::wakeups)), whichever clone of the store they
 //! use. Workers in other processes sharing the file find new jobs at their next poll.
+//!
+//! # Transactional enqueue
+//!
+//! To create jobs exactly when the application's own writes commit, run the application's
+//! transaction on the store's writer with [`SqliteStore::transaction`]: the body gets a
+//! [`SqliteTransaction`] with the writer connection for the application's SQL
+//! ([`conn`](SqliteTransaction::conn)) and [`enqueue`](SqliteTransaction::enqueue) for the jobs
+//! (typed ones built with `dispatch_job::JobDefinition::new_job`); all of it commits together,
+//! and the workers of this process are woken after the commit. The transaction takes its turn
+//! with the workers' calls, so a busy application can not starve them, but every store call
+//! waits while it runs: keep it short (it is bounded by the call timeout).
+//!
+//! [`SqliteStore::enqueue_in`] writes jobs in a transaction on a connection the application owns
+//! instead. That connection competes with the store's writer for SQLite's file lock, a contest
+//! SQLite does not run fairly: back-to-back transactions there can starve the workers' claims,
+//! finishes and heartbeats. Use it only when the transaction must run on that connection.
+//!
+//! ```no_run
+//! # type BoxError = Box<dyn std::error::Error + Send + Sync>;
+//! # async fn demo(store: dispatch_store_sqlite::SqliteStore) -> Result<(), BoxError> {
+//! use dispatch_core::NewJob;
+//!
+//! let order_id = 7;
+//! store
+//!     .transaction(|tx| {
+//!         Box::pin(async move {
+//!             sqlx::query("INSERT INTO orders (id) VALUES (?)")
+//!                 .bind(order_id)
+//!                 .execute(tx.conn())
+//!                 .await?;
+//!             // Typed: `ship_order.new_job(&order_id, EnqueueOptions::default())?`.
+//!             let job = NewJob::new("ship_order", order_id.to_string().into_bytes());
+//!             tx.enqueue(vec![job]).await?;
+//!             Ok::<_, BoxError>(())
+//!         })
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Durability
 //!
@@ -70,6 +114,7 @@ use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::sync::Mutex;
 
 pub use migrate::SCHEMA_VERSION;
+pub use transaction::SqliteTransaction;
 
 /// How long one store call may take before it fails with a timeout.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -177,6 +222,25 @@ impl SqliteStore {
         self
     }
 
+    /// Wait at most `timeout` (default 10 s) for a write lock that another connection holds
+    /// (another process, or the application's own connection of [`enqueue_in`](Self::enqueue_in))
+    /// before a write fails with [`ErrorKind::Unavailable`], which is transient: the runtime
+    /// retries it. Keep it below the [call timeout](Self::call_timeout), which otherwise ends the
+    /// wait first (with [`ErrorKind::Timeout`], transient too). It applies to the writer
+    /// connection, which every clone of this store shares.
+    pub async fn busy_timeout(self, timeout: Duration) -> Result<Self> {
+        let millis = timeout.as_millis().min(i32::MAX as u128);
+        // Safe: the text holds only fixed SQL and an integer.
+        let sql = sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {millis}"));
+        self.timed("busy_timeout", async {
+            let mut conn = self.writer.lock().await;
+            sqlx::query(sql).execute(&mut *conn).await.map_err(db_error)?;
+            Ok(())
+        })
+        .await?;
+        Ok(self)
+    }
+
     /// Run `fut` under the call timeout.
     async fn timed<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(self.call_timeout, fut).await {
@@ -206,18 +270,46 @@ impl SqliteStore {
     }
 }
 
-/// A boxed future borrowing a connection, as [`SqliteStore::write`] bodies return.
-type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed future that may borrow for `'a`, as the body of [`SqliteStore::transaction`] returns
+/// it: `Box::pin(async move { … })`.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The primary SQLite result code of a driver error, if it is a database error.
+/// The primary SQLite result code of a driver error, if it is a database error: the driver
+/// reports extended codes (`SQLITE_BUSY_SNAPSHOT` = 517), whose low byte is the primary one.
 fn sqlite_code(err: &sqlx::Error) -> Option<i64> {
     let sqlx::Error::Database(db) = err else { return None };
-    db.code().and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff)
+    db.code().and_then(|c| c.parse::<i64>().ok()).map(primary_code)
 }
 
+/// The primary result code of an extended one.
+fn primary_code(code: i64) -> i64 {
+    code & 0xff
+}
+
+/// "Database is busy": another connection (another process, or the application's own
+/// connection) held the write lock past the busy timeout, or a snapshot went stale
+/// (`SQLITE_BUSY_SNAPSHOT`, `SQLITE_BUSY_RECOVERY`, ...).
+const SQLITE_BUSY: i64 = 5;
+/// "Table is locked": a conflict with another connection of a shared cache, or within one
+/// connection (`SQLITE_LOCKED_SHAREDCACHE`, ...).
+const SQLITE_LOCKED: i64 = 6;
 const SQLITE_READONLY: i64 = 8;
 const SQLITE_CANTOPEN: i64 = 14;
 const SQLITE_NOTADB: i64 = 26;
+
+/// Whether a primary result code (see [`sqlite_code`]) says another connection holds a lock.
+///
+/// Such an error maps to [`ErrorKind::Unavailable`], a transient kind, so the runtime retries
+/// the call (a finish while its lease may hold) instead of giving up on it as it does on
+/// `Internal`. A lock held by someone else is a state of the moment, not a fault of the call:
+/// nothing was written (the transaction never began, or is rolled back whole), and the same call
+/// succeeds once the holder lets go. `Unavailable` rather than `Timeout`: the PostgreSQL store
+/// maps its lock conflicts (serialization failure, deadlock) to `Unavailable` too, and `Timeout`
+/// keeps one meaning in every store, the call's own deadline, after which a write may or may not
+/// have been applied; a busy error is never ambiguous that way.
+fn is_busy(code: Option<i64>) -> bool {
+    matches!(code, Some(SQLITE_BUSY | SQLITE_LOCKED))
+}
 
 /// A driver error met while opening `path`, as a typed error with a clear message.
 fn open_error(path: &str, err: sqlx::Error) -> Error {
@@ -249,6 +341,10 @@ fn db_error_ref(err: &sqlx::Error) -> Error {
         sqlx::Error::Database(_) if sqlite_code(err) == Some(SQLITE_READONLY) => {
             Error::unavailable("sqlite: the database is read-only")
         }
+        sqlx::Error::Database(db) if is_busy(sqlite_code(err)) => Error::unavailable(format!(
+            "sqlite: the database is locked by another connection: {}",
+            db.message()
+        )),
         sqlx::Error::Database(_) if sqlite_code(err) == Some(SQLITE_NOTADB) => {
             Error::new(ErrorKind::IncompatibleSchema, "not a Dispatch database: not a SQLite file")
         }
@@ -268,6 +364,18 @@ mod tests {
     use dispatch_core::{JobStore, NewJob};
 
     use super::*;
+
+    #[test]
+    fn busy_and_locked_are_recognised_in_their_extended_forms() {
+        // SQLITE_BUSY, _RECOVERY, _SNAPSHOT, _TIMEOUT; SQLITE_LOCKED, _SHAREDCACHE, _VTAB.
+        for code in [5, 261, 517, 773, 6, 262, 518] {
+            assert!(is_busy(Some(primary_code(code))), "code {code}");
+        }
+        // SQLITE_READONLY, SQLITE_IOERR_READ, SQLITE_CONSTRAINT_UNIQUE, no code at all.
+        for code in [Some(8), Some(266), Some(2067), None] {
+            assert!(!is_busy(code.map(primary_code)), "code {code:?}");
+        }
+    }
 
     #[tokio::test]
     async fn a_call_that_waits_past_its_timeout_fails_with_timeout() {

@@ -1,15 +1,305 @@
-//! Enqueue inside the application's own transaction: 100 rolled back leave no job, 100 committed
-//! leave 100.
+//! Enqueue inside the application's own transaction, on the store's writer
+//! (`SqliteStore::transaction`) and on the application's own connection (`enqueue_in`): jobs
+//! and runs exist exactly when their transaction commits; back-to-back transactions on the
+//! writer leave a real worker's calls on time.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use dispatch_core::{
-    JobState, JobStore, NewJob, NewRun, PageRequest, RunFilter, RunId, Scope, Started,
-    WorkflowStore,
+    Call, Enqueued, Error, ErrorKind, Intercepted, Interceptor, JobState, JobStore, NewJob, NewRun,
+    PageRequest, Reply, RunFilter, RunId, Scope, Started, Wakeup, WorkflowStore,
 };
+use dispatch_job::{EnqueueOptions, JobContext, JobDefinition, Worker};
 use dispatch_store_sqlite::SqliteStore;
+use futures::StreamExt as _;
+use parking_lot::Mutex;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection};
+use tokio::time::Instant;
+
+async fn fresh_store() -> SqliteStore {
+    let dir = std::env::temp_dir().join("dispatch-sqlite-tx");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{}.db", dispatch_core::JobId::new()));
+    SqliteStore::open(&path.display().to_string()).await.expect("open")
+}
+
+async fn available(store: &SqliteStore) -> u64 {
+    let counts = store.count_jobs().await.expect("count_jobs");
+    counts.iter().filter(|c| c.state == JobState::Available).map(|c| c.count).sum()
+}
+
+async fn orders(store: &SqliteStore) -> i64 {
+    store
+        .transaction(|tx| {
+            Box::pin(async move {
+                let n = sqlx::query_scalar("SELECT count(*) FROM orders")
+                    .fetch_one(tx.conn())
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                Ok::<_, Error>(n)
+            })
+        })
+        .await
+        .expect("count orders")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_transaction_commits_jobs_with_the_applications_writes_or_neither() {
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    let store = fresh_store().await;
+    let mut wakeups = store.wakeups().expect("wake-ups");
+    store
+        .transaction(|tx| {
+            Box::pin(async move {
+                sqlx::query("CREATE TABLE orders (n INTEGER)").execute(tx.conn()).await?;
+                Ok::<_, BoxError>(())
+            })
+        })
+        .await
+        .expect("create the application's table");
+
+    // Committed: the application's row, the job, and a wake-up for its queue.
+    let results = store
+        .transaction(|tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO orders (n) VALUES (1)").execute(tx.conn()).await?;
+                let mut job = NewJob::new("ship_order", b"1".to_vec());
+                job.queue = "shipping".into();
+                Ok::<_, BoxError>(tx.enqueue(vec![job]).await?)
+            })
+        })
+        .await
+        .expect("commit");
+    assert!(matches!(results[..], [Enqueued::Created(_)]));
+    assert_eq!((orders(&store).await, available(&store).await), (1, 1));
+    let woken = tokio::time::timeout(Duration::from_secs(5), wakeups.next()).await;
+    assert_eq!(woken.expect("a wake-up").expect("stream open"), Wakeup::queue("shipping"));
+
+    // The body fails: neither the row nor the job.
+    let failed: Result<(), BoxError> = store
+        .transaction(|tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO orders (n) VALUES (2)").execute(tx.conn()).await?;
+                tx.enqueue(vec![NewJob::new("ship_order", b"2".to_vec())]).await?;
+                Err("payment declined".into())
+            })
+        })
+        .await;
+    assert_eq!(failed.expect_err("the body's error").to_string(), "payment declined");
+    assert_eq!((orders(&store).await, available(&store).await), (1, 1));
+
+    // The body panics: neither, and the writer still works.
+    let panicking = store.clone();
+    let panicked = tokio::spawn(async move {
+        panicking
+            .transaction(|tx| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO orders (n) VALUES (3)").execute(tx.conn()).await?;
+                    tx.enqueue(vec![NewJob::new("ship_order", b"3".to_vec())]).await?;
+                    panic!("the application panics mid-transaction");
+                    #[allow(unreachable_code)]
+                    Ok::<_, BoxError>(())
+                })
+            })
+            .await
+    })
+    .await;
+    assert!(panicked.expect_err("panicked").is_panic());
+    assert_eq!((orders(&store).await, available(&store).await), (1, 1));
+    store.enqueue(vec![NewJob::new("ship_order", b"4".to_vec())]).await.expect("enqueue after");
+    assert_eq!(available(&store).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_transaction_held_past_the_call_timeout_is_rolled_back() {
+    let store = fresh_store().await.call_timeout(Duration::from_millis(200));
+    let error = store
+        .transaction(|tx| {
+            Box::pin(async move {
+                tx.enqueue(vec![NewJob::new("ship_order", vec![])]).await?;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                Ok::<_, Error>(())
+            })
+        })
+        .await
+        .expect_err("timed out");
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    assert_eq!(available(&store).await, 0);
+    store.enqueue(vec![NewJob::new("ship_order", vec![])]).await.expect("the writer is free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_started_in_a_writer_transaction_exists_when_it_commits() {
+    let store = fresh_store().await;
+    for commit in [false, true] {
+        let (run, drive) = new_run(0);
+        let id = run.id;
+        let result = store
+            .transaction(|tx| {
+                Box::pin(async move {
+                    let started = tx.start_run(run, drive).await?;
+                    if commit { Ok(started) } else { Err(Error::internal("rolled back")) }
+                })
+            })
+            .await;
+        assert_eq!(result.is_ok(), commit);
+        assert_eq!(store.get_run(id).await.expect("get_run").is_some(), commit);
+    }
+}
+
+/// Counts the calls a worker makes through it: begun, answered, and answered with a transient
+/// failure (a timeout, or the database busy).
+#[derive(Default)]
+struct Watch {
+    begun: AtomicU64,
+    answered: AtomicU64,
+    transient: AtomicU64,
+    by_kind: Mutex<HashMap<String, u64>>,
+}
+
+#[async_trait]
+impl Interceptor for Watch {
+    async fn before(&self, call: Call) -> dispatch_core::Result<()> {
+        self.begun.fetch_add(1, Ordering::SeqCst);
+        *self.by_kind.lock().entry(format!("{:?}", call.kind)).or_default() += 1;
+        Ok(())
+    }
+
+    async fn after(&self, call: Call, reply: Reply<'_>) -> dispatch_core::Result<()> {
+        self.answered.fetch_add(1, Ordering::SeqCst);
+        if let Reply::Failed(error) = reply
+            && matches!(error.kind(), ErrorKind::Timeout | ErrorKind::Unavailable)
+        {
+            eprintln!("{:?} failed: {error}", call.kind);
+            self.transient.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+/// The `p`th percentile of sorted `samples`.
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let rank = (p / 100.0 * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+/// The starvation of the issue: the application runs write transactions back to back, each held
+/// ~500 ms, while a worker runs the jobs they enqueue. On the store's writer the worker's calls
+/// take their turn: every job runs, and no claim, finish or heartbeat times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_writer_transactions_do_not_starve_the_worker() {
+    const TRANSACTIONS: u32 = 6;
+    const JOBS_PER_TRANSACTION: u32 = 5;
+    const HOLD: Duration = Duration::from_millis(500);
+    // Shorter than the worker's own store timeout, so a starved call is answered (and counted)
+    // as a timeout by the store rather than abandoned by the worker.
+    let store = fresh_store().await.call_timeout(Duration::from_secs(3));
+    let watched = Arc::new(Intercepted::new(Arc::new(store.clone()), Watch::default()));
+
+    let started: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
+    let on_start = started.clone();
+    let ship = JobDefinition::new("ship_order", move |_ctx: JobContext, order: u32| {
+        let on_start = on_start.clone();
+        async move {
+            on_start.lock().insert(order, Instant::now());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(())
+        }
+    });
+    let worker = Worker::builder(watched.clone())
+        .register(ship.clone())
+        .configure(|c| {
+            c.heartbeat_interval = Duration::from_millis(200);
+            c.lease_ttl = Duration::from_secs(10);
+            c.store_timeout = Duration::from_secs(5);
+        })
+        .build()
+        .expect("worker")
+        .start();
+
+    store
+        .transaction(|tx| {
+            Box::pin(async move {
+                sqlx::query("CREATE TABLE orders (n INTEGER)")
+                    .execute(tx.conn())
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                Ok::<_, Error>(())
+            })
+        })
+        .await
+        .expect("create the application's table");
+
+    let mut committed: HashMap<u32, Instant> = HashMap::new();
+    for t in 0..TRANSACTIONS {
+        let orders: Vec<u32> = (0..JOBS_PER_TRANSACTION).map(|j| t * 100 + j).collect();
+        let jobs = orders
+            .iter()
+            .map(|order| ship.new_job(order, EnqueueOptions::default()).expect("new job"))
+            .collect::<Vec<_>>();
+        store
+            .transaction(|tx| {
+                Box::pin(async move {
+                    for order in 0..JOBS_PER_TRANSACTION {
+                        sqlx::query("INSERT INTO orders (n) VALUES (?)")
+                            .bind(t * 100 + order)
+                            .execute(tx.conn())
+                            .await
+                            .map_err(|e| Error::internal(e.to_string()))?;
+                    }
+                    tx.enqueue(jobs).await?;
+                    // The application's own work inside its transaction.
+                    tokio::time::sleep(HOLD).await;
+                    Ok::<_, Error>(())
+                })
+            })
+            .await
+            .expect("the application's transaction");
+        let now = Instant::now();
+        committed.extend(orders.iter().map(|&order| (order, now)));
+    }
+
+    let total = (TRANSACTIONS * JOBS_PER_TRANSACTION) as usize;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let counts = store.count_jobs().await.expect("count_jobs");
+        let completed: u64 =
+            counts.iter().filter(|c| c.state == JobState::Completed).map(|c| c.count).sum();
+        if completed == total as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{completed} of {total} jobs completed: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.stop().await;
+
+    let started = started.lock().clone();
+    let mut waits: Vec<Duration> = committed
+        .iter()
+        .map(|(order, at)| started.get(order).expect("every job started").duration_since(*at))
+        .collect();
+    waits.sort();
+    let watch = watched.interceptor();
+    println!(
+        "commit-to-start over {total} jobs in {TRANSACTIONS} transactions held {HOLD:?} each: \
+         p50 {:?}, p99 {:?}, max {:?}; worker calls {:?}",
+        percentile(&waits, 50.0),
+        percentile(&waits, 99.0),
+        waits[waits.len() - 1],
+        watch.by_kind.lock(),
+    );
+    assert_eq!(watch.transient.load(Ordering::SeqCst), 0, "worker calls timed out or found busy");
+    assert_eq!(
+        watch.begun.load(Ordering::SeqCst),
+        watch.answered.load(Ordering::SeqCst),
+        "worker calls abandoned unanswered (the worker's own timeout)"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_exists_exactly_when_its_transaction_commits() {
