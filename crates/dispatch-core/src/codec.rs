@@ -35,10 +35,16 @@ pub fn decode_json<T: DeserializeOwned>(job_name: &str, payload: &[u8]) -> Resul
 
 /// Check a payload against the limit; the error has kind [`ErrorKind::PayloadTooLarge`].
 pub fn check_payload_size(job_name: &str, len: usize, limit: usize) -> Result<()> {
+    check_size(&format!("payload of job {job_name:?}"), len, limit)
+}
+
+/// Check `len` bytes of `what` (a run's input, an event's payload, a checkpoint) against the
+/// limit; the error has kind [`ErrorKind::PayloadTooLarge`] and names `what`.
+pub fn check_size(what: &str, len: usize, limit: usize) -> Result<()> {
     if len > limit {
         return Err(Error::new(
             ErrorKind::PayloadTooLarge,
-            format!("payload of job {job_name:?} is {len} bytes, over the limit of {limit}"),
+            format!("{what} is {len} bytes, over the limit of {limit}"),
         ));
     }
     Ok(())

@@ -133,6 +133,14 @@ pub struct NewRun {
     pub parent: Option<RunId>,
 }
 
+impl NewRun {
+    /// Check the input against the payload limit ([`ErrorKind::PayloadTooLarge`](crate::ErrorKind::PayloadTooLarge)).
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
+        let what = format!("input of run {} ({})", self.id, self.name);
+        crate::codec::check_size(&what, self.input.len(), max_payload_bytes)
+    }
+}
+
 /// What a start did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Started {
@@ -199,6 +207,14 @@ impl NewCheckpoint {
     /// A checkpoint of `data` under `key`.
     pub fn new(key: impl Into<String>, data: Vec<u8>) -> Self {
         Self { key: key.into(), data }
+    }
+}
+
+impl NewCheckpoint {
+    /// Check the data against the payload limit ([`ErrorKind::PayloadTooLarge`](crate::ErrorKind::PayloadTooLarge)).
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
+        let what = format!("checkpoint {:?}", self.key);
+        crate::codec::check_size(&what, self.data.len(), max_payload_bytes)
     }
 }
 
@@ -334,6 +350,14 @@ pub struct NewEvent {
     pub keep_for: std::time::Duration,
 }
 
+impl NewEvent {
+    /// Check the payload against the payload limit ([`ErrorKind::PayloadTooLarge`](crate::ErrorKind::PayloadTooLarge)).
+    pub fn validate(&self, max_payload_bytes: usize) -> Result<()> {
+        let what = format!("payload of event {:?}", self.name);
+        crate::codec::check_size(&what, self.payload.len(), max_payload_bytes)
+    }
+}
+
 /// What a publish did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Published {
@@ -358,7 +382,8 @@ pub struct RunFilter {
 pub trait WorkflowStore: Send + Sync + 'static {
     /// Create `run` and its drive job `drive` in one operation (the run's `drive_job` is
     /// `drive.id`). With an idempotency key already used for this workflow name, nothing is
-    /// created and the existing run is returned. `drive` is validated like an enqueue.
+    /// created and the existing run is returned. `drive` is validated like an enqueue, the
+    /// input against the payload limit ([`NewRun::validate`]).
     async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started>;
 
     /// One run by ID.
@@ -380,7 +405,8 @@ pub trait WorkflowStore: Send + Sync + 'static {
     async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot>;
 
     /// Write checkpoints (inserting or replacing by key), in one operation. Fenced like
-    /// [`load_run`](Self::load_run); nothing is written when the lease does not hold.
+    /// [`load_run`](Self::load_run); nothing is written when the lease does not hold, or when
+    /// one checkpoint is over the payload limit ([`NewCheckpoint::validate`]).
     async fn save_checkpoints(
         &self,
         lease: LeaseRef,
@@ -405,7 +431,10 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// removed. Fenced. The drive job is finished by the runtime as usual.
     async fn end_run(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()>;
 
-    /// Publish an event (see the [module docs](self)).
+    /// Publish an event (see the [module docs](self)). Its payload is checked against the payload
+    /// limit first ([`NewEvent::validate`]). `keep_for` saturates: a huge duration keeps the
+    /// event until the end of time, never fails. Each run appears once in
+    /// [`Published::delivered_to`], even when a broadcast reached several of its waits.
     async fn publish_event(&self, event: NewEvent) -> Result<Published>;
 
     /// Ask run `id` to stop, for `reason`: recorded on the run (`cancel_requested`; a second

@@ -176,6 +176,7 @@ impl State {
 #[async_trait]
 impl WorkflowStore for MemoryStore {
     async fn start_run(&self, new: NewRun, drive: NewJob) -> Result<Started> {
+        new.validate(self.max_payload_bytes)?;
         drive.validate(self.max_payload_bytes)?;
         let now = self.clock.now();
         let mut state = self.state.lock();
@@ -271,6 +272,9 @@ impl WorkflowStore for MemoryStore {
         run: RunId,
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
+        for checkpoint in &checkpoints {
+            checkpoint.validate(self.max_payload_bytes)?;
+        }
         let now = self.clock.now();
         let mut state = self.state.lock();
         state.fenced(lease, run)?;
@@ -408,6 +412,7 @@ impl WorkflowStore for MemoryStore {
     }
 
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {
+        event.validate(self.max_payload_bytes)?;
         let now = self.clock.now();
         let mut state = self.state.lock();
         let matching: Vec<u64> = state
@@ -424,7 +429,9 @@ impl WorkflowStore for MemoryStore {
             .collect();
         let mut published = Published::default();
         for seq in matching {
-            if let Some(run) = state.deliver(seq, event.payload.clone(), now) {
+            if let Some(run) = state.deliver(seq, event.payload.clone(), now)
+                && !published.delivered_to.contains(&run)
+            {
                 published.delivered_to.push(run);
             }
         }

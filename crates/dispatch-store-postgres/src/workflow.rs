@@ -38,6 +38,7 @@ impl PostgresStore {
         run: NewRun,
         drive: NewJob,
     ) -> Result<Started> {
+        run.validate(self.max_payload_bytes)?;
         validate_batch(std::slice::from_ref(&drive), self.max_payload_bytes)?;
         let (run_abs, run_delay) = run_at_parts(drive.run_at);
         self.timed("start_run", async {
@@ -190,6 +191,9 @@ impl WorkflowStore for PostgresStore {
         run: RunId,
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
+        for checkpoint in &checkpoints {
+            checkpoint.validate(self.max_payload_bytes)?;
+        }
         let (keys, data) = distinct_keys(checkpoints);
         self.timed("save_checkpoints", async {
             let row = self
@@ -372,6 +376,7 @@ impl WorkflowStore for PostgresStore {
     }
 
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {
+        event.validate(self.max_payload_bytes)?;
         let locks = self.event_locks([(&*event.name, &*event.correlation)]);
         self.timed("publish_event", async {
             let query = sqlx::query(self.shared.sql.wf.publish.clone())

@@ -298,11 +298,11 @@ const PUBLISH: &str = "WITH t AS (SELECT {now} AS now), \
        AND d.id NOT IN (SELECT id FROM due)), \
      kept AS (INSERT INTO {s}.kept_events (id, name, correlation, scope_app, scope_tenant, \
        payload, keep_until) \
-       SELECT $8, $2, $3, $4, $5, $6, t.now + $9 FROM t \
+       SELECT $8, $2, $3, $4, $5, $6, {sat(t.now, $9)} FROM t \
        WHERE NOT $7 AND $9 > 0 AND NOT EXISTS (SELECT 1 FROM taken) RETURNING seq), \
      woke AS (SELECT pg_notify($10, CASE WHEN count(DISTINCT queue) = 1 THEN min(queue) \
        ELSE '' END) FROM drives HAVING count(*) > 0) \
-     SELECT array(SELECT run_id FROM taken ORDER BY seq) AS delivered, \
+     SELECT array(SELECT run_id FROM taken GROUP BY run_id ORDER BY min(seq)) AS delivered, \
        EXISTS (SELECT 1 FROM kept) AS kept, (SELECT count(*) FROM woke) AS notified, \
        array(SELECT id FROM missed) AS missed";
 

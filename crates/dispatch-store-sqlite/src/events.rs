@@ -216,8 +216,14 @@ pub(crate) async fn publish(
     .fetch_all(&mut *conn)
     .await
     .map_err(db_error)?;
-    let delivered_to =
-        waits.iter().map(|(_, run, _)| parse("run ID", run)).collect::<Result<Vec<RunId>>>()?;
+    let mut delivered_to = Vec::with_capacity(waits.len());
+    for (_, run, _) in &waits {
+        let run: RunId = parse("run ID", run)?;
+        // A broadcast may reach several waits of one run: the run is listed once.
+        if !delivered_to.contains(&run) {
+            delivered_to.push(run);
+        }
+    }
     Ok((Published { delivered_to, kept: false }, queues))
 }
 

@@ -78,6 +78,7 @@ impl SqliteTransaction<'_> {
     /// [`WorkflowStore::start_run`](dispatch_core::WorkflowStore::start_run); build `run` and
     /// `drive` with `dispatch_workflow::Workflows::new_run`.
     pub async fn start_run(&mut self, run: NewRun, drive: NewJob) -> Result<Started> {
+        run.validate(self.store.max_payload_bytes)?;
         validate_batch(std::slice::from_ref(&drive), self.store.max_payload_bytes)?;
         let queue = drive.queue.clone();
         let started = start_in(self.conn, run, drive, self.store.clock.now()).await?;
@@ -190,6 +191,7 @@ impl SqliteStore {
         run: NewRun,
         drive: NewJob,
     ) -> Result<Started> {
+        run.validate(self.max_payload_bytes)?;
         validate_batch(std::slice::from_ref(&drive), self.max_payload_bytes)?;
         start_in(conn, run, drive, self.clock.now()).await
     }

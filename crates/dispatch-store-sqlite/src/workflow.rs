@@ -394,6 +394,7 @@ async fn migrate_in(
 #[async_trait]
 impl WorkflowStore for SqliteStore {
     async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started> {
+        run.validate(self.max_payload_bytes)?;
         validate_batch(std::slice::from_ref(&drive), self.max_payload_bytes)?;
         let now = self.clock.now();
         let queue = drive.queue.clone();
@@ -537,6 +538,9 @@ impl WorkflowStore for SqliteStore {
         run: RunId,
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
+        for checkpoint in &checkpoints {
+            checkpoint.validate(self.max_payload_bytes)?;
+        }
         // Group-committed with the other drives' writes (see the `group` module).
         self.save_grouped(lease, run, checkpoints).await
     }
@@ -656,6 +660,7 @@ impl WorkflowStore for SqliteStore {
     }
 
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {
+        event.validate(self.max_payload_bytes)?;
         let now = self.clock.now();
         let (published, queues) = self
             .write("publish_event", move |conn| {

@@ -272,6 +272,9 @@ pub fn all_tests() -> Vec<SuiteTest> {
         workflow::migrate_moves_a_run_to_another_version,
         workflow::suspend_notices_a_delivery_made_during_the_drive,
         workflow::suspend_replaces_the_runs_earlier_waits,
+        workflow::oversized_input_event_and_checkpoint_are_refused,
+        workflow::keep_for_saturates,
+        workflow::broadcast_lists_each_run_once,
     ]
 }
 

@@ -306,6 +306,70 @@ pub async fn suspend_replaces_the_runs_earlier_waits(ctx: TestContext) {
     assert_eq!(ctx.wait_for(lease, other, "a", "ev-a", "k").await, SuspendOutcome::Delivered);
 }
 
+/// A run input, an event payload or a checkpoint over the payload limit is refused with
+/// `PayloadTooLarge`, and nothing of the call is stored.
+pub async fn oversized_input_event_and_checkpoint_are_refused(ctx: TestContext) {
+    let big = vec![b'x'; dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES + 1];
+    let (mut run, drive) = new_run("big");
+    run.input = big.clone();
+    let id = run.id;
+    assert_kind(ctx.store.start_run(run, drive).await, ErrorKind::PayloadTooLarge, "start_run");
+    assert!(ctx.store.get_run(id).await.unwrap().is_none(), "no run stored");
+    let event = NewEvent {
+        id: EventId::new(),
+        name: "ev".to_owned(),
+        correlation: "k".to_owned(),
+        payload: big.clone(),
+        scope: Scope::default(),
+        broadcast: false,
+        keep_for: secs(3600),
+    };
+    assert_kind(ctx.store.publish_event(event).await, ErrorKind::PayloadTooLarge, "publish");
+    let other = ctx.start("waits").await;
+    let lease = ctx.drive(other).await;
+    let outcome = ctx.wait_for(lease, other, "w", "ev", "k").await;
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "nothing kept: {outcome:?}");
+    let run = ctx.start("small").await;
+    let lease = ctx.drive(run).await;
+    let writes = vec![NewCheckpoint::new("s:a#1", b"1".to_vec()), NewCheckpoint::new("s:b#1", big)];
+    let saved = ctx.store.save_checkpoints(lease, run, writes).await;
+    assert_kind(saved, ErrorKind::PayloadTooLarge, "save_checkpoints");
+    assert!(ctx.checkpoint_keys(run).await.is_empty(), "nothing of the call written");
+}
+
+/// An event kept "for ever" (`keep_for` = `Duration::MAX`) is kept, not an arithmetic error,
+/// and a wait a year later takes it.
+pub async fn keep_for_saturates(ctx: TestContext) {
+    let event = NewEvent {
+        id: EventId::new(),
+        name: "forever".to_owned(),
+        correlation: "k".to_owned(),
+        payload: b"1".to_vec(),
+        scope: Scope::default(),
+        broadcast: false,
+        keep_for: std::time::Duration::MAX,
+    };
+    assert!(ctx.store.publish_event(event).await.expect("publish_event").kept);
+    ctx.clock.advance(secs(365 * 24 * 3600));
+    let run = ctx.start("late").await;
+    let lease = ctx.drive(run).await;
+    assert_eq!(ctx.wait_for(lease, run, "w", "forever", "k").await, SuspendOutcome::Delivered);
+}
+
+/// A broadcast reaching two waits of one run (two branches waiting for the same event) writes
+/// both checkpoints and lists the run once.
+pub async fn broadcast_lists_each_run_once(ctx: TestContext) {
+    let run = ctx.start("twice").await;
+    let lease = ctx.drive(run).await;
+    let waits = vec![wait_on(&ctx, "a", "ev"), wait_on(&ctx, "b", "ev")];
+    ctx.store.suspend_run(lease, Suspend { run, until: None, waits }).await.unwrap();
+    let published = ctx.publish("ev", "k", "1", true).await;
+    assert_eq!(published.delivered_to, [run]);
+    let mut keys = ctx.checkpoint_keys(run).await;
+    keys.sort();
+    assert_eq!(keys, ["a", "b"]);
+}
+
 /// One event, one waiter: the oldest wait on (name, key) receives it; its checkpoint holds the
 /// payload and its drive job is due at once; the other waiter keeps waiting.
 pub async fn event_goes_to_the_oldest_waiter(ctx: TestContext) {
