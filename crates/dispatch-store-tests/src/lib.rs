@@ -171,6 +171,7 @@ pub fn all_tests() -> Vec<SuiteTest> {
         job::enqueue_rejects_invalid_options,
         job::enqueue_rejects_duplicate_ids,
         job::enqueue_empty_batch_is_empty,
+        job::enqueue_retry_answers_as_the_first_call,
         // claim
         job::claim_order_priority_then_fifo,
         job::claim_order_run_at_breaks_priority_ties,
@@ -272,6 +273,8 @@ pub fn all_tests() -> Vec<SuiteTest> {
         workflow::migrate_moves_a_run_to_another_version,
         workflow::suspend_notices_a_delivery_made_during_the_drive,
         workflow::suspend_replaces_the_runs_earlier_waits,
+        workflow::start_retry_answers_as_the_first_call,
+        workflow::cancel_through_the_drive_job_cancels_the_run,
     ]
 }
 
