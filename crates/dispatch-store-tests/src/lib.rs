@@ -128,6 +128,7 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         run_timeout_ends_a_sleeping_run,
         runs_stay_on_their_version,
         cancel_of_a_suspended_run_compensates_and_cascades,
+        cancel_through_the_drive_job_compensates,
         cancel_of_a_running_run_stops_at_a_step_boundary,
         replay_from_a_step_reruns_what_follows,
         migrate_a_failed_run_to_a_fixed_version,
