@@ -575,9 +575,16 @@ pub trait JobStore: Send + Sync + 'static {
     /// Store new jobs. All items are validated first ([`NewJob::validate`]); if any is invalid
     /// the call fails and nothing is stored. Returns one result per item, in order. A job whose
     /// unique key is held (by a stored job or an earlier item of the same batch) is not stored:
-    /// its result is [`Enqueued::Duplicate`] with the holder's ID. An ID that is already stored,
-    /// or appears twice in the batch, fails the call with
-    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) and stores nothing.
+    /// its result is [`Enqueued::Duplicate`] with the holder's ID.
+    ///
+    /// Retries are safe: an item whose ID is already stored with the same name and payload is a
+    /// retried enqueue (an earlier call committed, its answer was lost). It answers
+    /// [`Enqueued::Created`] with its ID, as the first call did, and changes nothing (the stored
+    /// job keeps its state and options; other options of the item are not compared, a relative
+    /// run-at could not be). An item that was a duplicate the first time stored nothing, so its
+    /// retry is decided again: a duplicate of the key's holder while the key is held. An ID
+    /// stored with another name or payload (a reused ID), or an ID twice in the batch, fails the
+    /// call with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) and stores nothing.
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>>;
 
     /// Claim up to `limit` available jobs whose run-at has come, from `queues`, of `names`:
@@ -596,6 +603,15 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Ask for a job to be cancelled: at once when available, through its holder when running.
     /// Fails with [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for an unknown ID.
+    ///
+    /// The drive job of a workflow run that has not ended is cancelled through its run: the call
+    /// records the run's cancel request exactly as
+    /// [`WorkflowStore::cancel_run`](crate::WorkflowStore::cancel_run) does (reason
+    /// [`DRIVE_JOB_CANCEL_REASON`](crate::DRIVE_JOB_CANCEL_REASON); a reason already recorded
+    /// is kept), making a waiting drive job due at once, and answers
+    /// [`CancelResult::Requested`]. The drive job itself is neither cancelled nor flagged, so the
+    /// run winds down (compensations, children) instead of losing its driver. A drive job whose
+    /// run has ended is cancelled as any job.
     async fn request_cancel(&self, id: JobId) -> Result<CancelResult>;
 
     /// Reclaim up to `limit` running jobs whose lease has expired, in one operation. Each records

@@ -53,7 +53,7 @@ pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 pub use wake::{Wakeup, WakeupHub, WakeupStream};
 #[doc(inline)]
 pub use workflow::{
-    Checkpoint, EventWait, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd,
-    RunFilter, RunSnapshot, RunState, Started, Suspend, SuspendOutcome, WaitResolution,
-    WorkflowStore,
+    Checkpoint, DRIVE_JOB_CANCEL_REASON, EventWait, NewCheckpoint, NewEvent, NewRun, Published,
+    Run, RunCancel, RunEnd, RunFilter, RunSnapshot, RunState, Started, Suspend, SuspendOutcome,
+    WaitResolution, WorkflowStore,
 };

@@ -58,6 +58,11 @@ use crate::page::{Page, PageRequest};
 use crate::scope::Scope;
 use crate::time::Timestamp;
 
+/// The cancel reason a store records on a run when its drive job is cancelled
+/// ([`JobStore::request_cancel`](crate::JobStore::request_cancel) of a drive job whose run has
+/// not ended is the run's cancel request).
+pub const DRIVE_JOB_CANCEL_REASON: &str = "cancelled through its drive job";
+
 /// Where a run is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -384,6 +389,13 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// `drive.id`). With an idempotency key already used for this workflow name, nothing is
     /// created and the existing run is returned. `drive` is validated like an enqueue, the
     /// input against the payload limit ([`NewRun::validate`]).
+    ///
+    /// Retries are safe: when run `run.id` is stored with the same workflow name and input and
+    /// with `drive.id` as its drive job, the call is a retried start (an earlier call committed,
+    /// its answer was lost): it answers [`Started::Created`], as the first did, and changes
+    /// nothing. A stored run ID that differs in any of these, or a drive job ID already stored
+    /// for another run, fails with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) and
+    /// creates nothing.
     async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started>;
 
     /// One run by ID.
@@ -442,7 +454,9 @@ pub trait WorkflowStore: Send + Sync + 'static {
     /// job is made due at once. A drive learns of it from `load_run`, `suspend_run`
     /// ([`SuspendOutcome::CancelRequested`]) and by reading the run. `NotFound` for an unknown
     /// run. The job-level cancel of the drive job is not used: a cancelled drive job would leave
-    /// its run without a driver.
+    /// its run without a driver. [`JobStore::request_cancel`](crate::JobStore::request_cancel)
+    /// of the drive job of a run that has not ended comes here (with reason
+    /// [`DRIVE_JOB_CANCEL_REASON`]) instead of cancelling the job.
     async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel>;
 
     /// Debugging: replay run `id` from its checkpoint `key`. Checkpoints written after `key` are

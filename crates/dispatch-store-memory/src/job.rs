@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    AttemptError, CancelResult, ClaimRequest, ClaimedJob, Enqueued, Error, ErrorKind, Failure,
-    FailureKind, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore,
-    Lease, LeaseRef, LeaseToken, NewJob, Outcome, Page, PageRequest, QueueCount, RescueReport,
-    Result, Timestamp,
+    AttemptError, CancelResult, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error,
+    ErrorKind, Failure, FailureKind, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId,
+    JobState, JobStore, Lease, LeaseRef, LeaseToken, NewJob, Outcome, Page, PageRequest,
+    QueueCount, RescueReport, Result, Timestamp,
 };
 
 use crate::{MemoryStore, Row, State};
@@ -22,21 +22,32 @@ impl JobStore for MemoryStore {
         }
         let now = self.clock.now();
         let mut state = self.state.lock();
-        // Caller-chosen IDs must be new and distinct; checked before anything is stored.
+        // Caller-chosen IDs must be distinct, and new unless the item repeats the stored job
+        // (a retried call); checked before anything is stored.
         let mut ids = HashSet::with_capacity(jobs.len());
-        if let Some(job) = jobs.iter().find(|j| !ids.insert(j.id) || state.jobs.contains_key(&j.id))
-        {
+        if let Some(job) = jobs.iter().find(|j| !ids.insert(j.id) || state.reuses_id(j)) {
             return Err(Error::new(
                 ErrorKind::Conflict,
                 format!("job {:?}: a job with ID {} already exists", job.name, job.id),
             ));
         }
-        let queues: Vec<String> = jobs.iter().map(|job| job.queue.clone()).collect();
-        let results: Vec<Enqueued> =
-            jobs.into_iter().map(|job| state.enqueue_one(job, now)).collect();
+        let mut woken = Vec::with_capacity(jobs.len());
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            // A retried item answers as the first call did, and changes nothing.
+            if state.jobs.contains_key(&job.id) {
+                results.push(Enqueued::Created(job.id));
+                continue;
+            }
+            let queue = job.queue.clone();
+            let result = state.enqueue_one(job, now);
+            if !result.is_duplicate() {
+                woken.push(queue);
+            }
+            results.push(result);
+        }
         drop(state);
-        let created = results.iter().zip(&queues).filter(|(r, _)| !r.is_duplicate());
-        self.wakeups.notify(created.map(|(_, queue)| queue.as_str()));
+        self.wakeups.notify(woken.iter().map(String::as_str));
         Ok(results)
     }
 
@@ -79,6 +90,16 @@ impl JobStore for MemoryStore {
             Some(row) => row.job.state,
             None => return Err(Error::not_found(format!("no job {id}"))),
         };
+        // The drive job of a run that has not ended is cancelled through its run: a cancelled
+        // (or cancel-flagged) drive job would leave the run without a driver.
+        if !job_state.is_final()
+            && let Some(run) = state.live_run_driven_by(id)
+        {
+            let (_, woken) = state.cancel_run(run, DRIVE_JOB_CANCEL_REASON, now)?;
+            drop(state);
+            self.wakeups.notify(woken.as_deref());
+            return Ok(CancelResult::Requested);
+        }
         Ok(match job_state {
             JobState::Available => {
                 state.unindex(id);
@@ -169,6 +190,14 @@ fn matches(filter: &JobFilter, job: &Job) -> bool {
 }
 
 impl State {
+    /// Whether `new` takes the ID of a stored job that it does not repeat: another name or
+    /// payload. A repeat (same name and payload) is a retried enqueue, not a reuse.
+    pub(crate) fn reuses_id(&self, new: &NewJob) -> bool {
+        self.jobs
+            .get(&new.id)
+            .is_some_and(|row| row.job.name != new.name || row.job.payload != new.payload)
+    }
+
     pub(crate) fn enqueue_one(&mut self, new: NewJob, now: Timestamp) -> Enqueued {
         let unique_key = new.unique.as_ref().map(|u| (new.name.clone(), u.key.clone()));
         let holder = unique_key.as_ref().and_then(|k| self.unique.get(k)).copied();
@@ -566,7 +595,8 @@ mod tests {
         let err = store.enqueue(vec![job("a", 0), no_attempts]).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         let existing = enqueue(&store, vec![job("a", 0)]).await[0];
-        let mut reused = job("a", 0);
+        // Another payload under a stored ID is a reuse, not a retried enqueue.
+        let mut reused = NewJob::new("a", b"[]".to_vec());
         reused.id = existing;
         let err = store.enqueue(vec![job("a", 0), reused]).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Conflict);

@@ -173,6 +173,44 @@ impl State {
     }
 }
 
+impl State {
+    /// The run job `id` drives, when that run has not ended.
+    pub(crate) fn live_run_driven_by(&self, id: JobId) -> Option<RunId> {
+        let run = self.runs.by_drive.get(&id)?;
+        self.runs.runs.get(run).filter(|row| !row.run.state.is_final()).map(|row| row.run.id)
+    }
+
+    /// Ask run `id` to stop (see [`WorkflowStore::cancel_run`]): the answer, and the queue of
+    /// its drive job when that was waiting and is now due, to wake once the lock is released.
+    pub(crate) fn cancel_run(
+        &mut self,
+        id: RunId,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<(RunCancel, Option<String>)> {
+        let row =
+            self.runs.runs.get_mut(&id).ok_or_else(|| Error::not_found(format!("no run {id}")))?;
+        if row.run.state.is_final() {
+            return Ok((RunCancel::AlreadyFinal(row.run.state), None));
+        }
+        if row.run.cancel_requested.is_none() {
+            row.run.cancel_requested = Some(reason.to_owned());
+            row.run.updated_at = now;
+        }
+        let drive = row.run.drive_job;
+        let waiting = self
+            .jobs
+            .get(&drive)
+            .filter(|job| job.job.state == JobState::Available)
+            .map(|job| job.job.queue.clone());
+        if waiting.is_some() {
+            self.unindex(drive);
+            self.make_available(drive, now);
+        }
+        Ok((RunCancel::Requested, waiting))
+    }
+}
+
 #[async_trait]
 impl WorkflowStore for MemoryStore {
     async fn start_run(&self, new: NewRun, drive: NewJob) -> Result<Started> {
@@ -180,13 +218,27 @@ impl WorkflowStore for MemoryStore {
         drive.validate(self.max_payload_bytes)?;
         let now = self.clock.now();
         let mut state = self.state.lock();
+        if let Some(row) = state.runs.runs.get(&new.id) {
+            // The same start again is a retried call: it answers as the first did and changes
+            // nothing. Anything else under the run's ID is a reuse.
+            if row.run.name == new.name
+                && row.run.input == new.input
+                && row.run.drive_job == drive.id
+            {
+                return Ok(Started::Created(new.id));
+            }
+            return Err(Error::new(ErrorKind::Conflict, format!("run {} already exists", new.id)));
+        }
         if let Some(key) = &new.idempotency_key
             && let Some(existing) = state.runs.by_key.get(&(new.name.clone(), key.clone()))
         {
             return Ok(Started::Existing(*existing));
         }
-        if state.runs.runs.contains_key(&new.id) || state.jobs.contains_key(&drive.id) {
-            return Err(Error::new(ErrorKind::Conflict, format!("run {} already exists", new.id)));
+        if state.jobs.contains_key(&drive.id) {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("the drive job's ID {} is already taken", drive.id),
+            ));
         }
         let (drive_job, queue) = (drive.id, drive.queue.clone());
         if let Enqueued::Duplicate(holder) = state.enqueue_one(drive, now) {
@@ -343,29 +395,9 @@ impl WorkflowStore for MemoryStore {
 
     async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
         let now = self.clock.now();
-        let mut state = self.state.lock();
-        let row =
-            state.runs.runs.get_mut(&id).ok_or_else(|| Error::not_found(format!("no run {id}")))?;
-        if row.run.state.is_final() {
-            return Ok(RunCancel::AlreadyFinal(row.run.state));
-        }
-        if row.run.cancel_requested.is_none() {
-            row.run.cancel_requested = Some(reason.to_owned());
-            row.run.updated_at = now;
-        }
-        let drive = row.run.drive_job;
-        let waiting =
-            state.jobs.get(&drive).is_some_and(|job| job.job.state == JobState::Available);
-        let queue = state.jobs.get(&drive).map(|job| job.job.queue.clone());
-        if waiting {
-            state.unindex(drive);
-            state.make_available(drive, now);
-        }
-        drop(state);
-        if let (true, Some(queue)) = (waiting, queue) {
-            self.wakeups.notify([queue.as_str()]);
-        }
-        Ok(RunCancel::Requested)
+        let (cancel, woken) = self.state.lock().cancel_run(id, reason, now)?;
+        self.wakeups.notify(woken.as_deref());
+        Ok(cancel)
     }
 
     async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {

@@ -105,6 +105,14 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// What one run of the enqueue statement did.
+struct Inserted {
+    /// The IDs it stored.
+    created: HashSet<Uuid>,
+    /// The IDs already stored with the item's name and payload (retried items).
+    retried: Vec<Uuid>,
+}
+
 /// The `(name, key)` of a keyed job.
 fn key_of(job: &NewJob) -> Option<(&str, &str)> {
     job.unique.as_ref().map(|u| (job.name.as_str(), u.key.as_str()))
@@ -141,10 +149,16 @@ impl PostgresStore {
         let mut pending: Vec<usize> = (0..jobs.len()).filter(|&i| repeats[i].is_none()).collect();
         let mut columns =
             Columns::of(jobs, &(0..jobs.len()).collect::<Vec<_>>(), |i| repeats[i].is_none());
+        // Items already stored with their name and payload: a retried enqueue, answered
+        // `Created` as the first call was (repeats of a key included), nothing written.
+        let mut retried = HashSet::new();
         for _ in 0..MAX_ROUNDS {
-            let created = self.insert(conn, &columns).await?;
-            let (taken, new): (Vec<usize>, Vec<usize>) =
-                pending.iter().partition(|&&i| !created.contains(&jobs[i].id.uuid()));
+            let inserted = self.insert(conn, &columns).await?;
+            retried.extend(inserted.retried);
+            let (taken, new): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| {
+                let id = jobs[i].id.uuid();
+                !inserted.created.contains(&id) && !retried.contains(&id)
+            });
             for i in new {
                 results[i] = Some(Enqueued::Created(jobs[i].id));
             }
@@ -161,6 +175,7 @@ impl PostgresStore {
         }
         (0..jobs.len())
             .map(|i| match repeats[i] {
+                _ if retried.contains(&jobs[i].id.uuid()) => Some(Enqueued::Created(jobs[i].id)),
                 Some(first) => results[first].map(|r| Enqueued::Duplicate(r.id())),
                 None => results[i],
             })
@@ -168,8 +183,9 @@ impl PostgresStore {
             .collect()
     }
 
-    /// Run the enqueue statement; the IDs it stored. A reused ID fails with `Conflict`.
-    async fn insert(&self, conn: &mut PgConnection, c: &Columns<'_>) -> Result<HashSet<Uuid>> {
+    /// Run the enqueue statement: the IDs it stored, and those already stored (retried items).
+    /// A reused ID (stored with another name or payload) fails with `Conflict`.
+    async fn insert(&self, conn: &mut PgConnection, c: &Columns<'_>) -> Result<Inserted> {
         let row = sqlx::query(self.shared.sql.enqueue.clone())
             .bind(self.now_param())
             .bind(&c.ids)
@@ -194,7 +210,10 @@ impl PostgresStore {
             let name = c.ids.iter().position(|&id| id == clash).map(|i| c.names[i]);
             return Err(reused(JobId::from_uuid(clash), name.unwrap_or_default()));
         }
-        Ok(get::<Vec<Uuid>>(&row, "created")?.into_iter().collect())
+        Ok(Inserted {
+            created: get::<Vec<Uuid>>(&row, "created")?.into_iter().collect(),
+            retried: get::<Vec<Uuid>>(&row, "retried")?,
+        })
     }
 
     /// Answer the items at `taken` (candidates that were not stored) with their key's holder;

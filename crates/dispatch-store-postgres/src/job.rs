@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    CancelResult, Capabilities, ClaimRequest, ClaimedJob, DlqId, Enqueued, Error, Finish,
-    FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob,
-    Outcome, Page, PageRequest, QueueCount, RescueReport, Result, WakeupStream,
+    CancelResult, Capabilities, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, DlqId, Enqueued,
+    Error, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore,
+    LeaseRef, NewJob, Outcome, Page, PageRequest, QueueCount, RescueReport, Result, WakeupStream,
 };
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
@@ -176,11 +176,19 @@ impl JobStore for PostgresStore {
                 let row = sqlx::query(self.shared.sql.request_cancel.clone())
                     .bind(self.now_param())
                     .bind(id.uuid())
+                    .bind(DRIVE_JOB_CANCEL_REASON)
+                    .bind(self.channel())
                     .fetch_optional(&self.shared.pool)
                     .await
                     .map_err(db_error)?;
                 if let Some(row) = row {
-                    return match state(&get::<String>(&row, "state")?)? {
+                    // A live run's drive job: its run's cancel was requested, the job untouched.
+                    if get::<bool>(&row, "run_cancel")? {
+                        return Ok(CancelResult::Requested);
+                    }
+                    let cancelled = get::<Option<String>>(&row, "state")?
+                        .ok_or_else(|| internal(format!("cancel of job {id} changed nothing")))?;
+                    return match state(&cancelled)? {
                         JobState::Cancelled => Ok(CancelResult::Cancelled),
                         JobState::Running => Ok(CancelResult::Requested),
                         other => Err(internal(format!("cancel left job {id} {other}"))),

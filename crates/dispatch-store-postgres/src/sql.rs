@@ -56,16 +56,20 @@ const DRIVE_DEATH: &str = "failed_runs AS (UPDATE {s}.runs r SET state = 'failed
        WHERE u.state = 'dead' AND r.drive_job = u.id AND w.run_id = r.id)";
 
 /// Store a batch. `$2..$15` are the batch's columns (one array each, in batch order); items
-/// with `candidate = false` (repeats of a unique key within the batch) are not inserted. Nothing
-/// is inserted when any ID is already stored (`clash`). A key held by a live job or within its
-/// window is not inserted; the live-holder unique index settles concurrent enqueues.
+/// with `candidate = false` (repeats of a unique key within the batch) are not inserted. An item
+/// whose ID is stored with its name and payload (a retried enqueue, answered `retried`) is not
+/// inserted; nothing is inserted when any ID is stored with another name or payload (`clash`).
+/// A key held by a live job or within its window is not inserted; the live-holder unique index
+/// settles concurrent enqueues.
 const ENQUEUE: &str = "WITH t AS (SELECT {now} AS now), \
      i AS (SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::int4[], \
        $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::int8[], $13::text[], \
        $14::text[], $15::bool[]) WITH ORDINALITY AS i(id, name, queue, payload, priority, \
        run_abs, run_delay, max_attempts, timeout_us, unique_key, unique_window, scope_app, \
        scope_tenant, candidate, ord)), \
-     clash AS (SELECT j.id FROM {s}.jobs j WHERE j.id = ANY($2::uuid[]) LIMIT 1), \
+     stored AS (SELECT j.id, (j.name <> i.name OR j.payload <> i.payload) AS reused \
+       FROM {s}.jobs j JOIN i ON i.id = j.id), \
+     clash AS (SELECT stored.id FROM stored WHERE stored.reused LIMIT 1), \
      ins AS (INSERT INTO {s}.jobs (id, name, queue, payload, priority, state, attempt, \
        max_attempts, timeout_us, run_at, created_at, unique_key, unique_until, scope_app, \
        scope_tenant) \
@@ -73,6 +77,7 @@ const ENQUEUE: &str = "WITH t AS (SELECT {now} AS now), \
        i.timeout_us, coalesce(i.run_abs, {sat(t.now, i.run_delay)}), t.now, i.unique_key, \
        {sat(t.now, i.unique_window)}, i.scope_app, i.scope_tenant FROM i CROSS JOIN t \
        WHERE i.candidate AND NOT EXISTS (SELECT 1 FROM clash) \
+       AND NOT EXISTS (SELECT 1 FROM stored WHERE stored.id = i.id) \
        AND (i.unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM {s}.jobs h \
          WHERE h.name = i.name AND h.unique_key = i.unique_key \
          AND (h.state IN ('available', 'running') OR h.unique_until > t.now))) \
@@ -83,7 +88,7 @@ const ENQUEUE: &str = "WITH t AS (SELECT {now} AS now), \
      woke AS (SELECT pg_notify($16, CASE WHEN count(DISTINCT queue) = 1 THEN min(queue) \
        ELSE '' END) FROM ins HAVING count(*) > 0) \
      SELECT (SELECT id FROM clash) AS clash, array(SELECT id FROM ins) AS created, \
-       (SELECT count(*) FROM woke) AS notified";
+       array(SELECT stored.id FROM stored) AS retried, (SELECT count(*) FROM woke) AS notified";
 
 /// The job holding each `(name, key)` of `$2`/`$3` now, newest first.
 const HOLDERS: &str = "SELECT DISTINCT ON (k.name, k.key) k.name, k.key, h.id \
@@ -163,13 +168,28 @@ const HEARTBEAT: &str = "WITH t AS (SELECT {now} AS now), \
      UPDATE {s}.jobs j SET lease_expires = {sat(t.now, $4)} FROM locked l, t WHERE j.id = l.id \
      RETURNING j.id, j.lease_token, j.cancel_requested";
 
-/// Cancel job `$2`: at once when available, as a request when running.
-const REQUEST_CANCEL: &str = "WITH t AS (SELECT {now} AS now) \
-     UPDATE {s}.jobs j SET \
+/// Cancel job `$2`: at once when available, as a request when running. When it drives a run
+/// that has not ended, the run's cancel is requested instead (reason `$3`, kept when one is
+/// recorded; a waiting drive job due at once, woken on channel `$4`), as `CANCEL_RUN` does and
+/// locking the rows in its order (job, then run); the job is left alone (`run_cancel`). No row
+/// when the job is not available or running.
+const REQUEST_CANCEL: &str = "WITH t AS (SELECT {now} AS now), \
+     job AS (SELECT j.id, j.state FROM {s}.jobs j WHERE j.id = $2 \
+       AND j.state IN ('available', 'running') FOR UPDATE OF j), \
+     run AS (SELECT x.id, x.cancel_reason FROM {s}.runs x JOIN job ON x.drive_job = job.id \
+       WHERE x.state NOT IN ('completed', 'failed', 'cancelled') FOR UPDATE OF x), \
+     marked AS (UPDATE {s}.runs x SET cancel_reason = $3, updated_at = t.now FROM run, t \
+       WHERE x.id = run.id AND run.cancel_reason IS NULL), \
+     due AS (UPDATE {s}.jobs j SET run_at = least(j.run_at, t.now) FROM job, run, t \
+       WHERE j.id = job.id AND job.state = 'available' RETURNING j.queue), \
+     woke AS (SELECT pg_notify($4, due.queue) FROM due), \
+     upd AS (UPDATE {s}.jobs j SET \
        state = CASE WHEN j.state = 'available' THEN 'cancelled' ELSE j.state END, \
        finished_at = CASE WHEN j.state = 'available' THEN t.now ELSE j.finished_at END, \
        cancel_requested = (j.state = 'running') \
-     FROM t WHERE j.id = $2 AND j.state IN ('available', 'running') RETURNING j.state";
+     FROM t, job WHERE j.id = job.id AND NOT EXISTS (SELECT 1 FROM run) RETURNING j.state) \
+     SELECT (SELECT upd.state FROM upd) AS state, EXISTS (SELECT 1 FROM run) AS run_cancel, \
+       (SELECT count(*) FROM woke) AS notified FROM job";
 
 /// The state of job `$1`.
 const JOB_STATE: &str = "SELECT j.state FROM {s}.jobs j WHERE j.id = $1";

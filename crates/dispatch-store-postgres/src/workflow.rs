@@ -69,14 +69,22 @@ impl PostgresStore {
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(db_error)?;
+            // The same start again is a retried call: it answers as the first did.
+            if get::<Option<Uuid>>(&row, "same")?.is_some() {
+                return Ok(Started::Created(run.id));
+            }
+            // A reused run ID is refused before its key is looked at (as every store does); a
+            // taken drive job ID only when the key names no run.
+            let clash = get::<Option<String>>(&row, "clash")?;
+            if clash.as_deref() == Some("run") {
+                let message = format!("run {} already exists", run.id);
+                return Err(Error::new(ErrorKind::Conflict, message));
+            }
             if let Some(existing) = get::<Option<Uuid>>(&row, "existing")? {
                 return Ok(Started::Existing(RunId::from_uuid(existing)));
             }
-            if let Some(what) = get::<Option<String>>(&row, "clash")? {
-                let message = match what.as_str() {
-                    "run" => format!("run {} already exists", run.id),
-                    _ => format!("the drive job's ID {} is already taken", drive.id),
-                };
+            if clash.is_some() {
+                let message = format!("the drive job's ID {} is already taken", drive.id);
                 return Err(Error::new(ErrorKind::Conflict, message));
             }
             if let Some(holder) = get::<Option<Uuid>>(&row, "held")? {

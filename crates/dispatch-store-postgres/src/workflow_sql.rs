@@ -29,24 +29,29 @@ const CHECKPOINT_ARRAYS: &str = "coalesce(array_agg(c.key ORDER BY c.seq), '{}')
      coalesce(array_agg(c.data ORDER BY c.seq), '{}') AS ck_data, \
      coalesce(array_agg(c.at ORDER BY c.seq), '{}') AS ck_at";
 
-/// Start a run (`$2..$9`) and its drive job (`$10..$22`, as one enqueue item) unless the
+/// Start a run (`$2..$9`) and its drive job (`$10..$22`, as one enqueue item) unless the run
+/// is stored with this name, input and drive job (`same`: a retried start, nothing changes), the
 /// run's (name, idempotency key) is taken (`existing`), its or the job's ID is (`clash`), or the
 /// job's unique key is held (`held`). A concurrent start of the same key makes the run insert do
 /// nothing (the partial unique index settles it) and so the job insert too; any other concurrent
 /// clash is a unique violation that rolls everything back. One NOTIFY (`$23`) for the job.
 const START_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+     same AS (SELECT x.id FROM {s}.runs x WHERE x.id = $2 AND x.name = $3 AND x.input = $5 \
+       AND x.drive_job = $10), \
      existing AS (SELECT x.id FROM {s}.runs x WHERE $8::text IS NOT NULL AND x.name = $3 \
        AND x.idempotency_key = $8), \
      clash AS (SELECT 'run' AS what FROM {s}.runs x WHERE x.id = $2 \
-       UNION ALL SELECT 'job' FROM {s}.jobs j WHERE j.id = $10), \
+       AND NOT EXISTS (SELECT 1 FROM same) \
+       UNION ALL SELECT 'job' FROM {s}.jobs j WHERE j.id = $10 \
+       AND NOT EXISTS (SELECT 1 FROM same)), \
      held AS (SELECT h.id FROM {s}.jobs h, t WHERE $19::text IS NOT NULL AND h.name = $11 \
        AND h.unique_key = $19 AND (h.state IN ('available', 'running') OR h.unique_until > t.now) \
        ORDER BY h.seq DESC LIMIT 1), \
      run_ins AS (INSERT INTO {s}.runs (id, name, version, state, input, scope_app, scope_tenant, \
        idempotency_key, parent, drive_job, created_at, updated_at) \
        SELECT $2, $3, $4, 'running', $5, $6, $7, $8, $9, $10, t.now, t.now FROM t \
-       WHERE NOT EXISTS (SELECT 1 FROM existing) AND NOT EXISTS (SELECT 1 FROM clash) \
-       AND NOT EXISTS (SELECT 1 FROM held) \
+       WHERE NOT EXISTS (SELECT 1 FROM same) AND NOT EXISTS (SELECT 1 FROM existing) \
+       AND NOT EXISTS (SELECT 1 FROM clash) AND NOT EXISTS (SELECT 1 FROM held) \
        ON CONFLICT (name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
        RETURNING id), \
      job_ins AS (INSERT INTO {s}.jobs (id, name, queue, payload, priority, state, attempt, \
@@ -56,7 +61,8 @@ const START_RUN: &str = "WITH t AS (SELECT {now} AS now), \
        coalesce($15, {sat(t.now, $16)}), t.now, $19, {sat(t.now, $20)}, $21, $22 \
        FROM run_ins, t RETURNING queue), \
      woke AS (SELECT pg_notify($23, queue) FROM job_ins) \
-     SELECT (SELECT id FROM existing) AS existing, (SELECT min(what) FROM clash) AS clash, \
+     SELECT (SELECT id FROM same) AS same, (SELECT id FROM existing) AS existing, \
+       (SELECT max(what) FROM clash) AS clash, \
        (SELECT id FROM held) AS held, (SELECT id FROM run_ins) AS created, \
        (SELECT count(*) FROM woke) AS notified";
 

@@ -141,8 +141,11 @@ async fn a_reused_id_leaves_the_transaction_usable(url: String) {
     let (store, mut app, orders) = setup(&url).await;
     let first = NewJob::new("ship_order", b"1".to_vec());
     store.enqueue(vec![first.clone()]).await.expect("enqueue");
+    // Another payload under the stored ID: a reuse (the same job again would be a retry).
+    let mut reuse = NewJob::new("ship_order", b"9".to_vec());
+    reuse.id = first.id;
     let mut tx = app.begin().await.expect("begin");
-    let err = store.enqueue_in(&mut tx, vec![first]).await.expect_err("a reused ID");
+    let err = store.enqueue_in(&mut tx, vec![reuse]).await.expect_err("a reused ID");
     assert_eq!(err.kind(), dispatch_core::ErrorKind::Conflict, "{err}");
     let insert = format!("INSERT INTO {orders} (n) VALUES (1)");
     sqlx::query(AssertSqlSafe(insert)).execute(&mut *tx).await.expect("the transaction goes on");

@@ -8,8 +8,7 @@ use dispatch_core::{
 use sqlx::SqliteConnection;
 
 use crate::enqueue::insert_rows;
-use crate::job::sql_limit;
-use crate::row::dlq_from_row;
+use crate::row::{dlq_from_row, sql_limit};
 use crate::{SqliteStore, db_error};
 
 async fn load(conn: &mut SqliteConnection, id: DlqId) -> Result<Option<DlqEntry>> {

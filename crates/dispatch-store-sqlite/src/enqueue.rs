@@ -7,11 +7,11 @@
 
 use std::collections::HashSet;
 
-use dispatch_core::{Enqueued, Error, ErrorKind, Job, JobState, NewJob, Result, Timestamp};
-use sqlx::SqliteConnection;
+use dispatch_core::{Enqueued, Error, ErrorKind, Job, JobId, JobState, NewJob, Result, Timestamp};
+use sqlx::{Row, SqliteConnection};
 
 use crate::db_error;
-use crate::row::duration_micros;
+use crate::row::{duration_micros, parse};
 
 /// Rows per multi-row insert: 15 columns each, well under SQLite's bound-parameter limit.
 const CHUNK: usize = 128;
@@ -37,15 +37,53 @@ fn reused(name: &str, id: &str) -> Error {
     Error::new(ErrorKind::Conflict, format!("job {name:?}: a job with ID {id} already exists"))
 }
 
+/// The IDs of `jobs` already stored, each with the same name and payload as its item (a retried
+/// enqueue). An ID stored with another name or payload is a reuse: `Conflict`. One query.
+async fn retried(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<HashSet<JobId>> {
+    if jobs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+    let json = serde_json::to_string(&ids).map_err(|e| Error::internal(format!("sqlite: {e}")))?;
+    let rows = sqlx::query(
+        "SELECT id, name, payload FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(json)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    let mut stored = HashSet::with_capacity(rows.len());
+    for row in rows {
+        let id: String = row.try_get("id").map_err(db_error)?;
+        let id: JobId = parse("job ID", &id)?;
+        let name: String = row.try_get("name").map_err(db_error)?;
+        let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
+        let Some(new) = jobs.iter().find(|j| j.id == id) else { continue };
+        if new.name != name || new.payload != payload {
+            return Err(reused(&new.name, &id.to_string()));
+        }
+        stored.insert(id);
+    }
+    Ok(stored)
+}
+
 /// Write a validated batch on `conn` (inside the caller's transaction); one result per item.
+/// An item already stored with its name and payload (a retried enqueue) answers `Created` and
+/// writes nothing; one stored with another name or payload fails the batch with `Conflict`
+/// before anything is written.
 pub(crate) async fn enqueue_batch(
     conn: &mut SqliteConnection,
     jobs: Vec<NewJob>,
     now: Timestamp,
 ) -> Result<Vec<Enqueued>> {
+    let retried = retried(conn, &jobs).await?;
     let mut results = Vec::with_capacity(jobs.len());
     let mut run: Vec<Job> = Vec::new();
     for new in jobs {
+        if retried.contains(&new.id) {
+            results.push(Enqueued::Created(new.id));
+            continue;
+        }
         match new.unique.as_ref() {
             None => {
                 results.push(Enqueued::Created(new.id));

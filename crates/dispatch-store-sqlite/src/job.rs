@@ -7,21 +7,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    CancelResult, ClaimRequest, ClaimedJob, Enqueued, Error, Finish, FinishResult, HeartbeatReport,
-    Job, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob, Page, PageRequest, QueueCount,
-    RescueReport, Result, Timestamp,
+    CancelResult, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error, Finish,
+    FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob,
+    Page, PageRequest, QueueCount, RescueReport, Result, Timestamp,
 };
 use sqlx::{Row, SqliteConnection};
 
 use crate::enqueue::{enqueue_batch, validate_batch};
 use crate::finish::{finalize, finish_batch, rescue_one, write_dead};
-use crate::row::{JobRow, job_from_row, save_job, token_text};
+use crate::row::{JobRow, job_from_row, save_job, sql_limit, token_text};
+use crate::workflow::{live_run_driven_by, request_cancel as request_run_cancel};
 use crate::{SqliteStore, db_error};
-
-/// A row count or limit as SQLite takes it.
-pub(crate) fn sql_limit(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
 
 /// Load one job by ID.
 pub(crate) async fn load(conn: &mut SqliteConnection, id: JobId) -> Result<Option<JobRow>> {
@@ -118,27 +114,40 @@ impl JobStore for SqliteStore {
 
     async fn request_cancel(&self, id: JobId) -> Result<CancelResult> {
         let now = self.clock.now();
-        self.write("request_cancel", move |conn| {
-            Box::pin(async move {
-                let Some(mut row) = load(conn, id).await? else {
-                    return Err(Error::not_found(format!("no job {id}")));
-                };
-                let result = match row.job.state {
-                    JobState::Available => {
-                        finalize(&mut row.job, JobState::Cancelled, now);
-                        CancelResult::Cancelled
+        // The answer, and the queues of drive jobs made due (to wake after the commit).
+        let (result, woken) = self
+            .write("request_cancel", move |conn| {
+                Box::pin(async move {
+                    let Some(mut row) = load(conn, id).await? else {
+                        return Err(Error::not_found(format!("no job {id}")));
+                    };
+                    // The drive job of a run that has not ended is cancelled through its run: a
+                    // cancelled (or cancel-flagged) drive job would leave the run without a driver.
+                    if !row.job.state.is_final()
+                        && let Some(run) = live_run_driven_by(conn, id).await?
+                    {
+                        let (_, queues) =
+                            request_run_cancel(conn, run, DRIVE_JOB_CANCEL_REASON, now).await?;
+                        return Ok((CancelResult::Requested, queues));
                     }
-                    JobState::Running => {
-                        row.job.cancel_requested = true;
-                        CancelResult::Requested
-                    }
-                    state => return Ok(CancelResult::AlreadyFinal(state)),
-                };
-                save_job(conn, &row).await?;
-                Ok(result)
+                    let result = match row.job.state {
+                        JobState::Available => {
+                            finalize(&mut row.job, JobState::Cancelled, now);
+                            CancelResult::Cancelled
+                        }
+                        JobState::Running => {
+                            row.job.cancel_requested = true;
+                            CancelResult::Requested
+                        }
+                        state => return Ok((CancelResult::AlreadyFinal(state), Vec::new())),
+                    };
+                    save_job(conn, &row).await?;
+                    Ok((result, Vec::new()))
+                })
             })
-        })
-        .await
+            .await?;
+        self.wakeups.notify(woken.iter().map(String::as_str));
+        Ok(result)
     }
 
     async fn rescue_expired(&self, limit: usize) -> Result<RescueReport> {

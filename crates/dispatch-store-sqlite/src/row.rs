@@ -12,6 +12,11 @@ use uuid::Uuid;
 
 use crate::db_error;
 
+/// A row count or limit as SQLite takes it.
+pub(crate) fn sql_limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 /// A job row with the bookkeeping the record does not show.
 #[derive(Debug)]
 pub(crate) struct JobRow {

@@ -22,8 +22,7 @@ use sqlx::{Row, SqliteConnection};
 
 use crate::enqueue::{enqueue_batch, validate_batch};
 use crate::events::{delete_waits, publish, suspend};
-use crate::job::sql_limit;
-use crate::row::{checkpoint_from_row, parse, run_from_row, token_text};
+use crate::row::{checkpoint_from_row, parse, run_from_row, sql_limit, token_text};
 use crate::{SqliteStore, db_error};
 
 /// Rows per multi-row insert of checkpoints or waits (at most 7 parameters each).
@@ -78,10 +77,39 @@ pub(crate) async fn start_in(
     drive: NewJob,
     now: Timestamp,
 ) -> Result<Started> {
+    let stored = sqlx::query("SELECT name, input, drive_job FROM runs WHERE id = ?")
+        .bind(run.id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    if let Some(stored) = stored {
+        // The same start again is a retried call: it answers as the first did and changes
+        // nothing. Anything else under the run's ID is a reuse.
+        let name: String = stored.try_get("name").map_err(db_error)?;
+        let input: Vec<u8> = stored.try_get("input").map_err(db_error)?;
+        let drive_job: String = stored.try_get("drive_job").map_err(db_error)?;
+        if name == run.name && input == run.input && drive_job == drive.id.to_string() {
+            return Ok(Started::Created(run.id));
+        }
+        return Err(Error::new(ErrorKind::Conflict, format!("run {} already exists", run.id)));
+    }
     if let Some(key) = &run.idempotency_key
         && let Some(existing) = run_by_key(conn, &run.name, key).await?
     {
         return Ok(Started::Existing(existing));
+    }
+    // The enqueue below would take a stored drive job for a retried one: here it is another
+    // run's (this run is not stored), so a reuse.
+    let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM jobs WHERE id = ?")
+        .bind(drive.id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    if taken.is_some() {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("the drive job's ID {} is already taken", drive.id),
+        ));
     }
     let drive_job = drive.id;
     if let Some(Enqueued::Duplicate(holder)) = enqueue_batch(conn, vec![drive], now).await?.first()
@@ -209,12 +237,28 @@ async fn insert_run(
     Ok(())
 }
 
+/// The run job `id` drives, when that run has not ended.
+pub(crate) async fn live_run_driven_by(
+    conn: &mut SqliteConnection,
+    id: JobId,
+) -> Result<Option<RunId>> {
+    let run: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM runs WHERE drive_job = ? \
+         AND state NOT IN ('completed', 'failed', 'cancelled')",
+    )
+    .bind(id.to_string())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    run.map(|run| parse("run ID", &run)).transpose()
+}
+
 /// Ask run `id` to stop, inside the caller's transaction (see
 /// [`WorkflowStore::cancel_run`]): record `reason` unless a reason is already recorded, and make
 /// the run's drive job due now when it is available, so the drive sees the request. Returns the
 /// answer and the queues of the drive jobs it made due, to wake after the commit. The drive job's
 /// own `cancel_requested` flag is left alone.
-async fn request_cancel(
+pub(crate) async fn request_cancel(
     conn: &mut SqliteConnection,
     id: RunId,
     reason: &str,

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{
-    ClaimRequest, Clock as _, ErrorKind, EventId, EventWait, Failure, FailureKind, Finish,
-    FinishResult, JobState, JobStore, LeaseRef, ManualClock, NewCheckpoint, NewEvent, NewJob,
-    NewRun, Outcome, RunAt, RunEnd, RunId, RunState, Scope, Started, Suspend, SuspendOutcome,
-    UniqueKey, WaitResolution, Wakeup, WorkerId, WorkflowStore,
+    CancelResult, ClaimRequest, Clock as _, ErrorKind, EventId, EventWait, Failure, FailureKind,
+    Finish, FinishResult, JobState, JobStore, LeaseRef, ManualClock, NewCheckpoint, NewEvent,
+    NewJob, NewRun, Outcome, RunAt, RunEnd, RunId, RunState, Scope, Started, Suspend,
+    SuspendOutcome, UniqueKey, WaitResolution, Wakeup, WorkerId, WorkflowStore,
 };
 use dispatch_store_sqlite::SqliteStore;
 use futures::StreamExt as _;
@@ -183,18 +183,21 @@ async fn an_ended_run_stays_as_it_ended_when_its_drive_job_dies_later() {
 }
 
 #[tokio::test]
-async fn suspend_with_a_cancel_request_cancels_the_drive_job() {
+async fn suspend_after_a_cancel_of_the_drive_job_answers_cancel_requested() {
+    // A job-level cancel of a live run's drive job is the run's cancel: the suspend is refused
+    // and the drive job goes on unflagged, so the drive can wind the run down.
     let ctx = ctx().await;
     let run = ctx.start(Scope::default()).await;
     let lease = ctx.drive().await;
-    ctx.store.request_cancel(lease.job_id).await.unwrap();
+    let cancel = ctx.store.request_cancel(lease.job_id).await.unwrap();
+    assert_eq!(cancel, CancelResult::Requested);
     let until = ctx.clock.now() + secs(10);
     let outcome = ctx.store.suspend_run(lease, Suspend { run, until: Some(until), waits: vec![] });
-    assert_eq!(outcome.await.unwrap(), SuspendOutcome::Suspended { wake_at: until });
+    assert_eq!(outcome.await.unwrap(), SuspendOutcome::CancelRequested);
     let job = ctx.store.get_job(lease.job_id).await.unwrap().unwrap();
-    assert_eq!((job.state, job.lease, job.cancel_requested), (JobState::Cancelled, None, false));
-    let again = ctx.store.finish(&[Finish { lease, outcome: Outcome::Complete }]).await.unwrap();
-    assert_eq!(again, vec![FinishResult::AlreadyApplied]);
+    assert_eq!((job.state, job.cancel_requested), (JobState::Running, false));
+    let done = ctx.store.finish(&[Finish { lease, outcome: Outcome::Complete }]).await.unwrap();
+    assert!(matches!(done[0], FinishResult::Applied { state: JobState::Completed, .. }));
 }
 
 #[tokio::test]

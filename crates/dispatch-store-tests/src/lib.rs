@@ -128,6 +128,7 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         run_timeout_ends_a_sleeping_run,
         runs_stay_on_their_version,
         cancel_of_a_suspended_run_compensates_and_cascades,
+        cancel_through_the_drive_job_compensates,
         cancel_of_a_running_run_stops_at_a_step_boundary,
         replay_from_a_step_reruns_what_follows,
         migrate_a_failed_run_to_a_fixed_version,
@@ -171,6 +172,7 @@ pub fn all_tests() -> Vec<SuiteTest> {
         job::enqueue_rejects_invalid_options,
         job::enqueue_rejects_duplicate_ids,
         job::enqueue_empty_batch_is_empty,
+        job::enqueue_retry_answers_as_the_first_call,
         // claim
         job::claim_order_priority_then_fifo,
         job::claim_order_run_at_breaks_priority_ties,
@@ -275,6 +277,8 @@ pub fn all_tests() -> Vec<SuiteTest> {
         workflow::oversized_input_event_and_checkpoint_are_refused,
         workflow::keep_for_saturates,
         workflow::broadcast_lists_each_run_once,
+        workflow::start_retry_answers_as_the_first_call,
+        workflow::cancel_through_the_drive_job_cancels_the_run,
     ]
 }
 

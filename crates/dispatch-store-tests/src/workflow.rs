@@ -6,9 +6,9 @@
 use std::collections::HashSet;
 
 use dispatch_core::{
-    Checkpoint, ErrorKind, EventId, EventWait, FinishResult, JobState, LeaseRef, NewCheckpoint,
-    NewEvent, NewJob, NewRun, Outcome, PageRequest, RunCancel, RunEnd, RunFilter, RunId, RunState,
-    Scope, Started, Suspend, SuspendOutcome, Timestamp, WaitResolution,
+    CancelResult, Checkpoint, ErrorKind, EventId, EventWait, FinishResult, JobState, LeaseRef,
+    NewCheckpoint, NewEvent, NewJob, NewRun, Outcome, PageRequest, RunCancel, RunEnd, RunFilter,
+    RunId, RunState, Scope, Started, Suspend, SuspendOutcome, Timestamp, WaitResolution,
 };
 
 use dispatch_core::Clock as _;
@@ -657,4 +657,101 @@ pub async fn migrate_moves_a_run_to_another_version(ctx: TestContext) {
         ErrorKind::Conflict,
         "migrate_run",
     );
+}
+
+/// A retried start (the first committed, its answer was lost) answers as the first did:
+/// `Created`, with an idempotency key too, and nothing changes. The run ID with another name,
+/// input or drive job, or the drive job's ID under another run ID, is a reuse: `Conflict`.
+pub async fn start_retry_answers_as_the_first_call(ctx: TestContext) {
+    let (plain, plain_drive) = new_run("retried");
+    let (mut keyed, keyed_drive) = new_run("retried");
+    keyed.idempotency_key = Some("order-8".into());
+    for (run, drive) in [(&plain, &plain_drive), (&keyed, &keyed_drive)] {
+        let first = ctx.store.start_run(run.clone(), drive.clone()).await.expect("start_run");
+        assert_eq!(first, Started::Created(run.id), "first start");
+        let again = ctx.store.start_run(run.clone(), drive.clone()).await;
+        assert_eq!(again.expect("retried start_run"), Started::Created(run.id), "retried start");
+    }
+    let lease = ctx.drive(plain.id).await;
+    let (run_before, job_before) =
+        (ctx.store.get_run(plain.id).await.unwrap(), ctx.job(lease.job_id).await);
+    ctx.clock.advance(secs(5));
+    let again = ctx.store.start_run(plain.clone(), plain_drive.clone()).await;
+    assert_eq!(again.expect("start_run while driven"), Started::Created(plain.id));
+    assert_eq!(ctx.store.get_run(plain.id).await.unwrap(), run_before, "the run is untouched");
+    assert_eq!(ctx.job(lease.job_id).await, job_before, "the drive job is untouched");
+
+    let mut other_input = plain.clone();
+    other_input.input = b"{\"order\":8}".to_vec();
+    let mut other_name = plain.clone();
+    other_name.name = "renamed".into();
+    let (_, other_drive) = new_run("retried");
+    let (mut new_id, _) = new_run("retried");
+    new_id.input = plain.input.clone();
+    let reuses = [
+        (other_input, plain_drive.clone(), "another input"),
+        (other_name, plain_drive.clone(), "another name"),
+        (plain.clone(), other_drive.clone(), "another drive job"),
+        (new_id.clone(), plain_drive.clone(), "the drive job's ID under a new run"),
+    ];
+    for (run, drive, what) in reuses {
+        assert_kind(ctx.store.start_run(run, drive).await, ErrorKind::Conflict, what);
+    }
+    assert!(ctx.store.get_run(new_id.id).await.unwrap().is_none(), "no run stored");
+    assert!(ctx.store.get_job(other_drive.id).await.unwrap().is_none(), "no drive job stored");
+    let runs = ctx.store.list_runs(&RunFilter::default(), &PageRequest::first(10)).await.unwrap();
+    assert_eq!(runs.items.len(), 2, "only the two first starts stored runs");
+}
+
+/// A job-level cancel of a drive job whose run has not ended is the run's cancel: recorded on
+/// the run as `cancel_run` records it (the first reason wins), a waiting drive job due at once,
+/// and `Requested`; the drive job itself is neither cancelled nor flagged (a heartbeat reports
+/// no cancel; the drive learns of it when it suspends). Once the run has ended, its drive job is
+/// cancelled as any job.
+pub async fn cancel_through_the_drive_job_cancels_the_run(ctx: TestContext) {
+    let run = ctx.start("cancel-by-job").await;
+    let drive_job = ctx.store.get_run(run).await.unwrap().expect("run").drive_job;
+    let cancel = ctx.store.request_cancel(drive_job).await.expect("request_cancel");
+    assert_eq!(cancel, CancelResult::Requested, "a drive job's cancel is the run's request");
+    assert_eq!(
+        ctx.job(drive_job).await.state,
+        JobState::Available,
+        "the drive job is not cancelled"
+    );
+    let reason = ctx.store.get_run(run).await.unwrap().expect("run").cancel_requested;
+    assert!(reason.is_some(), "the run has the cancel request");
+    assert_eq!(ctx.store.cancel_run(run, "later").await.unwrap(), RunCancel::Requested);
+    let kept = ctx.store.get_run(run).await.unwrap().expect("run").cancel_requested;
+    assert_eq!(kept, reason, "the first reason wins");
+
+    let lease = ctx.drive(run).await;
+    let cancel = ctx.store.request_cancel(drive_job).await.expect("request_cancel");
+    assert_eq!(cancel, CancelResult::Requested);
+    let beat = ctx.store.heartbeat(&[lease], secs(30)).await.expect("heartbeat");
+    assert_eq!(beat.renewed, vec![drive_job]);
+    assert!(beat.cancel_requested.is_empty(), "no job-level cancel: {beat:?}");
+    assert!(!ctx.job(drive_job).await.cancel_requested, "no job-level cancel flag");
+    let outcome = ctx.wait_for(lease, run, "w", "never", "k").await;
+    assert_eq!(outcome, SuspendOutcome::CancelRequested, "the drive learns of it at its suspend");
+
+    // Ended: the drive job is any job again.
+    ctx.store.end_run(lease, run, RunEnd::Cancelled("stop".into())).await.unwrap();
+    let cancel = ctx.store.request_cancel(drive_job).await.expect("request_cancel");
+    assert_eq!(cancel, CancelResult::Requested);
+    let beat = ctx.store.heartbeat(&[lease], secs(30)).await.expect("heartbeat");
+    assert_eq!(beat.cancel_requested, vec![drive_job], "a job-level cancel once the run ended");
+
+    // A suspended run: its drive job is due at once.
+    let waiting = ctx.start("cancel-by-job").await;
+    let lease = ctx.drive(waiting).await;
+    let suspend =
+        Suspend { run: waiting, until: Some(ctx.clock.now() + secs(3600)), waits: vec![] };
+    ctx.store.suspend_run(lease, suspend).await.unwrap();
+    ctx.claim_none(DRIVE).await;
+    let cancel = ctx.store.request_cancel(lease.job_id).await.expect("request_cancel");
+    assert_eq!(cancel, CancelResult::Requested);
+    assert!(ctx.store.get_run(waiting).await.unwrap().expect("run").cancel_requested.is_some());
+    let again = ctx.drive(waiting).await;
+    let snapshot = ctx.store.load_run(again, waiting).await.unwrap();
+    assert!(snapshot.run.cancel_requested.is_some(), "the drive sees the request");
 }

@@ -2,10 +2,10 @@
 
 use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
 use dispatch_core::job::MAX_NAME_LEN;
-use dispatch_core::{ErrorKind, JobFilter, UniqueKey};
+use dispatch_core::{Enqueued, ErrorKind, JobFilter, JobState, UniqueKey};
 
 use crate::TestContext;
-use crate::support::{assert_kind, job};
+use crate::support::{assert_kind, job, secs};
 
 /// A payload one byte over the default limit fails with `PayloadTooLarge`; nothing is stored.
 pub async fn enqueue_rejects_oversized_payload(ctx: TestContext) {
@@ -101,4 +101,54 @@ pub async fn enqueue_empty_batch_is_empty(ctx: TestContext) {
     let results = ctx.store.enqueue(Vec::new()).await.expect("enqueue of nothing");
     assert!(results.is_empty(), "{results:?}");
     assert!(ctx.store.count_jobs().await.expect("count_jobs").is_empty());
+}
+
+/// A retried enqueue (the first call committed, its answer was lost) answers what the first call
+/// answered: a stored ID with the same name and payload is `Created` again and nothing changes,
+/// a unique-key duplicate is a duplicate of the same holder, and new items of the batch are
+/// stored. The same ID with another name or payload is a reuse: `Conflict`, nothing stored.
+pub async fn enqueue_retry_answers_as_the_first_call(ctx: TestContext) {
+    let plain = job("plain");
+    let mut keyed = job("keyed");
+    keyed.unique = Some(UniqueKey { key: "k".into(), window: None });
+    let mut dup = job("keyed");
+    dup.unique = keyed.unique.clone();
+    let batch = vec![plain.clone(), keyed.clone(), dup.clone()];
+    let first = ctx.store.enqueue(batch.clone()).await.expect("first enqueue");
+    let expected = vec![
+        Enqueued::Created(plain.id),
+        Enqueued::Created(keyed.id),
+        Enqueued::Duplicate(keyed.id),
+    ];
+    assert_eq!(first, expected, "first call");
+    ctx.claim_one("plain").await;
+    let running = ctx.job(plain.id).await;
+    ctx.clock.advance(secs(5));
+
+    let extra = job("extra");
+    let mut retry = batch.clone();
+    retry.push(extra.clone());
+    let again = ctx.store.enqueue(retry).await.expect("retried enqueue");
+    let mut expected_again = expected.clone();
+    expected_again.push(Enqueued::Created(extra.id));
+    assert_eq!(again, expected_again, "a retry answers as the first call, new items are stored");
+    assert_eq!(ctx.job(plain.id).await, running, "the retried job is untouched");
+    assert_eq!(ctx.job(extra.id).await.state, JobState::Available, "the new item is stored");
+    assert_eq!(ctx.list_all(&JobFilter::default()).await.len(), 3, "plain, keyed and extra");
+
+    let mut other_payload = plain.clone();
+    other_payload.payload = b"{\"other\":1}".to_vec();
+    let mut other_name = plain.clone();
+    other_name.name = "renamed".into();
+    for reuse in [other_payload, other_name] {
+        let bystander = job("bystander");
+        let bystander_id = bystander.id;
+        let result = ctx.store.enqueue(vec![bystander, reuse]).await;
+        assert_kind(result, ErrorKind::Conflict, "a reused ID");
+        assert_eq!(ctx.store.get_job(bystander_id).await.expect("get_job"), None, "nothing stored");
+    }
+    let twice = ctx.store.enqueue(vec![plain.clone(), plain.clone()]).await;
+    assert_kind(twice, ErrorKind::Conflict, "a stored ID twice in one batch");
+    assert_eq!(ctx.job(plain.id).await, running, "the stored job is untouched");
+    assert_eq!(ctx.list_all(&JobFilter::default()).await.len(), 3, "nothing more stored");
 }

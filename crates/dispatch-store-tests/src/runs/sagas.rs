@@ -296,6 +296,64 @@ pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore)
     .await;
 }
 
+/// A job-level cancel of a suspended run's drive job (`JobClient::cancel`) is the run's cancel:
+/// the run wakes, runs the compensation of its completed step once, cancels its child, and ends
+/// cancelled with the drive-job reason, instead of being left without a driver.
+pub async fn cancel_through_the_drive_job_compensates(store: DynStore) {
+    let undone = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let child = WorkflowDefinition::new("dozer", |wf: WorkflowContext, _: ()| async move {
+        wf.sleep(Duration::from_secs(600)).await?;
+        Ok(())
+    });
+    let parent = {
+        let (child, undone) = (child.clone(), undone.clone());
+        WorkflowDefinition::new("booker", move |wf: WorkflowContext, _: ()| {
+            let (child, undone) = (child.clone(), undone.clone());
+            async move {
+                wf.step_with_compensation(
+                    "book",
+                    || async { Ok::<_, StepError>(3u32) },
+                    move |_: u32| {
+                        let undone = undone.clone();
+                        async move {
+                            undone.fetch_add(1, Ordering::SeqCst);
+                            Ok(())
+                        }
+                    },
+                )
+                .await?;
+                wf.start_child(&child, &()).await?;
+                wf.sleep(Duration::from_secs(600)).await?;
+                Ok(())
+            }
+        })
+    };
+    let workflows = Workflows::new(store.clone());
+    let handle = worker(store.clone())
+        .register(workflows.register(&child))
+        .register(workflows.register(&parent))
+        .build()
+        .unwrap()
+        .start();
+    let run = workflows.start(&parent, &(), StartOptions::default()).await.unwrap();
+    wait_state(&workflows, run, RunState::Suspended).await;
+    let drive_job = workflows.get_run(run).await.unwrap().expect("the run").drive_job;
+    let cancel = dispatch_job::JobClient::new(store.clone()).cancel(drive_job).await.unwrap();
+    assert_eq!(cancel, dispatch_core::CancelResult::Requested, "the run's cancel is requested");
+    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
+    let ended = ended.expect_err("cancelled");
+    assert_eq!(ended.state, RunState::Cancelled);
+    assert_eq!(ended.error.as_deref(), Some(dispatch_core::DRIVE_JOB_CANCEL_REASON));
+    assert_eq!(undone.load(Ordering::SeqCst), 1, "the compensation ran once");
+    let filter = RunFilter { name: Some("dozer".into()), state: None };
+    let children = workflows.list_runs(&filter, &PageRequest::first(10)).await.unwrap().items;
+    assert_eq!(children.len(), 1);
+    let child_end = workflows.wait_for_output::<()>(children[0].id, Duration::from_secs(30)).await;
+    let child_end = child_end.unwrap().expect_err("the child is cancelled too");
+    assert_eq!(child_end.state, RunState::Cancelled);
+    handle.stop().await;
+}
+
 /// Cancel of a running run: it stops at a step boundary (it does not run all its steps) and
 /// ends cancelled.
 pub async fn cancel_of_a_running_run_stops_at_a_step_boundary(store: DynStore) {
