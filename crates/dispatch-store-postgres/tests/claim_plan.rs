@@ -26,9 +26,14 @@ const MAX_FILTERED: f64 = 100.0;
 const MAX_BUFFERS: f64 = 300.0;
 
 fn main() -> ExitCode {
-    support::run(vec![("a_claim_beside_a_crowded_queue_reads_only_its_batch", |url| {
-        Box::pin(a_claim_beside_a_crowded_queue_reads_only_its_batch(url))
-    })])
+    support::run(vec![
+        ("a_claim_beside_a_crowded_queue_reads_only_its_batch", |url| {
+            Box::pin(a_claim_beside_a_crowded_queue_reads_only_its_batch(url))
+        }),
+        ("a_claim_over_many_names_is_not_jit_compiled", |url| {
+            Box::pin(a_claim_over_many_names_is_not_jit_compiled(url))
+        }),
+    ])
 }
 
 async fn a_claim_beside_a_crowded_queue_reads_only_its_batch(url: String) {
@@ -58,6 +63,28 @@ async fn a_claim_beside_a_crowded_queue_reads_only_its_batch(url: String) {
     let claimed = store.claim(&request).await.expect("claim");
     assert_eq!(claimed.len(), DUE as usize);
     assert!(claimed.iter().all(|c| c.job.name == "crowded"));
+}
+
+/// The planner's estimates for the claim grow with its (queue, name) pairs and its batch; past
+/// `jit_above_cost` the server would compile every claim (hundreds of milliseconds each) unless
+/// the store's sessions turn JIT off.
+async fn a_claim_over_many_names_is_not_jit_compiled(url: String) {
+    let store = PostgresStore::builder(url.as_str())
+        .schema(support::fresh_schema())
+        .max_connections(1)
+        .build()
+        .await
+        .expect("store");
+    let request = ClaimRequest {
+        worker: WorkerId::new(),
+        queues: vec!["default".into(), "mail".into(), "reports".into()],
+        names: (0..300).map(|n| format!("job-{n}")).collect(),
+        limit: 256,
+        lease_ttl: Duration::from_secs(60),
+    };
+    let plan = store.explain_claim(&request).await.expect("explain");
+    let plans: Value = serde_json::from_str(&plan).expect("plan JSON");
+    assert!(plans[0].get("JIT").is_none(), "a claim was JIT-compiled: {plan}");
 }
 
 /// Fill the queue in one statement per crowd, as a bulk load would, with autovacuum off for the
