@@ -2,7 +2,11 @@
 //!
 //! `cargo xtask bench` runs this binary (release build) three times per scenario and reports
 //! medians; run it by hand as `dispatch-bench <scenario> --store memory [--jobs N]
-//! [--concurrency C] [--rate R] [--seconds S]`. It prints one JSON object.
+//! [--concurrency C] [--crowd N] [--rate R] [--seconds S]`. It prints one JSON object.
+//!
+//! Scenarios: `enqueue-single`, `enqueue-batch`, `drain`, `drain-crowded` (the drain with
+//! `--crowd` future jobs of the drained name and `--crowd` due jobs of another name in its queue
+//! first), `workflow`, `latency`.
 
 mod counting;
 mod scenario;

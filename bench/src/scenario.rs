@@ -1,4 +1,5 @@
-//! The scenarios: enqueue (single, batch), drain, open-loop latency.
+//! The scenarios: enqueue (single, batch), drain (alone, and beside a crowded queue), workflow,
+//! open-loop latency.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,6 +101,19 @@ pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measuremen
             drain(store, option(options, "jobs", 100_000)?, option(options, "concurrency", 256)?)
                 .await?
         }
+        "drain-crowded" => {
+            let crowd = option(options, "crowd", 100_000)?;
+            crowd_queue(&store, crowd).await?;
+            let mut m = drain(
+                store,
+                option(options, "jobs", 100_000)?,
+                option(options, "concurrency", 256)?,
+            )
+            .await?;
+            m.scenario =
+                format!("{}-crowd{crowd}", m.scenario.replacen("drain", "drain-crowded", 1));
+            m
+        }
         "workflow" => {
             workflow(store, option(options, "runs", 1000)?, option(options, "steps", 10)?).await?
         }
@@ -112,7 +126,7 @@ pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measuremen
     };
     m.store = store_name;
     if let Some(schema) = schema {
-        if scenario == "drain" {
+        if scenario.starts_with("drain") {
             m.dead_tuples = dead_tuples(&schema).await?;
         }
         drop_schema(&schema).await?;
@@ -173,6 +187,21 @@ async fn drain(store: DynStore, jobs: usize, concurrency: usize) -> anyhow::Resu
     );
     let scenario = format!("drain-c{concurrency}");
     Ok(Measurement { scenario, jobs_per_sec, ..Default::default() })
+}
+
+/// Crowd the drained queue ("default") before a drain: `crowd` jobs of the drained name
+/// scheduled a day ahead (as suspended workflow drive jobs and snoozed jobs wait), and `crowd` due
+/// jobs of a name no worker runs. Neither may slow the drain: a claim must cost O(batch),
+/// whatever else its queue holds.
+async fn crowd_queue(store: &DynStore, crowd: usize) -> anyhow::Result<()> {
+    let client = JobClient::new(store.clone());
+    let future = EnqueueOptions::new().delay(Duration::from_secs(86_400));
+    let unhandled = JobDefinition::new("unhandled", |_ctx: JobContext, _: u64| async { Ok(()) });
+    for chunk in (0..crowd as u64).collect::<Vec<_>>().chunks(1000) {
+        client.enqueue_many(&noop(), chunk.iter().copied(), future.clone()).await?;
+        client.enqueue_many(&unhandled, chunk.iter().copied(), EnqueueOptions::new()).await?;
+    }
+    Ok(())
 }
 
 async fn latency(

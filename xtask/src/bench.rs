@@ -20,12 +20,17 @@ fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
     };
     let (drain_jobs, batch_jobs, single_jobs, seconds) =
         if quick { ("10000", "20000", "2000", "1") } else { ("100000", "200000", "20000", "5") };
+    // Jobs of each kind that crowd the queue of `drain-crowded` (twice this many in all).
+    let crowd = if quick { "10000" } else { "100000" };
     let mut list: Vec<Vec<&str>> = vec![
         vec!["enqueue-single", "--jobs", single_jobs],
         vec!["enqueue-batch", "--jobs", batch_jobs, "--batch", "1000"],
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "1"],
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "16"],
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "256"],
+        // The drain beside a crowded queue must stay close to the plain drain.
+        vec!["drain-crowded", "--jobs", drain_jobs, "--concurrency", "16", "--crowd", crowd],
+        vec!["drain-crowded", "--jobs", drain_jobs, "--concurrency", "256", "--crowd", crowd],
     ];
     list.push(vec!["workflow", "--runs", if quick { "200" } else { "1000" }, "--steps", "10"]);
     for rate in rates {

@@ -12,6 +12,7 @@ use dispatch_core::{
     LeaseRef, NewJob, Outcome, Page, PageRequest, QueueCount, RescueReport, Result, WakeupStream,
 };
 use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use crate::row::{get, job_from_row, micros, run_at_parts, sql_limit, state};
@@ -309,6 +310,38 @@ impl JobStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// How PostgreSQL runs a claim of `request` on the data as it is: the claim statement under
+    /// `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`, as the JSON document PostgreSQL returns.
+    ///
+    /// The statement really runs, in a transaction that is then rolled back: nothing is claimed,
+    /// but the rows it would take stay locked (other claims skip them) until it ends. For
+    /// diagnosing slow claims on real data, and for the tests that pin what a claim reads.
+    pub async fn explain_claim(&self, request: &ClaimRequest) -> Result<String> {
+        self.timed("explain_claim", async {
+            let sql = format!(
+                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
+                self.shared.sql.claim.as_str()
+            );
+            let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
+            // Safe: the store's own claim statement behind a fixed prefix; values are bound.
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(self.now_param())
+                .bind(&request.queues)
+                .bind(&request.names)
+                .bind(sql_limit(request.limit))
+                .bind(request.worker.to_string())
+                .bind(micros(request.lease_ttl))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            // The plan is `json`, whose binary form is its text.
+            let plan: String = row.try_get_unchecked(0).map_err(db_error)?;
+            tx.rollback().await.map_err(db_error)?;
+            Ok(plan)
+        })
+        .await
+    }
+
     /// The token of the last finish applied to each of `jobs`, read after the finish statement
     /// (so a concurrent finish that won is seen).
     async fn last_finish(&self, jobs: &[Uuid]) -> Result<HashMap<Uuid, Option<Uuid>>> {

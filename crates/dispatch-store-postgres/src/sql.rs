@@ -98,14 +98,33 @@ const HOLDERS: &str = "SELECT DISTINCT ON (k.name, k.key) k.name, k.key, h.id \
      ORDER BY k.name, k.key, h.seq DESC";
 
 /// Claim up to `$4` due jobs of queues `$2` and names `$3` for owner `$5`, leased for `$6` µs.
-/// One index scan per queue (in claim order, skipping rows other claims hold), then the best
-/// `$4` of them.
-const CLAIM: &str = "WITH t AS (SELECT {now} AS now), \
-     picked AS (SELECT c.id FROM (SELECT DISTINCT q FROM unnest($2::text[]) AS u(q)) qs \
+///
+/// The claim index `(queue, name, priority DESC, run_at, seq)` is searched per (queue, name)
+/// pair, so jobs of names the caller does not run cost nothing. `levels` finds a pair's priority
+/// levels by a skip scan, one index probe per level, lowest first: each probe reads the index
+/// backwards and lands on the last entries of a level (its latest run-ats), never on the rows
+/// earlier claims left dead at the front. Each level's due jobs are then read as one index range,
+/// `run_at <= now` in claim order, locking as it goes and skipping rows other claims hold; the
+/// range ends at the first job not yet due, so future jobs are never read. The best `$4` of them
+/// are claimed. A claim reads O(pairs × levels × `$4`) index entries, whatever else the queue
+/// holds; a level whose jobs the batch does not reach may have had up to `$4` rows locked until
+/// the statement ends (queues rarely use more than a few levels at once).
+const CLAIM: &str = "WITH RECURSIVE t AS (SELECT {now} AS now), \
+     pairs AS (SELECT DISTINCT u.q, v.n FROM unnest($2::text[]) AS u(q) \
+       CROSS JOIN unnest($3::text[]) AS v(n)), \
+     levels AS (SELECT p.q, p.n, f.priority FROM pairs p \
+         CROSS JOIN LATERAL (SELECT j.priority FROM {s}.jobs j WHERE j.state = 'available' \
+           AND j.queue = p.q AND j.name = p.n ORDER BY j.priority LIMIT 1) f \
+       UNION ALL \
+       SELECT l.q, l.n, f.priority FROM levels l \
+         CROSS JOIN LATERAL (SELECT j.priority FROM {s}.jobs j WHERE j.state = 'available' \
+           AND j.queue = l.q AND j.name = l.n AND j.priority > l.priority \
+           ORDER BY j.priority LIMIT 1) f), \
+     picked AS (SELECT c.id FROM levels l \
        CROSS JOIN LATERAL (SELECT j.id, j.priority, j.run_at, j.seq FROM {s}.jobs j \
-         WHERE j.state = 'available' AND j.queue = qs.q AND j.name = ANY($3::text[]) \
-         AND j.run_at <= (SELECT now FROM t) \
-         ORDER BY j.priority DESC, j.run_at, j.seq LIMIT $4 FOR UPDATE SKIP LOCKED) c \
+         WHERE j.state = 'available' AND j.queue = l.q AND j.name = l.n \
+         AND j.priority = l.priority AND j.run_at <= (SELECT now FROM t) \
+         ORDER BY j.run_at, j.seq LIMIT $4 FOR UPDATE SKIP LOCKED) c \
        ORDER BY c.priority DESC, c.run_at, c.seq LIMIT $4) \
      UPDATE {s}.jobs j SET state = 'running', attempt = j.attempt + 1, lease_owner = $5, \
        lease_token = gen_random_uuid(), lease_expires = {sat(t.now, $6)}, \

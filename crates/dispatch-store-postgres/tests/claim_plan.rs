@@ -1,0 +1,139 @@
+//! What a claim reads: O(its batch), whatever else its queue holds. A queue crowded with jobs
+//! that are not due (suspended workflow drives, snoozes, retries) or that belong to names the
+//! worker does not run must not make each claim walk them, since every NOTIFY makes every idle
+//! worker claim. Checked on the claim's own plan (`PostgresStore::explain_claim`), on a table
+//! that was never analyzed (the planner's worst guesses) and again after `ANALYZE`. Needs the
+//! test server (see `support`).
+
+mod support;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use dispatch_core::{ClaimRequest, JobStore, WorkerId};
+use dispatch_store_postgres::PostgresStore;
+use serde_json::Value;
+
+/// Jobs of each crowd: due jobs of another name, and future jobs of the claimed name.
+const CROWD: i64 = 100_000;
+/// Due jobs of the claimed name: fewer than the claim's limit, so the claim is a short one.
+const DUE: i64 = 5;
+/// The claim's limit.
+const LIMIT: usize = 16;
+/// Rows any plan node may read and throw away (the crowd is 2,000 times as many).
+const MAX_FILTERED: f64 = 100.0;
+/// Shared buffers a claim may touch (reading the crowd touches thousands).
+const MAX_BUFFERS: f64 = 300.0;
+
+fn main() -> ExitCode {
+    support::run(vec![
+        ("a_claim_beside_a_crowded_queue_reads_only_its_batch", |url| {
+            Box::pin(a_claim_beside_a_crowded_queue_reads_only_its_batch(url))
+        }),
+        ("a_claim_over_many_names_is_not_jit_compiled", |url| {
+            Box::pin(a_claim_over_many_names_is_not_jit_compiled(url))
+        }),
+    ])
+}
+
+async fn a_claim_beside_a_crowded_queue_reads_only_its_batch(url: String) {
+    let schema = support::fresh_schema();
+    let store = PostgresStore::builder(url.as_str())
+        .schema(schema.clone())
+        .max_connections(2)
+        .call_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .expect("store");
+    crowd(&store, &schema).await;
+    let request = ClaimRequest {
+        worker: WorkerId::new(),
+        queues: vec!["default".into()],
+        names: vec!["crowded".into()],
+        limit: LIMIT,
+        lease_ttl: Duration::from_secs(60),
+    };
+
+    check_plan(&store.explain_claim(&request).await.expect("explain"), "never analyzed");
+    let analyze = format!("ANALYZE \"{schema}\".jobs");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(analyze)).execute(store.pool()).await.expect("analyze");
+    check_plan(&store.explain_claim(&request).await.expect("explain"), "analyzed");
+
+    // The plan was explained, not run: the due jobs are all still there to claim.
+    let claimed = store.claim(&request).await.expect("claim");
+    assert_eq!(claimed.len(), DUE as usize);
+    assert!(claimed.iter().all(|c| c.job.name == "crowded"));
+}
+
+/// The planner's estimates for the claim grow with its (queue, name) pairs and its batch; past
+/// `jit_above_cost` the server would compile every claim (hundreds of milliseconds each) unless
+/// the store's sessions turn JIT off.
+async fn a_claim_over_many_names_is_not_jit_compiled(url: String) {
+    let store = PostgresStore::builder(url.as_str())
+        .schema(support::fresh_schema())
+        .max_connections(1)
+        .build()
+        .await
+        .expect("store");
+    let request = ClaimRequest {
+        worker: WorkerId::new(),
+        queues: vec!["default".into(), "mail".into(), "reports".into()],
+        names: (0..300).map(|n| format!("job-{n}")).collect(),
+        limit: 256,
+        lease_ttl: Duration::from_secs(60),
+    };
+    let plan = store.explain_claim(&request).await.expect("explain");
+    let plans: Value = serde_json::from_str(&plan).expect("plan JSON");
+    assert!(plans[0].get("JIT").is_none(), "a claim was JIT-compiled: {plan}");
+}
+
+/// Fill the queue in one statement per crowd, as a bulk load would, with autovacuum off for the
+/// table so it stays never analyzed until the test says so.
+async fn crowd(store: &PostgresStore, schema: &str) {
+    let sql = format!(
+        "ALTER TABLE \"{schema}\".jobs SET (autovacuum_enabled = false); \
+         INSERT INTO \"{schema}\".jobs (id, name, queue, payload, priority, state, attempt, \
+           max_attempts, run_at, created_at) \
+         SELECT gen_random_uuid(), c.name, 'default', '\\x', 0, 'available', 0, 3, \
+           (extract(epoch from now()) * 1000000)::bigint + c.offset_us, \
+           (extract(epoch from now()) * 1000000)::bigint \
+         FROM (VALUES ('crowded', 86400000000, {CROWD}), ('unhandled', -1000000, {CROWD}), \
+           ('crowded', -1000000, {DUE})) AS c(name, offset_us, n) \
+         CROSS JOIN LATERAL generate_series(1, c.n) AS g"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(store.pool()).await.expect("crowd");
+}
+
+/// Assert that the claim's plan read O(limit) rows: no node threw many away, and the statement
+/// touched few buffers.
+fn check_plan(json: &str, table: &str) {
+    let plans: Value = serde_json::from_str(json).expect("plan JSON");
+    let root = &plans[0]["Plan"];
+    let mut nodes = Vec::new();
+    collect(root, &mut nodes);
+    for node in &nodes {
+        let filtered = node["Rows Removed by Filter"].as_f64().unwrap_or(0.0)
+            + node["Rows Removed by Index Recheck"].as_f64().unwrap_or(0.0);
+        assert!(
+            filtered <= MAX_FILTERED,
+            "{table}: a claim node threw away {filtered} rows, it reads the queue and not its \
+             batch: {node}"
+        );
+    }
+    let buffers = ["Shared Hit Blocks", "Shared Read Blocks"]
+        .iter()
+        .map(|key| root[*key].as_f64().unwrap_or(0.0))
+        .sum::<f64>();
+    assert!(
+        buffers <= MAX_BUFFERS,
+        "{table}: a claim touched {buffers} buffers, it reads the queue and not its batch: {json}"
+    );
+}
+
+/// `node` and every node under it.
+fn collect<'a>(node: &'a Value, out: &mut Vec<&'a Value>) {
+    out.push(node);
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        collect(child, out);
+    }
+}
