@@ -17,7 +17,8 @@ use crate::error::{Error, Result};
 use crate::id::{DlqId, JobId, RunId};
 use crate::job::{
     CancelResult, Capabilities, ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult,
-    HeartbeatReport, Job, JobFilter, JobStore, LeaseRef, NewJob, QueueCount, RescueReport,
+    HeartbeatReport, Job, JobFilter, JobStore, LeaseRef, LeaseToken, NewJob, QueueCount,
+    RescueReport,
 };
 use crate::page::{Page, PageRequest};
 use crate::store::DynStore;
@@ -39,6 +40,8 @@ pub enum CallKind {
     Finish,
     /// [`JobStore::heartbeat`].
     Heartbeat,
+    /// [`JobStore::release_claim`].
+    ReleaseClaim,
     /// [`JobStore::request_cancel`].
     RequestCancel,
     /// [`JobStore::rescue_expired`].
@@ -176,6 +179,10 @@ impl<I: Interceptor> JobStore for Intercepted<I> {
     async fn release(&self, leases: &[LeaseRef]) -> Result<Vec<FinishResult>> {
         let call = Call::new(CallKind::Finish, leases.len());
         self.around(call, self.inner.release(leases), |results| Reply::Finished(results)).await
+    }
+    async fn release_claim(&self, token: LeaseToken) -> Result<usize> {
+        let call = Call::one(CallKind::ReleaseClaim);
+        self.around(call, self.inner.release_claim(token), done).await
     }
     async fn heartbeat(&self, leases: &[LeaseRef], ttl: Duration) -> Result<HeartbeatReport> {
         let call = Call::new(CallKind::Heartbeat, leases.len());

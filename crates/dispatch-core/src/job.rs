@@ -394,6 +394,11 @@ pub struct ClaimRequest {
     pub limit: usize,
     /// How long each lease lasts before it needs a heartbeat.
     pub lease_ttl: Duration,
+    /// The token every lease this claim writes carries. The claiming worker makes it, fresh per
+    /// call, so that when the claim's answer is lost (a timeout, a dropped connection after the
+    /// commit) it can still give the leases back with [`JobStore::release_claim`]: no lease is
+    /// left that nobody holds.
+    pub token: LeaseToken,
 }
 
 /// A job just claimed, with the lease the worker now holds.
@@ -589,8 +594,8 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Claim up to `limit` available jobs whose run-at has come, from `queues`, of `names`:
     /// highest priority first, then earliest run-at, then enqueue order. Each claimed job becomes
-    /// running under a fresh lease and spends one attempt. No job is returned to two claims while
-    /// its lease is live.
+    /// running under a lease with the request's token and spends one attempt. No job is
+    /// returned to two claims while its lease is live.
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>>;
 
     /// End attempts. Each item applies only while its token holds the job's lease; one result
@@ -640,6 +645,34 @@ pub trait JobStore: Send + Sync + 'static {
         let finishes: Vec<Finish> =
             leases.iter().map(|&lease| Finish { lease, outcome: Outcome::Release }).collect();
         self.finish(&finishes).await
+    }
+
+    /// Give back every lease a claim with `token` wrote, as [`release`](Self::release) does
+    /// (available at once, attempt returned): for a claim whose answer the worker never
+    /// received. Answers how many were released; 0 when the claim wrote nothing or its leases
+    /// have ended since. The default finds the leases by listing running jobs (one page of
+    /// [`list_jobs`](Self::list_jobs) per 1,000); a store may answer it in one statement.
+    async fn release_claim(&self, token: LeaseToken) -> Result<usize> {
+        let filter = JobFilter { state: Some(JobState::Running), ..JobFilter::default() };
+        let mut page = PageRequest::first(1000);
+        let mut leases = Vec::new();
+        loop {
+            let found = self.list_jobs(&filter, &page).await?;
+            leases.extend(found.items.iter().filter_map(|job| {
+                job.lease
+                    .filter(|lease| lease.token == token)
+                    .map(|_| LeaseRef { job_id: job.id, token })
+            }));
+            match PageRequest::next_of(&found, 1000) {
+                Some(next) => page = next,
+                None => break,
+            }
+        }
+        if leases.is_empty() {
+            return Ok(0);
+        }
+        let results = self.release(&leases).await?;
+        Ok(results.iter().filter(|r| matches!(r, FinishResult::Applied { .. })).count())
     }
 
     /// How long until the next available job of `queues` and `names` is due, by the store's

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use dispatch_core::{
     AttemptError, CancelResult, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error,
     ErrorKind, Failure, FailureKind, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId,
-    JobState, JobStore, Lease, LeaseRef, LeaseToken, NewJob, Outcome, Page, PageRequest,
-    QueueCount, RescueReport, Result, Timestamp,
+    JobState, JobStore, Lease, LeaseRef, NewJob, Outcome, Page, PageRequest, QueueCount,
+    RescueReport, Result, Timestamp,
 };
 
 use crate::{MemoryStore, Row, State};
@@ -246,7 +246,7 @@ impl State {
     ) -> Option<ClaimedJob> {
         self.unindex(id);
         let row = self.jobs.get_mut(&id)?;
-        let lease = Lease { owner: request.worker, token: LeaseToken::new(), expires_at };
+        let lease = Lease { owner: request.worker, token: request.token, expires_at };
         row.job.state = JobState::Running;
         row.job.attempt = row.job.attempt.saturating_add(1);
         row.job.lease = Some(lease);
@@ -371,7 +371,7 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    use dispatch_core::{Clock, ErrorKind, RunAt, UniqueKey};
+    use dispatch_core::{Clock, ErrorKind, LeaseToken, RunAt, UniqueKey};
 
     use super::*;
     use crate::testing::{TTL, claim, claim_one, enqueue, finish, job, lease, request, store};

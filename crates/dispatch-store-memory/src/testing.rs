@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{
-    ClaimRequest, ClaimedJob, Finish, FinishResult, JobId, JobStore, LeaseRef, ManualClock, NewJob,
-    Outcome, WorkerId,
+    ClaimRequest, ClaimedJob, Finish, FinishResult, JobId, JobStore, LeaseRef, LeaseToken,
+    ManualClock, NewJob, Outcome, WorkerId,
 };
 
 use crate::MemoryStore;
@@ -34,6 +34,7 @@ pub(crate) fn request(names: &[&str], limit: usize) -> ClaimRequest {
         names: names.iter().map(|&n| n.to_owned()).collect(),
         limit,
         lease_ttl: TTL,
+        token: LeaseToken::new(),
     }
 }
 

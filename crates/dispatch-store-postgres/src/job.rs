@@ -88,6 +88,7 @@ impl JobStore for PostgresStore {
                 .bind(sql_limit(request.limit))
                 .bind(request.worker.to_string())
                 .bind(micros(request.lease_ttl))
+                .bind(request.token.uuid())
                 .fetch_all(&self.shared.pool)
                 .await
                 .map_err(db_error)?;
@@ -331,6 +332,7 @@ impl PostgresStore {
                 .bind(sql_limit(request.limit))
                 .bind(request.worker.to_string())
                 .bind(micros(request.lease_ttl))
+                .bind(request.token.uuid())
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(db_error)?;

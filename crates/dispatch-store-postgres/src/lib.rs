@@ -241,13 +241,19 @@ impl PostgresStoreBuilder {
     /// spend hundreds of milliseconds compiling (measured: 350 ms for 3 queues x 300 names).
     /// A `SET` after login rather than a startup option, which poolers may refuse.
     fn pool(&self, options: &PgConnectOptions) -> PgPool {
+        let server_ms = server_timeout(self.call_timeout).as_millis().max(1);
         PgPoolOptions::new()
             .max_connections(self.max_connections)
             .acquire_timeout(self.call_timeout.mul_f64(0.9))
             .test_before_acquire(false)
-            .after_connect(|conn, _meta| {
+            .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     sqlx::query("SET jit = off").execute(&mut *conn).await?;
+                    // Safe: a number of milliseconds, formatted here.
+                    let bound = format!(
+                        "SET statement_timeout = {server_ms}; SET lock_timeout = {server_ms}"
+                    );
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(bound)).execute(&mut *conn).await?;
                     Ok(())
                 })
             })
@@ -261,6 +267,16 @@ impl PostgresStoreBuilder {
             })
             .connect_lazy_with(options.clone())
     }
+}
+
+/// The server-side bound of every statement on the store's sessions (`statement_timeout` and
+/// `lock_timeout`): a tenth below the call timeout, at least 50 ms below it. A statement the
+/// caller gave up on (a claim stuck behind another session's lock) is then cancelled by the
+/// server before the caller stops waiting, instead of committing after it: no lease nobody
+/// holds. The call timeout is set on the builder only, so the two can not cross.
+fn server_timeout(call_timeout: Duration) -> Duration {
+    let margin = (call_timeout / 10).max(Duration::from_millis(50));
+    call_timeout.saturating_sub(margin).max(Duration::from_millis(1))
 }
 
 /// The connect options of a `postgres://` or `postgresql://` URL.
@@ -303,13 +319,6 @@ impl PostgresStore {
     /// Reject payloads larger than `bytes` (default 1 MiB).
     pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
         self.max_payload_bytes = bytes;
-        self
-    }
-
-    /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]). Waiting
-    /// for a free pooled connection keeps the limit given to the builder.
-    pub fn call_timeout(mut self, timeout: Duration) -> Self {
-        self.call_timeout = timeout;
         self
     }
 

@@ -97,7 +97,8 @@ const HOLDERS: &str = "SELECT DISTINCT ON (k.name, k.key) k.name, k.key, h.id \
        AND (h.state IN ('available', 'running') OR h.unique_until > {now}) \
      ORDER BY k.name, k.key, h.seq DESC";
 
-/// Claim up to `$4` due jobs of queues `$2` and names `$3` for owner `$5`, leased for `$6` µs.
+/// Claim up to `$4` due jobs of queues `$2` and names `$3` for owner `$5`, leased for `$6` µs,
+/// every lease under the caller's token `$7` (so a claim whose answer was lost can be released).
 ///
 /// The claim index `(queue, name, priority DESC, run_at, seq)` is searched per (queue, name)
 /// pair, so jobs of names the caller does not run cost nothing. `levels` finds a pair's priority
@@ -127,7 +128,7 @@ const CLAIM: &str = "WITH RECURSIVE t AS (SELECT {now} AS now), \
          ORDER BY j.run_at, j.seq LIMIT $4 FOR UPDATE SKIP LOCKED) c \
        ORDER BY c.priority DESC, c.run_at, c.seq LIMIT $4) \
      UPDATE {s}.jobs j SET state = 'running', attempt = j.attempt + 1, lease_owner = $5, \
-       lease_token = gen_random_uuid(), lease_expires = {sat(t.now, $6)}, \
+       lease_token = $7, lease_expires = {sat(t.now, $6)}, \
        cancel_requested = false \
      FROM picked, t WHERE j.id = picked.id \
      RETURNING {job_columns}";

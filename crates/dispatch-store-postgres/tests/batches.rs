@@ -40,6 +40,7 @@ async fn claim(store: &PostgresStore, limit: usize) -> Vec<ClaimedJob> {
         names: vec!["twice".into()],
         limit,
         lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
     };
     store.claim(&request).await.expect("claim")
 }

@@ -10,7 +10,7 @@ mod support;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dispatch_core::{ClaimRequest, JobStore, WorkerId};
+use dispatch_core::{ClaimRequest, JobStore, LeaseToken, WorkerId};
 use dispatch_store_postgres::PostgresStore;
 use serde_json::Value;
 
@@ -52,6 +52,7 @@ async fn a_claim_beside_a_crowded_queue_reads_only_its_batch(url: String) {
         names: vec!["crowded".into()],
         limit: LIMIT,
         lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
     };
 
     check_plan(&store.explain_claim(&request).await.expect("explain"), "never analyzed");
@@ -81,6 +82,7 @@ async fn a_claim_over_many_names_is_not_jit_compiled(url: String) {
         names: (0..300).map(|n| format!("job-{n}")).collect(),
         limit: 256,
         lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
     };
     let plan = store.explain_claim(&request).await.expect("explain");
     let plans: Value = serde_json::from_str(&plan).expect("plan JSON");

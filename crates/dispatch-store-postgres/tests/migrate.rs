@@ -103,10 +103,10 @@ async fn a_call_waiting_past_its_timeout_fails_with_timeout(url: String) {
     let schema = support::fresh_schema();
     let store = PostgresStore::builder(&url)
         .schema(&schema)
+        .call_timeout(Duration::from_millis(300))
         .build()
         .await
-        .expect("store")
-        .call_timeout(Duration::from_millis(300));
+        .expect("store");
     // Another session holds the jobs table.
     let mut other = PgConnection::connect(&url).await.expect("connect");
     let mut tx = other.begin().await.expect("begin");

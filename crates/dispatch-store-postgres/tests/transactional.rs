@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dispatch_core::{
-    ClaimRequest, JobId, JobState, JobStore, NewJob, NewRun, PageRequest, RunFilter, RunId, Scope,
-    Started, WorkerId, WorkflowStore,
+    ClaimRequest, JobId, JobState, JobStore, LeaseToken, NewJob, NewRun, PageRequest, RunFilter,
+    RunId, Scope, Started, WorkerId, WorkflowStore,
 };
 use dispatch_store_postgres::PostgresStore;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
@@ -94,6 +94,7 @@ fn claim_all() -> ClaimRequest {
         names: vec!["ship_order".into()],
         limit: 100,
         lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
     }
 }
 

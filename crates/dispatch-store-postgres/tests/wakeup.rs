@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use dispatch_core::{
-    ClaimRequest, DlqStore, Failure, FailureKind, Finish, FinishResult, JobStore, LeaseRef, NewJob,
-    Outcome, Wakeup, WakeupStream, WorkerId,
+    ClaimRequest, DlqStore, Failure, FailureKind, Finish, FinishResult, JobStore, LeaseRef,
+    LeaseToken, NewJob, Outcome, Wakeup, WakeupStream, WorkerId,
 };
 use dispatch_store_postgres::PostgresStore;
 use futures::StreamExt;
@@ -123,6 +123,7 @@ async fn replay_and_release_wake_subscribers(url: String) {
         names: vec!["fragile".into()],
         limit: 2,
         lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
     };
     let claimed = other.claim(&claim).await.expect("claim");
     assert_eq!(claimed.len(), 2);

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{
-    ClaimRequest, Clock, EventId, EventWait, JobId, JobStore, LeaseRef, ManualClock, NewEvent,
-    NewJob, NewRun, PageRequest, Published, RunCancel, RunEnd, RunFilter, RunId, Scope, Started,
-    Suspend, SuspendOutcome, SystemClock, Timestamp, WaitResolution, WorkerId, WorkflowStore,
+    ClaimRequest, Clock, EventId, EventWait, JobId, JobStore, LeaseRef, LeaseToken, ManualClock,
+    NewEvent, NewJob, NewRun, PageRequest, Published, RunCancel, RunEnd, RunFilter, RunId, Scope,
+    Started, Suspend, SuspendOutcome, SystemClock, Timestamp, WaitResolution, WorkerId,
+    WorkflowStore,
 };
 use dispatch_store_postgres::PostgresStore;
 use sqlx::AssertSqlSafe;
@@ -111,6 +112,7 @@ async fn claim(store: &PostgresStore, queue: &str, limit: usize) -> Vec<LeaseRef
         names: vec![DRIVE.into()],
         limit,
         lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
     };
     let claimed = store.claim(&request).await.expect("claim");
     claimed.iter().map(|c| LeaseRef { job_id: c.job.id, token: c.lease.token }).collect()

@@ -57,15 +57,16 @@ impl JobStore for SqliteStore {
         self.write("claim", move |conn| {
             Box::pin(async move {
                 let expires_at = now + request.lease_ttl;
-                // One statement claims the batch; each row gets its own random token.
+                // One statement claims the batch, every lease under the request's token.
                 let sql = format!(
                     "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
-                     lease_token = lower(hex(randomblob(16))), lease_expires = ?, \
+                     lease_token = ?, lease_expires = ?, \
                      cancel_requested = 0 WHERE seq IN ({candidates}) RETURNING *"
                 );
                 // Safe: the text holds only fixed SQL and placeholders; values are bound.
                 let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(request.worker.to_string())
+                    .bind(token_text(request.token))
                     .bind(expires_at.as_unix_micros());
                 for (queue, name) in &pairs {
                     query = query

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use dispatch_core::{
-    ClaimRequest, Finish, FinishResult, JobState, JobStore, LeaseRef, NewJob, Outcome, WorkerId,
-    job::DEFAULT_QUEUE,
+    ClaimRequest, Finish, FinishResult, JobState, JobStore, LeaseRef, LeaseToken, NewJob, Outcome,
+    WorkerId, job::DEFAULT_QUEUE,
 };
 use dispatch_store_sqlite::SqliteStore;
 use sqlx::sqlite::SqliteConnectOptions;
@@ -30,6 +30,7 @@ async fn writes_blocked_past_the_busy_timeout_fail_transiently() {
         names: vec!["a".into()],
         limit: 1,
         lease_ttl: Duration::from_secs(30),
+        token: LeaseToken::new(),
     };
     let claimed = store.claim(&request).await.expect("claim");
     let lease = LeaseRef { job_id: claimed[0].job.id, token: claimed[0].lease.token };

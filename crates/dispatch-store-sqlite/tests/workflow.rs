@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use dispatch_core::{
     CancelResult, ClaimRequest, Clock as _, ErrorKind, EventId, EventWait, Failure, FailureKind,
-    Finish, FinishResult, JobState, JobStore, LeaseRef, ManualClock, NewCheckpoint, NewEvent,
-    NewJob, NewRun, Outcome, RunAt, RunEnd, RunId, RunState, Scope, Started, Suspend,
+    Finish, FinishResult, JobState, JobStore, LeaseRef, LeaseToken, ManualClock, NewCheckpoint,
+    NewEvent, NewJob, NewRun, Outcome, RunAt, RunEnd, RunId, RunState, Scope, Started, Suspend,
     SuspendOutcome, UniqueKey, WaitResolution, Wakeup, WorkerId, WorkflowStore,
 };
 use dispatch_store_sqlite::SqliteStore;
@@ -77,6 +77,7 @@ impl Ctx {
             names: vec![DRIVE.into()],
             limit: 10,
             lease_ttl: secs(30),
+            token: LeaseToken::new(),
         };
         let claimed = self.store.claim(&request).await.expect("claim");
         assert_eq!(claimed.len(), 1, "one drive job due");
@@ -300,6 +301,7 @@ async fn a_start_and_a_delivery_wake_the_drive_queue() {
         names: vec![DRIVE.into()],
         limit: 1,
         lease_ttl: secs(30),
+        token: LeaseToken::new(),
     };
     let claimed = ctx.store.claim(&request).await.unwrap();
     let lease = LeaseRef { job_id: claimed[0].job.id, token: claimed[0].lease.token };

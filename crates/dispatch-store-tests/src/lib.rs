@@ -107,6 +107,7 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         slow_finish_replies_never_run_a_job_twice,
         ambiguous_finishes_never_run_a_job_twice,
         outage_shorter_than_the_lease_loses_no_finish,
+        lost_claim_answers_cost_no_attempt,
     ];
     let runs: Vec<RuntimeTest> = workflow_scenarios![
         interrupted_at_every_step_boundary_resumes_exactly,
@@ -181,6 +182,7 @@ pub fn all_tests() -> Vec<SuiteTest> {
         job::claim_filters_names_and_queues,
         job::claim_with_empty_names_or_queues_claims_nothing,
         job::claim_writes_lease,
+        job::release_claim_gives_back_that_claims_leases,
         job::claim_respects_limit,
         job::claim_is_exclusive,
         job::next_due_reports_time_until_the_next_job,

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{Backoff, CancelResult, ClaimRequest, DynStore, Event, JobState, WorkerId};
+use dispatch_core::{
+    Backoff, CancelResult, ClaimRequest, DynStore, Event, JobState, LeaseToken, WorkerId,
+};
 use dispatch_job::{CancelReason, CancelToken, JobContext, JobDefinition, JobError, WorkerBuilder};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -18,8 +20,8 @@ use crate::fixtures::{Recorder, counting, eventually, wait_for_state};
 
 mod flaky;
 pub use flaky::{
-    ambiguous_finishes_never_run_a_job_twice, outage_shorter_than_the_lease_loses_no_finish,
-    slow_finish_replies_never_run_a_job_twice,
+    ambiguous_finishes_never_run_a_job_twice, lost_claim_answers_cost_no_attempt,
+    outage_shorter_than_the_lease_loses_no_finish, slow_finish_replies_never_run_a_job_twice,
 };
 
 /// A worker builder with real-time intervals short enough for tests.
@@ -121,6 +123,7 @@ pub async fn shutdown_releases_long_jobs(store: DynStore) {
         names: vec!["endless".into()],
         limit: 10,
         lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
     };
     let claimed = store.claim(&other).await.unwrap();
     assert_eq!(claimed.len(), 5, "claimable at once, no lease expiry to wait for");
@@ -166,6 +169,7 @@ pub async fn fenced_out_completion_is_refused(inner: DynStore) {
         names: vec!["slow".into()],
         limit: 1,
         lease_ttl: Duration::from_secs(600),
+        token: LeaseToken::new(),
     };
     assert_eq!(inner.claim(&other).await.unwrap().len(), 1);
     release.notify_one();

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use dispatch_core::{
     ClaimRequest, ClaimedJob, DlqEntry, DlqFilter, DlqId, DynStore, ErrorKind, Failure,
-    FailureKind, Finish, FinishResult, Job, JobFilter, JobId, LeaseRef, NewJob, Outcome,
-    PageRequest, RunAt, WorkerId,
+    FailureKind, Finish, FinishResult, Job, JobFilter, JobId, LeaseRef, LeaseToken, NewJob,
+    Outcome, PageRequest, RunAt, WorkerId,
 };
 
 use dispatch_core::Clock as _;
@@ -49,6 +49,7 @@ pub(crate) fn request_in(queues: &[&str], names: &[&str], limit: usize) -> Claim
         names: names.iter().map(|&n| n.to_owned()).collect(),
         limit,
         lease_ttl: TTL,
+        token: LeaseToken::new(),
     }
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{
-    Backoff, ClaimRequest, ClaimedJob, Event, Finish, JobInfo, LeaseRef, Outcome, RunAt,
-    WakeupStream,
+    Backoff, ClaimRequest, ClaimedJob, ErrorKind, Event, Finish, JobInfo, LeaseRef, LeaseToken,
+    Outcome, RunAt, WakeupStream,
 };
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
@@ -30,6 +30,7 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
         names: shared.registry.names(),
         limit: 0,
         lease_ttl: shared.config.lease_ttl,
+        token: LeaseToken::new(),
     };
     let mut error_delay = shared.config.poll_interval.min(Duration::from_millis(100));
     loop {
@@ -46,25 +47,26 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
             permits.merge(more);
         }
         request.limit = permits.num_permits();
+        request.token = LeaseToken::new();
         let expires = tokio::time::Instant::now() + request.lease_ttl;
         let claim = tokio::time::timeout(shared.config.store_timeout, shared.store.claim(&request));
         let claimed = match claim.await {
             Ok(Ok(jobs)) => jobs,
-            Ok(Err(error)) => {
+            failed => {
+                let error = match failed {
+                    Ok(Err(error)) => error,
+                    _ => dispatch_core::Error::new(ErrorKind::Timeout, "claim timed out"),
+                };
                 tracing::warn!(%error, "claim failed; backing off");
+                if error.kind() != ErrorKind::InvalidInput {
+                    // The store may have written leases whose answer never came back.
+                    tokio::spawn(release_lost_claim(shared.clone(), request.token));
+                }
                 drop(permits);
                 if sleep_or_stop(error_delay, &stop).await {
                     return;
                 }
                 error_delay = (error_delay * 2).min(Duration::from_secs(5));
-                continue;
-            }
-            Err(_elapsed) => {
-                tracing::warn!("claim timed out; backing off");
-                drop(permits);
-                if sleep_or_stop(error_delay, &stop).await {
-                    return;
-                }
                 continue;
             }
         };
@@ -85,6 +87,32 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+}
+
+/// Give back the leases of a claim whose answer was lost (see
+/// [`JobStore::release_claim`](dispatch_core::JobStore::release_claim)), so its jobs run again
+/// at once with their attempts returned rather than wait for the leases to expire. Retried on
+/// transient errors until the leases would have expired anyway.
+async fn release_lost_claim(shared: Arc<Shared>, token: LeaseToken) {
+    let give_up = tokio::time::Instant::now() + shared.config.lease_ttl;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let call = shared.store.release_claim(token);
+        let error = match tokio::time::timeout(shared.config.store_timeout, call).await {
+            Ok(Ok(0)) => return,
+            Ok(Ok(released)) => {
+                tracing::info!(released, "released the leases of a claim whose answer was lost");
+                return shared.wake.notify_one();
+            }
+            Ok(Err(error)) => error,
+            Err(_) => dispatch_core::Error::new(ErrorKind::Timeout, "release_claim timed out"),
+        };
+        if !error.kind().is_transient() || tokio::time::Instant::now() + delay >= give_up {
+            return tracing::warn!(%error, "could not release a lost claim; its leases will expire");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
     }
 }
 

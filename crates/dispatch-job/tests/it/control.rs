@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{Backoff, CancelResult, ClaimRequest, Event, FailureKind, JobState, WorkerId};
+use dispatch_core::{
+    Backoff, CancelResult, ClaimRequest, Event, FailureKind, JobState, LeaseToken, WorkerId,
+};
 use dispatch_job::{CancelReason, CancelToken, JobContext, JobDefinition, JobError};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -136,6 +138,7 @@ async fn fenced_out_completion_fires_no_completed_hook() {
         names: vec!["slow".into()],
         limit: 1,
         lease_ttl: Duration::from_secs(600),
+        token: LeaseToken::new(),
     };
     assert_eq!(inner.claim(&other).await.unwrap().len(), 1);
 
@@ -211,6 +214,7 @@ async fn shutdown_cancels_long_jobs_and_releases_them_for_another_worker() {
         names: vec!["endless".into()],
         limit: 100,
         lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
     };
     let claimed = store.claim(&other).await.unwrap();
     assert_eq!(claimed.len(), 20);

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use dispatch_core::{ClaimRequest, JobId, JobState, RunAt, WorkerId};
+use dispatch_core::{ClaimRequest, JobId, JobState, LeaseToken, RunAt, WorkerId};
 
 use dispatch_core::Clock as _;
 
@@ -160,7 +160,7 @@ pub async fn claim_with_empty_names_or_queues_claims_nothing(ctx: TestContext) {
     assert_eq!(ctx.claim_one("a").await.job.id, id, "still claimable");
 }
 
-/// Claiming makes the job running under a fresh lease: attempt 1, owner the worker, expiry
+/// Claiming makes the job running under a lease with the claim's token: attempt 1, owner the worker, expiry
 /// now + ttl, the lease in the job; the stored job is what the claim returned.
 pub async fn claim_writes_lease(ctx: TestContext) {
     let ids_in = ctx.enqueue(vec![job("leased"), job("leased")]).await;
@@ -168,6 +168,7 @@ pub async fn claim_writes_lease(ctx: TestContext) {
     let now = ctx.clock.now();
     let worker = WorkerId::new();
     let ttl = secs(45);
+    let token = LeaseToken::new();
     let claimed = ctx
         .claim_with(&ClaimRequest {
             worker,
@@ -175,6 +176,7 @@ pub async fn claim_writes_lease(ctx: TestContext) {
             names: vec!["leased".into()],
             limit: 10,
             lease_ttl: ttl,
+            token,
         })
         .await;
     assert_eq!(ids(&claimed), ids_in.iter().copied().collect());
@@ -187,7 +189,7 @@ pub async fn claim_writes_lease(ctx: TestContext) {
         assert!(!c.job.cancel_requested);
         assert_eq!(ctx.job(c.job.id).await, c.job, "the stored job is the claimed job");
     }
-    assert_ne!(claimed[0].lease.token, claimed[1].lease.token, "a fresh token per job");
+    assert!(claimed.iter().all(|c| c.lease.token == token), "every lease under the claim's token");
 }
 
 /// A claim returns at most `limit` jobs (none for 0), and the rest stay available.
@@ -215,10 +217,12 @@ pub async fn claim_is_exclusive(ctx: TestContext) {
         .map(|_| {
             let store = share(&ctx.store);
             tokio::spawn(async move {
-                let request = request(&["contended"], 7);
                 let mut mine = Vec::new();
                 loop {
+                    // A fresh token per claim call, as a worker makes one.
+                    let request = request(&["contended"], 7);
                     let claimed = store.claim(&request).await.expect("claim");
+                    assert!(claimed.iter().all(|c| c.lease.token == request.token));
                     if claimed.is_empty() {
                         return mine;
                     }
@@ -234,11 +238,9 @@ pub async fn claim_is_exclusive(ctx: TestContext) {
         .collect();
 
     let mut seen = HashSet::new();
-    let mut tokens = HashSet::new();
     for claimer in claimers {
-        for (id, token) in claimer.await.expect("claimer task") {
+        for (id, _token) in claimer.await.expect("claimer task") {
             assert!(seen.insert(id), "job {id} claimed twice");
-            assert!(tokens.insert(token), "lease token reused");
         }
     }
     assert_eq!(seen, all, "every job claimed");
@@ -278,4 +280,23 @@ pub async fn next_due_reports_time_until_the_next_job(ctx: TestContext) {
     assert_eq!(due(&ctx).await, Some(Duration::ZERO), "a lower priority job due now counts");
     assert_eq!(ctx.claim(&["later"], 10).await.len(), 1, "only the due one is claimed");
     assert_eq!(due(&ctx).await, Some(secs(6)), "claimed jobs are not waiting");
+}
+
+/// `release_claim` gives back exactly the leases one claim wrote (by its token): those jobs are
+/// available at once with their attempts returned; another claim's lease is untouched; a second
+/// release finds nothing.
+pub async fn release_claim_gives_back_that_claims_leases(ctx: TestContext) {
+    ctx.enqueue(vec![job("lost"), job("lost"), job("lost")]).await;
+    let lost = request(&["lost"], 2);
+    let kept = request(&["lost"], 1);
+    let released = ctx.claim_with(&lost).await;
+    let held = ctx.claim_with(&kept).await;
+    assert_eq!((released.len(), held.len()), (2, 1));
+    assert_eq!(ctx.store.release_claim(lost.token).await.expect("release_claim"), 2);
+    for c in &released {
+        let job = ctx.job(c.job.id).await;
+        assert_eq!((job.state, job.attempt, job.lease), (JobState::Available, 0, None));
+    }
+    assert_eq!(ctx.job(held[0].job.id).await.state, JobState::Running, "another claim's lease");
+    assert_eq!(ctx.store.release_claim(lost.token).await.expect("release_claim"), 0);
 }

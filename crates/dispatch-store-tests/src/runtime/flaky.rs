@@ -179,3 +179,34 @@ pub async fn outage_shorter_than_the_lease_loses_no_finish(inner: DynStore) {
         assert_eq!(starts.of(id).starts, 1, "job {id} started again");
     }
 }
+
+/// Every other claim is applied by the store but reported failed: its leases are held by
+/// nobody. The worker gives them back by the claim's token, so each job runs exactly once and on
+/// its only attempt (had the leases been left to expire, rescue would have sent every such job
+/// to the DLQ without running it).
+pub async fn lost_claim_answers_cost_no_attempt(inner: DynStore) {
+    let store = faulty(inner.clone());
+    store.interceptor().ambiguous(CallKind::Claim, 2);
+    let starts = Starts::default();
+    let seen = starts.clone();
+    let def = JobDefinition::new("once", move |ctx: JobContext, _: u32| {
+        let seen = seen.clone();
+        async move {
+            seen.start(ctx.job_id());
+            seen.end(ctx.job_id());
+            Ok(())
+        }
+    })
+    .max_attempts(1);
+    let handle =
+        worker(store.clone()).register(def.clone()).concurrency(2).build().unwrap().start();
+    let enqueued = handle.client().enqueue_many(&def, 0..10, Default::default()).await.unwrap();
+    let ids: Vec<JobId> = enqueued.iter().map(|e| e.id()).collect();
+    all_completed(&inner, &ids).await;
+    handle.stop().await;
+    assert!(store.interceptor().failed() > 0, "some claims were reported failed");
+    for id in ids {
+        assert_eq!(starts.of(id).starts, 1, "job {id}");
+        assert_eq!(inner.get_job(id).await.unwrap().unwrap().attempt, 1, "job {id}");
+    }
+}
