@@ -128,6 +128,7 @@ async fn kill_nine_mid_run_loses_nothing(kind: Kind) {
     })
     .await;
     first.kill();
+    settle_after_kill(&spec).await;
     let running_at_kill = count(&store, JobState::Running).await;
     assert!(count(&store, JobState::Completed).await < JOBS, "killed mid-run, not after");
 
@@ -342,6 +343,21 @@ async fn durable_sleep_survives_a_restart(kind: Kind) {
         );
     }
     drop_schema(&spec).await;
+}
+
+/// After a worker process was killed, wait until the store can change no more on its behalf:
+/// on PostgreSQL a statement the process sent just before it died (a claim) goes on in its
+/// server session until the server notices the client is gone, and may commit after the kill,
+/// so its sessions are terminated and waited out before the store is read. (Under load a claim
+/// committing after the count was a "re-run" of a job counted as not running.)
+async fn settle_after_kill(spec: &StoreSpec) {
+    if spec.worker_application_name().is_none() {
+        return;
+    }
+    wait_until("the killed worker's sessions to end", Duration::from_secs(60), async || {
+        terminate_worker_connections(spec).await == 0
+    })
+    .await;
 }
 
 /// `pg_terminate_backend` every connection of the worker processes of `spec`; how many.
