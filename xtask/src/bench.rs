@@ -71,13 +71,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
 
 /// Where cargo puts build outputs, as `cargo` (a command, so tests can set its environment)
 /// reports it: `CARGO_TARGET_DIR` and cargo's configuration included.
-fn target_directory(mut cargo: Command) -> anyhow::Result<PathBuf> {
-    let output = cargo
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
-        .output()
-        .context("running cargo metadata")?;
-    anyhow::ensure!(output.status.success(), "cargo metadata failed");
-    let metadata: Value = serde_json::from_slice(&output.stdout)?;
+fn target_directory(cargo: Command) -> anyhow::Result<PathBuf> {
+    let metadata = crate::cargo_metadata(cargo)?;
     let dir = metadata["target_directory"].as_str().context("no target_directory")?;
     Ok(PathBuf::from(dir))
 }

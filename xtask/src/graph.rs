@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 use anyhow::Context;
-use serde_json::Value;
 
 /// Which workspace crates each workspace crate may depend on (normal and build dependencies).
 /// A crate missing here fails the check: add it, and to ARCHITECTURE.md.
@@ -40,12 +39,7 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
 
 /// Every workspace crate's workspace dependencies (normal and build), from `cargo metadata`.
 pub(crate) fn workspace_graph() -> anyhow::Result<BTreeMap<String, Vec<String>>> {
-    let output = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
-        .output()
-        .context("running cargo metadata")?;
-    anyhow::ensure!(output.status.success(), "cargo metadata failed");
-    let metadata: Value = serde_json::from_slice(&output.stdout)?;
+    let metadata = crate::cargo_metadata(Command::new(env!("CARGO")))?;
     let packages = metadata["packages"].as_array().context("no packages")?;
     let members: Vec<&str> = packages.iter().filter_map(|p| p["name"].as_str()).collect();
     let mut graph = BTreeMap::new();

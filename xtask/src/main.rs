@@ -36,6 +36,17 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The workspace's `cargo metadata` (no dependencies), as `cargo` (a command, so callers and
+/// tests can set its environment) reports it.
+pub(crate) fn cargo_metadata(mut cargo: Command) -> anyhow::Result<serde_json::Value> {
+    let output = cargo
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .output()
+        .context("running cargo metadata")?;
+    anyhow::ensure!(output.status.success(), "cargo metadata failed");
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }

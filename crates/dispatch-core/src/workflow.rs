@@ -221,6 +221,12 @@ impl NewCheckpoint {
         let what = format!("checkpoint {:?}", self.key);
         crate::codec::check_size(&what, self.data.len(), max_payload_bytes)
     }
+
+    /// [`validate`](Self::validate) every checkpoint of a write; the first over the limit fails
+    /// it, so nothing of the write is stored.
+    pub fn validate_all(checkpoints: &[Self], max_payload_bytes: usize) -> Result<()> {
+        checkpoints.iter().try_for_each(|c| c.validate(max_payload_bytes))
+    }
 }
 
 /// A stored checkpoint.

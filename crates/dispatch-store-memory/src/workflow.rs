@@ -324,9 +324,7 @@ impl WorkflowStore for MemoryStore {
         run: RunId,
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
-        for checkpoint in &checkpoints {
-            checkpoint.validate(self.max_payload_bytes)?;
-        }
+        NewCheckpoint::validate_all(&checkpoints, self.max_payload_bytes)?;
         let now = self.clock.now();
         let mut state = self.state.lock();
         state.fenced(lease, run)?;

@@ -81,14 +81,8 @@ impl JobStore for PostgresStore {
             return Ok(Vec::new());
         }
         self.timed("claim", async {
-            let rows = sqlx::query(self.shared.sql.claim.clone())
-                .bind(self.now_param())
-                .bind(&request.queues)
-                .bind(&request.names)
-                .bind(sql_limit(request.limit))
-                .bind(request.worker.to_string())
-                .bind(micros(request.lease_ttl))
-                .bind(request.token.uuid())
+            let rows = self
+                .bind_claim(sqlx::query(self.shared.sql.claim.clone()), request)
                 .fetch_all(&self.shared.pool)
                 .await
                 .map_err(db_error)?;
@@ -311,6 +305,22 @@ impl JobStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// The claim statement's parameters for `request`, in order (`$1..$7` of `CLAIM`).
+    fn bind_claim<'q>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        request: &'q ClaimRequest,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.now_param())
+            .bind(&request.queues)
+            .bind(&request.names)
+            .bind(sql_limit(request.limit))
+            .bind(request.worker.to_string())
+            .bind(micros(request.lease_ttl))
+            .bind(request.token.uuid())
+    }
+
     /// How PostgreSQL runs a claim of `request` on the data as it is: the claim statement under
     /// `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`, as the JSON document PostgreSQL returns.
     ///
@@ -325,14 +335,8 @@ impl PostgresStore {
             );
             let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
             // Safe: the store's own claim statement behind a fixed prefix; values are bound.
-            let row = sqlx::query(AssertSqlSafe(sql))
-                .bind(self.now_param())
-                .bind(&request.queues)
-                .bind(&request.names)
-                .bind(sql_limit(request.limit))
-                .bind(request.worker.to_string())
-                .bind(micros(request.lease_ttl))
-                .bind(request.token.uuid())
+            let row = self
+                .bind_claim(sqlx::query(AssertSqlSafe(sql)), request)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(db_error)?;

@@ -199,9 +199,7 @@ impl WorkflowStore for PostgresStore {
         run: RunId,
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
-        for checkpoint in &checkpoints {
-            checkpoint.validate(self.max_payload_bytes)?;
-        }
+        NewCheckpoint::validate_all(&checkpoints, self.max_payload_bytes)?;
         let (keys, data) = distinct_keys(checkpoints);
         self.timed("save_checkpoints", async {
             let row = self

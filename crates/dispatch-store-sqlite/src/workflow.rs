@@ -582,9 +582,7 @@ impl WorkflowStore for SqliteStore {
         run: RunId,
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
-        for checkpoint in &checkpoints {
-            checkpoint.validate(self.max_payload_bytes)?;
-        }
+        NewCheckpoint::validate_all(&checkpoints, self.max_payload_bytes)?;
         // Group-committed with the other drives' writes (see the `group` module).
         self.save_grouped(lease, run, checkpoints).await
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{DynStore, PageRequest, RunFilter, RunState};
+use dispatch_core::{DynStore, PageRequest, RunFilter, RunId, RunState};
 use dispatch_workflow::{
     StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition, WorkflowError,
     Workflows,
@@ -226,17 +226,17 @@ pub async fn runs_stay_on_their_version(store: DynStore) {
     assert_eq!((old_out.as_str(), new_out.as_str()), ("hello from v1", "hello from v2"));
 }
 
-/// Cancel of a suspended run: it wakes, runs the compensation of its completed step once,
-/// cancels the child it started, and ends cancelled with the reason; a second cancel is
-/// `AlreadyFinal`.
-pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore) {
-    let undone = Arc::new(std::sync::atomic::AtomicU32::new(0));
+/// A parent that completes a step with a compensation (counted in `undone`), starts a child
+/// that sleeps, then sleeps itself: what the cancel of a suspended run has to wind down.
+fn holder_with_a_child(
+    undone: Arc<std::sync::atomic::AtomicU32>,
+) -> (WorkflowDefinition<(), ()>, WorkflowDefinition<(), ()>) {
     let child = WorkflowDefinition::new("napper", |wf: WorkflowContext, _: ()| async move {
         wf.sleep(Duration::from_secs(600)).await?;
         Ok(())
     });
     let parent = {
-        let (child, undone) = (child.clone(), undone.clone());
+        let child = child.clone();
         WorkflowDefinition::new("holder", move |wf: WorkflowContext, _: ()| {
             let (child, undone) = (child.clone(), undone.clone());
             async move {
@@ -258,8 +258,16 @@ pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore)
             }
         })
     };
-    let recorder = crate::fixtures::Recorder::default();
-    let workflows = Workflows::with_hooks(store.clone(), vec![Arc::new(recorder.clone())]);
+    (child, parent)
+}
+
+/// Start [`holder_with_a_child`] on a worker and wait until the run is suspended.
+async fn suspended_holder(
+    store: &DynStore,
+    workflows: &Workflows,
+    undone: &Arc<std::sync::atomic::AtomicU32>,
+) -> (RunId, dispatch_job::WorkerHandle) {
+    let (child, parent) = holder_with_a_child(undone.clone());
     let handle = worker(store.clone())
         .register(workflows.register(&child))
         .register(workflows.register(&parent))
@@ -267,21 +275,42 @@ pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore)
         .unwrap()
         .start();
     let run = workflows.start(&parent, &(), StartOptions::default()).await.unwrap();
-    wait_state(&workflows, run, RunState::Suspended).await;
-    let cancel = workflows.cancel(run, "customer changed their mind").await.unwrap();
-    assert_eq!(cancel, dispatch_core::RunCancel::Requested);
+    wait_state(workflows, run, RunState::Suspended).await;
+    (run, handle)
+}
+
+/// The cancelled holder ended cancelled for `reason`, ran its compensation once and cancelled
+/// its child.
+async fn assert_wound_down(
+    workflows: &Workflows,
+    run: RunId,
+    reason: &str,
+    undone: &std::sync::atomic::AtomicU32,
+) {
     let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
     let ended = ended.expect_err("cancelled");
     assert_eq!(ended.state, RunState::Cancelled);
-    assert_eq!(ended.error.as_deref(), Some("customer changed their mind"));
+    assert_eq!(ended.error.as_deref(), Some(reason));
     assert_eq!(undone.load(Ordering::SeqCst), 1, "the compensation ran once");
     let filter = RunFilter { name: Some("napper".into()), state: None };
     let children = workflows.list_runs(&filter, &PageRequest::first(10)).await.unwrap().items;
     assert_eq!(children.len(), 1);
-    let child_run = children[0].id;
-    let child_end = workflows.wait_for_output::<()>(child_run, Duration::from_secs(30)).await;
+    let child_end = workflows.wait_for_output::<()>(children[0].id, Duration::from_secs(30)).await;
     let child_end = child_end.unwrap().expect_err("the child is cancelled too");
     assert_eq!(child_end.state, RunState::Cancelled);
+}
+
+/// Cancel of a suspended run: it wakes, runs the compensation of its completed step once,
+/// cancels the child it started, and ends cancelled with the reason; a second cancel is
+/// `AlreadyFinal`.
+pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore) {
+    let undone = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let recorder = crate::fixtures::Recorder::default();
+    let workflows = Workflows::with_hooks(store.clone(), vec![Arc::new(recorder.clone())]);
+    let (run, handle) = suspended_holder(&store, &workflows, &undone).await;
+    let cancel = workflows.cancel(run, "customer changed their mind").await.unwrap();
+    assert_eq!(cancel, dispatch_core::RunCancel::Requested);
+    assert_wound_down(&workflows, run, "customer changed their mind", &undone).await;
     let again = workflows.cancel(run, "again").await.unwrap();
     assert_eq!(again, dispatch_core::RunCancel::AlreadyFinal(RunState::Cancelled));
     handle.stop().await;
@@ -301,56 +330,12 @@ pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore)
 /// cancelled with the drive-job reason, instead of being left without a driver.
 pub async fn cancel_through_the_drive_job_compensates(store: DynStore) {
     let undone = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let child = WorkflowDefinition::new("dozer", |wf: WorkflowContext, _: ()| async move {
-        wf.sleep(Duration::from_secs(600)).await?;
-        Ok(())
-    });
-    let parent = {
-        let (child, undone) = (child.clone(), undone.clone());
-        WorkflowDefinition::new("booker", move |wf: WorkflowContext, _: ()| {
-            let (child, undone) = (child.clone(), undone.clone());
-            async move {
-                wf.step_with_compensation(
-                    "book",
-                    || async { Ok::<_, StepError>(3u32) },
-                    move |_: u32| {
-                        let undone = undone.clone();
-                        async move {
-                            undone.fetch_add(1, Ordering::SeqCst);
-                            Ok(())
-                        }
-                    },
-                )
-                .await?;
-                wf.start_child(&child, &()).await?;
-                wf.sleep(Duration::from_secs(600)).await?;
-                Ok(())
-            }
-        })
-    };
     let workflows = Workflows::new(store.clone());
-    let handle = worker(store.clone())
-        .register(workflows.register(&child))
-        .register(workflows.register(&parent))
-        .build()
-        .unwrap()
-        .start();
-    let run = workflows.start(&parent, &(), StartOptions::default()).await.unwrap();
-    wait_state(&workflows, run, RunState::Suspended).await;
+    let (run, handle) = suspended_holder(&store, &workflows, &undone).await;
     let drive_job = workflows.get_run(run).await.unwrap().expect("the run").drive_job;
     let cancel = dispatch_job::JobClient::new(store.clone()).cancel(drive_job).await.unwrap();
     assert_eq!(cancel, dispatch_core::CancelResult::Requested, "the run's cancel is requested");
-    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
-    let ended = ended.expect_err("cancelled");
-    assert_eq!(ended.state, RunState::Cancelled);
-    assert_eq!(ended.error.as_deref(), Some(dispatch_core::DRIVE_JOB_CANCEL_REASON));
-    assert_eq!(undone.load(Ordering::SeqCst), 1, "the compensation ran once");
-    let filter = RunFilter { name: Some("dozer".into()), state: None };
-    let children = workflows.list_runs(&filter, &PageRequest::first(10)).await.unwrap().items;
-    assert_eq!(children.len(), 1);
-    let child_end = workflows.wait_for_output::<()>(children[0].id, Duration::from_secs(30)).await;
-    let child_end = child_end.unwrap().expect_err("the child is cancelled too");
-    assert_eq!(child_end.state, RunState::Cancelled);
+    assert_wound_down(&workflows, run, dispatch_core::DRIVE_JOB_CANCEL_REASON, &undone).await;
     handle.stop().await;
 }
 
