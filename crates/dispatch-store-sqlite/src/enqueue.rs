@@ -37,53 +37,22 @@ fn reused(name: &str, id: &str) -> Error {
     Error::new(ErrorKind::Conflict, format!("job {name:?}: a job with ID {id} already exists"))
 }
 
-/// The IDs of `jobs` already stored, each with the same name and payload as its item (a retried
-/// enqueue). An ID stored with another name or payload is a reuse: `Conflict`. One query.
-async fn retried(conn: &mut SqliteConnection, jobs: &[NewJob]) -> Result<HashSet<JobId>> {
-    if jobs.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
-    let json = serde_json::to_string(&ids).map_err(|e| Error::internal(format!("sqlite: {e}")))?;
-    let rows = sqlx::query(
-        "SELECT id, name, payload FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
-    )
-    .bind(json)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    let mut stored = HashSet::with_capacity(rows.len());
-    for row in rows {
-        let id: String = row.try_get("id").map_err(db_error)?;
-        let id: JobId = parse("job ID", &id)?;
-        let name: String = row.try_get("name").map_err(db_error)?;
-        let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
-        let Some(new) = jobs.iter().find(|j| j.id == id) else { continue };
-        if new.name != name || new.payload != payload {
-            return Err(reused(&new.name, &id.to_string()));
-        }
-        stored.insert(id);
-    }
-    Ok(stored)
-}
-
 /// Write a validated batch on `conn` (inside the caller's transaction); one result per item.
-/// An item already stored with its name and payload (a retried enqueue) answers `Created` and
-/// writes nothing; one stored with another name or payload fails the batch with `Conflict`
-/// before anything is written.
+///
+/// An item whose ID is already stored with its name and payload (a retried enqueue whose first
+/// call committed) answers `Created` and writes nothing; one stored with another name or payload
+/// fails the batch with `Conflict` (the caller's transaction must then be rolled back, as the
+/// store's own write does). Stored IDs are found by the inserts themselves (`ON CONFLICT (id) DO
+/// NOTHING`, then a look at the skipped rows only), so a batch without any costs no statement
+/// more than before idempotent enqueues.
 pub(crate) async fn enqueue_batch(
     conn: &mut SqliteConnection,
     jobs: Vec<NewJob>,
     now: Timestamp,
 ) -> Result<Vec<Enqueued>> {
-    let retried = retried(conn, &jobs).await?;
     let mut results = Vec::with_capacity(jobs.len());
     let mut run: Vec<Job> = Vec::new();
     for new in jobs {
-        if retried.contains(&new.id) {
-            results.push(Enqueued::Created(new.id));
-            continue;
-        }
         match new.unique.as_ref() {
             None => {
                 results.push(Enqueued::Created(new.id));
@@ -91,8 +60,14 @@ pub(crate) async fn enqueue_batch(
             }
             Some(unique) => {
                 insert_rows(conn, &std::mem::take(&mut run), None).await?;
-                let holder = unique_holder(conn, &new.name, &unique.key, now).await?;
+                let holder = unique_holder(conn, &new, &unique.key, now).await?;
                 let result = match holder {
+                    // Its own ID is stored: a retry of an enqueue that created it (or a
+                    // reused ID, which the insert finds out).
+                    Some(holder) if holder == new.id => {
+                        insert_rows(conn, &[into_job(new, now)], None).await?;
+                        Enqueued::Created(holder)
+                    }
                     Some(holder) => Enqueued::Duplicate(holder),
                     None => {
                         let until = unique.window.map(|window| now + window);
@@ -109,19 +84,48 @@ pub(crate) async fn enqueue_batch(
     Ok(results)
 }
 
-/// The job holding `key` for `name`: an unfinished one, or a finished one whose window is open.
+/// After an insert of `jobs` skipped some rows (their IDs were stored): each stored row must be
+/// the same job (name and payload), a retried enqueue; any other is a reused ID, `Conflict`.
+async fn check_stored(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<()> {
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+    let json = serde_json::to_string(&ids).map_err(|e| Error::internal(format!("sqlite: {e}")))?;
+    let rows = sqlx::query(
+        "SELECT id, name, payload FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+    )
+    .bind(json)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    for row in rows {
+        let id: String = row.try_get("id").map_err(db_error)?;
+        let id: JobId = parse("job ID", &id)?;
+        let name: String = row.try_get("name").map_err(db_error)?;
+        let payload: Vec<u8> = row.try_get("payload").map_err(db_error)?;
+        let Some(new) = jobs.iter().find(|j| j.id == id) else { continue };
+        if new.name != name || new.payload != payload {
+            return Err(reused(&new.name, &id.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// The job holding `key` for `new`'s name: an unfinished one, or a finished one whose window is
+/// open. `new`'s own ID when it is stored, whatever its state (a retried enqueue answers as the
+/// first call did, even once another job holds the key). One statement.
 async fn unique_holder(
     conn: &mut SqliteConnection,
-    name: &str,
+    new: &NewJob,
     key: &str,
     now: Timestamp,
 ) -> Result<Option<dispatch_core::JobId>> {
+    let own = new.id.to_string();
     let holder: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE name = ? AND unique_key = ? \
-         AND (state IN ('available', 'running') OR unique_until > ?) \
-         ORDER BY seq DESC LIMIT 1",
+        "SELECT id FROM jobs WHERE id = ?1 OR (name = ?2 AND unique_key = ?3 \
+         AND (state IN ('available', 'running') OR unique_until > ?4)) \
+         ORDER BY id = ?1 DESC, seq DESC LIMIT 1",
     )
-    .bind(name)
+    .bind(own.as_str())
+    .bind(new.name.as_str())
     .bind(key)
     .bind(now.as_unix_micros())
     .fetch_optional(&mut *conn)
@@ -155,8 +159,9 @@ pub(crate) fn into_job(new: NewJob, now: Timestamp) -> Job {
 }
 
 /// Insert `jobs` (all sharing `unique_until`), in order, in statements of [`CHUNK`] rows and then
-/// of halving sizes, so only a handful of statement shapes are ever prepared and cached. An ID
-/// already stored fails with `Conflict`.
+/// of halving sizes, so only a handful of statement shapes are ever prepared and cached. A row
+/// whose ID is already stored is skipped when it is the same job (a retried enqueue) and fails
+/// the call with `Conflict` when it is not.
 pub(crate) async fn insert_rows(
     conn: &mut SqliteConnection,
     jobs: &[Job],
@@ -179,7 +184,9 @@ async fn insert_chunk(
 ) -> Result<()> {
     let rows = vec![ROW; jobs.len()].join(", ");
     // Safe: the text holds only fixed SQL and placeholders; values are bound.
-    let sql = sqlx::AssertSqlSafe(format!("INSERT INTO jobs ({COLUMNS}) VALUES {rows}"));
+    let sql = sqlx::AssertSqlSafe(format!(
+        "INSERT INTO jobs ({COLUMNS}) VALUES {rows} ON CONFLICT (id) DO NOTHING"
+    ));
     let mut query = sqlx::query(sql);
     for job in jobs {
         query = query
@@ -199,13 +206,9 @@ async fn insert_chunk(
             .bind(job.scope.app.as_deref())
             .bind(job.scope.tenant.as_deref())
     }
-    query.execute(conn).await.map_err(|e| match e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            let first = &jobs[0];
-            let what = if jobs.len() == 1 { "this ID" } else { "one of these IDs" };
-            reused(&first.name, &format!("{} ({what})", first.id))
-        }
-        other => db_error(other),
-    })?;
+    let written = query.execute(&mut *conn).await.map_err(db_error)?.rows_affected();
+    if written < jobs.len() as u64 {
+        check_stored(conn, jobs).await?;
+    }
     Ok(())
 }
