@@ -25,10 +25,15 @@ pub struct Measurement {
     pub store: String,
     /// Jobs per second, for throughput scenarios.
     pub jobs_per_sec: Option<f64>,
-    /// Median enqueue-to-start latency in microseconds, for the latency scenario.
+    /// Median latency from an enqueue's scheduled send to its handler's first line, in
+    /// microseconds, for the (open-loop) latency scenario.
     pub p50_us: Option<u64>,
     /// 99th percentile enqueue-to-start latency in microseconds.
     pub p99_us: Option<u64>,
+    /// The longest enqueue-to-start latency in microseconds.
+    pub max_us: Option<u64>,
+    /// Latency sends whose task started over 5 ms after their scheduled time.
+    pub late_sends: Option<u64>,
     /// Dead tuples in the jobs table after a drain (PostgreSQL only).
     pub dead_tuples: Option<i64>,
     /// Peak resident memory of the process, in KiB.

@@ -204,6 +204,11 @@ async fn crowd_queue(store: &DynStore, crowd: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Open-loop latency: `per_sec` enqueues a second for `seconds`, each issued at its scheduled
+/// time in a task of its own (a slow enqueue never delays the next one, and its own wait is
+/// counted), measured from the scheduled send to the handler's first line. A send whose task
+/// started more than 5 ms after its scheduled time (tokio's timer has a 1 ms grain) is counted
+/// late: the producer, not the store, fell behind, a figure to read the others by.
 async fn latency(
     store: DynStore,
     per_sec: u64,
@@ -214,9 +219,9 @@ async fn latency(
     let base = Instant::now();
     let samples: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::with_capacity(total)));
     let log = samples.clone();
-    let def = JobDefinition::new("timed", move |_ctx: JobContext, sent_us: u64| {
+    let def = JobDefinition::new("timed", move |_ctx: JobContext, scheduled_us: u64| {
         let now_us = base.elapsed().as_micros() as u64;
-        log.lock().push(now_us.saturating_sub(sent_us));
+        log.lock().push(now_us.saturating_sub(scheduled_us));
         async { Ok(()) }
     });
     let counter = FinishCounter::wrap(store.clone(), total);
@@ -228,10 +233,22 @@ async fn latency(
     let handle = worker.start();
     let interval = Duration::from_secs_f64(1.0 / per_sec as f64);
     let start = Instant::now();
+    let late = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut sends = tokio::task::JoinSet::new();
     for n in 0..total {
-        tokio::time::sleep_until(start + interval * n as u32).await;
-        let sent_us = base.elapsed().as_micros() as u64;
-        client.enqueue(&def, sent_us).await?;
+        let scheduled = start + interval * n as u32;
+        tokio::time::sleep_until(scheduled).await;
+        let scheduled_us = scheduled.duration_since(base).as_micros() as u64;
+        let (client, def, late) = (client.clone(), def.clone(), late.clone());
+        sends.spawn(async move {
+            if scheduled.elapsed() > Duration::from_millis(5) {
+                late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            client.enqueue(&def, scheduled_us).await
+        });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent??;
     }
     tokio::time::timeout(Duration::from_secs(60), counter.interceptor().wait())
         .await
@@ -241,6 +258,8 @@ async fn latency(
     samples.sort_unstable();
     let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q) as usize).copied();
     Ok(Measurement {
+        max_us: samples.last().copied(),
+        late_sends: Some(late.load(std::sync::atomic::Ordering::Relaxed)),
         scenario: format!("latency-{per_sec}/s"),
         p50_us: at(0.50),
         p99_us: at(0.99),
