@@ -110,7 +110,11 @@ const HOLDERS: &str = "SELECT DISTINCT ON (k.name, k.key) k.name, k.key, h.id \
 /// are claimed. A claim reads O(pairs × levels × `$4`) index entries, whatever else the queue
 /// holds; a level whose jobs the batch does not reach may have had up to `$4` rows locked until
 /// the statement ends (queues rarely use more than a few levels at once).
-const CLAIM: &str = "WITH RECURSIVE t AS (SELECT {now} AS now), \
+///
+/// The claim commits asynchronously ([`ASYNC_COMMIT`]): a claim lost to a server crash leaves
+/// its jobs available, so they run again, as after any lost lease (at least once); the attempt's
+/// finish, a durable commit, flushes the claim's WAL record with its own.
+const CLAIM: &str = "WITH RECURSIVE t AS (SELECT {now} AS now, {async_commit} AS async_commit), \
      pairs AS (SELECT DISTINCT u.q, v.n FROM unnest($2::text[]) AS u(q) \
        CROSS JOIN unnest($3::text[]) AS v(n)), \
      levels AS (SELECT p.q, p.n, f.priority FROM pairs p \
@@ -132,6 +136,11 @@ const CLAIM: &str = "WITH RECURSIVE t AS (SELECT {now} AS now), \
        cancel_requested = false \
      FROM picked, t WHERE j.id = picked.id \
      RETURNING {job_columns}";
+
+/// `synchronous_commit = off` for the rest of the statement's transaction (`SET LOCAL`): its
+/// commit returns without waiting for the WAL flush, a fsync saved. Only for writes whose loss in
+/// a server crash loses nothing promised: the next durable commit on the server flushes them.
+const ASYNC_COMMIT: &str = "set_config('synchronous_commit', 'off', true)";
 
 /// End attempts. `$2..$8` are the finishes (job, token, outcome, failure kind and message,
 /// absolute or relative run-at). Rows are locked in ID order; the first item per job whose token
@@ -350,6 +359,7 @@ pub(crate) fn build(template: &str, quoted: &str) -> SqlStr {
         .replace("{job_columns}", JOB_COLUMNS)
         .replace("{dlq_columns}", DLQ_COLUMNS)
         .replace("{uuid_v7}", UUID_V7)
+        .replace("{async_commit}", ASYNC_COMMIT)
         .replace("{now}", NOW)
         .replace("{s}", quoted);
     // Safe: fixed text and a schema name checked against [a-z_][a-z0-9_]*.

@@ -33,6 +33,9 @@ fn main() -> ExitCode {
         ("a_claim_over_many_names_is_not_jit_compiled", |url| {
             Box::pin(a_claim_over_many_names_is_not_jit_compiled(url))
         }),
+        ("a_claims_asynchronous_commit_ends_with_its_transaction", |url| {
+            Box::pin(a_claims_asynchronous_commit_ends_with_its_transaction(url))
+        }),
     ])
 }
 
@@ -87,6 +90,33 @@ async fn a_claim_over_many_names_is_not_jit_compiled(url: String) {
     let plan = store.explain_claim(&request).await.expect("explain");
     let plans: Value = serde_json::from_str(&plan).expect("plan JSON");
     assert!(plans[0].get("JIT").is_none(), "a claim was JIT-compiled: {plan}");
+}
+
+/// A claim commits without waiting for the WAL flush (`synchronous_commit = off` for its own
+/// transaction only): the session it ran on must commit durably again afterwards, since the
+/// pool hands that session to enqueues and finishes next.
+async fn a_claims_asynchronous_commit_ends_with_its_transaction(url: String) {
+    let store = PostgresStore::builder(url.as_str())
+        .schema(support::fresh_schema())
+        .max_connections(1)
+        .build()
+        .await
+        .expect("store");
+    let job = dispatch_core::NewJob::new("plain", Vec::new());
+    store.enqueue(vec![job.clone()]).await.expect("enqueue");
+    let request = ClaimRequest {
+        worker: WorkerId::new(),
+        queues: vec![job.queue.clone()],
+        names: vec![job.name.clone()],
+        limit: 1,
+        lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
+    };
+    assert_eq!(store.claim(&request).await.expect("claim").len(), 1);
+    // One connection: the claim's session is the one asked.
+    let setting: String =
+        sqlx::query_scalar("SHOW synchronous_commit").fetch_one(store.pool()).await.expect("show");
+    assert_eq!(setting, "on", "the claim's asynchronous commit outlived its transaction");
 }
 
 /// Fill the queue in one statement per crowd, as a bulk load would, with autovacuum off for the
