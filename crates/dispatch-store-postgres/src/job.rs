@@ -70,7 +70,7 @@ impl FinishColumns {
 impl JobStore for PostgresStore {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         self.timed("enqueue", async {
-            let mut conn = self.shared.pool.acquire().await.map_err(db_error)?;
+            let mut conn = self.shared.claims.acquire().await.map_err(db_error)?;
             self.enqueue_on(&mut conn, &jobs).await
         })
         .await
@@ -83,7 +83,7 @@ impl JobStore for PostgresStore {
         self.timed("claim", async {
             let rows = self
                 .bind_claim(sqlx::query(self.shared.sql.claim.clone()), request)
-                .fetch_all(&self.shared.pool)
+                .fetch_all(&self.shared.claims)
                 .await
                 .map_err(db_error)?;
             let mut rows = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
@@ -286,7 +286,7 @@ impl JobStore for PostgresStore {
                 .bind(self.now_param())
                 .bind(queues)
                 .bind(names)
-                .fetch_one(&self.shared.pool)
+                .fetch_one(&self.shared.claims)
                 .await
                 .map_err(db_error)?;
             Ok(wait.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
@@ -321,7 +321,8 @@ impl PostgresStore {
             .bind(request.token.uuid())
     }
 
-    /// How PostgreSQL runs a claim of `request` on the data as it is: the claim statement under
+    /// How PostgreSQL runs a claim of `request` on the data as it is: the claim statement,
+    /// prepared and planned as the store's sessions plan it (the generic plan), executed under
     /// `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON)`, as the JSON document PostgreSQL returns.
     ///
     /// The statement really runs, in a transaction that is then rolled back: nothing is claimed,
@@ -329,21 +330,16 @@ impl PostgresStore {
     /// diagnosing slow claims on real data, and for the tests that pin what a claim reads.
     pub async fn explain_claim(&self, request: &ClaimRequest) -> Result<String> {
         self.timed("explain_claim", async {
-            let sql = format!(
-                "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {}",
-                self.shared.sql.claim.as_str()
-            );
-            let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
-            // Safe: the store's own claim statement behind a fixed prefix; values are bound.
-            let row = self
-                .bind_claim(sqlx::query(AssertSqlSafe(sql)), request)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_error)?;
-            // The plan is `json`, whose binary form is its text.
-            let plan: String = row.try_get_unchecked(0).map_err(db_error)?;
-            tx.rollback().await.map_err(db_error)?;
-            Ok(plan)
+            let mut conn = self.shared.claims.acquire().await.map_err(db_error)?;
+            let explained = explain_prepared_claim(&mut conn, &self.shared.sql.claim, || {
+                self.bind_claim(sqlx::query(EXPLAIN_CLAIM), request)
+            })
+            .await;
+            if explained.is_err() {
+                // The session may still hold the prepared statement: do not pool it.
+                conn.detach();
+            }
+            explained
         })
         .await
     }
@@ -439,4 +435,39 @@ fn rescue_report(rows: &[PgRow]) -> Result<RescueReport> {
 
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("postgres: {e}"))
+}
+
+/// The name the claim is prepared under for [`PostgresStore::explain_claim`].
+const EXPLAINED_CLAIM: &str = "dispatch_explained_claim";
+
+/// The claim's parameter types, in order, for `PREPARE`.
+const CLAIM_PARAMS: &str = "(bigint, text[], text[], bigint, text, bigint, uuid)";
+
+/// The `EXPLAIN EXECUTE` of the prepared claim with the bound values as literals, quoted by the
+/// server (a utility statement such as `EXPLAIN` takes no parameters).
+const EXPLAIN_CLAIM: &str = "SELECT format('EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) \
+     EXECUTE dispatch_explained_claim(%L::bigint, %L::text[], %L::text[], %L::bigint, %L, \
+     %L::bigint, %L::uuid)', $1::bigint, $2::text[], $3::text[], $4::bigint, $5::text, \
+     $6::bigint, $7::uuid)";
+
+/// Prepare `claim` on `conn`, explain one execution bound by `bind`, roll it back, and drop the
+/// prepared statement again (a `PREPARE` outlives a rollback).
+async fn explain_prepared_claim<'q>(
+    conn: &mut sqlx::PgConnection,
+    claim: &sqlx::SqlStr,
+    bind: impl FnOnce() -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<String> {
+    let prepare = format!("PREPARE {EXPLAINED_CLAIM} {CLAIM_PARAMS} AS {}", claim.as_str());
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db_error)?;
+    // Safe: the store's own claim statement behind a fixed prefix; values are bound.
+    sqlx::raw_sql(AssertSqlSafe(prepare)).execute(&mut *tx).await.map_err(db_error)?;
+    let explain = bind().fetch_one(&mut *tx).await.and_then(|row| row.try_get::<String, _>(0));
+    let explain = explain.map_err(db_error)?;
+    let row = sqlx::raw_sql(AssertSqlSafe(explain)).fetch_one(&mut *tx).await.map_err(db_error)?;
+    // The plan is `json`, whose binary form is its text.
+    let plan: String = row.try_get_unchecked(0).map_err(db_error)?;
+    tx.rollback().await.map_err(db_error)?;
+    let deallocate = format!("DEALLOCATE {EXPLAINED_CLAIM}");
+    sqlx::raw_sql(AssertSqlSafe(deallocate)).execute(&mut *conn).await.map_err(db_error)?;
+    Ok(plan)
 }

@@ -111,6 +111,12 @@ const HOLDERS: &str = "SELECT DISTINCT ON (k.name, k.key) k.name, k.key, h.id \
 /// holds; a level whose jobs the batch does not reach may have had up to `$4` rows locked until
 /// the statement ends (queues rarely use more than a few levels at once).
 ///
+/// Planned once per session (a generic plan: claims run on sessions of their own that plan
+/// once, see `Shared::claims`), so nothing in its plan
+/// may hinge on the parameters' values: the picked rows are updated by primary key through an
+/// array, a plan that stays an index lookup whatever row count the planner guesses (joined to
+/// `picked`, a generic plan guesses millions and hashes the whole table).
+///
 /// The claim commits asynchronously ([`ASYNC_COMMIT`]): a claim lost to a server crash leaves
 /// its jobs available, so they run again, as after any lost lease (at least once); the attempt's
 /// finish, a durable commit, flushes the claim's WAL record with its own.
@@ -134,7 +140,7 @@ const CLAIM: &str = "WITH RECURSIVE t AS (SELECT {now} AS now, {async_commit} AS
      UPDATE {s}.jobs j SET state = 'running', attempt = j.attempt + 1, lease_owner = $5, \
        lease_token = $7, lease_expires = {sat(t.now, $6)}, \
        cancel_requested = false \
-     FROM picked, t WHERE j.id = picked.id \
+     FROM t WHERE j.id = ANY (ARRAY(SELECT id FROM picked)) \
      RETURNING {job_columns}";
 
 /// `synchronous_commit = off` for the rest of the statement's transaction (`SET LOCAL`): its
