@@ -78,6 +78,10 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
             shared.tracker.spawn(task);
         }
         drop(permits);
+        // Let the attempts just spawned take their first step before the next claim counts free
+        // slots: a handler that returns at once gives its slot back then, and counted before
+        // it ran, every other claim would come back half the size it could be.
+        tokio::task::yield_now().await;
         if !full {
             let wait = until_next_due(&shared, &request).await;
             tokio::select! {
