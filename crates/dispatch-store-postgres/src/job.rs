@@ -69,11 +69,7 @@ impl FinishColumns {
 #[async_trait]
 impl JobStore for PostgresStore {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        self.timed("enqueue", async {
-            let mut conn = self.shared.claims.acquire().await.map_err(db_error)?;
-            self.enqueue_on(&mut conn, &jobs).await
-        })
-        .await
+        self.timed("enqueue", self.enqueue_grouped(jobs)).await
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
@@ -83,7 +79,7 @@ impl JobStore for PostgresStore {
         self.timed("claim", async {
             let rows = self
                 .bind_claim(sqlx::query(self.shared.sql.claim.clone()), request)
-                .fetch_all(&self.shared.claims)
+                .fetch_all(&self.shared.hot)
                 .await
                 .map_err(db_error)?;
             let mut rows = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
@@ -286,7 +282,7 @@ impl JobStore for PostgresStore {
                 .bind(self.now_param())
                 .bind(queues)
                 .bind(names)
-                .fetch_one(&self.shared.claims)
+                .fetch_one(&self.shared.hot)
                 .await
                 .map_err(db_error)?;
             Ok(wait.map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))))
@@ -330,7 +326,7 @@ impl PostgresStore {
     /// diagnosing slow claims on real data, and for the tests that pin what a claim reads.
     pub async fn explain_claim(&self, request: &ClaimRequest) -> Result<String> {
         self.timed("explain_claim", async {
-            let mut conn = self.shared.claims.acquire().await.map_err(db_error)?;
+            let mut conn = self.shared.hot.acquire().await.map_err(db_error)?;
             let explained = explain_prepared_claim(&mut conn, &self.shared.sql.claim, || {
                 self.bind_claim(sqlx::query(EXPLAIN_CLAIM), request)
             })

@@ -69,6 +69,7 @@
 
 mod dlq;
 mod enqueue;
+mod enqueue_group;
 mod error;
 mod job;
 mod migrate;
@@ -93,6 +94,7 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 
 pub use migrate::SCHEMA_VERSION;
 
+use enqueue_group::EnqueueQueue;
 pub(crate) use error::db_error;
 use sql::Queries;
 use wake::Wake;
@@ -106,11 +108,11 @@ pub const DEFAULT_APPLICATION_NAME: &str = "dispatch";
 /// Connections in the store's pool unless told otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// A pooled connection idle this long is pinged before it is used again.
-/// The connections claims (and the idle fetch loop's next-due probe) run on, beside the main
-/// pool: one fetch loop claims at a time, so two cover two workers sharing a store.
-const CLAIM_CONNECTIONS: u32 = 2;
+/// The hot-path sessions: two for claims (one fetch loop claims at a time, so two cover two
+/// workers sharing a store) and one per group enqueue writer.
+const HOT_CONNECTIONS: u32 = 2 + enqueue_group::WRITERS as u32;
 
-/// The session setting of the claim sessions: each prepared statement gets one (generic) plan.
+/// The setting of the hot-path sessions: each prepared statement gets one (generic) plan.
 const PLAN_ONCE: &str = "SET plan_cache_mode = force_generic_plan";
 
 const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
@@ -131,14 +133,18 @@ pub struct PostgresStore {
 #[derive(Debug)]
 struct Shared {
     pool: PgPool,
-    /// The sessions claims run on: they plan each statement once per session
-    /// ([`PLAN_ONCE`]). Left to choose, the server plans every claim anew, since its
-    /// parameters (arrays, a limit) make a custom plan look cheaper than the generic one, and
-    /// planning a claim costs twice what running it does (measured: 0.32 ms planning against
-    /// 0.15 ms running). The claim is written so that its generic plan is the one it needs
-    /// ([`PostgresStore::explain_claim`] shows it). A pool of its own, because other statements
-    /// (a finish touching runs, the workflow writes) do need plans made for their values.
-    claims: PgPool,
+    /// The sessions of the hot path (claims, grouped enqueues, the idle fetch loop's next-due
+    /// probe): they plan each statement once per session ([`PLAN_ONCE`]). Left to choose, the
+    /// server plans every claim and enqueue anew, since their parameters (arrays, a limit)
+    /// make a custom plan look cheaper than the generic one, and planning them costs more than
+    /// running them (measured: 0.32 ms planning against 0.15 ms running for a claim, 0.41
+    /// against 0.10 for an enqueue). Those statements are written so that their generic plan
+    /// is the one they need ([`PostgresStore::explain_claim`] shows the claim's). A pool of its
+    /// own, because other statements (a finish touching runs, the workflow writes) do need
+    /// plans made for their values.
+    hot: PgPool,
+    /// Enqueues waiting to be written in a group (see `enqueue_group`).
+    enqueues: EnqueueQueue,
     sql: Queries,
     schema: String,
     wake: Wake,
@@ -187,8 +193,8 @@ impl PostgresStoreBuilder {
     }
 
     /// Open at most `n` pooled connections (default [`DEFAULT_MAX_CONNECTIONS`], at least 1).
-    /// The wake-up listener holds one more while anyone subscribes, and claims run on two of
-    /// their own.
+    /// The wake-up listener holds one more while anyone subscribes, and the hot path (claims,
+    /// enqueues) runs on four of its own.
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = n.max(1);
         self
@@ -232,7 +238,8 @@ impl PostgresStoreBuilder {
         let store = PostgresStore {
             shared: Arc::new(Shared {
                 pool: self.pool(&options, self.max_connections, ""),
-                claims: self.pool(&options, CLAIM_CONNECTIONS, PLAN_ONCE),
+                hot: self.pool(&options, HOT_CONNECTIONS, PLAN_ONCE),
+                enqueues: EnqueueQueue::default(),
                 sql: Queries::new(&quoted),
                 schema: self.schema,
                 wake: Wake::new(options, channel),
@@ -258,7 +265,7 @@ impl PostgresStoreBuilder {
     /// spend hundreds of milliseconds compiling (measured: 350 ms for 3 queues x 300 names).
     ///
     /// `SET`s after login rather than startup options, which poolers may refuse. `settings` are
-    /// more of them, for pools with a purpose (see [`Shared::claims`]).
+    /// more of them, for pools with a purpose (see [`Shared::hot`]).
     fn pool(&self, options: &PgConnectOptions, size: u32, settings: &'static str) -> PgPool {
         let server_ms = server_timeout(self.call_timeout).as_millis().max(1);
         PgPoolOptions::new()
@@ -355,10 +362,11 @@ impl PostgresStore {
         &self.shared.pool
     }
 
-    /// The pool claims run on, apart from [`pool`](Self::pool): a few sessions that plan each
-    /// statement once (`plan_cache_mode = force_generic_plan`). For diagnostics and tests.
-    pub fn claim_pool(&self) -> &PgPool {
-        &self.shared.claims
+    /// The pool of the hot path (claims and enqueues), apart from [`pool`](Self::pool): a few
+    /// sessions that plan each statement once (`plan_cache_mode = force_generic_plan`). For
+    /// diagnostics and tests.
+    pub fn hot_pool(&self) -> &PgPool {
+        &self.shared.hot
     }
 
     /// The `NOTIFY` channel this store's wake-ups travel on: `dispatch_<schema>` (a hash of the

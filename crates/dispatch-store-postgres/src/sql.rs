@@ -112,7 +112,7 @@ const HOLDERS: &str = "SELECT DISTINCT ON (k.name, k.key) k.name, k.key, h.id \
 /// the statement ends (queues rarely use more than a few levels at once).
 ///
 /// Planned once per session (a generic plan: claims run on sessions of their own that plan
-/// once, see `Shared::claims`), so nothing in its plan
+/// once, see `Shared::hot`), so nothing in its plan
 /// may hinge on the parameters' values: the picked rows are updated by primary key through an
 /// array, a plan that stays an index lookup whatever row count the planner guesses (joined to
 /// `picked`, a generic plan guesses millions and hashes the whole table).

@@ -1,7 +1,7 @@
 //! Batch edge cases the conformance suite does not pin, answered as if the items ran one after
 //! another (as the memory store runs them): one job finished twice in one batch, a stale token
 //! before the live one, a lease renewed twice in one heartbeat, a unique key repeated after a
-//! held key. Needs the test server (see `support`).
+//! held key, concurrent enqueues written in one group. Needs the test server (see `support`).
 
 mod support;
 
@@ -20,6 +20,12 @@ fn main() -> ExitCode {
         ("one_lease_twice_in_a_heartbeat", |url| Box::pin(one_lease_twice_in_a_heartbeat(url))),
         ("repeats_of_a_held_key_name_the_holder", |url| {
             Box::pin(repeats_of_a_held_key_name_the_holder(url))
+        }),
+        ("concurrent_enqueues_are_answered_each_for_its_own", |url| {
+            Box::pin(concurrent_enqueues_are_answered_each_for_its_own(url))
+        }),
+        ("one_key_enqueued_by_many_callers_at_once_is_created_once", |url| {
+            Box::pin(one_key_enqueued_by_many_callers_at_once_is_created_once(url))
         }),
     ])
 }
@@ -116,4 +122,63 @@ async fn repeats_of_a_held_key_name_the_holder(url: String) {
     assert_eq!(results[0], Enqueued::Duplicate(holder));
     assert!(!results[1].is_duplicate());
     assert_eq!(results[2], Enqueued::Duplicate(holder));
+}
+
+/// Callers at once: many more than the store's group writers, so their enqueues share groups.
+const CALLERS: usize = 200;
+
+/// Concurrent enqueues are written in groups; each caller is answered for its own jobs only, and
+/// a caller whose job reuses a stored ID with another payload is the only one refused.
+async fn concurrent_enqueues_are_answered_each_for_its_own(url: String) {
+    let store = store(&url).await;
+    let stored = NewJob::new("grouped", b"first".to_vec());
+    store.enqueue(vec![stored.clone()]).await.expect("first enqueue");
+    let mut reused = stored.clone();
+    reused.payload = b"other".to_vec();
+
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..CALLERS {
+        let job = if n == CALLERS / 2 {
+            reused.clone()
+        } else {
+            NewJob::new("grouped", n.to_le_bytes().to_vec())
+        };
+        let store = store.clone();
+        calls.spawn(async move { (job.id, store.enqueue(vec![job]).await) });
+    }
+    let mut created = 0;
+    while let Some(call) = calls.join_next().await {
+        let (id, answer) = call.expect("caller");
+        if id == reused.id {
+            let error = answer.expect_err("the reused ID must be refused");
+            assert_eq!(error.kind(), dispatch_core::ErrorKind::Conflict, "{error}");
+        } else {
+            assert_eq!(answer.expect("enqueue"), vec![Enqueued::Created(id)]);
+            created += 1;
+        }
+    }
+    assert_eq!(created, CALLERS - 1);
+    let job = store.get_job(stored.id).await.expect("get").expect("the first job");
+    assert_eq!(job.payload, b"first", "the refused caller overwrote a stored job");
+}
+
+/// Many callers enqueue one unique key at once: whichever groups their enqueues share, one job
+/// is created and every other caller is told it is a duplicate of that one.
+async fn one_key_enqueued_by_many_callers_at_once_is_created_once(url: String) {
+    let store = store(&url).await;
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..CALLERS {
+        let mut job = NewJob::new("keyed", n.to_le_bytes().to_vec());
+        job.unique = Some(UniqueKey { key: "one".into(), window: None });
+        let store = store.clone();
+        calls.spawn(async move { store.enqueue(vec![job]).await });
+    }
+    let mut answers = Vec::new();
+    while let Some(call) = calls.join_next().await {
+        answers.extend(call.expect("caller").expect("enqueue"));
+    }
+    let created: Vec<_> = answers.iter().filter(|a| matches!(a, Enqueued::Created(_))).collect();
+    assert_eq!(created.len(), 1, "{answers:?}");
+    let holder = created[0].id();
+    assert!(answers.iter().all(|a| a.id() == holder), "{answers:?}");
 }
