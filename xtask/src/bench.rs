@@ -26,7 +26,10 @@ fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
         vec!["enqueue-single", "--jobs", single_jobs],
         vec!["enqueue-batch", "--jobs", batch_jobs, "--batch", "1000"],
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "1"],
+        // The worker's default concurrency.
+        vec!["drain", "--jobs", drain_jobs, "--concurrency", "10"],
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "16"],
+        vec!["drain", "--jobs", drain_jobs, "--concurrency", "64"],
         vec!["drain", "--jobs", drain_jobs, "--concurrency", "256"],
         // The drain beside a crowded queue must stay close to the plain drain.
         vec!["drain-crowded", "--jobs", drain_jobs, "--concurrency", "16", "--crowd", crowd],
@@ -34,7 +37,8 @@ fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
     ];
     list.push(vec!["workflow", "--runs", if quick { "200" } else { "1000" }, "--steps", "10"]);
     for rate in rates {
-        list.push(vec!["latency", "--rate", rate, "--seconds", seconds, "--concurrency", "256"]);
+        // Worker concurrency 16, as the side-by-side runs against other queues use.
+        list.push(vec!["latency", "--rate", rate, "--seconds", seconds, "--concurrency", "16"]);
     }
     list.into_iter().map(|s| s.into_iter().map(str::to_owned).collect()).collect()
 }
