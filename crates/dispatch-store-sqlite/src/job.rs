@@ -157,7 +157,7 @@ impl JobStore for SqliteStore {
             Box::pin(async move {
                 let rows = sqlx::query(
                     // Pinned to the lease index: only expired leases are read (the planner
-                    // would otherwise walk every running job through the state index).
+                    // may otherwise walk every running job).
                     "SELECT * FROM jobs INDEXED BY jobs_lease \
                      WHERE state = 'running' AND lease_expires <= ? \
                      ORDER BY lease_expires, id LIMIT ?",
