@@ -182,7 +182,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        // The writer checkpoints only when the background checkpointer falls behind.
+        // The writer checkpoints only to reset the log (see `checkpoint`).
         let writer_options = options
             .clone()
             .pragma("wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT_PAGES.to_string());
