@@ -35,7 +35,7 @@ impl DlqStore for SqliteStore {
             let rows = sqlx::query(
                 "SELECT * FROM dlq WHERE (? IS NULL OR id > ?) AND (? IS NULL OR queue = ?) \
                  AND (? IS NULL OR name = ?) \
-                 AND (? IS NULL OR (replayed_as IS NOT NULL) = ?) ORDER BY id LIMIT ?",
+                 AND (? IS NULL OR (replayed_as IS NOT NULL) = ?) ORDER BY id LIMIT +?",
             )
             .bind(&after)
             .bind(&after)

@@ -75,8 +75,8 @@ fn lease_rows<T: serde::Serialize>(
 
 /// The rows a set-based statement joins on, by job ID and lease token, from its JSON parameter.
 /// Statements joining on it write `+jobs.state`: the unary plus keeps SQLite from driving the
-/// join from the state index (a scan of every running job per batch item) instead of looking
-/// each item up by ID.
+/// join from an index that holds only running jobs (the lease index: a scan of every running job
+/// per batch item) instead of looking each item up by ID.
 const LEASES: &str = "(SELECT json_extract(value, '$[0]') AS id, \
                        json_extract(value, '$[1]') AS token, \
                        json_extract(value, '$[2]') AS extra FROM json_each(?)) AS f";

@@ -59,6 +59,7 @@ impl SqliteStore {
                 mut conn = self.writer.lock() => {
                     let batch = std::mem::take(&mut *self.writes.queued.lock());
                     commit(&mut conn, batch).await;
+                    self.checkpoints.wrote();
                 }
             }
             flatten(answer.await)

@@ -157,10 +157,10 @@ impl JobStore for SqliteStore {
             Box::pin(async move {
                 let rows = sqlx::query(
                     // Pinned to the lease index: only expired leases are read (the planner
-                    // would otherwise walk every running job through the state index).
+                    // may otherwise walk every running job).
                     "SELECT * FROM jobs INDEXED BY jobs_lease \
                      WHERE state = 'running' AND lease_expires <= ? \
-                     ORDER BY lease_expires, id LIMIT ?",
+                     ORDER BY lease_expires, id LIMIT +?",
                 )
                 .bind(now.as_unix_micros())
                 .bind(sql_limit(limit))
@@ -201,7 +201,7 @@ impl JobStore for SqliteStore {
         self.timed("list_jobs", async {
             let rows = sqlx::query(
                 "SELECT * FROM jobs WHERE (? IS NULL OR id > ?) AND (? IS NULL OR state = ?) \
-                 AND (? IS NULL OR queue = ?) AND (? IS NULL OR name = ?) ORDER BY id LIMIT ?",
+                 AND (? IS NULL OR queue = ?) AND (? IS NULL OR name = ?) ORDER BY id LIMIT +?",
             )
             .bind(&after)
             .bind(&after)
@@ -300,14 +300,16 @@ fn queue_name_pairs(queues: &[String], names: &[String]) -> Vec<(String, String)
 /// per pair: queue, name, now, limit; then the overall limit). One sub-select per pair, each an
 /// equality search of the claim index in claim order, so a claim reads only the jobs it takes
 /// (an `IN (json_each(..))` filter made SQLite scan every available job). `INDEXED BY` pins the
-/// index: the planner would otherwise prefer `jobs_due` and sort every due job.
+/// index: the planner would otherwise prefer `jobs_due` and sort every due job. Limits are
+/// written `+?` (see [`sql_limit`]): a bare `LIMIT ?` makes SQLite re-prepare this
+/// statement at every claim, whose limit (the worker's free slots) changes from call to call.
 fn claim_candidates(queues: &[String], names: &[String]) -> (String, Vec<(String, String)>) {
     let pairs = queue_name_pairs(queues, names);
     let per_pair = "SELECT seq, priority, run_at FROM (SELECT seq, priority, run_at FROM jobs \
                     INDEXED BY jobs_claim WHERE state = 'available' AND queue = ? AND name = ? \
-                    AND run_at <= ? ORDER BY priority DESC, run_at, seq LIMIT ?)";
+                    AND run_at <= ? ORDER BY priority DESC, run_at, seq LIMIT +?)";
     let union = vec![per_pair; pairs.len()].join(" UNION ALL ");
-    let sql = format!("SELECT seq FROM ({union}) ORDER BY priority DESC, run_at, seq LIMIT ?");
+    let sql = format!("SELECT seq FROM ({union}) ORDER BY priority DESC, run_at, seq LIMIT +?");
     (sql, pairs)
 }
 

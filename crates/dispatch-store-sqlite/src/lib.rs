@@ -78,7 +78,8 @@
 //!
 //! The database runs in WAL mode with `synchronous=NORMAL`: a committed call survives a crash of
 //! the process, but the last commits before a power loss or an operating system crash may be
-//! lost (the database itself stays consistent).
+//! lost (the database itself stays consistent). The WAL is checkpointed by a task of the store
+//! on a connection of its own, shortly after commits, so the writer does not stop for it.
 //!
 //! ```no_run
 //! # async fn demo() -> dispatch_core::Result<()> {
@@ -89,6 +90,7 @@
 //! # }
 //! ```
 
+mod checkpoint;
 mod dlq;
 mod enqueue;
 mod events;
@@ -135,6 +137,8 @@ pub struct SqliteStore {
     call_timeout: Duration,
     /// Wakes this process's workers after commits that make jobs available.
     wakeups: dispatch_core::WakeupHub,
+    /// Checkpoints the WAL off the writer, told of every commit.
+    checkpoints: Arc<checkpoint::Checkpointer>,
 }
 
 /// Run `connect` again while it fails with "database is locked": switching a new file to WAL
@@ -178,8 +182,13 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let writer =
-            retry_busy(|| options.connect()).await.map_err(|e| open_error(path_or_url, e))?;
+        // The writer checkpoints only to reset the log (see `checkpoint`).
+        let writer_options = options
+            .clone()
+            .pragma("wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT_PAGES.to_string());
+        let writer = retry_busy(|| writer_options.connect())
+            .await
+            .map_err(|e| open_error(path_or_url, e))?;
         let pool = SqlitePoolOptions::new().max_connections(READERS);
         let readers = retry_busy(|| pool.clone().connect_with(options.clone()))
             .await
@@ -192,6 +201,7 @@ impl SqliteStore {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             wakeups: dispatch_core::WakeupHub::new(),
+            checkpoints: Arc::new(checkpoint::Checkpointer::start(options)),
         };
         store.migrate().await.map_err(|e| {
             if e.kind() == ErrorKind::Unavailable {
@@ -264,6 +274,7 @@ impl SqliteStore {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
             let value = body(&mut tx).await?;
             tx.commit().await.map_err(db_error)?;
+            self.checkpoints.wrote();
             Ok(value)
         })
         .await

@@ -13,6 +13,11 @@ use uuid::Uuid;
 use crate::db_error;
 
 /// A row count or limit as SQLite takes it.
+///
+/// Statements bind a limit as `LIMIT +?`, never `LIMIT ?`: SQLite (3.47 on) plans a bare
+/// `LIMIT ?` with the value bound at prepare time, and so marks the statement stale whenever
+/// that parameter is bound again, which makes every execution of a cached statement parse and
+/// plan it anew. The unary plus keeps the limit a run-time value.
 pub(crate) fn sql_limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -141,6 +141,7 @@ impl SqliteStore {
             let value = body(&mut open).await?;
             let queues = std::mem::take(&mut open.queues);
             tx.commit().await.map_err(db_error)?;
+            self.checkpoints.wrote();
             Ok::<_, E>((value, queues))
         };
         let (value, queues) = match tokio::time::timeout(self.call_timeout, run).await {
