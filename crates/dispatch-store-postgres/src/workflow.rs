@@ -200,18 +200,9 @@ impl WorkflowStore for PostgresStore {
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
         NewCheckpoint::validate_all(&checkpoints, self.max_payload_bytes)?;
-        let (keys, data) = distinct_keys(checkpoints);
-        self.timed("save_checkpoints", async {
-            let row = self
-                .fenced(&self.shared.sql.wf.save_checkpoints, lease, run)
-                .bind(&keys)
-                .bind(&data)
-                .fetch_one(&self.shared.pool)
-                .await
-                .map_err(db_error)?;
-            check_fence(&row, run)
-        })
-        .await
+        // Group-committed with the other drives' writes (see `crate::checkpoint_batch`).
+        let write = distinct_keys(checkpoints);
+        self.timed("save_checkpoints", self.save_batched(lease, run, write)).await
     }
 
     async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome> {
@@ -541,11 +532,11 @@ fn check_fence(row: &PgRow, run: RunId) -> Result<()> {
     Ok(())
 }
 
-fn no_run(run: RunId) -> Error {
+pub(crate) fn no_run(run: RunId) -> Error {
     Error::not_found(format!("no run {run}"))
 }
 
-fn lease_lost(run: RunId) -> Error {
+pub(crate) fn lease_lost(run: RunId) -> Error {
     Error::new(ErrorKind::LeaseLost, format!("the drive of run {run} no longer holds its lease"))
 }
 

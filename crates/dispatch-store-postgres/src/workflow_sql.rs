@@ -90,15 +90,27 @@ const LOAD_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
      FROM r CROSS JOIN LATERAL (SELECT {checkpoint_arrays} FROM {s}.checkpoints c \
        WHERE c.run_id = r.id AND EXISTS (SELECT 1 FROM ok)) ck";
 
-/// Fenced: upsert checkpoints `$5`/`$6` (keys, data; keys distinct) in order. A rewritten key
-/// keeps its `seq` (its place in write order).
-const SAVE_CHECKPOINTS: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
+/// Fenced, for many drives at once (group commit, see `crate::checkpoint_batch`): writes
+/// `$2..$4` (drive job, lease token, run; one write per run) and checkpoints `$5..$7` (run,
+/// key, data; keys distinct per run), upserted in order (a rewritten key keeps its `seq`, its place in write
+/// order), each only when its write's fence holds. The job rows are locked in ID order, so two batches committing
+/// at once can not deadlock. One row per write: `run`, `found`, `held`.
+const SAVE_CHECKPOINT_BATCH: &str = "WITH t AS (SELECT {now} AS now), \
+     q AS (SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::uuid[]) AS q(job, token, run)), \
+     lock AS (SELECT j.id FROM {s}.jobs j JOIN q ON q.job = j.id AND q.token = j.lease_token \
+       WHERE j.state = 'running' ORDER BY j.id FOR UPDATE OF j), \
+     r AS (SELECT x.id, x.drive_job FROM {s}.runs x JOIN q ON q.run = x.id), \
+     ok AS (SELECT r.id FROM r JOIN lock l ON l.id = r.drive_job), \
      ins AS (INSERT INTO {s}.checkpoints (run_id, key, data, at) \
-       SELECT ok.id, c.key, c.data, t.now FROM ok, t, \
-       unnest($5::text[], $6::bytea[]) WITH ORDINALITY AS c(key, data, ord) ORDER BY c.ord \
+       SELECT c.run, c.key, c.data, t.now FROM t, \
+       unnest($5::uuid[], $6::text[], $7::bytea[]) WITH ORDINALITY AS c(run, key, data, ord) \
+       WHERE c.run IN (SELECT id FROM ok) ORDER BY c.ord \
        ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at \
        RETURNING 1) \
-     SELECT {fenced}, (SELECT count(*) FROM ins) AS written";
+     SELECT q.run, EXISTS (SELECT 1 FROM r WHERE r.id = q.run) AS found, \
+       EXISTS (SELECT 1 FROM ok WHERE ok.id = q.run) AS held, \
+       (SELECT count(*) FROM ins) AS written \
+     FROM q";
 
 /// Fenced suspend. `$5` wake-at, `$6..$9` the waits (key, name, correlation, deadline) in order,
 /// `$10` the channel. When one of the waits already has its checkpoint (`pre`: an event reached
@@ -331,7 +343,7 @@ pub(crate) struct WorkflowQueries {
     pub list_runs: SqlStr,
     pub checkpoints: SqlStr,
     pub load_run: SqlStr,
-    pub save_checkpoints: SqlStr,
+    pub save_checkpoint_batch: SqlStr,
     pub suspend: SqlStr,
     pub resolve_wait: SqlStr,
     pub checkpoint_data: SqlStr,
@@ -367,7 +379,7 @@ impl WorkflowQueries {
             list_runs: build(LIST_RUNS),
             checkpoints: build(CHECKPOINTS),
             load_run: build(LOAD_RUN),
-            save_checkpoints: build(SAVE_CHECKPOINTS),
+            save_checkpoint_batch: build(SAVE_CHECKPOINT_BATCH),
             suspend: build(SUSPEND),
             resolve_wait: build(RESOLVE_WAIT),
             checkpoint_data: build(CHECKPOINT_DATA),
@@ -391,10 +403,11 @@ mod tests {
     #[test]
     fn no_placeholder_is_left() {
         let q = Queries::new("\"dispatch\"").wf;
-        for sql in [&q.start_run, &q.load_run, &q.save_checkpoints, &q.suspend, &q.resolve_wait]
-            .into_iter()
-            .chain([&q.end_run, &q.cancel_run, &q.publish, &q.checkpoints, &q.list_runs])
-            .chain([&q.lock_drive, &q.drop_waits, &q.replay_run, &q.migrate_run])
+        for sql in
+            [&q.start_run, &q.load_run, &q.save_checkpoint_batch, &q.suspend, &q.resolve_wait]
+                .into_iter()
+                .chain([&q.end_run, &q.cancel_run, &q.publish, &q.checkpoints, &q.list_runs])
+                .chain([&q.lock_drive, &q.drop_waits, &q.replay_run, &q.migrate_run])
         {
             assert!(!sql.as_str().contains("{s}"), "{}", sql.as_str());
             assert!(!sql.as_str().contains("{now}"), "{}", sql.as_str());
