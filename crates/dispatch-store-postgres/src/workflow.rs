@@ -172,6 +172,11 @@ impl WorkflowStore for PostgresStore {
     }
 
     async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
+        // A run that is not suspended needs no write: a read-only statement, whose commit
+        // waits for no WAL flush.
+        if let Some(snapshot) = self.read_run(lease, run).await? {
+            return Ok(snapshot);
+        }
         self.timed("load_run", async {
             let row = self
                 .fenced(&self.shared.sql.wf.load_run, lease, run)
@@ -403,6 +408,29 @@ impl WorkflowStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// The snapshot of a run that is not suspended, read without a lock (`READ_RUN` of
+    /// [`crate::workflow_sql`]); `None` for a suspended run, which [`load_run`] flips.
+    async fn read_run(&self, lease: LeaseRef, run: RunId) -> Result<Option<RunSnapshot>> {
+        self.timed("load_run", async {
+            let row = self
+                .fenced(&self.shared.sql.wf.read_run, lease, run)
+                .fetch_optional(&self.shared.pool)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| no_run(run))?;
+            if !get::<bool>(&row, "held")? {
+                return Err(lease_lost(run));
+            }
+            let stored = run_from_row(&row)?;
+            if stored.state == RunState::Suspended {
+                return Ok(None);
+            }
+            let now = Timestamp::from_unix_micros(get(&row, "store_now")?);
+            Ok(Some(RunSnapshot { run: stored, checkpoints: checkpoints_from_row(&row)?, now }))
+        })
+        .await
+    }
+
     /// Make drive jobs a publish delivered to but had to skip due now (see
     /// [`crate::workflow_sql`]'s `PUBLISH`). The publish is committed, so a failure here is not
     /// the caller's: it is logged, and the run wakes at its wait's deadline at the latest.

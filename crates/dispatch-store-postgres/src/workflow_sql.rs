@@ -90,6 +90,20 @@ const LOAD_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
      FROM r CROSS JOIN LATERAL (SELECT {checkpoint_arrays} FROM {s}.checkpoints c \
        WHERE c.run_id = r.id AND EXISTS (SELECT 1 FROM ok)) ck";
 
+/// [`LOAD_RUN`] without a lock or a write, for a run that is not suspended (nothing to flip):
+/// the fence is read in the statement's snapshot (`held`), as the locking one reads it, but
+/// the transaction stays read-only, so its commit waits for no WAL flush. A suspended run
+/// (`state`) is loaded again by [`LOAD_RUN`]. No row for an unknown run.
+const READ_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+     lease AS (SELECT j.id FROM {s}.jobs j WHERE j.id = $2 AND j.state = 'running' \
+       AND j.lease_token = $3), \
+     r AS (SELECT x.* FROM {s}.runs x WHERE x.id = $4), \
+     ok AS (SELECT r.id FROM r JOIN lease l ON l.id = r.drive_job) \
+     SELECT {run_columns}, EXISTS (SELECT 1 FROM ok) AS held, (SELECT now FROM t) AS store_now, \
+       ck.* \
+     FROM r CROSS JOIN LATERAL (SELECT {checkpoint_arrays} FROM {s}.checkpoints c \
+       WHERE c.run_id = r.id AND EXISTS (SELECT 1 FROM ok) AND r.state <> 'suspended') ck";
+
 /// Fenced, for many drives at once (group commit, see `crate::checkpoint_batch`): writes
 /// `$2..$4` (drive job, lease token, run; one write per run) and checkpoints `$5..$7` (run,
 /// key, data; keys distinct per run), upserted in order (a rewritten key keeps its `seq`, its place in write
@@ -343,6 +357,7 @@ pub(crate) struct WorkflowQueries {
     pub list_runs: SqlStr,
     pub checkpoints: SqlStr,
     pub load_run: SqlStr,
+    pub read_run: SqlStr,
     pub save_checkpoint_batch: SqlStr,
     pub suspend: SqlStr,
     pub resolve_wait: SqlStr,
@@ -379,6 +394,7 @@ impl WorkflowQueries {
             list_runs: build(LIST_RUNS),
             checkpoints: build(CHECKPOINTS),
             load_run: build(LOAD_RUN),
+            read_run: build(READ_RUN),
             save_checkpoint_batch: build(SAVE_CHECKPOINT_BATCH),
             suspend: build(SUSPEND),
             resolve_wait: build(RESOLVE_WAIT),
@@ -403,11 +419,17 @@ mod tests {
     #[test]
     fn no_placeholder_is_left() {
         let q = Queries::new("\"dispatch\"").wf;
-        for sql in
-            [&q.start_run, &q.load_run, &q.save_checkpoint_batch, &q.suspend, &q.resolve_wait]
-                .into_iter()
-                .chain([&q.end_run, &q.cancel_run, &q.publish, &q.checkpoints, &q.list_runs])
-                .chain([&q.lock_drive, &q.drop_waits, &q.replay_run, &q.migrate_run])
+        for sql in [
+            &q.start_run,
+            &q.load_run,
+            &q.read_run,
+            &q.save_checkpoint_batch,
+            &q.suspend,
+            &q.resolve_wait,
+        ]
+        .into_iter()
+        .chain([&q.end_run, &q.cancel_run, &q.publish, &q.checkpoints, &q.list_runs])
+        .chain([&q.lock_drive, &q.drop_waits, &q.replay_run, &q.migrate_run])
         {
             assert!(!sql.as_str().contains("{s}"), "{}", sql.as_str());
             assert!(!sql.as_str().contains("{now}"), "{}", sql.as_str());
