@@ -1,4 +1,5 @@
-//! Group commit of checkpoint writes: the hot path of workflows (one write per step).
+//! Group commit of checkpoint writes and run ends: the hot path of workflows (one write per
+//! step, one end per run).
 //!
 //! With `fsync` and `synchronous_commit` on, every transaction waits for its WAL flush, so
 //! concurrent drives writing one statement each are bounded by commits per second, not by
@@ -8,6 +9,10 @@
 //! that write), and answers them all after the commit. A drive whose write another holder took
 //! only waits for its answer. No timer: a batch is what queued while the previous ones
 //! committed, so a lone drive pays no delay.
+//!
+//! A run's end ([`WorkflowStore::end_run`](dispatch_core::WorkflowStore::end_run)) rides the
+//! same batches: it is a write too (the run's state, output or error; its waits dropped), fenced
+//! the same way, and a commit of its own per run would cost the flush the batch saves.
 //!
 //! A batch holds at most one write per run, so rows of one batch never touch one checkpoint
 //! twice and two leases of one run (a stalled drive and its successor) are fenced one by one;
@@ -38,7 +43,19 @@ struct QueuedWrite {
     run: RunId,
     keys: Vec<String>,
     data: Vec<Vec<u8>>,
+    /// Set for a run's end (then there are no checkpoints).
+    end: Option<End>,
     reply: oneshot::Sender<Result<()>>,
+}
+
+/// How a run ends, as the batch statement takes it.
+pub(crate) struct End {
+    /// The final state's name.
+    pub(crate) state: &'static str,
+    /// The output, when completed.
+    pub(crate) output: Option<Vec<u8>>,
+    /// The error or cancel reason.
+    pub(crate) error: Option<String>,
 }
 
 /// The checkpoint writes waiting for a commit slot, shared by every clone of a store.
@@ -105,10 +122,25 @@ impl PostgresStore {
         run: RunId,
         (keys, data): (Vec<String>, Vec<Vec<u8>>),
     ) -> Result<()> {
+        self.batched(lease, run, (keys, data), None).await
+    }
+
+    /// End `run`, fenced by `lease`, in the next group commit.
+    pub(crate) async fn end_batched(&self, lease: LeaseRef, run: RunId, end: End) -> Result<()> {
+        self.batched(lease, run, (Vec::new(), Vec::new()), Some(end)).await
+    }
+
+    async fn batched(
+        &self,
+        lease: LeaseRef,
+        run: RunId,
+        (keys, data): (Vec<String>, Vec<Vec<u8>>),
+        end: Option<End>,
+    ) -> Result<()> {
         let (reply, mut answer) = oneshot::channel();
         let batcher = &self.shared.checkpoints;
         let ticket = batcher.tickets.fetch_add(1, Ordering::Relaxed);
-        batcher.queue().push(QueuedWrite { ticket, lease, run, keys, data, reply });
+        batcher.queue().push(QueuedWrite { ticket, lease, run, keys, data, end, reply });
         // Take a slot until this write is in a batch (it may be left for a later batch: a
         // batch holds one write per run), then wait for its answer.
         while batcher.is_queued(ticket) {
@@ -151,12 +183,18 @@ impl PostgresStore {
         }
     }
 
-    /// The statement of a batch: per write its lease and run, then every checkpoint with its
-    /// run. Answers each write's result, in batch order.
+    /// The statement of a batch: per write its lease, run and end (if one), then every
+    /// checkpoint with its run. Answers each write's result, in batch order.
     async fn write_batch(&self, batch: &[QueuedWrite]) -> Result<Vec<Result<()>>> {
         let jobs: Vec<Uuid> = batch.iter().map(|w| w.lease.job_id.uuid()).collect();
         let tokens: Vec<Uuid> = batch.iter().map(|w| w.lease.token.uuid()).collect();
         let runs: Vec<Uuid> = batch.iter().map(|w| w.run.uuid()).collect();
+        let states: Vec<Option<&str>> =
+            batch.iter().map(|w| w.end.as_ref().map(|e| e.state)).collect();
+        let outputs: Vec<Option<&[u8]>> =
+            batch.iter().map(|w| w.end.as_ref().and_then(|e| e.output.as_deref())).collect();
+        let errors: Vec<Option<&str>> =
+            batch.iter().map(|w| w.end.as_ref().and_then(|e| e.error.as_deref())).collect();
         let rows = batch.iter().flat_map(|w| w.keys.iter().zip(&w.data).map(move |c| (w.run, c)));
         let (mut row_runs, mut keys, mut data) = (Vec::new(), Vec::new(), Vec::new());
         for (run, (key, bytes)) in rows {
@@ -169,6 +207,9 @@ impl PostgresStore {
             .bind(&jobs)
             .bind(&tokens)
             .bind(&runs)
+            .bind(&states)
+            .bind(&outputs)
+            .bind(&errors)
             .bind(&row_runs)
             .bind(&keys)
             .bind(&data)
@@ -210,7 +251,8 @@ mod tests {
         let (reply, answer) = oneshot::channel();
         let lease = LeaseRef { job_id: JobId::new(), token: LeaseToken::new() };
         let ticket = batcher.tickets.fetch_add(1, Ordering::Relaxed);
-        let write = QueuedWrite { ticket, lease, run, keys: vec![], data: vec![], reply };
+        let (keys, data) = (vec![], vec![]);
+        let write = QueuedWrite { ticket, lease, run, keys, data, end: None, reply };
         batcher.queue().push(write);
         answer
     }

@@ -285,18 +285,9 @@ impl WorkflowStore for PostgresStore {
                 (None, Some(error.replace('\0', "\u{fffd}")))
             }
         };
-        self.timed("end_run", async {
-            let row = self
-                .fenced(&self.shared.sql.wf.end_run, lease, run)
-                .bind(state)
-                .bind(output.as_deref())
-                .bind(error.as_deref())
-                .fetch_one(&self.shared.pool)
-                .await
-                .map_err(db_error)?;
-            check_fence(&row, run)
-        })
-        .await
+        // Group-committed with the drives' checkpoint writes (see `crate::checkpoint_batch`).
+        let end = crate::checkpoint_batch::End { state, output, error };
+        self.timed("end_run", self.end_batched(lease, run, end)).await
     }
 
     async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
