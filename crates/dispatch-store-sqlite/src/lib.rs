@@ -97,6 +97,7 @@ mod group;
 mod job;
 mod migrate;
 mod row;
+mod run_end;
 mod transaction;
 mod workflow;
 
@@ -129,6 +130,8 @@ pub struct SqliteStore {
     writer: Arc<Mutex<SqliteConnection>>,
     /// Checkpoint writes waiting for the next group commit.
     writes: Arc<group::WriteQueue>,
+    /// Run ends waiting for the next group commit of ends.
+    ends: Arc<run_end::EndQueue>,
     readers: SqlitePool,
     clock: SharedClock,
     max_payload_bytes: usize,
@@ -187,6 +190,7 @@ impl SqliteStore {
         let store = Self {
             writer: Arc::new(Mutex::new(writer)),
             writes: Arc::default(),
+            ends: Arc::default(),
             readers,
             clock: Arc::new(SystemClock),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,

@@ -627,42 +627,8 @@ impl WorkflowStore for SqliteStore {
     }
 
     async fn end_run(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()> {
-        let now = self.clock.now();
-        self.write("end_run", move |conn| {
-            Box::pin(async move {
-                let state = end.state();
-                let (output, error) = match end {
-                    RunEnd::Completed(output) => (Some(output), None),
-                    RunEnd::Failed(error) | RunEnd::Cancelled(error) => (None, Some(error)),
-                };
-                let id = run.to_string();
-                // Fenced in the statement itself; when it changes nothing, say why.
-                let ended = sqlx::query(
-                    "UPDATE runs SET state = ?, output = coalesce(?, output), \
-                     error = coalesce(?, error), updated_at = ?, finished_at = ? \
-                     WHERE id = ? AND drive_job = ? AND EXISTS (SELECT 1 FROM jobs \
-                       WHERE jobs.id = ? AND jobs.state = 'running' AND jobs.lease_token = ?)",
-                )
-                .bind(state.as_str())
-                .bind(output)
-                .bind(error)
-                .bind(now.as_unix_micros())
-                .bind(now.as_unix_micros())
-                .bind(id.as_str())
-                .bind(lease.job_id.to_string())
-                .bind(lease.job_id.to_string())
-                .bind(token_text(lease.token))
-                .execute(&mut *conn)
-                .await
-                .map_err(db_error)?;
-                if ended.rows_affected() == 0 {
-                    fenced(conn, lease, run).await?;
-                    return Err(Error::internal(format!("run {run} did not end")));
-                }
-                delete_waits(conn, &id).await
-            })
-        })
-        .await
+        // Group-committed with the other drives' ends (see the `run_end` module).
+        self.end_grouped(lease, run, end).await
     }
 
     async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
