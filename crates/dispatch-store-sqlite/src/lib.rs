@@ -100,6 +100,7 @@ mod row;
 mod run_end;
 mod transaction;
 mod workflow;
+mod workflow_rearm;
 
 use std::future::Future;
 use std::str::FromStr;
