@@ -69,11 +69,19 @@ impl Runs {
     }
 
     fn write(&mut self, run: RunId, checkpoint: NewCheckpoint, now: Timestamp) {
-        let Some(row) = self.runs.get_mut(&run) else { return };
+        if let Some(row) = self.runs.get_mut(&run) {
+            row.write(checkpoint, now);
+        }
+    }
+}
+
+impl RunRow {
+    /// Insert or replace a checkpoint (a replaced key keeps its place in write order).
+    fn write(&mut self, checkpoint: NewCheckpoint, now: Timestamp) {
         let stored = Checkpoint { key: checkpoint.key, data: checkpoint.data, at: now };
-        match row.checkpoints.iter_mut().find(|c| c.key == stored.key) {
+        match self.checkpoints.iter_mut().find(|c| c.key == stored.key) {
             Some(existing) => *existing = stored,
-            None => row.checkpoints.push(stored),
+            None => self.checkpoints.push(stored),
         }
     }
 }
@@ -327,9 +335,10 @@ impl WorkflowStore for MemoryStore {
         NewCheckpoint::validate_all(&checkpoints, self.max_payload_bytes)?;
         let now = self.clock.now();
         let mut state = self.state.lock();
-        state.fenced(lease, run)?;
+        // One lookup of the run: the fence answers its row.
+        let row = state.fenced(lease, run)?;
         for checkpoint in checkpoints {
-            state.runs.write(run, checkpoint, now);
+            row.write(checkpoint, now);
         }
         Ok(())
     }

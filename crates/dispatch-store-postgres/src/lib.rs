@@ -67,6 +67,7 @@
 //! # }
 //! ```
 
+mod checkpoint_batch;
 mod dlq;
 mod enqueue;
 mod enqueue_group;
@@ -148,6 +149,8 @@ struct Shared {
     sql: Queries,
     schema: String,
     wake: Wake,
+    /// Checkpoint writes waiting for their group commit.
+    checkpoints: checkpoint_batch::CheckpointBatcher,
 }
 
 /// Options for [`PostgresStore::builder`]: where the tables live, what the connections are
@@ -243,6 +246,7 @@ impl PostgresStoreBuilder {
                 sql: Queries::new(&quoted),
                 schema: self.schema,
                 wake: Wake::new(options, channel),
+                checkpoints: checkpoint_batch::CheckpointBatcher::default(),
             }),
             clock: None,
             max_payload_bytes: self.max_payload_bytes,

@@ -172,6 +172,11 @@ impl WorkflowStore for PostgresStore {
     }
 
     async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
+        // A run that is not suspended needs no write: a read-only statement, whose commit
+        // waits for no WAL flush.
+        if let Some(snapshot) = self.read_run(lease, run).await? {
+            return Ok(snapshot);
+        }
         self.timed("load_run", async {
             let row = self
                 .fenced(&self.shared.sql.wf.load_run, lease, run)
@@ -200,18 +205,9 @@ impl WorkflowStore for PostgresStore {
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
         NewCheckpoint::validate_all(&checkpoints, self.max_payload_bytes)?;
-        let (keys, data) = distinct_keys(checkpoints);
-        self.timed("save_checkpoints", async {
-            let row = self
-                .fenced(&self.shared.sql.wf.save_checkpoints, lease, run)
-                .bind(&keys)
-                .bind(&data)
-                .fetch_one(&self.shared.pool)
-                .await
-                .map_err(db_error)?;
-            check_fence(&row, run)
-        })
-        .await
+        // Group-committed with the other drives' writes (see `crate::checkpoint_batch`).
+        let write = distinct_keys(checkpoints);
+        self.timed("save_checkpoints", self.save_batched(lease, run, write)).await
     }
 
     async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome> {
@@ -289,18 +285,9 @@ impl WorkflowStore for PostgresStore {
                 (None, Some(error.replace('\0', "\u{fffd}")))
             }
         };
-        self.timed("end_run", async {
-            let row = self
-                .fenced(&self.shared.sql.wf.end_run, lease, run)
-                .bind(state)
-                .bind(output.as_deref())
-                .bind(error.as_deref())
-                .fetch_one(&self.shared.pool)
-                .await
-                .map_err(db_error)?;
-            check_fence(&row, run)
-        })
-        .await
+        // Group-committed with the drives' checkpoint writes (see `crate::checkpoint_batch`).
+        let end = crate::checkpoint_batch::End { state, output, error };
+        self.timed("end_run", self.end_batched(lease, run, end)).await
     }
 
     async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
@@ -412,6 +399,29 @@ impl WorkflowStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// The snapshot of a run that is not suspended, read without a lock (`READ_RUN` of
+    /// [`crate::workflow_sql`]); `None` for a suspended run, which [`load_run`] flips.
+    async fn read_run(&self, lease: LeaseRef, run: RunId) -> Result<Option<RunSnapshot>> {
+        self.timed("load_run", async {
+            let row = self
+                .fenced(&self.shared.sql.wf.read_run, lease, run)
+                .fetch_optional(&self.shared.pool)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| no_run(run))?;
+            if !get::<bool>(&row, "held")? {
+                return Err(lease_lost(run));
+            }
+            let stored = run_from_row(&row)?;
+            if stored.state == RunState::Suspended {
+                return Ok(None);
+            }
+            let now = Timestamp::from_unix_micros(get(&row, "store_now")?);
+            Ok(Some(RunSnapshot { run: stored, checkpoints: checkpoints_from_row(&row)?, now }))
+        })
+        .await
+    }
+
     /// Make drive jobs a publish delivered to but had to skip due now (see
     /// [`crate::workflow_sql`]'s `PUBLISH`). The publish is committed, so a failure here is not
     /// the caller's: it is logged, and the run wakes at its wait's deadline at the latest.
@@ -541,11 +551,11 @@ fn check_fence(row: &PgRow, run: RunId) -> Result<()> {
     Ok(())
 }
 
-fn no_run(run: RunId) -> Error {
+pub(crate) fn no_run(run: RunId) -> Error {
     Error::not_found(format!("no run {run}"))
 }
 
-fn lease_lost(run: RunId) -> Error {
+pub(crate) fn lease_lost(run: RunId) -> Error {
     Error::new(ErrorKind::LeaseLost, format!("the drive of run {run} no longer holds its lease"))
 }
 

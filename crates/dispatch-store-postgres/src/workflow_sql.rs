@@ -90,15 +90,50 @@ const LOAD_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
      FROM r CROSS JOIN LATERAL (SELECT {checkpoint_arrays} FROM {s}.checkpoints c \
        WHERE c.run_id = r.id AND EXISTS (SELECT 1 FROM ok)) ck";
 
-/// Fenced: upsert checkpoints `$5`/`$6` (keys, data; keys distinct) in order. A rewritten key
-/// keeps its `seq` (its place in write order).
-const SAVE_CHECKPOINTS: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
+/// [`LOAD_RUN`] without a lock or a write, for a run that is not suspended (nothing to flip):
+/// the fence is read in the statement's snapshot (`held`), as the locking one reads it, but
+/// the transaction stays read-only, so its commit waits for no WAL flush. A suspended run
+/// (`state`) is loaded again by [`LOAD_RUN`]. No row for an unknown run.
+const READ_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+     lease AS (SELECT j.id FROM {s}.jobs j WHERE j.id = $2 AND j.state = 'running' \
+       AND j.lease_token = $3), \
+     r AS (SELECT x.* FROM {s}.runs x WHERE x.id = $4), \
+     ok AS (SELECT r.id FROM r JOIN lease l ON l.id = r.drive_job) \
+     SELECT {run_columns}, EXISTS (SELECT 1 FROM ok) AS held, (SELECT now FROM t) AS store_now, \
+       ck.* \
+     FROM r CROSS JOIN LATERAL (SELECT {checkpoint_arrays} FROM {s}.checkpoints c \
+       WHERE c.run_id = r.id AND EXISTS (SELECT 1 FROM ok) AND r.state <> 'suspended') ck";
+
+/// Fenced, for many drives at once (group commit, see `crate::checkpoint_batch`): writes
+/// `$2..$7` (drive job, lease token, run, and for a run's end its state, output and error;
+/// one write per run) and checkpoints `$8..$10` (run, key, data; keys distinct per run). Each
+/// write happens only when its fence holds: its checkpoints upserted in order (a rewritten key
+/// keeps its `seq`, its place in write order), or its run ended (its state; its output or
+/// error, each kept when none is given; its update and finish times; its waits dropped). The
+/// job rows are locked in ID order, so two batches committing at once can not deadlock. One row
+/// per write: `run`, `found`, `held`.
+const SAVE_CHECKPOINT_BATCH: &str = "WITH t AS (SELECT {now} AS now), \
+     q AS (SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], \
+       $7::text[]) AS q(job, token, run, state, output, error)), \
+     lock AS (SELECT j.id FROM {s}.jobs j JOIN q ON q.job = j.id AND q.token = j.lease_token \
+       WHERE j.state = 'running' ORDER BY j.id FOR UPDATE OF j), \
+     r AS (SELECT x.id, x.drive_job FROM {s}.runs x JOIN q ON q.run = x.id), \
+     ok AS (SELECT r.id FROM r JOIN lock l ON l.id = r.drive_job), \
      ins AS (INSERT INTO {s}.checkpoints (run_id, key, data, at) \
-       SELECT ok.id, c.key, c.data, t.now FROM ok, t, \
-       unnest($5::text[], $6::bytea[]) WITH ORDINALITY AS c(key, data, ord) ORDER BY c.ord \
+       SELECT c.run, c.key, c.data, t.now FROM t, \
+       unnest($8::uuid[], $9::text[], $10::bytea[]) WITH ORDINALITY AS c(run, key, data, ord) \
+       WHERE c.run IN (SELECT id FROM ok) ORDER BY c.ord \
        ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at \
-       RETURNING 1) \
-     SELECT {fenced}, (SELECT count(*) FROM ins) AS written";
+       RETURNING 1), \
+     e AS (SELECT q.* FROM q JOIN ok ON ok.id = q.run WHERE q.state IS NOT NULL), \
+     ended AS (UPDATE {s}.runs x SET state = e.state, output = coalesce(e.output, x.output), \
+       error = coalesce(e.error, x.error), updated_at = t.now, finished_at = t.now FROM e, t \
+       WHERE x.id = e.run), \
+     dropped AS (DELETE FROM {s}.event_waits w USING e WHERE w.run_id = e.run) \
+     SELECT q.run, EXISTS (SELECT 1 FROM r WHERE r.id = q.run) AS found, \
+       EXISTS (SELECT 1 FROM ok WHERE ok.id = q.run) AS held, \
+       (SELECT count(*) FROM ins) AS written \
+     FROM q";
 
 /// Fenced suspend. `$5` wake-at, `$6..$9` the waits (key, name, correlation, deadline) in order,
 /// `$10` the channel. When one of the waits already has its checkpoint (`pre`: an event reached
@@ -175,14 +210,6 @@ const RESOLVE_WAIT: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
 /// The data of run `$1`'s checkpoint `$2`.
 const CHECKPOINT_DATA: &str =
     "SELECT c.data FROM {s}.checkpoints c WHERE c.run_id = $1 AND c.key = $2";
-
-/// Fenced: end the run in state `$5` with output `$6` or error `$7`; drop its waits.
-const END_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
-     ended AS (UPDATE {s}.runs x SET state = $5, output = coalesce($6, x.output), \
-       error = coalesce($7, x.error), updated_at = t.now, finished_at = t.now FROM ok, t \
-       WHERE x.id = ok.id), \
-     dropped AS (DELETE FROM {s}.event_waits w USING ok WHERE w.run_id = ok.id) \
-     SELECT {fenced}";
 
 /// Ask run `$2` to stop for reason `$3`; `$4` the channel. The drive job's row is locked first
 /// (`job`), then the run's (`r`, waiting for it): the order of the fenced statements, so a
@@ -331,11 +358,11 @@ pub(crate) struct WorkflowQueries {
     pub list_runs: SqlStr,
     pub checkpoints: SqlStr,
     pub load_run: SqlStr,
-    pub save_checkpoints: SqlStr,
+    pub read_run: SqlStr,
+    pub save_checkpoint_batch: SqlStr,
     pub suspend: SqlStr,
     pub resolve_wait: SqlStr,
     pub checkpoint_data: SqlStr,
-    pub end_run: SqlStr,
     pub cancel_run: SqlStr,
     pub lock_event_keys: SqlStr,
     pub publish: SqlStr,
@@ -367,11 +394,11 @@ impl WorkflowQueries {
             list_runs: build(LIST_RUNS),
             checkpoints: build(CHECKPOINTS),
             load_run: build(LOAD_RUN),
-            save_checkpoints: build(SAVE_CHECKPOINTS),
+            read_run: build(READ_RUN),
+            save_checkpoint_batch: build(SAVE_CHECKPOINT_BATCH),
             suspend: build(SUSPEND),
             resolve_wait: build(RESOLVE_WAIT),
             checkpoint_data: build(CHECKPOINT_DATA),
-            end_run: build(END_RUN),
             cancel_run: build(CANCEL_RUN),
             lock_event_keys: build(LOCK_EVENT_KEYS),
             publish: build(PUBLISH),
@@ -391,10 +418,17 @@ mod tests {
     #[test]
     fn no_placeholder_is_left() {
         let q = Queries::new("\"dispatch\"").wf;
-        for sql in [&q.start_run, &q.load_run, &q.save_checkpoints, &q.suspend, &q.resolve_wait]
-            .into_iter()
-            .chain([&q.end_run, &q.cancel_run, &q.publish, &q.checkpoints, &q.list_runs])
-            .chain([&q.lock_drive, &q.drop_waits, &q.replay_run, &q.migrate_run])
+        for sql in [
+            &q.start_run,
+            &q.load_run,
+            &q.read_run,
+            &q.save_checkpoint_batch,
+            &q.suspend,
+            &q.resolve_wait,
+        ]
+        .into_iter()
+        .chain([&q.cancel_run, &q.publish, &q.checkpoints, &q.list_runs])
+        .chain([&q.lock_drive, &q.drop_waits, &q.replay_run, &q.migrate_run])
         {
             assert!(!sql.as_str().contains("{s}"), "{}", sql.as_str());
             assert!(!sql.as_str().contains("{now}"), "{}", sql.as_str());

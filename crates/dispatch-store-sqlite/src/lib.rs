@@ -99,8 +99,10 @@ mod group;
 mod job;
 mod migrate;
 mod row;
+mod run_end;
 mod transaction;
 mod workflow;
+mod workflow_rearm;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -131,6 +133,8 @@ pub struct SqliteStore {
     writer: Arc<Mutex<SqliteConnection>>,
     /// Checkpoint writes waiting for the next group commit.
     writes: Arc<group::WriteQueue>,
+    /// Run ends waiting for the next group commit of ends.
+    ends: Arc<run_end::EndQueue>,
     readers: SqlitePool,
     clock: SharedClock,
     max_payload_bytes: usize,
@@ -196,6 +200,7 @@ impl SqliteStore {
         let store = Self {
             writer: Arc::new(Mutex::new(writer)),
             writes: Arc::default(),
+            ends: Arc::default(),
             readers,
             clock: Arc::new(SystemClock),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,

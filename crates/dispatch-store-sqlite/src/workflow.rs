@@ -18,11 +18,13 @@ use dispatch_core::{
     RunSnapshot, RunState, Started, Suspend, SuspendOutcome, Timestamp, WaitResolution,
     WorkflowStore,
 };
+use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use crate::enqueue::{enqueue_batch, validate_batch};
 use crate::events::{delete_waits, publish, suspend};
 use crate::row::{checkpoint_from_row, parse, run_from_row, sql_limit, token_text};
+use crate::workflow_rearm::{migrate_in, replay_in};
 use crate::{SqliteStore, db_error};
 
 /// Rows per multi-row insert of checkpoints or waits (at most 7 parameters each).
@@ -60,14 +62,54 @@ pub(crate) async fn fenced(conn: &mut SqliteConnection, lease: LeaseRef, id: Run
     .fetch_optional(&mut *conn)
     .await
     .map_err(db_error)?
-    .ok_or_else(|| Error::not_found(format!("no run {id}")))?;
-    let run = run_from_row(&row)?;
+    .ok_or_else(|| no_run(id))?;
+    held_run(&row, lease, id)
+}
+
+/// The run of a [`fenced`] row (with `job_state` and `job_token`), when `lease` holds it.
+fn held_run(row: &SqliteRow, lease: LeaseRef, id: RunId) -> Result<Run> {
+    let run = run_from_row(row)?;
     let job_state: Option<String> = row.try_get("job_state").map_err(db_error)?;
     let job_token: Option<String> = row.try_get("job_token").map_err(db_error)?;
     let holds = run.drive_job == lease.job_id
         && job_state.as_deref() == Some("running")
         && job_token.is_some_and(|t| t == token_text(lease.token));
     if holds { Ok(run) } else { Err(lease_lost(id)) }
+}
+
+fn no_run(id: RunId) -> Error {
+    Error::not_found(format!("no run {id}"))
+}
+
+/// [`fenced`] and the run's checkpoints (write order) in one statement, for a read beside the
+/// writer: one round trip to the connection's thread instead of two.
+async fn fenced_with_checkpoints(
+    conn: &mut SqliteConnection,
+    lease: LeaseRef,
+    id: RunId,
+) -> Result<(Run, Vec<Checkpoint>)> {
+    let rows = sqlx::query(
+        "SELECT runs.*, jobs.state AS job_state, jobs.lease_token AS job_token, \
+           c.key AS ck_key, c.data AS ck_data, c.at AS ck_at \
+         FROM runs LEFT JOIN jobs ON jobs.id = runs.drive_job \
+         LEFT JOIN checkpoints c ON c.run_id = runs.id WHERE runs.id = ? ORDER BY c.seq",
+    )
+    .bind(id.to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    let run = held_run(rows.first().ok_or_else(|| no_run(id))?, lease, id)?;
+    let mut checkpoints = Vec::with_capacity(rows.len());
+    for row in &rows {
+        // A run without checkpoints is one row with none.
+        let Some(key) = row.try_get::<Option<String>, _>("ck_key").map_err(db_error)? else {
+            continue;
+        };
+        let data = row.try_get("ck_data").map_err(db_error)?;
+        let at = Timestamp::from_unix_micros(row.try_get("ck_at").map_err(db_error)?);
+        checkpoints.push(Checkpoint { key, data, at });
+    }
+    Ok((run, checkpoints))
 }
 
 /// Start `run` with its drive job on `conn`, inside the caller's transaction.
@@ -299,142 +341,6 @@ pub(crate) async fn request_cancel(
     Ok((RunCancel::Requested, queues))
 }
 
-/// The drive job of a run that may be re-armed ([`WorkflowStore::replay_run`],
-/// [`WorkflowStore::migrate_run`]), as read by [`rearmable`].
-struct Rearmable {
-    /// The run's state.
-    state: RunState,
-    /// The ID of its drive job, as stored.
-    drive_job: String,
-    /// The drive job's `run_at` when it is available (a waiting run's wake time).
-    available_at: Option<i64>,
-}
-
-/// Run `id` and its drive job, when no drive holds it (its drive job is not running) and, for a
-/// migration, the run has not completed. `NotFound` for an unknown run, `Conflict` otherwise.
-async fn rearmable(conn: &mut SqliteConnection, id: RunId, migrating: bool) -> Result<Rearmable> {
-    let row = sqlx::query(
-        "SELECT runs.state, runs.drive_job, jobs.state AS job_state, jobs.run_at AS job_run_at \
-         FROM runs LEFT JOIN jobs ON jobs.id = runs.drive_job WHERE runs.id = ?",
-    )
-    .bind(id.to_string())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_error)?
-    .ok_or_else(|| Error::not_found(format!("no run {id}")))?;
-    let state: String = row.try_get("state").map_err(db_error)?;
-    let state = parse::<RunState>("run state", &state)?;
-    let drive_job: String = row.try_get("drive_job").map_err(db_error)?;
-    let job_state: Option<String> = row.try_get("job_state").map_err(db_error)?;
-    let job_run_at: Option<i64> = row.try_get("job_run_at").map_err(db_error)?;
-    if job_state.as_deref() == Some("running") {
-        return Err(Error::new(ErrorKind::Conflict, format!("a drive holds run {id}")));
-    }
-    if migrating && state == RunState::Completed {
-        return Err(Error::new(ErrorKind::Conflict, format!("run {id} has completed")));
-    }
-    let available_at = job_run_at.filter(|_| job_state.as_deref() == Some("available"));
-    Ok(Rearmable { state, drive_job, available_at })
-}
-
-/// Make run `id` running again, with `version`: output, error, finish time and cancel request
-/// cleared.
-async fn reopen(
-    conn: &mut SqliteConnection,
-    id: RunId,
-    version: Option<u32>,
-    now: Timestamp,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE runs SET state = 'running', version = coalesce(?, version), output = NULL, \
-         error = NULL, finished_at = NULL, cancel_reason = NULL, updated_at = ? WHERE id = ?",
-    )
-    .bind(version.map(i64::from))
-    .bind(now.as_unix_micros())
-    .bind(id.to_string())
-    .execute(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    Ok(())
-}
-
-/// Re-arm drive job `drive_job` (renamed to `name` when given): available at `run_at`, attempts
-/// reset, no lease, no cancel request, not finished. Its queue, to wake after the commit; `None`
-/// when the job is gone.
-async fn rearm(
-    conn: &mut SqliteConnection,
-    drive_job: &str,
-    name: Option<&str>,
-    run_at: i64,
-) -> Result<Option<String>> {
-    sqlx::query_scalar(
-        "UPDATE jobs SET state = 'available', run_at = ?, attempt = 0, lease_owner = NULL, \
-         lease_token = NULL, lease_expires = NULL, cancel_requested = 0, finished_at = NULL, \
-         name = coalesce(?, name) WHERE id = ? RETURNING queue",
-    )
-    .bind(run_at)
-    .bind(name)
-    .bind(drive_job)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_error)
-}
-
-/// Replay run `id` from its checkpoint `key`, inside the caller's transaction (see
-/// [`WorkflowStore::replay_run`]). The queue of its re-armed drive job, to wake after the commit.
-async fn replay_in(
-    conn: &mut SqliteConnection,
-    id: RunId,
-    key: &str,
-    now: Timestamp,
-) -> Result<Option<String>> {
-    let target = rearmable(conn, id, false).await?;
-    let run = id.to_string();
-    let seq: i64 = sqlx::query_scalar("SELECT seq FROM checkpoints WHERE run_id = ? AND key = ?")
-        .bind(run.as_str())
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| Error::not_found(format!("run {id} has no checkpoint {key:?}")))?;
-    sqlx::query("DELETE FROM checkpoints WHERE run_id = ? AND seq > ?")
-        .bind(run.as_str())
-        .bind(seq)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    reopen(conn, id, None, now).await?;
-    delete_waits(conn, &run).await?;
-    rearm(conn, &target.drive_job, None, now.as_unix_micros()).await
-}
-
-/// Move run `id` to `version`, inside the caller's transaction (see
-/// [`WorkflowStore::migrate_run`]). The queue of its re-armed drive job, to wake after the
-/// commit.
-async fn migrate_in(
-    conn: &mut SqliteConnection,
-    id: RunId,
-    version: u32,
-    drive_job_name: &str,
-    now: Timestamp,
-) -> Result<Option<String>> {
-    let target = rearmable(conn, id, true).await?;
-    if target.state.is_final() {
-        reopen(conn, id, Some(version), now).await?;
-    } else {
-        sqlx::query("UPDATE runs SET version = ?, updated_at = ? WHERE id = ?")
-            .bind(i64::from(version))
-            .bind(now.as_unix_micros())
-            .bind(id.to_string())
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error)?;
-    }
-    // A waiting drive job keeps its wake time; an ended one is due now.
-    let run_at = target.available_at.unwrap_or(now.as_unix_micros());
-    rearm(conn, &target.drive_job, Some(drive_job_name), run_at).await
-}
-
 #[async_trait]
 impl WorkflowStore for SqliteStore {
     async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started> {
@@ -545,11 +451,10 @@ impl WorkflowStore for SqliteStore {
         let read = self
             .timed("load_run", async {
                 let mut conn = self.readers.acquire().await.map_err(db_error)?;
-                let run = fenced(&mut conn, lease, id).await?;
+                let (run, checkpoints) = fenced_with_checkpoints(&mut conn, lease, id).await?;
                 if run.state == RunState::Suspended {
                     return Ok(None);
                 }
-                let checkpoints = load_checkpoints(&mut conn, id).await?;
                 Ok(Some(RunSnapshot { run, checkpoints, now }))
             })
             .await?;
@@ -627,42 +532,8 @@ impl WorkflowStore for SqliteStore {
     }
 
     async fn end_run(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()> {
-        let now = self.clock.now();
-        self.write("end_run", move |conn| {
-            Box::pin(async move {
-                let state = end.state();
-                let (output, error) = match end {
-                    RunEnd::Completed(output) => (Some(output), None),
-                    RunEnd::Failed(error) | RunEnd::Cancelled(error) => (None, Some(error)),
-                };
-                let id = run.to_string();
-                // Fenced in the statement itself; when it changes nothing, say why.
-                let ended = sqlx::query(
-                    "UPDATE runs SET state = ?, output = coalesce(?, output), \
-                     error = coalesce(?, error), updated_at = ?, finished_at = ? \
-                     WHERE id = ? AND drive_job = ? AND EXISTS (SELECT 1 FROM jobs \
-                       WHERE jobs.id = ? AND jobs.state = 'running' AND jobs.lease_token = ?)",
-                )
-                .bind(state.as_str())
-                .bind(output)
-                .bind(error)
-                .bind(now.as_unix_micros())
-                .bind(now.as_unix_micros())
-                .bind(id.as_str())
-                .bind(lease.job_id.to_string())
-                .bind(lease.job_id.to_string())
-                .bind(token_text(lease.token))
-                .execute(&mut *conn)
-                .await
-                .map_err(db_error)?;
-                if ended.rows_affected() == 0 {
-                    fenced(conn, lease, run).await?;
-                    return Err(Error::internal(format!("run {run} did not end")));
-                }
-                delete_waits(conn, &id).await
-            })
-        })
-        .await
+        // Group-committed with the other drives' ends (see the `run_end` module).
+        self.end_grouped(lease, run, end).await
     }
 
     async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {

@@ -29,8 +29,9 @@ pub struct WorkflowContext {
     drive: Arc<Drive>,
     /// This branch's key prefix (see the `record` module for the format).
     path: String,
-    /// Calls so far in this branch, per kind and name.
-    counters: Arc<Mutex<HashMap<String, u32>>>,
+    /// Calls so far in this branch, per kind and name (nested, so counting a name seen before
+    /// allocates nothing).
+    counters: Arc<Mutex<HashMap<&'static str, HashMap<String, u32>>>>,
 }
 
 impl std::fmt::Debug for WorkflowContext {
@@ -57,11 +58,19 @@ impl WorkflowContext {
     }
 
     /// The checkpoint key of the next call of `kind` and `name` in this branch.
-    pub(crate) fn next_key(&self, kind: &str, name: &str) -> String {
-        let mut counters = self.counters.lock();
-        let n = counters.entry(format!("{kind}:{name}")).or_insert(0);
-        *n += 1;
-        record::key(&self.path, kind, name, *n)
+    pub(crate) fn next_key(&self, kind: &'static str, name: &str) -> String {
+        let n = {
+            let mut counters = self.counters.lock();
+            let names = counters.entry(kind).or_default();
+            match names.get_mut(name) {
+                Some(n) => {
+                    *n += 1;
+                    *n
+                }
+                None => *names.entry(name.to_owned()).or_insert(1),
+            }
+        };
+        record::key(&self.path, kind, name, n)
     }
 
     /// Run `step` once and checkpoint its result under `name`; on resume the checkpointed result
