@@ -73,12 +73,7 @@ async fn a_claim_beside_a_crowded_queue_reads_only_its_batch(url: String) {
 /// `jit_above_cost` the server would compile every claim (hundreds of milliseconds each) unless
 /// the store's sessions turn JIT off.
 async fn a_claim_over_many_names_is_not_jit_compiled(url: String) {
-    let store = PostgresStore::builder(url.as_str())
-        .schema(support::fresh_schema())
-        .max_connections(1)
-        .build()
-        .await
-        .expect("store");
+    let store = small_store(&url).await;
     let request = ClaimRequest {
         worker: WorkerId::new(),
         queues: vec!["default".into(), "mail".into(), "reports".into()],
@@ -94,14 +89,9 @@ async fn a_claim_over_many_names_is_not_jit_compiled(url: String) {
 
 /// A claim commits without waiting for the WAL flush (`synchronous_commit = off` for its own
 /// transaction only): the session it ran on must commit durably again afterwards, since the
-/// pool hands that session to enqueues and finishes next.
+/// hot-path pool hands that session to enqueues next.
 async fn a_claims_asynchronous_commit_ends_with_its_transaction(url: String) {
-    let store = PostgresStore::builder(url.as_str())
-        .schema(support::fresh_schema())
-        .max_connections(1)
-        .build()
-        .await
-        .expect("store");
+    let store = small_store(&url).await;
     let job = dispatch_core::NewJob::new("plain", Vec::new());
     store.enqueue(vec![job.clone()]).await.expect("enqueue");
     let request = ClaimRequest {
@@ -117,6 +107,16 @@ async fn a_claims_asynchronous_commit_ends_with_its_transaction(url: String) {
     let setting: String =
         sqlx::query_scalar("SHOW synchronous_commit").fetch_one(store.pool()).await.expect("show");
     assert_eq!(setting, "on", "the claim's asynchronous commit outlived its transaction");
+}
+
+/// A store of one pooled connection in a fresh schema.
+async fn small_store(url: &str) -> PostgresStore {
+    PostgresStore::builder(url)
+        .schema(support::fresh_schema())
+        .max_connections(1)
+        .build()
+        .await
+        .expect("store")
 }
 
 /// Fill the queue in one statement per crowd, as a bulk load would, with autovacuum off for the
