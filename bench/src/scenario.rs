@@ -207,8 +207,8 @@ async fn crowd_queue(store: &DynStore, crowd: usize) -> anyhow::Result<()> {
 /// Open-loop latency: `per_sec` enqueues a second for `seconds`, each issued at its scheduled
 /// time in a task of its own (a slow enqueue never delays the next one, and its own wait is
 /// counted), measured from the scheduled send to the handler's first line. A send whose task
-/// started more than 5 ms after its scheduled time (tokio's timer has a 1 ms grain) is counted
-/// late: the producer, not the store, fell behind, a figure to read the others by.
+/// started more than 5 ms after its scheduled time is counted late: the producer, not the
+/// store, fell behind, a figure to read the others by.
 async fn latency(
     store: DynStore,
     per_sec: u64,
@@ -232,23 +232,37 @@ async fn latency(
     let client = JobClient::new(store);
     let handle = worker.start();
     let interval = Duration::from_secs_f64(1.0 / per_sec as f64);
-    let start = Instant::now();
     let late = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut sends = tokio::task::JoinSet::new();
-    for n in 0..total {
-        let scheduled = start + interval * n as u32;
-        tokio::time::sleep_until(scheduled).await;
-        let scheduled_us = scheduled.duration_since(base).as_micros() as u64;
-        let (client, def, late) = (client.clone(), def.clone(), late.clone());
-        sends.spawn(async move {
-            if scheduled.elapsed() > Duration::from_millis(5) {
-                late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            client.enqueue(&def, scheduled_us).await
-        });
-    }
-    while let Some(sent) = sends.join_next().await {
-        sent??;
+    let runtime = tokio::runtime::Handle::current();
+    let late_sends = late.clone();
+    // The schedule is kept by a thread of its own sleeping on the OS clock (a grain of tens of
+    // microseconds): tokio's timer wheel would wake every send up to a millisecond late, and
+    // that rounding (half a millisecond on average) would be counted in every sample.
+    let producer = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        (0..total)
+            .map(|n| {
+                let scheduled = start + interval * n as u32;
+                if let Some(wait) = scheduled.checked_duration_since(std::time::Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let scheduled = Instant::from_std(scheduled);
+                let scheduled_us = scheduled.duration_since(base).as_micros() as u64;
+                let (client, def, late) = (client.clone(), def.clone(), late_sends.clone());
+                runtime.spawn(async move {
+                    if scheduled.elapsed() > Duration::from_millis(5) {
+                        late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    client.enqueue(&def, scheduled_us).await
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let sends = tokio::task::spawn_blocking(move || producer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the latency producer panicked"))?;
+    for sent in sends {
+        sent.await??;
     }
     tokio::time::timeout(Duration::from_secs(60), counter.interceptor().wait())
         .await
