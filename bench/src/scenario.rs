@@ -239,11 +239,11 @@ async fn latency(
     // microseconds): tokio's timer wheel would wake every send up to a millisecond late, and
     // that rounding (half a millisecond on average) would be counted in every sample.
     let producer = std::thread::spawn(move || {
-        let start = std::time::Instant::now();
+        let start = Instant::now().into_std();
         (0..total)
             .map(|n| {
                 let scheduled = start + interval * n as u32;
-                if let Some(wait) = scheduled.checked_duration_since(std::time::Instant::now()) {
+                if let Some(wait) = scheduled.checked_duration_since(Instant::now().into_std()) {
                     std::thread::sleep(wait);
                 }
                 let scheduled = Instant::from_std(scheduled);
