@@ -15,6 +15,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
+use crate::claim_mark::Hints;
 use crate::row::{get, job_from_row, micros, run_at_parts, sql_limit, state};
 use crate::{PostgresStore, db_error};
 
@@ -76,13 +77,15 @@ impl JobStore for PostgresStore {
         if request.names.is_empty() || request.queues.is_empty() || request.limit == 0 {
             return Ok(Vec::new());
         }
+        let hints = self.shared.claim_marks.hints(request);
         self.timed("claim", async {
             let rows = self
-                .bind_claim(sqlx::query(self.shared.sql.claim.clone()), request)
+                .bind_claim(sqlx::query(self.shared.sql.claim.clone()), request, &hints)
                 .fetch_all(&self.shared.hot)
                 .await
                 .map_err(db_error)?;
             let mut rows = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+            self.shared.claim_marks.update(request, &hints, &rows);
             // RETURNING gives no order: put the batch back in claim order.
             rows.sort_by_key(|r| (Reverse(r.job.priority), r.job.run_at, r.seq));
             rows.into_iter()
@@ -306,6 +309,7 @@ impl PostgresStore {
         &self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
         request: &'q ClaimRequest,
+        hints: &'q Hints,
     ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
         query
             .bind(self.now_param())
@@ -315,6 +319,10 @@ impl PostgresStore {
             .bind(request.worker.to_string())
             .bind(micros(request.lease_ttl))
             .bind(request.token.uuid())
+            .bind(&hints.queues)
+            .bind(&hints.names)
+            .bind(&hints.priorities)
+            .bind(&hints.from)
     }
 
     /// How PostgreSQL runs a claim of `request` on the data as it is: the claim statement,
@@ -327,8 +335,10 @@ impl PostgresStore {
     pub async fn explain_claim(&self, request: &ClaimRequest) -> Result<String> {
         self.timed("explain_claim", async {
             let mut conn = self.shared.hot.acquire().await.map_err(db_error)?;
+            // Without hints: the plan of a claim that reads every level from its front.
+            let hints = Hints::default();
             let explained = explain_prepared_claim(&mut conn, &self.shared.sql.claim, || {
-                self.bind_claim(sqlx::query(EXPLAIN_CLAIM), request)
+                self.bind_claim(sqlx::query(EXPLAIN_CLAIM), request, &hints)
             })
             .await;
             if explained.is_err() {
@@ -437,14 +447,16 @@ fn internal(e: impl std::fmt::Display) -> Error {
 const EXPLAINED_CLAIM: &str = "dispatch_explained_claim";
 
 /// The claim's parameter types, in order, for `PREPARE`.
-const CLAIM_PARAMS: &str = "(bigint, text[], text[], bigint, text, bigint, uuid)";
+const CLAIM_PARAMS: &str =
+    "(bigint, text[], text[], bigint, text, bigint, uuid, text[], text[], int4[], int8[])";
 
 /// The `EXPLAIN EXECUTE` of the prepared claim with the bound values as literals, quoted by the
 /// server (a utility statement such as `EXPLAIN` takes no parameters).
 const EXPLAIN_CLAIM: &str = "SELECT format('EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) \
      EXECUTE dispatch_explained_claim(%L::bigint, %L::text[], %L::text[], %L::bigint, %L, \
-     %L::bigint, %L::uuid)', $1::bigint, $2::text[], $3::text[], $4::bigint, $5::text, \
-     $6::bigint, $7::uuid)";
+     %L::bigint, %L::uuid, %L::text[], %L::text[], %L::int4[], %L::int8[])', $1::bigint, \
+     $2::text[], $3::text[], $4::bigint, $5::text, $6::bigint, $7::uuid, $8::text[], \
+     $9::text[], $10::int4[], $11::int8[])";
 
 /// Prepare `claim` on `conn`, explain one execution bound by `bind`, roll it back, and drop the
 /// prepared statement again (a `PREPARE` outlives a rollback).

@@ -68,6 +68,7 @@
 //! ```
 
 mod checkpoint_batch;
+mod claim_mark;
 mod dlq;
 mod enqueue;
 mod enqueue_group;
@@ -95,6 +96,7 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 
 pub use migrate::SCHEMA_VERSION;
 
+use claim_mark::ClaimMarks;
 use enqueue_group::EnqueueQueue;
 pub(crate) use error::db_error;
 use sql::Queries;
@@ -146,6 +148,8 @@ struct Shared {
     hot: PgPool,
     /// Enqueues waiting to be written in a group (see `enqueue_group`).
     enqueues: EnqueueQueue,
+    /// Where claims start reading each priority level (see `claim_mark`).
+    claim_marks: ClaimMarks,
     sql: Queries,
     schema: String,
     wake: Wake,
@@ -243,6 +247,7 @@ impl PostgresStoreBuilder {
                 pool: self.pool(&options, self.max_connections, ""),
                 hot: self.pool(&options, HOT_CONNECTIONS, PLAN_ONCE),
                 enqueues: EnqueueQueue::default(),
+                claim_marks: ClaimMarks::default(),
                 sql: Queries::new(&quoted),
                 schema: self.schema,
                 wake: Wake::new(options, channel),

@@ -111,6 +111,11 @@ const HOLDERS: &str = "SELECT DISTINCT ON (k.name, k.key) k.name, k.key, h.id \
 /// holds; a level whose jobs the batch does not reach may have had up to `$4` rows locked until
 /// the statement ends (queues rarely use more than a few levels at once).
 ///
+/// `$8..$11` (queue, name, priority, run-at) are hints: a level with one is read from that
+/// run-at on (`marked`), past the dead entries of the jobs claimed before it (see
+/// `claim_mark`); only when those ranges can not fill the batch are the hinted levels read
+/// below their hints too (`below`), so a claim comes back short only when nothing else is due.
+///
 /// Planned once per session (a generic plan: claims run on sessions of their own that plan
 /// once, see `Shared::hot`), so nothing in its plan
 /// may hinge on the parameters' values: the picked rows are updated by primary key through an
@@ -131,11 +136,24 @@ const CLAIM: &str = "WITH RECURSIVE t AS (SELECT {now} AS now, {async_commit} AS
          CROSS JOIN LATERAL (SELECT j.priority FROM {s}.jobs j WHERE j.state = 'available' \
            AND j.queue = l.q AND j.name = l.n AND j.priority > l.priority \
            ORDER BY j.priority LIMIT 1) f), \
-     picked AS (SELECT c.id FROM levels l \
+     hints AS (SELECT * FROM unnest($8::text[], $9::text[], $10::int4[], $11::int8[]) \
+       AS h(q, n, p, from_us)), \
+     marked AS (SELECT c.* FROM levels l \
+       LEFT JOIN hints h ON h.q = l.q AND h.n = l.n AND h.p = l.priority \
        CROSS JOIN LATERAL (SELECT j.id, j.priority, j.run_at, j.seq FROM {s}.jobs j \
          WHERE j.state = 'available' AND j.queue = l.q AND j.name = l.n \
          AND j.priority = l.priority AND j.run_at <= (SELECT now FROM t) \
+         AND j.run_at >= coalesce(h.from_us, -9223372036854775808) \
+         ORDER BY j.run_at, j.seq LIMIT $4 FOR UPDATE SKIP LOCKED) c), \
+     below AS (SELECT c.* FROM levels l \
+       JOIN hints h ON h.q = l.q AND h.n = l.n AND h.p = l.priority \
+       CROSS JOIN LATERAL (SELECT j.id, j.priority, j.run_at, j.seq FROM {s}.jobs j \
+         WHERE j.state = 'available' AND j.queue = l.q AND j.name = l.n \
+         AND j.priority = l.priority AND j.run_at < h.from_us \
+         AND j.run_at <= (SELECT now FROM t) \
          ORDER BY j.run_at, j.seq LIMIT $4 FOR UPDATE SKIP LOCKED) c \
+       WHERE (SELECT count(*) FROM marked) < $4), \
+     picked AS (SELECT c.id FROM (SELECT * FROM marked UNION ALL SELECT * FROM below) c \
        ORDER BY c.priority DESC, c.run_at, c.seq LIMIT $4) \
      UPDATE {s}.jobs j SET state = 'running', attempt = j.attempt + 1, lease_owner = $5, \
        lease_token = $7, lease_expires = {sat(t.now, $6)}, \

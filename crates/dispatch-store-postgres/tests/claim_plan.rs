@@ -36,6 +36,9 @@ fn main() -> ExitCode {
         ("a_claims_asynchronous_commit_ends_with_its_transaction", |url| {
             Box::pin(a_claims_asynchronous_commit_ends_with_its_transaction(url))
         }),
+        ("a_job_below_the_claim_mark_is_claimed", |url| {
+            Box::pin(a_job_below_the_claim_mark_is_claimed(url))
+        }),
     ])
 }
 
@@ -107,6 +110,40 @@ async fn a_claims_asynchronous_commit_ends_with_its_transaction(url: String) {
     let setting: String =
         sqlx::query_scalar("SHOW synchronous_commit").fetch_one(store.pool()).await.expect("show");
     assert_eq!(setting, "on", "the claim's asynchronous commit outlived its transaction");
+}
+
+/// While claims come back full, a level is read from just below what this store claimed last
+/// (past the dead index entries of earlier claims). A job that lands below that mark (here: a
+/// run-at an hour in the past, enqueued after the mark was set) is still claimed: as soon as
+/// the marked ranges can not fill a batch, the claim reads below the marks too.
+async fn a_job_below_the_claim_mark_is_claimed(url: String) {
+    let store = small_store(&url).await;
+    let jobs: Vec<_> = (0..30u8).map(|n| dispatch_core::NewJob::new("marked", vec![n])).collect();
+    store.enqueue(jobs).await.expect("enqueue");
+    let request = ClaimRequest {
+        worker: WorkerId::new(),
+        queues: vec!["default".into()],
+        names: vec!["marked".into()],
+        limit: 10,
+        lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
+    };
+    let mut claimed = store.claim(&request).await.expect("first claim").len();
+    assert_eq!(claimed, 10, "a full first claim sets the mark");
+
+    let mut early = dispatch_core::NewJob::new("marked", b"early".to_vec());
+    let now = dispatch_core::Clock::now(&dispatch_core::SystemClock);
+    let an_hour_ago =
+        dispatch_core::Timestamp::from_unix_micros(now.as_unix_micros() - 3_600_000_000);
+    early.run_at = dispatch_core::RunAt::At(an_hour_ago);
+    store.enqueue(vec![early.clone()]).await.expect("enqueue early");
+
+    // Twenty-one jobs are due: a claim of up to 25 takes them all, the one below the mark too.
+    let rest = ClaimRequest { limit: 25, ..request };
+    let batch = store.claim(&rest).await.expect("claim");
+    assert!(batch.iter().any(|c| c.job.id == early.id), "the job below the mark was not claimed");
+    claimed += batch.len();
+    assert_eq!(claimed, 31);
 }
 
 /// A store of one pooled connection in a fresh schema.
