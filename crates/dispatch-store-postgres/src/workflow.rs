@@ -178,15 +178,7 @@ impl WorkflowStore for PostgresStore {
             return Ok(snapshot);
         }
         self.timed("load_run", async {
-            let row = self
-                .fenced(&self.shared.sql.wf.load_run, lease, run)
-                .fetch_optional(&self.shared.pool)
-                .await
-                .map_err(db_error)?
-                .ok_or_else(|| no_run(run))?;
-            if !get::<bool>(&row, "held")? {
-                return Err(lease_lost(run));
-            }
+            let row = self.fenced_row(&self.shared.sql.wf.load_run, lease, run).await?;
             let mut stored = run_from_row(&row)?;
             if let Some(at) = get::<Option<i64>>(&row, "flipped_at")? {
                 stored.state = RunState::Running;
@@ -403,15 +395,7 @@ impl PostgresStore {
     /// [`crate::workflow_sql`]); `None` for a suspended run, which [`load_run`] flips.
     async fn read_run(&self, lease: LeaseRef, run: RunId) -> Result<Option<RunSnapshot>> {
         self.timed("load_run", async {
-            let row = self
-                .fenced(&self.shared.sql.wf.read_run, lease, run)
-                .fetch_optional(&self.shared.pool)
-                .await
-                .map_err(db_error)?
-                .ok_or_else(|| no_run(run))?;
-            if !get::<bool>(&row, "held")? {
-                return Err(lease_lost(run));
-            }
+            let row = self.fenced_row(&self.shared.sql.wf.read_run, lease, run).await?;
             let stored = run_from_row(&row)?;
             if stored.state == RunState::Suspended {
                 return Ok(None);
@@ -444,6 +428,21 @@ impl PostgresStore {
             .bind(lease.job_id.uuid())
             .bind(lease.token.uuid())
             .bind(run.uuid())
+    }
+
+    /// The row of `sql` run fenced for `run`: `NotFound` for an unknown run, `LeaseLost` when
+    /// `lease` does not hold its drive job.
+    async fn fenced_row(&self, sql: &SqlStr, lease: LeaseRef, run: RunId) -> Result<PgRow> {
+        let row = self
+            .fenced(sql, lease, run)
+            .fetch_optional(&self.shared.pool)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| no_run(run))?;
+        if !get::<bool>(&row, "held")? {
+            return Err(lease_lost(run));
+        }
+        Ok(row)
     }
 
     /// Lock run `id`'s drive job, then the run (`LOCK_DRIVE` of [`crate::workflow_sql`]), in `tx`,
