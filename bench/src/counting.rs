@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use dispatch::core::{
-    Call, CallKind, DynStore, FinishResult, Intercepted, Interceptor, Reply, Result,
+    Call, CallKind, FinishResult, Intercepted, Interceptor, Reply, Result, WorkflowStore,
 };
 use tokio::sync::Notify;
 
@@ -25,7 +25,10 @@ pub struct FinishCounter {
 
 impl FinishCounter {
     /// Wrap `inner`, waiting for `target` applied finishes.
-    pub fn wrap(inner: DynStore, target: usize) -> Arc<Intercepted<Self>> {
+    pub fn wrap(
+        inner: Arc<dyn WorkflowStore>,
+        target: usize,
+    ) -> Arc<Intercepted<dyn WorkflowStore, Self>> {
         let counter = Self {
             applied: AtomicUsize::new(0),
             target,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use dispatch::core::DynStore;
+use dispatch::core::WorkflowStore;
 use dispatch::job::{EnqueueOptions, JobClient, JobContext, JobDefinition, Worker};
 use parking_lot::Mutex;
 use sqlx::Connection;
@@ -29,7 +29,7 @@ fn postgres_url() -> String {
 
 /// A store opened for one run, and the PostgreSQL schema it lives in (dropped after the run).
 struct Opened {
-    store: DynStore,
+    store: Arc<dyn WorkflowStore>,
     schema: Option<String>,
 }
 
@@ -38,7 +38,7 @@ struct Opened {
 /// by default).
 async fn open_store(name: &str) -> anyhow::Result<Opened> {
     let fresh = dispatch::core::JobId::new().uuid().simple().to_string();
-    let store: DynStore = match name {
+    let store: Arc<dyn WorkflowStore> = match name {
         "memory" => Arc::new(dispatch::MemoryStore::new()),
         "sqlite" => {
             let dir = std::env::temp_dir().join("dispatch-bench");
@@ -138,7 +138,7 @@ fn rate(jobs: usize, elapsed: Duration) -> Option<f64> {
     Some(jobs as f64 / elapsed.as_secs_f64())
 }
 
-async fn enqueue_single(store: DynStore, jobs: usize) -> anyhow::Result<Measurement> {
+async fn enqueue_single(store: Arc<dyn WorkflowStore>, jobs: usize) -> anyhow::Result<Measurement> {
     let client = JobClient::new(store);
     let def = noop();
     let start = Instant::now();
@@ -149,7 +149,11 @@ async fn enqueue_single(store: DynStore, jobs: usize) -> anyhow::Result<Measurem
     Ok(Measurement { scenario: "enqueue-single".into(), jobs_per_sec, ..Default::default() })
 }
 
-async fn enqueue_batch(store: DynStore, jobs: usize, batch: usize) -> anyhow::Result<Measurement> {
+async fn enqueue_batch(
+    store: Arc<dyn WorkflowStore>,
+    jobs: usize,
+    batch: usize,
+) -> anyhow::Result<Measurement> {
     let client = JobClient::new(store);
     let def = noop();
     let start = Instant::now();
@@ -164,7 +168,11 @@ async fn enqueue_batch(store: DynStore, jobs: usize, batch: usize) -> anyhow::Re
     Ok(Measurement { scenario, jobs_per_sec, ..Default::default() })
 }
 
-async fn drain(store: DynStore, jobs: usize, concurrency: usize) -> anyhow::Result<Measurement> {
+async fn drain(
+    store: Arc<dyn WorkflowStore>,
+    jobs: usize,
+    concurrency: usize,
+) -> anyhow::Result<Measurement> {
     let def = noop();
     let client = JobClient::new(store.clone());
     for chunk in (0..jobs as u64).collect::<Vec<_>>().chunks(1000) {
@@ -193,7 +201,7 @@ async fn drain(store: DynStore, jobs: usize, concurrency: usize) -> anyhow::Resu
 /// scheduled a day ahead (as suspended workflow drive jobs and snoozed jobs wait), and `crowd` due
 /// jobs of a name no worker runs. Neither may slow the drain: a claim must cost O(batch),
 /// whatever else its queue holds.
-async fn crowd_queue(store: &DynStore, crowd: usize) -> anyhow::Result<()> {
+async fn crowd_queue(store: &Arc<dyn WorkflowStore>, crowd: usize) -> anyhow::Result<()> {
     let client = JobClient::new(store.clone());
     let future = EnqueueOptions::new().delay(Duration::from_secs(86_400));
     let unhandled = JobDefinition::new("unhandled", |_ctx: JobContext, _: u64| async { Ok(()) });
@@ -210,7 +218,7 @@ async fn crowd_queue(store: &DynStore, crowd: usize) -> anyhow::Result<()> {
 /// started more than 5 ms after its scheduled time is counted late: the producer, not the
 /// store, fell behind, a figure to read the others by.
 async fn latency(
-    store: DynStore,
+    store: Arc<dyn WorkflowStore>,
     per_sec: u64,
     seconds: u64,
     concurrency: usize,
@@ -283,7 +291,11 @@ async fn latency(
 
 /// `runs` workflow runs of `steps` no-op steps each, started before the worker, driven to the
 /// end at concurrency 256: checkpointed steps per second.
-async fn workflow(store: DynStore, runs: usize, steps: usize) -> anyhow::Result<Measurement> {
+async fn workflow(
+    store: Arc<dyn WorkflowStore>,
+    runs: usize,
+    steps: usize,
+) -> anyhow::Result<Measurement> {
     use dispatch::workflow::{
         StartOptions, StepError, WorkflowContext, WorkflowDefinition, Workflows,
     };

@@ -1,5 +1,5 @@
 //! The dead letter queue: jobs that failed for good, kept with everything needed to inspect and
-//! replay them, and the [`DlqStore`] contract.
+//! replay them, and the [`DlqStore`](crate::DlqStore) contract.
 //!
 //! An entry is written in the same store operation that makes its job dead, so a job is never in
 //! neither place. Replay makes one new job (same name, queue, payload, priority, timeout,
@@ -7,13 +7,10 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
 use crate::id::{DlqId, JobId};
 use crate::job::{AttemptError, Job};
-use crate::page::{Page, PageRequest};
 use crate::scope::Scope;
 use crate::time::Timestamp;
 
@@ -114,26 +111,4 @@ impl Replay {
             Self::Replayed(id) | Self::AlreadyReplayed(id) => id,
         }
     }
-}
-
-/// Where dead jobs live. A store that implements [`JobStore`](crate::JobStore) implements this
-/// too, since promotion to the DLQ happens inside job transitions.
-#[async_trait]
-pub trait DlqStore: Send + Sync + 'static {
-    /// Entries matching `filter`, in ID order (the order they died), after the page's cursor.
-    async fn list_dlq(
-        &self,
-        filter: &DlqFilter,
-        page: &PageRequest<DlqId>,
-    ) -> Result<Page<DlqEntry, DlqId>>;
-
-    /// One entry by ID.
-    async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>>;
-
-    /// Enqueue the entry's job again, at most once per entry even under concurrent calls.
-    /// Fails with [`ErrorKind::NotFound`](crate::ErrorKind::NotFound) for an unknown entry.
-    async fn replay_dlq(&self, id: DlqId) -> Result<Replay>;
-
-    /// Delete the entries matching `filter`; returns how many were deleted.
-    async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64>;
 }

@@ -8,24 +8,24 @@
 //! sees the store's reply ([`Reply`]) before the caller does, which it may replace with an error
 //! (an ambiguous failure: applied, then reported as failed).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::dlq::{DlqEntry, DlqFilter, DlqPurge, DlqStore, Replay};
+use crate::dlq::{DlqEntry, DlqFilter, DlqPurge, Replay};
 use crate::error::{Error, Result};
 use crate::id::{DlqId, JobId, RunId};
 use crate::job::{
-    CancelResult, Capabilities, ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult,
-    HeartbeatReport, Job, JobFilter, JobStore, LeaseRef, LeaseToken, NewJob, QueueCount,
-    RescueReport,
+    CancelResult, ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult, HeartbeatReport, Job,
+    JobFilter, LeaseRef, LeaseToken, NewJob, QueueCount, RescueReport,
 };
 use crate::page::{Page, PageRequest};
-use crate::store::DynStore;
+use crate::store::{DlqStore, JobStore, WorkflowStore};
 use crate::wake::WakeupStream;
 use crate::workflow::{
     Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd, RunFilter,
-    RunSnapshot, Started, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
+    RunSnapshot, Started, Suspend, SuspendOutcome, WaitResolution,
 };
 
 /// Which store method a call is.
@@ -113,15 +113,17 @@ pub trait Interceptor: Send + Sync + 'static {
     }
 }
 
-/// A store forwarding every call to `inner`, through an [`Interceptor`].
-pub struct Intercepted<I> {
-    inner: DynStore,
+/// A store forwarding every call to `inner`, through an [`Interceptor`]. It implements each
+/// store trait that `S` implements: wrap an `Arc<dyn JobStore>` and it is a job store, wrap an
+/// `Arc<dyn WorkflowStore>` and it is a workflow store too.
+pub struct Intercepted<S: ?Sized, I> {
+    inner: Arc<S>,
     interceptor: I,
 }
 
-impl<I: Interceptor> Intercepted<I> {
+impl<S: ?Sized, I: Interceptor> Intercepted<S, I> {
     /// Wrap `inner`.
-    pub fn new(inner: DynStore, interceptor: I) -> Self {
+    pub fn new(inner: Arc<S>, interceptor: I) -> Self {
         Self { inner, interceptor }
     }
 
@@ -131,7 +133,7 @@ impl<I: Interceptor> Intercepted<I> {
     }
 
     /// The wrapped store.
-    pub fn inner(&self) -> &DynStore {
+    pub fn inner(&self) -> &Arc<S> {
         &self.inner
     }
 
@@ -156,14 +158,14 @@ fn done<T>(_: &T) -> Reply<'_> {
     Reply::Done
 }
 
-impl<I> std::fmt::Debug for Intercepted<I> {
+impl<S: ?Sized, I> std::fmt::Debug for Intercepted<S, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Intercepted").finish_non_exhaustive()
     }
 }
 
 #[async_trait]
-impl<I: Interceptor> JobStore for Intercepted<I> {
+impl<S: JobStore + ?Sized, I: Interceptor> JobStore for Intercepted<S, I> {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         let call = Call::new(CallKind::Enqueue, jobs.len());
         self.around(call, self.inner.enqueue(jobs), done).await
@@ -211,13 +213,10 @@ impl<I: Interceptor> JobStore for Intercepted<I> {
     fn wakeups(&self) -> Option<WakeupStream> {
         self.inner.wakeups()
     }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
 }
 
 #[async_trait]
-impl<I: Interceptor> DlqStore for Intercepted<I> {
+impl<S: DlqStore + ?Sized, I: Interceptor> DlqStore for Intercepted<S, I> {
     async fn list_dlq(
         &self,
         f: &DlqFilter,
@@ -237,7 +236,7 @@ impl<I: Interceptor> DlqStore for Intercepted<I> {
 }
 
 #[async_trait]
-impl<I: Interceptor> WorkflowStore for Intercepted<I> {
+impl<S: WorkflowStore + ?Sized, I: Interceptor> WorkflowStore for Intercepted<S, I> {
     async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started> {
         self.around(Call::one(CallKind::Run), self.inner.start_run(run, drive), done).await
     }

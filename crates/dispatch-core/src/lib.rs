@@ -1,12 +1,13 @@
 //! The core of Dispatch: IDs, records, store traits, errors, clock, payload codec, backoff and
 //! hook types. Every other Dispatch crate depends on it.
 //!
-//! Depend on it directly when you write a store (implement [`JobStore`] and [`DlqStore`], then
-//! run `dispatch-store-tests`) or integrate Dispatch into a framework. Applications use the
-//! `dispatch` crate instead. This crate runs nothing: no worker loop, no SQL, no spawned tasks.
+//! Depend on it directly when you write a store (implement the traits of [`store`] for the
+//! concerns your store keeps, then run `dispatch-store-tests`) or integrate Dispatch into a
+//! framework. Applications use the `dispatch` crate instead. This crate runs nothing: no worker
+//! loop, no SQL, no spawned tasks.
 //!
-//! Key types: [`JobStore`], [`DlqStore`], [`Store`], [`Job`], [`NewJob`], [`Lease`], [`Error`],
-//! [`Clock`], [`Backoff`], [`Hook`].
+//! Key types: [`JobStore`], [`DlqStore`], [`WorkflowStore`], [`Job`], [`NewJob`], [`Lease`],
+//! [`Error`], [`Clock`], [`Backoff`], [`Hook`].
 
 pub mod backoff;
 pub mod codec;
@@ -26,7 +27,7 @@ pub mod workflow;
 #[doc(inline)]
 pub use backoff::Backoff;
 #[doc(inline)]
-pub use dlq::{DlqEntry, DlqFilter, DlqPurge, DlqStore, Replay};
+pub use dlq::{DlqEntry, DlqFilter, DlqPurge, Replay};
 #[doc(inline)]
 pub use error::{Error, ErrorKind, Result};
 #[doc(inline)]
@@ -37,16 +38,16 @@ pub use id::{CronId, DlqId, EventId, JobId, RunId, WorkerId};
 pub use intercept::{Call, CallKind, Intercepted, Interceptor, Reply};
 #[doc(inline)]
 pub use job::{
-    AttemptError, CancelResult, Capabilities, ClaimRequest, ClaimedJob, Enqueued, Failure,
-    FailureKind, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobState, JobStore, Lease,
-    LeaseRef, LeaseToken, NewJob, Outcome, QueueCount, RescueReport, RunAt, UniqueKey,
+    AttemptError, CancelResult, ClaimRequest, ClaimedJob, Enqueued, Failure, FailureKind, Finish,
+    FinishResult, HeartbeatReport, Job, JobFilter, JobState, Lease, LeaseRef, LeaseToken, NewJob,
+    Outcome, QueueCount, RescueReport, RunAt, UniqueKey,
 };
 #[doc(inline)]
 pub use page::{Page, PageRequest};
 #[doc(inline)]
 pub use scope::Scope;
 #[doc(inline)]
-pub use store::{DynStore, Store};
+pub use store::{DlqStore, JobStore, WorkflowStore};
 #[doc(inline)]
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 #[doc(inline)]
@@ -55,5 +56,5 @@ pub use wake::{Wakeup, WakeupHub, WakeupStream};
 pub use workflow::{
     Checkpoint, DRIVE_JOB_CANCEL_REASON, EventWait, NewCheckpoint, NewEvent, NewRun, Published,
     Run, RunCancel, RunEnd, RunFilter, RunSnapshot, RunState, Started, Suspend, SuspendOutcome,
-    WaitResolution, WorkflowStore,
+    WaitResolution,
 };

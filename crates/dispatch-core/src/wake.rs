@@ -1,11 +1,11 @@
 //! Push wake-ups: how a store tells idle workers that jobs are waiting.
 //!
-//! Polling is the safety net; a store that can push ([`Capabilities::push_wakeups`]) hands each
-//! worker a [`WakeupStream`] so jobs enqueued elsewhere (another client in this process, another
+//! Polling is the safety net; a store that can push (its [`JobStore::wakeups`] answers `Some`)
+//! hands each worker a [`WakeupStream`] so jobs enqueued elsewhere (another client in this process, another
 //! process, a database trigger) start at once instead of at the next poll. A wake-up is a hint,
 //! never a promise: a worker that wakes claims, and finds nothing when another worker was faster.
 //!
-//! [`Capabilities::push_wakeups`]: crate::Capabilities::push_wakeups
+//! [`JobStore::wakeups`]: crate::JobStore::wakeups
 
 use std::pin::Pin;
 

@@ -1,8 +1,8 @@
 //! Durable workflow runs: their records, checkpoints, correlated events, and the
-//! [`WorkflowStore`] contract.
+//! [`WorkflowStore`](crate::WorkflowStore) contract.
 //!
 //! A run is advanced by one *drive job* of the job runtime at a time. The drive job's lease
-//! fences every write a drive makes ([`LeaseRef`] on each call): a drive whose lease was lost
+//! fences every write a drive makes ([`LeaseRef`](crate::LeaseRef) on each call): a drive whose lease was lost
 //! (its worker stalled, the job was rescued and claimed again) can not write a checkpoint, suspend
 //! or end the run. Starting a run creates the run and its drive job in one store operation.
 //!
@@ -10,11 +10,11 @@
 //!
 //! A checkpoint is a key and opaque bytes, written by the runtime (step results, timers, event
 //! deliveries). Keys are unique per run; writing a key again replaces it. Resume reads the run
-//! and all its checkpoints in one call ([`WorkflowStore::load_run`]), in write order.
+//! and all its checkpoints in one call ([`WorkflowStore::load_run`](crate::WorkflowStore::load_run)), in write order.
 //!
 //! # Suspension
 //!
-//! A run waits (a durable sleep, an event) by [`suspend_run`](WorkflowStore::suspend_run): in one
+//! A run waits (a durable sleep, an event) by [`suspend_run`](crate::WorkflowStore::suspend_run): in one
 //! store operation the run becomes suspended, its event waits are registered, and its drive job
 //! is *finished* by the store as a snooze until the earliest wake time (the finish records the
 //! lease token, so the runtime's own finish of that attempt is answered
@@ -37,7 +37,7 @@
 //! wait's checkpoint (the payload) and makes the waiting run's drive job available at once. A
 //! non-broadcast event nobody waits for is kept for its `keep_for` and taken by the first
 //! wait registered before then. A wait that times out is removed atomically with the check
-//! that nothing was delivered ([`resolve_wait`](WorkflowStore::resolve_wait)), so an event
+//! that nothing was delivered ([`resolve_wait`](crate::WorkflowStore::resolve_wait)), so an event
 //! is never delivered to a wait that already gave up.
 //!
 //! # Failure of the drive job
@@ -48,13 +48,10 @@
 use std::fmt;
 use std::str::FromStr;
 
-use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::id::{EventId, JobId, RunId};
-use crate::job::{LeaseRef, NewJob};
-use crate::page::{Page, PageRequest};
 use crate::scope::Scope;
 use crate::time::Timestamp;
 
@@ -195,7 +192,7 @@ pub struct Run {
     pub updated_at: Timestamp,
     /// When it ended.
     pub finished_at: Option<Timestamp>,
-    /// Why it was asked to stop ([`WorkflowStore::cancel_run`]), while it winds down.
+    /// Why it was asked to stop ([`WorkflowStore::cancel_run`](crate::WorkflowStore::cancel_run)), while it winds down.
     pub cancel_requested: Option<String>,
 }
 
@@ -314,7 +311,7 @@ pub enum RunCancel {
     AlreadyFinal(RunState),
 }
 
-/// How a wait ended, as [`resolve_wait`](WorkflowStore::resolve_wait) settles it.
+/// How a wait ended, as [`resolve_wait`](crate::WorkflowStore::resolve_wait) settles it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitResolution {
     /// An event was delivered: its payload.
@@ -389,97 +386,4 @@ pub struct RunFilter {
     pub state: Option<RunState>,
     /// Only this workflow name.
     pub name: Option<String>,
-}
-
-/// Where workflow runs live. Implemented by every store beside [`JobStore`](crate::JobStore);
-/// the same conformance suite pins it.
-#[async_trait]
-pub trait WorkflowStore: Send + Sync + 'static {
-    /// Create `run` and its drive job `drive` in one operation (the run's `drive_job` is
-    /// `drive.id`). With an idempotency key already used for this workflow name, nothing is
-    /// created and the existing run is returned. `drive` is validated like an enqueue, the
-    /// input against the payload limit ([`NewRun::validate`]).
-    ///
-    /// Retries are safe: when run `run.id` is stored with the same workflow name and input and
-    /// with `drive.id` as its drive job, the call is a retried start (an earlier call committed,
-    /// its answer was lost): it answers [`Started::Created`], as the first did, and changes
-    /// nothing. A stored run ID that differs in any of these, or a drive job ID already stored
-    /// for another run, fails with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) and
-    /// creates nothing.
-    async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started>;
-
-    /// One run by ID.
-    async fn get_run(&self, id: RunId) -> Result<Option<Run>>;
-
-    /// Runs matching `filter`, in ID order (creation order), after the page's cursor.
-    async fn list_runs(
-        &self,
-        filter: &RunFilter,
-        page: &PageRequest<RunId>,
-    ) -> Result<Page<Run, RunId>>;
-
-    /// The run's checkpoints in write order (its timeline), without the fence of a drive.
-    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>>;
-
-    /// Begin a drive: the run and all its checkpoints in one read; a suspended run becomes
-    /// running. Fenced by the drive job's lease: `LeaseLost` when `lease` does not hold the
-    /// run's drive job; `NotFound` for an unknown run.
-    async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot>;
-
-    /// Write checkpoints (inserting or replacing by key), in one operation. Fenced like
-    /// [`load_run`](Self::load_run); nothing is written when the lease does not hold, or when
-    /// one checkpoint is over the payload limit ([`NewCheckpoint::validate`]).
-    async fn save_checkpoints(
-        &self,
-        lease: LeaseRef,
-        run: RunId,
-        checkpoints: Vec<NewCheckpoint>,
-    ) -> Result<()>;
-
-    /// Suspend the run (see the [module docs](self)). In one operation: `CancelRequested` when
-    /// the run has a cancel request; else `Delivered` when one of the waits already has its
-    /// checkpoint (delivered while the run was being driven) or a stored event is delivered to
-    /// one of them now; else the listed waits become the run's only waits, the run is marked
-    /// suspended and the drive job finished as a snooze until [`Suspend::wake_at`].
-    /// `InvalidInput` when there is nothing to wake for. Fenced.
-    async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome>;
-
-    /// Settle the wait whose checkpoint key is `key`: `Delivered` with the payload when an event
-    /// reached it, else remove it (no event can reach it any more) and answer `TimedOut`.
-    /// Fenced.
-    async fn resolve_wait(&self, lease: LeaseRef, run: RunId, key: &str) -> Result<WaitResolution>;
-
-    /// End the run: its state, output or error, its finish time; its remaining waits are
-    /// removed. Fenced. The drive job is finished by the runtime as usual.
-    async fn end_run(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()>;
-
-    /// Publish an event (see the [module docs](self)). Its payload is checked against the payload
-    /// limit first ([`NewEvent::validate`]). `keep_for` saturates: a huge duration keeps the
-    /// event until the end of time, never fails. Each run appears once in
-    /// [`Published::delivered_to`], even when a broadcast reached several of its waits.
-    async fn publish_event(&self, event: NewEvent) -> Result<Published>;
-
-    /// Ask run `id` to stop, for `reason`: recorded on the run (`cancel_requested`; a second
-    /// request keeps the first reason), and when its drive job waits (the run is suspended) the
-    /// job is made due at once. A drive learns of it from `load_run`, `suspend_run`
-    /// ([`SuspendOutcome::CancelRequested`]) and by reading the run. `NotFound` for an unknown
-    /// run. The job-level cancel of the drive job is not used: a cancelled drive job would leave
-    /// its run without a driver. [`JobStore::request_cancel`](crate::JobStore::request_cancel)
-    /// of the drive job of a run that has not ended comes here (with reason
-    /// [`DRIVE_JOB_CANCEL_REASON`]) instead of cancelling the job.
-    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel>;
-
-    /// Debugging: replay run `id` from its checkpoint `key`. Checkpoints written after `key` are
-    /// dropped (`key` itself is kept), the run becomes running again (output, error, finish time
-    /// and cancel request cleared; same version) and its drive job is re-armed: available at
-    /// once, attempts reset, lease cleared. `NotFound` for an unknown run or key; `Conflict`
-    /// while a drive holds the run (its drive job is running).
-    async fn replay_run(&self, id: RunId, key: &str) -> Result<()>;
-
-    /// Move run `id` to `version`, whose drive jobs are named `drive_job_name`. Its checkpoints
-    /// are kept; the run becomes running again when it had failed or been cancelled (error and
-    /// finish time cleared) and its drive job is renamed and re-armed as for
-    /// [`replay_run`](Self::replay_run); a suspended run keeps its wake time. `NotFound` for an
-    /// unknown run; `Conflict` while a drive holds the run, or when it completed.
-    async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()>;
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dispatch::core::DynStore;
+use dispatch::core::WorkflowStore;
 use dispatch::prelude::*;
 use dispatch::workflow::{StepError, WorkflowContext, WorkflowDefinition};
 use dispatch_store_postgres::PostgresStore;
@@ -58,7 +58,7 @@ impl StoreSpec {
     }
 
     /// Open (creating and migrating when needed) the store; `role` is "worker" or "test".
-    pub async fn open(&self, role: &str) -> anyhow::Result<DynStore> {
+    pub async fn open(&self, role: &str) -> anyhow::Result<Arc<dyn WorkflowStore>> {
         Ok(match self {
             Self::Sqlite(path) => Arc::new(SqliteStore::open(path).await.context("open SQLite")?),
             Self::Postgres(schema) => Arc::new(

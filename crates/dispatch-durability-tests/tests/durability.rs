@@ -9,9 +9,10 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch::core::{DynStore, JobFilter, JobState, PageRequest};
+use dispatch::core::{JobFilter, JobState, PageRequest, WorkflowStore};
 use dispatch::job::{EnqueueOptions, JobClient};
 use dispatch::workflow::{StartOptions, Workflows};
 use dispatch_durability_tests::{
@@ -71,7 +72,7 @@ fn fresh(kind: Kind, test: &str) -> StoreSpec {
     }
 }
 
-async fn count(store: &DynStore, state: JobState) -> u64 {
+async fn count(store: &Arc<dyn WorkflowStore>, state: JobState) -> u64 {
     let counts = store.count_jobs().await.expect("count_jobs");
     counts.iter().filter(|c| c.state == state).map(|c| c.count).sum()
 }
@@ -84,7 +85,7 @@ async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() ->
     }
 }
 
-async fn enqueue(store: &DynStore, jobs: u64) {
+async fn enqueue(store: &Arc<dyn WorkflowStore>, jobs: u64) {
     let client = JobClient::new(store.clone());
     let def = sleepy_job();
     for start in (0..jobs).step_by(1000) {
@@ -94,7 +95,7 @@ async fn enqueue(store: &DynStore, jobs: u64) {
 }
 
 /// Every completed job's attempts and error count, read page by page.
-async fn completed_attempts(store: &DynStore) -> Vec<(u32, usize)> {
+async fn completed_attempts(store: &Arc<dyn WorkflowStore>) -> Vec<(u32, usize)> {
     let filter = JobFilter { state: Some(JobState::Completed), ..JobFilter::default() };
     let mut page = PageRequest::first(1000);
     let mut attempts = Vec::new();

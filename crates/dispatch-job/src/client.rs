@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use dispatch_core::{
-    CancelResult, DlqId, DynStore, Enqueued, Event, JobId, JobInfo, NewJob, Replay, Result,
+    CancelResult, DlqId, Enqueued, Event, JobId, JobInfo, JobStore, NewJob, Replay, Result,
 };
 use tokio::sync::Notify;
 
@@ -14,7 +14,7 @@ use crate::hooks::HookBus;
 /// Cheap to clone. A [`Worker`](crate::Worker) hands out one that shares its wake-up and hooks.
 #[derive(Clone)]
 pub struct JobClient {
-    store: DynStore,
+    store: Arc<dyn JobStore>,
     wake: Arc<Notify>,
     hooks: HookBus,
 }
@@ -27,16 +27,16 @@ impl std::fmt::Debug for JobClient {
 
 impl JobClient {
     /// A client with no local worker to wake and no hooks.
-    pub fn new(store: DynStore) -> Self {
+    pub fn new(store: Arc<dyn JobStore>) -> Self {
         Self::with_parts(store, Arc::new(Notify::new()), HookBus::disabled())
     }
 
-    pub(crate) fn with_parts(store: DynStore, wake: Arc<Notify>, hooks: HookBus) -> Self {
+    pub(crate) fn with_parts(store: Arc<dyn JobStore>, wake: Arc<Notify>, hooks: HookBus) -> Self {
         Self { store, wake, hooks }
     }
 
     /// The store.
-    pub fn store(&self) -> &DynStore {
+    pub fn store(&self) -> &Arc<dyn JobStore> {
         &self.store
     }
 

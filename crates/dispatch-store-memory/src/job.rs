@@ -143,10 +143,6 @@ impl JobStore for MemoryStore {
         Some(self.wakeups.subscribe())
     }
 
-    fn capabilities(&self) -> dispatch_core::Capabilities {
-        dispatch_core::Capabilities::NONE.with_push_wakeups(true)
-    }
-
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         Ok(self.state.lock().jobs.get(&id).map(|row| row.job.clone()))
     }

@@ -3,9 +3,8 @@
 //! `cargo test -p dispatch-store-memory --test conformance`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use dispatch_core::{DynStore, SharedClock};
+use dispatch_core::SharedClock;
 use dispatch_store_memory::MemoryStore;
 use dispatch_store_tests::StoreFactory;
 
@@ -14,15 +13,17 @@ struct Memory;
 
 #[async_trait::async_trait]
 impl StoreFactory for Memory {
+    type Store = MemoryStore;
+
     fn name(&self) -> &str {
         "memory"
     }
 
-    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<DynStore> {
-        Ok(Arc::new(match clock {
+    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<MemoryStore> {
+        Ok(match clock {
             Some(clock) => MemoryStore::with_clock(clock),
             None => MemoryStore::new(),
-        }))
+        })
     }
 }
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    CancelResult, Capabilities, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, DlqId, Enqueued,
-    Error, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore,
-    LeaseRef, NewJob, Outcome, Page, PageRequest, QueueCount, RescueReport, Result, WakeupStream,
+    CancelResult, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, DlqId, Enqueued, Error,
+    Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore, LeaseRef,
+    NewJob, Outcome, Page, PageRequest, QueueCount, RescueReport, Result, WakeupStream,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -295,11 +295,6 @@ impl JobStore for PostgresStore {
 
     fn wakeups(&self) -> Option<WakeupStream> {
         self.shared.wake.subscribe()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        // LISTEN/NOTIFY wake-ups; `PostgresStore::enqueue_in` on the application's transaction.
-        Capabilities::NONE.with_push_wakeups(true).with_transactional_enqueue(true)
     }
 }
 

@@ -8,9 +8,8 @@
 mod support;
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use dispatch_core::{DynStore, SharedClock};
+use dispatch_core::SharedClock;
 use dispatch_store_postgres::PostgresStore;
 use dispatch_store_tests::StoreFactory;
 
@@ -26,6 +25,8 @@ struct Postgres {
 
 #[async_trait::async_trait]
 impl StoreFactory for Postgres {
+    type Store = PostgresStore;
+
     fn name(&self) -> &str {
         "postgres"
     }
@@ -34,7 +35,7 @@ impl StoreFactory for Postgres {
         support::probe(&self.url).await
     }
 
-    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<DynStore> {
+    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<PostgresStore> {
         let schema = support::fresh_schema();
         let store = PostgresStore::builder(&self.url)
             .schema(schema)
@@ -43,10 +44,10 @@ impl StoreFactory for Postgres {
             .build()
             .await?;
         // No clock: the database's own (`now()`), as in production.
-        Ok(Arc::new(match clock {
+        Ok(match clock {
             Some(clock) => store.with_clock(clock),
             None => store,
-        }))
+        })
     }
 }
 

@@ -245,14 +245,8 @@ impl JobStore for SqliteStore {
     }
 
     fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
+        // Wake-ups reach the workers of this process only (other processes poll).
         Some(self.wakeups.subscribe())
-    }
-
-    fn capabilities(&self) -> dispatch_core::Capabilities {
-        // `SqliteStore::transaction` (on the store's writer) and `SqliteStore::enqueue_in` (on
-        // the application's connection) write jobs inside the application's own transaction;
-        // wake-ups reach the workers of this process only (other processes poll).
-        dispatch_core::Capabilities::NONE.with_transactional_enqueue(true).with_push_wakeups(true)
     }
 
     async fn count_jobs(&self) -> Result<Vec<QueueCount>> {

@@ -4,9 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use dispatch_core::{DynStore, SharedClock};
+use dispatch_core::SharedClock;
 use dispatch_store_sqlite::SqliteStore;
 use dispatch_store_tests::StoreFactory;
 
@@ -17,18 +16,20 @@ struct Sqlite {
 
 #[async_trait::async_trait]
 impl StoreFactory for Sqlite {
+    type Store = SqliteStore;
+
     fn name(&self) -> &str {
         "sqlite"
     }
 
-    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<DynStore> {
+    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<SqliteStore> {
         let path = self.dir.join(format!("{}.db", uuid::Uuid::new_v4().simple()));
         let path = path.to_str().expect("temporary paths are UTF-8");
         let store = SqliteStore::open(path).await?;
-        Ok(Arc::new(match clock {
+        Ok(match clock {
             Some(clock) => store.with_clock(clock),
             None => store,
-        }))
+        })
     }
 }
 

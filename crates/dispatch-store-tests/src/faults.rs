@@ -11,15 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dispatch_core::{Call, CallKind, DynStore, Error, Intercepted, Interceptor, Reply, Result};
+use dispatch_core::{Call, CallKind, Error, Intercepted, Interceptor, JobStore, Reply, Result};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-/// A store wrapped in [`Faults`].
-pub type FaultyStore = Intercepted<Faults>;
+/// A store wrapped in [`Faults`]: a job store by default, a workflow store when `S` is one.
+pub type FaultyStore<S = dyn JobStore> = Intercepted<S, Faults>;
 
 /// Wrap `inner` in [`Faults`] that do nothing until told to.
-pub fn faulty(inner: DynStore) -> Arc<FaultyStore> {
+pub fn faulty<S: JobStore + ?Sized>(inner: Arc<S>) -> Arc<FaultyStore<S>> {
     Arc::new(Intercepted::new(inner, Faults::default()))
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    Call, CallKind, DynStore, Event, Hook, Intercepted, Interceptor, Job, JobId, JobState, Result,
+    Call, CallKind, Event, Hook, Intercepted, Interceptor, Job, JobId, JobState, JobStore, Result,
 };
 use parking_lot::Mutex;
 
@@ -31,7 +31,10 @@ where
 }
 
 /// Wait until job `id` is in `state`; returns it.
-pub async fn wait_for_state(store: &DynStore, id: JobId, state: JobState) -> Job {
+pub async fn wait_for_state<S>(store: &Arc<S>, id: JobId, state: JobState) -> Job
+where
+    S: JobStore + ?Sized,
+{
     eventually(&format!("job {id} to be {state}"), Duration::from_secs(60), || async {
         store.get_job(id).await.expect("get_job").filter(|job| job.state == state)
     })
@@ -70,10 +73,11 @@ impl Hook for PanickingHook {
 }
 
 /// A store that counts the calls made through it: [`Counts`] around the real store.
-pub type CountingStore = Intercepted<Counts>;
+/// A job store by default, a workflow store when `S` is one.
+pub type CountingStore<S = dyn JobStore> = Intercepted<S, Counts>;
 
 /// Wrap `inner` in a [`CountingStore`].
-pub fn counting(inner: DynStore) -> Arc<CountingStore> {
+pub fn counting<S: JobStore + ?Sized>(inner: Arc<S>) -> Arc<CountingStore<S>> {
     Arc::new(Intercepted::new(inner, Counts::default()))
 }
 

@@ -1,32 +1,41 @@
-//! The runner: turns [`all_tests`](crate::all_tests) into libtest-mimic trials, each with a fresh
+//! The runner: turns the suite's tests and scenarios into libtest-mimic trials, each with a fresh
 //! store from a [`StoreFactory`] and a fresh [`ManualClock`].
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{DynStore, ManualClock, SharedClock};
+use dispatch_core::{JobStore, ManualClock, SharedClock, WorkflowStore};
 use libtest_mimic::{Arguments, Failed, Trial};
 
-use crate::{RuntimeTest, SuiteTest, all_tests, runtime_tests};
+use crate::{Scenario, SuiteTest, job_scenarios, job_tests, workflow_scenarios, workflow_tests};
 
 /// How long one suite test may take before it is failed as hung. Generous: the suite never
 /// sleeps, so only a stalled store comes near it.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What each suite test gets: a fresh, empty store in its own namespace, reading time from
-/// `clock`.
-#[derive(Clone)]
-pub struct TestContext {
+/// `clock`. Job and DLQ tests see it as a [`JobStore`]; workflow tests as a [`WorkflowStore`].
+pub struct TestContext<S: ?Sized = dyn JobStore> {
     /// The store under test, empty when the test starts.
-    pub store: DynStore,
+    pub store: Arc<S>,
     /// The clock the store reads; the test moves it with [`ManualClock::advance`].
     pub clock: Arc<ManualClock>,
+}
+
+impl<S: ?Sized> Clone for TestContext<S> {
+    fn clone(&self) -> Self {
+        Self { store: Arc::clone(&self.store), clock: Arc::clone(&self.clock) }
+    }
 }
 
 /// Builds fresh stores for the suite.
 #[async_trait::async_trait]
 pub trait StoreFactory: Send + Sync + 'static {
+    /// The store under test: a [`JobStore`] for [`run_job_conformance`], a [`WorkflowStore`]
+    /// too for [`run_conformance`].
+    type Store: JobStore;
+
     /// A short name for reports, e.g. "memory".
     fn name(&self) -> &str;
 
@@ -38,13 +47,14 @@ pub trait StoreFactory: Send + Sync + 'static {
     /// A fresh empty store (own schema / key prefix / file) reading time from `clock`: a
     /// [`ManualClock`] for the suite; `None` for the runtime scenarios, which run on the store's
     /// own default time source (the database clock, for a server store).
-    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<DynStore>;
+    async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<Self::Store>;
 }
 
-/// Entry point for a `harness = false` test binary: runs every suite test on stores made by
-/// `factory` and returns the process exit code.
+/// Entry point for a `harness = false` test binary of a store that keeps jobs and workflows:
+/// runs the whole suite (jobs, DLQ, workflow runs) and every runtime scenario (the job runtime
+/// and workflows) on stores made by `factory`, and returns the process exit code.
 ///
-/// One libtest-mimic trial per suite test, run in parallel on libtest-mimic's thread pool (so
+/// One libtest-mimic trial per test, run in parallel on libtest-mimic's thread pool (so
 /// `--test-threads`, name filters, `--list` and `--exact` work as with the built-in harness).
 /// Each trial gets its own tokio multi-thread runtime (2 workers), a fresh
 /// [`ManualClock::fixed`] and a fresh store from [`StoreFactory::create`].
@@ -52,12 +62,60 @@ pub trait StoreFactory: Send + Sync + 'static {
 /// The factory is probed once first. If the probe fails and the environment variable `CI` is
 /// `true`, every trial fails with the reason; otherwise every trial is reported ignored and the
 /// reason is printed once (running with `--ignored` then fails them with the reason).
-pub fn run_conformance(factory: impl StoreFactory) -> ExitCode {
-    let args = Arguments::from_args();
-    let factory: Arc<dyn StoreFactory> = Arc::new(factory);
-    let store_name = factory.name().to_owned();
+pub fn run_conformance<F>(factory: F) -> ExitCode
+where
+    F: StoreFactory,
+    F::Store: WorkflowStore,
+{
+    let factory = Arc::new(factory);
+    let mut runners = job_runners(&factory);
+    runners.extend(workflow_tests().into_iter().map(|test| {
+        let factory = Arc::clone(&factory);
+        (test.name, Box::new(move || run_one(factory, as_workflow_store, test)) as Runner)
+    }));
+    runners.extend(workflow_scenarios().into_iter().map(|test| {
+        let factory = Arc::clone(&factory);
+        (test.name, Box::new(move || run_scenario(factory, as_workflow_store, test)) as Runner)
+    }));
+    run_trials(factory.as_ref(), runners)
+}
 
-    let probe = match probe(factory.as_ref()) {
+/// Entry point for a `harness = false` test binary of a store that keeps jobs only (a
+/// [`JobStore`] with its DLQ, no workflows): runs the job and DLQ tests and the job runtime's
+/// scenarios, as [`run_conformance`] does for a full store.
+pub fn run_job_conformance<F: StoreFactory>(factory: F) -> ExitCode {
+    let factory = Arc::new(factory);
+    let runners = job_runners(&factory);
+    run_trials(factory.as_ref(), runners)
+}
+
+/// The job and DLQ tests and the job runtime scenarios, each on a fresh [`JobStore`].
+fn job_runners<F: StoreFactory>(factory: &Arc<F>) -> Vec<(&'static str, Runner)> {
+    let suite = job_tests().into_iter().map(|test| {
+        let factory = Arc::clone(factory);
+        (test.name, Box::new(move || run_one(factory, as_job_store, test)) as Runner)
+    });
+    let scenarios = job_scenarios().into_iter().map(|test| {
+        let factory = Arc::clone(factory);
+        (test.name, Box::new(move || run_scenario(factory, as_job_store, test)) as Runner)
+    });
+    suite.chain(scenarios).collect()
+}
+
+fn as_job_store<S: JobStore>(store: S) -> Arc<dyn JobStore> {
+    Arc::new(store)
+}
+
+fn as_workflow_store<S: WorkflowStore>(store: S) -> Arc<dyn WorkflowStore> {
+    Arc::new(store)
+}
+
+/// Probe the factory, then run `runners` as libtest-mimic trials (ignored, or failed under
+/// `CI=true`, when the probe fails).
+fn run_trials<F: StoreFactory>(factory: &F, runners: Vec<(&'static str, Runner)>) -> ExitCode {
+    let args = Arguments::from_args();
+    let store_name = factory.name().to_owned();
+    let probe = match probe(factory) {
         Ok(()) => Ok(()),
         Err(reason) => Err(format!("store {store_name:?} is unreachable: {reason}")),
     };
@@ -71,17 +129,8 @@ pub fn run_conformance(factory: impl StoreFactory) -> ExitCode {
             );
         }
     }
-
-    let suite = all_tests().into_iter().map(|test| {
-        let factory = Arc::clone(&factory);
-        (test.name, Box::new(move || run_one(factory, test)) as Runner)
-    });
-    let scenarios = runtime_tests().into_iter().map(|test| {
-        let factory = Arc::clone(&factory);
-        (test.name, Box::new(move || run_scenario(factory, test)) as Runner)
-    });
-    let trials = suite
-        .chain(scenarios)
+    let trials = runners
+        .into_iter()
         .map(|(name, runner)| {
             let trial = match &probe {
                 Ok(()) => Trial::test(name, runner),
@@ -93,7 +142,6 @@ pub fn run_conformance(factory: impl StoreFactory) -> ExitCode {
             trial.with_kind(store_name.clone())
         })
         .collect();
-
     libtest_mimic::run(&args, trials).exit_code()
 }
 
@@ -101,7 +149,7 @@ pub fn run_conformance(factory: impl StoreFactory) -> ExitCode {
 type Runner = Box<dyn FnOnce() -> Result<(), Failed> + Send>;
 
 /// Probe the factory on a small runtime of its own.
-fn probe(factory: &dyn StoreFactory) -> Result<(), String> {
+fn probe<F: StoreFactory>(factory: &F) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -111,28 +159,37 @@ fn probe(factory: &dyn StoreFactory) -> Result<(), String> {
 
 /// Run one suite test on its own runtime, store and clock. Panics (failed assertions) propagate
 /// to libtest-mimic, which reports them as failures.
-fn run_one(factory: Arc<dyn StoreFactory>, test: SuiteTest) -> Result<(), Failed> {
+fn run_one<F: StoreFactory, S: ?Sized>(
+    factory: Arc<F>,
+    view: fn(F::Store) -> Arc<S>,
+    test: SuiteTest<S>,
+) -> Result<(), Failed> {
     let clock = Arc::new(ManualClock::fixed());
-    on_fresh_store(factory, test.name, Some(clock.clone()), move |store| {
+    on_fresh_store(factory, view, test.name, Some(clock.clone()), move |store| {
         (test.run)(TestContext { store, clock })
     })
 }
 
 /// Run one runtime scenario on its own runtime and a fresh store on its default clock.
-fn run_scenario(factory: Arc<dyn StoreFactory>, test: RuntimeTest) -> Result<(), Failed> {
-    on_fresh_store(factory, test.name, None, test.run)
+fn run_scenario<F: StoreFactory, S: ?Sized>(
+    factory: Arc<F>,
+    view: fn(F::Store) -> Arc<S>,
+    test: Scenario<S>,
+) -> Result<(), Failed> {
+    on_fresh_store(factory, view, test.name, None, test.run)
 }
 
-/// Make a store reading `clock` on a new runtime (2 workers) and run `test` on it, failing it
-/// past [`TRIAL_TIMEOUT`].
-fn on_fresh_store<F>(
-    factory: Arc<dyn StoreFactory>,
+/// Make a store reading `clock` on a new runtime (2 workers), seen through `view`, and run
+/// `test` on it, failing it past [`TRIAL_TIMEOUT`].
+fn on_fresh_store<F: StoreFactory, S: ?Sized, Fut>(
+    factory: Arc<F>,
+    view: fn(F::Store) -> Arc<S>,
     name: &str,
     clock: Option<SharedClock>,
-    test: impl FnOnce(DynStore) -> F,
+    test: impl FnOnce(Arc<S>) -> Fut,
 ) -> Result<(), Failed>
 where
-    F: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = ()>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -144,7 +201,7 @@ where
             .create(clock)
             .await
             .map_err(|e| format!("can not create a {:?} store: {e}", factory.name()))?;
-        tokio::time::timeout(TRIAL_TIMEOUT, test(store))
+        tokio::time::timeout(TRIAL_TIMEOUT, test(view(store)))
             .await
             .map_err(|_| format!("{name} did not finish within {TRIAL_TIMEOUT:?}"))?;
         Ok(())

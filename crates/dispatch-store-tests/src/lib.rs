@@ -1,30 +1,34 @@
 //! The conformance suite every Dispatch store runs: the executable form of the contracts in
-//! `dispatch-core` ([`JobStore`](dispatch_core::JobStore), [`DlqStore`](dispatch_core::DlqStore),
-//! [`WorkflowStore`](dispatch_core::WorkflowStore)).
+//! `dispatch-core`'s [`store`](dispatch_core::store) module ([`JobStore`] with its
+//! [`DlqStore`](dispatch_core::DlqStore), and [`WorkflowStore`]).
 //!
 //! A store author runs it on their store from a test binary declared with `harness = false`:
 //! implement [`StoreFactory`] (how to make a fresh, empty store in its own namespace reading a
-//! given clock) and hand it to [`run_conformance`]:
+//! given clock) and hand it to [`run_conformance`] (a store that keeps workflows too) or
+//! [`run_job_conformance`] (a store of jobs only):
 //!
 //! ```no_run
 //! use std::process::ExitCode;
 //! use std::sync::Arc;
 //!
-//! use dispatch_core::{DynStore, SharedClock, SystemClock};
+//! use dispatch_core::{SharedClock, SystemClock};
+//! use dispatch_store_memory::MemoryStore;
 //! use dispatch_store_tests::{StoreFactory, run_conformance};
 //!
 //! struct MyStore;
 //!
 //! #[async_trait::async_trait]
 //! impl StoreFactory for MyStore {
+//!     type Store = MemoryStore;
+//!
 //!     fn name(&self) -> &str {
 //!         "mine"
 //!     }
-//!     async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<DynStore> {
+//!     async fn create(&self, clock: Option<SharedClock>) -> dispatch_core::Result<MemoryStore> {
 //!         // A fresh store in its own namespace, reading `clock` (or its default); here the
 //!         // memory store.
 //!         let clock = clock.unwrap_or_else(|| Arc::new(SystemClock));
-//!         Ok(Arc::new(dispatch_store_memory::MemoryStore::with_clock(clock)))
+//!         Ok(MemoryStore::with_clock(clock))
 //!     }
 //! }
 //!
@@ -34,14 +38,16 @@
 //! ```
 //!
 //! Every test is a plain `pub async fn(TestContext)` in a module named after the trait it pins
-//! ([`job`], [`dlq`], [`workflow`]); [`all_tests`] lists them. Tests are deterministic: time moves only through
-//! the [`ManualClock`](dispatch_core::ManualClock) in the [`TestContext`], never by sleeping, and
-//! each test touches only its own store, so they run in parallel against one server.
+//! ([`job`], [`dlq`], [`workflow`]); [`job_tests`] and [`workflow_tests`] list them. Tests are
+//! deterministic: time moves only through the [`ManualClock`](dispatch_core::ManualClock) in the
+//! [`TestContext`], never by sleeping, and each test touches only its own store, so they run in
+//! parallel against one server.
 //!
-//! Beside the suite, [`run_conformance`] runs the [`runtime`] scenarios: the job runtime
-//! (`dispatch-job`) driven end to end over a fresh store on its default clock (retry, snooze,
-//! cancel, shutdown release, fencing, push wake-ups), so a new store is exercised under real
-//! workers without writing a test of its own. [`fixtures`] holds what those scenarios share with
+//! Beside the suite, the runners run the [`runtime`] scenarios ([`job_scenarios`]: the job
+//! runtime of `dispatch-job` driven end to end over a fresh store on its default clock: retry,
+//! snooze, cancel, shutdown release, fencing, push wake-ups) and, for a workflow store, the
+//! [`runs`] scenarios ([`workflow_scenarios`]), so a new store is exercised under real workers
+//! without writing a test of its own. [`fixtures`] holds what those scenarios share with
 //! `dispatch-job`'s own tests.
 //!
 //! This is not a benchmark or a fuzzer: it checks what a store promises, one behaviour per test,
@@ -59,44 +65,39 @@ pub mod dlq;
 pub mod job;
 pub mod workflow;
 
+use std::sync::Arc;
+
+use dispatch_core::{JobStore, WorkflowStore};
 use futures::future::BoxFuture;
 
-pub use harness::{StoreFactory, TestContext, run_conformance};
+pub use harness::{StoreFactory, TestContext, run_conformance, run_job_conformance};
 
-/// A runtime scenario: the job runtime driven over a fresh store on the system clock.
-#[derive(Clone, Copy)]
-pub struct RuntimeTest {
+/// A runtime scenario: the job runtime (or workflows on it) driven over a fresh store on the
+/// system clock.
+pub struct Scenario<S: ?Sized> {
     /// `runtime::<function>` (job runtime) or `runs::<function>` (workflows).
     pub name: &'static str,
     /// The scenario.
-    pub run: fn(dispatch_core::DynStore) -> BoxFuture<'static, ()>,
+    pub run: fn(Arc<S>) -> BoxFuture<'static, ()>,
 }
 
-impl std::fmt::Debug for RuntimeTest {
+impl<S: ?Sized> std::fmt::Debug for Scenario<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuntimeTest").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Scenario").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
-/// Every runtime scenario, in a stable order.
-pub fn runtime_tests() -> Vec<RuntimeTest> {
+/// The job runtime's scenarios, in a stable order: they need a [`JobStore`] only.
+pub fn job_scenarios() -> Vec<Scenario<dyn JobStore>> {
     macro_rules! scenarios {
         ($($test:ident),* $(,)?) => {
-            vec![$(RuntimeTest {
+            vec![$(Scenario {
                 name: concat!("runtime::", stringify!($test)),
                 run: |store| Box::pin(runtime::$test(store)),
             },)*]
         };
     }
-    macro_rules! workflow_scenarios {
-        ($($test:ident),* $(,)?) => {
-            vec![$(RuntimeTest {
-                name: concat!("runs::", stringify!($test)),
-                run: |store| Box::pin(runs::$test(store)),
-            },)*]
-        };
-    }
-    let jobs: Vec<RuntimeTest> = scenarios![
+    scenarios![
         retry_then_succeed,
         snooze_gives_the_attempt_back,
         cancel_reaches_the_running_handler,
@@ -108,8 +109,20 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         ambiguous_finishes_never_run_a_job_twice,
         outage_shorter_than_the_lease_loses_no_finish,
         lost_claim_answers_cost_no_attempt,
-    ];
-    let runs: Vec<RuntimeTest> = workflow_scenarios![
+    ]
+}
+
+/// The workflow scenarios, in a stable order: they need a [`WorkflowStore`].
+pub fn workflow_scenarios() -> Vec<Scenario<dyn WorkflowStore>> {
+    macro_rules! scenarios {
+        ($($test:ident),* $(,)?) => {
+            vec![$(Scenario {
+                name: concat!("runs::", stringify!($test)),
+                run: |store| Box::pin(runs::$test(store)),
+            },)*]
+        };
+    }
+    scenarios![
         interrupted_at_every_step_boundary_resumes_exactly,
         a_step_in_a_loop_gets_a_checkpoint_per_call,
         parallel_branches_keep_their_own_results,
@@ -133,20 +146,18 @@ pub fn runtime_tests() -> Vec<RuntimeTest> {
         cancel_of_a_running_run_stops_at_a_step_boundary,
         replay_from_a_step_reruns_what_follows,
         migrate_a_failed_run_to_a_fixed_version,
-    ];
-    jobs.into_iter().chain(runs).collect()
+    ]
 }
 
 /// One test of the suite: its name and the function that runs it.
-#[derive(Clone, Copy)]
-pub struct SuiteTest {
+pub struct SuiteTest<S: ?Sized> {
     /// The test's name, `module::function`, e.g. `job::claim_order_priority_then_fifo`.
     pub name: &'static str,
     /// Runs the test on a context; panics (a failed assertion) when the store misbehaves.
-    pub run: fn(TestContext) -> BoxFuture<'static, ()>,
+    pub run: fn(TestContext<S>) -> BoxFuture<'static, ()>,
 }
 
-impl std::fmt::Debug for SuiteTest {
+impl<S: ?Sized> std::fmt::Debug for SuiteTest<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SuiteTest").field("name", &self.name).finish_non_exhaustive()
     }
@@ -163,8 +174,8 @@ macro_rules! suite {
     };
 }
 
-/// Every test of the suite, in a stable order.
-pub fn all_tests() -> Vec<SuiteTest> {
+/// The job and DLQ tests, in a stable order: they need a [`JobStore`] only.
+pub fn job_tests() -> Vec<SuiteTest<dyn JobStore>> {
     suite![
         // enqueue
         job::enqueue_rejects_oversized_payload,
@@ -253,7 +264,12 @@ pub fn all_tests() -> Vec<SuiteTest> {
         dlq::list_filters_and_paginates,
         dlq::list_continues_after_purged_cursor,
         dlq::get_unknown_is_none,
-        // workflow runs
+    ]
+}
+
+/// The workflow tests, in a stable order: they need a [`WorkflowStore`].
+pub fn workflow_tests() -> Vec<SuiteTest<dyn WorkflowStore>> {
+    suite![
         workflow::start_creates_run_and_drive_job,
         workflow::start_is_idempotent_by_key,
         workflow::start_with_invalid_drive_job_stores_nothing,
@@ -290,13 +306,16 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_qualified() {
-        let tests = all_tests();
-        let mut names: Vec<&str> = tests.iter().map(|t| t.name).collect();
-        let modules = ["job::", "dlq::", "workflow::"];
-        assert!(names.iter().all(|n| modules.iter().any(|m| n.starts_with(m))));
-        names.extend(runtime_tests().iter().map(|t| t.name));
+        let job: Vec<&str> = job_tests().iter().map(|t| t.name).collect();
+        let runs: Vec<&str> = workflow_tests().iter().map(|t| t.name).collect();
+        assert!(job.iter().all(|n| n.starts_with("job::") || n.starts_with("dlq::")));
+        assert!(runs.iter().all(|n| n.starts_with("workflow::")));
+        let mut names: Vec<&str> = job.into_iter().chain(runs).collect();
+        names.extend(job_scenarios().iter().map(|t| t.name));
+        names.extend(workflow_scenarios().iter().map(|t| t.name));
+        let all = names.len();
         names.sort_unstable();
         names.dedup();
-        assert_eq!(names.len(), tests.len() + runtime_tests().len(), "duplicate test names");
+        assert_eq!(names.len(), all, "duplicate test names");
     }
 }

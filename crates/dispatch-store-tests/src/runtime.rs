@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use dispatch_core::{
-    Backoff, CancelResult, ClaimRequest, DynStore, Event, JobState, LeaseToken, WorkerId,
+    Backoff, CancelResult, ClaimRequest, Event, JobState, JobStore, LeaseToken, WorkerId,
 };
 use dispatch_job::{CancelReason, CancelToken, JobContext, JobDefinition, JobError, WorkerBuilder};
 use parking_lot::Mutex;
@@ -25,7 +25,7 @@ pub use flaky::{
 };
 
 /// A worker builder with real-time intervals short enough for tests.
-fn worker(store: DynStore) -> WorkerBuilder {
+fn worker(store: Arc<dyn JobStore>) -> WorkerBuilder {
     dispatch_job::Worker::builder(store).configure(|c| {
         c.poll_interval = Duration::from_millis(20);
         c.heartbeat_interval = Duration::from_millis(50);
@@ -36,7 +36,7 @@ fn worker(store: DynStore) -> WorkerBuilder {
 }
 
 /// Fails twice, then succeeds: completed on attempt 3 with two errors.
-pub async fn retry_then_succeed(store: DynStore) {
+pub async fn retry_then_succeed(store: Arc<dyn JobStore>) {
     let calls = Arc::new(AtomicU32::new(0));
     let counter = calls.clone();
     let flaky = JobDefinition::new("flaky", move |_ctx: JobContext, _: ()| {
@@ -53,7 +53,7 @@ pub async fn retry_then_succeed(store: DynStore) {
 }
 
 /// Snoozes three times, then succeeds: one attempt spent.
-pub async fn snooze_gives_the_attempt_back(store: DynStore) {
+pub async fn snooze_gives_the_attempt_back(store: Arc<dyn JobStore>) {
     let calls = Arc::new(AtomicU32::new(0));
     let counter = calls.clone();
     let sleepy = JobDefinition::new("sleepy", move |_ctx: JobContext, _: ()| {
@@ -68,7 +68,7 @@ pub async fn snooze_gives_the_attempt_back(store: DynStore) {
 }
 
 /// A cancel request reaches the running handler through its heartbeat; the job ends cancelled.
-pub async fn cancel_reaches_the_running_handler(store: DynStore) {
+pub async fn cancel_reaches_the_running_handler(store: Arc<dyn JobStore>) {
     let started = Arc::new(Notify::new());
     let reason: Arc<Mutex<Option<CancelReason>>> = Arc::default();
     let (on_start, seen) = (started.clone(), reason.clone());
@@ -92,7 +92,7 @@ pub async fn cancel_reaches_the_running_handler(store: DynStore) {
 
 /// Jobs outliving the shutdown timeout are cancelled (reason shutdown) and released: another
 /// worker claims them at once with their attempts given back.
-pub async fn shutdown_releases_long_jobs(store: DynStore) {
+pub async fn shutdown_releases_long_jobs(store: Arc<dyn JobStore>) {
     let tokens: Arc<Mutex<Vec<CancelToken>>> = Arc::default();
     let seen = tokens.clone();
     let endless = JobDefinition::new("endless", move |ctx: JobContext, _: u32| {
@@ -132,7 +132,7 @@ pub async fn shutdown_releases_long_jobs(store: DynStore) {
 
 /// A partitioned worker (its heartbeats fail) loses its lease to rescue and a second worker; its
 /// late completion is refused and fires no completed hook.
-pub async fn fenced_out_completion_is_refused(inner: DynStore) {
+pub async fn fenced_out_completion_is_refused(inner: Arc<dyn JobStore>) {
     let counting = counting(inner.clone());
     counting.interceptor().fail_heartbeats.store(true, Ordering::SeqCst);
     let recorder = Recorder::default();
@@ -186,9 +186,12 @@ pub async fn fenced_out_completion_is_refused(inner: DynStore) {
 }
 
 /// A job enqueued straight on the store, past any client of the worker, starts on an idle
-/// worker through the store's push wake-up, long before the worker's next poll.
-pub async fn store_wake_up_starts_an_idle_worker(inner: DynStore) {
-    assert!(inner.capabilities().push_wakeups, "this scenario is for stores that push");
+/// worker through the store's push wake-up, long before the worker's next poll. A store that
+/// does not push (`wakeups()` answers `None`) is out of this scenario's reach: its workers poll.
+pub async fn store_wake_up_starts_an_idle_worker(inner: Arc<dyn JobStore>) {
+    if inner.wakeups().is_none() {
+        return;
+    }
     let counting = counting(inner.clone());
     let quick = JobDefinition::new("quick", |_ctx: JobContext, _: ()| async { Ok(()) });
     let handle = worker(counting.clone())
@@ -216,7 +219,7 @@ pub async fn store_wake_up_starts_an_idle_worker(inner: DynStore) {
 /// its own clock, the database's for a server store; the runtime sends only the duration, so no
 /// application clock takes part), and not at some later poll (the idle worker sleeps until the
 /// job is due).
-pub async fn delayed_job_starts_when_due(store: DynStore) {
+pub async fn delayed_job_starts_when_due(store: Arc<dyn JobStore>) {
     const DELAY: Duration = Duration::from_secs(2);
     let started: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
     let seen = started.clone();

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use dispatch_core::{
-    ClaimRequest, ClaimedJob, DlqEntry, DlqFilter, DlqId, DynStore, ErrorKind, Failure,
-    FailureKind, Finish, FinishResult, Job, JobFilter, JobId, LeaseRef, LeaseToken, NewJob,
-    Outcome, PageRequest, RunAt, WorkerId,
+    ClaimRequest, ClaimedJob, DlqEntry, DlqFilter, DlqId, ErrorKind, Failure, FailureKind, Finish,
+    FinishResult, Job, JobFilter, JobId, JobStore, LeaseRef, LeaseToken, NewJob, Outcome,
+    PageRequest, RunAt, WorkerId,
 };
 
 use dispatch_core::Clock as _;
@@ -78,7 +78,7 @@ pub(crate) fn ids(claimed: &[ClaimedJob]) -> HashSet<JobId> {
     claimed.iter().map(|c| c.job.id).collect()
 }
 
-impl TestContext {
+impl<S: JobStore + ?Sized> TestContext<S> {
     /// Enqueue `jobs`, every one expected to be created; their IDs, in order.
     pub(crate) async fn enqueue(&self, jobs: Vec<NewJob>) -> Vec<JobId> {
         let expected: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
@@ -208,6 +208,6 @@ pub(crate) fn assert_kind<T: std::fmt::Debug>(
 }
 
 /// A store handle that can be moved into a spawned task.
-pub(crate) fn share(store: &DynStore) -> DynStore {
+pub(crate) fn share<S: ?Sized>(store: &std::sync::Arc<S>) -> std::sync::Arc<S> {
     std::sync::Arc::clone(store)
 }

@@ -15,6 +15,7 @@ use dispatch_core::Clock as _;
 
 use crate::TestContext;
 use crate::support::{PAST_TTL, assert_kind, failure, lease, secs};
+use dispatch_core::WorkflowStore;
 
 /// The drive jobs of the suite's runs.
 const DRIVE: &str = "wf-drive";
@@ -33,7 +34,7 @@ fn new_run(name: &str) -> (NewRun, NewJob) {
     (run, drive)
 }
 
-impl TestContext {
+impl TestContext<dyn WorkflowStore> {
     /// Start a run of `name` in `scope`; its ID.
     async fn start_in(&self, name: &str, scope: Scope) -> RunId {
         let (mut run, mut drive) = new_run(name);
@@ -117,7 +118,7 @@ impl TestContext {
 
 /// A start creates the run (running, every field as given, stamped by the store clock) and its
 /// drive job, available at once under the given name.
-pub async fn start_creates_run_and_drive_job(ctx: TestContext) {
+pub async fn start_creates_run_and_drive_job(ctx: TestContext<dyn WorkflowStore>) {
     let (run, drive) = new_run("order");
     let drive_id = drive.id;
     let started = ctx.store.start_run(run.clone(), drive).await.expect("start_run");
@@ -138,7 +139,7 @@ pub async fn start_creates_run_and_drive_job(ctx: TestContext) {
 
 /// A second start with the same workflow name and idempotency key returns the first run and
 /// creates nothing; the same key under another name is another run.
-pub async fn start_is_idempotent_by_key(ctx: TestContext) {
+pub async fn start_is_idempotent_by_key(ctx: TestContext<dyn WorkflowStore>) {
     let (mut first, drive) = new_run("charge");
     first.idempotency_key = Some("order-7".into());
     let first_id = ctx.store.start_run(first, drive).await.unwrap().id();
@@ -154,7 +155,7 @@ pub async fn start_is_idempotent_by_key(ctx: TestContext) {
 }
 
 /// A drive job that fails validation starts nothing.
-pub async fn start_with_invalid_drive_job_stores_nothing(ctx: TestContext) {
+pub async fn start_with_invalid_drive_job_stores_nothing(ctx: TestContext<dyn WorkflowStore>) {
     let (run, mut drive) = new_run("big");
     drive.payload = vec![b'x'; dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES + 1];
     let id = run.id;
@@ -165,7 +166,7 @@ pub async fn start_with_invalid_drive_job_stores_nothing(ctx: TestContext) {
 
 /// Checkpoints load in write order; rewriting a key replaces its data in place; every write
 /// is stamped by the store clock.
-pub async fn checkpoints_load_in_write_order(ctx: TestContext) {
+pub async fn checkpoints_load_in_write_order(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("steps").await;
     let lease = ctx.drive(run).await;
     let write = |key: &str, data: &str| NewCheckpoint::new(key, data.as_bytes().to_vec());
@@ -187,7 +188,7 @@ pub async fn checkpoints_load_in_write_order(ctx: TestContext) {
 
 /// Every drive call is fenced by the drive job's lease: a stale or foreign lease is refused
 /// with `LeaseLost` and writes nothing; an unknown run is `NotFound`.
-pub async fn drive_calls_are_fenced(ctx: TestContext) {
+pub async fn drive_calls_are_fenced(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("fenced").await;
     let old = ctx.drive(run).await;
     ctx.clock.advance(PAST_TTL);
@@ -222,7 +223,7 @@ pub async fn drive_calls_are_fenced(ctx: TestContext) {
 /// Suspending until a time marks the run suspended and snoozes its drive job in the same
 /// operation: due at the wake time, the attempt given back, and the runtime's own finish of
 /// that attempt is `AlreadyApplied`. Driving again makes the run running.
-pub async fn suspend_snoozes_the_drive_job(ctx: TestContext) {
+pub async fn suspend_snoozes_the_drive_job(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("sleepy").await;
     let lease = ctx.drive(run).await;
     let wake = ctx.clock.now() + secs(10);
@@ -243,7 +244,7 @@ pub async fn suspend_snoozes_the_drive_job(ctx: TestContext) {
 }
 
 /// A suspend with no wake time and no wait is refused and changes nothing.
-pub async fn suspend_needs_something_to_wake_for(ctx: TestContext) {
+pub async fn suspend_needs_something_to_wake_for(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("idle").await;
     let lease = ctx.drive(run).await;
     let suspend = Suspend { run, until: None, waits: vec![] };
@@ -255,7 +256,7 @@ pub async fn suspend_needs_something_to_wake_for(ctx: TestContext) {
     assert_eq!(ctx.job(lease.job_id).await.state, JobState::Running);
 }
 
-fn wait_on(ctx: &TestContext, key: &str, name: &str) -> EventWait {
+fn wait_on(ctx: &TestContext<dyn WorkflowStore>, key: &str, name: &str) -> EventWait {
     EventWait {
         key: key.to_owned(),
         name: name.to_owned(),
@@ -267,7 +268,7 @@ fn wait_on(ctx: &TestContext, key: &str, name: &str) -> EventWait {
 /// An event delivered while the run is being driven, to a wait an earlier suspend registered,
 /// is noticed by the drive's next suspend on that key (`Delivered`: the drive goes on), rather
 /// than the run suspending with its event already written until the wait's deadline.
-pub async fn suspend_notices_a_delivery_made_during_the_drive(ctx: TestContext) {
+pub async fn suspend_notices_a_delivery_made_during_the_drive(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("two-waits").await;
     let lease = ctx.drive(run).await;
     let waits = vec![wait_on(&ctx, "a", "ev-a"), wait_on(&ctx, "b", "ev-b")];
@@ -287,7 +288,7 @@ pub async fn suspend_notices_a_delivery_made_during_the_drive(ctx: TestContext) 
 
 /// A suspend's waits replace the run's earlier ones: a wait the run no longer lists (a branch
 /// it dropped) receives nothing, and the event is kept for whoever waits for it next.
-pub async fn suspend_replaces_the_runs_earlier_waits(ctx: TestContext) {
+pub async fn suspend_replaces_the_runs_earlier_waits(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("select").await;
     let lease = ctx.drive(run).await;
     let until = Some(ctx.clock.now() + secs(1));
@@ -308,7 +309,7 @@ pub async fn suspend_replaces_the_runs_earlier_waits(ctx: TestContext) {
 
 /// A run input, an event payload or a checkpoint over the payload limit is refused with
 /// `PayloadTooLarge`, and nothing of the call is stored.
-pub async fn oversized_input_event_and_checkpoint_are_refused(ctx: TestContext) {
+pub async fn oversized_input_event_and_checkpoint_are_refused(ctx: TestContext<dyn WorkflowStore>) {
     let big = vec![b'x'; dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES + 1];
     let (mut run, drive) = new_run("big");
     run.input = big.clone();
@@ -339,7 +340,7 @@ pub async fn oversized_input_event_and_checkpoint_are_refused(ctx: TestContext) 
 
 /// An event kept "for ever" (`keep_for` = `Duration::MAX`) is kept, not an arithmetic error,
 /// and a wait a year later takes it.
-pub async fn keep_for_saturates(ctx: TestContext) {
+pub async fn keep_for_saturates(ctx: TestContext<dyn WorkflowStore>) {
     let event = NewEvent {
         id: EventId::new(),
         name: "forever".to_owned(),
@@ -358,7 +359,7 @@ pub async fn keep_for_saturates(ctx: TestContext) {
 
 /// A broadcast reaching two waits of one run (two branches waiting for the same event) writes
 /// both checkpoints and lists the run once.
-pub async fn broadcast_lists_each_run_once(ctx: TestContext) {
+pub async fn broadcast_lists_each_run_once(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("twice").await;
     let lease = ctx.drive(run).await;
     let waits = vec![wait_on(&ctx, "a", "ev"), wait_on(&ctx, "b", "ev")];
@@ -372,7 +373,7 @@ pub async fn broadcast_lists_each_run_once(ctx: TestContext) {
 
 /// One event, one waiter: the oldest wait on (name, key) receives it; its checkpoint holds the
 /// payload and its drive job is due at once; the other waiter keeps waiting.
-pub async fn event_goes_to_the_oldest_waiter(ctx: TestContext) {
+pub async fn event_goes_to_the_oldest_waiter(ctx: TestContext<dyn WorkflowStore>) {
     let first = ctx.start("a").await;
     let lease = ctx.drive(first).await;
     ctx.clock.advance(secs(1));
@@ -403,7 +404,7 @@ pub async fn event_goes_to_the_oldest_waiter(ctx: TestContext) {
 
 /// An event nobody waits for is kept and taken by the first wait that matches: that suspend
 /// answers `Delivered`, writes the checkpoint and leaves the drive running; it is taken once.
-pub async fn event_before_its_wait_is_kept(ctx: TestContext) {
+pub async fn event_before_its_wait_is_kept(ctx: TestContext<dyn WorkflowStore>) {
     let published = ctx.publish("shipped", "o-2", "truck", false).await;
     assert_eq!((published.delivered_to.len(), published.kept), (0, true));
     let run = ctx.start("ship").await;
@@ -418,7 +419,7 @@ pub async fn event_before_its_wait_is_kept(ctx: TestContext) {
 }
 
 /// A kept event expires `keep_for` after its publish.
-pub async fn kept_event_expires(ctx: TestContext) {
+pub async fn kept_event_expires(ctx: TestContext<dyn WorkflowStore>) {
     let event = NewEvent {
         id: EventId::new(),
         name: "late".into(),
@@ -437,7 +438,7 @@ pub async fn kept_event_expires(ctx: TestContext) {
 }
 
 /// A broadcast reaches every run waiting at publish time and is not kept for later ones.
-pub async fn broadcast_reaches_every_current_waiter(ctx: TestContext) {
+pub async fn broadcast_reaches_every_current_waiter(ctx: TestContext<dyn WorkflowStore>) {
     let mut waiting = HashSet::new();
     for _ in 0..3 {
         let run = ctx.start("listener").await;
@@ -456,7 +457,7 @@ pub async fn broadcast_reaches_every_current_waiter(ctx: TestContext) {
 }
 
 /// Delivery needs the same name, correlation key and scope.
-pub async fn event_respects_name_key_and_scope(ctx: TestContext) {
+pub async fn event_respects_name_key_and_scope(ctx: TestContext<dyn WorkflowStore>) {
     let acme = Scope::new("shop", "acme");
     let run = ctx.start_in("scoped", acme.clone()).await;
     let lease = ctx.drive(run).await;
@@ -470,7 +471,7 @@ pub async fn event_respects_name_key_and_scope(ctx: TestContext) {
 }
 
 /// A wait that timed out is removed when resolved: a later event is kept, not delivered to it.
-pub async fn timed_out_wait_receives_nothing_later(ctx: TestContext) {
+pub async fn timed_out_wait_receives_nothing_later(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("patient").await;
     let lease = ctx.drive(run).await;
     let outcome = ctx.wait_for(lease, run, "w", "reply", "r-1").await;
@@ -485,7 +486,7 @@ pub async fn timed_out_wait_receives_nothing_later(ctx: TestContext) {
 }
 
 /// Ending a run records its state, output or error and finish time, and drops its waits.
-pub async fn end_run_records_the_outcome(ctx: TestContext) {
+pub async fn end_run_records_the_outcome(ctx: TestContext<dyn WorkflowStore>) {
     let done = ctx.start("done").await;
     let lease = ctx.drive(done).await;
     ctx.store.end_run(lease, done, RunEnd::Completed(b"42".to_vec())).await.unwrap();
@@ -516,7 +517,7 @@ pub async fn end_run_records_the_outcome(ctx: TestContext) {
 
 /// A drive job that dies (out of attempts) fails its run in the same operation, with the job's
 /// last error.
-pub async fn dying_drive_job_fails_its_run(ctx: TestContext) {
+pub async fn dying_drive_job_fails_its_run(ctx: TestContext<dyn WorkflowStore>) {
     let (run, mut drive) = new_run("fragile");
     drive.max_attempts = 1;
     let id = ctx.store.start_run(run, drive).await.unwrap().id();
@@ -537,7 +538,7 @@ pub async fn dying_drive_job_fails_its_run(ctx: TestContext) {
 }
 
 /// Listing by state and name, in ID order, page by page.
-pub async fn list_runs_filters_and_paginates(ctx: TestContext) {
+pub async fn list_runs_filters_and_paginates(ctx: TestContext<dyn WorkflowStore>) {
     let mut orders = Vec::new();
     for _ in 0..5 {
         orders.push(ctx.start("order").await);
@@ -572,7 +573,7 @@ pub async fn list_runs_filters_and_paginates(ctx: TestContext) {
 
 /// A cancel of a suspended run records its reason (the first one) and makes its drive job due
 /// at once; the next drive sees the request.
-pub async fn cancel_wakes_a_suspended_run(ctx: TestContext) {
+pub async fn cancel_wakes_a_suspended_run(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("waiting").await;
     let lease = ctx.drive(run).await;
     let suspend = Suspend { run, until: Some(ctx.clock.now() + secs(3600)), waits: vec![] };
@@ -590,7 +591,7 @@ pub async fn cancel_wakes_a_suspended_run(ctx: TestContext) {
 
 /// A running drive learns of a cancel when it tries to suspend: nothing is suspended or
 /// registered and its lease still holds; once the run ends, a cancel is `AlreadyFinal`.
-pub async fn cancel_of_a_running_drive_refuses_its_suspend(ctx: TestContext) {
+pub async fn cancel_of_a_running_drive_refuses_its_suspend(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("busy").await;
     let lease = ctx.drive(run).await;
     assert_eq!(ctx.store.cancel_run(run, "stop").await.unwrap(), RunCancel::Requested);
@@ -607,7 +608,7 @@ pub async fn cancel_of_a_running_drive_refuses_its_suspend(ctx: TestContext) {
 /// Replay from a checkpoint: later checkpoints dropped, the run running again (output, error and
 /// finish cleared), its drive job due at once with attempts reset. Unknown key or run:
 /// `NotFound`; while a drive holds the run: `Conflict`.
-pub async fn replay_rewinds_to_a_checkpoint(ctx: TestContext) {
+pub async fn replay_rewinds_to_a_checkpoint(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("rewind").await;
     let lease = ctx.drive(run).await;
     let write = |key: &str| NewCheckpoint::new(key, key.as_bytes().to_vec());
@@ -629,7 +630,7 @@ pub async fn replay_rewinds_to_a_checkpoint(ctx: TestContext) {
 /// Migration to another version: checkpoints kept, a failed run running again, its drive job
 /// renamed to the new version's and due at once. A completed run, or one a drive holds:
 /// `Conflict`.
-pub async fn migrate_moves_a_run_to_another_version(ctx: TestContext) {
+pub async fn migrate_moves_a_run_to_another_version(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("versioned").await;
     let lease = ctx.drive(run).await;
     let keep = vec![NewCheckpoint::new("a", b"1".to_vec())];
@@ -662,7 +663,7 @@ pub async fn migrate_moves_a_run_to_another_version(ctx: TestContext) {
 /// A retried start (the first committed, its answer was lost) answers as the first did:
 /// `Created`, with an idempotency key too, and nothing changes. The run ID with another name,
 /// input or drive job, or the drive job's ID under another run ID, is a reuse: `Conflict`.
-pub async fn start_retry_answers_as_the_first_call(ctx: TestContext) {
+pub async fn start_retry_answers_as_the_first_call(ctx: TestContext<dyn WorkflowStore>) {
     let (plain, plain_drive) = new_run("retried");
     let (mut keyed, keyed_drive) = new_run("retried");
     keyed.idempotency_key = Some("order-8".into());
@@ -708,7 +709,7 @@ pub async fn start_retry_answers_as_the_first_call(ctx: TestContext) {
 /// and `Requested`; the drive job itself is neither cancelled nor flagged (a heartbeat reports
 /// no cancel; the drive learns of it when it suspends). Once the run has ended, its drive job is
 /// cancelled as any job.
-pub async fn cancel_through_the_drive_job_cancels_the_run(ctx: TestContext) {
+pub async fn cancel_through_the_drive_job_cancels_the_run(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("cancel-by-job").await;
     let drive_job = ctx.store.get_run(run).await.unwrap().expect("run").drive_job;
     let cancel = ctx.store.request_cancel(drive_job).await.expect("request_cancel");

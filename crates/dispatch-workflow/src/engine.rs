@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{
-    DynStore, Error, Event, EventId, Hook, NewEvent, NewRun, Page, PageRequest, Published, Run,
-    RunEnd, RunFilter, RunId, RunInfo, RunSnapshot, RunState, Scope, Started,
+    Error, Event, EventId, Hook, NewEvent, NewRun, Page, PageRequest, Published, Run, RunEnd,
+    RunFilter, RunId, RunInfo, RunSnapshot, RunState, Scope, Started, WorkflowStore,
 };
 use dispatch_job::{EnqueueOptions, HookBus, JobContext, JobDefinition, JobError};
 use parking_lot::RwLock;
@@ -58,7 +58,7 @@ struct Registered {
 }
 
 struct Inner {
-    store: DynStore,
+    store: Arc<dyn WorkflowStore>,
     versions: RwLock<HashMap<(String, u32), Arc<Registered>>>,
     hooks: HookBus,
 }
@@ -77,19 +77,19 @@ impl std::fmt::Debug for Workflows {
 
 impl Workflows {
     /// An engine over `store`, with no hooks.
-    pub fn new(store: DynStore) -> Self {
+    pub fn new(store: Arc<dyn WorkflowStore>) -> Self {
         Self::with_hooks(store, Vec::new())
     }
 
     /// An engine over `store` whose run and step events go to `hooks` (build it inside a tokio
     /// runtime when `hooks` is not empty: delivery runs on a task of its own).
-    pub fn with_hooks(store: DynStore, hooks: Vec<Arc<dyn Hook>>) -> Self {
+    pub fn with_hooks(store: Arc<dyn WorkflowStore>, hooks: Vec<Arc<dyn Hook>>) -> Self {
         let hooks = if hooks.is_empty() { HookBus::disabled() } else { HookBus::new(hooks) };
         Self { inner: Arc::new(Inner { store, versions: RwLock::default(), hooks }) }
     }
 
     /// The store.
-    pub fn store(&self) -> &DynStore {
+    pub fn store(&self) -> &Arc<dyn WorkflowStore> {
         &self.inner.store
     }
 
@@ -325,7 +325,7 @@ impl Workflows {
             self.inner.hooks.emit(|| Event::RunResumed { run: info.clone() });
         }
         let drive = Arc::new(Drive::new(
-            self.inner.store.clone() as Arc<dyn dispatch_core::WorkflowStore>,
+            self.inner.store.clone(),
             ctx.lease(),
             info.clone(),
             registered.policy.clone(),

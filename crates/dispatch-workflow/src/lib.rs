@@ -9,7 +9,7 @@
 //! (or until the event arrives): a waiting run holds no worker slot.
 //!
 //! ```no_run
-//! # async fn demo(store: dispatch_core::DynStore) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo(store: std::sync::Arc<dyn dispatch_core::WorkflowStore>) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use dispatch_workflow::{StartOptions, WorkflowContext, WorkflowDefinition, Workflows};
 //!

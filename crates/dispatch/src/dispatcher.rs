@@ -4,9 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{
-    CancelResult, DlqId, DynStore, Enqueued, Error, Hook, JobId, Replay, Result, Store,
-};
+use dispatch_core::{CancelResult, DlqId, Enqueued, Error, Hook, JobId, JobStore, Replay, Result};
 use dispatch_job::{
     EnqueueOptions, JobClient, JobDefinition, JobError, JobInput, JobRequest, JobService,
     ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerHandle,
@@ -18,19 +16,19 @@ type Step = Box<dyn FnOnce(WorkerBuilder) -> WorkerBuilder + Send>;
 /// Configures a [`Dispatcher`]. Start with [`Dispatcher::builder`].
 #[derive(Default)]
 pub struct DispatcherBuilder {
-    store: Option<DynStore>,
+    store: Option<Arc<dyn JobStore>>,
     steps: Vec<Step>,
 }
 
 impl DispatcherBuilder {
     /// The store jobs live in (required).
-    pub fn store(mut self, store: impl Store) -> Self {
+    pub fn store(mut self, store: impl JobStore) -> Self {
         self.store = Some(Arc::new(store));
         self
     }
 
     /// The store, already shared.
-    pub fn shared_store(mut self, store: DynStore) -> Self {
+    pub fn shared_store(mut self, store: Arc<dyn JobStore>) -> Self {
         self.store = Some(store);
         self
     }
@@ -177,7 +175,7 @@ impl Dispatcher {
     }
 
     /// The store, for lookups (jobs, counts, the DLQ).
-    pub fn store(&self) -> &DynStore {
+    pub fn store(&self) -> &Arc<dyn JobStore> {
         self.client.store()
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dispatch::core::{DynStore, RunId};
+use dispatch::core::{RunId, WorkflowStore};
 use dispatch::job::Worker;
 use dispatch::workflow::{
     StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition, Workflows,
@@ -67,7 +67,7 @@ fn pipeline(ship: WorkflowDefinition<u32, String>) -> WorkflowDefinition<Order, 
     })
 }
 
-async fn open_store() -> anyhow::Result<DynStore> {
+async fn open_store() -> anyhow::Result<Arc<dyn WorkflowStore>> {
     let path = std::env::temp_dir()
         .join(format!("dispatch-workflow-example-{}.db", dispatch::core::RunId::new()));
     let store = dispatch::SqliteStore::open(&path.display().to_string()).await?;

@@ -17,7 +17,7 @@ mod run;
 
 use std::sync::Arc;
 
-use dispatch_core::{DynStore, Event, Hook, LeaseRef, Result, WorkerId};
+use dispatch_core::{Event, Hook, JobStore, LeaseRef, Result, WorkerId};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +43,7 @@ type LayerFn = Box<dyn Fn(JobService) -> JobService + Send + Sync>;
 /// State shared by a worker's tasks.
 pub(crate) struct Shared {
     pub(crate) id: WorkerId,
-    pub(crate) store: DynStore,
+    pub(crate) store: Arc<dyn JobStore>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) service: JobService,
     pub(crate) config: WorkerConfig,
@@ -58,7 +58,7 @@ pub(crate) struct Shared {
 
 /// Configures a [`Worker`]: handlers, settings, layers and hooks.
 pub struct WorkerBuilder {
-    store: DynStore,
+    store: Arc<dyn JobStore>,
     registry: Registry,
     config: WorkerConfig,
     layers: Vec<LayerFn>,
@@ -195,7 +195,7 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// Start configuring a worker over `store`.
-    pub fn builder(store: DynStore) -> WorkerBuilder {
+    pub fn builder(store: Arc<dyn JobStore>) -> WorkerBuilder {
         WorkerBuilder {
             store,
             registry: Registry::new(),

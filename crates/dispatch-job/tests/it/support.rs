@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{Clock, DynStore, ManualClock, Timestamp};
+use dispatch_core::{Clock, JobStore, ManualClock, Timestamp};
 use dispatch_job::{Worker, WorkerBuilder};
 use dispatch_store_memory::MemoryStore;
 
@@ -34,12 +34,12 @@ impl Clock for TokioClock {
 }
 
 /// A memory store whose clock follows tokio's.
-pub fn store() -> DynStore {
+pub fn store() -> Arc<dyn JobStore> {
     Arc::new(MemoryStore::with_clock(Arc::new(TokioClock::new())))
 }
 
 /// A worker builder with intervals short enough for tests.
-pub fn worker(store: DynStore) -> WorkerBuilder {
+pub fn worker(store: Arc<dyn JobStore>) -> WorkerBuilder {
     Worker::builder(store).configure(|c| {
         c.poll_interval = Duration::from_millis(10);
         c.heartbeat_interval = Duration::from_millis(100);

@@ -1,6 +1,7 @@
 //! Leases: fencing by token, heartbeats, and rescue of expired leases.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use dispatch_core::{
     DlqFilter, DlqId, FailureKind, Finish, FinishResult, HeartbeatReport, JobId, JobState,
@@ -321,7 +322,10 @@ async fn claim_all(
 }
 
 /// Sweep expired leases with `limit`-sized rescues until one finds nothing; every report.
-async fn rescue_until_empty(store: dispatch_core::DynStore, limit: usize) -> Vec<RescueReport> {
+async fn rescue_until_empty(
+    store: Arc<dyn dispatch_core::JobStore>,
+    limit: usize,
+) -> Vec<RescueReport> {
     let mut reports = Vec::new();
     loop {
         let report = store.rescue_expired(limit).await.expect("rescue");

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{DynStore, RunId, RunState};
+use dispatch_core::{RunId, RunState, WorkflowStore};
 use dispatch_workflow::{
     PublishOptions, StartOptions, StepError, WorkflowContext, WorkflowDefinition, Workflows,
 };
@@ -35,7 +35,7 @@ fn waiter(done: Arc<Mutex<HashMap<String, u32>>>) -> WorkflowDefinition<(String,
 }
 
 async fn setup(
-    store: DynStore,
+    store: Arc<dyn WorkflowStore>,
     done: Arc<Mutex<HashMap<String, u32>>>,
 ) -> (Workflows, WorkflowDefinition<(String, u64), i64>, dispatch_job::WorkerHandle) {
     let workflows = Workflows::new(store.clone());
@@ -53,7 +53,7 @@ async fn all_suspended(workflows: &Workflows, runs: &[RunId]) {
 
 /// 50 runs waiting on one name with 50 keys, 50 events: each run completes exactly once with
 /// its own event.
-pub async fn fifty_keys_fifty_events(store: DynStore) {
+pub async fn fifty_keys_fifty_events(store: Arc<dyn WorkflowStore>) {
     let done = Arc::new(Mutex::new(HashMap::new()));
     let (workflows, def, handle) = setup(store, done.clone()).await;
     let mut runs = Vec::new();
@@ -84,7 +84,7 @@ pub async fn fifty_keys_fifty_events(store: DynStore) {
 
 /// 10 runs waiting on one key and 4 events: exactly 4 runs receive one each; the other 6 time
 /// out.
-pub async fn four_events_for_ten_waiters(store: DynStore) {
+pub async fn four_events_for_ten_waiters(store: Arc<dyn WorkflowStore>) {
     let done = Arc::new(Mutex::new(HashMap::new()));
     let (workflows, def, handle) = setup(store, done).await;
     let mut runs = Vec::new();
@@ -120,7 +120,7 @@ pub async fn four_events_for_ten_waiters(store: DynStore) {
 }
 
 /// An event published before its run waits is received.
-pub async fn early_event_is_received(store: DynStore) {
+pub async fn early_event_is_received(store: Arc<dyn WorkflowStore>) {
     let done = Arc::new(Mutex::new(HashMap::new()));
     let (workflows, def, handle) = setup(store, done).await;
     let published =
@@ -136,7 +136,7 @@ pub async fn early_event_is_received(store: DynStore) {
 }
 
 /// A broadcast reaches every run waiting when it is published.
-pub async fn broadcast_reaches_all_current_waiters(store: DynStore) {
+pub async fn broadcast_reaches_all_current_waiters(store: Arc<dyn WorkflowStore>) {
     let done = Arc::new(Mutex::new(HashMap::new()));
     let (workflows, def, handle) = setup(store, done).await;
     let mut runs = Vec::new();
@@ -163,7 +163,7 @@ pub async fn broadcast_reaches_all_current_waiters(store: DynStore) {
 /// A run that waited for `x` or a short sleep, whichever came first, and moved on when the sleep
 /// won, waits for `y` next: its dropped wait for `x` takes nothing, so a later run waiting for
 /// `x` receives the one `x` published.
-pub async fn a_dropped_wait_takes_no_event(store: DynStore) {
+pub async fn a_dropped_wait_takes_no_event(store: Arc<dyn WorkflowStore>) {
     let chooser = WorkflowDefinition::new("chooser", |wf: WorkflowContext, _: ()| async move {
         let hour = Duration::from_secs(3600);
         let first: Option<u32> = tokio::select! {

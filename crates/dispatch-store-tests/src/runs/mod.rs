@@ -10,9 +10,10 @@ mod sagas;
 mod steps;
 mod timing;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{DynStore, Run, RunId, RunState};
+use dispatch_core::{Run, RunId, RunState, WorkflowStore};
 use dispatch_job::{Worker, WorkerBuilder, WorkerHandle};
 use dispatch_workflow::{StartOptions, WorkflowDefinition, Workflows};
 use serde::Serialize;
@@ -27,7 +28,7 @@ pub use timing::*;
 use crate::fixtures::eventually;
 
 /// A worker builder with intervals short enough for tests.
-fn worker(store: DynStore) -> WorkerBuilder {
+fn worker(store: Arc<dyn WorkflowStore>) -> WorkerBuilder {
     Worker::builder(store).configure(|c| {
         c.poll_interval = Duration::from_millis(20);
         c.heartbeat_interval = Duration::from_millis(50);
@@ -51,7 +52,7 @@ async fn crash(handle: WorkerHandle) {
 /// things once `reached` is notified (the workflow notifies it where it wants to be cut, then
 /// blocks), then finish the run on a second worker: the run's outcome.
 async fn run_with_one_interruption<I, O>(
-    store: &DynStore,
+    store: &Arc<dyn WorkflowStore>,
     workflows: &Workflows,
     definition: &WorkflowDefinition<I, O>,
     input: &I,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{DynStore, PageRequest, RunFilter, RunId, RunState};
+use dispatch_core::{PageRequest, RunFilter, RunId, RunState, WorkflowStore};
 use dispatch_workflow::{
     StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition, WorkflowError,
     Workflows,
@@ -22,7 +22,7 @@ fn once() -> StepPolicy {
 /// Steps one and two have compensations; step three fails: the compensations of two and one
 /// run, in that order, exactly once each, also when the worker stops between them; the run's
 /// error stays step three's.
-pub async fn saga_compensates_in_reverse_once(store: DynStore) {
+pub async fn saga_compensates_in_reverse_once(store: Arc<dyn WorkflowStore>) {
     let log: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop_before_undo_one = Arc::new(AtomicBool::new(true));
     let reached = Arc::new(Notify::new());
@@ -75,7 +75,7 @@ fn doubler() -> WorkflowDefinition<u64, u64> {
 
 /// Five child starts in a loop make five children; a fan-out of 20 returns 20 outputs in input
 /// order; a failing child fails its parent with the child's error.
-pub async fn children_loop_fan_out_and_fail(store: DynStore) {
+pub async fn children_loop_fan_out_and_fail(store: Arc<dyn WorkflowStore>) {
     let child = doubler();
     let spawner = {
         let child = child.clone();
@@ -126,7 +126,7 @@ pub async fn children_loop_fan_out_and_fail(store: DynStore) {
 }
 
 /// `now`, `random` and `uuid` return the same values after an interruption and resume.
-pub async fn deterministic_helpers_replay_their_values(store: DynStore) {
+pub async fn deterministic_helpers_replay_their_values(store: Arc<dyn WorkflowStore>) {
     let first_seen: Arc<Mutex<Option<(i64, u64, String)>>> = Arc::default();
     let stop_once = Arc::new(AtomicBool::new(true));
     let reached = Arc::new(Notify::new());
@@ -166,7 +166,7 @@ pub async fn deterministic_helpers_replay_their_values(store: DynStore) {
 }
 
 /// A run timeout of 2 s on a run sleeping 10 s ends it failed with a timeout error at about 2 s.
-pub async fn run_timeout_ends_a_sleeping_run(store: DynStore) {
+pub async fn run_timeout_ends_a_sleeping_run(store: Arc<dyn WorkflowStore>) {
     let def = WorkflowDefinition::new("slow", |wf: WorkflowContext, _: ()| async move {
         wf.sleep(Duration::from_secs(10)).await?;
         Ok(())
@@ -199,7 +199,7 @@ fn versioned(version: u32) -> WorkflowDefinition<(), String> {
 
 /// v1 and v2 of one workflow: a v1 run suspended before v2 was registered resumes on v1 and
 /// returns v1's output; a new run on v2 returns v2's.
-pub async fn runs_stay_on_their_version(store: DynStore) {
+pub async fn runs_stay_on_their_version(store: Arc<dyn WorkflowStore>) {
     let (v1, v2) = (versioned(1), versioned(2));
     let old = Workflows::new(store.clone());
     let first = worker(store.clone()).register(old.register(&v1)).build().unwrap().start();
@@ -263,7 +263,7 @@ fn holder_with_a_child(
 
 /// Start [`holder_with_a_child`] on a worker and wait until the run is suspended.
 async fn suspended_holder(
-    store: &DynStore,
+    store: &Arc<dyn WorkflowStore>,
     workflows: &Workflows,
     undone: &Arc<std::sync::atomic::AtomicU32>,
 ) -> (RunId, dispatch_job::WorkerHandle) {
@@ -303,7 +303,7 @@ async fn assert_wound_down(
 /// Cancel of a suspended run: it wakes, runs the compensation of its completed step once,
 /// cancels the child it started, and ends cancelled with the reason; a second cancel is
 /// `AlreadyFinal`.
-pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore) {
+pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: Arc<dyn WorkflowStore>) {
     let undone = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let recorder = crate::fixtures::Recorder::default();
     let workflows = Workflows::with_hooks(store.clone(), vec![Arc::new(recorder.clone())]);
@@ -328,7 +328,7 @@ pub async fn cancel_of_a_suspended_run_compensates_and_cascades(store: DynStore)
 /// A job-level cancel of a suspended run's drive job (`JobClient::cancel`) is the run's cancel:
 /// the run wakes, runs the compensation of its completed step once, cancels its child, and ends
 /// cancelled with the drive-job reason, instead of being left without a driver.
-pub async fn cancel_through_the_drive_job_compensates(store: DynStore) {
+pub async fn cancel_through_the_drive_job_compensates(store: Arc<dyn WorkflowStore>) {
     let undone = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let workflows = Workflows::new(store.clone());
     let (run, handle) = suspended_holder(&store, &workflows, &undone).await;
@@ -341,7 +341,7 @@ pub async fn cancel_through_the_drive_job_compensates(store: DynStore) {
 
 /// Cancel of a running run: it stops at a step boundary (it does not run all its steps) and
 /// ends cancelled.
-pub async fn cancel_of_a_running_run_stops_at_a_step_boundary(store: DynStore) {
+pub async fn cancel_of_a_running_run_stops_at_a_step_boundary(store: Arc<dyn WorkflowStore>) {
     let ran = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let busy = {
         let ran = ran.clone();
@@ -415,7 +415,7 @@ fn counted(
 
 /// Replay from a step: the steps after it run again, on the run's own version, and the run
 /// completes again; the steps up to it do not run again.
-pub async fn replay_from_a_step_reruns_what_follows(store: DynStore) {
+pub async fn replay_from_a_step_reruns_what_follows(store: Arc<dyn WorkflowStore>) {
     let runs: Arc<Mutex<Vec<String>>> = Arc::default();
     let def = {
         let runs = runs.clone();
@@ -446,7 +446,7 @@ pub async fn replay_from_a_step_reruns_what_follows(store: DynStore) {
 
 /// A run that failed on v1 is migrated to v2: its finished steps are not run again and it
 /// completes with v2's output.
-pub async fn migrate_a_failed_run_to_a_fixed_version(store: DynStore) {
+pub async fn migrate_a_failed_run_to_a_fixed_version(store: Arc<dyn WorkflowStore>) {
     let runs: Arc<Mutex<Vec<String>>> = Arc::default();
     let version = |v: u32, runs: Arc<Mutex<Vec<String>>>| {
         WorkflowDefinition::new("fixable", move |wf: WorkflowContext, _: ()| {

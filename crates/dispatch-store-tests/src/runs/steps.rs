@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{DynStore, Event, RunState};
+use dispatch_core::{Event, RunState, WorkflowStore};
 use dispatch_workflow::{StartOptions, StepError, WorkflowContext, WorkflowDefinition, Workflows};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -81,7 +81,7 @@ fn expected(seed: u64) -> u64 {
 /// Interrupted before each step and after each step's effect (before its checkpoint): the
 /// output equals an uninterrupted run; every step before the cut ran once, the step at it at
 /// most twice.
-pub async fn interrupted_at_every_step_boundary_resumes_exactly(store: DynStore) {
+pub async fn interrupted_at_every_step_boundary_resumes_exactly(store: Arc<dyn WorkflowStore>) {
     let cuts = (0..10).flat_map(|k| [Cut::Before(k), Cut::AfterEffect(k)]);
     // Before(10): after the last checkpoint, before the run ends.
     for cut in cuts.chain([Cut::Before(10)]) {
@@ -105,7 +105,7 @@ pub async fn interrupted_at_every_step_boundary_resumes_exactly(store: DynStore)
 
 /// A loop of 100 `step("item")` calls makes 100 checkpoints, and resumes correctly when
 /// interrupted in the middle.
-pub async fn a_step_in_a_loop_gets_a_checkpoint_per_call(store: DynStore) {
+pub async fn a_step_in_a_loop_gets_a_checkpoint_per_call(store: Arc<dyn WorkflowStore>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let stop_at = Arc::new(Notify::new());
     let (counter, gate) = (calls.clone(), stop_at.clone());
@@ -146,7 +146,7 @@ pub async fn a_step_in_a_loop_gets_a_checkpoint_per_call(store: DynStore) {
 
 /// Parallel branches using the same step names keep their own checkpoints and results, also
 /// across a resume.
-pub async fn parallel_branches_keep_their_own_results(store: DynStore) {
+pub async fn parallel_branches_keep_their_own_results(store: Arc<dyn WorkflowStore>) {
     let def = WorkflowDefinition::new("fan", |wf: WorkflowContext, _: ()| async move {
         let branches = (0..3u64)
             .map(|b| {
@@ -179,7 +179,7 @@ pub async fn parallel_branches_keep_their_own_results(store: DynStore) {
 
 /// Resuming costs the same store calls whether 10 or 100 steps are done: one load, then only
 /// what the resumed code does.
-pub async fn resume_cost_does_not_grow_with_finished_steps(store: DynStore) {
+pub async fn resume_cost_does_not_grow_with_finished_steps(store: Arc<dyn WorkflowStore>) {
     let mut costs = Vec::new();
     for steps in [10u64, 100] {
         let counting = counting(store.clone());
@@ -208,7 +208,7 @@ pub async fn resume_cost_does_not_grow_with_finished_steps(store: DynStore) {
 
 /// A panic inside a step is a failed attempt (retried); a panic in workflow code outside a
 /// step fails the run with a clear error; the worker survives both.
-pub async fn panics_fail_attempts_or_runs_not_workers(store: DynStore) {
+pub async fn panics_fail_attempts_or_runs_not_workers(store: Arc<dyn WorkflowStore>) {
     let tries = Arc::new(AtomicU32::new(0));
     let counter = tries.clone();
     let flaky = WorkflowDefinition::new("flaky", move |wf: WorkflowContext, _: ()| {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use dispatch_core::{Backoff, DynStore, RunState};
+use dispatch_core::{Backoff, RunState, WorkflowStore};
 use dispatch_job::{JobContext, JobDefinition};
 use dispatch_workflow::{
     StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition, Workflows,
@@ -15,7 +15,7 @@ use super::worker;
 use crate::fixtures::eventually;
 
 /// A sleeping run wakes after its sleep, never before.
-pub async fn sleep_wakes_after_its_duration(store: DynStore) {
+pub async fn sleep_wakes_after_its_duration(store: Arc<dyn WorkflowStore>) {
     let woke: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
     let seen = woke.clone();
     let def = WorkflowDefinition::new("nap", move |wf: WorkflowContext, _: ()| {
@@ -70,7 +70,7 @@ pub async fn sleep_wakes_after_its_duration(store: DynStore) {
 /// A worker with one slot driving `def` and running a plain job that counts its runs: the
 /// handle, the job, and the count.
 fn one_slot_worker<I, O>(
-    store: &DynStore,
+    store: &Arc<dyn WorkflowStore>,
     workflows: &Workflows,
     def: &WorkflowDefinition<I, O>,
 ) -> (dispatch_job::WorkerHandle, JobDefinition<()>, Arc<AtomicU32>)
@@ -96,7 +96,7 @@ where
 
 /// With concurrency 1 and 100 runs asleep, a new job still starts at once: sleeping runs hold
 /// no worker slot.
-pub async fn sleeping_runs_hold_no_worker_slot(store: DynStore) {
+pub async fn sleeping_runs_hold_no_worker_slot(store: Arc<dyn WorkflowStore>) {
     let def = WorkflowDefinition::new("long-nap", |wf: WorkflowContext, _: u32| async move {
         wf.sleep(Duration::from_secs(600)).await?;
         Ok(())
@@ -124,7 +124,7 @@ pub async fn sleeping_runs_hold_no_worker_slot(store: DynStore) {
 /// A step failing twice with a 1 s backoff succeeds on its third attempt; the checkpoint
 /// records 3 attempts; during the backoff the run holds no worker slot (a job runs meanwhile
 /// on a worker of concurrency 1).
-pub async fn step_retry_is_durable_and_holds_no_slot(store: DynStore) {
+pub async fn step_retry_is_durable_and_holds_no_slot(store: Arc<dyn WorkflowStore>) {
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let log = attempts.clone();
     let def = WorkflowDefinition::new("retry", move |wf: WorkflowContext, _: ()| {

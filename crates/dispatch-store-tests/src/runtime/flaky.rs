@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{CallKind, DynStore, JobId, JobState};
+use dispatch_core::{CallKind, JobId, JobState, JobStore};
 use dispatch_job::{JobContext, JobDefinition, JobError, WorkerBuilder};
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -93,7 +93,7 @@ fn bouncing(starts: &Starts) -> JobDefinition<u32> {
 }
 
 /// Wait until every job in `ids` is in a final state, then assert it completed.
-async fn all_completed(store: &DynStore, ids: &[JobId]) {
+async fn all_completed(store: &Arc<dyn JobStore>, ids: &[JobId]) {
     for &id in ids {
         let job = eventually(&format!("job {id} to end"), Duration::from_secs(120), || async {
             store.get_job(id).await.expect("get_job").filter(|job| job.state.is_final())
@@ -124,7 +124,7 @@ async fn run_bouncing_jobs(store: Arc<FaultyStore>) {
 /// (retry and snooze with no delay): the worker claims a job again before it has heard that the
 /// earlier attempt's finish was written. The new attempt keeps its lease renewed all the same:
 /// each handler starts exactly three times, never two at once.
-pub async fn slow_finish_replies_never_run_a_job_twice(inner: DynStore) {
+pub async fn slow_finish_replies_never_run_a_job_twice(inner: Arc<dyn JobStore>) {
     let store = faulty(inner);
     store.interceptor().delay_replies(CallKind::Finish, Duration::from_millis(300));
     run_bouncing_jobs(store).await;
@@ -133,7 +133,7 @@ pub async fn slow_finish_replies_never_run_a_job_twice(inner: DynStore) {
 /// Every other finish call is applied by the store but reported failed: the worker retries it
 /// (the store answers "already applied") while the job may already be claimed again. Each
 /// handler starts exactly as often as the job asked for, never two attempts at once.
-pub async fn ambiguous_finishes_never_run_a_job_twice(inner: DynStore) {
+pub async fn ambiguous_finishes_never_run_a_job_twice(inner: Arc<dyn JobStore>) {
     let store = faulty(inner);
     store.interceptor().ambiguous(CallKind::Finish, 2);
     run_bouncing_jobs(store.clone()).await;
@@ -143,7 +143,7 @@ pub async fn ambiguous_finishes_never_run_a_job_twice(inner: DynStore) {
 /// A store outage of 2.5 s, shorter than the 5 s lease, begins as eight jobs succeed: their
 /// finishes fail until the store is back, and are written then. Every job completes on its one
 /// attempt (a rescue would have sent it to the DLQ: it has no attempt left).
-pub async fn outage_shorter_than_the_lease_loses_no_finish(inner: DynStore) {
+pub async fn outage_shorter_than_the_lease_loses_no_finish(inner: Arc<dyn JobStore>) {
     let store = faulty(inner.clone());
     let starts = Starts::default();
     let (open, gate) = watch::channel(false);
@@ -184,7 +184,7 @@ pub async fn outage_shorter_than_the_lease_loses_no_finish(inner: DynStore) {
 /// nobody. The worker gives them back by the claim's token, so each job runs exactly once and on
 /// its only attempt (had the leases been left to expire, rescue would have sent every such job
 /// to the DLQ without running it).
-pub async fn lost_claim_answers_cost_no_attempt(inner: DynStore) {
+pub async fn lost_claim_answers_cost_no_attempt(inner: Arc<dyn JobStore>) {
     let store = faulty(inner.clone());
     store.interceptor().ambiguous(CallKind::Claim, 2);
     let starts = Starts::default();
