@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use crate::context::WorkflowContext;
 use crate::definition::{Body, StepPolicy};
 use crate::error::WorkflowError;
+use crate::record::{Key, Kind};
 
 /// How often a drive asks the store whether its run was cancelled (at step boundaries).
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -57,6 +58,13 @@ pub(crate) type Compensation = Arc<
     dyn Fn() -> futures::future::BoxFuture<'static, Result<(), crate::StepError>> + Send + Sync,
 >;
 
+/// A registered compensation: the key of the step it undoes, its own checkpoint key, and it.
+pub(crate) struct Undo {
+    pub(crate) step: String,
+    pub(crate) key: String,
+    pub(crate) compensation: Compensation,
+}
+
 /// The state one drive's primitives share.
 pub(crate) struct Drive {
     pub(crate) store: Arc<dyn WorkflowStore>,
@@ -73,7 +81,7 @@ pub(crate) struct Drive {
     /// When the run times out (store clock), if it has a timeout.
     deadline: Mutex<Option<Timestamp>>,
     /// Compensations of completed steps, in completion order.
-    compensations: Mutex<Vec<(String, Compensation)>>,
+    compensations: Mutex<Vec<Undo>>,
     /// Set while compensations run: they run past the deadline and a cancel request.
     compensating: std::sync::atomic::AtomicBool,
     /// The run's cancel request, once known, and when the store was last asked.
@@ -186,18 +194,18 @@ impl Drive {
         self.checkpoints
             .lock()
             .iter()
-            .filter(|(key, _)| key.rsplit('/').next().is_some_and(|last| last.starts_with("k:")))
+            .filter(|(key, _)| Key::parse(key).is_ok_and(|key| key.kind() == Kind::Child))
             .filter_map(|(_, data)| serde_json::from_slice(data).ok())
             .collect()
     }
 
-    /// Register the compensation of the completed step `key`.
-    pub(crate) fn push_compensation(&self, key: String, compensation: Compensation) {
-        self.compensations.lock().push((key, compensation));
+    /// Register the compensation of a completed step.
+    pub(crate) fn push_compensation(&self, undo: Undo) {
+        self.compensations.lock().push(undo);
     }
 
     /// Take the registered compensations (completion order) and enter compensation mode.
-    pub(crate) fn start_compensating(&self) -> Vec<(String, Compensation)> {
+    pub(crate) fn start_compensating(&self) -> Vec<Undo> {
         self.compensating.store(true, std::sync::atomic::Ordering::SeqCst);
         std::mem::take(&mut *self.compensations.lock())
     }
