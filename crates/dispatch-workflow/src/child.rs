@@ -14,8 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::context::WorkflowContext;
-use crate::definition::WorkflowDefinition;
-use crate::engine::{drive_job, run_info_of};
+use crate::definition::{WorkflowDefinition, drive_job, run_info_of};
 use crate::error::WorkflowError;
 use crate::record::{self, Kind};
 

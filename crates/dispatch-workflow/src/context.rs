@@ -13,9 +13,9 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::definition::StepPolicy;
 use crate::drive::{Drive, panic_message};
 use crate::error::{StepError, WorkflowError};
+use crate::policy::StepPolicy;
 use crate::record::{self, Deadline, Kind, Path, StepRecord, TimedOut};
 
 /// The handle a workflow function gets: steps, durable sleeps, event waits and parallel

@@ -46,10 +46,12 @@ mod deterministic;
 mod drive;
 mod engine;
 mod error;
+mod policy;
 mod record;
 mod saga;
 
 pub use context::WorkflowContext;
-pub use definition::{StepPolicy, WorkflowDefinition};
-pub use engine::{DEFAULT_EVENT_KEEP, DRIVE_ATTEMPTS, PublishOptions, StartOptions, Workflows};
+pub use definition::{DRIVE_ATTEMPTS, WorkflowDefinition};
+pub use engine::{DEFAULT_EVENT_KEEP, PublishOptions, StartOptions, Workflows};
 pub use error::{StepError, WorkflowError};
+pub use policy::StepPolicy;
