@@ -14,10 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::context::WorkflowContext;
-use crate::definition::WorkflowDefinition;
-use crate::engine::{drive_job, run_info_of};
+use crate::definition::{WorkflowDefinition, drive_job, run_info_of};
 use crate::error::WorkflowError;
-use crate::record;
+use crate::record::{self, Kind};
 
 /// The event a child's end is published as.
 pub(crate) const RUN_ENDED: &str = "dispatch.run.ended";
@@ -71,7 +70,7 @@ impl WorkflowContext {
         I: Serialize + DeserializeOwned + Send + 'static,
         O: Serialize + DeserializeOwned + Send + 'static,
     {
-        let key = self.next_key("k", definition.name());
+        let key = self.next_key(Kind::Child, definition.name());
         let drive = self.drive().clone();
         if let Some(data) = drive.checkpoint(&key) {
             return serde_json::from_slice(&data)

@@ -13,10 +13,10 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::definition::StepPolicy;
 use crate::drive::{Drive, panic_message};
 use crate::error::{StepError, WorkflowError};
-use crate::record::{self, Deadline, StepRecord, TimedOut};
+use crate::policy::StepPolicy;
+use crate::record::{self, Deadline, Kind, Path, StepRecord, TimedOut};
 
 /// The handle a workflow function gets: steps, durable sleeps, event waits and parallel
 /// branches, each checkpointed so a resumed run picks up where it stopped.
@@ -27,11 +27,11 @@ use crate::record::{self, Deadline, StepRecord, TimedOut};
 #[derive(Clone)]
 pub struct WorkflowContext {
     drive: Arc<Drive>,
-    /// This branch's key prefix (see the `record` module for the format).
-    path: String,
+    /// This branch (the prefix of its checkpoint keys).
+    path: Path,
     /// Calls so far in this branch, per kind and name (nested, so counting a name seen before
     /// allocates nothing).
-    counters: Arc<Mutex<HashMap<&'static str, HashMap<String, u32>>>>,
+    counters: Arc<Mutex<HashMap<Kind, HashMap<String, u32>>>>,
 }
 
 impl std::fmt::Debug for WorkflowContext {
@@ -49,7 +49,7 @@ impl WorkflowContext {
     }
 
     pub(crate) fn root(drive: Arc<Drive>) -> Self {
-        Self { drive, path: String::new(), counters: Arc::default() }
+        Self { drive, path: Path::root(), counters: Arc::default() }
     }
 
     /// The run's ID.
@@ -57,20 +57,27 @@ impl WorkflowContext {
         self.drive.run.id
     }
 
-    /// The checkpoint key of the next call of `kind` and `name` in this branch.
-    pub(crate) fn next_key(&self, kind: &'static str, name: &str) -> String {
-        let n = {
-            let mut counters = self.counters.lock();
-            let names = counters.entry(kind).or_default();
-            match names.get_mut(name) {
-                Some(n) => {
-                    *n += 1;
-                    *n
-                }
-                None => *names.entry(name.to_owned()).or_insert(1),
+    /// Count a call of `kind` and `name` in this branch: which call it is, from 1.
+    pub(crate) fn next(&self, kind: Kind, name: &str) -> u32 {
+        let mut counters = self.counters.lock();
+        let names = counters.entry(kind).or_default();
+        match names.get_mut(name) {
+            Some(n) => {
+                *n += 1;
+                *n
             }
-        };
-        record::key(&self.path, kind, name, n)
+            None => *names.entry(name.to_owned()).or_insert(1),
+        }
+    }
+
+    /// The checkpoint key of the `n`-th call of `kind` and `name` in this branch.
+    pub(crate) fn key(&self, kind: Kind, name: &str, n: u32) -> String {
+        record::render(&self.path, kind, name, n)
+    }
+
+    /// The checkpoint key of the next call of `kind` and `name` in this branch.
+    pub(crate) fn next_key(&self, kind: Kind, name: &str) -> String {
+        self.key(kind, name, self.next(kind, name))
     }
 
     /// Run `step` once and checkpoint its result under `name`; on resume the checkpointed result
@@ -99,7 +106,7 @@ impl WorkflowContext {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StepError>>,
     {
-        let key = self.next_key("s", name);
+        let key = self.next_key(Kind::Step, name);
         self.step_at(key, policy, step).await
     }
 
@@ -192,7 +199,7 @@ impl WorkflowContext {
     }
 
     async fn sleep_until_inner(&self, name: &str, until: Timestamp) -> Result<(), WorkflowError> {
-        let key = self.next_key("t", name);
+        let key = self.next_key(Kind::Timer, name);
         let until = self.deadline(key, until).await?;
         if self.drive.now() < until {
             self.drive.check_stop().await?;
@@ -240,17 +247,19 @@ impl WorkflowContext {
         correlation: &str,
         timeout: Duration,
     ) -> Result<Option<T>, WorkflowError> {
-        let key = self.next_key("w", key_name);
+        let n = self.next(Kind::Wait, key_name);
+        let key = self.key(Kind::Wait, key_name, n);
         let drive = &self.drive;
         if let Some(payload) = drive.checkpoint(&key) {
             return decode_payload(&key, &payload).map(Some);
         }
-        if drive.checkpoint(&format!("{key}~timeout")).is_some() {
+        let timed_out = self.key(Kind::WaitTimeout, key_name, n);
+        if drive.checkpoint(&timed_out).is_some() {
             return Ok(None);
         }
         drive.check_stop().await?;
         let proposed = drive.now() + timeout;
-        let deadline = self.deadline(format!("{key}~deadline"), proposed).await?;
+        let deadline = self.deadline(self.key(Kind::WaitDeadline, key_name, n), proposed).await?;
         if drive.now() < deadline {
             let wait = EventWait {
                 key,
@@ -267,7 +276,7 @@ impl WorkflowContext {
         match resolved {
             Ok(WaitResolution::Delivered(payload)) => decode_payload(&key, &payload).map(Some),
             Ok(WaitResolution::TimedOut) => {
-                drive.write(format!("{key}~timeout"), record::encode(&TimedOut {})).await;
+                drive.write(timed_out, record::encode(&TimedOut {})).await;
                 Ok(None)
             }
             Err(error) => {
@@ -289,11 +298,11 @@ impl WorkflowContext {
         F: FnOnce(WorkflowContext) -> Fut,
         Fut: Future<Output = Result<T, WorkflowError>>,
     {
-        let group = self.next_key("p", name);
+        let n = self.next(Kind::Parallel, name);
         let branches = branches.into_iter().enumerate().map(|(i, branch)| {
             let ctx = WorkflowContext {
                 drive: self.drive.clone(),
-                path: format!("{group}/{i}/"),
+                path: self.path.branch(name, n, i),
                 counters: Arc::default(),
             };
             branch(ctx)

@@ -1,12 +1,14 @@
 //! Workflow definitions: a name, a version, typed input and output, and the async function that
-//! runs the workflow over a [`WorkflowContext`].
+//! runs the workflow over a [`WorkflowContext`]; and what a definition makes of a new run (its
+//! drive job).
 
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::Backoff;
+use dispatch_core::{Error, NewJob, NewRun, RunId, RunInfo, Scope};
+use dispatch_job::{EnqueueOptions, JobDefinition};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -14,28 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::context::WorkflowContext;
 use crate::error::WorkflowError;
-
-/// How a step is retried: attempts (the first included) and the backoff between them. A retry is
-/// durable: the run suspends for the backoff and holds no worker slot.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StepPolicy {
-    /// Attempts, the first included (at least 1).
-    pub attempts: u32,
-    /// The wait before attempt `n + 1` after attempt `n` failed.
-    pub backoff: Backoff,
-}
-
-impl Default for StepPolicy {
-    fn default() -> Self {
-        Self {
-            attempts: 3,
-            backoff: Backoff::Exponential {
-                base: Duration::from_secs(1),
-                cap: Duration::from_secs(60),
-            },
-        }
-    }
-}
+use crate::policy::StepPolicy;
 
 /// The type-erased body of a workflow: encoded input in, encoded output out.
 pub(crate) type Body = Arc<
@@ -143,7 +124,25 @@ where
     }
 }
 
+/// Attempts of a drive job: spent only when a drive crashes or loses its lease (a suspension
+/// gives its attempt back), so a run whose drive kills its worker this often ends failed.
+pub const DRIVE_ATTEMPTS: u32 = 10;
+
 /// The drive job name of `name` at `version`.
 pub(crate) fn drive_job_name(name: &str, version: u32) -> String {
     format!("workflow:{name}:v{version}")
+}
+
+/// The first drive job of `run`.
+pub(crate) fn drive_job(run: &NewRun, scope: Scope) -> Result<NewJob, Error> {
+    let definition =
+        JobDefinition::new(drive_job_name(&run.name, run.version), |_, _: RunId| async { Ok(()) })
+            .max_attempts(DRIVE_ATTEMPTS);
+    let options = EnqueueOptions::new().scope(scope);
+    definition.new_job(&run.id, options)
+}
+
+/// What hooks are told of the new run `run`.
+pub(crate) fn run_info_of(run: &NewRun) -> RunInfo {
+    RunInfo { id: run.id, name: run.name.clone(), version: run.version, scope: run.scope.clone() }
 }

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::context::WorkflowContext;
 use crate::error::WorkflowError;
-use crate::record;
+use crate::record::{self, Kind};
 
 impl WorkflowContext {
     /// Now, on the store's clock, as first seen by this call.
@@ -33,7 +33,7 @@ impl WorkflowContext {
         name: &str,
         fresh: T,
     ) -> Result<T, WorkflowError> {
-        let key = self.next_key("d", name);
+        let key = self.next_key(Kind::Value, name);
         if let Some(data) = self.drive().checkpoint(&key) {
             return serde_json::from_slice(&data)
                 .map_err(|e| WorkflowError::Codec(format!("checkpoint {key}: {e}")));

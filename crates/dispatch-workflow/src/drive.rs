@@ -17,12 +17,13 @@ use dispatch_core::{
 };
 use dispatch_job::HookBus;
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::context::WorkflowContext;
-use crate::definition::{Body, StepPolicy};
-use crate::error::WorkflowError;
+use crate::error::{StepError, WorkflowError};
+use crate::policy::StepPolicy;
+use crate::record::{Key, Kind};
 
 /// How often a drive asks the store whether its run was cancelled (at step boundaries).
 const CANCEL_POLL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -53,9 +54,15 @@ struct Pending {
 }
 
 /// A compensation registered by a completed step, ready to run.
-pub(crate) type Compensation = Arc<
-    dyn Fn() -> futures::future::BoxFuture<'static, Result<(), crate::StepError>> + Send + Sync,
->;
+pub(crate) type Compensation =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<(), StepError>> + Send + Sync>;
+
+/// A registered compensation: the key of the step it undoes, its own checkpoint key, and it.
+pub(crate) struct Undo {
+    pub(crate) step: String,
+    pub(crate) key: String,
+    pub(crate) compensation: Compensation,
+}
 
 /// The state one drive's primitives share.
 pub(crate) struct Drive {
@@ -73,7 +80,7 @@ pub(crate) struct Drive {
     /// When the run times out (store clock), if it has a timeout.
     deadline: Mutex<Option<Timestamp>>,
     /// Compensations of completed steps, in completion order.
-    compensations: Mutex<Vec<(String, Compensation)>>,
+    compensations: Mutex<Vec<Undo>>,
     /// Set while compensations run: they run past the deadline and a cancel request.
     compensating: std::sync::atomic::AtomicBool,
     /// The run's cancel request, once known, and when the store was last asked.
@@ -186,18 +193,18 @@ impl Drive {
         self.checkpoints
             .lock()
             .iter()
-            .filter(|(key, _)| key.rsplit('/').next().is_some_and(|last| last.starts_with("k:")))
+            .filter(|(key, _)| Key::parse(key).is_ok_and(|key| key.kind() == Kind::Child))
             .filter_map(|(_, data)| serde_json::from_slice(data).ok())
             .collect()
     }
 
-    /// Register the compensation of the completed step `key`.
-    pub(crate) fn push_compensation(&self, key: String, compensation: Compensation) {
-        self.compensations.lock().push((key, compensation));
+    /// Register the compensation of a completed step.
+    pub(crate) fn push_compensation(&self, undo: Undo) {
+        self.compensations.lock().push(undo);
     }
 
     /// Take the registered compensations (completion order) and enter compensation mode.
-    pub(crate) fn start_compensating(&self) -> Vec<(String, Compensation)> {
+    pub(crate) fn start_compensating(&self) -> Vec<Undo> {
         self.compensating.store(true, std::sync::atomic::Ordering::SeqCst);
         std::mem::take(&mut *self.compensations.lock())
     }
@@ -257,6 +264,31 @@ impl Drive {
     pub(crate) fn emit(&self, make: impl FnOnce(RunInfo) -> Event) {
         self.hooks.emit(|| make(self.run.clone()));
     }
+
+    /// Run `function` (the workflow function, with its timeout and compensations) over this
+    /// drive until it returns, panics, or halts.
+    pub(crate) async fn run(
+        &self,
+        function: BoxFuture<'_, Result<Vec<u8>, WorkflowError>>,
+    ) -> Ended {
+        let mut function = AssertUnwindSafe(function).catch_unwind();
+        loop {
+            tokio::select! {
+                biased;
+                ended = &mut function => {
+                    return match ended {
+                        Ok(result) => Ended::Returned(result),
+                        Err(panic) => Ended::Panicked(panic_message(panic.as_ref())),
+                    };
+                }
+                () = self.idle.notified() => {
+                    if let Some(halt) = self.halt_reason() {
+                        return Ended::Halted(halt);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Pending {
@@ -288,35 +320,6 @@ impl Drop for Active<'_> {
     fn drop(&mut self) {
         self.0.pending.lock().active -= 1;
         self.0.idle.notify_one();
-    }
-}
-
-/// Run the workflow function (with its timeout and compensations) over `drive` until it
-/// returns, panics, or halts.
-pub(crate) async fn run_body(
-    body: &Body,
-    timeout: Option<std::time::Duration>,
-    drive: Arc<Drive>,
-    input: Vec<u8>,
-) -> Ended {
-    let ctx = WorkflowContext::root(drive.clone());
-    let function = crate::saga::run(body.clone(), timeout, ctx, input);
-    let mut function = AssertUnwindSafe(function).catch_unwind();
-    loop {
-        tokio::select! {
-            biased;
-            ended = &mut function => {
-                return match ended {
-                    Ok(result) => Ended::Returned(result),
-                    Err(panic) => Ended::Panicked(panic_message(panic.as_ref())),
-                };
-            }
-            () = drive.idle.notified() => {
-                if let Some(halt) = drive.halt_reason() {
-                    return Ended::Halted(halt);
-                }
-            }
-        }
     }
 }
 

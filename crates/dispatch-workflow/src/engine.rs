@@ -9,20 +9,21 @@ use dispatch_core::{
     Error, Event, EventId, Hook, NewEvent, NewRun, Page, PageRequest, Published, Run, RunEnd,
     RunFilter, RunId, RunInfo, RunSnapshot, RunState, Scope, Started, WorkflowStore,
 };
-use dispatch_job::{EnqueueOptions, HookBus, JobContext, JobDefinition, JobError};
+use dispatch_job::{HookBus, JobContext, JobDefinition, JobError};
 use parking_lot::RwLock;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::definition::{Body, StepPolicy, WorkflowDefinition, drive_job_name};
-use crate::drive::{Drive, Ended, Halt, fenced, run_body};
+use crate::child::{RUN_ENDED, RunEnded};
+use crate::context::WorkflowContext;
+use crate::definition::{Body, DRIVE_ATTEMPTS, WorkflowDefinition, drive_job, run_info_of};
+use crate::drive::{Drive, Ended, Halt, fenced};
 use crate::error::WorkflowError;
+use crate::policy::StepPolicy;
+use crate::saga;
 
 /// How long an event nobody waits for is kept by default.
 pub const DEFAULT_EVENT_KEEP: Duration = Duration::from_secs(24 * 3600);
-/// Attempts of a drive job: spent only when a drive crashes or loses its lease (a suspension
-/// gives its attempt back), so a run whose drive kills its worker this often ends failed.
-pub const DRIVE_ATTEMPTS: u32 = 10;
 
 /// Options of a start.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -332,8 +333,10 @@ impl Workflows {
             self.inner.hooks.clone(),
             (snapshot, asked_at),
         ));
-        let ended =
-            run_body(&registered.body, registered.timeout, drive.clone(), run.input.clone()).await;
+        let root = WorkflowContext::root(drive.clone());
+        let function =
+            saga::run(registered.body.clone(), registered.timeout, root, run.input.clone());
+        let ended = drive.run(function).await;
         let children = drive.children();
         let end = match ended {
             Ended::Returned(Ok(output)) => RunEnd::Completed(output),
@@ -387,7 +390,7 @@ impl Workflows {
                 Event::RunCancelled { run: info.clone(), reason: reason.clone() }
             }
         };
-        let notice = parent.map(|_| crate::child::RunEnded::of(&end));
+        let notice = parent.map(|_| RunEnded::of(&end));
         match self.inner.store.end_run(ctx.lease(), info.id, end).await {
             Ok(()) => {
                 self.inner.hooks.emit(|| event);
@@ -395,7 +398,7 @@ impl Workflows {
                     // Best effort: a parent that misses it finds the child's end by looking.
                     let published = self
                         .publish(
-                            crate::child::RUN_ENDED,
+                            RUN_ENDED,
                             &info.id.to_string(),
                             &notice,
                             PublishOptions {
@@ -416,19 +419,6 @@ impl Workflows {
     }
 }
 
-/// The first drive job of `run`.
-pub(crate) fn drive_job(run: &NewRun, scope: Scope) -> Result<dispatch_core::NewJob, Error> {
-    let definition =
-        JobDefinition::new(drive_job_name(&run.name, run.version), |_, _: RunId| async { Ok(()) })
-            .max_attempts(DRIVE_ATTEMPTS);
-    let options = EnqueueOptions::new().scope(scope);
-    definition.new_job(&run.id, options)
-}
-
 fn run_info(run: &Run) -> RunInfo {
-    RunInfo { id: run.id, name: run.name.clone(), version: run.version, scope: run.scope.clone() }
-}
-
-pub(crate) fn run_info_of(run: &NewRun) -> RunInfo {
     RunInfo { id: run.id, name: run.name.clone(), version: run.version, scope: run.scope.clone() }
 }

@@ -28,16 +28,39 @@
 //! # drop((total, worker)); Ok(()) }
 //! ```
 //!
-//! This crate is the runtime side; where runs, checkpoints and events live is the store's
-//! business (`dispatch_core::WorkflowStore`, implemented by every Dispatch store). Also here:
-//! sagas (`step_with_compensation`), run timeouts, child workflows (`child`, `start_child`,
-//! `fan_out`) and deterministic helpers (`now`, `random`, `uuid`). Not here yet: cancelling a
-//! run, migrating a run to another version, replay from a step.
-//! The checkpoint key format is documented in the `record` module source and is persisted.
+//! **For** application code with work of several steps that must finish despite crashes,
+//! restarts and deploys: steps (retried by a [`StepPolicy`], in loops too), durable sleeps,
+//! correlated events (`wait_for_event`, [`Workflows::publish`]), parallel branches, sagas
+//! (`step_with_compensation`), run timeouts ([`WorkflowDefinition::timeout`]), child workflows
+//! (`child`, `start_child`, `fan_out`) and deterministic helpers (`now`, `random`, `uuid`). Key
+//! types: [`WorkflowDefinition`], [`WorkflowContext`], [`Workflows`] (register, start, wait for
+//! output, publish; cancel a run, migrate it to another version, replay it from a checkpoint;
+//! get, list, timeline), [`StepError`] and [`WorkflowError`]. No cargo features.
+//!
+//! **Not** a store: runs, checkpoints and events live in the store
+//! (`dispatch_core::WorkflowStore`, implemented by every Dispatch store). Not a sandbox: code
+//! between primitives re-runs on every drive and must be deterministic by convention (side
+//! effects go in steps). A step runs at least once, not exactly once (a crash after its side
+//! effect and before its checkpoint runs it again), and a saga compensates, it does not roll
+//! back.
+//!
+//! Modules, lowest first (each imports only modules listed before it):
+//! - `error`: [`StepError`], [`WorkflowError`];
+//! - `record`: what checkpoints hold, and the persisted checkpoint key format (`Kind`, `Path`,
+//!   `Key`: one parser, one renderer);
+//! - `policy`: [`StepPolicy`];
+//! - `drive`: one drive of a run, the state its primitives share, and the loop that runs the
+//!   workflow function until it returns, panics or halts (to suspend, or on a store error);
+//! - `context`: [`WorkflowContext`] and its primitives (step, sleep, event wait, parallel);
+//! - `deterministic`: `now`, `random`, `uuid`, journaled;
+//! - `definition`: [`WorkflowDefinition`], its type-erased body, a new run's drive job;
+//! - `saga`: the run timeout and compensations around every body, `step_with_compensation`;
+//! - `child`: child workflows;
+//! - `engine`: [`Workflows`], which drives runs when a worker hands it their drive jobs.
 //!
 //! Its tests run on every store: the workflow scenarios of `dispatch-store-tests` (module `runs`)
 //! are part of each store's conformance binary, and `dispatch-durability-tests` kills real worker
-//! processes at every step boundary.
+//! processes at every step boundary; `tests/it` pins the checkpoint keys earlier code wrote.
 
 mod child;
 mod context;
@@ -46,10 +69,12 @@ mod deterministic;
 mod drive;
 mod engine;
 mod error;
+mod policy;
 mod record;
 mod saga;
 
 pub use context::WorkflowContext;
-pub use definition::{StepPolicy, WorkflowDefinition};
-pub use engine::{DEFAULT_EVENT_KEEP, DRIVE_ATTEMPTS, PublishOptions, StartOptions, Workflows};
+pub use definition::{DRIVE_ATTEMPTS, WorkflowDefinition};
+pub use engine::{DEFAULT_EVENT_KEEP, PublishOptions, StartOptions, Workflows};
 pub use error::{StepError, WorkflowError};
+pub use policy::StepPolicy;

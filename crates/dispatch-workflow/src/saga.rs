@@ -1,8 +1,8 @@
 //! What wraps every workflow body: its run timeout, and its saga. When the body fails (a step
-//! out of attempts, an error it returned, the timeout, a cancel), the compensations of the steps that
-//! completed run in reverse completion order, each as a checkpointed, retried step (key
-//! `c:{step key}`), so a crash during compensation resumes it and no compensation runs twice.
-//! The run's error stays the body's.
+//! out of attempts, an error it returned, the timeout, a cancel), the compensations of the steps
+//! that completed run in reverse completion order, each as a checkpointed, retried step (key
+//! `c:{step key}`, [`Kind::Compensation`]), so a crash during compensation resumes it and no
+//! compensation runs twice. The run's error stays the body's.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,11 +15,9 @@ use serde::de::DeserializeOwned;
 
 use crate::context::WorkflowContext;
 use crate::definition::Body;
-use crate::drive::Compensation;
+use crate::drive::{Compensation, Undo};
 use crate::error::{StepError, WorkflowError};
-
-/// The checkpoint of the run's deadline.
-const DEADLINE_KEY: &str = "d:run-deadline#1";
+use crate::record::{Key, Kind};
 
 /// The body with its timeout and compensations, as one future.
 pub(crate) fn run(
@@ -31,7 +29,7 @@ pub(crate) fn run(
     async move {
         if let Some(timeout) = timeout {
             let proposed = ctx.drive().now() + timeout;
-            let deadline = ctx.deadline(DEADLINE_KEY.to_owned(), proposed).await?;
+            let deadline = ctx.deadline(Key::run_deadline().render(), proposed).await?;
             ctx.drive().set_deadline(deadline);
         }
         let result = body(ctx.clone(), input).await;
@@ -47,9 +45,10 @@ pub(crate) fn run(
 /// step-failed hook) and the others still run.
 async fn compensate(ctx: &WorkflowContext) {
     let policy = ctx.drive().policy.clone();
-    for (key, compensation) in ctx.drive().start_compensating().into_iter().rev() {
+    for undo in ctx.drive().start_compensating().into_iter().rev() {
+        let Undo { step: key, key: undo_key, compensation } = undo;
         let undone: Result<(), WorkflowError> =
-            ctx.step_at(format!("c:{key}"), &policy, || compensation()).await;
+            ctx.step_at(undo_key, &policy, || compensation()).await;
         match undone {
             Ok(()) => ctx.drive().emit(|run| dispatch_core::Event::CompensationRan { run, key }),
             Err(error) => {
@@ -75,12 +74,14 @@ impl WorkflowContext {
         C: Fn(T) -> CFut + Send + Sync + 'static,
         CFut: Future<Output = Result<(), StepError>> + Send + 'static,
     {
-        let key = self.next_key("s", name);
+        let n = self.next(Kind::Step, name);
+        let key = self.key(Kind::Step, name, n);
         let policy = self.drive().policy.clone();
         let value = self.step_at(key.clone(), &policy, step).await?;
         let (compensate, done) = (Arc::new(compensate), value.clone());
         let compensation: Compensation = Arc::new(move || compensate(done.clone()).boxed());
-        self.drive().push_compensation(key, compensation);
+        let undo_key = self.key(Kind::Compensation, name, n);
+        self.drive().push_compensation(Undo { step: key, key: undo_key, compensation });
         Ok(value)
     }
 }
