@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{
-    Backoff, ClaimRequest, DynStore, LeaseRef, LeaseToken, NewCheckpoint, PageRequest, RunFilter,
-    RunId, RunState, Timestamp, WorkerId,
+    Backoff, ClaimRequest, LeaseRef, LeaseToken, NewCheckpoint, PageRequest, RunFilter, RunId,
+    RunState, Timestamp, WorkerId, WorkflowStore,
 };
 use dispatch_job::{Worker, WorkerHandle};
 use dispatch_store_memory::MemoryStore;
@@ -164,11 +164,11 @@ fn late() -> WorkflowDefinition<(), ()> {
         wf.sleep(Duration::from_secs(3600)).await?;
         Ok(())
     })
-    .timeout(Duration::from_secs(2))
+    .timeout(Duration::from_secs(5))
 }
 
 struct Env {
-    store: DynStore,
+    store: Arc<dyn WorkflowStore>,
     workflows: Workflows,
     counts: Counts,
     keys: WorkflowDefinition<(), Output>,
@@ -178,7 +178,7 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        let store: DynStore = Arc::new(MemoryStore::new());
+        let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::new());
         let workflows = Workflows::new(store.clone());
         let counts = Counts::default();
         let (gated, free) = (gated_child(), free_child());
