@@ -7,6 +7,7 @@
 
 mod bench;
 mod graph;
+mod modules;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,8 +31,20 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(violations.is_empty(), "the crate graph breaks ARCHITECTURE.md");
             Ok(())
         }
+        Some("modules") => {
+            let mut circles = 0;
+            for src in modules::workspace_sources(&root)? {
+                for cycle in modules::cycles(&modules::crate_graph(&src)?) {
+                    println!("{}: {}", src.display(), cycle.join(" <-> "));
+                    circles += 1;
+                }
+            }
+            anyhow::ensure!(circles == 0, "{circles} import circle(s) inside crates");
+            Ok(())
+        }
         _ => bail!(
-            "usage: cargo xtask ci | cargo xtask bench [--store memory] [--quick] | cargo xtask graph"
+            "usage: cargo xtask ci | cargo xtask bench [--store memory] [--quick] | cargo xtask \
+             graph | cargo xtask modules"
         ),
     }
 }
