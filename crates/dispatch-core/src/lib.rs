@@ -6,7 +6,7 @@
 //! `dispatch` crate instead. This crate runs nothing: no worker loop, no SQL, no spawned tasks.
 //!
 //! Key types: [`JobStore`], [`DlqStore`], [`Store`], [`Job`], [`NewJob`], [`Lease`], [`Error`],
-//! [`Clock`], [`Backoff`], [`Hook`].
+//! [`Clock`], [`Backoff`], [`Hook`]; the job state machine as plain functions in [`transition`].
 
 pub mod backoff;
 pub mod codec;
@@ -20,6 +20,7 @@ pub mod page;
 pub mod scope;
 pub mod store;
 pub mod time;
+pub mod transition;
 pub mod wake;
 pub mod workflow;
 
