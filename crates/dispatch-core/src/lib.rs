@@ -7,7 +7,8 @@
 //! loop, no SQL, no spawned tasks.
 //!
 //! Key types: [`JobStore`], [`DlqStore`], [`WorkflowStore`], [`Job`], [`NewJob`], [`Lease`],
-//! [`Error`], [`Clock`], [`Backoff`], [`Hook`].
+//! [`Error`], [`Clock`], [`Backoff`], [`Hook`]; the job state machine as plain functions in
+//! [`transition`].
 
 pub mod backoff;
 pub mod codec;
@@ -21,6 +22,7 @@ pub mod page;
 pub mod scope;
 pub mod store;
 pub mod time;
+pub mod transition;
 pub mod wake;
 pub mod workflow;
 

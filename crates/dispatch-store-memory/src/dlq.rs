@@ -4,11 +4,11 @@ use std::ops::Bound;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, Job, JobId, JobState, Page, PageRequest,
-    Replay, Result,
+    DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, Page, PageRequest, Replay, Result,
+    transition,
 };
 
-use crate::{MemoryStore, Row};
+use crate::MemoryStore;
 
 #[async_trait]
 impl DlqStore for MemoryStore {
@@ -47,30 +47,9 @@ impl DlqStore for MemoryStore {
         if let Some(job_id) = entry.replayed_as {
             return Ok(Replay::AlreadyReplayed(job_id));
         }
-        let job = Job {
-            id: JobId::new(),
-            name: entry.name.clone(),
-            queue: entry.queue.clone(),
-            payload: entry.payload.clone(),
-            priority: entry.priority,
-            state: JobState::Available,
-            attempt: 0,
-            max_attempts: entry.max_attempts,
-            timeout: entry.timeout,
-            run_at: now,
-            created_at: now,
-            finished_at: None,
-            unique_key: None,
-            scope: entry.scope.clone(),
-            lease: None,
-            cancel_requested: false,
-            errors: Vec::new(),
-            dlq_id: None,
-        };
-        let (job_id, queue) = (job.id, job.queue.clone());
-        let seq = state.next_seq();
-        state.jobs.insert(job_id, Row { job, seq, last_finish: None, unique_until: None });
-        state.make_available(job_id, now);
+        let job = transition::replay(entry, now);
+        let queue = job.queue.clone();
+        let job_id = state.insert(job, None);
         if let Some(entry) = state.dlq.get_mut(&id) {
             entry.replayed_as = Some(job_id);
             entry.replayed_at = Some(now);
@@ -99,7 +78,8 @@ mod tests {
     use std::time::Duration;
 
     use dispatch_core::{
-        Clock, ErrorKind, Failure, FailureKind, FinishResult, JobStore, Outcome, RunAt, Scope,
+        Clock, ErrorKind, Failure, FailureKind, FinishResult, JobState, JobStore, Outcome, RunAt,
+        Scope,
     };
 
     use super::*;

@@ -1,62 +1,33 @@
-//! [`JobStore`] for [`MemoryStore`].
+//! [`JobStore`] for [`MemoryStore`]: short methods over the concern modules (enqueue, claim,
+//! finish), with heartbeats, cancel requests and lookups here.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    AttemptError, CancelResult, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error,
-    ErrorKind, Failure, FailureKind, Finish, FinishResult, HeartbeatReport, Job, JobFilter, JobId,
-    JobState, JobStore, Lease, LeaseRef, NewJob, Outcome, Page, PageRequest, QueueCount,
-    RescueReport, Result, Timestamp,
+    CancelResult, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error, Finish,
+    FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob,
+    Page, PageRequest, QueueCount, RescueReport, Result, Timestamp, transition,
 };
 
-use crate::{MemoryStore, Row, State};
+use crate::enqueue::validate_batch;
+use crate::{MemoryStore, State};
 
 #[async_trait]
 impl JobStore for MemoryStore {
     async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
-        for job in &jobs {
-            job.validate(self.max_payload_bytes)?;
-        }
+        validate_batch(&jobs, self.max_payload_bytes)?;
         let now = self.clock.now();
-        let mut state = self.state.lock();
-        // Caller-chosen IDs must be distinct, and new unless the item repeats the stored job
-        // (a retried call); checked before anything is stored.
-        let mut ids = HashSet::with_capacity(jobs.len());
-        if let Some(job) = jobs.iter().find(|j| !ids.insert(j.id) || state.reuses_id(j)) {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("job {:?}: a job with ID {} already exists", job.name, job.id),
-            ));
-        }
-        let mut woken = Vec::with_capacity(jobs.len());
-        let mut results = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            // A retried item answers as the first call did, and changes nothing.
-            if state.jobs.contains_key(&job.id) {
-                results.push(Enqueued::Created(job.id));
-                continue;
-            }
-            let queue = job.queue.clone();
-            let result = state.enqueue_one(job, now);
-            if !result.is_duplicate() {
-                woken.push(queue);
-            }
-            results.push(result);
-        }
-        drop(state);
+        let (results, woken) = self.state.lock().enqueue_batch(jobs, now)?;
         self.wakeups.notify(woken.iter().map(String::as_str));
         Ok(results)
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
         let now = self.clock.now();
-        let mut state = self.state.lock();
-        let keys = state.available.best_due(&request.queues, &request.names, now, request.limit);
-        let expires_at = now + request.lease_ttl;
-        Ok(keys.into_iter().filter_map(|key| state.claim_one(key.3, request, expires_at)).collect())
+        Ok(self.state.lock().claim(request, now))
     }
 
     async fn finish(&self, finishes: &[Finish]) -> Result<Vec<FinishResult>> {
@@ -67,76 +38,24 @@ impl JobStore for MemoryStore {
 
     async fn heartbeat(&self, leases: &[LeaseRef], ttl: Duration) -> Result<HeartbeatReport> {
         let now = self.clock.now();
-        let mut state = self.state.lock();
-        let mut report = HeartbeatReport::default();
-        for lease in leases {
-            match state.renew(*lease, now + ttl) {
-                Some(cancel_requested) => {
-                    report.renewed.push(lease.job_id);
-                    if cancel_requested {
-                        report.cancel_requested.push(lease.job_id);
-                    }
-                }
-                None => report.lost.push(lease.job_id),
-            }
-        }
-        Ok(report)
+        Ok(self.state.lock().heartbeat(leases, now + ttl))
     }
 
     async fn request_cancel(&self, id: JobId) -> Result<CancelResult> {
         let now = self.clock.now();
-        let mut state = self.state.lock();
-        let job_state = match state.jobs.get(&id) {
-            Some(row) => row.job.state,
-            None => return Err(Error::not_found(format!("no job {id}"))),
-        };
-        // The drive job of a run that has not ended is cancelled through its run: a cancelled
-        // (or cancel-flagged) drive job would leave the run without a driver.
-        if !job_state.is_final()
-            && let Some(run) = state.live_run_driven_by(id)
-        {
-            let (_, woken) = state.cancel_run(run, DRIVE_JOB_CANCEL_REASON, now)?;
-            drop(state);
-            self.wakeups.notify(woken.as_deref());
-            return Ok(CancelResult::Requested);
-        }
-        Ok(match job_state {
-            JobState::Available => {
-                state.unindex(id);
-                state.finalize(id, JobState::Cancelled, now);
-                CancelResult::Cancelled
-            }
-            JobState::Running => {
-                if let Some(row) = state.jobs.get_mut(&id) {
-                    row.job.cancel_requested = true;
-                }
-                CancelResult::Requested
-            }
-            final_state => CancelResult::AlreadyFinal(final_state),
-        })
+        let (result, woken) = self.state.lock().request_cancel(id, now)?;
+        self.wakeups.notify(woken.as_deref());
+        Ok(result)
     }
 
     async fn rescue_expired(&self, limit: usize) -> Result<RescueReport> {
         let now = self.clock.now();
-        let mut state = self.state.lock();
-        let expired: Vec<JobId> = state
-            .expiries
-            .iter()
-            .take_while(|(expires_at, _)| *expires_at <= now)
-            .take(limit)
-            .map(|&(_, id)| id)
-            .collect();
-        let mut report = RescueReport::default();
-        for id in expired {
-            state.rescue_one(id, now, &mut report);
-        }
-        Ok(report)
+        Ok(self.state.lock().rescue_expired(limit, now))
     }
 
     async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
         let now = self.clock.now();
-        let earliest = self.state.lock().available.earliest(queues, names);
-        Ok(earliest.map(|run_at| run_at.duration_since(now)))
+        Ok(self.state.lock().next_due(queues, names, now))
     }
 
     fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
@@ -186,148 +105,22 @@ fn matches(filter: &JobFilter, job: &Job) -> bool {
 }
 
 impl State {
-    /// Whether `new` takes the ID of a stored job that it does not repeat: another name or
-    /// payload. A repeat (same name and payload) is a retried enqueue, not a reuse.
-    pub(crate) fn reuses_id(&self, new: &NewJob) -> bool {
-        self.jobs
-            .get(&new.id)
-            .is_some_and(|row| row.job.name != new.name || row.job.payload != new.payload)
-    }
-
-    pub(crate) fn enqueue_one(&mut self, new: NewJob, now: Timestamp) -> Enqueued {
-        let unique_key = new.unique.as_ref().map(|u| (new.name.clone(), u.key.clone()));
-        let holder = unique_key.as_ref().and_then(|k| self.unique.get(k)).copied();
-        if let Some(holder) =
-            holder.filter(|h| self.jobs.get(h).is_some_and(|r| r.holds_unique_key(now)))
-        {
-            return Enqueued::Duplicate(holder);
-        }
-        let id = new.id;
-        let run_at = new.run_at.resolve(now);
-        let unique_until = new.unique.as_ref().and_then(|u| u.window).map(|w| now + w);
-        let job = Job {
-            id,
-            name: new.name,
-            queue: new.queue,
-            payload: new.payload,
-            priority: new.priority,
-            state: JobState::Available,
-            attempt: 0,
-            max_attempts: new.max_attempts,
-            timeout: new.timeout,
-            run_at,
-            created_at: now,
-            finished_at: None,
-            unique_key: new.unique.map(|u| u.key),
-            scope: new.scope,
-            lease: None,
-            cancel_requested: false,
-            errors: Vec::new(),
-            dlq_id: None,
-        };
-        let seq = self.next_seq();
-        self.jobs.insert(id, Row { job, seq, last_finish: None, unique_until });
-        self.make_available(id, run_at);
-        if let Some(key) = unique_key {
-            self.unique.insert(key, id);
-        }
-        Enqueued::Created(id)
-    }
-
-    fn claim_one(
-        &mut self,
-        id: JobId,
-        request: &ClaimRequest,
-        expires_at: Timestamp,
-    ) -> Option<ClaimedJob> {
-        self.unindex(id);
-        let row = self.jobs.get_mut(&id)?;
-        let lease = Lease { owner: request.worker, token: request.token, expires_at };
-        row.job.state = JobState::Running;
-        row.job.attempt = row.job.attempt.saturating_add(1);
-        row.job.lease = Some(lease);
-        row.job.cancel_requested = false;
-        self.expiries.insert((expires_at, id));
-        Some(ClaimedJob { job: row.job.clone(), lease })
-    }
-
-    pub(crate) fn finish_one(&mut self, finish: &Finish, now: Timestamp) -> FinishResult {
-        let id = finish.lease.job_id;
-        let Some(row) = self.jobs.get_mut(&id) else { return FinishResult::LeaseLost };
-        let holds = row.job.state == JobState::Running
-            && row.job.lease.is_some_and(|l| l.token == finish.lease.token);
-        if !holds {
-            return if row.last_finish == Some(finish.lease.token) {
-                FinishResult::AlreadyApplied
-            } else {
-                FinishResult::LeaseLost
-            };
-        }
-        row.last_finish = Some(finish.lease.token);
-        let cancel_requested = row.job.cancel_requested;
-        self.clear_lease(id);
-        let mut dlq_id = None;
-        let state = match &finish.outcome {
-            Outcome::Complete => self.end(id, JobState::Completed, now),
-            Outcome::Cancel => self.end(id, JobState::Cancelled, now),
-            // A cancel request wins over running again.
-            Outcome::Retry { failure, .. } if cancel_requested => {
-                self.record(id, failure.clone(), now);
-                self.end(id, JobState::Cancelled, now)
-            }
-            Outcome::Snooze { .. } | Outcome::Release if cancel_requested => {
-                self.end(id, JobState::Cancelled, now)
-            }
-            Outcome::Snooze { run_at } => self.give_back(id, run_at.resolve(now)),
-            Outcome::Release => self.give_back(id, now),
-            Outcome::Fail { failure } => {
-                self.record(id, failure.clone(), now);
-                dlq_id = self.promote(id, now);
-                JobState::Dead
-            }
-            Outcome::Retry { failure, run_at } => {
-                self.record(id, failure.clone(), now);
-                if self.attempts_left(id) {
-                    self.make_available(id, run_at.resolve(now));
-                    JobState::Available
-                } else {
-                    dlq_id = self.promote(id, now);
-                    JobState::Dead
+    /// Extend every lease in `leases` that is still held until `expires_at`; report the rest
+    /// as lost.
+    fn heartbeat(&mut self, leases: &[LeaseRef], expires_at: Timestamp) -> HeartbeatReport {
+        let mut report = HeartbeatReport::default();
+        for lease in leases {
+            match self.renew(*lease, expires_at) {
+                Some(cancel_requested) => {
+                    report.renewed.push(lease.job_id);
+                    if cancel_requested {
+                        report.cancel_requested.push(lease.job_id);
+                    }
                 }
+                None => report.lost.push(lease.job_id),
             }
-        };
-        FinishResult::Applied { state, dlq_id }
-    }
-
-    fn end(&mut self, id: JobId, state: JobState, now: Timestamp) -> JobState {
-        self.finalize(id, state, now);
-        state
-    }
-
-    /// Available again with the attempt returned (snooze, release).
-    fn give_back(&mut self, id: JobId, run_at: Timestamp) -> JobState {
-        if let Some(row) = self.jobs.get_mut(&id) {
-            row.job.attempt = row.job.attempt.saturating_sub(1);
         }
-        self.make_available(id, run_at);
-        JobState::Available
-    }
-
-    fn attempts_left(&self, id: JobId) -> bool {
-        self.jobs.get(&id).is_some_and(|row| row.job.attempt < row.job.max_attempts)
-    }
-
-    /// Append the failure of the current attempt to the job's error history.
-    fn record(&mut self, id: JobId, failure: Failure, now: Timestamp) {
-        if let Some(row) = self.jobs.get_mut(&id) {
-            let attempt = row.job.attempt;
-            row.job.errors.push(AttemptError {
-                attempt,
-                kind: failure.kind,
-                message: failure.message,
-                at: now,
-            });
-        }
+        report
     }
 
     /// Extend a lease; `Some(cancel_requested)` when the token still holds it.
@@ -344,30 +137,34 @@ impl State {
         Some(cancel_requested)
     }
 
-    fn rescue_one(&mut self, id: JobId, now: Timestamp, report: &mut RescueReport) {
-        let Some(row) = self.jobs.get(&id) else { return };
-        let (cancel_requested, owner) = (row.job.cancel_requested, row.job.lease.map(|l| l.owner));
-        self.clear_lease(id);
-        let message = match owner {
-            Some(owner) => format!("lease held by {owner} expired"),
-            None => "lease expired".to_owned(),
+    /// A cancel request for job `id`: the answer, and the queue of a drive job made due.
+    fn request_cancel(
+        &mut self,
+        id: JobId,
+        now: Timestamp,
+    ) -> Result<(CancelResult, Option<String>)> {
+        let Some(row) = self.jobs.get(&id) else {
+            return Err(Error::not_found(format!("no job {id}")));
         };
-        self.record(id, Failure::new(FailureKind::LeaseExpired, message), now);
-        if cancel_requested {
-            self.finalize(id, JobState::Cancelled, now);
-            report.cancelled.push(id);
-        } else if self.attempts_left(id) {
-            self.make_available(id, now);
-            report.rescued.push(id);
-        } else if let Some(dlq_id) = self.promote(id, now) {
-            report.promoted.push((id, dlq_id));
+        // The drive job of a run that has not ended is cancelled through its run: a cancelled
+        // (or cancel-flagged) drive job would leave the run without a driver.
+        if !row.job.state.is_final()
+            && let Some(run) = self.live_run_driven_by(id)
+        {
+            let (_, woken) = self.cancel_run(run, DRIVE_JOB_CANCEL_REASON, now)?;
+            return Ok((CancelResult::Requested, woken));
         }
+        self.unindex(id);
+        let row = self.jobs.get_mut(&id).ok_or_else(|| Error::not_found(format!("no job {id}")))?;
+        Ok((transition::request_cancel(&mut row.job, now), None))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use dispatch_core::{Clock, ErrorKind, LeaseToken, RunAt, UniqueKey};
+    use dispatch_core::{
+        AttemptError, Clock, ErrorKind, Failure, FailureKind, LeaseToken, Outcome, RunAt, UniqueKey,
+    };
 
     use super::*;
     use crate::testing::{TTL, claim, claim_one, enqueue, finish, job, lease, request, store};

@@ -11,9 +11,15 @@
 //! # let _ = store;
 //! ```
 
+mod claim;
 mod dlq;
+mod enqueue;
+mod events;
+mod finish;
 mod index;
 mod job;
+mod rewind;
+mod run;
 #[cfg(test)]
 mod testing;
 mod workflow;
@@ -97,7 +103,7 @@ struct State {
     unique: HashMap<(String, String), JobId>,
     dlq: BTreeMap<DlqId, DlqEntry>,
     /// Workflow runs, checkpoints, waits and kept events.
-    runs: workflow::Runs,
+    runs: run::Runs,
     next_seq: u64,
 }
 
@@ -112,8 +118,17 @@ impl State {
         let Some(row) = self.jobs.get_mut(&id) else { return };
         row.job.state = JobState::Available;
         row.job.run_at = run_at;
-        let key = index::key(row.job.priority, run_at, row.seq, id);
-        self.available.insert(&row.job.queue, &row.job.name, key);
+        self.index(id);
+    }
+
+    /// Put a job into the claim index when its record says it is available (a transition may
+    /// have just made it so).
+    fn index(&mut self, id: JobId) {
+        let Some(row) = self.jobs.get(&id) else { return };
+        if row.job.state == JobState::Available {
+            let key = index::key(row.job.priority, row.job.run_at, row.seq, id);
+            self.available.insert(&row.job.queue, &row.job.name, key);
+        }
     }
 
     /// Take a job out of the available index (it is about to change state).
@@ -132,29 +147,5 @@ impl State {
             self.expiries.remove(&(lease.expires_at, id));
         }
         row.job.cancel_requested = false;
-    }
-
-    /// End a job in a final state.
-    fn finalize(&mut self, id: JobId, state: JobState, now: Timestamp) {
-        if let Some(row) = self.jobs.get_mut(&id) {
-            row.job.state = state;
-            row.job.finished_at = Some(now);
-        }
-    }
-
-    /// Make a job dead and write its DLQ entry, in the same step.
-    fn promote(&mut self, id: JobId, now: Timestamp) -> Option<DlqId> {
-        self.finalize(id, JobState::Dead, now);
-        let row = self.jobs.get_mut(&id)?;
-        let entry = DlqEntry::for_job(&row.job, now);
-        let dlq_id = entry.id;
-        row.job.dlq_id = Some(dlq_id);
-        let error = entry
-            .errors
-            .last()
-            .map_or_else(|| "the drive job died".to_owned(), |e| e.message.clone());
-        self.dlq.insert(dlq_id, entry);
-        self.runs.fail_driven_by(id, error, now);
-        Some(dlq_id)
     }
 }

@@ -2,14 +2,15 @@
 
 use async_trait::async_trait;
 use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, Job, JobId, JobState, Page, PageRequest,
-    Replay, Result, Timestamp,
+    DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, Page, PageRequest, Replay, Result,
+    Timestamp, transition,
 };
 use sqlx::SqliteConnection;
 
+use crate::SqliteStore;
 use crate::enqueue::insert_rows;
+use crate::error::db_error;
 use crate::row::{dlq_from_row, sql_limit};
-use crate::{SqliteStore, db_error};
 
 async fn load(conn: &mut SqliteConnection, id: DlqId) -> Result<Option<DlqEntry>> {
     sqlx::query("SELECT * FROM dlq WHERE id = ?")
@@ -74,7 +75,7 @@ impl DlqStore for SqliteStore {
                     if let Some(job_id) = entry.replayed_as {
                         return Ok((Replay::AlreadyReplayed(job_id), None));
                     }
-                    let job = replay_job(&entry, now);
+                    let job = transition::replay(&entry, now);
                     insert_rows(conn, std::slice::from_ref(&job), None).await?;
                     let updated = sqlx::query(
                         "UPDATE dlq SET replayed_as = ?, replayed_at = ? \
@@ -124,29 +125,5 @@ impl DlqStore for SqliteStore {
             })
         })
         .await
-    }
-}
-
-/// The new job a replay of `entry` enqueues.
-fn replay_job(entry: &DlqEntry, now: Timestamp) -> Job {
-    Job {
-        id: JobId::new(),
-        name: entry.name.clone(),
-        queue: entry.queue.clone(),
-        payload: entry.payload.clone(),
-        priority: entry.priority,
-        state: JobState::Available,
-        attempt: 0,
-        max_attempts: entry.max_attempts,
-        timeout: entry.timeout,
-        run_at: now,
-        created_at: now,
-        finished_at: None,
-        unique_key: None,
-        scope: entry.scope.clone(),
-        lease: None,
-        cancel_requested: false,
-        errors: Vec::new(),
-        dlq_id: None,
     }
 }

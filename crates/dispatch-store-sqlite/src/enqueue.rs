@@ -7,10 +7,12 @@
 
 use std::collections::HashSet;
 
-use dispatch_core::{Enqueued, Error, ErrorKind, Job, JobId, JobState, NewJob, Result, Timestamp};
+use dispatch_core::{
+    Enqueued, Error, ErrorKind, Job, JobId, NewJob, Result, Timestamp, transition,
+};
 use sqlx::{Row, SqliteConnection};
 
-use crate::db_error;
+use crate::error::db_error;
 use crate::row::{duration_micros, parse};
 
 /// Rows per multi-row insert: 15 columns each, well under SQLite's bound-parameter limit.
@@ -56,7 +58,7 @@ pub(crate) async fn enqueue_batch(
         match new.unique.as_ref() {
             None => {
                 results.push(Enqueued::Created(new.id));
-                run.push(into_job(new, now));
+                run.push(transition::enqueue(new, now));
             }
             Some(unique) => {
                 insert_rows(conn, &std::mem::take(&mut run), None).await?;
@@ -65,14 +67,14 @@ pub(crate) async fn enqueue_batch(
                     // Its own ID is stored: a retry of an enqueue that created it (or a
                     // reused ID, which the insert finds out).
                     Some(holder) if holder == new.id => {
-                        insert_rows(conn, &[into_job(new, now)], None).await?;
+                        insert_rows(conn, &[transition::enqueue(new, now)], None).await?;
                         Enqueued::Created(holder)
                     }
                     Some(holder) => Enqueued::Duplicate(holder),
                     None => {
                         let until = unique.window.map(|window| now + window);
                         let id = new.id;
-                        insert_rows(conn, &[into_job(new, now)], until).await?;
+                        insert_rows(conn, &[transition::enqueue(new, now)], until).await?;
                         Enqueued::Created(id)
                     }
                 };
@@ -132,30 +134,6 @@ async fn unique_holder(
     .await
     .map_err(db_error)?;
     holder.map(|id| id.parse()).transpose()
-}
-
-/// The stored record of a new job.
-pub(crate) fn into_job(new: NewJob, now: Timestamp) -> Job {
-    Job {
-        id: new.id,
-        name: new.name,
-        queue: new.queue,
-        payload: new.payload,
-        priority: new.priority,
-        state: JobState::Available,
-        attempt: 0,
-        max_attempts: new.max_attempts,
-        timeout: new.timeout,
-        run_at: new.run_at.resolve(now),
-        created_at: now,
-        finished_at: None,
-        unique_key: new.unique.map(|u| u.key),
-        scope: new.scope,
-        lease: None,
-        cancel_requested: false,
-        errors: Vec::new(),
-        dlq_id: None,
-    }
 }
 
 /// Insert `jobs` (all sharing `unique_until`), in order, in statements of [`CHUNK`] rows and then

@@ -1,19 +1,20 @@
 //! The event side of workflow runs: suspension (taking a kept event, or registering waits and
-//! snoozing the drive job) and publishing (delivering to waits, or keeping the event).
+//! snoozing the drive job), resolving a wait, and publishing (delivering to waits, or keeping
+//! the event).
 //!
 //! Every function runs inside the caller's transaction. Scopes compare with `IS`, so an unset
 //! part matches only an unset part, as [`Scope`] equality does.
 
 use dispatch_core::{
     EventWait, Finish, FinishResult, LeaseRef, NewCheckpoint, NewEvent, Outcome, Published, Result,
-    RunAt, RunId, Scope, Suspend, SuspendOutcome, Timestamp,
+    RunAt, RunId, Scope, Suspend, SuspendOutcome, Timestamp, WaitResolution,
 };
 use sqlx::{Row, SqliteConnection};
 
-use crate::db_error;
+use crate::error::db_error;
 use crate::finish::finish_batch;
-use crate::row::parse;
-use crate::workflow::{chunks, fenced, lease_lost, write_checkpoints};
+use crate::row::{chunks, parse};
+use crate::run::{delete_waits, fenced, lease_lost, write_checkpoints};
 
 /// Suspend a run whose drive holds `lease` (see
 /// [`WorkflowStore::suspend_run`](dispatch_core::WorkflowStore::suspend_run)): when the run has
@@ -137,16 +138,6 @@ async fn register(
     Ok(())
 }
 
-/// Remove every wait of `run` (its ID as stored).
-pub(crate) async fn delete_waits(conn: &mut SqliteConnection, run: &str) -> Result<()> {
-    sqlx::query("DELETE FROM event_waits WHERE run_id = ?")
-        .bind(run)
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    Ok(())
-}
-
 /// Publish `event` (see [`WorkflowStore`](dispatch_core::WorkflowStore)'s module docs): take the
 /// oldest matching wait (every matching wait for a broadcast), write each one's checkpoint, and
 /// make each waiting run's drive job due now when it is available; with no waiter, keep a
@@ -251,4 +242,34 @@ async fn keep(conn: &mut SqliteConnection, event: &NewEvent, now: Timestamp) -> 
     .await
     .map_err(db_error)?;
     Ok(())
+}
+
+/// Resolve wait `key` of `run`, whose drive holds `lease` (see
+/// [`WorkflowStore::resolve_wait`](dispatch_core::WorkflowStore::resolve_wait)): the payload
+/// when an event was delivered to it, else the wait is removed and it timed out.
+pub(crate) async fn resolve_wait(
+    conn: &mut SqliteConnection,
+    lease: LeaseRef,
+    run: RunId,
+    key: &str,
+) -> Result<WaitResolution> {
+    fenced(conn, lease, run).await?;
+    let run = run.to_string();
+    let delivered: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT data FROM checkpoints WHERE run_id = ? AND key = ?")
+            .bind(run.as_str())
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_error)?;
+    if let Some(payload) = delivered {
+        return Ok(WaitResolution::Delivered(payload));
+    }
+    sqlx::query("DELETE FROM event_waits WHERE run_id = ? AND key = ?")
+        .bind(run.as_str())
+        .bind(key)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    Ok(WaitResolution::TimedOut)
 }

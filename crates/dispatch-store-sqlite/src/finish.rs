@@ -3,22 +3,22 @@
 //! The outcomes that keep no history (complete, cancel, snooze, release) are written set-based:
 //! one `UPDATE … FROM json_each(?)` per kind for the whole batch, each row conditional on its
 //! lease token. Outcomes that append to the error history or move a job to the DLQ (retry, fail)
-//! load their rows and decide in Rust, the same way the memory store decides. A batch that names
+//! load their rows and decide in Rust with [`dispatch_core::transition`], as the memory store
+//! does; the set-based statements say the same rules in SQL. A batch that names
 //! one job twice is applied item by item, in order, so repeats resolve exactly as sequential calls
 //! would.
 
 use std::collections::{HashMap, HashSet};
 
 use dispatch_core::{
-    AttemptError, DlqEntry, Failure, FailureKind, Finish, FinishResult, Job, JobId, JobState,
-    Outcome, RescueReport, Result, Timestamp,
+    DlqEntry, Finish, FinishResult, JobId, JobState, Outcome, RescueReport, Result, Timestamp,
+    transition,
 };
 use sqlx::{Row, SqliteConnection};
 
-use crate::db_error;
-use crate::job::load;
-use crate::row::{insert_dlq, save_job, token_text};
-use crate::workflow::fail_driven_run;
+use crate::error::db_error;
+use crate::row::{insert_dlq, job_from_row, load_job, save_job, sql_limit, token_text};
+use crate::run::fail_driven_run;
 
 /// Apply `finishes` on `conn` (inside the caller's transaction); one result per item, in order.
 pub(crate) async fn finish_batch(
@@ -189,141 +189,61 @@ async fn settle_unapplied(
     Ok(())
 }
 
-/// Apply one finish on its loaded row.
+/// Apply one finish on its loaded row, as [`transition::finish`] decides.
 async fn finish_one(
     conn: &mut SqliteConnection,
     finish: &Finish,
     now: Timestamp,
 ) -> Result<FinishResult> {
-    let Some(mut row) = load(conn, finish.lease.job_id).await? else {
+    let Some(mut row) = load_job(conn, finish.lease.job_id).await? else {
         return Ok(FinishResult::LeaseLost);
     };
-    let holds = row.job.state == JobState::Running
-        && row.job.lease.is_some_and(|l| l.token == finish.lease.token);
-    if !holds {
-        return Ok(if row.last_finish == Some(finish.lease.token) {
-            FinishResult::AlreadyApplied
-        } else {
-            FinishResult::LeaseLost
-        });
+    let done = transition::finish(&mut row.job, &mut row.last_finish, finish, now);
+    if done.applied() {
+        save_job(conn, &row).await?;
     }
-    row.last_finish = Some(finish.lease.token);
-    let dlq = apply(&mut row.job, &finish.outcome, now);
-    let job = &row.job;
-    let result = FinishResult::Applied { state: job.state, dlq_id: dlq.as_ref().map(|e| e.id) };
-    save_job(conn, &row).await?;
-    if let Some(entry) = dlq {
+    if let Some(entry) = done.dlq {
         write_dead(conn, &entry, now).await?;
     }
-    Ok(result)
+    Ok(done.result)
+}
+
+/// Rescue up to `limit` jobs whose leases expired by `now`, oldest expiry first, each as
+/// [`transition::rescue`] decides.
+pub(crate) async fn rescue_batch(
+    conn: &mut SqliteConnection,
+    limit: usize,
+    now: Timestamp,
+) -> Result<RescueReport> {
+    let rows = sqlx::query(
+        // Pinned to the lease index: only expired leases are read (the planner
+        // may otherwise walk every running job).
+        "SELECT * FROM jobs INDEXED BY jobs_lease \
+         WHERE state = 'running' AND lease_expires <= ? \
+         ORDER BY lease_expires, id LIMIT +?",
+    )
+    .bind(now.as_unix_micros())
+    .bind(sql_limit(limit))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    let mut report = RescueReport::default();
+    for row in &rows {
+        let mut row = job_from_row(row)?;
+        let dlq = transition::rescue(&mut row.job, now, &mut report);
+        save_job(conn, &row).await?;
+        if let Some(entry) = dlq {
+            write_dead(conn, &entry, now).await?;
+        }
+    }
+    Ok(report)
 }
 
 /// Record the death of a job whose row was just saved dead: its DLQ entry and, when it drives a
 /// workflow run, the failure of that run, in the caller's transaction (so a dead drive job and
 /// a run still waiting for it are never seen together). Runs only on promotion, never on the
 /// hot path of finishes that do not kill a job.
-pub(crate) async fn write_dead(
-    conn: &mut SqliteConnection,
-    entry: &DlqEntry,
-    now: Timestamp,
-) -> Result<()> {
+async fn write_dead(conn: &mut SqliteConnection, entry: &DlqEntry, now: Timestamp) -> Result<()> {
     insert_dlq(conn, entry).await?;
-    let error =
-        entry.errors.last().map_or_else(|| "the drive job died".to_owned(), |e| e.message.clone());
-    fail_driven_run(conn, entry.job_id, &error, now).await
-}
-
-/// Apply `outcome` to a running job whose lease the finish holds; returns the DLQ entry to write
-/// when the job died.
-fn apply(job: &mut Job, outcome: &Outcome, now: Timestamp) -> Option<DlqEntry> {
-    let cancel_requested = job.cancel_requested;
-    job.lease = None;
-    job.cancel_requested = false;
-    match outcome {
-        Outcome::Complete => finalize(job, JobState::Completed, now),
-        Outcome::Cancel => finalize(job, JobState::Cancelled, now),
-        // A cancel request wins over running again.
-        Outcome::Retry { failure, .. } if cancel_requested => {
-            record(job, failure.clone(), now);
-            finalize(job, JobState::Cancelled, now);
-        }
-        Outcome::Snooze { .. } | Outcome::Release if cancel_requested => {
-            finalize(job, JobState::Cancelled, now);
-        }
-        Outcome::Snooze { run_at } => give_back(job, run_at.resolve(now)),
-        Outcome::Release => give_back(job, now),
-        Outcome::Fail { failure } => {
-            record(job, failure.clone(), now);
-            return Some(promote(job, now));
-        }
-        Outcome::Retry { failure, run_at } => {
-            record(job, failure.clone(), now);
-            if job.attempt >= job.max_attempts {
-                return Some(promote(job, now));
-            }
-            job.state = JobState::Available;
-            job.run_at = run_at.resolve(now);
-        }
-    }
-    None
-}
-
-/// End a job in a final state.
-pub(crate) fn finalize(job: &mut Job, state: JobState, now: Timestamp) {
-    job.state = state;
-    job.finished_at = Some(now);
-}
-
-/// Available again with the attempt returned (snooze, release).
-fn give_back(job: &mut Job, run_at: Timestamp) {
-    job.attempt = job.attempt.saturating_sub(1);
-    job.state = JobState::Available;
-    job.run_at = run_at;
-}
-
-/// Append the failure of the current attempt to the job's error history.
-fn record(job: &mut Job, failure: Failure, now: Timestamp) {
-    job.errors.push(AttemptError {
-        attempt: job.attempt,
-        kind: failure.kind,
-        message: failure.message,
-        at: now,
-    });
-}
-
-/// Make a job dead; the caller writes the returned DLQ entry in the same transaction.
-fn promote(job: &mut Job, now: Timestamp) -> DlqEntry {
-    finalize(job, JobState::Dead, now);
-    let entry = DlqEntry::for_job(job, now);
-    job.dlq_id = Some(entry.id);
-    entry
-}
-
-/// Reclaim a job whose lease expired; returns its DLQ entry when it died.
-pub(crate) fn rescue_one(
-    job: &mut Job,
-    now: Timestamp,
-    report: &mut RescueReport,
-) -> Option<DlqEntry> {
-    let cancel_requested = job.cancel_requested;
-    let message = match job.lease.take() {
-        Some(lease) => format!("lease held by {} expired", lease.owner),
-        None => "lease expired".to_owned(),
-    };
-    job.cancel_requested = false;
-    record(job, Failure::new(FailureKind::LeaseExpired, message), now);
-    if cancel_requested {
-        finalize(job, JobState::Cancelled, now);
-        report.cancelled.push(job.id);
-        None
-    } else if job.attempt < job.max_attempts {
-        job.state = JobState::Available;
-        job.run_at = now;
-        report.rescued.push(job.id);
-        None
-    } else {
-        let entry = promote(job, now);
-        report.promoted.push((job.id, entry.id));
-        Some(entry)
-    }
+    fail_driven_run(conn, entry.job_id, &transition::driven_run_error(entry), now).await
 }

@@ -1,184 +1,74 @@
-//! Group commit of checkpoint writes: the hot path of workflows (one write per step).
+//! Group commits on the writer: the hot path of workflows writes a checkpoint per step and ends
+//! every run with one fenced write, and each alone would take the writer for a whole
+//! transaction.
 //!
-//! Every write of the store goes through one writer connection, so concurrent drives would each
-//! pay a whole transaction per step. Instead a drive queues its write and then takes the writer;
-//! whoever holds it writes every queued write in one `BEGIN IMMEDIATE` transaction, each still
-//! fenced by its own lease, and answers them all after the commit. A drive whose write was taken
-//! by another holder finds the queue empty and only waits for its answer.
+//! A drive queues its write and then takes the writer; whoever holds it writes every queued
+//! write in one `BEGIN IMMEDIATE` transaction, each still fenced by its own lease (a lost lease
+//! fails only that write), and answers them all after the commit. A drive whose write was taken
+//! by another holder finds the queue empty and only waits for its answer. Checkpoint writes are
+//! in [`checkpoints`], run ends in [`run_end`].
 
-use dispatch_core::{Error, ErrorKind, LeaseRef, NewCheckpoint, Result, RunId, Timestamp};
+pub(crate) mod checkpoints;
+pub(crate) mod run_end;
+
+use dispatch_core::{Error, Result};
 use parking_lot::Mutex;
-use sqlx::Connection;
 use tokio::sync::oneshot;
 
-use std::collections::{HashMap, HashSet};
-
-use crate::row::token_text;
-use crate::workflow::{chunks, fenced, write_checkpoints};
-use crate::{SqliteStore, db_error};
-
-/// One queued checkpoint write and where to send its answer.
-pub(crate) struct QueuedWrite {
-    lease: LeaseRef,
-    run: RunId,
-    checkpoints: Vec<NewCheckpoint>,
-    now: Timestamp,
-    reply: oneshot::Sender<Result<()>>,
+/// Writes of one kind waiting for the writer's next group commit.
+pub(crate) struct Queue<T> {
+    queued: Mutex<Vec<T>>,
 }
 
-/// The writes waiting for the writer.
-#[derive(Default)]
-pub(crate) struct WriteQueue {
-    queued: Mutex<Vec<QueuedWrite>>,
+impl<T> Default for Queue<T> {
+    fn default() -> Self {
+        Self { queued: Mutex::new(Vec::new()) }
+    }
 }
 
-impl std::fmt::Debug for WriteQueue {
+impl<T> std::fmt::Debug for Queue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteQueue").field("queued", &self.queued.lock().len()).finish()
+        f.debug_struct("Queue").field("queued", &self.queued.lock().len()).finish()
     }
 }
 
-impl SqliteStore {
-    /// Write `checkpoints` of `run`, fenced by `lease`, in the next group commit.
-    pub(crate) async fn save_grouped(
-        &self,
-        lease: LeaseRef,
-        run: RunId,
-        checkpoints: Vec<NewCheckpoint>,
-    ) -> Result<()> {
-        let (reply, mut answer) = oneshot::channel();
-        let now = self.clock.now();
-        self.writes.queued.lock().push(QueuedWrite { lease, run, checkpoints, now, reply });
-        self.timed("save_checkpoints", async {
-            // Either another holder of the writer answers this write, or this call takes the
-            // writer and commits everything queued. Waiting for the writer after being answered
-            // would hand it on one write at a time (a convoy of groups of one).
-            tokio::select! {
-                biased;
-                answered = &mut answer => return flatten(answered),
-                mut conn = self.writer.lock() => {
-                    let batch = std::mem::take(&mut *self.writes.queued.lock());
-                    commit(&mut conn, batch).await;
-                    self.checkpoints.wrote();
-                }
-            }
-            flatten(answer.await)
-        })
-        .await
+impl<T> Queue<T> {
+    /// Queue `write` for the next group commit.
+    fn push(&self, write: T) {
+        self.queued.lock().push(write);
+    }
+
+    /// Everything queued, leaving the queue empty.
+    fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *self.queued.lock())
     }
 }
 
-fn flatten(answered: std::result::Result<Result<()>, oneshot::error::RecvError>) -> Result<()> {
-    answered.unwrap_or_else(|_| {
-        Err(Error::new(ErrorKind::Internal, "sqlite: a checkpoint write was dropped"))
-    })
+/// The answer a queued write received, or an internal error naming `what` when its sender was
+/// dropped unanswered.
+fn flatten(
+    answered: std::result::Result<Result<()>, oneshot::error::RecvError>,
+    what: &str,
+) -> Result<()> {
+    answered.unwrap_or_else(|_| Err(Error::internal(format!("sqlite: {what} was dropped"))))
 }
 
-/// Write `batch` in one transaction and answer every write in it.
-async fn commit(conn: &mut sqlx::SqliteConnection, batch: Vec<QueuedWrite>) {
-    if batch.is_empty() {
-        return;
-    }
-    match write_batch(conn, &batch).await {
+/// Send every queued write its answer: its own result when the batch committed, a copy of the
+/// batch's error when it did not (nothing was committed).
+fn answer_all(
+    replies: impl IntoIterator<Item = oneshot::Sender<Result<()>>>,
+    results: Result<Vec<Result<()>>>,
+) {
+    match results {
         Ok(results) => {
-            for (write, result) in batch.into_iter().zip(results) {
-                let _ = write.reply.send(result);
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
             }
         }
         Err(error) => {
-            for write in batch {
-                let _ = write.reply.send(Err(Error::new(error.kind(), error.message().to_owned())));
+            for reply in replies {
+                let _ = reply.send(Err(Error::new(error.kind(), error.message().to_owned())));
             }
         }
     }
-}
-
-/// One transaction for `batch`: every checkpoint of the batch in multi-row upserts, each row
-/// written only while its own lease holds (a lost lease fails only that write); the writes no
-/// row came back for are told apart afterwards (lease lost, unknown run). A database error fails
-/// them all (nothing is committed).
-async fn write_batch(
-    conn: &mut sqlx::SqliteConnection,
-    batch: &[QueuedWrite],
-) -> Result<Vec<Result<()>>> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
-    // A run written under two leases in one batch (a stalled drive and its successor) is left
-    // to the one-by-one path below: the upsert reports written runs, not leases.
-    let contested = contested_runs(batch);
-    let rows: Vec<Row<'_>> = batch
-        .iter()
-        .filter(|write| !contested.contains(&write.run))
-        .flat_map(|write| write.checkpoints.iter().map(move |c| Row { write, checkpoint: c }))
-        .collect();
-    let mut written: HashSet<String> = HashSet::new();
-    for chunk in chunks(&rows) {
-        written.extend(upsert_fenced(&mut tx, chunk).await?);
-    }
-    let mut results = Vec::with_capacity(batch.len());
-    for write in batch {
-        let bulk = !write.checkpoints.is_empty() && !contested.contains(&write.run);
-        if bulk && written.contains(&write.run.to_string()) {
-            results.push(Ok(()));
-            continue;
-        }
-        // Nothing written for it: a lost lease, an unknown run, or no checkpoints at all.
-        match fenced(&mut tx, write.lease, write.run).await {
-            Ok(_) => {
-                write_checkpoints(&mut tx, write.run, &write.checkpoints, write.now).await?;
-                results.push(Ok(()));
-            }
-            Err(error) if matches!(error.kind(), ErrorKind::LeaseLost | ErrorKind::NotFound) => {
-                results.push(Err(error));
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    tx.commit().await.map_err(db_error)?;
-    Ok(results)
-}
-
-/// The runs that more than one lease writes to in `batch`.
-fn contested_runs(batch: &[QueuedWrite]) -> HashSet<RunId> {
-    let mut lease_of: HashMap<RunId, LeaseRef> = HashMap::new();
-    let mut contested = HashSet::new();
-    for write in batch {
-        if *lease_of.entry(write.run).or_insert(write.lease) != write.lease {
-            contested.insert(write.run);
-        }
-    }
-    contested
-}
-
-/// One checkpoint of a queued write.
-struct Row<'a> {
-    write: &'a QueuedWrite,
-    checkpoint: &'a NewCheckpoint,
-}
-
-/// Upsert `rows` in one statement, each only while its write's lease holds the run's drive job;
-/// the runs written to.
-async fn upsert_fenced(conn: &mut sqlx::SqliteConnection, rows: &[Row<'_>]) -> Result<Vec<String>> {
-    let values = vec!["(?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
-    // Safe: the text holds only fixed SQL and placeholders; values are bound. `WHERE` before
-    // `ON CONFLICT` is what SQLite's grammar needs to tell the upsert from a join.
-    let sql = sqlx::AssertSqlSafe(format!(
-        "INSERT INTO checkpoints (run_id, key, data, at) \
-         SELECT v.column1, v.column2, v.column3, v.column4 FROM (VALUES {values}) AS v \
-         WHERE EXISTS (SELECT 1 FROM runs JOIN jobs ON jobs.id = runs.drive_job \
-           WHERE runs.id = v.column1 AND runs.drive_job = v.column5 \
-           AND jobs.state = 'running' AND jobs.lease_token = v.column6) \
-         ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at \
-         RETURNING run_id"
-    ));
-    let mut query = sqlx::query_scalar::<_, String>(sql);
-    for row in rows {
-        query = query
-            .bind(row.write.run.to_string())
-            .bind(row.checkpoint.key.as_str())
-            .bind(row.checkpoint.data.as_slice())
-            .bind(row.write.now.as_unix_micros())
-            .bind(row.write.lease.job_id.to_string())
-            .bind(token_text(row.write.lease.token));
-    }
-    query.fetch_all(&mut *conn).await.map_err(db_error)
 }

@@ -90,19 +90,21 @@
 //! # }
 //! ```
 
-mod checkpoint;
+mod claim;
 mod dlq;
 mod enqueue;
+mod error;
 mod events;
 mod finish;
 mod group;
 mod job;
 mod migrate;
+mod rewind;
 mod row;
-mod run_end;
+mod run;
 mod transaction;
+mod wal_checkpoint;
 mod workflow;
-mod workflow_rearm;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -111,6 +113,8 @@ use std::time::Duration;
 
 use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
 use dispatch_core::{Error, ErrorKind, Result, SharedClock, SystemClock};
+
+use error::{db_error, open_error};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -132,9 +136,9 @@ const READERS: u32 = 3;
 pub struct SqliteStore {
     writer: Arc<Mutex<SqliteConnection>>,
     /// Checkpoint writes waiting for the next group commit.
-    writes: Arc<group::WriteQueue>,
+    writes: Arc<group::checkpoints::WriteQueue>,
     /// Run ends waiting for the next group commit of ends.
-    ends: Arc<run_end::EndQueue>,
+    ends: Arc<group::run_end::EndQueue>,
     readers: SqlitePool,
     clock: SharedClock,
     max_payload_bytes: usize,
@@ -142,7 +146,7 @@ pub struct SqliteStore {
     /// Wakes this process's workers after commits that make jobs available.
     wakeups: dispatch_core::WakeupHub,
     /// Checkpoints the WAL off the writer, told of every commit.
-    checkpoints: Arc<checkpoint::Checkpointer>,
+    wal: Arc<wal_checkpoint::Checkpointer>,
 }
 
 /// Run `connect` again while it fails with "database is locked": switching a new file to WAL
@@ -186,10 +190,10 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        // The writer checkpoints only to reset the log (see `checkpoint`).
+        // The writer checkpoints only to reset the log (see `wal_checkpoint`).
         let writer_options = options
             .clone()
-            .pragma("wal_autocheckpoint", checkpoint::WRITER_AUTOCHECKPOINT_PAGES.to_string());
+            .pragma("wal_autocheckpoint", wal_checkpoint::WRITER_AUTOCHECKPOINT_PAGES.to_string());
         let writer = retry_busy(|| writer_options.connect())
             .await
             .map_err(|e| open_error(path_or_url, e))?;
@@ -206,7 +210,7 @@ impl SqliteStore {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             wakeups: dispatch_core::WakeupHub::new(),
-            checkpoints: Arc::new(checkpoint::Checkpointer::start(options)),
+            wal: Arc::new(wal_checkpoint::Checkpointer::start(options)),
         };
         store.migrate().await.map_err(|e| {
             if e.kind() == ErrorKind::Unavailable {
@@ -279,7 +283,7 @@ impl SqliteStore {
             let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(db_error)?;
             let value = body(&mut tx).await?;
             tx.commit().await.map_err(db_error)?;
-            self.checkpoints.wrote();
+            self.wal.wrote();
             Ok(value)
         })
         .await
@@ -290,108 +294,11 @@ impl SqliteStore {
 /// it: `Box::pin(async move { … })`.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The primary SQLite result code of a driver error, if it is a database error: the driver
-/// reports extended codes (`SQLITE_BUSY_SNAPSHOT` = 517), whose low byte is the primary one.
-fn sqlite_code(err: &sqlx::Error) -> Option<i64> {
-    let sqlx::Error::Database(db) = err else { return None };
-    db.code().and_then(|c| c.parse::<i64>().ok()).map(primary_code)
-}
-
-/// The primary result code of an extended one.
-fn primary_code(code: i64) -> i64 {
-    code & 0xff
-}
-
-/// "Database is busy": another connection (another process, or the application's own
-/// connection) held the write lock past the busy timeout, or a snapshot went stale
-/// (`SQLITE_BUSY_SNAPSHOT`, `SQLITE_BUSY_RECOVERY`, ...).
-const SQLITE_BUSY: i64 = 5;
-/// "Table is locked": a conflict with another connection of a shared cache, or within one
-/// connection (`SQLITE_LOCKED_SHAREDCACHE`, ...).
-const SQLITE_LOCKED: i64 = 6;
-const SQLITE_READONLY: i64 = 8;
-const SQLITE_CANTOPEN: i64 = 14;
-const SQLITE_NOTADB: i64 = 26;
-
-/// Whether a primary result code (see [`sqlite_code`]) says another connection holds a lock.
-///
-/// Such an error maps to [`ErrorKind::Unavailable`], a transient kind, so the runtime retries
-/// the call (a finish while its lease may hold) instead of giving up on it as it does on
-/// `Internal`. A lock held by someone else is a state of the moment, not a fault of the call:
-/// nothing was written (the transaction never began, or is rolled back whole), and the same call
-/// succeeds once the holder lets go. `Unavailable` rather than `Timeout`: the PostgreSQL store
-/// maps its lock conflicts (serialization failure, deadlock) to `Unavailable` too, and `Timeout`
-/// keeps one meaning in every store, the call's own deadline, after which a write may or may not
-/// have been applied; a busy error is never ambiguous that way.
-fn is_busy(code: Option<i64>) -> bool {
-    matches!(code, Some(SQLITE_BUSY | SQLITE_LOCKED))
-}
-
-/// A driver error met while opening `path`, as a typed error with a clear message.
-fn open_error(path: &str, err: sqlx::Error) -> Error {
-    match sqlite_code(&err) {
-        Some(SQLITE_NOTADB) => Error::new(
-            ErrorKind::IncompatibleSchema,
-            format!("{path:?} is not a Dispatch database: not a SQLite file"),
-        ),
-        Some(SQLITE_CANTOPEN) => Error::unavailable(format!("can not open database {path:?}")),
-        Some(SQLITE_READONLY) => Error::unavailable(format!("database {path:?} is read-only")),
-        _ => {
-            let inner = db_error_ref(&err);
-            Error::new(inner.kind(), format!("can not open database {path:?}: {}", inner.message()))
-        }
-    }
-    .with_source(err)
-}
-
-/// A driver error as the core error, keeping it as the source.
-pub(crate) fn db_error(err: sqlx::Error) -> Error {
-    db_error_ref(&err).with_source(err)
-}
-
-fn db_error_ref(err: &sqlx::Error) -> Error {
-    match err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
-            Error::new(ErrorKind::Conflict, format!("sqlite: {}", db.message()))
-        }
-        sqlx::Error::Database(_) if sqlite_code(err) == Some(SQLITE_READONLY) => {
-            Error::unavailable("sqlite: the database is read-only")
-        }
-        sqlx::Error::Database(db) if is_busy(sqlite_code(err)) => Error::unavailable(format!(
-            "sqlite: the database is locked by another connection: {}",
-            db.message()
-        )),
-        sqlx::Error::Database(_) if sqlite_code(err) == Some(SQLITE_NOTADB) => {
-            Error::new(ErrorKind::IncompatibleSchema, "not a Dispatch database: not a SQLite file")
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => Error::unavailable(format!("sqlite: {err}")),
-        sqlx::Error::Database(db) if sqlite_code(err) == Some(SQLITE_CANTOPEN) => {
-            Error::unavailable(format!("sqlite: {}", db.message()))
-        }
-        _ => Error::internal(format!("sqlite: {err}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use dispatch_core::{JobStore, NewJob};
+    use dispatch_core::{ErrorKind, JobStore, NewJob};
 
     use super::*;
-
-    #[test]
-    fn busy_and_locked_are_recognised_in_their_extended_forms() {
-        // SQLITE_BUSY, _RECOVERY, _SNAPSHOT, _TIMEOUT; SQLITE_LOCKED, _SHAREDCACHE, _VTAB.
-        for code in [5, 261, 517, 773, 6, 262, 518] {
-            assert!(is_busy(Some(primary_code(code))), "code {code}");
-        }
-        // SQLITE_READONLY, SQLITE_IOERR_READ, SQLITE_CONSTRAINT_UNIQUE, no code at all.
-        for code in [Some(8), Some(266), Some(2067), None] {
-            assert!(!is_busy(code.map(primary_code)), "code {code:?}");
-        }
-    }
 
     #[tokio::test]
     async fn a_call_that_waits_past_its_timeout_fails_with_timeout() {

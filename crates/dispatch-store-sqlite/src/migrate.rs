@@ -3,7 +3,8 @@
 use dispatch_core::{Error, ErrorKind, Result, Timestamp};
 use sqlx::{Connection, Row, SqliteConnection};
 
-use crate::{SqliteStore, db_error};
+use crate::SqliteStore;
+use crate::error::db_error;
 
 /// The migrations this crate knows, in order; version `n` is `MIGRATIONS[n - 1]`.
 const MIGRATIONS: &[&str] = &[

@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, Checkpoint, DlqEntry, Error, Job, JobState, Lease, LeaseToken, Result, Run,
-    RunState, Scope, Timestamp,
+    AttemptError, Checkpoint, DlqEntry, Error, Job, JobId, JobState, Lease, LeaseToken, Result,
+    Run, RunState, Scope, Timestamp,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
-use crate::db_error;
+use crate::error::db_error;
 
 /// A row count or limit as SQLite takes it.
 ///
@@ -153,6 +153,18 @@ pub(crate) fn dlq_from_row(row: &SqliteRow) -> Result<DlqEntry> {
     })
 }
 
+/// Load one job by ID.
+pub(crate) async fn load_job(conn: &mut SqliteConnection, id: JobId) -> Result<Option<JobRow>> {
+    sqlx::query("SELECT * FROM jobs WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await
+        .map_err(db_error)?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()
+}
+
 /// Write back the mutable fields of a job row.
 pub(crate) async fn save_job(conn: &mut SqliteConnection, row: &JobRow) -> Result<()> {
     let job = &row.job;
@@ -231,4 +243,21 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<Run> {
 /// Decode a checkpoint from a row with `key`, `data` and `at` columns.
 pub(crate) fn checkpoint_from_row(row: &SqliteRow) -> Result<Checkpoint> {
     Ok(Checkpoint { key: get(row, "key")?, data: get(row, "data")?, at: ts(get(row, "at")?) })
+}
+
+/// Rows per multi-row insert of checkpoints or waits (at most 7 parameters each).
+const CHUNK: usize = 128;
+
+/// `items` cut into statements of [`CHUNK`] rows and then of halving sizes, so only a handful of
+/// statement shapes are ever prepared and cached (as `enqueue` does for jobs).
+pub(crate) fn chunks<T>(items: &[T]) -> Vec<&[T]> {
+    let mut rest = items;
+    let mut chunks = Vec::new();
+    while !rest.is_empty() {
+        let size = if rest.len() >= CHUNK { CHUNK } else { 1 << rest.len().ilog2() };
+        let (chunk, tail) = rest.split_at(size);
+        chunks.push(chunk);
+        rest = tail;
+    }
+    chunks
 }

@@ -30,8 +30,9 @@ use dispatch_core::{Enqueued, Error, ErrorKind, NewJob, NewRun, Result, Started}
 use sqlx::{Connection, SqliteConnection};
 
 use crate::enqueue::{enqueue_batch, validate_batch};
+use crate::error::db_error;
 use crate::workflow::start_in;
-use crate::{BoxFuture, SqliteStore, db_error};
+use crate::{BoxFuture, SqliteStore};
 
 /// A transaction on the store's writer connection, handed to the body of
 /// [`SqliteStore::transaction`]: run the application's own SQL on [`conn`](Self::conn) and
@@ -141,7 +142,7 @@ impl SqliteStore {
             let value = body(&mut open).await?;
             let queues = std::mem::take(&mut open.queues);
             tx.commit().await.map_err(db_error)?;
-            self.checkpoints.wrote();
+            self.wal.wrote();
             Ok::<_, E>((value, queues))
         };
         let (value, queues) = match tokio::time::timeout(self.call_timeout, run).await {

@@ -1,15 +1,18 @@
-//! [`WorkflowStore`] for [`SqliteStore`]: runs and their checkpoints (this module), event waits
-//! and kept events ([`crate::events`]), in the tables of `schema/0003_workflows.sql`.
+//! [`WorkflowStore`] for [`SqliteStore`]: short methods over the concern modules, with runs
+//! started, read, loaded and cancelled here, in the tables of `schema/0003_workflows.sql`. Event
+//! waits and kept events are in `events`, rewinding and migrating runs in `rewind`, group-committed
+//! checkpoint writes and run ends in `group`, and the fence and other run operations they share
+//! in `run`.
 //!
-//! They are written on the same writer connection as the jobs, so each of these is one
+//! Runs are written on the same writer connection as the jobs, so each of these is one
 //! `BEGIN IMMEDIATE` transaction: a start (the run and its drive job), a suspend (the waits, the
 //! run and the drive job's snooze), a delivery (the checkpoint and the drive job made due), and a
-//! dying drive job (its DLQ entry and the failed run, [`fail_driven_run`]).
+//! dying drive job (its DLQ entry and the failed run, `run::fail_driven_run`).
 //! A replay or a migration (the run rewound or moved, its drive job re-armed) is one too.
 //!
-//! Every call that takes a lease is fenced inside its transaction by [`fenced`]: the run's drive
-//! job must be the lease's job, running under the lease's token; otherwise the call fails before
-//! writing anything.
+//! Every call that takes a lease is fenced inside its transaction by `run::fenced`: the run's
+//! drive job must be the lease's job, running under the lease's token; otherwise the call fails
+//! before writing anything.
 
 use async_trait::async_trait;
 use dispatch_core::{
@@ -18,99 +21,15 @@ use dispatch_core::{
     RunSnapshot, RunState, Started, Suspend, SuspendOutcome, Timestamp, WaitResolution,
     WorkflowStore,
 };
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
+use crate::SqliteStore;
 use crate::enqueue::{enqueue_batch, validate_batch};
-use crate::events::{delete_waits, publish, suspend};
-use crate::row::{checkpoint_from_row, parse, run_from_row, sql_limit, token_text};
-use crate::workflow_rearm::{migrate_in, replay_in};
-use crate::{SqliteStore, db_error};
-
-/// Rows per multi-row insert of checkpoints or waits (at most 7 parameters each).
-const CHUNK: usize = 128;
-
-/// `items` cut into statements of [`CHUNK`] rows and then of halving sizes, so only a handful of
-/// statement shapes are ever prepared and cached (as [`crate::enqueue`] does for jobs).
-pub(crate) fn chunks<T>(items: &[T]) -> Vec<&[T]> {
-    let mut rest = items;
-    let mut chunks = Vec::new();
-    while !rest.is_empty() {
-        let size = if rest.len() >= CHUNK { CHUNK } else { 1 << rest.len().ilog2() };
-        let (chunk, tail) = rest.split_at(size);
-        chunks.push(chunk);
-        rest = tail;
-    }
-    chunks
-}
-
-/// The error of a drive call whose lease no longer holds the run's drive job.
-pub(crate) fn lease_lost(run: RunId) -> Error {
-    Error::new(ErrorKind::LeaseLost, format!("the drive of run {run} no longer holds its lease"))
-}
-
-/// The run `id`, when `lease` holds its drive job: the run's `drive_job` is the lease's job, and
-/// that job is running under the lease's token. `NotFound` for an unknown run, `LeaseLost`
-/// otherwise. Call it first in the transaction of a fenced call, which then writes nothing when
-/// it fails.
-pub(crate) async fn fenced(conn: &mut SqliteConnection, lease: LeaseRef, id: RunId) -> Result<Run> {
-    let row = sqlx::query(
-        "SELECT runs.*, jobs.state AS job_state, jobs.lease_token AS job_token \
-         FROM runs LEFT JOIN jobs ON jobs.id = runs.drive_job WHERE runs.id = ?",
-    )
-    .bind(id.to_string())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_error)?
-    .ok_or_else(|| no_run(id))?;
-    held_run(&row, lease, id)
-}
-
-/// The run of a [`fenced`] row (with `job_state` and `job_token`), when `lease` holds it.
-fn held_run(row: &SqliteRow, lease: LeaseRef, id: RunId) -> Result<Run> {
-    let run = run_from_row(row)?;
-    let job_state: Option<String> = row.try_get("job_state").map_err(db_error)?;
-    let job_token: Option<String> = row.try_get("job_token").map_err(db_error)?;
-    let holds = run.drive_job == lease.job_id
-        && job_state.as_deref() == Some("running")
-        && job_token.is_some_and(|t| t == token_text(lease.token));
-    if holds { Ok(run) } else { Err(lease_lost(id)) }
-}
-
-fn no_run(id: RunId) -> Error {
-    Error::not_found(format!("no run {id}"))
-}
-
-/// [`fenced`] and the run's checkpoints (write order) in one statement, for a read beside the
-/// writer: one round trip to the connection's thread instead of two.
-async fn fenced_with_checkpoints(
-    conn: &mut SqliteConnection,
-    lease: LeaseRef,
-    id: RunId,
-) -> Result<(Run, Vec<Checkpoint>)> {
-    let rows = sqlx::query(
-        "SELECT runs.*, jobs.state AS job_state, jobs.lease_token AS job_token, \
-           c.key AS ck_key, c.data AS ck_data, c.at AS ck_at \
-         FROM runs LEFT JOIN jobs ON jobs.id = runs.drive_job \
-         LEFT JOIN checkpoints c ON c.run_id = runs.id WHERE runs.id = ? ORDER BY c.seq",
-    )
-    .bind(id.to_string())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    let run = held_run(rows.first().ok_or_else(|| no_run(id))?, lease, id)?;
-    let mut checkpoints = Vec::with_capacity(rows.len());
-    for row in &rows {
-        // A run without checkpoints is one row with none.
-        let Some(key) = row.try_get::<Option<String>, _>("ck_key").map_err(db_error)? else {
-            continue;
-        };
-        let data = row.try_get("ck_data").map_err(db_error)?;
-        let at = Timestamp::from_unix_micros(row.try_get("ck_at").map_err(db_error)?);
-        checkpoints.push(Checkpoint { key, data, at });
-    }
-    Ok((run, checkpoints))
-}
+use crate::error::db_error;
+use crate::events::{publish, resolve_wait, suspend};
+use crate::rewind::{migrate, rewind};
+use crate::row::{checkpoint_from_row, parse, run_from_row, sql_limit};
+use crate::run::{fenced, fenced_with_checkpoints, load_checkpoints, request_cancel};
 
 /// Start `run` with its drive job on `conn`, inside the caller's transaction.
 pub(crate) async fn start_in(
@@ -165,74 +84,6 @@ pub(crate) async fn start_in(
     Ok(Started::Created(run.id))
 }
 
-/// Write `checkpoints` of `run` stamped `now`, inserting or replacing by key: a replaced key
-/// keeps its row, so its place in write order. Multi-row upserts; a key given twice ends with
-/// its last data, as sequential writes would.
-pub(crate) async fn write_checkpoints(
-    conn: &mut SqliteConnection,
-    run: RunId,
-    checkpoints: &[NewCheckpoint],
-    now: Timestamp,
-) -> Result<()> {
-    let run = run.to_string();
-    for chunk in chunks(checkpoints) {
-        let rows = vec!["(?, ?, ?, ?)"; chunk.len()].join(", ");
-        // Safe: the text holds only fixed SQL and placeholders; values are bound.
-        let sql = sqlx::AssertSqlSafe(format!(
-            "INSERT INTO checkpoints (run_id, key, data, at) VALUES {rows} \
-             ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at"
-        ));
-        let mut query = sqlx::query(sql);
-        for checkpoint in chunk {
-            query = query
-                .bind(run.as_str())
-                .bind(checkpoint.key.as_str())
-                .bind(checkpoint.data.as_slice())
-                .bind(now.as_unix_micros());
-        }
-        query.execute(&mut *conn).await.map_err(db_error)?;
-    }
-    Ok(())
-}
-
-/// Every checkpoint of `run`, in write order.
-async fn load_checkpoints(conn: &mut SqliteConnection, run: RunId) -> Result<Vec<Checkpoint>> {
-    sqlx::query("SELECT key, data, at FROM checkpoints WHERE run_id = ? ORDER BY seq")
-        .bind(run.to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_error)?
-        .iter()
-        .map(checkpoint_from_row)
-        .collect()
-}
-
-/// The job `job` died: when it drives a run that has not ended, that run fails with `error` and
-/// its waits are removed, in the caller's transaction. One indexed update (`drive_job` is unique)
-/// when the job drives nothing.
-pub(crate) async fn fail_driven_run(
-    conn: &mut SqliteConnection,
-    job: JobId,
-    error: &str,
-    now: Timestamp,
-) -> Result<()> {
-    let failed: Option<String> = sqlx::query_scalar(
-        "UPDATE runs SET state = 'failed', error = ?, updated_at = ?, finished_at = ? \
-         WHERE drive_job = ? AND state NOT IN ('completed', 'failed', 'cancelled') RETURNING id",
-    )
-    .bind(error)
-    .bind(now.as_unix_micros())
-    .bind(now.as_unix_micros())
-    .bind(job.to_string())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    if let Some(run) = failed {
-        delete_waits(conn, &run).await?;
-    }
-    Ok(())
-}
-
 /// The run started with idempotency key `key` for workflow `name`, if any.
 async fn run_by_key(conn: &mut SqliteConnection, name: &str, key: &str) -> Result<Option<RunId>> {
     let id: Option<String> =
@@ -277,68 +128,6 @@ async fn insert_run(
         other => db_error(other),
     })?;
     Ok(())
-}
-
-/// The run job `id` drives, when that run has not ended.
-pub(crate) async fn live_run_driven_by(
-    conn: &mut SqliteConnection,
-    id: JobId,
-) -> Result<Option<RunId>> {
-    let run: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM runs WHERE drive_job = ? \
-         AND state NOT IN ('completed', 'failed', 'cancelled')",
-    )
-    .bind(id.to_string())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    run.map(|run| parse("run ID", &run)).transpose()
-}
-
-/// Ask run `id` to stop, inside the caller's transaction (see
-/// [`WorkflowStore::cancel_run`]): record `reason` unless a reason is already recorded, and make
-/// the run's drive job due now when it is available, so the drive sees the request. Returns the
-/// answer and the queues of the drive jobs it made due, to wake after the commit. The drive job's
-/// own `cancel_requested` flag is left alone.
-pub(crate) async fn request_cancel(
-    conn: &mut SqliteConnection,
-    id: RunId,
-    reason: &str,
-    now: Timestamp,
-) -> Result<(RunCancel, Vec<String>)> {
-    let run = id.to_string();
-    let state: String = sqlx::query_scalar("SELECT state FROM runs WHERE id = ?")
-        .bind(run.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| Error::not_found(format!("no run {id}")))?;
-    let state = parse::<RunState>("run state", &state)?;
-    if state.is_final() {
-        return Ok((RunCancel::AlreadyFinal(state), Vec::new()));
-    }
-    sqlx::query(
-        "UPDATE runs SET cancel_reason = ?, updated_at = ? \
-         WHERE id = ? AND cancel_reason IS NULL",
-    )
-    .bind(reason)
-    .bind(now.as_unix_micros())
-    .bind(run.as_str())
-    .execute(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    // `+state` keeps the planner on the ID index. A running drive job is left alone: its drive
-    // sees the request when it next suspends or reads the run.
-    let queues: Vec<String> = sqlx::query_scalar(
-        "UPDATE jobs SET run_at = min(run_at, ?) WHERE +state = 'available' \
-         AND id = (SELECT drive_job FROM runs WHERE id = ?) RETURNING queue",
-    )
-    .bind(now.as_unix_micros())
-    .bind(run.as_str())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_error)?;
-    Ok((RunCancel::Requested, queues))
 }
 
 #[async_trait]
@@ -506,27 +295,7 @@ impl WorkflowStore for SqliteStore {
     async fn resolve_wait(&self, lease: LeaseRef, run: RunId, key: &str) -> Result<WaitResolution> {
         let key = key.to_owned();
         self.write("resolve_wait", move |conn| {
-            Box::pin(async move {
-                fenced(conn, lease, run).await?;
-                let run = run.to_string();
-                let delivered: Option<Vec<u8>> =
-                    sqlx::query_scalar("SELECT data FROM checkpoints WHERE run_id = ? AND key = ?")
-                        .bind(run.as_str())
-                        .bind(key.as_str())
-                        .fetch_optional(&mut *conn)
-                        .await
-                        .map_err(db_error)?;
-                if let Some(payload) = delivered {
-                    return Ok(WaitResolution::Delivered(payload));
-                }
-                sqlx::query("DELETE FROM event_waits WHERE run_id = ? AND key = ?")
-                    .bind(run.as_str())
-                    .bind(key.as_str())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_error)?;
-                Ok(WaitResolution::TimedOut)
-            })
+            Box::pin(async move { resolve_wait(conn, lease, run, &key).await })
         })
         .await
     }
@@ -553,7 +322,7 @@ impl WorkflowStore for SqliteStore {
         let key = key.to_owned();
         let queue = self
             .write("replay_run", move |conn| {
-                Box::pin(async move { replay_in(conn, id, &key, now).await })
+                Box::pin(async move { rewind(conn, id, &key, now).await })
             })
             .await?;
         self.wakeups.notify(queue.as_deref());
@@ -565,7 +334,7 @@ impl WorkflowStore for SqliteStore {
         let name = drive_job_name.to_owned();
         let queue = self
             .write("migrate_run", move |conn| {
-                Box::pin(async move { migrate_in(conn, id, version, &name, now).await })
+                Box::pin(async move { migrate(conn, id, version, &name, now).await })
             })
             .await?;
         self.wakeups.notify(queue.as_deref());

@@ -1,14 +1,15 @@
-//! Replay and migration of runs ([`WorkflowStore::replay_run`], [`WorkflowStore::migrate_run`]):
-//! a run made running again and its drive job re-armed, inside the writer's transaction.
+//! Rewinding a run to one of its checkpoints ([`WorkflowStore::replay_run`]) and moving it to
+//! another version ([`WorkflowStore::migrate_run`]): the run made running again and its drive
+//! job re-armed, inside the writer's transaction.
 
 #[cfg(doc)]
 use dispatch_core::WorkflowStore;
 use dispatch_core::{Error, ErrorKind, Result, RunId, RunState, Timestamp};
 use sqlx::{Row, SqliteConnection};
 
-use crate::db_error;
-use crate::events::delete_waits;
+use crate::error::db_error;
 use crate::row::parse;
+use crate::run::delete_waits;
 
 /// The drive job of a run that may be re-armed ([`WorkflowStore::replay_run`],
 /// [`WorkflowStore::migrate_run`]), as read by [`rearmable`].
@@ -91,9 +92,9 @@ async fn rearm(
     .map_err(db_error)
 }
 
-/// Replay run `id` from its checkpoint `key`, inside the caller's transaction (see
+/// Rewind run `id` to its checkpoint `key`, inside the caller's transaction (see
 /// [`WorkflowStore::replay_run`]). The queue of its re-armed drive job, to wake after the commit.
-pub(crate) async fn replay_in(
+pub(crate) async fn rewind(
     conn: &mut SqliteConnection,
     id: RunId,
     key: &str,
@@ -122,7 +123,7 @@ pub(crate) async fn replay_in(
 /// Move run `id` to `version`, inside the caller's transaction (see
 /// [`WorkflowStore::migrate_run`]). The queue of its re-armed drive job, to wake after the
 /// commit.
-pub(crate) async fn migrate_in(
+pub(crate) async fn migrate(
     conn: &mut SqliteConnection,
     id: RunId,
     version: u32,

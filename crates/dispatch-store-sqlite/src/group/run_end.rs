@@ -1,22 +1,18 @@
-//! Group commit of run ends: every run ends with one fenced write, and each one alone would
-//! take the writer for a whole transaction (four round trips to the connection's thread).
-//!
-//! As with checkpoint writes (see the `group` module), a drive queues its end and then takes
-//! the writer; whoever holds it ends every queued run in one `BEGIN IMMEDIATE` transaction,
-//! each still fenced by its own lease (a lost lease fails only that end), and answers them all
-//! after the commit. A drive whose end was taken by another holder only waits for its answer.
+//! Group commit of run ends (see [`super`]): every run ends with one fenced write, and each one
+//! alone would take the writer for a whole transaction (four round trips to the connection's
+//! thread).
 
 use std::collections::HashSet;
 
 use dispatch_core::{Error, ErrorKind, LeaseRef, Result, RunEnd, RunId, Timestamp};
-use parking_lot::Mutex;
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::oneshot;
 
-use crate::events::delete_waits;
-use crate::row::token_text;
-use crate::workflow::{chunks, fenced};
-use crate::{SqliteStore, db_error};
+use super::{Queue, answer_all, flatten};
+use crate::SqliteStore;
+use crate::error::db_error;
+use crate::row::{chunks, token_text};
+use crate::run::{delete_waits, fenced};
 
 /// One queued run end and where to send its answer.
 pub(crate) struct QueuedEnd {
@@ -28,43 +24,29 @@ pub(crate) struct QueuedEnd {
 }
 
 /// The run ends waiting for the writer.
-#[derive(Default)]
-pub(crate) struct EndQueue {
-    queued: Mutex<Vec<QueuedEnd>>,
-}
-
-impl std::fmt::Debug for EndQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndQueue").field("queued", &self.queued.lock().len()).finish()
-    }
-}
+pub(crate) type EndQueue = Queue<QueuedEnd>;
 
 impl SqliteStore {
     /// End `run` as `end`, fenced by `lease`, in the next group commit of run ends.
     pub(crate) async fn end_grouped(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()> {
         let (reply, mut answer) = oneshot::channel();
         let now = self.clock.now();
-        self.ends.queued.lock().push(QueuedEnd { lease, run, end, now, reply });
+        self.ends.push(QueuedEnd { lease, run, end, now, reply });
         self.timed("end_run", async {
             // Either another holder of the writer answers this end, or this call takes the
             // writer and commits everything queued (see the `group` module for why).
             tokio::select! {
                 biased;
-                answered = &mut answer => return flatten(answered),
+                answered = &mut answer => return flatten(answered, "a run end"),
                 mut conn = self.writer.lock() => {
-                    let batch = std::mem::take(&mut *self.ends.queued.lock());
+                    let batch = self.ends.take();
                     commit(&mut conn, batch).await;
                 }
             }
-            flatten(answer.await)
+            flatten(answer.await, "a run end")
         })
         .await
     }
-}
-
-fn flatten(answered: std::result::Result<Result<()>, oneshot::error::RecvError>) -> Result<()> {
-    answered
-        .unwrap_or_else(|_| Err(Error::new(ErrorKind::Internal, "sqlite: a run end was dropped")))
 }
 
 /// End `batch` in one transaction and answer every end in it.
@@ -72,18 +54,8 @@ async fn commit(conn: &mut SqliteConnection, batch: Vec<QueuedEnd>) {
     if batch.is_empty() {
         return;
     }
-    match end_batch(conn, &batch).await {
-        Ok(results) => {
-            for (end, result) in batch.into_iter().zip(results) {
-                let _ = end.reply.send(result);
-            }
-        }
-        Err(error) => {
-            for end in batch {
-                let _ = end.reply.send(Err(Error::new(error.kind(), error.message().to_owned())));
-            }
-        }
-    }
+    let results = end_batch(conn, &batch).await;
+    answer_all(batch.into_iter().map(|queued| queued.reply), results);
 }
 
 /// One transaction for `batch`: the first end of each run in multi-row updates, each run
