@@ -9,7 +9,7 @@
 //! enqueue finds a free writer and goes out at once, so grouping adds no latency.
 //!
 //! The write runs in a task of its own: a caller that gives up (its timeout, a dropped future)
-//! never abandons the jobs of the others it took along.
+//! never abandons the jobs of the others it took along (see [`crate::group`]).
 //!
 //! A group is one batch to the statement: a unique key repeated across callers answers as it
 //! would had the calls run one after the other. A group the statement refuses as a whole (an ID
@@ -17,41 +17,23 @@
 //! at a time, so only the caller at fault sees the error.
 
 use std::ops::Range;
-use std::sync::Arc;
 
 use dispatch_core::{Enqueued, Error, ErrorKind, NewJob, Result};
-use parking_lot::Mutex;
-use tokio::sync::{Semaphore, oneshot};
 
 use crate::enqueue::validate_batch;
+use crate::group::{Group, Queued, take_all};
 use crate::{PostgresStore, db_error};
 
 /// Group writes in flight at once. Notifying commits serialize on the server anyway, so more
 /// writers would only wait there; two let one group form while the other commits.
 pub(crate) const WRITERS: usize = 2;
 
-/// One caller's jobs and where to send their answer.
-struct QueuedEnqueue {
-    jobs: Vec<NewJob>,
-    reply: oneshot::Sender<Result<Vec<Enqueued>>>,
-}
-
 /// The enqueues waiting for a writer, and the writer permits.
-pub(crate) struct EnqueueQueue {
-    queued: Mutex<Vec<QueuedEnqueue>>,
-    writers: Arc<Semaphore>,
-}
+pub(crate) type Enqueues = Group<Vec<NewJob>, Vec<Enqueued>>;
 
-impl Default for EnqueueQueue {
-    fn default() -> Self {
-        Self { queued: Mutex::default(), writers: Arc::new(Semaphore::new(WRITERS)) }
-    }
-}
-
-impl std::fmt::Debug for EnqueueQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EnqueueQueue").field("queued", &self.queued.lock().len()).finish()
-    }
+/// The group of one store's enqueues: [`WRITERS`] permits, each group everything queued.
+pub(crate) fn enqueues() -> Enqueues {
+    Group::new(WRITERS, take_all, "a grouped enqueue")
 }
 
 impl PostgresStore {
@@ -62,35 +44,23 @@ impl PostgresStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let (reply, mut answer) = oneshot::channel();
-        let queue = &self.shared.enqueues;
-        queue.queued.lock().push(QueuedEnqueue { jobs, reply });
-        tokio::select! {
-            biased;
-            answered = &mut answer => return flatten(answered),
-            permit = queue.writers.clone().acquire_owned() => {
-                let group = std::mem::take(&mut *queue.queued.lock());
-                // Empty when another writer took these jobs along: only the answer is left.
-                if let (Ok(permit), false) = (permit, group.is_empty()) {
-                    let store = self.clone();
-                    tokio::spawn(async move {
-                        store.write_group(group).await;
-                        drop(permit);
-                    });
-                }
-            }
-        }
-        flatten(answer.await)
+        self.shared
+            .enqueues
+            .join(jobs, |group| {
+                let store = self.clone();
+                async move { store.write_group(group).await }
+            })
+            .await
     }
 
     /// Write `group` in one statement and answer every caller in it.
-    async fn write_group(&self, group: Vec<QueuedEnqueue>) {
+    async fn write_group(&self, group: Vec<Queued<Vec<NewJob>, Vec<Enqueued>>>) {
         let mut ranges: Vec<Range<usize>> = Vec::with_capacity(group.len());
         let mut replies = Vec::with_capacity(group.len());
-        let mut jobs = Vec::with_capacity(group.iter().map(|q| q.jobs.len()).sum());
+        let mut jobs = Vec::with_capacity(group.iter().map(|q| q.item.len()).sum());
         for queued in group {
-            ranges.push(jobs.len()..jobs.len() + queued.jobs.len());
-            jobs.extend(queued.jobs);
+            ranges.push(jobs.len()..jobs.len() + queued.item.len());
+            jobs.extend(queued.item);
             replies.push(queued.reply);
         }
         match self.write(&jobs).await {
@@ -120,10 +90,4 @@ impl PostgresStore {
         })
         .await
     }
-}
-
-fn flatten(
-    answered: std::result::Result<Result<Vec<Enqueued>>, oneshot::error::RecvError>,
-) -> Result<Vec<Enqueued>> {
-    answered.unwrap_or_else(|_| Err(Error::internal("postgres: a grouped enqueue was dropped")))
 }

@@ -73,6 +73,7 @@ mod dlq;
 mod enqueue;
 mod enqueue_group;
 mod error;
+mod group;
 mod job;
 mod migrate;
 mod row;
@@ -97,7 +98,7 @@ use sqlx::{ConnectOptions, Connection, PgPool};
 pub use migrate::SCHEMA_VERSION;
 
 use claim_mark::ClaimMarks;
-use enqueue_group::EnqueueQueue;
+use enqueue_group::Enqueues;
 pub(crate) use error::db_error;
 use sql::Queries;
 use wake::Wake;
@@ -147,14 +148,14 @@ struct Shared {
     /// plans made for their values.
     hot: PgPool,
     /// Enqueues waiting to be written in a group (see `enqueue_group`).
-    enqueues: EnqueueQueue,
+    enqueues: Enqueues,
     /// Where claims start reading each priority level (see `claim_mark`).
     claim_marks: ClaimMarks,
     sql: Queries,
     schema: String,
     wake: Wake,
-    /// Checkpoint writes waiting for their group commit.
-    checkpoints: checkpoint_batch::CheckpointBatcher,
+    /// Checkpoint writes and run ends waiting for their group commit.
+    checkpoints: checkpoint_batch::Writes,
 }
 
 /// Options for [`PostgresStore::builder`]: where the tables live, what the connections are
@@ -246,12 +247,12 @@ impl PostgresStoreBuilder {
             shared: Arc::new(Shared {
                 pool: self.pool(&options, self.max_connections, ""),
                 hot: self.pool(&options, HOT_CONNECTIONS, PLAN_ONCE),
-                enqueues: EnqueueQueue::default(),
+                enqueues: enqueue_group::enqueues(),
                 claim_marks: ClaimMarks::default(),
                 sql: Queries::new(&quoted),
                 schema: self.schema,
                 wake: Wake::new(options, channel),
-                checkpoints: checkpoint_batch::CheckpointBatcher::default(),
+                checkpoints: checkpoint_batch::writes(),
             }),
             clock: None,
             max_payload_bytes: self.max_payload_bytes,
