@@ -21,18 +21,63 @@
 use std::collections::{HashMap, HashSet};
 
 use dispatch_core::{Error, LeaseRef, Result, RunId};
+use sqlx::SqlStr;
 use uuid::Uuid;
 
+use crate::error::{lease_lost, no_run};
 use crate::group::{Group, Queued};
 use crate::row::get;
-use crate::workflow::{lease_lost, no_run};
-use crate::{PostgresStore, db_error};
+use crate::{PostgresStore, db_error, statement};
 
 /// Batches committing at once: one forms while another waits for its flush.
 const COMMIT_SLOTS: usize = 2;
 
 /// The most writes one statement carries (bounds its arrays).
 const MAX_BATCH: usize = 512;
+
+/// Fenced, for many drives at once (group commit, see the module docs): writes
+/// `$2..$7` (drive job, lease token, run, and for a run's end its state, output and error;
+/// one write per run) and checkpoints `$8..$10` (run, key, data; keys distinct per run). Each
+/// write happens only when its fence holds: its checkpoints upserted in order (a rewritten key
+/// keeps its `seq`, its place in write order), or its run ended (its state; its output or
+/// error, each kept when none is given; its update and finish times; its waits dropped). The
+/// job rows are locked in ID order, so two batches committing at once can not deadlock. One row
+/// per write: `run`, `found`, `held`.
+const SAVE_CHECKPOINT_BATCH: &str = "WITH t AS (SELECT {now} AS now), \
+     q AS (SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::bytea[], \
+       $7::text[]) AS q(job, token, run, state, output, error)), \
+     lock AS (SELECT j.id FROM {s}.jobs j JOIN q ON q.job = j.id AND q.token = j.lease_token \
+       WHERE j.state = 'running' ORDER BY j.id FOR UPDATE OF j), \
+     r AS (SELECT x.id, x.drive_job FROM {s}.runs x JOIN q ON q.run = x.id), \
+     ok AS (SELECT r.id FROM r JOIN lock l ON l.id = r.drive_job), \
+     ins AS (INSERT INTO {s}.checkpoints (run_id, key, data, at) \
+       SELECT c.run, c.key, c.data, t.now FROM t, \
+       unnest($8::uuid[], $9::text[], $10::bytea[]) WITH ORDINALITY AS c(run, key, data, ord) \
+       WHERE c.run IN (SELECT id FROM ok) ORDER BY c.ord \
+       ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at \
+       RETURNING 1), \
+     e AS (SELECT q.* FROM q JOIN ok ON ok.id = q.run WHERE q.state IS NOT NULL), \
+     ended AS (UPDATE {s}.runs x SET state = e.state, output = coalesce(e.output, x.output), \
+       error = coalesce(e.error, x.error), updated_at = t.now, finished_at = t.now FROM e, t \
+       WHERE x.id = e.run), \
+     dropped AS (DELETE FROM {s}.event_waits w USING e WHERE w.run_id = e.run) \
+     SELECT q.run, EXISTS (SELECT 1 FROM r WHERE r.id = q.run) AS found, \
+       EXISTS (SELECT 1 FROM ok WHERE ok.id = q.run) AS held, \
+       (SELECT count(*) FROM ins) AS written \
+     FROM q";
+
+/// The statement of the group commit, for one store's schema.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    save: SqlStr,
+}
+
+impl Sql {
+    /// The statement for the schema named by `quoted` (see [`statement`]).
+    pub(crate) fn new(quoted: &str) -> Self {
+        Self { save: statement(SAVE_CHECKPOINT_BATCH, quoted) }
+    }
+}
 
 /// One checkpoint write or run end, as it waits for its batch.
 pub(crate) struct Write {
@@ -149,7 +194,7 @@ impl PostgresStore {
             keys.push(key.as_str());
             data.push(bytes.as_slice());
         }
-        let answers = sqlx::query(self.shared.sql.wf.save_checkpoint_batch.clone())
+        let answers = sqlx::query(self.shared.sql.workflow.batch.save.clone())
             .bind(self.now_param())
             .bind(&jobs)
             .bind(&tokens)
@@ -196,6 +241,11 @@ mod tests {
         let write = Write { lease, run, keys, data, end: None };
         queue.push(Queued::detached(queue.len() as u64, write, reply));
         answer
+    }
+
+    #[test]
+    fn every_placeholder_is_expanded() {
+        crate::assert_expanded(&Sql::new("\"dispatch\"").save);
     }
 
     #[test]
