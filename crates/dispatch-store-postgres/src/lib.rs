@@ -69,18 +69,22 @@
 //!
 //! # Modules
 //!
-//! The same skeleton as every Dispatch store: a concern lives in the same file name in each,
-//! its statements beside its code. `lib.rs` holds the store, its builder, the state its clones
-//! share and the statement builder; `job` implements `JobStore` by forwarding to `enqueue`
-//! (batches, group-committed), `claim` (claims, the next-due probe, claim marks) and `finish`
-//! (finishes and rescue), and keeps heartbeats, cancel requests and lookups; `dlq` implements
-//! `DlqStore`; `workflow` implements `WorkflowStore` with runs (its `checkpoint` group-commits
-//! checkpoint writes and run ends, its `fence` is the lease check of a drive's calls), and
-//! forwards to `events` (publish, suspend, waits) and `rewind` (replay a run from a checkpoint,
-//! migrate it). `group` is the group commit both `enqueue` and `workflow::checkpoint` use;
-//! `row` reads rows (with the column lists they are selected by), `error` maps driver errors,
-//! `wake` runs `LISTEN`/`NOTIFY`, `migrate` owns the schema (`schema/*.sql`), and
-//! `transaction` writes into the application's own transaction.
+//! The skeleton every Dispatch store shares (a concern lives in the same file name in each),
+//! each statement beside the code that runs it:
+//!
+//! - `lib.rs`: the store, its builder, the state its clones share, the statement builder.
+//! - `job`: `JobStore`, forwarding to `enqueue` (batches, group-committed), `claim` (claims,
+//!   the next-due probe, claim marks) and `finish` (finishes and rescue); it keeps heartbeats,
+//!   cancel requests and lookups.
+//! - `dlq`: `DlqStore`.
+//! - `workflow`: `WorkflowStore` and runs; `workflow/checkpoint` group-commits checkpoint
+//!   writes and run ends, `workflow/fence` is the lease check of a drive's calls. It forwards
+//!   to `events` (publish, suspend, wait resolution) and `rewind` (replay a run from a
+//!   checkpoint, migrate it to another version).
+//! - `group`: the group commit that `enqueue` and `workflow/checkpoint` share.
+//! - `row` (rows, and the column lists they are selected by), `error` (driver errors as the
+//!   core `Error`), `wake` (`LISTEN`/`NOTIFY`), `migrate` (the schema, `schema/*.sql`),
+//!   `transaction` (writes into the application's own transaction).
 
 mod claim;
 mod dlq;
@@ -448,19 +452,19 @@ impl PostgresStore {
     }
 }
 
-// Statements: templates name the schema `{s}` (replaced by the quoted, validated schema name)
-// and the store's clock `{now}`: parameter `$1`, an injected clock's time in microseconds, or
-// NULL to read the database clock. Each statement resolves `{now}` once, in a `t` CTE, so one
-// statement sees one time. Sums of a time and a duration, `{sat(a, b)}`, saturate at
-// `i64::MAX`, like `Timestamp + Duration` (and are NULL for a NULL duration). Each concern
-// expands its own placeholders (column lists, shared parts) before [`statement`].
-
 /// The store's now: the injected clock's time (`$1`) or the database's transaction time, in
 /// microseconds since the epoch.
 const NOW: &str = "coalesce($1::bigint, (extract(epoch from now()) * 1000000)::bigint)";
 
 /// `template` as a statement for the schema named by `quoted` (a validated, double-quoted
 /// identifier): `{sat(a, b)}` expanded, then `{now}` and `{s}`.
+///
+/// Templates name the schema `{s}` (replaced by the quoted, validated schema name) and the
+/// store's clock `{now}` ([`NOW`]): parameter `$1`, an injected clock's time in microseconds,
+/// or NULL to read the database clock. Each statement resolves `{now}` once, in a `t` CTE, so
+/// one statement sees one time. Sums of a time and a duration, `{sat(a, b)}`, saturate at
+/// `i64::MAX`, like `Timestamp + Duration` (and are NULL for a NULL duration). Each concern
+/// expands its own placeholders (column lists, shared parts) first.
 fn statement(template: &str, quoted: &str) -> SqlStr {
     let sql = expand_sat(template).replace("{now}", NOW).replace("{s}", quoted);
     // Safe: fixed text and a schema name checked against [a-z_][a-z0-9_]*.
