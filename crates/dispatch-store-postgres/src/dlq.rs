@@ -5,10 +5,60 @@ use dispatch_core::{
     DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, JobId, Page, PageRequest, Replay,
     Result, Timestamp,
 };
+use sqlx::SqlStr;
 use uuid::Uuid;
 
-use crate::row::{dlq_from_row, get, sql_limit};
-use crate::{PostgresStore, db_error};
+use crate::row::{DLQ_COLUMNS, dlq_from_row, get, sql_limit};
+use crate::{PostgresStore, db_error, statement};
+
+const GET_DLQ: &str = "SELECT {dlq_columns} FROM {s}.dlq d WHERE d.id = $1";
+
+const LIST_DLQ: &str = "SELECT {dlq_columns} FROM {s}.dlq d \
+     WHERE ($1::uuid IS NULL OR d.id > $1) AND ($2::text IS NULL OR d.queue = $2) \
+     AND ($3::text IS NULL OR d.name = $3) \
+     AND ($4::bool IS NULL OR (d.replayed_as IS NOT NULL) = $4) ORDER BY d.id LIMIT $5";
+
+/// Replay entry `$2` as job `$3`, at most once: the entry row is locked, and a replayed entry
+/// inserts nothing.
+const REPLAY_DLQ: &str = "WITH t AS (SELECT {now} AS now), \
+     e AS (SELECT d.* FROM {s}.dlq d WHERE d.id = $2 FOR UPDATE), \
+     ins AS (INSERT INTO {s}.jobs (id, name, queue, payload, priority, state, attempt, \
+       max_attempts, timeout_us, run_at, created_at, scope_app, scope_tenant) \
+       SELECT $3, e.name, e.queue, e.payload, e.priority, 'available', 0, e.max_attempts, \
+       e.timeout_us, t.now, t.now, e.scope_app, e.scope_tenant FROM e, t \
+       WHERE e.replayed_as IS NULL RETURNING id, queue), \
+     mark AS (UPDATE {s}.dlq d SET replayed_as = ins.id, replayed_at = t.now FROM ins, t \
+       WHERE d.id = $2 RETURNING d.id), \
+     woke AS (SELECT pg_notify($4, ins.queue) FROM ins) \
+     SELECT e.replayed_as, (SELECT id FROM ins) AS created, (SELECT count(*) FROM mark) AS marked, \
+       (SELECT count(*) FROM woke) AS notified FROM e";
+
+const PURGE_DLQ: &str = "DELETE FROM {s}.dlq d WHERE ($1::text IS NULL OR d.queue = $1) \
+     AND ($2::text IS NULL OR d.name = $2) AND ($3::bigint IS NULL OR d.failed_at < $3) \
+     AND ($4::bool IS NULL OR (d.replayed_as IS NOT NULL) = $4)";
+
+/// The statements of the DLQ, for one store's schema.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    get_dlq: SqlStr,
+    list_dlq: SqlStr,
+    replay_dlq: SqlStr,
+    purge_dlq: SqlStr,
+}
+
+impl Sql {
+    /// The statements for the schema named by `quoted` (see [`statement`]).
+    pub(crate) fn new(quoted: &str) -> Self {
+        let build =
+            |template: &str| statement(&template.replace("{dlq_columns}", DLQ_COLUMNS), quoted);
+        Self {
+            get_dlq: build(GET_DLQ),
+            list_dlq: build(LIST_DLQ),
+            replay_dlq: build(REPLAY_DLQ),
+            purge_dlq: build(PURGE_DLQ),
+        }
+    }
+}
 
 #[async_trait]
 impl DlqStore for PostgresStore {
@@ -19,7 +69,7 @@ impl DlqStore for PostgresStore {
     ) -> Result<Page<DlqEntry, DlqId>> {
         let limit = page.effective_limit();
         self.timed("list_dlq", async {
-            let rows = sqlx::query(self.shared.sql.list_dlq.clone())
+            let rows = sqlx::query(self.shared.sql.dlq.list_dlq.clone())
                 .bind(page.after.map(|id| id.uuid()))
                 .bind(&filter.queue)
                 .bind(&filter.name)
@@ -36,7 +86,7 @@ impl DlqStore for PostgresStore {
 
     async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {
         self.timed("get_dlq", async {
-            let row = sqlx::query(self.shared.sql.get_dlq.clone())
+            let row = sqlx::query(self.shared.sql.dlq.get_dlq.clone())
                 .bind(id.uuid())
                 .fetch_optional(&self.shared.pool)
                 .await
@@ -50,7 +100,7 @@ impl DlqStore for PostgresStore {
         let new_id = JobId::new();
         self.timed("replay_dlq", async {
             // One statement: lock the entry, enqueue the copy unless it was replayed, record it.
-            let row = sqlx::query(self.shared.sql.replay_dlq.clone())
+            let row = sqlx::query(self.shared.sql.dlq.replay_dlq.clone())
                 .bind(self.now_param())
                 .bind(id.uuid())
                 .bind(new_id.uuid())
@@ -76,7 +126,7 @@ impl DlqStore for PostgresStore {
 
     async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
         self.timed("purge_dlq", async {
-            let done = sqlx::query(self.shared.sql.purge_dlq.clone())
+            let done = sqlx::query(self.shared.sql.dlq.purge_dlq.clone())
                 .bind(&filter.queue)
                 .bind(&filter.name)
                 .bind(filter.failed_before.map(Timestamp::as_unix_micros))
@@ -87,5 +137,18 @@ impl DlqStore for PostgresStore {
             Ok(done.rows_affected())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_placeholder_is_expanded() {
+        let q = Sql::new("\"dispatch\"");
+        for sql in [&q.get_dlq, &q.list_dlq, &q.replay_dlq, &q.purge_dlq] {
+            crate::assert_expanded(sql);
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Enqueue: one statement stores a whole batch (array parameters), shared by
 //! [`JobStore::enqueue`](dispatch_core::JobStore::enqueue) and
-//! [`PostgresStore::enqueue_in`].
+//! [`PostgresStore::enqueue_in`]; enqueues through the store are group-committed.
 //!
 //! Unique keys: the first item of a `(name, key)` in the batch is the batch's candidate; later
 //! repeats answer whatever it answers. A candidate whose key is held (a live job, or a finished
@@ -10,19 +10,43 @@
 //! The partial unique index on live holders settles concurrent enqueues of one key exactly. A
 //! window is checked against the statement's snapshot, so a holder enqueued, claimed and
 //! finished entirely while another enqueue of its key is executing does not hold that one back.
+//!
+//! # Group commit
+//!
+//! Otherwise every enqueue is a transaction of its own, and each commits with a NOTIFY, which
+//! PostgreSQL serializes on a global lock at commit: at a thousand single enqueues a second the
+//! commits queue up behind each other and the latency tail grows. Instead an enqueue queues its
+//! jobs and then takes one of [`WRITERS`] writer permits; whoever holds one writes everything
+//! queued in one statement, on a session that plans it once, and answers every caller after the
+//! commit. A caller whose jobs another writer took only waits for its answer. At rest a lone
+//! enqueue finds a free writer and goes out at once, so grouping adds no latency.
+//!
+//! The write runs in a task of its own: a caller that gives up (its timeout, a dropped future)
+//! never abandons the jobs of the others it took along (see [`crate::group`]).
+//!
+//! A group is one batch to the statement: a unique key repeated across callers answers as it
+//! would had the calls run one after the other. A group the statement refuses as a whole (an ID
+//! reused with another payload, or given by two callers: `Conflict`) is written again one caller
+//! at a time, so only the caller at fault sees the error.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 
 use dispatch_core::{Enqueued, Error, ErrorKind, JobId, NewJob, Result};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, SqlStr};
 use uuid::Uuid;
 
+use crate::group::{Group, Queued, take_all};
 use crate::row::{get, micros, run_at_parts};
-use crate::{PostgresStore, db_error};
+use crate::{PostgresStore, db_error, statement};
 
 /// How often a candidate whose key's holder vanished is tried again before giving up.
 const MAX_ROUNDS: usize = 4;
+
+/// Group writes in flight at once. Notifying commits serialize on the server anyway, so more
+/// writers would only wait there; two let one group form while the other commits.
+pub(crate) const WRITERS: usize = 2;
 
 /// What every enqueue checks before writing: each job valid, text PostgreSQL can store, no ID
 /// twice in the batch.
@@ -133,6 +157,70 @@ fn repeats(jobs: &[NewJob]) -> Vec<Option<usize>> {
         .collect()
 }
 
+/// Store a batch. `$2..$15` are the batch's columns (one array each, in batch order); items
+/// with `candidate = false` (repeats of a unique key within the batch) are not inserted. An item
+/// whose ID is stored with its name and payload (a retried enqueue, answered `retried`) is not
+/// inserted; nothing is inserted when any ID is stored with another name or payload (`clash`).
+/// A key held by a live job or within its window is not inserted; the live-holder unique index
+/// settles concurrent enqueues.
+const ENQUEUE: &str = "WITH t AS (SELECT {now} AS now), \
+     i AS (SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::int4[], \
+       $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::int8[], $13::text[], \
+       $14::text[], $15::bool[]) WITH ORDINALITY AS i(id, name, queue, payload, priority, \
+       run_abs, run_delay, max_attempts, timeout_us, unique_key, unique_window, scope_app, \
+       scope_tenant, candidate, ord)), \
+     stored AS (SELECT j.id, (j.name <> i.name OR j.payload <> i.payload) AS reused \
+       FROM {s}.jobs j JOIN i ON i.id = j.id), \
+     clash AS (SELECT stored.id FROM stored WHERE stored.reused LIMIT 1), \
+     ins AS (INSERT INTO {s}.jobs (id, name, queue, payload, priority, state, attempt, \
+       max_attempts, timeout_us, run_at, created_at, unique_key, unique_until, scope_app, \
+       scope_tenant) \
+       SELECT i.id, i.name, i.queue, i.payload, i.priority, 'available', 0, i.max_attempts, \
+       i.timeout_us, coalesce(i.run_abs, {sat(t.now, i.run_delay)}), t.now, i.unique_key, \
+       {sat(t.now, i.unique_window)}, i.scope_app, i.scope_tenant FROM i CROSS JOIN t \
+       WHERE i.candidate AND NOT EXISTS (SELECT 1 FROM clash) \
+       AND NOT EXISTS (SELECT 1 FROM stored WHERE stored.id = i.id) \
+       AND (i.unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM {s}.jobs h \
+         WHERE h.name = i.name AND h.unique_key = i.unique_key \
+         AND (h.state IN ('available', 'running') OR h.unique_until > t.now))) \
+       ORDER BY i.ord \
+       ON CONFLICT (name, unique_key) \
+         WHERE unique_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING \
+       RETURNING id, queue), \
+     woke AS (SELECT pg_notify($16, CASE WHEN count(DISTINCT queue) = 1 THEN min(queue) \
+       ELSE '' END) FROM ins HAVING count(*) > 0) \
+     SELECT (SELECT id FROM clash) AS clash, array(SELECT id FROM ins) AS created, \
+       array(SELECT stored.id FROM stored) AS retried, (SELECT count(*) FROM woke) AS notified";
+
+/// The job holding each `(name, key)` of `$2`/`$3` now, newest first.
+const HOLDERS: &str = "SELECT DISTINCT ON (k.name, k.key) k.name, k.key, h.id \
+     FROM unnest($2::text[], $3::text[]) AS k(name, key) \
+     JOIN {s}.jobs h ON h.name = k.name AND h.unique_key = k.key \
+       AND (h.state IN ('available', 'running') OR h.unique_until > {now}) \
+     ORDER BY k.name, k.key, h.seq DESC";
+
+/// The statements of enqueue, for one store's schema.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    enqueue: SqlStr,
+    holders: SqlStr,
+}
+
+impl Sql {
+    /// The statements for the schema named by `quoted` (see [`statement`]).
+    pub(crate) fn new(quoted: &str) -> Self {
+        Self { enqueue: statement(ENQUEUE, quoted), holders: statement(HOLDERS, quoted) }
+    }
+}
+
+/// The enqueues waiting for a writer, and the writer permits.
+pub(crate) type Enqueues = Group<Vec<NewJob>, Vec<Enqueued>>;
+
+/// The group of one store's enqueues: [`WRITERS`] permits, each group everything queued.
+pub(crate) fn enqueues() -> Enqueues {
+    Group::new(WRITERS, take_all, "a grouped enqueue")
+}
+
 impl PostgresStore {
     /// Validate and store `jobs` on `conn` (autocommit, or the caller's transaction).
     pub(crate) async fn enqueue_on(
@@ -186,7 +274,7 @@ impl PostgresStore {
     /// Run the enqueue statement: the IDs it stored, and those already stored (retried items).
     /// A reused ID (stored with another name or payload) fails with `Conflict`.
     async fn insert(&self, conn: &mut PgConnection, c: &Columns<'_>) -> Result<Inserted> {
-        let row = sqlx::query(self.shared.sql.enqueue.clone())
+        let row = sqlx::query(self.shared.sql.enqueue.enqueue.clone())
             .bind(self.now_param())
             .bind(&c.ids)
             .bind(&c.names)
@@ -236,7 +324,7 @@ impl PostgresStore {
             keys.0.push(name);
             keys.1.push(key);
         }
-        let rows = sqlx::query(self.shared.sql.holders.clone())
+        let rows = sqlx::query(self.shared.sql.enqueue.holders.clone())
             .bind(self.now_param())
             .bind(&keys.0)
             .bind(&keys.1)
@@ -260,11 +348,75 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Store `jobs` in the next group write. Bad input is answered at once and never joins a
+    /// group.
+    pub(crate) async fn enqueue_grouped(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        validate_batch(&jobs, self.max_payload_bytes)?;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.shared
+            .enqueues
+            .join(jobs, |group| {
+                let store = self.clone();
+                async move { store.write_group(group).await }
+            })
+            .await
+    }
+
+    /// Write `group` in one statement and answer every caller in it.
+    async fn write_group(&self, group: Vec<Queued<Vec<NewJob>, Vec<Enqueued>>>) {
+        let mut ranges: Vec<Range<usize>> = Vec::with_capacity(group.len());
+        let mut replies = Vec::with_capacity(group.len());
+        let mut jobs = Vec::with_capacity(group.iter().map(|q| q.item.len()).sum());
+        for queued in group {
+            ranges.push(jobs.len()..jobs.len() + queued.item.len());
+            jobs.extend(queued.item);
+            replies.push(queued.reply);
+        }
+        match self.write(&jobs).await {
+            Ok(mut results) => {
+                for (reply, range) in replies.into_iter().zip(ranges).rev() {
+                    let _ = reply.send(Ok(results.split_off(range.start)));
+                }
+            }
+            Err(error) if error.kind() == ErrorKind::Conflict && ranges.len() > 1 => {
+                for (reply, range) in replies.into_iter().zip(ranges) {
+                    let _ = reply.send(self.write(&jobs[range]).await);
+                }
+            }
+            Err(error) => {
+                for reply in replies {
+                    let _ = reply.send(Err(Error::new(error.kind(), error.message().to_owned())));
+                }
+            }
+        }
+    }
+
+    /// One enqueue statement (and its follow-ups) on a hot-path session, under the call timeout.
+    async fn write(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
+        self.timed("enqueue", async {
+            let mut conn = self.shared.hot.acquire().await.map_err(db_error)?;
+            self.enqueue_on(&mut conn, jobs).await
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use dispatch_core::UniqueKey;
 
     use super::*;
+
+    #[test]
+    fn every_placeholder_is_expanded() {
+        let q = Sql::new("\"dispatch\"");
+        for sql in [&q.enqueue, &q.holders] {
+            crate::assert_expanded(sql);
+        }
+    }
 
     fn keyed(name: &str, key: &str) -> NewJob {
         let mut job = NewJob::new(name, Vec::new());

@@ -1,6 +1,6 @@
-//! Driver errors as the core [`Error`], classified by SQLSTATE.
+//! Driver errors as the core [`Error`], classified by SQLSTATE, and the store's own errors.
 
-use dispatch_core::{Error, ErrorKind};
+use dispatch_core::{Error, ErrorKind, RunId};
 use sqlx::postgres::PgConnectOptions;
 
 /// A driver error as the core error, keeping it as the source.
@@ -17,6 +17,21 @@ pub(crate) fn connect_error(options: &PgConnectOptions, err: sqlx::Error) -> Err
     };
     Error::new(kind, format!("can not connect to PostgreSQL at {}: {err}", crate::target(options)))
         .with_source(err)
+}
+
+/// A broken promise of the store's own (a row it can not account for), as `Internal`.
+pub(crate) fn internal(e: impl std::fmt::Display) -> Error {
+    Error::internal(format!("postgres: {e}"))
+}
+
+/// `NotFound` for an unknown run.
+pub(crate) fn no_run(run: RunId) -> Error {
+    Error::not_found(format!("no run {run}"))
+}
+
+/// `LeaseLost` for a drive call whose lease no longer holds the run's drive job.
+pub(crate) fn lease_lost(run: RunId) -> Error {
+    Error::new(ErrorKind::LeaseLost, format!("the drive of run {run} no longer holds its lease"))
 }
 
 /// The SQLSTATE of a database error.

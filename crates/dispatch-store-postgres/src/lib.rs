@@ -66,21 +66,40 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Modules
+//!
+//! The skeleton every Dispatch store shares (a concern lives in the same file name in each),
+//! each statement beside the code that runs it:
+//!
+//! - `lib.rs`: the store, its builder, the state its clones share, the statement builder.
+//! - `job`: `JobStore`, forwarding to `enqueue` (batches, group-committed), `claim` (claims,
+//!   the next-due probe, claim marks) and `finish` (finishes and rescue); it keeps heartbeats,
+//!   cancel requests and lookups.
+//! - `dlq`: `DlqStore`.
+//! - `workflow`: `WorkflowStore` and runs; `workflow/checkpoint` group-commits checkpoint
+//!   writes and run ends, `workflow/fence` is the lease check of a drive's calls. It forwards
+//!   to `events` (publish, suspend, wait resolution) and `rewind` (replay a run from a
+//!   checkpoint, migrate it to another version).
+//! - `group`: the group commit that `enqueue` and `workflow/checkpoint` share.
+//! - `row` (rows, and the column lists they are selected by), `error` (driver errors as the
+//!   core `Error`), `wake` (`LISTEN`/`NOTIFY`), `migrate` (the schema, `schema/*.sql`),
+//!   `transaction` (writes into the application's own transaction).
 
-mod checkpoint_batch;
-mod claim_mark;
+mod claim;
 mod dlq;
 mod enqueue;
-mod enqueue_group;
 mod error;
+mod events;
+mod finish;
+mod group;
 mod job;
 mod migrate;
+mod rewind;
 mod row;
-mod sql;
 mod transaction;
 mod wake;
 mod workflow;
-mod workflow_sql;
 
 use std::future::Future;
 use std::str::FromStr;
@@ -92,14 +111,13 @@ use dispatch_core::JobStore;
 use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
 use dispatch_core::{Error, ErrorKind, Result, SharedClock};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, SqlSafeStr, SqlStr};
 
 pub use migrate::SCHEMA_VERSION;
 
-use claim_mark::ClaimMarks;
-use enqueue_group::EnqueueQueue;
+use claim::ClaimMarks;
+use enqueue::Enqueues;
 pub(crate) use error::db_error;
-use sql::Queries;
 use wake::Wake;
 
 /// How long one store call may take before it fails with a timeout.
@@ -113,7 +131,7 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// A pooled connection idle this long is pinged before it is used again.
 /// The hot-path sessions: two for claims (one fetch loop claims at a time, so two cover two
 /// workers sharing a store) and one per group enqueue writer.
-const HOT_CONNECTIONS: u32 = 2 + enqueue_group::WRITERS as u32;
+const HOT_CONNECTIONS: u32 = 2 + enqueue::WRITERS as u32;
 
 /// The setting of the hot-path sessions: each prepared statement gets one (generic) plan.
 const PLAN_ONCE: &str = "SET plan_cache_mode = force_generic_plan";
@@ -146,15 +164,46 @@ struct Shared {
     /// own, because other statements (a finish touching runs, the workflow writes) do need
     /// plans made for their values.
     hot: PgPool,
-    /// Enqueues waiting to be written in a group (see `enqueue_group`).
-    enqueues: EnqueueQueue,
-    /// Where claims start reading each priority level (see `claim_mark`).
+    /// Enqueues waiting to be written in a group (see `enqueue`).
+    enqueues: Enqueues,
+    /// Where claims start reading each priority level (see `claim`).
     claim_marks: ClaimMarks,
-    sql: Queries,
+    sql: Statements,
     schema: String,
     wake: Wake,
-    /// Checkpoint writes waiting for their group commit.
-    checkpoints: checkpoint_batch::CheckpointBatcher,
+    /// Checkpoint writes and run ends waiting for their group commit (see
+    /// `workflow::checkpoint`).
+    checkpoints: workflow::Writes,
+}
+
+/// Every statement of one store, built once for its schema; each concern's statements live
+/// beside its code.
+#[derive(Debug)]
+struct Statements {
+    job: job::Sql,
+    enqueue: enqueue::Sql,
+    claim: claim::Sql,
+    finish: finish::Sql,
+    dlq: dlq::Sql,
+    workflow: workflow::Sql,
+    events: events::Sql,
+    rewind: rewind::Sql,
+}
+
+impl Statements {
+    /// The statements for the schema named by `quoted`, a validated, double-quoted identifier.
+    fn new(quoted: &str) -> Self {
+        Self {
+            job: job::Sql::new(quoted),
+            enqueue: enqueue::Sql::new(quoted),
+            claim: claim::Sql::new(quoted),
+            finish: finish::Sql::new(quoted),
+            dlq: dlq::Sql::new(quoted),
+            workflow: workflow::Sql::new(quoted),
+            events: events::Sql::new(quoted),
+            rewind: rewind::Sql::new(quoted),
+        }
+    }
 }
 
 /// Options for [`PostgresStore::builder`]: where the tables live, what the connections are
@@ -246,12 +295,12 @@ impl PostgresStoreBuilder {
             shared: Arc::new(Shared {
                 pool: self.pool(&options, self.max_connections, ""),
                 hot: self.pool(&options, HOT_CONNECTIONS, PLAN_ONCE),
-                enqueues: EnqueueQueue::default(),
+                enqueues: enqueue::enqueues(),
                 claim_marks: ClaimMarks::default(),
-                sql: Queries::new(&quoted),
+                sql: Statements::new(&quoted),
                 schema: self.schema,
                 wake: Wake::new(options, channel),
-                checkpoints: checkpoint_batch::CheckpointBatcher::default(),
+                checkpoints: workflow::writes(),
             }),
             clock: None,
             max_payload_bytes: self.max_payload_bytes,
@@ -403,6 +452,47 @@ impl PostgresStore {
     }
 }
 
+/// The store's now: the injected clock's time (`$1`) or the database's transaction time, in
+/// microseconds since the epoch.
+const NOW: &str = "coalesce($1::bigint, (extract(epoch from now()) * 1000000)::bigint)";
+
+/// `template` as a statement for the schema named by `quoted` (a validated, double-quoted
+/// identifier): `{sat(a, b)}` expanded, then `{now}` and `{s}`.
+///
+/// Templates name the schema `{s}` (replaced by the quoted, validated schema name) and the
+/// store's clock `{now}` ([`NOW`]): parameter `$1`, an injected clock's time in microseconds,
+/// or NULL to read the database clock. Each statement resolves `{now}` once, in a `t` CTE, so
+/// one statement sees one time. Sums of a time and a duration, `{sat(a, b)}`, saturate at
+/// `i64::MAX`, like `Timestamp + Duration` (and are NULL for a NULL duration). Each concern
+/// expands its own placeholders (column lists, shared parts) first.
+fn statement(template: &str, quoted: &str) -> SqlStr {
+    let sql = expand_sat(template).replace("{now}", NOW).replace("{s}", quoted);
+    // Safe: fixed text and a schema name checked against [a-z_][a-z0-9_]*.
+    AssertSqlSafe(sql).into_sql_str()
+}
+
+/// Replace each `{sat(a, b)}` with `a + b` computed exactly and saturated at `i64::MAX`.
+fn expand_sat(template: &str) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{sat(") {
+        out.push_str(&rest[..start]);
+        let args_start = start + "{sat(".len();
+        let Some(len) = rest[args_start..].find(")}") else { break };
+        let args = &rest[args_start..args_start + len];
+        let (a, b) = args.split_once(',').unwrap_or((args, "0"));
+        let sum = format!("({}::numeric + {})", a.trim(), b.trim());
+        // Not LEAST: it ignores NULLs, and a NULL duration must give a NULL time.
+        out.push_str(&format!(
+            "(CASE WHEN {sum} > {MAX} THEN {MAX} ELSE {sum}::bigint END)",
+            MAX = i64::MAX
+        ));
+        rest = &rest[args_start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `host:port/database` of `options`, for messages (never the password).
 fn target(options: &PgConnectOptions) -> String {
     format!(
@@ -427,9 +517,33 @@ fn quote_schema(schema: &str) -> Result<String> {
     Ok(format!("\"{schema}\""))
 }
 
+/// Test helper: no placeholder is left in `sql` (a `{` before a lowercase letter, `$chan`).
+#[cfg(test)]
+fn assert_expanded(sql: &SqlStr) {
+    let text = sql.as_str();
+    let left = text
+        .match_indices('{')
+        .any(|(i, _)| text[i + 1..].starts_with(|c: char| c.is_ascii_lowercase()));
+    assert!(!left && !text.contains("$chan"), "{text}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sat_expands_every_occurrence() {
+        let sql = expand_sat("a {sat(t.now, $6)} b {sat(x, y)} c");
+        let max = "9223372036854775807";
+        assert_eq!(
+            sql,
+            format!(
+                "a (CASE WHEN (t.now::numeric + $6) > {max} THEN {max} \
+                 ELSE (t.now::numeric + $6)::bigint END) b \
+                 (CASE WHEN (x::numeric + y) > {max} THEN {max} ELSE (x::numeric + y)::bigint END) c"
+            )
+        );
+    }
 
     #[test]
     fn schema_names_are_checked_and_quoted() {

@@ -1,4 +1,5 @@
-//! Conversions between rows and core records.
+//! Conversions between rows and core records, and the column lists the statements select for
+//! them (each beside the function that reads it).
 
 use std::time::Duration;
 
@@ -66,6 +67,12 @@ fn errors(s: &str) -> Result<Vec<AttemptError>> {
     serde_json::from_str(s).map_err(|e| corrupt("error history", e))
 }
 
+/// The columns of a job row, as [`job_from_row`] reads them (alias `j`).
+pub(crate) const JOB_COLUMNS: &str = "j.id, j.seq, j.name, j.queue, j.payload, j.priority, j.state, \
+     j.attempt, j.max_attempts, j.timeout_us, j.run_at, j.created_at, j.finished_at, \
+     j.unique_key, j.scope_app, j.scope_tenant, j.lease_owner, j.lease_token, j.lease_expires, \
+     j.cancel_requested, j.errors::text AS errors, j.dlq_id";
+
 /// Decode a job row selected with the store's job columns.
 pub(crate) fn job_from_row(row: &PgRow) -> Result<JobRow> {
     let lease_owner: Option<String> = get(row, "lease_owner")?;
@@ -104,6 +111,11 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<JobRow> {
     Ok(JobRow { job, seq: get(row, "seq")? })
 }
 
+/// The columns of a DLQ row, as [`dlq_from_row`] reads them (alias `d`).
+pub(crate) const DLQ_COLUMNS: &str = "d.id, d.job_id, d.name, d.queue, d.payload, d.priority, d.attempts, \
+     d.max_attempts, d.timeout_us, d.scope_app, d.scope_tenant, d.errors::text AS errors, \
+     d.failed_at, d.replayed_as, d.replayed_at";
+
 /// Decode a DLQ row selected with the store's DLQ columns.
 pub(crate) fn dlq_from_row(row: &PgRow) -> Result<DlqEntry> {
     let replayed_as: Option<Uuid> = get(row, "replayed_as")?;
@@ -125,6 +137,11 @@ pub(crate) fn dlq_from_row(row: &PgRow) -> Result<DlqEntry> {
         replayed_at: replayed_at.map(ts),
     })
 }
+
+/// The columns of a run row, as [`run_from_row`] reads them (alias `r`).
+pub(crate) const RUN_COLUMNS: &str = "r.id, r.name, r.version, r.state, r.input, r.output, r.error, \
+     r.scope_app, r.scope_tenant, r.idempotency_key, r.parent, r.drive_job, r.created_at, \
+     r.updated_at, r.finished_at, r.cancel_reason";
 
 /// Decode a run row selected with the store's run columns.
 pub(crate) fn run_from_row(row: &PgRow) -> Result<Run> {
@@ -151,6 +168,12 @@ pub(crate) fn run_from_row(row: &PgRow) -> Result<Run> {
         cancel_requested: get(row, "cancel_reason")?,
     })
 }
+
+/// A run's checkpoints (alias `c`) as three arrays in write order, as
+/// [`checkpoints_from_row`] reads them.
+pub(crate) const CHECKPOINT_ARRAYS: &str = "coalesce(array_agg(c.key ORDER BY c.seq), '{}') AS ck_keys, \
+     coalesce(array_agg(c.data ORDER BY c.seq), '{}') AS ck_data, \
+     coalesce(array_agg(c.at ORDER BY c.seq), '{}') AS ck_at";
 
 /// Decode the checkpoint arrays (`ck_keys`, `ck_data`, `ck_at`, in write order) of a row.
 pub(crate) fn checkpoints_from_row(row: &PgRow) -> Result<Vec<Checkpoint>> {

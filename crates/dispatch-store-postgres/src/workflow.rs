@@ -1,14 +1,14 @@
-//! [`WorkflowStore`] for [`PostgresStore`]: runs, checkpoints, event waits and kept events in
-//! the store's schema, next to the jobs that drive the runs (statements in
-//! [`crate::workflow_sql`]).
+//! [`WorkflowStore`] for [`PostgresStore`]: runs (start, get, list, load, checkpoints, end,
+//! cancel) in the store's schema, next to the jobs that drive them; events and rewinds
+//! forwarded to [`crate::events`] and [`crate::rewind`]. Checkpoint writes and run ends are
+//! group-committed ([`checkpoint`]); every call of a drive is fenced by its lease ([`fence`]).
 //!
-//! Every call is one statement, except four that are one short transaction: a publish, and a
-//! suspend that waits for events, first take a transaction-level advisory lock per (name,
-//! correlation) they touch, then run their statement. Without it a publish and a suspend of one
-//! key running at once could each miss the other (the event kept, the wait registered, neither
-//! delivered): a statement's snapshot is taken before any lock it takes, so the lock has to come
-//! first, in a statement of its own. For the same reason a replay and a migration first lock the
-//! run's drive job and the run in a statement of their own, then change them.
+//! Every call is one statement (a start inserts the run and its drive job together), except
+//! that the publishes and suspends of [`crate::events`] and the rewinds and migrations of
+//! [`crate::rewind`] take their locks first, in a short transaction.
+
+pub(crate) mod checkpoint;
+pub(crate) mod fence;
 
 use std::collections::HashMap;
 
@@ -18,17 +18,154 @@ use dispatch_core::{
     PageRequest, Published, Result, Run, RunCancel, RunEnd, RunFilter, RunId, RunSnapshot,
     RunState, Started, Suspend, SuspendOutcome, Timestamp, WaitResolution, WorkflowStore,
 };
-use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::query::Query;
-use sqlx::{Postgres, SqlStr};
+use sqlx::SqlStr;
 use uuid::Uuid;
 
 use crate::enqueue::validate_batch;
-use crate::row::{checkpoints_from_row, get, micros, run_at_parts, run_from_row, sql_limit};
-use crate::{PostgresStore, db_error};
+use crate::error::no_run;
+use crate::row::{
+    CHECKPOINT_ARRAYS, RUN_COLUMNS, checkpoints_from_row, get, micros, run_at_parts, run_from_row,
+    sql_limit,
+};
+use crate::{PostgresStore, db_error, statement};
+use checkpoint::End;
+use fence::FENCE;
 
-/// A statement with its parameters bound.
-type Bound<'q> = Query<'q, Postgres, PgArguments>;
+pub(crate) use checkpoint::{Writes, writes};
+
+/// Start a run (`$2..$9`) and its drive job (`$10..$22`, as one enqueue item) unless the run
+/// is stored with this name, input and drive job (`same`: a retried start, nothing changes), the
+/// run's (name, idempotency key) is taken (`existing`), its or the job's ID is (`clash`), or the
+/// job's unique key is held (`held`). A concurrent start of the same key makes the run insert do
+/// nothing (the partial unique index settles it) and so the job insert too; any other concurrent
+/// clash is a unique violation that rolls everything back. One NOTIFY (`$23`) for the job.
+const START_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+     same AS (SELECT x.id FROM {s}.runs x WHERE x.id = $2 AND x.name = $3 AND x.input = $5 \
+       AND x.drive_job = $10), \
+     existing AS (SELECT x.id FROM {s}.runs x WHERE $8::text IS NOT NULL AND x.name = $3 \
+       AND x.idempotency_key = $8), \
+     clash AS (SELECT 'run' AS what FROM {s}.runs x WHERE x.id = $2 \
+       AND NOT EXISTS (SELECT 1 FROM same) \
+       UNION ALL SELECT 'job' FROM {s}.jobs j WHERE j.id = $10 \
+       AND NOT EXISTS (SELECT 1 FROM same)), \
+     held AS (SELECT h.id FROM {s}.jobs h, t WHERE $19::text IS NOT NULL AND h.name = $11 \
+       AND h.unique_key = $19 AND (h.state IN ('available', 'running') OR h.unique_until > t.now) \
+       ORDER BY h.seq DESC LIMIT 1), \
+     run_ins AS (INSERT INTO {s}.runs (id, name, version, state, input, scope_app, scope_tenant, \
+       idempotency_key, parent, drive_job, created_at, updated_at) \
+       SELECT $2, $3, $4, 'running', $5, $6, $7, $8, $9, $10, t.now, t.now FROM t \
+       WHERE NOT EXISTS (SELECT 1 FROM same) AND NOT EXISTS (SELECT 1 FROM existing) \
+       AND NOT EXISTS (SELECT 1 FROM clash) AND NOT EXISTS (SELECT 1 FROM held) \
+       ON CONFLICT (name, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING \
+       RETURNING id), \
+     job_ins AS (INSERT INTO {s}.jobs (id, name, queue, payload, priority, state, attempt, \
+       max_attempts, timeout_us, run_at, created_at, unique_key, unique_until, scope_app, \
+       scope_tenant) \
+       SELECT $10, $11, $12, $13, $14, 'available', 0, $17, $18, \
+       coalesce($15, {sat(t.now, $16)}), t.now, $19, {sat(t.now, $20)}, $21, $22 \
+       FROM run_ins, t RETURNING queue), \
+     woke AS (SELECT pg_notify($23, queue) FROM job_ins) \
+     SELECT (SELECT id FROM same) AS same, (SELECT id FROM existing) AS existing, \
+       (SELECT max(what) FROM clash) AS clash, \
+       (SELECT id FROM held) AS held, (SELECT id FROM run_ins) AS created, \
+       (SELECT count(*) FROM woke) AS notified";
+
+/// The run of a (name `$1`, idempotency key `$2`), read after a start lost the race for it.
+const RUN_BY_KEY: &str = "SELECT x.id FROM {s}.runs x WHERE x.name = $1 AND x.idempotency_key = $2";
+
+const GET_RUN: &str = "SELECT {run_columns} FROM {s}.runs r WHERE r.id = $1";
+
+const LIST_RUNS: &str = "SELECT {run_columns} FROM {s}.runs r \
+     WHERE ($1::uuid IS NULL OR r.id > $1) AND ($2::text IS NULL OR r.state = $2) \
+     AND ($3::text IS NULL OR r.name = $3) ORDER BY r.id LIMIT $4";
+
+/// Run `$1`'s checkpoints; no row for an unknown run.
+const CHECKPOINTS: &str = "SELECT ck.* FROM {s}.runs r CROSS JOIN LATERAL \
+     (SELECT {checkpoint_arrays} FROM {s}.checkpoints c WHERE c.run_id = r.id) ck \
+     WHERE r.id = $1";
+
+/// Fenced: the run and its checkpoints; a suspended run becomes running (`flipped_at`). No row
+/// for an unknown run.
+const LOAD_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
+     flip AS (UPDATE {s}.runs x SET state = 'running', updated_at = t.now FROM ok, t \
+       WHERE x.id = ok.id AND x.state = 'suspended' RETURNING x.updated_at) \
+     SELECT {run_columns}, EXISTS (SELECT 1 FROM ok) AS held, \
+       (SELECT updated_at FROM flip) AS flipped_at, (SELECT now FROM t) AS store_now, ck.* \
+     FROM r CROSS JOIN LATERAL (SELECT {checkpoint_arrays} FROM {s}.checkpoints c \
+       WHERE c.run_id = r.id AND EXISTS (SELECT 1 FROM ok)) ck";
+
+/// [`LOAD_RUN`] without a lock or a write, for a run that is not suspended (nothing to flip):
+/// the fence is read in the statement's snapshot (`held`), as the locking one reads it, but
+/// the transaction stays read-only, so its commit waits for no WAL flush. A suspended run
+/// (`state`) is loaded again by [`LOAD_RUN`]. No row for an unknown run.
+const READ_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+     lease AS (SELECT j.id FROM {s}.jobs j WHERE j.id = $2 AND j.state = 'running' \
+       AND j.lease_token = $3), \
+     r AS (SELECT x.* FROM {s}.runs x WHERE x.id = $4), \
+     ok AS (SELECT r.id FROM r JOIN lease l ON l.id = r.drive_job) \
+     SELECT {run_columns}, EXISTS (SELECT 1 FROM ok) AS held, (SELECT now FROM t) AS store_now, \
+       ck.* \
+     FROM r CROSS JOIN LATERAL (SELECT {checkpoint_arrays} FROM {s}.checkpoints c \
+       WHERE c.run_id = r.id AND EXISTS (SELECT 1 FROM ok) AND r.state <> 'suspended') ck";
+
+/// Ask run `$2` to stop for reason `$3`; `$4` the channel. The drive job's row is locked first
+/// (`job`), then the run's (`r`, waiting for it): the order of the fenced statements, so a
+/// concurrent suspend either commits first (this statement then sees the drive job it left
+/// available) or sees the reason. A run in a final state is left alone; else the reason is
+/// recorded unless one is (`marked`), and an available drive job is made due now (`due`) with
+/// one NOTIFY of its queue. Answers the run's `state` (no row: unknown run).
+const CANCEL_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+     job AS (SELECT j.id, j.state FROM {s}.jobs j JOIN {s}.runs x ON j.id = x.drive_job \
+       WHERE x.id = $2 FOR UPDATE OF j), \
+     r AS (SELECT x.id, x.state, x.cancel_reason FROM {s}.runs x LEFT JOIN job ON true \
+       WHERE x.id = $2 FOR UPDATE OF x), \
+     live AS (SELECT r.* FROM r \
+       WHERE r.state NOT IN ('completed', 'failed', 'cancelled')), \
+     marked AS (UPDATE {s}.runs x SET cancel_reason = $3, updated_at = t.now FROM live, t \
+       WHERE x.id = live.id AND live.cancel_reason IS NULL), \
+     due AS (UPDATE {s}.jobs j SET run_at = least(j.run_at, t.now) FROM job, live, t \
+       WHERE j.id = job.id AND job.state = 'available' RETURNING j.queue), \
+     woke AS (SELECT pg_notify($4, due.queue) FROM due) \
+     SELECT r.state, (SELECT count(*) FROM woke) AS notified FROM r";
+
+/// The statements of runs, for one store's schema.
+#[derive(Debug)]
+pub(crate) struct Sql {
+    start_run: SqlStr,
+    run_by_key: SqlStr,
+    get_run: SqlStr,
+    list_runs: SqlStr,
+    checkpoints: SqlStr,
+    load_run: SqlStr,
+    read_run: SqlStr,
+    cancel_run: SqlStr,
+    /// The group commit's statement.
+    pub(crate) batch: checkpoint::Sql,
+}
+
+impl Sql {
+    /// The statements for the schema named by `quoted` (see [`statement`]).
+    pub(crate) fn new(quoted: &str) -> Self {
+        let build = |template: &str| {
+            let template = template
+                .replace("{fence}", FENCE)
+                .replace("{run_columns}", RUN_COLUMNS)
+                .replace("{checkpoint_arrays}", CHECKPOINT_ARRAYS);
+            statement(&template, quoted)
+        };
+        Self {
+            start_run: build(START_RUN),
+            run_by_key: build(RUN_BY_KEY),
+            get_run: build(GET_RUN),
+            list_runs: build(LIST_RUNS),
+            checkpoints: build(CHECKPOINTS),
+            load_run: build(LOAD_RUN),
+            read_run: build(READ_RUN),
+            cancel_run: build(CANCEL_RUN),
+            batch: checkpoint::Sql::new(quoted),
+        }
+    }
+}
 
 impl PostgresStore {
     /// Start `run` with its drive job on `conn` (the store's or the caller's transaction).
@@ -42,7 +179,7 @@ impl PostgresStore {
         validate_batch(std::slice::from_ref(&drive), self.max_payload_bytes)?;
         let (run_abs, run_delay) = run_at_parts(drive.run_at);
         self.timed("start_run", async {
-            let row = sqlx::query(self.shared.sql.wf.start_run.clone())
+            let row = sqlx::query(self.shared.sql.workflow.start_run.clone())
                 .bind(self.now_param())
                 .bind(run.id.uuid())
                 .bind(&run.name)
@@ -100,17 +237,33 @@ impl PostgresStore {
             let key = run.idempotency_key.as_deref().ok_or_else(|| {
                 Error::internal(format!("postgres: run {} was neither stored nor refused", run.id))
             })?;
-            let winner: Option<Uuid> = sqlx::query_scalar(self.shared.sql.wf.run_by_key.clone())
-                .bind(&run.name)
-                .bind(key)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_error)?;
+            let winner: Option<Uuid> =
+                sqlx::query_scalar(self.shared.sql.workflow.run_by_key.clone())
+                    .bind(&run.name)
+                    .bind(key)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
             winner.map(|id| Started::Existing(RunId::from_uuid(id))).ok_or_else(|| {
                 Error::unavailable(
                     "postgres: a concurrent start of this run's key rolled back; retry",
                 )
             })
+        })
+        .await
+    }
+
+    /// The snapshot of a run that is not suspended, read without a lock ([`READ_RUN`]); `None`
+    /// for a suspended run, which [`load_run`](WorkflowStore::load_run) flips.
+    async fn read_run(&self, lease: LeaseRef, run: RunId) -> Result<Option<RunSnapshot>> {
+        self.timed("load_run", async {
+            let row = self.fenced_row(&self.shared.sql.workflow.read_run, lease, run).await?;
+            let stored = run_from_row(&row)?;
+            if stored.state == RunState::Suspended {
+                return Ok(None);
+            }
+            let now = Timestamp::from_unix_micros(get(&row, "store_now")?);
+            Ok(Some(RunSnapshot { run: stored, checkpoints: checkpoints_from_row(&row)?, now }))
         })
         .await
     }
@@ -127,7 +280,7 @@ impl WorkflowStore for PostgresStore {
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
         self.timed("get_run", async {
-            let row = sqlx::query(self.shared.sql.wf.get_run.clone())
+            let row = sqlx::query(self.shared.sql.workflow.get_run.clone())
                 .bind(id.uuid())
                 .fetch_optional(&self.shared.pool)
                 .await
@@ -144,7 +297,7 @@ impl WorkflowStore for PostgresStore {
     ) -> Result<Page<Run, RunId>> {
         let limit = page.effective_limit();
         self.timed("list_runs", async {
-            let rows = sqlx::query(self.shared.sql.wf.list_runs.clone())
+            let rows = sqlx::query(self.shared.sql.workflow.list_runs.clone())
                 .bind(page.after.map(|id| id.uuid()))
                 .bind(filter.state.map(RunState::as_str))
                 .bind(&filter.name)
@@ -160,7 +313,7 @@ impl WorkflowStore for PostgresStore {
 
     async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
         self.timed("checkpoints", async {
-            let row = sqlx::query(self.shared.sql.wf.checkpoints.clone())
+            let row = sqlx::query(self.shared.sql.workflow.checkpoints.clone())
                 .bind(run.uuid())
                 .fetch_optional(&self.shared.pool)
                 .await
@@ -178,7 +331,7 @@ impl WorkflowStore for PostgresStore {
             return Ok(snapshot);
         }
         self.timed("load_run", async {
-            let row = self.fenced_row(&self.shared.sql.wf.load_run, lease, run).await?;
+            let row = self.fenced_row(&self.shared.sql.workflow.load_run, lease, run).await?;
             let mut stored = run_from_row(&row)?;
             if let Some(at) = get::<Option<i64>>(&row, "flipped_at")? {
                 stored.state = RunState::Running;
@@ -197,74 +350,17 @@ impl WorkflowStore for PostgresStore {
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
         NewCheckpoint::validate_all(&checkpoints, self.max_payload_bytes)?;
-        // Group-committed with the other drives' writes (see `crate::checkpoint_batch`).
+        // Group-committed with the other drives' writes (see `workflow::checkpoint`).
         let write = distinct_keys(checkpoints);
         self.timed("save_checkpoints", self.save_batched(lease, run, write)).await
     }
 
     async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome> {
-        let wake_at = suspend.wake_at().ok_or_else(|| {
-            Error::invalid_input("a suspend needs a wake time or an event to wait for")
-        })?;
-        let waits = &suspend.waits;
-        let keys: Vec<&str> = waits.iter().map(|w| w.key.as_str()).collect();
-        let names: Vec<&str> = waits.iter().map(|w| w.name.as_str()).collect();
-        let correlations: Vec<&str> = waits.iter().map(|w| w.correlation.as_str()).collect();
-        let deadlines: Vec<i64> = waits.iter().map(|w| w.deadline.as_unix_micros()).collect();
-        let locks = self.event_locks(waits.iter().map(|w| (&*w.name, &*w.correlation)));
-        let run = suspend.run;
-        self.timed("suspend_run", async {
-            let query = self
-                .fenced(&self.shared.sql.wf.suspend, lease, run)
-                .bind(wake_at.as_unix_micros())
-                .bind(&keys)
-                .bind(&names)
-                .bind(&correlations)
-                .bind(&deadlines)
-                .bind(self.channel());
-            let row = self.fetch_one_locked(&locks, query).await?;
-            check_fence(&row, run)?;
-            if get::<bool>(&row, "cancel_requested")? {
-                return Ok(SuspendOutcome::CancelRequested);
-            }
-            if get::<bool>(&row, "delivered")? {
-                return Ok(SuspendOutcome::Delivered);
-            }
-            match get::<Option<String>>(&row, "job_state")? {
-                Some(_) => Ok(SuspendOutcome::Suspended { wake_at }),
-                None => Err(lease_lost(run)),
-            }
-        })
-        .await
+        self.suspend_fenced(lease, suspend).await
     }
 
     async fn resolve_wait(&self, lease: LeaseRef, run: RunId, key: &str) -> Result<WaitResolution> {
-        self.timed("resolve_wait", async {
-            let row = self
-                .fenced(&self.shared.sql.wf.resolve_wait, lease, run)
-                .bind(key)
-                .fetch_one(&self.shared.pool)
-                .await
-                .map_err(db_error)?;
-            check_fence(&row, run)?;
-            if let Some(data) = get::<Option<Vec<u8>>>(&row, "data")? {
-                return Ok(WaitResolution::Delivered(data));
-            }
-            if get::<bool>(&row, "removed")? {
-                return Ok(WaitResolution::TimedOut);
-            }
-            // No wait was left to remove: either none was registered, or a publish delivered to
-            // it while the statement ran, after its snapshot. Read the checkpoint again.
-            let data: Option<Vec<u8>> =
-                sqlx::query_scalar(self.shared.sql.wf.checkpoint_data.clone())
-                    .bind(run.uuid())
-                    .bind(key)
-                    .fetch_optional(&self.shared.pool)
-                    .await
-                    .map_err(db_error)?;
-            Ok(data.map_or(WaitResolution::TimedOut, WaitResolution::Delivered))
-        })
-        .await
+        self.resolve_fenced(lease, run, key).await
     }
 
     async fn end_run(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()> {
@@ -277,8 +373,8 @@ impl WorkflowStore for PostgresStore {
                 (None, Some(error.replace('\0', "\u{fffd}")))
             }
         };
-        // Group-committed with the drives' checkpoint writes (see `crate::checkpoint_batch`).
-        let end = crate::checkpoint_batch::End { state, output, error };
+        // Group-committed with the drives' checkpoint writes (see `workflow::checkpoint`).
+        let end = End { state, output, error };
         self.timed("end_run", self.end_batched(lease, run, end)).await
     }
 
@@ -286,7 +382,7 @@ impl WorkflowStore for PostgresStore {
         // PostgreSQL text can not hold NUL: keep the reason, mark where a NUL was.
         let reason = reason.replace('\0', "\u{fffd}");
         self.timed("cancel_run", async {
-            let row = sqlx::query(self.shared.sql.wf.cancel_run.clone())
+            let row = sqlx::query(self.shared.sql.workflow.cancel_run.clone())
                 .bind(self.now_param())
                 .bind(id.uuid())
                 .bind(&reason)
@@ -305,220 +401,16 @@ impl WorkflowStore for PostgresStore {
     }
 
     async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {
-        self.timed("replay_run", async {
-            let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
-            let locked = self.lock_drive(&mut tx, id, Some(key)).await?;
-            if locked.key_seq.is_none() {
-                return Err(Error::not_found(format!("run {id} has no checkpoint {key:?}")));
-            }
-            sqlx::query(self.shared.sql.wf.drop_waits.clone())
-                .bind(id.uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-            let row = sqlx::query(self.shared.sql.wf.replay_run.clone())
-                .bind(self.now_param())
-                .bind(id.uuid())
-                .bind(key)
-                .bind(self.channel())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_error)?;
-            if !get::<bool>(&row, "replayed")? {
-                return Err(Error::internal(format!(
-                    "postgres: run {id} and its checkpoint {key:?} were locked but not replayed"
-                )));
-            }
-            tx.commit().await.map_err(db_error)
-        })
-        .await
+        self.rewind_to(id, key).await
     }
 
     async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()> {
-        self.timed("migrate_run", async {
-            let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
-            let locked = self.lock_drive(&mut tx, id, None).await?;
-            if locked.run_state == RunState::Completed {
-                return Err(Error::new(ErrorKind::Conflict, format!("run {id} has completed")));
-            }
-            let row = sqlx::query(self.shared.sql.wf.migrate_run.clone())
-                .bind(self.now_param())
-                .bind(id.uuid())
-                .bind(i64::from(version))
-                .bind(drive_job_name)
-                .bind(self.channel())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_error)?;
-            if !get::<bool>(&row, "migrated")? {
-                return Err(Error::internal(format!(
-                    "postgres: run {id} was locked but not migrated"
-                )));
-            }
-            tx.commit().await.map_err(db_error)
-        })
-        .await
+        self.move_to_version(id, version, drive_job_name).await
     }
 
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {
-        event.validate(self.max_payload_bytes)?;
-        let locks = self.event_locks([(&*event.name, &*event.correlation)]);
-        self.timed("publish_event", async {
-            let query = sqlx::query(self.shared.sql.wf.publish.clone())
-                .bind(self.now_param())
-                .bind(&event.name)
-                .bind(&event.correlation)
-                .bind(event.scope.app.as_deref())
-                .bind(event.scope.tenant.as_deref())
-                .bind(event.payload.as_slice())
-                .bind(event.broadcast)
-                .bind(event.id.uuid())
-                .bind(i64::try_from(event.keep_for.as_micros()).unwrap_or(i64::MAX))
-                .bind(self.channel());
-            let row = self.fetch_one_locked(&locks, query).await?;
-            let missed: Vec<Uuid> = get(&row, "missed")?;
-            if !missed.is_empty() {
-                self.wake_drives(&missed).await;
-            }
-            let delivered: Vec<Uuid> = get(&row, "delivered")?;
-            Ok(Published {
-                delivered_to: delivered.into_iter().map(RunId::from_uuid).collect(),
-                kept: get(&row, "kept")?,
-            })
-        })
-        .await
+        self.publish(event).await
     }
-}
-
-impl PostgresStore {
-    /// The snapshot of a run that is not suspended, read without a lock (`READ_RUN` of
-    /// [`crate::workflow_sql`]); `None` for a suspended run, which [`load_run`] flips.
-    async fn read_run(&self, lease: LeaseRef, run: RunId) -> Result<Option<RunSnapshot>> {
-        self.timed("load_run", async {
-            let row = self.fenced_row(&self.shared.sql.wf.read_run, lease, run).await?;
-            let stored = run_from_row(&row)?;
-            if stored.state == RunState::Suspended {
-                return Ok(None);
-            }
-            let now = Timestamp::from_unix_micros(get(&row, "store_now")?);
-            Ok(Some(RunSnapshot { run: stored, checkpoints: checkpoints_from_row(&row)?, now }))
-        })
-        .await
-    }
-
-    /// Make drive jobs a publish delivered to but had to skip due now (see
-    /// [`crate::workflow_sql`]'s `PUBLISH`). The publish is committed, so a failure here is not
-    /// the caller's: it is logged, and the run wakes at its wait's deadline at the latest.
-    async fn wake_drives(&self, jobs: &[Uuid]) {
-        let wake = sqlx::query(self.shared.sql.wf.wake_drives.clone())
-            .bind(self.now_param())
-            .bind(jobs)
-            .bind(self.channel())
-            .execute(&self.shared.pool);
-        if let Err(error) = wake.await {
-            tracing::warn!(%error, "could not wake the drive jobs of a delivered event");
-        }
-    }
-
-    /// `sql`, a fenced statement, with its first parameters bound: the store's now, the lease's
-    /// job and token, the run.
-    fn fenced(&self, sql: &SqlStr, lease: LeaseRef, run: RunId) -> Bound<'static> {
-        sqlx::query(sql.clone())
-            .bind(self.now_param())
-            .bind(lease.job_id.uuid())
-            .bind(lease.token.uuid())
-            .bind(run.uuid())
-    }
-
-    /// The row of `sql` run fenced for `run`: `NotFound` for an unknown run, `LeaseLost` when
-    /// `lease` does not hold its drive job.
-    async fn fenced_row(&self, sql: &SqlStr, lease: LeaseRef, run: RunId) -> Result<PgRow> {
-        let row = self
-            .fenced(sql, lease, run)
-            .fetch_optional(&self.shared.pool)
-            .await
-            .map_err(db_error)?
-            .ok_or_else(|| no_run(run))?;
-        if !get::<bool>(&row, "held")? {
-            return Err(lease_lost(run));
-        }
-        Ok(row)
-    }
-
-    /// Lock run `id`'s drive job, then the run (`LOCK_DRIVE` of [`crate::workflow_sql`]), in `tx`,
-    /// for a replay or a migration: `NotFound` for an unknown run, `Conflict` while a drive
-    /// holds it (its drive job is running). Answers the run's state and the `seq` of its
-    /// checkpoint `key`, when asked for and stored.
-    async fn lock_drive(
-        &self,
-        tx: &mut sqlx::PgConnection,
-        id: RunId,
-        key: Option<&str>,
-    ) -> Result<LockedDrive> {
-        let row = sqlx::query(self.shared.sql.wf.lock_drive.clone())
-            .bind(id.uuid())
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?
-            .ok_or_else(|| no_run(id))?;
-        if get::<Option<String>>(&row, "job_state")?.as_deref() == Some("running") {
-            return Err(Error::new(ErrorKind::Conflict, format!("a drive holds run {id}")));
-        }
-        let state: String = get(&row, "run_state")?;
-        let run_state = state.parse::<RunState>().map_err(|e| {
-            Error::internal(format!("postgres: run {id} has an unknown state: {e}"))
-        })?;
-        Ok(LockedDrive { run_state, key_seq: get(&row, "key_seq")? })
-    }
-
-    /// The advisory lock keys of (name, correlation) pairs in this store's schema, sorted and
-    /// distinct, so concurrent callers take them in one order.
-    fn event_locks<'a>(&self, keys: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<i64> {
-        let mut locks: Vec<i64> = keys
-            .into_iter()
-            .map(|(name, correlation)| event_lock(self.schema(), name, correlation))
-            .collect();
-        locks.sort_unstable();
-        locks.dedup();
-        locks
-    }
-
-    /// Run `query` and fetch its one row: alone when `locks` is empty, else in a transaction
-    /// that first takes those advisory locks (see the module docs).
-    async fn fetch_one_locked(&self, locks: &[i64], query: Bound<'_>) -> Result<PgRow> {
-        if locks.is_empty() {
-            return query.fetch_one(&self.shared.pool).await.map_err(db_error);
-        }
-        let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
-        sqlx::query(self.shared.sql.wf.lock_event_keys.clone())
-            .bind(locks)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let row = query.fetch_one(&mut *tx).await.map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(row)
-    }
-}
-
-/// What [`PostgresStore::lock_drive`] found under its locks.
-struct LockedDrive {
-    /// The run's state.
-    run_state: RunState,
-    /// The `seq` of the asked-for checkpoint, when it is stored.
-    key_seq: Option<i64>,
-}
-
-/// The advisory lock key of events named `name` with key `correlation` in `schema`: FNV-1a
-/// over the three (0xff, never in UTF-8, between them), stable across processes. Collisions
-/// only make unrelated publishes and suspends take turns.
-fn event_lock(schema: &str, name: &str, correlation: &str) -> i64 {
-    let bytes = schema.bytes().chain([0xff]).chain(name.bytes()).chain([0xff]);
-    let hash = bytes.chain(correlation.bytes()).fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
-    i64::from_ne_bytes(hash.to_ne_bytes())
 }
 
 /// Checkpoints as the save statement takes them: one per key, at the key's first place in the
@@ -539,28 +431,26 @@ fn distinct_keys(checkpoints: Vec<NewCheckpoint>) -> (Vec<String>, Vec<Vec<u8>>)
     (keys, data)
 }
 
-/// `NotFound` for an unknown run, `LeaseLost` when the fence did not hold.
-fn check_fence(row: &PgRow, run: RunId) -> Result<()> {
-    if !get::<bool>(row, "found")? {
-        return Err(no_run(run));
-    }
-    if !get::<bool>(row, "held")? {
-        return Err(lease_lost(run));
-    }
-    Ok(())
-}
-
-pub(crate) fn no_run(run: RunId) -> Error {
-    Error::not_found(format!("no run {run}"))
-}
-
-pub(crate) fn lease_lost(run: RunId) -> Error {
-    Error::new(ErrorKind::LeaseLost, format!("the drive of run {run} no longer holds its lease"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_placeholder_is_expanded() {
+        let q = Sql::new("\"dispatch\"");
+        for sql in [
+            &q.start_run,
+            &q.run_by_key,
+            &q.get_run,
+            &q.list_runs,
+            &q.checkpoints,
+            &q.load_run,
+            &q.read_run,
+            &q.cancel_run,
+        ] {
+            crate::assert_expanded(sql);
+        }
+    }
 
     #[test]
     fn repeated_keys_keep_their_first_place_and_last_data() {
@@ -572,14 +462,5 @@ mod tests {
         let (keys, data) = distinct_keys(batch);
         assert_eq!(keys, ["b", "a"]);
         assert_eq!(data, [vec![3], vec![2]]);
-    }
-
-    #[test]
-    fn event_locks_depend_on_every_part() {
-        let lock = event_lock("s", "paid", "o-1");
-        assert_eq!(lock, event_lock("s", "paid", "o-1"), "stable");
-        assert_ne!(lock, event_lock("t", "paid", "o-1"));
-        assert_ne!(lock, event_lock("s", "paid", "o-2"));
-        assert_ne!(event_lock("s", "ab", "c"), event_lock("s", "a", "bc"));
     }
 }

@@ -1,7 +1,7 @@
-//! What the PostgreSQL test binaries share: the server's URL, a probe, fresh schemas that are
-//! dropped at the end of the run, and a small libtest-mimic runner for tests that need the
-//! server (ignored when it is unreachable, failed instead under `CI=true`, as the conformance
-//! suite does).
+//! What the PostgreSQL test binaries (`it` and `conformance`) share: the server's URL, a probe,
+//! fresh schemas that are dropped at the end of the run, and a small libtest-mimic runner for
+//! tests that need the server (ignored when it is unreachable, failed instead under `CI=true`,
+//! as the conformance suite does).
 
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
@@ -71,9 +71,9 @@ pub fn drop_created_schemas(url: &str) {
 /// A test that needs the server: gets its URL.
 pub type ServerTest = fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Run `tests` as a libtest-mimic harness, each on its own two-worker runtime; then drop the
-/// schemas they made.
-pub fn run(tests: Vec<(&'static str, ServerTest)>) -> ExitCode {
+/// Run `tests` (name, test) as a libtest-mimic harness, each on its own two-worker runtime;
+/// then drop the schemas they made.
+pub fn run(tests: Vec<(String, ServerTest)>) -> ExitCode {
     let args = Arguments::from_args();
     let url = url();
     let probe = tokio::runtime::Builder::new_current_thread()

@@ -5,14 +5,13 @@
 //! that was never analyzed (the planner's worst guesses) and again after `ANALYZE`. Needs the
 //! test server (see `support`).
 
-mod support;
-
-use std::process::ExitCode;
 use std::time::Duration;
 
 use dispatch_core::{ClaimRequest, JobStore, LeaseToken, WorkerId};
 use dispatch_store_postgres::PostgresStore;
 use serde_json::Value;
+
+use crate::support::{self, ServerTest};
 
 /// Jobs of each crowd: due jobs of another name, and future jobs of the claimed name.
 const CROWD: i64 = 100_000;
@@ -25,8 +24,9 @@ const MAX_FILTERED: f64 = 100.0;
 /// Shared buffers a claim may touch (reading the crowd touches thousands).
 const MAX_BUFFERS: f64 = 300.0;
 
-fn main() -> ExitCode {
-    support::run(vec![
+/// The tests of this module, by name.
+pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
+    vec![
         ("a_claim_beside_a_crowded_queue_reads_only_its_batch", |url| {
             Box::pin(a_claim_beside_a_crowded_queue_reads_only_its_batch(url))
         }),
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         ("a_job_below_the_claim_mark_is_claimed", |url| {
             Box::pin(a_job_below_the_claim_mark_is_claimed(url))
         }),
-    ])
+    ]
 }
 
 async fn a_claim_beside_a_crowded_queue_reads_only_its_batch(url: String) {

@@ -3,24 +3,24 @@
 //! timeout is below the call timeout), and the leases of a claim whose answer was lost are given
 //! back by the claim's token. Needs the test server (see `support`).
 
-mod support;
-
-use std::process::ExitCode;
 use std::time::Duration;
 
 use dispatch_core::{ClaimRequest, ErrorKind, JobState, JobStore, LeaseToken, NewJob, WorkerId};
 use dispatch_store_postgres::PostgresStore;
 use sqlx::Connection;
 
-fn main() -> ExitCode {
-    support::run(vec![
+use crate::support::{self, ServerTest};
+
+/// The tests of this module, by name.
+pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
+    vec![
         ("a_timed_out_claim_commits_nothing", |url| {
             Box::pin(a_timed_out_claim_commits_nothing(url))
         }),
         ("a_lost_claim_is_released_by_its_token", |url| {
             Box::pin(a_lost_claim_is_released_by_its_token(url))
         }),
-    ])
+    ]
 }
 
 fn request(token: LeaseToken) -> ClaimRequest {

@@ -3,9 +3,6 @@
 //! before the live one, a lease renewed twice in one heartbeat, a unique key repeated after a
 //! held key, concurrent enqueues written in one group. Needs the test server (see `support`).
 
-mod support;
-
-use std::process::ExitCode;
 use std::time::Duration;
 
 use dispatch_core::{
@@ -14,8 +11,11 @@ use dispatch_core::{
 };
 use dispatch_store_postgres::PostgresStore;
 
-fn main() -> ExitCode {
-    support::run(vec![
+use crate::support::{self, ServerTest};
+
+/// The tests of this module, by name.
+pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
+    vec![
         ("one_job_twice_in_a_finish_batch", |url| Box::pin(one_job_twice_in_a_finish_batch(url))),
         ("one_lease_twice_in_a_heartbeat", |url| Box::pin(one_lease_twice_in_a_heartbeat(url))),
         ("repeats_of_a_held_key_name_the_holder", |url| {
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         ("one_key_enqueued_by_many_callers_at_once_is_created_once", |url| {
             Box::pin(one_key_enqueued_by_many_callers_at_once_is_created_once(url))
         }),
-    ])
+    ]
 }
 
 async fn store(url: &str) -> PostgresStore {

@@ -6,10 +6,7 @@
 //! up; a run error holding a NUL character (which `text` can not store) is kept with the NUL
 //! marked. Needs the test server (see `support`).
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,13 +20,16 @@ use dispatch_store_postgres::PostgresStore;
 use sqlx::AssertSqlSafe;
 use tokio::sync::Barrier;
 
+use crate::support::{self, ServerTest};
+
 /// The drive jobs' name.
 const DRIVE: &str = "wf-race-drive";
 /// Rounds of each two-party race.
 const ROUNDS: usize = 25;
 
-fn main() -> ExitCode {
-    support::run(vec![
+/// The tests of this module, by name.
+pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
+    vec![
         ("concurrent_events_reach_distinct_waiters", |url| {
             Box::pin(concurrent_events_reach_distinct_waiters(url))
         }),
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         ("a_cancel_racing_a_suspend_is_never_lost", |url| {
             Box::pin(a_cancel_racing_a_suspend_is_never_lost(url))
         }),
-    ])
+    ]
 }
 
 /// `n` stores (each its own pool) on one fresh schema.

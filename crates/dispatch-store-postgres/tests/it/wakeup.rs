@@ -3,9 +3,6 @@
 //! after its listener connection is killed it says "any queue" and hears later enqueues again;
 //! its stream ends when the store is dropped. Needs the test server (see `support`).
 
-mod support;
-
-use std::process::ExitCode;
 use std::time::Duration;
 
 use dispatch_core::{
@@ -16,13 +13,16 @@ use dispatch_store_postgres::PostgresStore;
 use futures::StreamExt;
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::support::{self, ServerTest};
+
 /// How long a wake-up may take to arrive.
 const PROMPT: Duration = Duration::from_secs(1);
 /// How long reconnecting may take.
 const RECONNECT: Duration = Duration::from_secs(10);
 
-fn main() -> ExitCode {
-    support::run(vec![
+/// The tests of this module, by name.
+pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
+    vec![
         ("another_stores_enqueue_wakes_a_subscriber", |url| {
             Box::pin(another_stores_enqueue_wakes_a_subscriber(url))
         }),
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         ("the_stream_ends_when_the_store_is_dropped", |url| {
             Box::pin(the_stream_ends_when_the_store_is_dropped(url))
         }),
-    ])
+    ]
 }
 
 /// Two stores on one fresh schema, both named `app` in `pg_stat_activity`: the subscriber and

@@ -2,17 +2,17 @@
 //! use, and how connection trouble surfaces (unreachable server, call timeout, terminated
 //! connections). Needs the test server (see `support`).
 
-mod support;
-
-use std::process::ExitCode;
 use std::time::Duration;
 
 use dispatch_core::{ErrorKind, JobStore, NewJob};
 use dispatch_store_postgres::{PostgresStore, SCHEMA_VERSION};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-fn main() -> ExitCode {
-    support::run(vec![
+use crate::support::{self, ServerTest};
+
+/// The tests of this module, by name.
+pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
+    vec![
         ("concurrent_migrations_share_one_schema", |url| {
             Box::pin(concurrent_migrations_share_one_schema(url))
         }),
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         ("terminated_connections_are_unavailable_then_replaced", |url| {
             Box::pin(terminated_connections_are_unavailable_then_replaced(url))
         }),
-    ])
+    ]
 }
 
 async fn execute(url: &str, sql: String) {

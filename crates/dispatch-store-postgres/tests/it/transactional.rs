@@ -2,10 +2,7 @@
 //! committed leave 100, and a worker claiming all the while never sees a job whose
 //! transaction has not committed. Needs the test server (see `support`).
 
-mod support;
-
 use std::collections::HashSet;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -17,8 +14,11 @@ use dispatch_core::{
 use dispatch_store_postgres::PostgresStore;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
-fn main() -> ExitCode {
-    support::run(vec![
+use crate::support::{self, ServerTest};
+
+/// The tests of this module, by name.
+pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
+    vec![
         ("a_job_exists_exactly_when_its_transaction_commits", |url| {
             Box::pin(a_job_exists_exactly_when_its_transaction_commits(url))
         }),
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
         ("a_run_exists_exactly_when_its_transaction_commits", |url| {
             Box::pin(a_run_exists_exactly_when_its_transaction_commits(url))
         }),
-    ])
+    ]
 }
 
 /// A store on a fresh schema, and the application's own connection with an `orders` table in
