@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::error::lease_lost;
 use crate::row::get;
-use crate::workflow::fence::{Bound, FENCE, FENCED, check_fence};
+use crate::run::{Bound, FENCE, FENCED, check_fence};
 use crate::{PostgresStore, db_error, statement};
 
 /// Fenced suspend. `$5` wake-at, `$6..$9` the waits (key, name, correlation, deadline) in order,

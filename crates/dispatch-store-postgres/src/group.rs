@@ -15,6 +15,8 @@
 //! ([`take_all`]); checkpoint writes take one write per run, and a write left behind stays
 //! queued, its caller racing for a permit again.
 
+pub(crate) mod checkpoints;
+
 use std::future::Future;
 use std::sync::Arc;
 

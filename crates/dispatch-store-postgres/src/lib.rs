@@ -97,6 +97,7 @@ mod job;
 mod migrate;
 mod rewind;
 mod row;
+mod run;
 mod transaction;
 mod wake;
 mod workflow;
@@ -172,8 +173,8 @@ struct Shared {
     schema: String,
     wake: Wake,
     /// Checkpoint writes and run ends waiting for their group commit (see
-    /// `workflow::checkpoint`).
-    checkpoints: workflow::Writes,
+    /// `group::checkpoints`).
+    checkpoints: group::checkpoints::Writes,
 }
 
 /// Every statement of one store, built once for its schema; each concern's statements live
@@ -300,7 +301,7 @@ impl PostgresStoreBuilder {
                 sql: Statements::new(&quoted),
                 schema: self.schema,
                 wake: Wake::new(options, channel),
-                checkpoints: workflow::writes(),
+                checkpoints: group::checkpoints::writes(),
             }),
             clock: None,
             max_payload_bytes: self.max_payload_bytes,

@@ -7,9 +7,6 @@
 //! that the publishes and suspends of [`crate::events`] and the rewinds and migrations of
 //! [`crate::rewind`] take their locks first, in a short transaction.
 
-pub(crate) mod checkpoint;
-pub(crate) mod fence;
-
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -23,15 +20,13 @@ use uuid::Uuid;
 
 use crate::enqueue::validate_batch;
 use crate::error::no_run;
+use crate::group::checkpoints::{self, End};
 use crate::row::{
     CHECKPOINT_ARRAYS, RUN_COLUMNS, checkpoints_from_row, get, micros, run_at_parts, run_from_row,
     sql_limit,
 };
+use crate::run::FENCE;
 use crate::{PostgresStore, db_error, statement};
-use checkpoint::End;
-use fence::FENCE;
-
-pub(crate) use checkpoint::{Writes, writes};
 
 /// Start a run (`$2..$9`) and its drive job (`$10..$22`, as one enqueue item) unless the run
 /// is stored with this name, input and drive job (`same`: a retried start, nothing changes), the
@@ -140,7 +135,7 @@ pub(crate) struct Sql {
     read_run: SqlStr,
     cancel_run: SqlStr,
     /// The group commit's statement.
-    pub(crate) batch: checkpoint::Sql,
+    pub(crate) batch: checkpoints::Sql,
 }
 
 impl Sql {
@@ -162,7 +157,7 @@ impl Sql {
             load_run: build(LOAD_RUN),
             read_run: build(READ_RUN),
             cancel_run: build(CANCEL_RUN),
-            batch: checkpoint::Sql::new(quoted),
+            batch: checkpoints::Sql::new(quoted),
         }
     }
 }
@@ -350,7 +345,7 @@ impl WorkflowStore for PostgresStore {
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
         NewCheckpoint::validate_all(&checkpoints, self.max_payload_bytes)?;
-        // Group-committed with the other drives' writes (see `workflow::checkpoint`).
+        // Group-committed with the other drives' writes (see `group::checkpoints`).
         let write = distinct_keys(checkpoints);
         self.timed("save_checkpoints", self.save_batched(lease, run, write)).await
     }
@@ -373,7 +368,7 @@ impl WorkflowStore for PostgresStore {
                 (None, Some(error.replace('\0', "\u{fffd}")))
             }
         };
-        // Group-committed with the drives' checkpoint writes (see `workflow::checkpoint`).
+        // Group-committed with the drives' checkpoint writes (see `group::checkpoints`).
         let end = End { state, output, error };
         self.timed("end_run", self.end_batched(lease, run, end)).await
     }
