@@ -2,8 +2,8 @@
 //! from a checkpoint, and migration to another version.
 
 use dispatch_core::{
-    CancelResult, ErrorKind, FinishResult, JobState, NewCheckpoint, Outcome, RunCancel, RunEnd,
-    RunId, RunState, Suspend, SuspendOutcome, WorkflowStore,
+    CancelResult, DRIVE_JOB_CANCEL_REASON, ErrorKind, FinishResult, JobState, NewCheckpoint,
+    Outcome, RunCancel, RunEnd, RunId, RunState, Suspend, SuspendOutcome, WorkflowStore,
 };
 
 use dispatch_core::Clock as _;
@@ -152,4 +152,33 @@ pub async fn migrate_moves_a_run_to_another_version(ctx: TestContext<dyn Workflo
         ErrorKind::Conflict,
         "migrate_run",
     );
+}
+
+/// A job-level cancel of a running drive job (the run's first cancel request) is the run's
+/// cancel, with reason [`DRIVE_JOB_CANCEL_REASON`]: the drive's next suspend (a durable sleep
+/// here) answers `CancelRequested`, and the job, neither cancelled nor flagged, is released
+/// as available (not cancelled) and later completes as any drive job.
+pub async fn suspend_after_a_cancel_of_the_drive_job_answers_cancel_requested(
+    ctx: TestContext<dyn WorkflowStore>,
+) {
+    let run = ctx.start("cancel-running").await;
+    let lease = ctx.drive(run).await;
+    let cancel = ctx.store.request_cancel(lease.job_id).await.expect("request_cancel");
+    assert_eq!(cancel, CancelResult::Requested);
+    let reason = ctx.store.get_run(run).await.unwrap().expect("run").cancel_requested;
+    assert_eq!(reason.as_deref(), Some(DRIVE_JOB_CANCEL_REASON));
+    let until = Some(ctx.clock.now() + secs(10));
+    let outcome = ctx.store.suspend_run(lease, Suspend { run, until, waits: vec![] }).await;
+    assert_eq!(outcome.expect("suspend_run"), SuspendOutcome::CancelRequested);
+    let job = ctx.job(lease.job_id).await;
+    assert_eq!((job.state, job.cancel_requested), (JobState::Running, false));
+    assert_eq!(ctx.run_state(run).await, RunState::Running);
+    let released = ctx.finish(lease, Outcome::Release).await;
+    assert!(
+        matches!(released, FinishResult::Applied { state: JobState::Available, .. }),
+        "a release of the unflagged drive job: {released:?}"
+    );
+    let lease = ctx.drive(run).await;
+    let done = ctx.finish(lease, Outcome::Complete).await;
+    assert!(matches!(done, FinishResult::Applied { state: JobState::Completed, .. }), "{done:?}");
 }

@@ -145,3 +145,62 @@ pub async fn suspend_replaces_the_runs_earlier_waits(ctx: TestContext<dyn Workfl
     let lease = ctx.drive(other).await;
     assert_eq!(ctx.wait_for(lease, other, "a", "ev-a", "k").await, SuspendOutcome::Delivered);
 }
+
+/// Many checkpoints in one call (more than one multi-row statement's worth) keep the order
+/// given, a key listed twice in that call keeps its first place with its later data, and a
+/// later call rewrites a key in place; `load_run` and `checkpoints` agree. `checkpoints` of an
+/// unknown run is `NotFound`.
+pub async fn many_checkpoints_in_one_call_keep_write_order(ctx: TestContext<dyn WorkflowStore>) {
+    let run = ctx.start("many").await;
+    let lease = ctx.drive(run).await;
+    let mut batch: Vec<NewCheckpoint> =
+        (0..300).map(|i| NewCheckpoint::new(format!("k{i:03}"), vec![1])).collect();
+    batch.push(NewCheckpoint::new("k005", vec![2]));
+    ctx.store.save_checkpoints(lease, run, batch).await.expect("save_checkpoints");
+    let rewrite = vec![NewCheckpoint::new("k000", vec![3])];
+    ctx.store.save_checkpoints(lease, run, rewrite).await.expect("save_checkpoints");
+
+    let want: Vec<String> = (0..300).map(|i| format!("k{i:03}")).collect();
+    let loaded = ctx.store.load_run(lease, run).await.expect("load_run").checkpoints;
+    let listed = ctx.store.checkpoints(run).await.expect("checkpoints");
+    for checkpoints in [loaded, listed] {
+        let keys: Vec<&str> = checkpoints.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, want, "first write order, rewrites in place");
+        let data = |i: usize| checkpoints[i].data.as_slice();
+        assert_eq!((data(0), data(5), data(6)), (&[3][..], &[2][..], &[1][..]), "latest data");
+    }
+    assert_kind(ctx.store.checkpoints(RunId::new()).await, ErrorKind::NotFound, "checkpoints");
+}
+
+/// Waits are keyed by their checkpoint key: of a key listed twice in one suspend, the last
+/// wait is the one registered.
+pub async fn a_wait_on_a_key_replaces_the_earlier_wait_on_that_key(
+    ctx: TestContext<dyn WorkflowStore>,
+) {
+    let run = ctx.start("rewait").await;
+    let lease = ctx.drive(run).await;
+    let waits = vec![wait_on(&ctx, "w", "first"), wait_on(&ctx, "w", "second")];
+    let outcome = ctx.store.suspend_run(lease, Suspend { run, until: None, waits }).await.unwrap();
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "{outcome:?}");
+    let published = ctx.publish("first", "k", "1", false).await;
+    assert!(published.kept, "the first wait on `w` was replaced: {published:?}");
+    assert_eq!(ctx.publish("second", "k", "2", false).await.delivered_to, [run]);
+}
+
+/// A later suspend's wait on a key replaces the run's earlier wait on that key (for another
+/// event): the earlier event is kept, the later one delivered.
+pub async fn a_later_suspend_replaces_the_wait_on_a_key(ctx: TestContext<dyn WorkflowStore>) {
+    let run = ctx.start("rewait").await;
+    let lease = ctx.drive(run).await;
+    let until = Some(ctx.clock.now() + secs(1));
+    let waits = vec![wait_on(&ctx, "v", "third")];
+    ctx.store.suspend_run(lease, Suspend { run, until, waits }).await.unwrap();
+    ctx.clock.advance(secs(1)); // the sleep wins; the drive now waits on `v` for another event
+    let lease = ctx.drive(run).await;
+    ctx.store.load_run(lease, run).await.unwrap();
+    let outcome = ctx.wait_for(lease, run, "v", "fourth", "k").await;
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "{outcome:?}");
+    let published = ctx.publish("third", "k", "3", false).await;
+    assert!(published.kept, "the wait on `v` for third was replaced: {published:?}");
+    assert_eq!(ctx.publish("fourth", "k", "4", false).await.delivered_to, [run]);
+}

@@ -1,17 +1,21 @@
 //! Correlated events: one event one waiter, broadcasts, kept events and their expiry, scope,
-//! and waits that time out.
+//! waits that time out, deliveries to a running drive, and the wake-ups of a start and a
+//! delivery.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use dispatch_core::{
-    EventId, JobState, NewEvent, Scope, Suspend, SuspendOutcome, WaitResolution, WorkflowStore,
+    EventId, EventWait, JobState, NewEvent, RunEnd, Scope, Started, Suspend, SuspendOutcome,
+    WaitResolution, Wakeup, WakeupStream, WorkflowStore,
 };
 
 use dispatch_core::Clock as _;
+use futures::StreamExt as _;
 
-use super::{DRIVE, wait_on};
+use super::{DRIVE, new_run, wait_on};
 use crate::TestContext;
-use crate::support::secs;
+use crate::support::{job_in, lease, request_in, secs};
 
 /// One event, one waiter: the oldest wait on (name, key) receives it; its checkpoint holds the
 /// payload and its drive job is due at once; the other waiter keeps waiting.
@@ -158,4 +162,140 @@ pub async fn timed_out_wait_receives_nothing_later(ctx: TestContext<dyn Workflow
     let published = ctx.publish("reply", "r-1", "too late", false).await;
     assert_eq!((published.delivered_to.len(), published.kept), (0, true));
     assert!(ctx.checkpoint_keys(run).await.is_empty());
+}
+
+/// A delivery to a run whose drive job is running (the run was suspended, its wait's deadline
+/// came and a drive claimed it) writes the wait's checkpoint and leaves the job and its lease
+/// alone; the drive finds the event through `resolve_wait` and goes on under its lease.
+pub async fn an_event_for_a_running_drive_writes_its_checkpoint_and_leaves_the_job_alone(
+    ctx: TestContext<dyn WorkflowStore>,
+) {
+    let run = ctx.start("busy").await;
+    let lease = ctx.drive(run).await;
+    let outcome = ctx.wait_for(lease, run, "w", "reply", "r").await;
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "{outcome:?}");
+    ctx.clock.advance(secs(60));
+    let lease = ctx.drive(run).await;
+    let before = ctx.job(lease.job_id).await;
+    let published = ctx.publish("reply", "r", "yes", false).await;
+    assert_eq!((published.delivered_to, published.kept), (vec![run], false));
+    assert_eq!(ctx.job(lease.job_id).await, before, "the running drive job is untouched");
+    let resolved = ctx.store.resolve_wait(lease, run, "w").await.unwrap();
+    assert_eq!(resolved, WaitResolution::Delivered(b"yes".to_vec()));
+    ctx.store.end_run(lease, run, RunEnd::Completed(vec![])).await.expect("the lease holds");
+}
+
+/// Scopes match part by part: a run scoped to an app with no tenant receives only events of
+/// that app with no tenant, not those of a tenant of the app, of the tenant alone, or unscoped.
+pub async fn an_unset_scope_part_matches_only_an_unset_part(ctx: TestContext<dyn WorkflowStore>) {
+    let app_only = Scope { app: Some("shop".into()), tenant: None };
+    let run = ctx.start_in("scoped", app_only.clone()).await;
+    let lease = ctx.drive(run).await;
+    ctx.wait_for(lease, run, "w", "paid", "o").await;
+    let tenant_only = Scope { app: None, tenant: Some("acme".into()) };
+    for other in [Scope::new("shop", "acme"), tenant_only, Scope::default()] {
+        let published = ctx.publish_in("paid", "o", "x", false, other.clone()).await;
+        assert!(published.kept, "an event of {other:?} reached an app-only wait: {published:?}");
+    }
+    let published = ctx.publish_in("paid", "o", "y", false, app_only).await;
+    assert_eq!(published.delivered_to, [run]);
+}
+
+/// An event of `name` and `corr`, kept for `keep_for`, unscoped.
+fn event(name: &str, corr: &str, keep_for: Duration) -> NewEvent {
+    NewEvent {
+        id: EventId::new(),
+        name: name.to_owned(),
+        correlation: corr.to_owned(),
+        payload: format!("{name}/{corr}").into_bytes(),
+        scope: Scope::default(),
+        broadcast: false,
+        keep_for,
+    }
+}
+
+/// A kept event is kept while the store's clock is before its publish time plus `keep_for`: at
+/// that instant it has expired (a later event is still taken), and a `keep_for` of zero keeps
+/// nothing (`kept` is false).
+pub async fn a_kept_event_expires_at_the_end_of_keep_for(ctx: TestContext<dyn WorkflowStore>) {
+    for corr in ["a", "b", "c"] {
+        assert!(ctx.store.publish_event(event("e", corr, secs(5))).await.unwrap().kept);
+    }
+    ctx.clock.advance(secs(5));
+    assert!(ctx.store.publish_event(event("e", "d", secs(3600))).await.unwrap().kept);
+    let run = ctx.start("late").await;
+    let lease = ctx.drive(run).await;
+    let wait = |corr: &str| EventWait {
+        key: corr.to_owned(),
+        name: "e".to_owned(),
+        correlation: corr.to_owned(),
+        deadline: ctx.clock.now() + secs(60),
+    };
+    let waits = ["a", "b", "c", "d"].map(wait).to_vec();
+    let outcome = ctx.store.suspend_run(lease, Suspend { run, until: None, waits }).await;
+    assert_eq!(outcome.expect("suspend_run"), SuspendOutcome::Delivered, "`d` is kept");
+    assert_eq!(ctx.checkpoint_keys(run).await, ["d"], "`a`, `b` and `c` expired");
+
+    let published = ctx.store.publish_event(event("z", "k", Duration::ZERO)).await.unwrap();
+    assert!(!published.kept && published.delivered_to.is_empty(), "{published:?}");
+    let outcome = ctx.wait_for(lease, run, "z", "z", "k").await;
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "nothing kept: {outcome:?}");
+}
+
+/// How long a wake-up may take to arrive (a remote store's notification round trip included).
+const WAKE_WITHIN: Duration = Duration::from_secs(10);
+
+/// The queue of the marker jobs [`settle`] enqueues.
+const MARKER: &str = "wf-wake-marker";
+
+/// The next wake-up on `stream` that concerns `queue`, failing the test past [`WAKE_WITHIN`].
+async fn next_for(stream: &mut WakeupStream, queue: &str) -> Wakeup {
+    let queues = [queue.to_owned()];
+    let wait = async {
+        loop {
+            match stream.next().await {
+                Some(wakeup) if wakeup.concerns(&queues) => return wakeup,
+                Some(_) => {}
+                None => panic!("the wake-up stream ended while the store is alive"),
+            }
+        }
+    };
+    tokio::time::timeout(WAKE_WITHIN, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no wake-up for queue {queue:?} within {WAKE_WITHIN:?}"))
+}
+
+/// Enqueue a job in a queue of its own and read `stream` up to a wake-up for it: a store's
+/// wake-ups arrive in order, so every wake-up of the calls before has been read then.
+async fn settle(ctx: &TestContext<dyn WorkflowStore>, stream: &mut WakeupStream) {
+    ctx.enqueue_one(job_in("wake-marker", MARKER)).await;
+    next_for(stream, MARKER).await;
+}
+
+/// When the store pushes (`wakeups()` answers `Some`), a start wakes its drive job's queue, and
+/// so does a delivery to a suspended run (its drive job due at once). A store that does not
+/// push has nothing to check here: its workers poll.
+pub async fn a_start_and_a_delivery_wake_the_drive_queue(ctx: TestContext<dyn WorkflowStore>) {
+    let Some(mut wakeups) = ctx.store.wakeups() else {
+        return;
+    };
+    let queue = "workflows";
+    settle(&ctx, &mut wakeups).await;
+    let (run, mut drive) = new_run("woken");
+    drive.queue = queue.to_owned();
+    let id = run.id;
+    assert_eq!(ctx.store.start_run(run, drive).await.expect("start_run"), Started::Created(id));
+    next_for(&mut wakeups, queue).await;
+
+    let claimed = ctx.claim_with(&request_in(&[queue], &[DRIVE], 1)).await;
+    assert_eq!(claimed.len(), 1, "the drive job is due");
+    let lease = lease(&claimed[0]);
+    let outcome = ctx.wait_for(lease, id, "w", "go", "now").await;
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "{outcome:?}");
+    // Read whatever the suspend woke: the next wake-up for the queue is the delivery's.
+    settle(&ctx, &mut wakeups).await;
+    assert_eq!(ctx.publish("go", "now", "x", false).await.delivered_to, [id]);
+    next_for(&mut wakeups, queue).await;
+    let job = ctx.job(lease.job_id).await;
+    assert_eq!((job.state, job.run_at), (JobState::Available, ctx.clock.now()), "due at once");
 }

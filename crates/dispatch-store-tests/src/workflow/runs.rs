@@ -1,17 +1,18 @@
-//! Starting runs (idempotent by key, retried starts, reused IDs), the payload limit, listing,
-//! ending runs, and a dying drive job failing its run.
+//! Starting runs (idempotent by key, retried starts, reused IDs and held unique keys), the
+//! payload limit, listing, ending runs, and a dying drive job failing its run (an ended run
+//! stays as it ended).
 
 use dispatch_core::{
-    ErrorKind, EventId, EventWait, FinishResult, JobState, NewCheckpoint, NewEvent, Outcome,
-    PageRequest, RunEnd, RunFilter, RunId, RunState, Scope, Started, Suspend, SuspendOutcome,
-    Timestamp, WorkflowStore,
+    ErrorKind, EventId, EventWait, FinishResult, JobState, NewCheckpoint, NewEvent, NewJob,
+    Outcome, PageRequest, RunEnd, RunFilter, RunId, RunState, Scope, Started, Suspend,
+    SuspendOutcome, Timestamp, UniqueKey, WorkflowStore,
 };
 
 use dispatch_core::Clock as _;
 
 use super::{DRIVE, new_run};
 use crate::TestContext;
-use crate::support::{PAST_TTL, assert_kind, failure, secs};
+use crate::support::{PAST_TTL, assert_kind, failure, retry, secs};
 
 /// A start creates the run (running, every field as given, stamped by the store clock) and its
 /// drive job, available at once under the given name.
@@ -220,4 +221,80 @@ pub async fn dying_drive_job_fails_its_run(ctx: TestContext<dyn WorkflowStore>) 
     ctx.clock.advance(PAST_TTL);
     assert_eq!(ctx.store.rescue_expired(10).await.unwrap().promoted.len(), 1);
     assert_eq!(ctx.run_state(id).await, RunState::Failed);
+}
+
+/// A start whose drive job's unique key is held by another job is a `Conflict` (a start is never
+/// a duplicate): neither the run nor its drive job is stored.
+pub async fn start_with_a_held_drive_unique_key_is_a_conflict(ctx: TestContext<dyn WorkflowStore>) {
+    let only_one = || Some(UniqueKey { key: "only-one".into(), window: None });
+    let mut holder = NewJob::new(DRIVE, b"{}".to_vec());
+    holder.unique = only_one();
+    ctx.enqueue_one(holder).await;
+    let (run, mut drive) = new_run("keyed");
+    drive.unique = only_one();
+    let (id, drive_id) = (run.id, drive.id);
+    assert_kind(ctx.store.start_run(run, drive).await, ErrorKind::Conflict, "start_run");
+    assert!(ctx.store.get_run(id).await.unwrap().is_none(), "no run stored");
+    assert!(ctx.store.get_job(drive_id).await.unwrap().is_none(), "no drive job stored");
+}
+
+/// A drive job that dies by a retry on its last attempt (its run suspended on a wait and claimed
+/// again at the wait's deadline) fails the run in the same operation, with the retry's error and
+/// the finish time, and the run's waits go with it: a later event is kept, not delivered.
+pub async fn drive_job_out_of_retries_fails_its_run_and_drops_its_waits(
+    ctx: TestContext<dyn WorkflowStore>,
+) {
+    let (run, mut drive) = new_run("fragile");
+    drive.max_attempts = 1;
+    let id = ctx.store.start_run(run, drive).await.unwrap().id();
+    let lease = ctx.drive(id).await;
+    let outcome = ctx.wait_for(lease, id, "w", "paid", "o-1").await;
+    assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "{outcome:?}");
+    ctx.clock.advance(secs(60));
+    let lease = ctx.drive(id).await;
+    assert_eq!(ctx.run_state(id).await, RunState::Suspended, "not loaded yet");
+    let result = ctx.finish(lease, retry("out of luck", secs(1))).await;
+    assert!(matches!(result, FinishResult::Applied { state: JobState::Dead, .. }), "{result:?}");
+    let failed = ctx.store.get_run(id).await.unwrap().unwrap();
+    assert_eq!((failed.state, failed.error.as_deref()), (RunState::Failed, Some("out of luck")));
+    assert_eq!(failed.finished_at, Some(ctx.clock.now()));
+    let published = ctx.publish("paid", "o-1", "x", false).await;
+    assert!(published.kept && published.delivered_to.is_empty(), "waits dropped: {published:?}");
+}
+
+/// A run that has ended stays as it ended when its drive job dies afterwards: a fail after
+/// `end_run`, or a crash after `end_run` whose expired lease is rescued on the last attempt,
+/// changes neither its state, output, error nor finish time.
+pub async fn an_ended_run_stays_as_it_ended_when_its_drive_job_dies_later(
+    ctx: TestContext<dyn WorkflowStore>,
+) {
+    let (run, mut drive) = new_run("finished");
+    drive.max_attempts = 1;
+    let id = ctx.store.start_run(run, drive).await.unwrap().id();
+    let lease = ctx.drive(id).await;
+    ctx.store.end_run(lease, id, RunEnd::Completed(b"ok".to_vec())).await.unwrap();
+    let ended_at = Some(ctx.clock.now());
+    ctx.clock.advance(secs(1));
+    let result = ctx.finish(lease, Outcome::Fail { failure: failure("after the end") }).await;
+    assert!(matches!(result, FinishResult::Applied { state: JobState::Dead, .. }), "{result:?}");
+    let run = ctx.store.get_run(id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.state, run.output, run.error, run.finished_at),
+        (RunState::Completed, Some(b"ok".to_vec()), None, ended_at)
+    );
+
+    // The same through rescue: the worker crashed between ending the run and finishing the job.
+    let (run, mut drive) = new_run("crashed");
+    drive.max_attempts = 1;
+    let id = ctx.store.start_run(run, drive).await.unwrap().id();
+    let lease = ctx.drive(id).await;
+    ctx.store.end_run(lease, id, RunEnd::Failed("card declined".into())).await.unwrap();
+    let ended_at = Some(ctx.clock.now());
+    ctx.clock.advance(PAST_TTL);
+    assert_eq!(ctx.store.rescue_expired(10).await.unwrap().promoted.len(), 1);
+    let run = ctx.store.get_run(id).await.unwrap().unwrap();
+    assert_eq!(
+        (run.state, run.error.as_deref(), run.finished_at),
+        (RunState::Failed, Some("card declined"), ended_at)
+    );
 }
