@@ -49,9 +49,14 @@ impl State {
 
     /// Make `waits` the run's waits: earlier ones it no longer lists (a branch it dropped) must
     /// not take events meant for others.
+    /// Make `waits` the run's waits. Of a key listed twice, the last wait counts: a wait is
+    /// known by its key (its checkpoint), so two on one key could not both be delivered.
     fn register(&mut self, run: RunId, scope: &Scope, waits: Vec<EventWait>) {
         self.runs.waits.retain(|_, w| w.run != run);
-        for wait in waits {
+        let last = |i: usize, wait: &EventWait| !waits[i + 1..].iter().any(|w| w.key == wait.key);
+        let kept: Vec<EventWait> =
+            waits.iter().enumerate().filter(|(i, w)| last(*i, w)).map(|(_, w)| w.clone()).collect();
+        for wait in kept {
             let seq = self.runs.next_seq();
             self.runs.waits.insert(seq, Wait { run, scope: scope.clone(), wait });
         }

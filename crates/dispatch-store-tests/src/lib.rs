@@ -302,9 +302,7 @@ pub fn workflow_tests() -> Vec<SuiteTest<dyn WorkflowStore>> {
         workflow::drive_job_out_of_retries_fails_its_run_and_drops_its_waits,
         workflow::an_ended_run_stays_as_it_ended_when_its_drive_job_dies_later,
         workflow::many_checkpoints_in_one_call_keep_write_order,
-        // Left out: the memory store registers both waits of a key listed twice in one
-        // suspend (the first takes the event); SQLite and PostgreSQL keep the last.
-        // workflow::a_wait_on_a_key_replaces_the_earlier_wait_on_that_key,
+        workflow::a_wait_on_a_key_replaces_the_earlier_wait_on_that_key,
         workflow::a_later_suspend_replaces_the_wait_on_a_key,
         workflow::suspend_after_a_cancel_of_the_drive_job_answers_cancel_requested,
         workflow::an_event_for_a_running_drive_writes_its_checkpoint_and_leaves_the_job_alone,
