@@ -17,7 +17,7 @@ use crate::dlq::{DlqEntry, DlqFilter, DlqPurge, Replay};
 use crate::error::{Error, Result};
 use crate::id::{DlqId, JobId, RunId};
 use crate::job::{
-    CancelResult, ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult, HeartbeatReport, Job,
+    ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult, HeartbeatReport, Job, JobCancel,
     JobFilter, LeaseRef, LeaseToken, NewJob, QueueCount, RescueReport,
 };
 use crate::page::{Page, PageRequest};
@@ -42,7 +42,7 @@ pub enum CallKind {
     Heartbeat,
     /// [`JobStore::release_claim`].
     ReleaseClaim,
-    /// [`JobStore::request_cancel`].
+    /// [`JobStore::request_job_cancel`].
     RequestCancel,
     /// [`JobStore::rescue_expired`].
     Rescue,
@@ -55,7 +55,7 @@ pub enum CallKind {
     Dlq,
     /// A run started, an event published, or a run cancelled, replayed or migrated.
     Run,
-    /// A fenced call of a drive: `load_run`, `save_checkpoints`, `suspend_run`, `resolve_wait`,
+    /// A fenced call of a drive: `load_snapshot`, `save_checkpoints`, `suspend_run`, `resolve_wait`,
     /// `end_run`.
     Drive,
 }
@@ -191,8 +191,9 @@ impl<S: JobStore + ?Sized, I: Interceptor> JobStore for Intercepted<S, I> {
         self.around(call, self.inner.heartbeat(leases, ttl), |report| Reply::Heartbeat(report))
             .await
     }
-    async fn request_cancel(&self, id: JobId) -> Result<CancelResult> {
-        self.around(Call::one(CallKind::RequestCancel), self.inner.request_cancel(id), done).await
+    async fn request_job_cancel(&self, id: JobId) -> Result<JobCancel> {
+        self.around(Call::one(CallKind::RequestCancel), self.inner.request_job_cancel(id), done)
+            .await
     }
     async fn rescue_expired(&self, limit: usize) -> Result<RescueReport> {
         let call = Call::new(CallKind::Rescue, limit);
@@ -246,11 +247,11 @@ impl<S: WorkflowStore + ?Sized, I: Interceptor> WorkflowStore for Intercepted<S,
     async fn list_runs(&self, f: &RunFilter, p: &PageRequest<RunId>) -> Result<Page<Run, RunId>> {
         self.around(Call::one(CallKind::Read), self.inner.list_runs(f, p), done).await
     }
-    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
-        self.around(Call::one(CallKind::Read), self.inner.checkpoints(run), done).await
+    async fn get_checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
+        self.around(Call::one(CallKind::Read), self.inner.get_checkpoints(run), done).await
     }
-    async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
-        self.around(Call::one(CallKind::Drive), self.inner.load_run(lease, run), done).await
+    async fn load_snapshot(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
+        self.around(Call::one(CallKind::Drive), self.inner.load_snapshot(lease, run), done).await
     }
     async fn save_checkpoints(
         &self,
@@ -274,11 +275,11 @@ impl<S: WorkflowStore + ?Sized, I: Interceptor> WorkflowStore for Intercepted<S,
     async fn publish_event(&self, event: NewEvent) -> Result<Published> {
         self.around(Call::one(CallKind::Run), self.inner.publish_event(event), done).await
     }
-    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
-        self.around(Call::one(CallKind::Run), self.inner.cancel_run(id, reason), done).await
+    async fn request_run_cancel(&self, id: RunId, reason: &str) -> Result<RunCancel> {
+        self.around(Call::one(CallKind::Run), self.inner.request_run_cancel(id, reason), done).await
     }
-    async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {
-        self.around(Call::one(CallKind::Run), self.inner.replay_run(id, key), done).await
+    async fn rewind_run(&self, id: RunId, key: &str) -> Result<()> {
+        self.around(Call::one(CallKind::Run), self.inner.rewind_run(id, key), done).await
     }
     async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()> {
         let call = Call::one(CallKind::Run);

@@ -6,7 +6,7 @@
 //!             enqueue                     claim (spends an attempt, writes a lease)
 //!   ─────────────────────► available ───────────────────────────────► running
 //!                           ▲  │ ▲ ▲                                      │
-//!    request_cancel         │  │ │ └── retry (attempts left) / rescue ────┤
+//!    request_job_cancel         │  │ │ └── retry (attempts left) / rescue ────┤
 //!    (not running)          │  │ └──── snooze / release (attempt back) ───┤
 //!                           │  ▼                                          ├── complete ──► completed
 //!                     cancelled ◄──── cancel (holder, after a request) ───┤
@@ -16,7 +16,7 @@
 //!
 //! * **available**: waiting for its `run_at`; scheduled jobs and jobs waiting out a retry backoff
 //!   are available with a future `run_at`. Only `claim` moves it to running; only
-//!   `request_cancel` moves it to cancelled.
+//!   `request_job_cancel` moves it to cancelled.
 //! * **running**: held under a [`Lease`]. Only the holder of the lease token moves it on (finish,
 //!   heartbeat), and `rescue_expired` once the lease has expired.
 //! * **completed**, **cancelled**, **dead**: final. A dead job has a DLQ entry, written in the
@@ -491,7 +491,7 @@ pub struct HeartbeatReport {
 
 /// What a cancel request did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CancelResult {
+pub enum JobCancel {
     /// The job was available and is now cancelled; it will never be claimed.
     Cancelled,
     /// The job is running; the request is recorded and its holder learns of it at its next

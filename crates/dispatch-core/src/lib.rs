@@ -40,8 +40,8 @@ pub use id::{CronId, DlqId, EventId, JobId, RunId, WorkerId};
 pub use intercept::{Call, CallKind, Intercepted, Interceptor, Reply};
 #[doc(inline)]
 pub use job::{
-    AttemptError, CancelResult, ClaimRequest, ClaimedJob, Enqueued, Failure, FailureKind, Finish,
-    FinishResult, HeartbeatReport, Job, JobFilter, JobState, Lease, LeaseRef, LeaseToken, NewJob,
+    AttemptError, ClaimRequest, ClaimedJob, Enqueued, Failure, FailureKind, Finish, FinishResult,
+    HeartbeatReport, Job, JobCancel, JobFilter, JobState, Lease, LeaseRef, LeaseToken, NewJob,
     Outcome, QueueCount, RescueReport, RunAt, UniqueKey,
 };
 #[doc(inline)]

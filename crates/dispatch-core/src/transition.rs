@@ -15,7 +15,7 @@
 use crate::dlq::DlqEntry;
 use crate::id::JobId;
 use crate::job::{
-    AttemptError, CancelResult, Failure, FailureKind, Finish, FinishResult, Job, JobState, Lease,
+    AttemptError, Failure, FailureKind, Finish, FinishResult, Job, JobCancel, JobState, Lease,
     LeaseToken, NewJob, Outcome, RescueReport,
 };
 use crate::time::Timestamp;
@@ -163,17 +163,17 @@ pub fn rescue(job: &mut Job, now: Timestamp, report: &mut RescueReport) -> Optio
 /// flag its holder reads from its heartbeat, a final one is left as it is (write nothing back
 /// then). The drive job of a live workflow run is cancelled through its run instead, which the
 /// store checks first.
-pub fn request_cancel(job: &mut Job, now: Timestamp) -> CancelResult {
+pub fn request_job_cancel(job: &mut Job, now: Timestamp) -> JobCancel {
     match job.state {
         JobState::Available => {
             end(job, JobState::Cancelled, now);
-            CancelResult::Cancelled
+            JobCancel::Cancelled
         }
         JobState::Running => {
             job.cancel_requested = true;
-            CancelResult::Requested
+            JobCancel::Requested
         }
-        state => CancelResult::AlreadyFinal(state),
+        state => JobCancel::AlreadyFinal(state),
     }
 }
 
@@ -451,14 +451,14 @@ mod tests {
     #[test]
     fn cancel_requests() {
         let mut available = enqueue(NewJob::new("a", vec![]), T0);
-        assert_eq!(request_cancel(&mut available, now()), CancelResult::Cancelled);
+        assert_eq!(request_job_cancel(&mut available, now()), JobCancel::Cancelled);
         assert_eq!((available.state, available.finished_at), (JobState::Cancelled, Some(now())));
         assert_eq!(
-            request_cancel(&mut available, now()),
-            CancelResult::AlreadyFinal(JobState::Cancelled)
+            request_job_cancel(&mut available, now()),
+            JobCancel::AlreadyFinal(JobState::Cancelled)
         );
         let mut job = running(1, false, LeaseToken::new());
-        assert_eq!(request_cancel(&mut job, now()), CancelResult::Requested);
+        assert_eq!(request_job_cancel(&mut job, now()), JobCancel::Requested);
         assert_eq!((job.state, job.cancel_requested), (JobState::Running, true));
     }
 

@@ -10,7 +10,7 @@
 //!
 //! A checkpoint is a key and opaque bytes, written by the runtime (step results, timers, event
 //! deliveries). Keys are unique per run; writing a key again replaces it. Resume reads the run
-//! and all its checkpoints in one call ([`WorkflowStore::load_run`](crate::WorkflowStore::load_run)), in write order.
+//! and all its checkpoints in one call ([`WorkflowStore::load_snapshot`](crate::WorkflowStore::load_snapshot)), in write order.
 //!
 //! # Suspension
 //!
@@ -56,7 +56,7 @@ use crate::scope::Scope;
 use crate::time::Timestamp;
 
 /// The cancel reason a store records on a run when its drive job is cancelled
-/// ([`JobStore::request_cancel`](crate::JobStore::request_cancel) of a drive job whose run has
+/// ([`JobStore::request_job_cancel`](crate::JobStore::request_job_cancel) of a drive job whose run has
 /// not ended is the run's cancel request).
 pub const DRIVE_JOB_CANCEL_REASON: &str = "cancelled through its drive job";
 
@@ -192,7 +192,7 @@ pub struct Run {
     pub updated_at: Timestamp,
     /// When it ended.
     pub finished_at: Option<Timestamp>,
-    /// Why it was asked to stop ([`WorkflowStore::cancel_run`](crate::WorkflowStore::cancel_run)), while it winds down.
+    /// Why it was asked to stop ([`WorkflowStore::request_run_cancel`](crate::WorkflowStore::request_run_cancel)), while it winds down.
     pub cancel_requested: Option<String>,
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use dispatch_core::{
-    CancelResult, DlqId, Enqueued, Event, JobId, JobInfo, JobStore, NewJob, Replay, Result,
+    DlqId, Enqueued, Event, JobCancel, JobId, JobInfo, JobStore, NewJob, Replay, Result,
 };
 use tokio::sync::Notify;
 
@@ -96,9 +96,9 @@ impl JobClient {
         Ok(results)
     }
 
-    /// Ask for a job to be cancelled (see [`JobStore::request_cancel`](dispatch_core::JobStore::request_cancel)).
-    pub async fn cancel(&self, id: JobId) -> Result<CancelResult> {
-        self.store.request_cancel(id).await
+    /// Ask for a job to be cancelled (see [`JobStore::request_job_cancel`](dispatch_core::JobStore::request_job_cancel)).
+    pub async fn cancel(&self, id: JobId) -> Result<JobCancel> {
+        self.store.request_job_cancel(id).await
     }
 
     /// Replay a DLQ entry as a new job (at most once per entry) and wake the local worker.

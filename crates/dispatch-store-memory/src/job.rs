@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    CancelResult, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error, Finish,
-    FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob,
-    Page, PageRequest, QueueCount, RescueReport, Result, Timestamp, transition,
+    ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error, Finish, FinishResult,
+    HeartbeatReport, Job, JobCancel, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob, Page,
+    PageRequest, QueueCount, RescueReport, Result, Timestamp, transition,
 };
 
 use crate::enqueue::validate_batch;
@@ -41,9 +41,9 @@ impl JobStore for MemoryStore {
         Ok(self.state.lock().heartbeat(leases, now + ttl))
     }
 
-    async fn request_cancel(&self, id: JobId) -> Result<CancelResult> {
+    async fn request_job_cancel(&self, id: JobId) -> Result<JobCancel> {
         let now = self.clock.now();
-        let (result, woken) = self.state.lock().request_cancel(id, now)?;
+        let (result, woken) = self.state.lock().request_job_cancel(id, now)?;
         self.wakeups.notify(woken.as_deref());
         Ok(result)
     }
@@ -138,11 +138,11 @@ impl State {
     }
 
     /// A cancel request for job `id`: the answer, and the queue of a drive job made due.
-    fn request_cancel(
+    fn request_job_cancel(
         &mut self,
         id: JobId,
         now: Timestamp,
-    ) -> Result<(CancelResult, Option<String>)> {
+    ) -> Result<(JobCancel, Option<String>)> {
         let Some(row) = self.jobs.get(&id) else {
             return Err(Error::not_found(format!("no job {id}")));
         };
@@ -151,12 +151,12 @@ impl State {
         if !row.job.state.is_final()
             && let Some(run) = self.live_run_driven_by(id)
         {
-            let (_, woken) = self.cancel_run(run, DRIVE_JOB_CANCEL_REASON, now)?;
-            return Ok((CancelResult::Requested, woken));
+            let (_, woken) = self.request_run_cancel(run, DRIVE_JOB_CANCEL_REASON, now)?;
+            return Ok((JobCancel::Requested, woken));
         }
         self.unindex(id);
         let row = self.jobs.get_mut(&id).ok_or_else(|| Error::not_found(format!("no job {id}")))?;
-        Ok((transition::request_cancel(&mut row.job, now), None))
+        Ok((transition::request_job_cancel(&mut row.job, now), None))
     }
 }
 
@@ -319,23 +319,23 @@ mod tests {
         assert_eq!((beat.renewed, beat.lost, beat.cancel_requested), (vec![id], vec![], vec![]));
         clock.advance(TTL - Duration::from_secs(1));
         assert!(store.rescue_expired(10).await.unwrap().is_empty(), "the renewed lease holds");
-        assert_eq!(store.request_cancel(id).await.unwrap(), CancelResult::Requested);
+        assert_eq!(store.request_job_cancel(id).await.unwrap(), JobCancel::Requested);
         let beat = store.heartbeat(&[lease(&claimed)], TTL).await.unwrap();
         assert_eq!((beat.renewed, beat.cancel_requested), (vec![id], vec![id]));
         let result = finish(&store, lease(&claimed), Outcome::Cancel).await;
         assert_eq!(result, FinishResult::Applied { state: JobState::Cancelled, dlq_id: None });
-        let final_state = CancelResult::AlreadyFinal(JobState::Cancelled);
-        assert_eq!(store.request_cancel(id).await.unwrap(), final_state);
+        let final_state = JobCancel::AlreadyFinal(JobState::Cancelled);
+        assert_eq!(store.request_job_cancel(id).await.unwrap(), final_state);
     }
 
     #[tokio::test]
     async fn cancel_of_available_and_rescue_of_cancel_requested() {
         let (store, clock) = store();
         let ids = enqueue(&store, vec![job("a", 0), job("b", 0)]).await;
-        assert_eq!(store.request_cancel(ids[0]).await.unwrap(), CancelResult::Cancelled);
+        assert_eq!(store.request_job_cancel(ids[0]).await.unwrap(), JobCancel::Cancelled);
         assert!(claim(&store, &["a"], 1).await.is_empty());
         claim_one(&store, &["b"]).await;
-        assert_eq!(store.request_cancel(ids[1]).await.unwrap(), CancelResult::Requested);
+        assert_eq!(store.request_job_cancel(ids[1]).await.unwrap(), JobCancel::Requested);
         clock.advance(TTL);
         assert_eq!(store.rescue_expired(10).await.unwrap().cancelled, [ids[1]]);
         let job = store.get_job(ids[1]).await.unwrap().unwrap();
@@ -343,7 +343,7 @@ mod tests {
             (job.state, job.lease, job.cancel_requested),
             (JobState::Cancelled, None, false)
         );
-        let err = store.request_cancel(JobId::new()).await.unwrap_err();
+        let err = store.request_job_cancel(JobId::new()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
     }
 

@@ -1,5 +1,5 @@
 //! Rewinding a run of [`MemoryStore`](crate::MemoryStore) to a checkpoint
-//! ([`WorkflowStore::replay_run`]) and moving it to another version
+//! ([`WorkflowStore::rewind_run`]) and moving it to another version
 //! ([`WorkflowStore::migrate_run`]): the run made running again and its drive job re-armed, in
 //! one step under the store's lock.
 

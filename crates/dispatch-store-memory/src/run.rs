@@ -161,11 +161,11 @@ impl State {
         self.runs.runs.get(run).filter(|row| !row.run.state.is_final()).map(|row| row.run.id)
     }
 
-    /// Ask run `id` to stop (see [`WorkflowStore::cancel_run`]): the answer, and the queue of
+    /// Ask run `id` to stop (see [`WorkflowStore::request_run_cancel`]): the answer, and the queue of
     /// its drive job when that was waiting and is now due, to wake once the lock is released.
     ///
-    /// [`WorkflowStore::cancel_run`]: dispatch_core::WorkflowStore::cancel_run
-    pub(crate) fn cancel_run(
+    /// [`WorkflowStore::request_run_cancel`]: dispatch_core::WorkflowStore::request_run_cancel
+    pub(crate) fn request_run_cancel(
         &mut self,
         id: RunId,
         reason: &str,

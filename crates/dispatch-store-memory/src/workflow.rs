@@ -54,11 +54,11 @@ impl WorkflowStore for MemoryStore {
         Ok(Page::from_overfetch(items, limit, |run: &Run| run.id))
     }
 
-    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
+    async fn get_checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
         Ok(self.state.lock().runs.get_mut(run)?.checkpoints.clone())
     }
 
-    async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
+    async fn load_snapshot(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
         let now = self.clock.now();
         let mut state = self.state.lock();
         let row = state.fenced(lease, run)?;
@@ -107,14 +107,14 @@ impl WorkflowStore for MemoryStore {
         Ok(())
     }
 
-    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
+    async fn request_run_cancel(&self, id: RunId, reason: &str) -> Result<RunCancel> {
         let now = self.clock.now();
-        let (cancel, woken) = self.state.lock().cancel_run(id, reason, now)?;
+        let (cancel, woken) = self.state.lock().request_run_cancel(id, reason, now)?;
         self.wakeups.notify(woken.as_deref());
         Ok(cancel)
     }
 
-    async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {
+    async fn rewind_run(&self, id: RunId, key: &str) -> Result<()> {
         let now = self.clock.now();
         let queue = self.state.lock().rewind(id, key, now)?;
         self.wakeups.notify(queue.as_deref());

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    CancelResult, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error, Finish,
-    FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob,
-    Page, PageRequest, QueueCount, RescueReport, Result, WakeupStream,
+    ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error, Finish, FinishResult,
+    HeartbeatReport, Job, JobCancel, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob, Page,
+    PageRequest, QueueCount, RescueReport, Result, WakeupStream,
 };
 use sqlx::SqlStr;
 use uuid::Uuid;
@@ -68,7 +68,7 @@ const COUNT_JOBS: &str = "SELECT j.queue, j.state, count(*) AS n FROM {s}.jobs j
 #[derive(Debug)]
 pub(crate) struct Sql {
     heartbeat: SqlStr,
-    request_cancel: SqlStr,
+    request_job_cancel: SqlStr,
     job_state: SqlStr,
     get_job: SqlStr,
     list_jobs: SqlStr,
@@ -82,7 +82,7 @@ impl Sql {
             |template: &str| statement(&template.replace("{job_columns}", JOB_COLUMNS), quoted);
         Self {
             heartbeat: build(HEARTBEAT),
-            request_cancel: build(REQUEST_CANCEL),
+            request_job_cancel: build(REQUEST_CANCEL),
             job_state: build(JOB_STATE),
             get_job: build(GET_JOB),
             list_jobs: build(LIST_JOBS),
@@ -142,11 +142,11 @@ impl JobStore for PostgresStore {
         .await
     }
 
-    async fn request_cancel(&self, id: JobId) -> Result<CancelResult> {
-        self.timed("request_cancel", async {
+    async fn request_job_cancel(&self, id: JobId) -> Result<JobCancel> {
+        self.timed("request_job_cancel", async {
             // A job that left available or running between the two reads is final by the second.
             for _ in 0..3 {
-                let row = sqlx::query(self.shared.sql.job.request_cancel.clone())
+                let row = sqlx::query(self.shared.sql.job.request_job_cancel.clone())
                     .bind(self.now_param())
                     .bind(id.uuid())
                     .bind(DRIVE_JOB_CANCEL_REASON)
@@ -157,13 +157,13 @@ impl JobStore for PostgresStore {
                 if let Some(row) = row {
                     // A live run's drive job: its run's cancel was requested, the job untouched.
                     if get::<bool>(&row, "run_cancel")? {
-                        return Ok(CancelResult::Requested);
+                        return Ok(JobCancel::Requested);
                     }
                     let cancelled = get::<Option<String>>(&row, "state")?
                         .ok_or_else(|| internal(format!("cancel of job {id} changed nothing")))?;
                     return match state(&cancelled)? {
-                        JobState::Cancelled => Ok(CancelResult::Cancelled),
-                        JobState::Running => Ok(CancelResult::Requested),
+                        JobState::Cancelled => Ok(JobCancel::Cancelled),
+                        JobState::Running => Ok(JobCancel::Requested),
                         other => Err(internal(format!("cancel left job {id} {other}"))),
                     };
                 }
@@ -175,7 +175,7 @@ impl JobStore for PostgresStore {
                         .map_err(db_error)?;
                 match current.as_deref().map(state).transpose()? {
                     None => return Err(Error::not_found(format!("no job {id}"))),
-                    Some(s) if s.is_final() => return Ok(CancelResult::AlreadyFinal(s)),
+                    Some(s) if s.is_final() => return Ok(JobCancel::AlreadyFinal(s)),
                     Some(_) => continue,
                 }
             }
@@ -261,9 +261,14 @@ mod tests {
     #[test]
     fn every_placeholder_is_expanded() {
         let q = Sql::new("\"dispatch\"");
-        for sql in
-            [&q.heartbeat, &q.request_cancel, &q.job_state, &q.get_job, &q.list_jobs, &q.count_jobs]
-        {
+        for sql in [
+            &q.heartbeat,
+            &q.request_job_cancel,
+            &q.job_state,
+            &q.get_job,
+            &q.list_jobs,
+            &q.count_jobs,
+        ] {
             crate::assert_expanded(sql);
         }
     }

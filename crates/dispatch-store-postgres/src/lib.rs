@@ -79,7 +79,7 @@
 //! - `dlq`: `DlqStore`.
 //! - `workflow`: `WorkflowStore` and runs; `workflow/checkpoint` group-commits checkpoint
 //!   writes and run ends, `workflow/fence` is the lease check of a drive's calls. It forwards
-//!   to `events` (publish, suspend, wait resolution) and `rewind` (replay a run from a
+//!   to `events` (publish, suspend, wait resolution) and `rewind` (rewind a run to a
 //!   checkpoint, migrate it to another version).
 //! - `group`: the group commit that `enqueue` and `workflow/checkpoint` share.
 //! - `row` (rows, and the column lists they are selected by), `error` (driver errors as the

@@ -1,4 +1,4 @@
-//! Rewinding a run to one of its checkpoints (a replay: the checkpoints written after it are
+//! Rewinding a run to one of its checkpoints (a rewind: the checkpoints written after it are
 //! dropped and the run is driven again from there), and migrating a run to another version.
 //!
 //! Each is one short transaction that first locks the run's drive job and the run in a
@@ -13,7 +13,7 @@ use crate::error::no_run;
 use crate::row::get;
 use crate::{PostgresStore, db_error, statement};
 
-/// The first statement of a replay or a migration (both one transaction): lock run `$1`'s
+/// The first statement of a rewind or a migration (both one transaction): lock run `$1`'s
 /// drive job row, then the run's (the order of the fenced statements and of `CANCEL_RUN` in
 /// `workflow`), so no claim, drive or cancel interleaves, and every later statement of the
 /// transaction (a snapshot of its own) sees what they committed before. Answers the run's
@@ -25,7 +25,7 @@ const LOCK_DRIVE: &str = "WITH job AS (SELECT j.id, j.state FROM {s}.jobs j \
        (SELECT c.seq FROM {s}.checkpoints c WHERE c.run_id = x.id AND c.key = $2) AS key_seq \
      FROM {s}.runs x LEFT JOIN job ON true WHERE x.id = $1 FOR UPDATE OF x";
 
-/// Drop run `$1`'s event waits (a replay, after [`LOCK_DRIVE`]). A statement of its own: a
+/// Drop run `$1`'s event waits (a rewind, after [`LOCK_DRIVE`]). A statement of its own: a
 /// publish delivering to one of them holds its row, and the delete waits for it, so the next
 /// statement's snapshot sees the checkpoint that publish wrote.
 const DROP_WAITS: &str = "DELETE FROM {s}.event_waits w WHERE w.run_id = $1";
@@ -35,11 +35,11 @@ const DROP_WAITS: &str = "DELETE FROM {s}.event_waits w WHERE w.run_id = $1";
 const REARM: &str = "attempt = 0, lease_owner = NULL, lease_token = NULL, lease_expires = NULL, \
      cancel_requested = false, finished_at = NULL";
 
-/// Replay run `$2` from its checkpoint `$3` (after [`LOCK_DRIVE`] and [`DROP_WAITS`], in their
+/// Rewind run `$2` to its checkpoint `$3` (after [`LOCK_DRIVE`] and [`DROP_WAITS`], in their
 /// transaction): the checkpoints written after it (greater `seq`) are deleted, the run is
 /// running again (output, error, finish time and cancel request cleared) and its drive job is
 /// re-armed, due now, with one NOTIFY (`$4`) of its queue.
-const REPLAY_RUN: &str = "WITH t AS (SELECT {now} AS now), \
+const REWIND_RUN: &str = "WITH t AS (SELECT {now} AS now), \
      cp AS (SELECT c.seq FROM {s}.checkpoints c WHERE c.run_id = $2 AND c.key = $3), \
      dropped AS (DELETE FROM {s}.checkpoints c USING cp WHERE c.run_id = $2 AND c.seq > cp.seq), \
      reopened AS (UPDATE {s}.runs x SET state = 'running', output = NULL, error = NULL, \
@@ -75,7 +75,7 @@ const MIGRATE_RUN: &str = "WITH t AS (SELECT {now} AS now), \
 pub(crate) struct Sql {
     lock_drive: SqlStr,
     drop_waits: SqlStr,
-    replay_run: SqlStr,
+    rewind_run: SqlStr,
     migrate_run: SqlStr,
 }
 
@@ -86,16 +86,16 @@ impl Sql {
         Self {
             lock_drive: build(LOCK_DRIVE),
             drop_waits: build(DROP_WAITS),
-            replay_run: build(REPLAY_RUN),
+            rewind_run: build(REWIND_RUN),
             migrate_run: build(MIGRATE_RUN),
         }
     }
 }
 
 impl PostgresStore {
-    /// Rewind run `id` to its checkpoint `key` ([`REPLAY_RUN`]), in one transaction.
+    /// Rewind run `id` to its checkpoint `key` ([`REWIND_RUN`]), in one transaction.
     pub(crate) async fn rewind_to(&self, id: RunId, key: &str) -> Result<()> {
-        self.timed("replay_run", async {
+        self.timed("rewind_run", async {
             let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
             let locked = self.lock_drive(&mut tx, id, Some(key)).await?;
             if locked.key_seq.is_none() {
@@ -106,7 +106,7 @@ impl PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
-            let row = sqlx::query(self.shared.sql.rewind.replay_run.clone())
+            let row = sqlx::query(self.shared.sql.rewind.rewind_run.clone())
                 .bind(self.now_param())
                 .bind(id.uuid())
                 .bind(key)
@@ -158,7 +158,7 @@ impl PostgresStore {
     }
 
     /// Lock run `id`'s drive job, then the run ([`LOCK_DRIVE`]), in `tx`,
-    /// for a replay or a migration: `NotFound` for an unknown run, `Conflict` while a drive
+    /// for a rewind or a migration: `NotFound` for an unknown run, `Conflict` while a drive
     /// holds it (its drive job is running). Answers the run's state and the `seq` of its
     /// checkpoint `key`, when asked for and stored.
     async fn lock_drive(
@@ -200,7 +200,7 @@ mod tests {
     #[test]
     fn every_placeholder_is_expanded() {
         let q = Sql::new("\"dispatch\"");
-        for sql in [&q.lock_drive, &q.drop_waits, &q.replay_run, &q.migrate_run] {
+        for sql in [&q.lock_drive, &q.drop_waits, &q.rewind_run, &q.migrate_run] {
             crate::assert_expanded(sql);
         }
     }

@@ -131,9 +131,9 @@ pub(crate) struct Sql {
     get_run: SqlStr,
     list_runs: SqlStr,
     checkpoints: SqlStr,
-    load_run: SqlStr,
+    load_snapshot: SqlStr,
     read_run: SqlStr,
-    cancel_run: SqlStr,
+    request_run_cancel: SqlStr,
     /// The group commit's statement.
     pub(crate) batch: checkpoints::Sql,
 }
@@ -154,9 +154,9 @@ impl Sql {
             get_run: build(GET_RUN),
             list_runs: build(LIST_RUNS),
             checkpoints: build(CHECKPOINTS),
-            load_run: build(LOAD_RUN),
+            load_snapshot: build(LOAD_RUN),
             read_run: build(READ_RUN),
-            cancel_run: build(CANCEL_RUN),
+            request_run_cancel: build(CANCEL_RUN),
             batch: checkpoints::Sql::new(quoted),
         }
     }
@@ -249,9 +249,9 @@ impl PostgresStore {
     }
 
     /// The snapshot of a run that is not suspended, read without a lock ([`READ_RUN`]); `None`
-    /// for a suspended run, which [`load_run`](WorkflowStore::load_run) flips.
+    /// for a suspended run, which [`load_snapshot`](WorkflowStore::load_snapshot) flips.
     async fn read_run(&self, lease: LeaseRef, run: RunId) -> Result<Option<RunSnapshot>> {
-        self.timed("load_run", async {
+        self.timed("load_snapshot", async {
             let row = self.fenced_row(&self.shared.sql.workflow.read_run, lease, run).await?;
             let stored = run_from_row(&row)?;
             if stored.state == RunState::Suspended {
@@ -306,7 +306,7 @@ impl WorkflowStore for PostgresStore {
         .await
     }
 
-    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
+    async fn get_checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
         self.timed("checkpoints", async {
             let row = sqlx::query(self.shared.sql.workflow.checkpoints.clone())
                 .bind(run.uuid())
@@ -319,14 +319,14 @@ impl WorkflowStore for PostgresStore {
         .await
     }
 
-    async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
+    async fn load_snapshot(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot> {
         // A run that is not suspended needs no write: a read-only statement, whose commit
         // waits for no WAL flush.
         if let Some(snapshot) = self.read_run(lease, run).await? {
             return Ok(snapshot);
         }
-        self.timed("load_run", async {
-            let row = self.fenced_row(&self.shared.sql.workflow.load_run, lease, run).await?;
+        self.timed("load_snapshot", async {
+            let row = self.fenced_row(&self.shared.sql.workflow.load_snapshot, lease, run).await?;
             let mut stored = run_from_row(&row)?;
             if let Some(at) = get::<Option<i64>>(&row, "flipped_at")? {
                 stored.state = RunState::Running;
@@ -373,11 +373,11 @@ impl WorkflowStore for PostgresStore {
         self.timed("end_run", self.end_batched(lease, run, end)).await
     }
 
-    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
+    async fn request_run_cancel(&self, id: RunId, reason: &str) -> Result<RunCancel> {
         // PostgreSQL text can not hold NUL: keep the reason, mark where a NUL was.
         let reason = reason.replace('\0', "\u{fffd}");
-        self.timed("cancel_run", async {
-            let row = sqlx::query(self.shared.sql.workflow.cancel_run.clone())
+        self.timed("request_run_cancel", async {
+            let row = sqlx::query(self.shared.sql.workflow.request_run_cancel.clone())
                 .bind(self.now_param())
                 .bind(id.uuid())
                 .bind(&reason)
@@ -395,7 +395,7 @@ impl WorkflowStore for PostgresStore {
         .await
     }
 
-    async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {
+    async fn rewind_run(&self, id: RunId, key: &str) -> Result<()> {
         self.rewind_to(id, key).await
     }
 
@@ -439,9 +439,9 @@ mod tests {
             &q.get_run,
             &q.list_runs,
             &q.checkpoints,
-            &q.load_run,
+            &q.load_snapshot,
             &q.read_run,
-            &q.cancel_run,
+            &q.request_run_cancel,
         ] {
             crate::assert_expanded(sql);
         }

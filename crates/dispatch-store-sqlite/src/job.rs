@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    CancelResult, ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error, Finish,
-    FinishResult, HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob,
-    Page, PageRequest, QueueCount, RescueReport, Result, Timestamp, transition,
+    ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error, Finish, FinishResult,
+    HeartbeatReport, Job, JobCancel, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob, Page,
+    PageRequest, QueueCount, RescueReport, Result, Timestamp, transition,
 };
 use sqlx::{Row, SqliteConnection};
 
@@ -19,7 +19,7 @@ use crate::enqueue::{enqueue_batch, validate_batch};
 use crate::error::db_error;
 use crate::finish::{finish_batch, rescue_batch};
 use crate::row::{job_from_row, load_job, save_job, sql_limit, token_text};
-use crate::run::{live_run_driven_by, request_cancel as request_run_cancel};
+use crate::run::{live_run_driven_by, request_run_cancel};
 
 #[async_trait]
 impl JobStore for SqliteStore {
@@ -67,12 +67,12 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn request_cancel(&self, id: JobId) -> Result<CancelResult> {
+    async fn request_job_cancel(&self, id: JobId) -> Result<JobCancel> {
         let now = self.clock.now();
         // The answer, and the queues of drive jobs made due (to wake after the commit).
         let (result, woken) = self
-            .write("request_cancel", move |conn| {
-                Box::pin(async move { request_cancel(conn, id, now).await })
+            .write("request_job_cancel", move |conn| {
+                Box::pin(async move { request_job_cancel(conn, id, now).await })
             })
             .await?;
         self.wakeups.notify(woken.iter().map(String::as_str));
@@ -165,11 +165,11 @@ impl JobStore for SqliteStore {
 
 /// A cancel request for job `id`, inside the caller's transaction: the answer, and the queues
 /// of drive jobs made due (to wake after the commit).
-async fn request_cancel(
+async fn request_job_cancel(
     conn: &mut SqliteConnection,
     id: JobId,
     now: Timestamp,
-) -> Result<(CancelResult, Vec<String>)> {
+) -> Result<(JobCancel, Vec<String>)> {
     let Some(mut row) = load_job(conn, id).await? else {
         return Err(Error::not_found(format!("no job {id}")));
     };
@@ -179,10 +179,10 @@ async fn request_cancel(
         && let Some(run) = live_run_driven_by(conn, id).await?
     {
         let (_, queues) = request_run_cancel(conn, run, DRIVE_JOB_CANCEL_REASON, now).await?;
-        return Ok((CancelResult::Requested, queues));
+        return Ok((JobCancel::Requested, queues));
     }
-    let result = transition::request_cancel(&mut row.job, now);
-    if !matches!(result, CancelResult::AlreadyFinal(_)) {
+    let result = transition::request_job_cancel(&mut row.job, now);
+    if !matches!(result, JobCancel::AlreadyFinal(_)) {
         save_job(conn, &row).await?;
     }
     Ok((result, Vec::new()))

@@ -1,4 +1,4 @@
-//! Rewinding a run to one of its checkpoints ([`WorkflowStore::replay_run`]) and moving it to
+//! Rewinding a run to one of its checkpoints ([`WorkflowStore::rewind_run`]) and moving it to
 //! another version ([`WorkflowStore::migrate_run`]): the run made running again and its drive
 //! job re-armed, inside the writer's transaction.
 
@@ -11,7 +11,7 @@ use crate::error::db_error;
 use crate::row::parse;
 use crate::run::delete_waits;
 
-/// The drive job of a run that may be re-armed ([`WorkflowStore::replay_run`],
+/// The drive job of a run that may be re-armed ([`WorkflowStore::rewind_run`],
 /// [`WorkflowStore::migrate_run`]), as read by [`rearmable`].
 struct Rearmable {
     /// The run's state.
@@ -93,7 +93,7 @@ async fn rearm(
 }
 
 /// Rewind run `id` to its checkpoint `key`, inside the caller's transaction (see
-/// [`WorkflowStore::replay_run`]). The queue of its re-armed drive job, to wake after the commit.
+/// [`WorkflowStore::rewind_run`]). The queue of its re-armed drive job, to wake after the commit.
 pub(crate) async fn rewind(
     conn: &mut SqliteConnection,
     id: RunId,

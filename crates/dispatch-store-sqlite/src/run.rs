@@ -172,12 +172,12 @@ pub(crate) async fn live_run_driven_by(
 }
 
 /// Ask run `id` to stop, inside the caller's transaction (see
-/// [`WorkflowStore::cancel_run`](dispatch_core::WorkflowStore::cancel_run)): record `reason`
+/// [`WorkflowStore::request_run_cancel`](dispatch_core::WorkflowStore::request_run_cancel)): record `reason`
 /// unless a reason is already recorded, and make the run's drive job due now when it is
 /// available, so the drive sees the request. Returns the answer and the queues of the drive jobs
 /// it made due, to wake after the commit. The drive job's own `cancel_requested` flag is left
 /// alone.
-pub(crate) async fn request_cancel(
+pub(crate) async fn request_run_cancel(
     conn: &mut SqliteConnection,
     id: RunId,
     reason: &str,

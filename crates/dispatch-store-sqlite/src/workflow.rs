@@ -8,7 +8,7 @@
 //! `BEGIN IMMEDIATE` transaction: a start (the run and its drive job), a suspend (the waits, the
 //! run and the drive job's snooze), a delivery (the checkpoint and the drive job made due), and a
 //! dying drive job (its DLQ entry and the failed run, `run::fail_driven_run`).
-//! A replay or a migration (the run rewound or moved, its drive job re-armed) is one too.
+//! A rewind or a migration (the run rewound or moved, its drive job re-armed) is one too.
 //!
 //! Every call that takes a lease is fenced inside its transaction by `run::fenced`: the run's
 //! drive job must be the lease's job, running under the lease's token; otherwise the call fails
@@ -29,7 +29,7 @@ use crate::error::db_error;
 use crate::events::{publish, resolve_wait, suspend};
 use crate::rewind::{migrate, rewind};
 use crate::row::{checkpoint_from_row, parse, run_from_row, sql_limit};
-use crate::run::{fenced, fenced_with_checkpoints, load_checkpoints, request_cancel};
+use crate::run::{fenced, fenced_with_checkpoints, load_checkpoints, request_run_cancel};
 
 /// Start `run` with its drive job on `conn`, inside the caller's transaction.
 pub(crate) async fn start_in(
@@ -207,7 +207,7 @@ impl WorkflowStore for SqliteStore {
         .await
     }
 
-    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
+    async fn get_checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>> {
         self.timed("checkpoints", async {
             // One statement, so the run's existence and its checkpoints are read together; a
             // run without checkpoints is one row with NULL checkpoint columns.
@@ -234,11 +234,11 @@ impl WorkflowStore for SqliteStore {
         .await
     }
 
-    async fn load_run(&self, lease: LeaseRef, id: RunId) -> Result<RunSnapshot> {
+    async fn load_snapshot(&self, lease: LeaseRef, id: RunId) -> Result<RunSnapshot> {
         let now = self.clock.now();
         // A run that is not suspended needs no write: read it beside the writer.
         let read = self
-            .timed("load_run", async {
+            .timed("load_snapshot", async {
                 let mut conn = self.readers.acquire().await.map_err(db_error)?;
                 let (run, checkpoints) = fenced_with_checkpoints(&mut conn, lease, id).await?;
                 if run.state == RunState::Suspended {
@@ -250,7 +250,7 @@ impl WorkflowStore for SqliteStore {
         if let Some(snapshot) = read {
             return Ok(snapshot);
         }
-        self.write("load_run", move |conn| {
+        self.write("load_snapshot", move |conn| {
             Box::pin(async move {
                 let mut run = fenced(conn, lease, id).await?;
                 if run.state == RunState::Suspended {
@@ -305,23 +305,23 @@ impl WorkflowStore for SqliteStore {
         self.end_grouped(lease, run, end).await
     }
 
-    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel> {
+    async fn request_run_cancel(&self, id: RunId, reason: &str) -> Result<RunCancel> {
         let now = self.clock.now();
         let reason = reason.to_owned();
         let (cancel, queues) = self
-            .write("cancel_run", move |conn| {
-                Box::pin(async move { request_cancel(conn, id, &reason, now).await })
+            .write("request_run_cancel", move |conn| {
+                Box::pin(async move { request_run_cancel(conn, id, &reason, now).await })
             })
             .await?;
         self.wakeups.notify(queues.iter().map(String::as_str));
         Ok(cancel)
     }
 
-    async fn replay_run(&self, id: RunId, key: &str) -> Result<()> {
+    async fn rewind_run(&self, id: RunId, key: &str) -> Result<()> {
         let now = self.clock.now();
         let key = key.to_owned();
         let queue = self
-            .write("replay_run", move |conn| {
+            .write("rewind_run", move |conn| {
                 Box::pin(async move { rewind(conn, id, &key, now).await })
             })
             .await?;

@@ -144,7 +144,7 @@ pub fn workflow_scenarios() -> Vec<Scenario<dyn WorkflowStore>> {
         cancel_of_a_suspended_run_compensates_and_cascades,
         cancel_through_the_drive_job_compensates,
         cancel_of_a_running_run_stops_at_a_step_boundary,
-        replay_from_a_step_reruns_what_follows,
+        rewind_to_a_step_reruns_what_follows,
         migrate_a_failed_run_to_a_fixed_version,
     ]
 }
@@ -288,7 +288,7 @@ pub fn workflow_tests() -> Vec<SuiteTest<dyn WorkflowStore>> {
         workflow::list_runs_filters_and_paginates,
         workflow::cancel_wakes_a_suspended_run,
         workflow::cancel_of_a_running_drive_refuses_its_suspend,
-        workflow::replay_rewinds_to_a_checkpoint,
+        workflow::rewind_reruns_from_a_checkpoint,
         workflow::migrate_moves_a_run_to_another_version,
         workflow::suspend_notices_a_delivery_made_during_the_drive,
         workflow::suspend_replaces_the_runs_earlier_waits,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use dispatch_core::{
-    Backoff, CancelResult, ClaimRequest, Event, JobState, JobStore, LeaseToken, WorkerId,
+    Backoff, ClaimRequest, Event, JobCancel, JobState, JobStore, LeaseToken, WorkerId,
 };
 use dispatch_job::{CancelReason, CancelToken, JobContext, JobDefinition, JobError, WorkerBuilder};
 use parking_lot::Mutex;
@@ -83,7 +83,7 @@ pub async fn cancel_reaches_the_running_handler(store: Arc<dyn JobStore>) {
     let handle = worker(store.clone()).register(stubborn.clone()).build().unwrap().start();
     let id = handle.client().enqueue(&stubborn, ()).await.unwrap().id();
     started.notified().await;
-    assert_eq!(handle.client().cancel(id).await.unwrap(), CancelResult::Requested);
+    assert_eq!(handle.client().cancel(id).await.unwrap(), JobCancel::Requested);
     let job = wait_for_state(&store, id, JobState::Cancelled).await;
     handle.stop().await;
     assert_eq!(*reason.lock(), Some(CancelReason::CancelRequested));

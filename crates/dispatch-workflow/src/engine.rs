@@ -227,14 +227,14 @@ impl Workflows {
     /// it), runs the compensations of its completed steps, cancels its running children, and
     /// ends cancelled with `reason`.
     pub async fn cancel(&self, id: RunId, reason: &str) -> Result<dispatch_core::RunCancel, Error> {
-        self.inner.store.cancel_run(id, reason).await
+        self.inner.store.request_run_cancel(id, reason).await
     }
 
-    /// Debugging: replay run `id` from its checkpoint `key` (a key of its timeline): later
+    /// Debugging: rewind run `id` to its checkpoint `key` (a key of its checkpoints): later
     /// checkpoints are dropped and the run is driven again on its own version, so the steps after
     /// `key` run again. `Conflict` while a drive holds the run.
-    pub async fn replay_from(&self, id: RunId, key: &str) -> Result<(), Error> {
-        self.inner.store.replay_run(id, key).await
+    pub async fn rewind(&self, id: RunId, key: &str) -> Result<(), Error> {
+        self.inner.store.rewind_run(id, key).await
     }
 
     /// Move run `id` to `definition`'s version (register it on a worker first): its checkpoints
@@ -257,7 +257,8 @@ impl Workflows {
     /// its own).
     async fn cancel_children(&self, children: &[RunId]) {
         for child in children {
-            let cancelled = self.inner.store.cancel_run(*child, "the parent run was cancelled");
+            let cancelled =
+                self.inner.store.request_run_cancel(*child, "the parent run was cancelled");
             if let Err(error) = cancelled.await {
                 tracing::warn!(%child, %error, "could not cancel a child run");
             }
@@ -278,9 +279,12 @@ impl Workflows {
         self.inner.store.list_runs(filter, page).await
     }
 
-    /// The run's timeline: its checkpoints (steps, timers, waits) in the order written.
-    pub async fn timeline(&self, id: RunId) -> Result<Vec<dispatch_core::Checkpoint>, Error> {
-        self.inner.store.checkpoints(id).await
+    /// The run's checkpoints (steps, timers, waits, values) in the order written.
+    pub async fn get_checkpoints(
+        &self,
+        id: RunId,
+    ) -> Result<Vec<dispatch_core::Checkpoint>, Error> {
+        self.inner.store.get_checkpoints(id).await
     }
 
     /// Advance run `id` as the drive job `ctx` (the job runtime calls this).
@@ -290,7 +294,7 @@ impl Workflows {
             // Before the call: the drive's clock then runs ahead of the store's, never behind,
             // so a durable sleep or step backoff measured from it never ends early.
             let asked_at = tokio::time::Instant::now();
-            let snapshot = match store.load_run(ctx.lease(), id).await {
+            let snapshot = match store.load_snapshot(ctx.lease(), id).await {
                 Ok(snapshot) => snapshot,
                 Err(error) if fenced(&error) => return Ok(()),
                 Err(error) => return Err(JobError::retry(error.to_string())),

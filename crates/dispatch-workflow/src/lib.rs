@@ -34,8 +34,8 @@
 //! (`step_with_compensation`), run timeouts ([`WorkflowDefinition::timeout`]), child workflows
 //! (`child`, `start_child`, `fan_out`) and deterministic helpers (`now`, `random`, `uuid`). Key
 //! types: [`WorkflowDefinition`], [`WorkflowContext`], [`Workflows`] (register, start, wait for
-//! output, publish; cancel a run, migrate it to another version, replay it from a checkpoint;
-//! get, list, timeline), [`StepError`] and [`WorkflowError`]. No cargo features.
+//! output, publish; cancel a run, migrate it to another version, rewind it to a checkpoint;
+//! get, list, checkpoints), [`StepError`] and [`WorkflowError`]. No cargo features.
 //!
 //! **Not** a store: runs, checkpoints and events live in the store
 //! (`dispatch_core::WorkflowStore`, implemented by every Dispatch store). Not a sandbox: code

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{CancelResult, DlqId, Enqueued, Error, Hook, JobId, JobStore, Replay, Result};
+use dispatch_core::{DlqId, Enqueued, Error, Hook, JobCancel, JobId, JobStore, Replay, Result};
 use dispatch_job::{
     EnqueueOptions, JobClient, JobDefinition, JobError, JobInput, JobRequest, JobService,
     ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerHandle,
@@ -209,7 +209,7 @@ impl Dispatcher {
     }
 
     /// Ask for a job to be cancelled.
-    pub async fn cancel(&self, id: JobId) -> Result<CancelResult> {
+    pub async fn cancel(&self, id: JobId) -> Result<JobCancel> {
         self.client.cancel(id).await
     }
 

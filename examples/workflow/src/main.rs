@@ -5,7 +5,7 @@
 //! compensation), ship through a child workflow, wait durably for the delivery event (published
 //! here after a moment), sleep durably before asking for a review. The second order's card is
 //! declined after the stock was reserved, so its saga releases the stock again. The program
-//! prints each run's outcome and its timeline of checkpoints, then exits.
+//! prints each run's outcome and its checkpoints, then exits.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,8 +74,8 @@ async fn open_store() -> anyhow::Result<Arc<dyn WorkflowStore>> {
     Ok(Arc::new(store))
 }
 
-async fn print_timeline(workflows: &Workflows, run: RunId) -> anyhow::Result<()> {
-    for checkpoint in workflows.timeline(run).await? {
+async fn print_checkpoints(workflows: &Workflows, run: RunId) -> anyhow::Result<()> {
+    for checkpoint in workflows.get_checkpoints(run).await? {
         let data = String::from_utf8_lossy(&checkpoint.data);
         println!("    {:<28} {data}", checkpoint.key);
     }
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(summary) => println!("completed: {summary}"),
             Err(run) => println!("failed: {}", run.error.unwrap_or_default()),
         }
-        print_timeline(&workflows, run).await?;
+        print_checkpoints(&workflows, run).await?;
     }
     worker.stop().await;
     Ok(())

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use crate::error::Result;
 use crate::id::JobId;
 use crate::job::{
-    CancelResult, ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult, HeartbeatReport, Job,
+    ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult, HeartbeatReport, Job, JobCancel,
     JobFilter, JobState, LeaseRef, LeaseToken, NewJob, Outcome, QueueCount, RescueReport,
 };
 use crate::page::{Page, PageRequest};
@@ -61,13 +61,13 @@ pub trait JobStore: DlqStore {
     ///
     /// The drive job of a workflow run that has not ended is cancelled through its run: the call
     /// records the run's cancel request exactly as
-    /// [`WorkflowStore::cancel_run`](crate::WorkflowStore::cancel_run) does (reason
+    /// [`WorkflowStore::request_run_cancel`](crate::WorkflowStore::request_run_cancel) does (reason
     /// [`DRIVE_JOB_CANCEL_REASON`](crate::DRIVE_JOB_CANCEL_REASON); a reason already recorded
     /// is kept), making a waiting drive job due at once, and answers
-    /// [`CancelResult::Requested`]. The drive job itself is neither cancelled nor flagged, so the
+    /// [`JobCancel::Requested`]. The drive job itself is neither cancelled nor flagged, so the
     /// run winds down (compensations, children) instead of losing its driver. A drive job whose
     /// run has ended is cancelled as any job.
-    async fn request_cancel(&self, id: JobId) -> Result<CancelResult>;
+    async fn request_job_cancel(&self, id: JobId) -> Result<JobCancel>;
 
     /// Reclaim up to `limit` running jobs whose lease has expired, in one operation. Each records
     /// a [`FailureKind::LeaseExpired`](crate::FailureKind::LeaseExpired) error and keeps its attempt spent; it becomes cancelled when

@@ -45,18 +45,18 @@ pub trait WorkflowStore: JobStore {
         page: &PageRequest<RunId>,
     ) -> Result<Page<Run, RunId>>;
 
-    /// The run's checkpoints in write order (its timeline), without the fence of a drive.
+    /// The run's checkpoints in write order , without the fence of a drive.
     /// `NotFound` for an unknown run.
-    async fn checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>>;
+    async fn get_checkpoints(&self, run: RunId) -> Result<Vec<Checkpoint>>;
 
     /// Begin a drive: the run and all its checkpoints in one read; a suspended run becomes
     /// running. Fenced by the drive job's lease: `LeaseLost` when `lease` does not hold the
     /// run's drive job; `NotFound` for an unknown run.
-    async fn load_run(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot>;
+    async fn load_snapshot(&self, lease: LeaseRef, run: RunId) -> Result<RunSnapshot>;
 
     /// Write checkpoints (inserting or replacing by key, in the order given: a key listed twice
     /// keeps its first place and its later data), in one operation. Fenced like
-    /// [`load_run`](Self::load_run); nothing is written when the lease does not hold, or when
+    /// [`load_snapshot`](Self::load_snapshot); nothing is written when the lease does not hold, or when
     /// one checkpoint is over the payload limit ([`NewCheckpoint::validate`]).
     async fn save_checkpoints(
         &self,
@@ -96,25 +96,25 @@ pub trait WorkflowStore: JobStore {
 
     /// Ask run `id` to stop, for `reason`: recorded on the run (`cancel_requested`; a second
     /// request keeps the first reason), and when its drive job waits (the run is suspended) the
-    /// job is made due at once. A drive learns of it from `load_run`, `suspend_run`
+    /// job is made due at once. A drive learns of it from `load_snapshot`, `suspend_run`
     /// ([`SuspendOutcome::CancelRequested`]) and by reading the run. `NotFound` for an unknown
     /// run. The job-level cancel of the drive job is not used: a cancelled drive job would leave
-    /// its run without a driver. [`JobStore::request_cancel`]
+    /// its run without a driver. [`JobStore::request_job_cancel`]
     /// of the drive job of a run that has not ended comes here (with reason
     /// [`DRIVE_JOB_CANCEL_REASON`](crate::DRIVE_JOB_CANCEL_REASON)) instead of cancelling the job.
-    async fn cancel_run(&self, id: RunId, reason: &str) -> Result<RunCancel>;
+    async fn request_run_cancel(&self, id: RunId, reason: &str) -> Result<RunCancel>;
 
-    /// Debugging: replay run `id` from its checkpoint `key`. Checkpoints written after `key` are
+    /// Debugging: rewind run `id` to its checkpoint `key`. Checkpoints written after `key` are
     /// dropped (`key` itself is kept), the run becomes running again (output, error, finish time
     /// and cancel request cleared; same version) and its drive job is re-armed: available at
     /// once, attempts reset, lease cleared. `NotFound` for an unknown run or key; `Conflict`
     /// while a drive holds the run (its drive job is running).
-    async fn replay_run(&self, id: RunId, key: &str) -> Result<()>;
+    async fn rewind_run(&self, id: RunId, key: &str) -> Result<()>;
 
     /// Move run `id` to `version`, whose drive jobs are named `drive_job_name`. Its checkpoints
     /// are kept; the run becomes running again when it had failed or been cancelled (error and
     /// finish time cleared) and its drive job is renamed and re-armed as for
-    /// [`replay_run`](Self::replay_run); a suspended run keeps its wake time. `NotFound` for an
+    /// [`rewind_run`](Self::rewind_run); a suspended run keeps its wake time. `NotFound` for an
     /// unknown run; `Conflict` while a drive holds the run, or when it completed.
     async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()>;
 }

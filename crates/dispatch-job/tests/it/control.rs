@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dispatch_core::{
-    Backoff, CancelResult, ClaimRequest, Event, FailureKind, JobState, LeaseToken, WorkerId,
+    Backoff, ClaimRequest, Event, FailureKind, JobCancel, JobState, LeaseToken, WorkerId,
 };
 use dispatch_job::{CancelReason, CancelToken, JobContext, JobDefinition, JobError};
 use parking_lot::Mutex;
@@ -92,7 +92,7 @@ async fn cancel_of_a_running_job_fires_the_token_within_one_heartbeat() {
     let id = handle.client().enqueue(&stubborn, ()).await.unwrap().id();
     started.notified().await;
     let asked = tokio::time::Instant::now();
-    assert_eq!(handle.client().cancel(id).await.unwrap(), CancelResult::Requested);
+    assert_eq!(handle.client().cancel(id).await.unwrap(), JobCancel::Requested);
     let job = wait_for_state(&store, id, JobState::Cancelled).await;
     handle.stop().await;
 

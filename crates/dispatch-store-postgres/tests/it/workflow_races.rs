@@ -166,12 +166,13 @@ async fn concurrent_events_reach_distinct_waiters(url: String) {
         for (i, p) in published.iter().enumerate() {
             assert_eq!((p.delivered_to.len(), p.kept), (1, false), "event {i}: {p:?}");
             assert!(reached.insert(p.delivered_to[0]), "two events reached {:?}", p.delivered_to);
-            let checkpoints = stores[0].checkpoints(p.delivered_to[0]).await.expect("checkpoints");
+            let checkpoints =
+                stores[0].get_checkpoints(p.delivered_to[0]).await.expect("checkpoints");
             assert_eq!(checkpoints.len(), 1);
             assert_eq!(checkpoints[0].data, i.to_string().into_bytes(), "its own event's payload");
         }
         for &(run, _) in &runs {
-            let checkpoints = stores[0].checkpoints(run).await.expect("checkpoints");
+            let checkpoints = stores[0].get_checkpoints(run).await.expect("checkpoints");
             assert_eq!(checkpoints.len(), usize::from(reached.contains(&run)), "run {run}");
         }
         assert_eq!(claim(&stores[0], &queue, 20).await.len(), 4, "the four reached runs are due");
@@ -247,7 +248,7 @@ async fn a_publish_racing_a_suspend_is_delivered_once(url: String) {
             }
             SuspendOutcome::CancelRequested => panic!("round {round}: no cancel was requested"),
         }
-        let checkpoints = stores[0].checkpoints(run).await.unwrap();
+        let checkpoints = stores[0].get_checkpoints(run).await.unwrap();
         assert_eq!(checkpoints.len(), 1, "round {round}: the event is the wait's checkpoint");
     }
 }
@@ -270,7 +271,7 @@ async fn a_cancel_racing_a_suspend_is_never_lost(url: String) {
         });
         let cancelling = tokio::spawn(async move {
             bb.wait().await;
-            b.cancel_run(run, "stop").await.expect("cancel_run")
+            b.request_run_cancel(run, "stop").await.expect("request_run_cancel")
         });
         let (outcome, cancel) = (suspending.await.unwrap(), cancelling.await.unwrap());
         assert_eq!(cancel, RunCancel::Requested, "round {round}");
@@ -323,7 +324,7 @@ async fn a_publish_racing_a_timeout_is_answered_once(url: String) {
             }
             WaitResolution::TimedOut => {
                 assert_eq!((published.delivered_to.len(), published.kept), (0, true), "{round}");
-                assert!(stores[0].checkpoints(run).await.unwrap().is_empty(), "round {round}");
+                assert!(stores[0].get_checkpoints(run).await.unwrap().is_empty(), "round {round}");
             }
         }
     }

@@ -114,12 +114,12 @@ async fn many_checkpoints_in_one_call_keep_write_order_and_survive_a_reopen() {
             (&[3][..], &[2][..])
         );
     };
-    check(ctx.store.load_run(lease, run).await.expect("load_run").checkpoints);
+    check(ctx.store.load_snapshot(lease, run).await.expect("load_snapshot").checkpoints);
     drop(ctx.store);
     let reopened = SqliteStore::open(&ctx.path).await.expect("reopen");
-    check(reopened.checkpoints(run).await.expect("checkpoints"));
+    check(reopened.get_checkpoints(run).await.expect("checkpoints"));
     assert_eq!(reopened.get_run(run).await.unwrap().expect("run").state, RunState::Running);
-    let unknown = reopened.checkpoints(RunId::new()).await.expect_err("unknown run");
+    let unknown = reopened.get_checkpoints(RunId::new()).await.expect_err("unknown run");
     assert_eq!(unknown.kind(), ErrorKind::NotFound);
 }
 

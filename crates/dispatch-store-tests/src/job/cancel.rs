@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use dispatch_core::{
-    CancelResult, ErrorKind, FailureKind, FinishResult, HeartbeatReport, JobId, JobState, Outcome,
+    ErrorKind, FailureKind, FinishResult, HeartbeatReport, JobCancel, JobId, JobState, Outcome,
     RescueReport, RunAt,
 };
 
@@ -19,15 +19,15 @@ pub async fn cancel_available_job(ctx: TestContext) {
     let id = ctx.enqueue_one(job("unwanted")).await;
     let keep = ctx.enqueue_one(job("unwanted")).await;
     let now = ctx.clock.now();
-    assert_eq!(ctx.store.request_cancel(id).await.expect("cancel"), CancelResult::Cancelled);
+    assert_eq!(ctx.store.request_job_cancel(id).await.expect("cancel"), JobCancel::Cancelled);
     let job = ctx.job(id).await;
     assert_eq!(job.state, JobState::Cancelled);
     assert_eq!(job.finished_at, Some(now));
     assert_eq!(ctx.claim_one("unwanted").await.job.id, keep, "only the other job is claimed");
     ctx.clock.advance(secs(3600));
     ctx.claim_none("unwanted").await;
-    let again = ctx.store.request_cancel(id).await.expect("cancel");
-    assert_eq!(again, CancelResult::AlreadyFinal(JobState::Cancelled));
+    let again = ctx.store.request_job_cancel(id).await.expect("cancel");
+    assert_eq!(again, JobCancel::AlreadyFinal(JobState::Cancelled));
 }
 
 /// A scheduled (future run-at) job is available, so a cancel ends it at once; it never runs.
@@ -35,7 +35,7 @@ pub async fn cancel_scheduled_job(ctx: TestContext) {
     let mut later = job("scheduled");
     later.run_at = RunAt::After(secs(60));
     let id = ctx.enqueue_one(later).await;
-    assert_eq!(ctx.store.request_cancel(id).await.expect("cancel"), CancelResult::Cancelled);
+    assert_eq!(ctx.store.request_job_cancel(id).await.expect("cancel"), JobCancel::Cancelled);
     ctx.clock.advance(secs(61));
     ctx.claim_none("scheduled").await;
     assert_eq!(ctx.job(id).await.state, JobState::Cancelled);
@@ -55,13 +55,13 @@ pub async fn cancel_running_job_through_holder(ctx: TestContext) {
     };
     assert_eq!(bystander.job.id, other);
 
-    assert_eq!(ctx.store.request_cancel(id).await.expect("cancel"), CancelResult::Requested);
+    assert_eq!(ctx.store.request_job_cancel(id).await.expect("cancel"), JobCancel::Requested);
     let job = ctx.job(id).await;
     assert_eq!(job.state, JobState::Running, "a running job runs on until its holder stops");
     assert!(job.cancel_requested);
     assert_eq!(job.lease, Some(mine.lease));
     assert!(!ctx.job(other).await.cancel_requested, "only the named job");
-    assert_eq!(ctx.store.request_cancel(id).await.expect("cancel"), CancelResult::Requested);
+    assert_eq!(ctx.store.request_job_cancel(id).await.expect("cancel"), JobCancel::Requested);
 
     ctx.clock.advance(secs(10));
     let beat =
@@ -80,8 +80,8 @@ pub async fn cancel_running_job_through_holder(ctx: TestContext) {
     assert_eq!(done, FinishResult::Applied { state: JobState::Cancelled, dlq_id: None });
     let job = ctx.job(id).await;
     assert_eq!((job.state, job.finished_at, job.lease), (JobState::Cancelled, Some(now), None));
-    let again = ctx.store.request_cancel(id).await.expect("cancel");
-    assert_eq!(again, CancelResult::AlreadyFinal(JobState::Cancelled));
+    let again = ctx.store.request_job_cancel(id).await.expect("cancel");
+    assert_eq!(again, JobCancel::AlreadyFinal(JobState::Cancelled));
     let late = ctx.store.heartbeat(&[lease(mine)], secs(30)).await.expect("heartbeat");
     assert_eq!(late, HeartbeatReport { lost: vec![id], ..HeartbeatReport::default() });
 }
@@ -100,7 +100,7 @@ pub async fn cancel_request_wins_over_running_again(ctx: TestContext) {
         new.max_attempts = 5;
         let id = ctx.enqueue_one(new).await;
         let claimed = ctx.claim_one(name).await;
-        assert_eq!(ctx.store.request_cancel(id).await.expect("cancel"), CancelResult::Requested);
+        assert_eq!(ctx.store.request_job_cancel(id).await.expect("cancel"), JobCancel::Requested);
         let result = ctx.finish(lease(&claimed), outcome.clone()).await;
         let expected = if name == "completed" { JobState::Completed } else { JobState::Cancelled };
         assert_eq!(result, FinishResult::Applied { state: expected, dlq_id: None }, "{name}");
@@ -118,23 +118,27 @@ pub async fn cancel_final_job_is_already_final(ctx: TestContext) {
     let claimed = ctx.claim_one("fin").await;
     ctx.finish(lease(&claimed), Outcome::Complete).await;
     let before = ctx.job(done).await;
-    let result = ctx.store.request_cancel(done).await.expect("cancel");
-    assert_eq!(result, CancelResult::AlreadyFinal(JobState::Completed));
+    let result = ctx.store.request_job_cancel(done).await.expect("cancel");
+    assert_eq!(result, JobCancel::AlreadyFinal(JobState::Completed));
     assert_eq!(ctx.job(done).await, before, "nothing changed");
 
     let dead = ctx.enqueue_one(job("fin")).await;
     let claimed = ctx.claim_one("fin").await;
     ctx.finish(lease(&claimed), Outcome::Fail { failure: failure("no") }).await;
     let before = ctx.job(dead).await;
-    let result = ctx.store.request_cancel(dead).await.expect("cancel");
-    assert_eq!(result, CancelResult::AlreadyFinal(JobState::Dead));
+    let result = ctx.store.request_job_cancel(dead).await.expect("cancel");
+    assert_eq!(result, JobCancel::AlreadyFinal(JobState::Dead));
     assert_eq!(ctx.job(dead).await, before, "nothing changed");
 }
 
 /// Cancelling an unknown job fails with `NotFound`.
 pub async fn cancel_unknown_job_is_not_found(ctx: TestContext) {
     ctx.enqueue_one(job("known")).await;
-    assert_kind(ctx.store.request_cancel(JobId::new()).await, ErrorKind::NotFound, "unknown job");
+    assert_kind(
+        ctx.store.request_job_cancel(JobId::new()).await,
+        ErrorKind::NotFound,
+        "unknown job",
+    );
 }
 
 /// A running job with a cancel request whose lease expires is cancelled by rescue, not made
@@ -142,7 +146,7 @@ pub async fn cancel_unknown_job_is_not_found(ctx: TestContext) {
 pub async fn cancel_requested_expired_lease_is_cancelled_by_rescue(ctx: TestContext) {
     let id = ctx.enqueue_one(job("abandoned")).await;
     let claimed = ctx.claim_one("abandoned").await;
-    assert_eq!(ctx.store.request_cancel(id).await.expect("cancel"), CancelResult::Requested);
+    assert_eq!(ctx.store.request_job_cancel(id).await.expect("cancel"), JobCancel::Requested);
     ctx.clock.advance(PAST_TTL);
     let now = ctx.clock.now();
     let report = ctx.store.rescue_expired(10).await.expect("rescue");
@@ -163,7 +167,7 @@ pub async fn cancel_requested_expired_lease_is_cancelled_by_rescue(ctx: TestCont
 pub async fn cancel_by_rescue_records_lease_expired(ctx: TestContext) {
     let id = ctx.enqueue_one(job("abandoned")).await;
     ctx.claim_one("abandoned").await;
-    assert_eq!(ctx.store.request_cancel(id).await.expect("cancel"), CancelResult::Requested);
+    assert_eq!(ctx.store.request_job_cancel(id).await.expect("cancel"), JobCancel::Requested);
     ctx.clock.advance(PAST_TTL);
     let now = ctx.clock.now();
     let report = ctx.store.rescue_expired(10).await.expect("rescue");
@@ -180,7 +184,7 @@ pub async fn cancel_requested_on_last_attempt_is_cancelled_not_dead(ctx: TestCon
     new.max_attempts = 1;
     let id = ctx.enqueue_one(new).await;
     ctx.claim_one("last").await;
-    assert_eq!(ctx.store.request_cancel(id).await.expect("cancel"), CancelResult::Requested);
+    assert_eq!(ctx.store.request_job_cancel(id).await.expect("cancel"), JobCancel::Requested);
     ctx.clock.advance(PAST_TTL);
     let report = ctx.store.rescue_expired(10).await.expect("rescue");
     assert_eq!(report, RescueReport { cancelled: vec![id], ..RescueReport::default() });
@@ -200,7 +204,7 @@ pub async fn cancel_races_claim(ctx: TestContext) {
         tokio::spawn(async move {
             let mut results = Vec::new();
             for id in all {
-                results.push((id, store.request_cancel(id).await.expect("cancel")));
+                results.push((id, store.request_job_cancel(id).await.expect("cancel")));
             }
             results
         })
@@ -226,11 +230,11 @@ pub async fn cancel_races_claim(ctx: TestContext) {
     for (id, result) in results {
         let job = ctx.job(id).await;
         match result {
-            CancelResult::Cancelled => {
+            JobCancel::Cancelled => {
                 assert!(!claimed.contains(&id), "job {id} cancelled and claimed");
                 assert_eq!(job.state, JobState::Cancelled);
             }
-            CancelResult::Requested => {
+            JobCancel::Requested => {
                 assert!(claimed.contains(&id), "job {id} requested but not claimed");
                 assert_eq!(job.state, JobState::Running);
                 assert!(job.cancel_requested, "job {id} lost its request");

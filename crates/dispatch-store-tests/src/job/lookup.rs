@@ -129,7 +129,7 @@ impl Mix {
         }
         let available = mix.jobs.iter().find(|j| j.3 == JobState::Available).map(|j| j.0);
         let available = available.expect("an available job is left");
-        ctx.store.request_cancel(available).await.expect("cancel");
+        ctx.store.request_job_cancel(available).await.expect("cancel");
         mix.set(available, JobState::Cancelled);
         mix
     }

@@ -120,7 +120,7 @@ pub async fn unique_key_freed_by_final_state(ctx: TestContext) {
     assert_eq!(enqueue_keyed(&ctx, next).await, Enqueued::Created(next_id), "free after complete");
 
     // Cancelled: free.
-    ctx.store.request_cancel(next_id).await.expect("cancel");
+    ctx.store.request_job_cancel(next_id).await.expect("cancel");
     let third = keyed("once", "k", None);
     let third_id = third.id;
     assert_eq!(enqueue_keyed(&ctx, third).await, Enqueued::Created(third_id), "free after cancel");

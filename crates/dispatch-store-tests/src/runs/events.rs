@@ -207,7 +207,7 @@ async fn waiting_on(workflows: &Workflows, run: RunId, key: &str) {
         &format!("{run} to wait on {key}"),
         Duration::from_secs(30),
         || async {
-            let keys = workflows.timeline(run).await.unwrap();
+            let keys = workflows.get_checkpoints(run).await.unwrap();
             let written = keys.iter().any(|c| c.key == key);
             let suspended = workflows.get_run(run).await.unwrap().map(|r| r.state);
             (written && suspended == Some(RunState::Suspended)).then_some(())

@@ -334,7 +334,7 @@ pub async fn cancel_through_the_drive_job_compensates(store: Arc<dyn WorkflowSto
     let (run, handle) = suspended_holder(&store, &workflows, &undone).await;
     let drive_job = workflows.get_run(run).await.unwrap().expect("the run").drive_job;
     let cancel = dispatch_job::JobClient::new(store.clone()).cancel(drive_job).await.unwrap();
-    assert_eq!(cancel, dispatch_core::CancelResult::Requested, "the run's cancel is requested");
+    assert_eq!(cancel, dispatch_core::JobCancel::Requested, "the run's cancel is requested");
     assert_wound_down(&workflows, run, dispatch_core::DRIVE_JOB_CANCEL_REASON, &undone).await;
     handle.stop().await;
 }
@@ -413,9 +413,9 @@ fn counted(
     }
 }
 
-/// Replay from a step: the steps after it run again, on the run's own version, and the run
+/// Rewind to a step: the steps after it run again, on the run's own version, and the run
 /// completes again; the steps up to it do not run again.
-pub async fn replay_from_a_step_reruns_what_follows(store: Arc<dyn WorkflowStore>) {
+pub async fn rewind_to_a_step_reruns_what_follows(store: Arc<dyn WorkflowStore>) {
     let runs: Arc<Mutex<Vec<String>>> = Arc::default();
     let def = {
         let runs = runs.clone();
@@ -435,7 +435,7 @@ pub async fn replay_from_a_step_reruns_what_follows(store: Arc<dyn WorkflowStore
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
     let first: u32 =
         workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
-    once_released(|| workflows.replay_from(run, "s:b#1")).await;
+    once_released(|| workflows.rewind(run, "s:b#1")).await;
     wait_state(&workflows, run, RunState::Completed).await;
     let again: u32 =
         workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();

@@ -137,8 +137,8 @@ pub async fn a_step_in_a_loop_gets_a_checkpoint_per_call(store: Arc<dyn Workflow
     let page = workflows.list_runs(&filter, &dispatch_core::PageRequest::first(10)).await.unwrap();
     let run = page.items.first().expect("the run").id;
     assert_eq!(sum, (0..100u64).map(|i| i * i).sum::<u64>());
-    let timeline = workflows.timeline(run).await.unwrap();
-    let keys: Vec<String> = timeline.iter().map(|c| c.key.clone()).collect();
+    let checkpoints = workflows.get_checkpoints(run).await.unwrap();
+    let keys: Vec<String> = checkpoints.iter().map(|c| c.key.clone()).collect();
     let expected: Vec<String> = (1..=100).map(|n| format!("s:item#{n}")).collect();
     assert_eq!(keys, expected, "one checkpoint per call, in order");
     assert_eq!(calls.load(Ordering::SeqCst), 101, "only the interrupted call ran twice");
@@ -168,7 +168,7 @@ pub async fn parallel_branches_keep_their_own_results(store: Arc<dyn WorkflowSto
     handle.stop().await;
     assert_eq!(out, vec![1, 11, 21]);
     let keys: Vec<String> =
-        workflows.timeline(run).await.unwrap().into_iter().map(|c| c.key).collect();
+        workflows.get_checkpoints(run).await.unwrap().into_iter().map(|c| c.key).collect();
     for b in 0..3 {
         for n in 1..=2 {
             let key = format!("p:branches#1/{b}/s:x#{n}");

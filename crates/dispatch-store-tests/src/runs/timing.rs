@@ -168,8 +168,8 @@ pub async fn step_retry_is_durable_and_holds_no_slot(store: Arc<dyn WorkflowStor
         times.windows(2).all(|w| w[1].duration_since(w[0]) >= Duration::from_secs(1)),
         "backoff kept"
     );
-    let timeline = workflows.timeline(run).await.unwrap();
-    let record: serde_json::Value = serde_json::from_slice(&timeline[0].data).unwrap();
+    let checkpoints = workflows.get_checkpoints(run).await.unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&checkpoints[0].data).unwrap();
     assert_eq!(record["status"], "done");
     assert_eq!(record["attempts"], 3);
 }

@@ -1,9 +1,9 @@
-//! Run-level operations outside a drive: cancel (of the run or through its drive job), replay
+//! Run-level operations outside a drive: cancel (of the run or through its drive job), rewind
 //! from a checkpoint, and migration to another version.
 
 use dispatch_core::{
-    CancelResult, DRIVE_JOB_CANCEL_REASON, ErrorKind, FinishResult, JobState, NewCheckpoint,
-    Outcome, RunCancel, RunEnd, RunId, RunState, Suspend, SuspendOutcome, WorkflowStore,
+    DRIVE_JOB_CANCEL_REASON, ErrorKind, FinishResult, JobCancel, JobState, NewCheckpoint, Outcome,
+    RunCancel, RunEnd, RunId, RunState, Suspend, SuspendOutcome, WorkflowStore,
 };
 
 use dispatch_core::Clock as _;
@@ -20,14 +20,21 @@ pub async fn cancel_wakes_a_suspended_run(ctx: TestContext<dyn WorkflowStore>) {
     let suspend = Suspend { run, until: Some(ctx.clock.now() + secs(3600)), waits: vec![] };
     ctx.store.suspend_run(lease, suspend).await.unwrap();
     ctx.claim_none(DRIVE).await;
-    assert_eq!(ctx.store.cancel_run(run, "customer asked").await.unwrap(), RunCancel::Requested);
-    assert_eq!(ctx.store.cancel_run(run, "again").await.unwrap(), RunCancel::Requested);
+    assert_eq!(
+        ctx.store.request_run_cancel(run, "customer asked").await.unwrap(),
+        RunCancel::Requested
+    );
+    assert_eq!(ctx.store.request_run_cancel(run, "again").await.unwrap(), RunCancel::Requested);
     let stored = ctx.store.get_run(run).await.unwrap().unwrap();
     assert_eq!(stored.cancel_requested.as_deref(), Some("customer asked"), "the first reason");
     let again = ctx.drive(run).await;
-    let snapshot = ctx.store.load_run(again, run).await.unwrap();
+    let snapshot = ctx.store.load_snapshot(again, run).await.unwrap();
     assert_eq!(snapshot.run.cancel_requested.as_deref(), Some("customer asked"));
-    assert_kind(ctx.store.cancel_run(RunId::new(), "x").await, ErrorKind::NotFound, "cancel_run");
+    assert_kind(
+        ctx.store.request_run_cancel(RunId::new(), "x").await,
+        ErrorKind::NotFound,
+        "request_run_cancel",
+    );
 }
 
 /// A running drive learns of a cancel when it tries to suspend: nothing is suspended or
@@ -35,27 +42,27 @@ pub async fn cancel_wakes_a_suspended_run(ctx: TestContext<dyn WorkflowStore>) {
 pub async fn cancel_of_a_running_drive_refuses_its_suspend(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("busy").await;
     let lease = ctx.drive(run).await;
-    assert_eq!(ctx.store.cancel_run(run, "stop").await.unwrap(), RunCancel::Requested);
+    assert_eq!(ctx.store.request_run_cancel(run, "stop").await.unwrap(), RunCancel::Requested);
     let outcome = ctx.wait_for(lease, run, "w", "never", "k").await;
     assert_eq!(outcome, SuspendOutcome::CancelRequested);
     assert_eq!(ctx.job(lease.job_id).await.state, JobState::Running, "the drive goes on");
     assert_eq!(ctx.run_state(run).await, RunState::Running);
     assert!(ctx.publish("never", "k", "x", false).await.kept, "no wait was registered");
     ctx.store.end_run(lease, run, RunEnd::Cancelled("stop".into())).await.unwrap();
-    let ended = ctx.store.cancel_run(run, "late").await.unwrap();
+    let ended = ctx.store.request_run_cancel(run, "late").await.unwrap();
     assert_eq!(ended, RunCancel::AlreadyFinal(RunState::Cancelled));
 }
 
 /// A job-level cancel of a drive job whose run has not ended is the run's cancel: recorded on
-/// the run as `cancel_run` records it (the first reason wins), a waiting drive job due at once,
+/// the run as `request_run_cancel` records it (the first reason wins), a waiting drive job due at once,
 /// and `Requested`; the drive job itself is neither cancelled nor flagged (a heartbeat reports
 /// no cancel; the drive learns of it when it suspends). Once the run has ended, its drive job is
 /// cancelled as any job.
 pub async fn cancel_through_the_drive_job_cancels_the_run(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("cancel-by-job").await;
     let drive_job = ctx.store.get_run(run).await.unwrap().expect("run").drive_job;
-    let cancel = ctx.store.request_cancel(drive_job).await.expect("request_cancel");
-    assert_eq!(cancel, CancelResult::Requested, "a drive job's cancel is the run's request");
+    let cancel = ctx.store.request_job_cancel(drive_job).await.expect("request_job_cancel");
+    assert_eq!(cancel, JobCancel::Requested, "a drive job's cancel is the run's request");
     assert_eq!(
         ctx.job(drive_job).await.state,
         JobState::Available,
@@ -63,13 +70,13 @@ pub async fn cancel_through_the_drive_job_cancels_the_run(ctx: TestContext<dyn W
     );
     let reason = ctx.store.get_run(run).await.unwrap().expect("run").cancel_requested;
     assert!(reason.is_some(), "the run has the cancel request");
-    assert_eq!(ctx.store.cancel_run(run, "later").await.unwrap(), RunCancel::Requested);
+    assert_eq!(ctx.store.request_run_cancel(run, "later").await.unwrap(), RunCancel::Requested);
     let kept = ctx.store.get_run(run).await.unwrap().expect("run").cancel_requested;
     assert_eq!(kept, reason, "the first reason wins");
 
     let lease = ctx.drive(run).await;
-    let cancel = ctx.store.request_cancel(drive_job).await.expect("request_cancel");
-    assert_eq!(cancel, CancelResult::Requested);
+    let cancel = ctx.store.request_job_cancel(drive_job).await.expect("request_job_cancel");
+    assert_eq!(cancel, JobCancel::Requested);
     let beat = ctx.store.heartbeat(&[lease], secs(30)).await.expect("heartbeat");
     assert_eq!(beat.renewed, vec![drive_job]);
     assert!(beat.cancel_requested.is_empty(), "no job-level cancel: {beat:?}");
@@ -79,8 +86,8 @@ pub async fn cancel_through_the_drive_job_cancels_the_run(ctx: TestContext<dyn W
 
     // Ended: the drive job is any job again.
     ctx.store.end_run(lease, run, RunEnd::Cancelled("stop".into())).await.unwrap();
-    let cancel = ctx.store.request_cancel(drive_job).await.expect("request_cancel");
-    assert_eq!(cancel, CancelResult::Requested);
+    let cancel = ctx.store.request_job_cancel(drive_job).await.expect("request_job_cancel");
+    assert_eq!(cancel, JobCancel::Requested);
     let beat = ctx.store.heartbeat(&[lease], secs(30)).await.expect("heartbeat");
     assert_eq!(beat.cancel_requested, vec![drive_job], "a job-level cancel once the run ended");
 
@@ -91,29 +98,29 @@ pub async fn cancel_through_the_drive_job_cancels_the_run(ctx: TestContext<dyn W
         Suspend { run: waiting, until: Some(ctx.clock.now() + secs(3600)), waits: vec![] };
     ctx.store.suspend_run(lease, suspend).await.unwrap();
     ctx.claim_none(DRIVE).await;
-    let cancel = ctx.store.request_cancel(lease.job_id).await.expect("request_cancel");
-    assert_eq!(cancel, CancelResult::Requested);
+    let cancel = ctx.store.request_job_cancel(lease.job_id).await.expect("request_job_cancel");
+    assert_eq!(cancel, JobCancel::Requested);
     assert!(ctx.store.get_run(waiting).await.unwrap().expect("run").cancel_requested.is_some());
     let again = ctx.drive(waiting).await;
-    let snapshot = ctx.store.load_run(again, waiting).await.unwrap();
+    let snapshot = ctx.store.load_snapshot(again, waiting).await.unwrap();
     assert!(snapshot.run.cancel_requested.is_some(), "the drive sees the request");
 }
 
-/// Replay from a checkpoint: later checkpoints dropped, the run running again (output, error and
+/// Rewind to a checkpoint: later checkpoints dropped, the run running again (output, error and
 /// finish cleared), its drive job due at once with attempts reset. Unknown key or run:
 /// `NotFound`; while a drive holds the run: `Conflict`.
-pub async fn replay_rewinds_to_a_checkpoint(ctx: TestContext<dyn WorkflowStore>) {
+pub async fn rewind_reruns_from_a_checkpoint(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("rewind").await;
     let lease = ctx.drive(run).await;
     let write = |key: &str| NewCheckpoint::new(key, key.as_bytes().to_vec());
     ctx.store.save_checkpoints(lease, run, vec![write("a"), write("b"), write("c")]).await.unwrap();
-    assert_kind(ctx.store.replay_run(run, "b").await, ErrorKind::Conflict, "replay_run");
+    assert_kind(ctx.store.rewind_run(run, "b").await, ErrorKind::Conflict, "rewind_run");
     ctx.store.end_run(lease, run, RunEnd::Completed(b"1".to_vec())).await.unwrap();
     assert!(matches!(ctx.finish(lease, Outcome::Complete).await, FinishResult::Applied { .. }));
 
-    assert_kind(ctx.store.replay_run(run, "zz").await, ErrorKind::NotFound, "replay_run");
-    assert_kind(ctx.store.replay_run(RunId::new(), "a").await, ErrorKind::NotFound, "replay_run");
-    ctx.store.replay_run(run, "b").await.unwrap();
+    assert_kind(ctx.store.rewind_run(run, "zz").await, ErrorKind::NotFound, "rewind_run");
+    assert_kind(ctx.store.rewind_run(RunId::new(), "a").await, ErrorKind::NotFound, "rewind_run");
+    ctx.store.rewind_run(run, "b").await.unwrap();
     let stored = ctx.store.get_run(run).await.unwrap().unwrap();
     assert_eq!((stored.state, stored.output, stored.finished_at), (RunState::Running, None, None));
     assert_eq!(ctx.checkpoint_keys(run).await, vec!["a".to_owned(), "b".to_owned()]);
@@ -163,8 +170,8 @@ pub async fn suspend_after_a_cancel_of_the_drive_job_answers_cancel_requested(
 ) {
     let run = ctx.start("cancel-running").await;
     let lease = ctx.drive(run).await;
-    let cancel = ctx.store.request_cancel(lease.job_id).await.expect("request_cancel");
-    assert_eq!(cancel, CancelResult::Requested);
+    let cancel = ctx.store.request_job_cancel(lease.job_id).await.expect("request_job_cancel");
+    assert_eq!(cancel, JobCancel::Requested);
     let reason = ctx.store.get_run(run).await.unwrap().expect("run").cancel_requested;
     assert_eq!(reason.as_deref(), Some(DRIVE_JOB_CANCEL_REASON));
     let until = Some(ctx.clock.now() + secs(10));

@@ -21,7 +21,7 @@ pub async fn checkpoints_load_in_write_order(ctx: TestContext<dyn WorkflowStore>
     ctx.store.save_checkpoints(lease, run, vec![write("b", "1"), write("a", "2")]).await.unwrap();
     ctx.clock.advance(secs(1));
     ctx.store.save_checkpoints(lease, run, vec![write("c", "3"), write("b", "4")]).await.unwrap();
-    let snapshot = ctx.store.load_run(lease, run).await.unwrap();
+    let snapshot = ctx.store.load_snapshot(lease, run).await.unwrap();
     let now = ctx.clock.now();
     let at = |s: u64| now - secs(1) + secs(s);
     let expected = vec![
@@ -30,7 +30,7 @@ pub async fn checkpoints_load_in_write_order(ctx: TestContext<dyn WorkflowStore>
         Checkpoint { key: "c".into(), data: b"3".to_vec(), at: at(1) },
     ];
     assert_eq!(snapshot.checkpoints, expected);
-    assert_eq!(ctx.store.checkpoints(run).await.unwrap(), expected);
+    assert_eq!(ctx.store.get_checkpoints(run).await.unwrap(), expected);
     assert_eq!((snapshot.run.id, snapshot.now), (run, now), "the store's clock at the load");
 }
 
@@ -49,7 +49,7 @@ pub async fn drive_calls_are_fenced(ctx: TestContext<dyn WorkflowStore>) {
         ErrorKind::LeaseLost,
         "save_checkpoints",
     );
-    assert_kind(ctx.store.load_run(old, run).await, ErrorKind::LeaseLost, "load_run");
+    assert_kind(ctx.store.load_snapshot(old, run).await, ErrorKind::LeaseLost, "load_snapshot");
     assert_kind(ctx.store.resolve_wait(old, run, "k").await, ErrorKind::LeaseLost, "resolve_wait");
     assert_kind(
         ctx.store.end_run(old, run, RunEnd::Completed(vec![])).await,
@@ -63,9 +63,17 @@ pub async fn drive_calls_are_fenced(ctx: TestContext<dyn WorkflowStore>) {
     // The lease of another run's drive job does not fence this run either.
     let other = ctx.start("other").await;
     let other_lease = ctx.drive(other).await;
-    assert_kind(ctx.store.load_run(other_lease, run).await, ErrorKind::LeaseLost, "load_run");
-    assert_kind(ctx.store.load_run(new, RunId::new()).await, ErrorKind::NotFound, "load_run");
-    ctx.store.load_run(new, run).await.expect("the current lease holds");
+    assert_kind(
+        ctx.store.load_snapshot(other_lease, run).await,
+        ErrorKind::LeaseLost,
+        "load_snapshot",
+    );
+    assert_kind(
+        ctx.store.load_snapshot(new, RunId::new()).await,
+        ErrorKind::NotFound,
+        "load_snapshot",
+    );
+    ctx.store.load_snapshot(new, run).await.expect("the current lease holds");
 }
 
 /// Suspending until a time marks the run suspended and snoozes its drive job in the same
@@ -86,7 +94,7 @@ pub async fn suspend_snoozes_the_drive_job(ctx: TestContext<dyn WorkflowStore>) 
     ctx.claim_none(DRIVE).await;
     ctx.clock.advance(secs(1));
     let again = ctx.drive(run).await;
-    let snapshot = ctx.store.load_run(again, run).await.unwrap();
+    let snapshot = ctx.store.load_snapshot(again, run).await.unwrap();
     assert_eq!(snapshot.run.state, RunState::Running);
     assert_eq!(ctx.run_state(run).await, RunState::Running);
 }
@@ -115,7 +123,7 @@ pub async fn suspend_notices_a_delivery_made_during_the_drive(ctx: TestContext<d
     assert!(matches!(first, SuspendOutcome::Suspended { .. }), "{first:?}");
     assert_eq!(ctx.publish("ev-a", "k", "1", false).await.delivered_to, [run]);
     let lease = ctx.drive(run).await;
-    let snapshot = ctx.store.load_run(lease, run).await.unwrap();
+    let snapshot = ctx.store.load_snapshot(lease, run).await.unwrap();
     assert_eq!(snapshot.checkpoints.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), ["a"]);
     // While the drive replays from that snapshot, the other event reaches wait `b`.
     assert_eq!(ctx.publish("ev-b", "k", "2", false).await.delivered_to, [run]);
@@ -135,7 +143,7 @@ pub async fn suspend_replaces_the_runs_earlier_waits(ctx: TestContext<dyn Workfl
     ctx.store.suspend_run(lease, Suspend { run, until, waits }).await.unwrap();
     ctx.clock.advance(secs(1)); // the sleep wins; the branch waiting for ev-a is dropped
     let lease = ctx.drive(run).await;
-    ctx.store.load_run(lease, run).await.unwrap();
+    ctx.store.load_snapshot(lease, run).await.unwrap();
     let outcome = ctx.wait_for(lease, run, "b", "ev-b", "k").await;
     assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "{outcome:?}");
     let published = ctx.publish("ev-a", "k", "1", false).await;
@@ -148,7 +156,7 @@ pub async fn suspend_replaces_the_runs_earlier_waits(ctx: TestContext<dyn Workfl
 
 /// Many checkpoints in one call (more than one multi-row statement's worth) keep the order
 /// given, a key listed twice in that call keeps its first place with its later data, and a
-/// later call rewrites a key in place; `load_run` and `checkpoints` agree. `checkpoints` of an
+/// later call rewrites a key in place; `load_snapshot` and `checkpoints` agree. `checkpoints` of an
 /// unknown run is `NotFound`.
 pub async fn many_checkpoints_in_one_call_keep_write_order(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("many").await;
@@ -161,15 +169,15 @@ pub async fn many_checkpoints_in_one_call_keep_write_order(ctx: TestContext<dyn 
     ctx.store.save_checkpoints(lease, run, rewrite).await.expect("save_checkpoints");
 
     let want: Vec<String> = (0..300).map(|i| format!("k{i:03}")).collect();
-    let loaded = ctx.store.load_run(lease, run).await.expect("load_run").checkpoints;
-    let listed = ctx.store.checkpoints(run).await.expect("checkpoints");
+    let loaded = ctx.store.load_snapshot(lease, run).await.expect("load_snapshot").checkpoints;
+    let listed = ctx.store.get_checkpoints(run).await.expect("checkpoints");
     for checkpoints in [loaded, listed] {
         let keys: Vec<&str> = checkpoints.iter().map(|c| c.key.as_str()).collect();
         assert_eq!(keys, want, "first write order, rewrites in place");
         let data = |i: usize| checkpoints[i].data.as_slice();
         assert_eq!((data(0), data(5), data(6)), (&[3][..], &[2][..], &[1][..]), "latest data");
     }
-    assert_kind(ctx.store.checkpoints(RunId::new()).await, ErrorKind::NotFound, "checkpoints");
+    assert_kind(ctx.store.get_checkpoints(RunId::new()).await, ErrorKind::NotFound, "checkpoints");
 }
 
 /// Waits are keyed by their checkpoint key: of a key listed twice in one suspend, the last
@@ -197,7 +205,7 @@ pub async fn a_later_suspend_replaces_the_wait_on_a_key(ctx: TestContext<dyn Wor
     ctx.store.suspend_run(lease, Suspend { run, until, waits }).await.unwrap();
     ctx.clock.advance(secs(1)); // the sleep wins; the drive now waits on `v` for another event
     let lease = ctx.drive(run).await;
-    ctx.store.load_run(lease, run).await.unwrap();
+    ctx.store.load_snapshot(lease, run).await.unwrap();
     let outcome = ctx.wait_for(lease, run, "v", "fourth", "k").await;
     assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "{outcome:?}");
     let published = ctx.publish("third", "k", "3", false).await;

@@ -109,7 +109,7 @@ impl TestContext<dyn WorkflowStore> {
     }
 
     async fn checkpoint_keys(&self, run: RunId) -> Vec<String> {
-        let checkpoints = self.store.checkpoints(run).await.expect("checkpoints");
+        let checkpoints = self.store.get_checkpoints(run).await.expect("checkpoints");
         checkpoints.into_iter().map(|c| c.key).collect()
     }
 }

@@ -216,7 +216,7 @@ impl Env {
         w.publish("left", "k", &3u32, PublishOptions::default()).await.unwrap();
         // Let the child go only once the parent waits for it, so it always waits.
         eventually("the parent to wait for its child", || async {
-            let keys = w.timeline(run).await.unwrap();
+            let keys = w.get_checkpoints(run).await.unwrap();
             let waits = keys.iter().any(|c| c.key.starts_with("w:child:"));
             let suspended = w.get_run(run).await.unwrap().map(|r| r.state);
             (waits && suspended == Some(RunState::Suspended)).then_some(())
@@ -254,7 +254,7 @@ impl Env {
         })
         .await;
         let mut keys: Vec<String> =
-            w.timeline(run).await.unwrap().into_iter().map(|c| c.key).collect();
+            w.get_checkpoints(run).await.unwrap().into_iter().map(|c| c.key).collect();
         keys.sort();
         keys
     }
