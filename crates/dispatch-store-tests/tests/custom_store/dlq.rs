@@ -1,15 +1,13 @@
 //! [`DlqStore`] for [`VecStore`]: entries are written by the job transitions (see `job.rs`);
 //! here they are read, replayed (the new job from `transition::replay`) and purged.
 
-use std::ops::Bound;
-
 use async_trait::async_trait;
 use dispatch_core::{
     DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, Page, PageRequest, Replay, Result,
     transition,
 };
 
-use crate::store::VecStore;
+use crate::store::{VecStore, keyset_page};
 
 #[async_trait]
 impl DlqStore for VecStore {
@@ -18,24 +16,13 @@ impl DlqStore for VecStore {
         filter: &DlqFilter,
         page: &PageRequest<DlqId>,
     ) -> Result<Page<DlqEntry, DlqId>> {
-        let limit = page.effective_limit();
-        let after = page.after.map_or(Bound::Unbounded, Bound::Excluded);
         let tables = self.tables.lock();
-        let items: Vec<DlqEntry> = tables
-            .dlq
-            .range((after, Bound::Unbounded))
-            .map(|(_, entry)| entry)
-            .filter(|entry| {
-                filter.queue.as_ref().is_none_or(|queue| entry.queue == *queue)
-                    && filter.name.as_ref().is_none_or(|name| entry.name == *name)
-                    && filter
-                        .replayed
-                        .is_none_or(|replayed| entry.replayed_as.is_some() == replayed)
-            })
-            .take(limit + 1)
-            .cloned()
-            .collect();
-        Ok(Page::from_overfetch(items, limit, |entry| entry.id))
+        let matching = tables.dlq.values().filter(|entry| {
+            filter.queue.as_ref().is_none_or(|queue| entry.queue == *queue)
+                && filter.name.as_ref().is_none_or(|name| entry.name == *name)
+                && filter.replayed.is_none_or(|replayed| entry.replayed_as.is_some() == replayed)
+        });
+        Ok(keyset_page(matching, |entry| entry.id, page))
     }
 
     async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {

@@ -3,7 +3,6 @@
 //! lock as the job, so the two are never apart).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Bound;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,7 +13,7 @@ use dispatch_core::{
     PageRequest, QueueCount, RescueReport, Result, Timestamp, transition,
 };
 
-use crate::store::{Tables, VecStore};
+use crate::store::{Tables, VecStore, keyset_page};
 
 #[async_trait]
 impl JobStore for VecStore {
@@ -126,23 +125,13 @@ impl JobStore for VecStore {
         filter: &JobFilter,
         page: &PageRequest<JobId>,
     ) -> Result<Page<Job, JobId>> {
-        let limit = page.effective_limit();
-        let after = page.after.map_or(Bound::Unbounded, Bound::Excluded);
         let tables = self.tables.lock();
-        let items: Vec<Job> = tables
-            .jobs
-            .rows
-            .range((after, Bound::Unbounded))
-            .map(|(_, row)| &row.job)
-            .filter(|job| {
-                filter.state.is_none_or(|state| job.state == state)
-                    && filter.queue.as_ref().is_none_or(|queue| job.queue == *queue)
-                    && filter.name.as_ref().is_none_or(|name| job.name == *name)
-            })
-            .take(limit + 1)
-            .cloned()
-            .collect();
-        Ok(Page::from_overfetch(items, limit, |job| job.id))
+        let matching = tables.jobs.rows.values().map(|row| &row.job).filter(|job| {
+            filter.state.is_none_or(|state| job.state == state)
+                && filter.queue.as_ref().is_none_or(|queue| job.queue == *queue)
+                && filter.name.as_ref().is_none_or(|name| job.name == *name)
+        });
+        Ok(keyset_page(matching, |job| job.id, page))
     }
 
     async fn count_jobs(&self) -> Result<Vec<QueueCount>> {

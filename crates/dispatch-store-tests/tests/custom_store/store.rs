@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use dispatch_core::{
-    ClaimRequest, DlqEntry, DlqId, Job, JobId, JobState, LeaseToken, SharedClock, Timestamp,
+    ClaimRequest, DlqEntry, DlqId, Job, JobId, JobState, LeaseToken, Page, PageRequest,
+    SharedClock, Timestamp,
 };
 use parking_lot::Mutex;
 
@@ -111,4 +112,21 @@ impl Row {
     pub(crate) fn leased_to(&self, token: LeaseToken) -> bool {
         self.job.state == JobState::Running && self.job.lease.is_some_and(|l| l.token == token)
     }
+}
+
+/// One keyset page of `matching` (given in key order): the items whose key comes after the
+/// page's cursor, at most the page's effective limit of them, and the cursor of the next page.
+pub(crate) fn keyset_page<'a, T, K>(
+    matching: impl Iterator<Item = &'a T>,
+    key: impl Fn(&T) -> K,
+    page: &PageRequest<K>,
+) -> Page<T, K>
+where
+    T: Clone + 'a,
+    K: Ord + Copy,
+{
+    let limit = page.effective_limit();
+    let past_cursor = |item: &&T| page.after.is_none_or(|after| key(item) > after);
+    let items: Vec<T> = matching.filter(past_cursor).take(limit + 1).cloned().collect();
+    Page::from_overfetch(items, limit, &key)
 }
