@@ -27,7 +27,9 @@ use crate::store::dlq::DlqStore;
 /// connection becomes [`ErrorKind::Timeout`](crate::ErrorKind::Timeout), never a stall.
 #[async_trait]
 pub trait JobStore: DlqStore {
-    /// Store new jobs. All items are validated first ([`NewJob::validate`]); if any is invalid
+    /// Store new jobs. All items are validated first ([`NewJob::validate`] against the store's
+    /// payload limit, [`DEFAULT_MAX_PAYLOAD_BYTES`](crate::codec::DEFAULT_MAX_PAYLOAD_BYTES)
+    /// unless the store lets its user set another); if any is invalid
     /// the call fails and nothing is stored. Returns one result per item, in order. A job whose
     /// unique key is held (by a stored job or an earlier item of the same batch) is not stored:
     /// its result is [`Enqueued::Duplicate`] with the holder's ID.
@@ -53,7 +55,8 @@ pub trait JobStore: DlqStore {
     async fn finish(&self, finishes: &[Finish]) -> Result<Vec<FinishResult>>;
 
     /// Extend leases by `ttl` from now. Reports which were renewed, which are lost, and which
-    /// have a cancel request.
+    /// have a cancel request. A lease that has expired but has not been rescued still holds, so
+    /// it is renewed.
     async fn heartbeat(&self, leases: &[LeaseRef], ttl: Duration) -> Result<HeartbeatReport>;
 
     /// Ask for a job to be cancelled: at once when available, through its holder when running.
@@ -66,7 +69,8 @@ pub trait JobStore: DlqStore {
     /// is kept), making a waiting drive job due at once, and answers
     /// [`JobCancel::Requested`]. The drive job itself is neither cancelled nor flagged, so the
     /// run winds down (compensations, children) instead of losing its driver. A drive job whose
-    /// run has ended is cancelled as any job.
+    /// run has ended is cancelled as any job, and a store that keeps no runs cancels every job as
+    /// itself.
     async fn request_job_cancel(&self, id: JobId) -> Result<JobCancel>;
 
     /// Reclaim up to `limit` running jobs whose lease has expired, in one operation. Each records
@@ -86,7 +90,7 @@ pub trait JobStore: DlqStore {
     ) -> Result<Page<Job, JobId>>;
 
     /// The number of jobs per queue and state; pairs with no jobs are left out. Sorted by queue,
-    /// then state.
+    /// then state in [`JobState`]'s order (the order of a job's life, not of the names).
     async fn count_jobs(&self) -> Result<Vec<QueueCount>>;
 
     /// Give leases back at shutdown: each job becomes available at once with its attempt

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
 use dispatch_core::{
-    CancelResult, ClaimRequest, ClaimedJob, Enqueued, Error, ErrorKind, Finish, FinishResult,
-    HeartbeatReport, Job, JobFilter, JobId, JobState, JobStore, Lease, LeaseRef, NewJob, Page,
+    ClaimRequest, ClaimedJob, Enqueued, Error, ErrorKind, Finish, FinishResult, HeartbeatReport,
+    Job, JobCancel, JobFilter, JobId, JobState, JobStore, Lease, LeaseRef, NewJob, Page,
     PageRequest, QueueCount, RescueReport, Result, Timestamp, transition,
 };
 
@@ -88,7 +88,7 @@ impl JobStore for VecStore {
         Ok(report)
     }
 
-    async fn request_cancel(&self, id: JobId) -> Result<CancelResult> {
+    async fn request_job_cancel(&self, id: JobId) -> Result<JobCancel> {
         // The contract's special case (a job that drives a record of another concern is
         // cancelled through that record) can not arise in a store of jobs alone: every job is
         // cancelled as itself.
@@ -99,7 +99,7 @@ impl JobStore for VecStore {
             .rows
             .get_mut(&id)
             .ok_or_else(|| Error::not_found(format!("no job {id}")))?;
-        Ok(transition::request_cancel(&mut row.job, now))
+        Ok(transition::request_job_cancel(&mut row.job, now))
     }
 
     async fn rescue_expired(&self, limit: usize) -> Result<RescueReport> {
