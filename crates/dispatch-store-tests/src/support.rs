@@ -211,3 +211,27 @@ pub(crate) fn assert_kind<T: std::fmt::Debug>(
 pub(crate) fn share<S: ?Sized>(store: &std::sync::Arc<S>) -> std::sync::Arc<S> {
     std::sync::Arc::clone(store)
 }
+
+/// How long a wake-up may take to arrive (a remote store's notification round trip included).
+const WAKE_WITHIN: Duration = Duration::from_secs(10);
+
+/// The next wake-up on `stream` that concerns `queue`, failing the test past [`WAKE_WITHIN`].
+pub(crate) async fn next_for(
+    stream: &mut dispatch_core::WakeupStream,
+    queue: &str,
+) -> dispatch_core::Wakeup {
+    use futures::StreamExt as _;
+    let queues = [queue.to_owned()];
+    let wait = async {
+        loop {
+            match stream.next().await {
+                Some(wakeup) if wakeup.concerns(&queues) => return wakeup,
+                Some(_) => {}
+                None => panic!("the wake-up stream ended while the store is alive"),
+            }
+        }
+    };
+    tokio::time::timeout(WAKE_WITHIN, wait)
+        .await
+        .unwrap_or_else(|_| panic!("no wake-up for queue {queue:?} within {WAKE_WITHIN:?}"))
+}

@@ -1,33 +1,10 @@
 //! Push wake-ups: a store that says it pushes hands out streams that see its enqueues and
 //! replays.
 
-use std::time::Duration;
-
-use dispatch_core::{Replay, Wakeup, WakeupStream};
-use futures::StreamExt;
+use dispatch_core::Replay;
 
 use crate::TestContext;
-use crate::support::job_in;
-
-/// How long a wake-up may take to arrive (a remote store's notification round trip included).
-const WITHIN: Duration = Duration::from_secs(10);
-
-/// The next wake-up on `stream` that concerns `queue`, failing the test past [`WITHIN`].
-async fn next_for(stream: &mut WakeupStream, queue: &str) -> Wakeup {
-    let queues = [queue.to_owned()];
-    let wait = async {
-        loop {
-            match stream.next().await {
-                Some(wakeup) if wakeup.concerns(&queues) => return wakeup,
-                Some(_) => {}
-                None => panic!("the wake-up stream ended while the store is alive"),
-            }
-        }
-    };
-    tokio::time::timeout(WITHIN, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no wake-up for queue {queue:?} within {WITHIN:?}"))
-}
+use crate::support::{job_in, next_for};
 
 /// When the store pushes (`wakeups()` answers `Some`), every subscriber hears of an enqueue
 /// (single and batched, across queues) and of a DLQ replay, in the queue concerned. A store that

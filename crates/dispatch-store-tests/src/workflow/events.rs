@@ -7,15 +7,14 @@ use std::time::Duration;
 
 use dispatch_core::{
     EventId, EventWait, JobState, NewEvent, RunEnd, Scope, Started, Suspend, SuspendOutcome,
-    WaitResolution, Wakeup, WakeupStream, WorkflowStore,
+    WaitResolution, WakeupStream, WorkflowStore,
 };
 
 use dispatch_core::Clock as _;
-use futures::StreamExt as _;
 
 use super::{DRIVE, new_run, wait_on};
 use crate::TestContext;
-use crate::support::{job_in, lease, request_in, secs};
+use crate::support::{job_in, lease, next_for, request_in, secs};
 
 /// One event, one waiter: the oldest wait on (name, key) receives it; its checkpoint holds the
 /// payload and its drive job is due at once; the other waiter keeps waiting.
@@ -242,30 +241,10 @@ pub async fn a_kept_event_expires_at_the_end_of_keep_for(ctx: TestContext<dyn Wo
     assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "nothing kept: {outcome:?}");
 }
 
-/// How long a wake-up may take to arrive (a remote store's notification round trip included).
-const WAKE_WITHIN: Duration = Duration::from_secs(10);
-
+/// Enqueue a job in a queue of its own and read `stream` up to a wake-up for it: a store's
 /// The queue of the marker jobs [`settle`] enqueues.
 const MARKER: &str = "wf-wake-marker";
 
-/// The next wake-up on `stream` that concerns `queue`, failing the test past [`WAKE_WITHIN`].
-async fn next_for(stream: &mut WakeupStream, queue: &str) -> Wakeup {
-    let queues = [queue.to_owned()];
-    let wait = async {
-        loop {
-            match stream.next().await {
-                Some(wakeup) if wakeup.concerns(&queues) => return wakeup,
-                Some(_) => {}
-                None => panic!("the wake-up stream ended while the store is alive"),
-            }
-        }
-    };
-    tokio::time::timeout(WAKE_WITHIN, wait)
-        .await
-        .unwrap_or_else(|_| panic!("no wake-up for queue {queue:?} within {WAKE_WITHIN:?}"))
-}
-
-/// Enqueue a job in a queue of its own and read `stream` up to a wake-up for it: a store's
 /// wake-ups arrive in order, so every wake-up of the calls before has been read then.
 async fn settle(ctx: &TestContext<dyn WorkflowStore>, stream: &mut WakeupStream) {
     ctx.enqueue_one(job_in("wake-marker", MARKER)).await;
