@@ -59,8 +59,14 @@ pub async fn sleep_wakes_after_its_duration(store: Arc<dyn WorkflowStore>) {
                 _ => "other",
             })
             .collect();
-        // In this order; a drive retried after a transient store error may add repeats.
-        let expected = ["started", "suspended", "resumed", "step", "completed"];
+        // In this order; a drive retried after a transient store error may add repeats. A drive
+        // stalled past the sleep's end (a loaded machine) finds the timer already due and runs
+        // on without suspending: then there is no suspension to see.
+        let expected: &[&str] = if kinds.contains(&"suspended") {
+            &["started", "suspended", "resumed", "step", "completed"]
+        } else {
+            &["started", "step", "completed"]
+        };
         let mut rest = kinds.iter();
         expected.iter().all(|want| rest.any(|kind| kind == want)).then_some(())
     })
