@@ -96,7 +96,7 @@ impl JobClient {
         Ok(results)
     }
 
-    /// Ask for a job to be cancelled (see [`JobStore::request_job_cancel`](dispatch_core::JobStore::request_job_cancel)).
+    /// Ask for a job to be cancelled (see [`JobStore::request_job_cancel`]).
     pub async fn cancel(&self, id: JobId) -> Result<JobCancel> {
         self.store.request_job_cancel(id).await
     }

@@ -1,4 +1,4 @@
-//! Tests of [`WorkflowStore`](dispatch_core::WorkflowStore), by theme: `runs`
+//! Tests of [`WorkflowStore`], by theme: `runs`
 //! (starts, the payload limit, listing, run ends, a dying drive job failing its run), `drive`
 //! (checkpoints, fencing by the drive job's lease, suspension), `events` (correlated delivery:
 //! one event one waiter, broadcast, kept events and their expiry, scope, wait resolution) and
