@@ -85,8 +85,7 @@ pub fn finish(
     now: Timestamp,
 ) -> Finished {
     let token = finish.lease.token;
-    let holds = job.state == JobState::Running && job.lease.is_some_and(|l| l.token == token);
-    if !holds {
+    if !holds(job, token) {
         let repeat = *last_finish == Some(token);
         return Finished::refused(if repeat {
             FinishResult::AlreadyApplied
@@ -98,6 +97,24 @@ pub fn finish(
     let dlq = apply(job, &finish.outcome, now);
     let result = FinishResult::Applied { state: job.state, dlq_id: dlq.as_ref().map(|e| e.id) };
     Finished { result, dlq }
+}
+
+/// Whether `token` holds `job`'s lease: the job is running under it. Expiry does not end a
+/// lease (only a rescue does), so an expired lease still holds until the job is rescued.
+pub fn holds(job: &Job, token: LeaseToken) -> bool {
+    job.state == JobState::Running && job.lease.is_some_and(|l| l.token == token)
+}
+
+/// A heartbeat of the lease `token`: when it holds the job, its expiry moves to `expires_at`
+/// and the answer is `Some(cancel_requested)` (the holder learns of a cancel request this way);
+/// `None` when the lease is lost, and nothing changes.
+pub fn renew(job: &mut Job, token: LeaseToken, expires_at: Timestamp) -> Option<bool> {
+    if !holds(job, token) {
+        return None;
+    }
+    let lease = job.lease.as_mut()?;
+    lease.expires_at = expires_at;
+    Some(job.cancel_requested)
 }
 
 /// Apply `outcome` to a running job whose lease the finish holds; the DLQ entry when it died.
@@ -501,5 +518,21 @@ mod tests {
         assert_eq!(driven_run_error(&entry), "boom");
         let empty = DlqEntry { errors: Vec::new(), ..entry };
         assert_eq!(driven_run_error(&empty), "the drive job died");
+    }
+
+    #[test]
+    fn a_heartbeat_renews_only_the_lease_that_holds_even_when_expired() {
+        let token = LeaseToken::new();
+        let mut job = running(1, false, token);
+        assert!(job.lease.is_some_and(|l| l.expires_at < now()), "the lease has expired");
+        assert_eq!(renew(&mut job, token, now() + LATER), Some(false), "expired, not rescued");
+        assert_eq!(job.lease.map(|l| l.expires_at), Some(now() + LATER));
+        assert_eq!(renew(&mut job, LeaseToken::new(), T0), None, "another token");
+        assert_eq!(job.lease.map(|l| l.expires_at), Some(now() + LATER), "left as it was");
+        job.cancel_requested = true;
+        assert_eq!(renew(&mut job, token, now()), Some(true), "the holder learns of a cancel");
+        let done = finish_with(&mut job, token, Outcome::Complete);
+        assert!(done.applied());
+        assert_eq!(renew(&mut job, token, now()), None, "a finished job holds no lease");
     }
 }

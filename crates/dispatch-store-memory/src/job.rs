@@ -126,12 +126,8 @@ impl State {
     /// Extend a lease; `Some(cancel_requested)` when the token still holds it.
     fn renew(&mut self, lease: LeaseRef, expires_at: Timestamp) -> Option<bool> {
         let row = self.jobs.get_mut(&lease.job_id)?;
-        let held = row.job.lease.as_mut().filter(|l| l.token == lease.token)?;
-        if row.job.state != JobState::Running {
-            return None;
-        }
-        let old = std::mem::replace(&mut held.expires_at, expires_at);
-        let cancel_requested = row.job.cancel_requested;
+        let old = row.job.lease.map(|l| l.expires_at)?;
+        let cancel_requested = transition::renew(&mut row.job, lease.token, expires_at)?;
         self.expiries.remove(&(old, lease.job_id));
         self.expiries.insert((expires_at, lease.job_id));
         Some(cancel_requested)

@@ -73,16 +73,14 @@ impl JobStore for VecStore {
         let mut report = HeartbeatReport::default();
         for lease in leases {
             let row = tables.jobs.rows.get_mut(&lease.job_id);
-            let Some(row) = row.filter(|row| row.leased_to(lease.token)) else {
-                report.lost.push(lease.job_id);
-                continue;
-            };
-            if let Some(held) = row.job.lease.as_mut() {
-                held.expires_at = expires_at;
-            }
-            report.renewed.push(lease.job_id);
-            if row.job.cancel_requested {
-                report.cancel_requested.push(lease.job_id);
+            match row.and_then(|row| transition::renew(&mut row.job, lease.token, expires_at)) {
+                Some(cancel_requested) => {
+                    report.renewed.push(lease.job_id);
+                    if cancel_requested {
+                        report.cancel_requested.push(lease.job_id);
+                    }
+                }
+                None => report.lost.push(lease.job_id),
             }
         }
         Ok(report)

@@ -106,12 +106,6 @@ impl Row {
             && request.queues.contains(&job.queue)
             && request.names.contains(&job.name)
     }
-
-    /// Whether `token` holds this job's lease: the job runs under a lease with that token. An
-    /// expired lease still holds until a rescue ends it.
-    pub(crate) fn leased_to(&self, token: LeaseToken) -> bool {
-        self.job.state == JobState::Running && self.job.lease.is_some_and(|l| l.token == token)
-    }
 }
 
 /// One keyset page of `matching` (given in key order): the items whose key comes after the
