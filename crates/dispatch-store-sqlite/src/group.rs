@@ -13,7 +13,44 @@ pub(crate) mod run_end;
 
 use dispatch_core::{Error, Result};
 use parking_lot::Mutex;
+use sqlx::SqliteConnection;
 use tokio::sync::oneshot;
+
+use crate::{BoxFuture, SqliteStore};
+
+/// Writes one batch in one transaction and answers every write in it.
+type Commit<T> = for<'c> fn(&'c mut SqliteConnection, Vec<T>) -> BoxFuture<'c, ()>;
+
+impl SqliteStore {
+    /// Queue `write` (built around the sender of its answer) on `queue` and wait for the
+    /// answer: either another holder of the writer answers it, or this call takes the writer
+    /// and writes everything queued with `commit`. Waiting for the writer after being answered
+    /// would hand it on one write at a time (a convoy of groups of one). `call` names the store
+    /// call for its timeout; `what` the write in the error of one dropped unanswered.
+    async fn grouped<T: Send>(
+        &self,
+        (call, what): (&'static str, &'static str),
+        queue: &Queue<T>,
+        write: impl FnOnce(oneshot::Sender<Result<()>>) -> T,
+        commit: Commit<T>,
+    ) -> Result<()> {
+        let (reply, mut answer) = oneshot::channel();
+        queue.push(write(reply));
+        self.timed(call, async {
+            tokio::select! {
+                biased;
+                answered = &mut answer => return flatten(answered, what),
+                mut conn = self.writer.lock() => {
+                    let batch = queue.take();
+                    commit(&mut conn, batch).await;
+                    self.wal.wrote();
+                }
+            }
+            flatten(answer.await, what)
+        })
+        .await
+    }
+}
 
 /// Writes of one kind waiting for the writer's next group commit.
 pub(crate) struct Queue<T> {

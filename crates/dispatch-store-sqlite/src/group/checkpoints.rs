@@ -7,7 +7,7 @@ use dispatch_core::{ErrorKind, LeaseRef, NewCheckpoint, Result, RunId, Timestamp
 use sqlx::Connection;
 use tokio::sync::oneshot;
 
-use super::{Queue, answer_all, flatten};
+use super::{Queue, answer_all};
 use crate::SqliteStore;
 use crate::error::db_error;
 use crate::row::{chunks, token_text};
@@ -33,25 +33,10 @@ impl SqliteStore {
         run: RunId,
         checkpoints: Vec<NewCheckpoint>,
     ) -> Result<()> {
-        let (reply, mut answer) = oneshot::channel();
         let now = self.clock.now();
-        self.writes.push(QueuedWrite { lease, run, checkpoints, now, reply });
-        self.timed("save_checkpoints", async {
-            // Either another holder of the writer answers this write, or this call takes the
-            // writer and commits everything queued. Waiting for the writer after being answered
-            // would hand it on one write at a time (a convoy of groups of one).
-            tokio::select! {
-                biased;
-                answered = &mut answer => return flatten(answered, "a checkpoint write"),
-                mut conn = self.writer.lock() => {
-                    let batch = self.writes.take();
-                    commit(&mut conn, batch).await;
-                    self.wal.wrote();
-                }
-            }
-            flatten(answer.await, "a checkpoint write")
-        })
-        .await
+        let write = |reply| QueuedWrite { lease, run, checkpoints, now, reply };
+        let commit: super::Commit<QueuedWrite> = |conn, batch| Box::pin(commit(conn, batch));
+        self.grouped(("save_checkpoints", "a checkpoint write"), &self.writes, write, commit).await
     }
 }
 

@@ -8,7 +8,7 @@ use dispatch_core::{Error, ErrorKind, LeaseRef, Result, RunEnd, RunId, Timestamp
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::oneshot;
 
-use super::{Queue, answer_all, flatten};
+use super::{Queue, answer_all};
 use crate::SqliteStore;
 use crate::error::db_error;
 use crate::row::{chunks, token_text};
@@ -29,23 +29,10 @@ pub(crate) type EndQueue = Queue<QueuedEnd>;
 impl SqliteStore {
     /// End `run` as `end`, fenced by `lease`, in the next group commit of run ends.
     pub(crate) async fn end_grouped(&self, lease: LeaseRef, run: RunId, end: RunEnd) -> Result<()> {
-        let (reply, mut answer) = oneshot::channel();
         let now = self.clock.now();
-        self.ends.push(QueuedEnd { lease, run, end, now, reply });
-        self.timed("end_run", async {
-            // Either another holder of the writer answers this end, or this call takes the
-            // writer and commits everything queued (see the `group` module for why).
-            tokio::select! {
-                biased;
-                answered = &mut answer => return flatten(answered, "a run end"),
-                mut conn = self.writer.lock() => {
-                    let batch = self.ends.take();
-                    commit(&mut conn, batch).await;
-                }
-            }
-            flatten(answer.await, "a run end")
-        })
-        .await
+        let end = |reply| QueuedEnd { lease, run, end, now, reply };
+        let commit: super::Commit<QueuedEnd> = |conn, batch| Box::pin(commit(conn, batch));
+        self.grouped(("end_run", "a run end"), &self.ends, end, commit).await
     }
 }
 
