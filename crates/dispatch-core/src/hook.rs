@@ -114,7 +114,7 @@ pub enum Event {
         run: RunInfo,
     },
     /// A drive picked up a run that had made progress before (after a suspension, a crash or a
-    /// lost lease): it replays from its checkpoints.
+    /// lost lease): it re-runs from its checkpoints.
     RunResumed {
         /// The run.
         run: RunInfo,

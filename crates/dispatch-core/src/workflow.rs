@@ -25,7 +25,7 @@
 //! The waits a suspension lists are the run's waits from then on: waits registered by an earlier
 //! suspension and not listed again (a branch the workflow dropped) are removed, so they can not
 //! take events meant for other runs. A wait registered earlier and listed again may have
-//! received its event while the run was being driven (the drive replays from the checkpoints it
+//! received its event while the run was being driven (the drive re-runs from the checkpoints it
 //! loaded): a suspension that finds one of its waits' checkpoints already written answers
 //! [`SuspendOutcome::Delivered`] and changes nothing, so the drive goes on with the event.
 //!

@@ -48,7 +48,7 @@ const REWIND_RUN: &str = "WITH t AS (SELECT {now} AS now), \
      rearmed AS (UPDATE {s}.jobs j SET state = 'available', run_at = t.now, {rearm} \
        FROM reopened r, t WHERE j.id = r.drive_job RETURNING j.queue), \
      woke AS (SELECT pg_notify($4, q.queue) FROM rearmed q) \
-     SELECT EXISTS (SELECT 1 FROM reopened) AS replayed, (SELECT count(*) FROM woke) AS notified";
+     SELECT EXISTS (SELECT 1 FROM reopened) AS rewound, (SELECT count(*) FROM woke) AS notified";
 
 /// Move run `$2` to version `$3` (after [`LOCK_DRIVE`], in its transaction): a failed or
 /// cancelled run is running again (output, error, finish time and cancel request cleared), and
@@ -114,9 +114,9 @@ impl PostgresStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(db_error)?;
-            if !get::<bool>(&row, "replayed")? {
+            if !get::<bool>(&row, "rewound")? {
                 return Err(Error::internal(format!(
-                    "postgres: run {id} and its checkpoint {key:?} were locked but not replayed"
+                    "postgres: run {id} and its checkpoint {key:?} were locked but not rewound"
                 )));
             }
             tx.commit().await.map_err(db_error)

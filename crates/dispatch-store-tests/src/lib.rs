@@ -138,7 +138,7 @@ pub fn workflow_scenarios() -> Vec<Scenario<dyn WorkflowStore>> {
         a_dropped_wait_takes_no_event,
         saga_compensates_in_reverse_once,
         children_loop_fan_out_and_fail,
-        deterministic_helpers_replay_their_values,
+        deterministic_helpers_keep_their_values_across_drives,
         run_timeout_ends_a_sleeping_run,
         runs_stay_on_their_version,
         cancel_of_a_suspended_run_compensates_and_cascades,

@@ -1,5 +1,5 @@
 //! Deterministic helpers: values that differ between runs (the time, random numbers, UUIDs),
-//! journaled on first use and read back on every replay, so workflow code that branches on them
+//! journaled on first use and read back on every drive, so workflow code that branches on them
 //! takes the same path after a resume.
 
 use dispatch_core::Timestamp;
@@ -17,12 +17,12 @@ impl WorkflowContext {
         self.journal("now", now).await.map(Timestamp::from_unix_micros)
     }
 
-    /// A random number, the same on every replay.
+    /// A random number, the same on every drive.
     pub async fn random(&self) -> Result<u64, WorkflowError> {
         self.journal("random", rand::random::<u64>()).await
     }
 
-    /// A new (v4) UUID, the same on every replay.
+    /// A new (v4) UUID, the same on every drive.
     pub async fn uuid(&self) -> Result<uuid::Uuid, WorkflowError> {
         self.journal("uuid", uuid::Uuid::new_v4()).await
     }

@@ -1,4 +1,4 @@
-//! One drive of a run: the state its primitives share while the workflow function replays, and
+//! One drive of a run: the state its primitives share while the workflow function re-runs from the top, and
 //! the loop that runs the function until it returns, suspends, or is fenced out.
 //!
 //! The function re-runs from the top on every drive; primitives answer from the checkpoints

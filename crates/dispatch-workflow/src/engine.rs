@@ -304,7 +304,7 @@ impl Workflows {
             }
             match self.drive_once(&ctx, &snapshot, asked_at).await? {
                 Some(()) => return Ok(()),
-                // An event was already waiting: replay with it.
+                // An event was already waiting: drive again with it.
                 None => continue,
             }
         }
@@ -372,7 +372,7 @@ impl Workflows {
                 self.inner.hooks.emit(|| Event::RunSuspended { run: info, wake_at });
                 Ok(Some(()))
             }
-            // Replay at once: with an event delivered, or winding down for a cancel request.
+            // Drive again at once: with an event delivered, or winding down for a cancel request.
             Ok(dispatch_core::SuspendOutcome::Delivered)
             | Ok(dispatch_core::SuspendOutcome::CancelRequested) => Ok(None),
             Err(error) if fenced(&error) => Ok(Some(())),

@@ -126,7 +126,7 @@ pub async fn children_loop_fan_out_and_fail(store: Arc<dyn WorkflowStore>) {
 }
 
 /// `now`, `random` and `uuid` return the same values after an interruption and resume.
-pub async fn deterministic_helpers_replay_their_values(store: Arc<dyn WorkflowStore>) {
+pub async fn deterministic_helpers_keep_their_values_across_drives(store: Arc<dyn WorkflowStore>) {
     let first_seen: Arc<Mutex<Option<(i64, u64, String)>>> = Arc::default();
     let stop_once = Arc::new(AtomicBool::new(true));
     let reached = Arc::new(Notify::new());
