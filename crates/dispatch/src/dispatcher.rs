@@ -1,96 +1,14 @@
-//! The composition root: [`Dispatcher`] wires a store, job definitions, layers and hooks into
-//! one worker and one client.
+//! The composition root: [`Dispatcher`] runs one worker and hands out one client over one
+//! store; with workflows, one engine too.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use dispatch_core::{DlqId, Enqueued, Error, Hook, JobCancel, JobId, JobStore, Replay, Result};
+use dispatch_core::{DlqId, Enqueued, Error, JobCancel, JobId, JobStore, Replay, Result};
 use dispatch_job::{
-    EnqueueOptions, JobClient, JobDefinition, JobError, JobInput, JobRequest, JobService,
-    ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerHandle,
+    EnqueueOptions, JobClient, JobDefinition, JobInput, ShutdownReport, Worker, WorkerHandle,
 };
-use tower::{Layer, Service};
 
-type Step = Box<dyn FnOnce(WorkerBuilder) -> WorkerBuilder + Send>;
-
-/// Configures a [`Dispatcher`]. Start with [`Dispatcher::builder`].
-#[derive(Default)]
-pub struct DispatcherBuilder {
-    store: Option<Arc<dyn JobStore>>,
-    steps: Vec<Step>,
-}
-
-impl DispatcherBuilder {
-    /// The store jobs live in (required).
-    pub fn store(mut self, store: impl JobStore) -> Self {
-        self.store = Some(Arc::new(store));
-        self
-    }
-
-    /// The store, already shared.
-    pub fn shared_store(mut self, store: Arc<dyn JobStore>) -> Self {
-        self.store = Some(store);
-        self
-    }
-
-    fn step(mut self, step: impl FnOnce(WorkerBuilder) -> WorkerBuilder + Send + 'static) -> Self {
-        self.steps.push(Box::new(step));
-        self
-    }
-
-    /// Run jobs of `definition` on this dispatcher's worker.
-    pub fn register<I: JobInput>(self, definition: JobDefinition<I>) -> Self {
-        self.step(move |w| w.register(definition))
-    }
-
-    /// Most attempts running at once (default 10).
-    pub fn concurrency(self, concurrency: usize) -> Self {
-        self.step(move |w| w.concurrency(concurrency))
-    }
-
-    /// Claim from these queues only (default: `"default"` plus the registered definitions'
-    /// queues).
-    pub fn queues<S: Into<String>>(self, queues: impl IntoIterator<Item = S>) -> Self {
-        let queues: Vec<String> = queues.into_iter().map(Into::into).collect();
-        self.step(move |w| w.queues(queues))
-    }
-
-    /// How long in-flight attempts may run after stop is asked (default 30 s).
-    pub fn shutdown_timeout(self, timeout: Duration) -> Self {
-        self.step(move |w| w.shutdown_timeout(timeout))
-    }
-
-    /// Change any worker setting.
-    pub fn configure(self, change: impl FnOnce(&mut WorkerConfig) + Send + 'static) -> Self {
-        self.step(move |w| w.configure(change))
-    }
-
-    /// Add a tower layer around every handler (inside the built-in layers).
-    pub fn layer<L>(self, layer: L) -> Self
-    where
-        L: Layer<JobService> + Send + Sync + 'static,
-        L::Service:
-            Service<JobRequest, Response = (), Error = JobError> + Clone + Send + Sync + 'static,
-        <L::Service as Service<JobRequest>>::Future: Send + 'static,
-    {
-        self.step(move |w| w.layer(layer))
-    }
-
-    /// Deliver lifecycle events to `hook`.
-    pub fn hook(self, hook: impl Hook) -> Self {
-        self.step(move |w| w.hook(hook))
-    }
-
-    /// Build the dispatcher (inside a tokio runtime). Fails without a store or with settings that
-    /// do not fit together.
-    pub fn build(self) -> Result<Dispatcher> {
-        let store = self.store.ok_or_else(|| Error::invalid_input("a dispatcher needs a store"))?;
-        let builder = self.steps.into_iter().fold(Worker::builder(store), |w, step| step(w));
-        let worker = builder.build()?;
-        let client = worker.client();
-        Ok(Dispatcher { client, state: State::Ready(worker) })
-    }
-}
+use crate::builder::DispatcherBuilder;
 
 enum State {
     Ready(Worker),
@@ -123,6 +41,8 @@ enum State {
 /// ```
 pub struct Dispatcher {
     client: JobClient,
+    #[cfg(feature = "workflow")]
+    pub(crate) workflows: Option<dispatch_workflow::Workflows>,
     state: State,
 }
 
@@ -141,6 +61,18 @@ impl Dispatcher {
     /// Start configuring a dispatcher.
     pub fn builder() -> DispatcherBuilder {
         DispatcherBuilder::default()
+    }
+
+    pub(crate) fn new(
+        worker: Worker,
+        #[cfg(feature = "workflow")] workflows: Option<dispatch_workflow::Workflows>,
+    ) -> Self {
+        Self {
+            client: worker.client(),
+            #[cfg(feature = "workflow")]
+            workflows,
+            state: State::Ready(worker),
+        }
     }
 
     /// Start the worker. Fails when it was started before.

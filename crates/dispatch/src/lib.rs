@@ -13,7 +13,10 @@
 //!
 //! Start with the [`prelude`].
 
+mod builder;
 mod dispatcher;
+#[cfg(feature = "workflow")]
+mod workflows;
 
 pub use dispatch_core as core;
 pub use dispatch_job as job;
@@ -27,6 +30,8 @@ pub use dispatch_store_sqlite as sqlite;
 pub use dispatch_workflow as workflow;
 
 #[doc(inline)]
+pub use builder::DispatcherBuilder;
+#[doc(inline)]
 pub use dispatch_core::{Error, ErrorKind, Result};
 #[doc(inline)]
 #[cfg(feature = "memory")]
@@ -38,7 +43,7 @@ pub use dispatch_store_postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 pub use dispatch_store_sqlite::SqliteStore;
 #[doc(inline)]
-pub use dispatcher::{Dispatcher, DispatcherBuilder};
+pub use dispatcher::Dispatcher;
 
 /// The names most applications use.
 pub mod prelude {

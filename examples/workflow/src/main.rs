@@ -7,15 +7,12 @@
 //! declined after the stock was reserved, so its saga releases the stock again. The program
 //! prints each run's outcome and its checkpoints, then exits.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dispatch::core::{RunId, WorkflowStore};
-use dispatch::job::Worker;
-use dispatch::workflow::{
-    StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition, Workflows,
-};
+use dispatch::core::RunId;
+use dispatch::prelude::*;
+use dispatch::workflow::{StepError, StepPolicy, WorkflowContext, WorkflowDefinition};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,15 +64,13 @@ fn pipeline(ship: WorkflowDefinition<u32, String>) -> WorkflowDefinition<Order, 
     })
 }
 
-async fn open_store() -> anyhow::Result<Arc<dyn WorkflowStore>> {
-    let path = std::env::temp_dir()
-        .join(format!("dispatch-workflow-example-{}.db", dispatch::core::RunId::new()));
-    let store = dispatch::SqliteStore::open(&path.display().to_string()).await?;
-    Ok(Arc::new(store))
+async fn open_store() -> anyhow::Result<SqliteStore> {
+    let path = std::env::temp_dir().join(format!("dispatch-workflow-example-{}.db", RunId::new()));
+    Ok(SqliteStore::open(&path.display().to_string()).await?)
 }
 
-async fn print_checkpoints(workflows: &Workflows, run: RunId) -> anyhow::Result<()> {
-    for checkpoint in workflows.get_checkpoints(run).await? {
+async fn print_checkpoints(dispatcher: &Dispatcher, run: RunId) -> anyhow::Result<()> {
+    for checkpoint in dispatcher.get_checkpoints(run).await? {
         let data = String::from_utf8_lossy(&checkpoint.data);
         println!("    {:<28} {data}", checkpoint.key);
     }
@@ -84,28 +79,27 @@ async fn print_checkpoints(workflows: &Workflows, run: RunId) -> anyhow::Result<
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let store = open_store().await?;
-    let workflows = Workflows::new(store.clone());
     let ship = shipping();
     let order = pipeline(ship.clone());
-    let worker = Worker::builder(store)
-        .register(workflows.register(&ship))
-        .register(workflows.register(&order))
-        .build()?
-        .start();
+    let mut dispatcher = Dispatcher::builder()
+        .store(open_store().await?)
+        .workflow(ship)
+        .workflow(order.clone())
+        .build()?;
+    dispatcher.start()?;
 
     let good = Order { id: 1, cents: 1999, card_ok: true };
     let bad = Order { id: 2, cents: 4999, card_ok: false };
     let runs = [
-        workflows.start(&order, &good, StartOptions::default()).await?,
-        workflows.start(&order, &bad, StartOptions::default()).await?,
+        dispatcher.start_workflow(&order, good).await?,
+        dispatcher.start_workflow(&order, bad).await?,
     ];
     // The carrier reports the delivery a moment later; the run waits for it durably.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    workflows.publish("delivered", "1", &"at the door", Default::default()).await?;
+    dispatcher.publish("delivered", "1", &"at the door").await?;
 
     for run in runs {
-        let outcome = workflows
+        let outcome = dispatcher
             .wait_for_output::<String>(run, Duration::from_secs(60))
             .await
             .context("waiting for the run")?;
@@ -113,8 +107,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(summary) => println!("completed: {summary}"),
             Err(run) => println!("failed: {}", run.error.unwrap_or_default()),
         }
-        print_checkpoints(&workflows, run).await?;
+        print_checkpoints(&dispatcher, run).await?;
     }
-    worker.stop().await;
+    dispatcher.stop().await;
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The umbrella's composition: a `Dispatcher` built from a store, definitions, a layer and a hook
 //! runs jobs end to end, and its lifecycle methods behave.
 
+mod workflows;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -1,0 +1,166 @@
+//! [`DispatcherBuilder`]: one store, the job and workflow definitions to run, and the settings,
+//! layers and hooks of the worker that runs them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::{Error, Hook, JobStore, Result, WorkflowStore};
+use dispatch_job::{
+    JobDefinition, JobError, JobInput, JobRequest, JobService, Worker, WorkerBuilder, WorkerConfig,
+};
+use tower::{Layer, Service};
+
+use crate::dispatcher::Dispatcher;
+
+type Step = Box<dyn FnOnce(WorkerBuilder) -> WorkerBuilder + Send>;
+
+/// A workflow definition waiting for the engine to exist, so it can be registered with it.
+#[cfg(feature = "workflow")]
+type WorkflowStep =
+    Box<dyn FnOnce(&dispatch_workflow::Workflows) -> JobDefinition<dispatch_core::RunId> + Send>;
+
+/// The store as the dispatcher sees it: always a job store, and a workflow store when it keeps
+/// runs (every built-in store does).
+#[derive(Clone)]
+pub(crate) struct Stores {
+    pub(crate) jobs: Arc<dyn JobStore>,
+    pub(crate) runs: Option<Arc<dyn WorkflowStore>>,
+}
+
+/// Configures a [`Dispatcher`]. Start with [`Dispatcher::builder`].
+#[derive(Default)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct DispatcherBuilder {
+    stores: Option<Stores>,
+    steps: Vec<Step>,
+    hooks: Vec<Arc<dyn Hook>>,
+    #[cfg(feature = "workflow")]
+    workflows: Vec<WorkflowStep>,
+}
+
+impl DispatcherBuilder {
+    /// The store jobs and workflow runs live in (required, or [`job_store`](Self::job_store)).
+    /// Every built-in store ([`MemoryStore`](crate::MemoryStore), `SqliteStore`,
+    /// `PostgresStore`) fits here; stores are cheap to clone, so keep a clone when the
+    /// application needs one.
+    pub fn store(mut self, store: impl WorkflowStore) -> Self {
+        let store = Arc::new(store);
+        self.stores = Some(Stores { jobs: store.clone(), runs: Some(store) });
+        self
+    }
+
+    /// A store that keeps jobs only (a custom store implementing `JobStore` but not
+    /// `WorkflowStore`): the dispatcher runs jobs, and its workflow calls fail with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput).
+    pub fn job_store(mut self, store: impl JobStore) -> Self {
+        self.stores = Some(Stores { jobs: Arc::new(store), runs: None });
+        self
+    }
+
+    fn step(mut self, step: impl FnOnce(WorkerBuilder) -> WorkerBuilder + Send + 'static) -> Self {
+        self.steps.push(Box::new(step));
+        self
+    }
+
+    /// Run jobs of `definition` on this dispatcher's worker.
+    pub fn register<I: JobInput>(self, definition: JobDefinition<I>) -> Self {
+        self.step(move |w| w.register(definition))
+    }
+
+    /// Drive runs of `definition` (this version of the workflow) on this dispatcher's worker.
+    /// Starting, waiting for and inspecting runs needs no registration: a producer-only
+    /// dispatcher can start runs that another process drives.
+    #[cfg(feature = "workflow")]
+    pub fn workflow<I, O>(mut self, definition: dispatch_workflow::WorkflowDefinition<I, O>) -> Self
+    where
+        I: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+        O: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.workflows.push(Box::new(move |engine| engine.register(&definition)));
+        self
+    }
+
+    /// Most attempts running at once (default 10). A waiting workflow run holds no slot.
+    pub fn concurrency(self, concurrency: usize) -> Self {
+        self.step(move |w| w.concurrency(concurrency))
+    }
+
+    /// Claim from these queues only (default: `"default"` plus the registered definitions'
+    /// queues).
+    pub fn queues<S: Into<String>>(self, queues: impl IntoIterator<Item = S>) -> Self {
+        let queues: Vec<String> = queues.into_iter().map(Into::into).collect();
+        self.step(move |w| w.queues(queues))
+    }
+
+    /// How long in-flight attempts may run after stop is asked (default 30 s).
+    pub fn shutdown_timeout(self, timeout: Duration) -> Self {
+        self.step(move |w| w.shutdown_timeout(timeout))
+    }
+
+    /// Change any worker setting ([`WorkerConfig`]: lease, heartbeat, polling, rescue).
+    pub fn configure(self, change: impl FnOnce(&mut WorkerConfig) + Send + 'static) -> Self {
+        self.step(move |w| w.configure(change))
+    }
+
+    /// Add a tower layer around every job handler (inside the built-in layers).
+    pub fn layer<L>(self, layer: L) -> Self
+    where
+        L: Layer<JobService> + Send + Sync + 'static,
+        L::Service:
+            Service<JobRequest, Response = (), Error = JobError> + Clone + Send + Sync + 'static,
+        <L::Service as Service<JobRequest>>::Future: Send + 'static,
+    {
+        self.step(move |w| w.layer(layer))
+    }
+
+    /// Deliver lifecycle events to `hook`: jobs' events and, with workflows, runs' and steps'.
+    pub fn hook(mut self, hook: impl Hook) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Build the dispatcher (inside a tokio runtime). Fails without a store, with workflows on
+    /// a store that keeps no runs, or with settings that do not fit together. Nothing runs
+    /// until [`Dispatcher::start`]; a dispatcher never started is a producer: it enqueues,
+    /// starts runs and inspects, and other processes do the work.
+    pub fn build(self) -> Result<Dispatcher> {
+        let stores =
+            self.stores.ok_or_else(|| Error::invalid_input("a dispatcher needs a store"))?;
+        let mut builder = Worker::builder(stores.jobs.clone());
+        for hook in &self.hooks {
+            builder = builder.shared_hook(hook.clone());
+        }
+        #[cfg(feature = "workflow")]
+        let (builder, workflows) = workflow_parts(builder, &stores, &self.hooks, self.workflows)?;
+        let worker = self.steps.into_iter().fold(builder, |w, step| step(w)).build()?;
+        Ok(Dispatcher::new(
+            worker,
+            #[cfg(feature = "workflow")]
+            workflows,
+        ))
+    }
+}
+
+/// The workflow engine over the store's runs (when it keeps them), with every workflow
+/// definition's drive job registered on the worker.
+#[cfg(feature = "workflow")]
+fn workflow_parts(
+    mut builder: WorkerBuilder,
+    stores: &Stores,
+    hooks: &[Arc<dyn Hook>],
+    definitions: Vec<WorkflowStep>,
+) -> Result<(WorkerBuilder, Option<dispatch_workflow::Workflows>)> {
+    let Some(runs) = stores.runs.clone() else {
+        if definitions.is_empty() {
+            return Ok((builder, None));
+        }
+        return Err(Error::invalid_input(
+            "workflows need a store that keeps runs: pass it with `store`, not `job_store`",
+        ));
+    };
+    let engine = dispatch_workflow::Workflows::with_hooks(runs, hooks.to_vec());
+    for register in definitions {
+        builder = builder.register(register(&engine));
+    }
+    Ok((builder, Some(engine)))
+}
