@@ -49,6 +49,12 @@ impl DispatcherBuilder {
         self
     }
 
+    /// The store, already shared (for example opened by code that picks the store at run time).
+    pub fn shared_store(mut self, store: Arc<dyn WorkflowStore>) -> Self {
+        self.stores = Some(Stores { jobs: store.clone(), runs: Some(store) });
+        self
+    }
+
     /// A store that keeps jobs only (a custom store implementing `JobStore` but not
     /// `WorkflowStore`): the dispatcher runs jobs, and its workflow calls fail with
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput).

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::bail;
 use dispatch::prelude::*;
-use dispatch::workflow::Workflows;
 use dispatch_durability_tests::{Cut, StoreSpec, saga, sleeper, sleepy_job, ten_steps};
 
 #[tokio::main]
@@ -44,16 +43,12 @@ async fn main() -> anyhow::Result<()> {
         }
         ["workflows", store, effects, cut] => {
             let store = StoreSpec::parse(store).open("worker").await?;
-            let workflows = Workflows::new(store.clone());
             let cut = Cut::parse(cut)?;
-            let steps = workflows.register(&ten_steps(effects.into(), cut));
-            let sagas = workflows.register(&saga(effects.into(), cut));
-            let sleeps = workflows.register(&sleeper());
             let mut dispatcher = Dispatcher::builder()
                 .shared_store(store)
-                .register(steps)
-                .register(sagas)
-                .register(sleeps)
+                .workflow(ten_steps(effects.into(), cut))
+                .workflow(saga(effects.into(), cut))
+                .workflow(sleeper())
                 .concurrency(64)
                 .configure(|c| {
                     // Long enough that a loaded machine never lets a live drive's lease expire
