@@ -33,6 +33,10 @@ pub use dispatch_workflow as workflow;
 pub use builder::DispatcherBuilder;
 #[doc(inline)]
 pub use dispatch_core::{Error, ErrorKind, Result};
+
+/// This version of Dispatch (the `dispatch` crate's version; every crate of the workspace
+/// shares it). Worth logging at start-up, and reporting with a bug.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[doc(inline)]
 #[cfg(feature = "memory")]
 pub use dispatch_store_memory::MemoryStore;
