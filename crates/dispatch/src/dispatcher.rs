@@ -85,10 +85,11 @@ impl DispatcherBuilder {
     /// do not fit together.
     pub fn build(self) -> Result<Dispatcher> {
         let store = self.store.ok_or_else(|| Error::invalid_input("a dispatcher needs a store"))?;
-        let builder = self.steps.into_iter().fold(Worker::builder(store), |w, step| step(w));
+        let builder =
+            self.steps.into_iter().fold(Worker::builder(store.clone()), |w, step| step(w));
         let worker = builder.build()?;
         let client = worker.client();
-        Ok(Dispatcher { client, state: State::Ready(worker) })
+        Ok(Dispatcher { client, store, state: State::Ready(worker) })
     }
 }
 
@@ -123,6 +124,7 @@ enum State {
 /// ```
 pub struct Dispatcher {
     client: JobClient,
+    store: Arc<dyn JobStore>,
     state: State,
 }
 
@@ -176,7 +178,7 @@ impl Dispatcher {
 
     /// The store, for lookups (jobs, counts, the DLQ).
     pub fn store(&self) -> &Arc<dyn JobStore> {
-        self.client.store()
+        &self.store
     }
 
     /// Enqueue `input` for `definition` with its defaults.
@@ -205,7 +207,7 @@ impl Dispatcher {
         inputs: impl IntoIterator<Item = I>,
         options: EnqueueOptions,
     ) -> Result<Vec<Enqueued>> {
-        self.client.enqueue_many(definition, inputs, options).await
+        self.client.enqueue_many_with(definition, inputs, options).await
     }
 
     /// Ask for a job to be cancelled.
