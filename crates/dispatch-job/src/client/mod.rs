@@ -30,6 +30,30 @@ use wait::Poll;
 ///   replays wake that worker at once and emit its `JobEnqueued` hooks, and
 ///   [`wait`](Self::wait) learns at once of the jobs that worker ends.
 /// * [`JobClient::standalone`]: the store alone (see there).
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use std::time::Duration;
+/// # use dispatch_core::JobState;
+/// # use dispatch_job::{JobContext, JobDefinition, Worker};
+/// # use dispatch_store_memory::MemoryStore;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> dispatch_core::Result<()> {
+/// let greet = JobDefinition::new("greet", |_ctx: JobContext, name: String| async move {
+///     println!("hello, {name}");
+///     Ok(())
+/// });
+/// let worker = Worker::builder(Arc::new(MemoryStore::new())).register(greet.clone()).build()?;
+/// let client = worker.client();
+/// let handle = worker.start();
+///
+/// let id = client.enqueue(&greet, "ada".to_owned()).await?.id();
+/// let job = client.wait(id, Duration::from_secs(30)).await?; // `Ok` only when it completed
+/// assert_eq!(job.state, JobState::Completed);
+/// assert_eq!(client.counts().await?.in_state(JobState::Completed), 1);
+/// handle.stop().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct JobClient {
     store: Arc<dyn JobStore>,

@@ -85,8 +85,12 @@ impl JobClient {
     /// Wait up to `timeout` for the job to end; `Ok` with its final record when it completed,
     /// otherwise the reason ([`JobWaitError`]: dead, cancelled, timed out, not found, or the
     /// store failed). The job is read at least once, so a zero timeout checks it; the answer
-    /// comes within about `timeout` plus one store call. See the [module docs](self) for how the
-    /// wait learns that a job ended.
+    /// comes within about `timeout` plus one store call.
+    ///
+    /// How the wait learns that the job ended: a job ended in this process (by the worker that
+    /// handed out this client, or cancelled through this client) answers at once. A job ended
+    /// by another process (or another worker of this one) is seen by polling the store: first
+    /// after 10 ms, each pause twice the last, at most 1 s, so it is seen up to a second late.
     pub async fn wait(&self, id: JobId, timeout: Duration) -> Result<Job, JobWaitError> {
         let job = self.settle(id, deadline_after(timeout)).await?;
         match job.state {
