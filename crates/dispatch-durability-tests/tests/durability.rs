@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch::core::{JobFilter, JobState, PageRequest, WorkflowStore};
-use dispatch::job::{EnqueueOptions, JobClient};
+use dispatch::job::JobClient;
 use dispatch::workflow::{StartOptions, Workflows};
 use dispatch_durability_tests::{
     Cut, StoreSpec, postgres_url, saga, sleeper, sleepy_job, ten_steps, ten_steps_output,
