@@ -70,13 +70,13 @@ impl JobWaitError {
 }
 
 /// A store failure comes back as it was; any other reason becomes an error of its
-/// [`kind`](JobWaitError::kind) with the reason as its message and its
-/// [`source`](std::error::Error::source) (downcast it to get the job back).
+/// [`kind`](JobWaitError::kind), "waiting for a job", whose
+/// [`source`](std::error::Error::source) is the reason (downcast it to get the job back).
 impl From<JobWaitError> for dispatch_core::Error {
     fn from(error: JobWaitError) -> Self {
         match error {
             JobWaitError::Store(error) => error,
-            other => Self::new(other.kind(), other.to_string()).with_source(other),
+            other => Self::new(other.kind(), "waiting for a job").with_source(other),
         }
     }
 }
@@ -85,7 +85,8 @@ impl JobClient {
     /// Wait up to `timeout` for the job to end; `Ok` with its final record when it completed,
     /// otherwise the reason ([`JobWaitError`]: dead, cancelled, timed out, not found, or the
     /// store failed). The job is read at least once, so a zero timeout checks it; the answer
-    /// comes within about `timeout` plus one store call.
+    /// comes within about `timeout` plus one store call. A failed read ends the wait
+    /// ([`JobWaitError::Store`]).
     ///
     /// How the wait learns that the job ended: a job ended in this process (by the worker that
     /// handed out this client, or cancelled through this client) answers at once. A job ended

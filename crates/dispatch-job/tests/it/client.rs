@@ -57,6 +57,7 @@ async fn wait_reports_a_dead_job_whose_dlq_entry_the_client_reads() {
 
     let error = dispatch_core::Error::from(client.wait(id, WITHIN).await.unwrap_err());
     assert_eq!(error.kind(), ErrorKind::Conflict);
+    assert_eq!(error.to_string(), "conflict: waiting for a job", "the reason is its source");
     let source = std::error::Error::source(&error).and_then(|s| s.downcast_ref::<JobWaitError>());
     assert_eq!(source.and_then(JobWaitError::job).map(|job| job.id), Some(id));
     handle.stop().await;
