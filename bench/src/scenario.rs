@@ -139,7 +139,7 @@ fn rate(jobs: usize, elapsed: Duration) -> Option<f64> {
 }
 
 async fn enqueue_single(store: Arc<dyn WorkflowStore>, jobs: usize) -> anyhow::Result<Measurement> {
-    let client = JobClient::new(store);
+    let client = JobClient::standalone(store);
     let def = noop();
     let start = Instant::now();
     for n in 0..jobs {
@@ -154,13 +154,13 @@ async fn enqueue_batch(
     jobs: usize,
     batch: usize,
 ) -> anyhow::Result<Measurement> {
-    let client = JobClient::new(store);
+    let client = JobClient::standalone(store);
     let def = noop();
     let start = Instant::now();
     let mut next = 0u64;
     while (next as usize) < jobs {
         let end = (next + batch as u64).min(jobs as u64);
-        client.enqueue_many(&def, next..end, EnqueueOptions::new()).await?;
+        client.enqueue_many(&def, next..end).await?;
         next = end;
     }
     let jobs_per_sec = rate(jobs, start.elapsed());
@@ -174,9 +174,9 @@ async fn drain(
     concurrency: usize,
 ) -> anyhow::Result<Measurement> {
     let def = noop();
-    let client = JobClient::new(store.clone());
+    let client = JobClient::standalone(store.clone());
     for chunk in (0..jobs as u64).collect::<Vec<_>>().chunks(1000) {
-        client.enqueue_many(&def, chunk.iter().copied(), EnqueueOptions::new()).await?;
+        client.enqueue_many(&def, chunk.iter().copied()).await?;
     }
     let counter = FinishCounter::wrap(store, jobs);
     let worker = Worker::builder(counter.clone()).register(def).concurrency(concurrency).build()?;
@@ -202,12 +202,12 @@ async fn drain(
 /// jobs of a name no worker runs. Neither may slow the drain: a claim must cost O(batch),
 /// whatever else its queue holds.
 async fn crowd_queue(store: &Arc<dyn WorkflowStore>, crowd: usize) -> anyhow::Result<()> {
-    let client = JobClient::new(store.clone());
+    let client = JobClient::standalone(store.clone());
     let future = EnqueueOptions::new().delay(Duration::from_secs(86_400));
     let unhandled = JobDefinition::new("unhandled", |_ctx: JobContext, _: u64| async { Ok(()) });
     for chunk in (0..crowd as u64).collect::<Vec<_>>().chunks(1000) {
-        client.enqueue_many(&noop(), chunk.iter().copied(), future.clone()).await?;
-        client.enqueue_many(&unhandled, chunk.iter().copied(), EnqueueOptions::new()).await?;
+        client.enqueue_many_with(&noop(), chunk.iter().copied(), future.clone()).await?;
+        client.enqueue_many(&unhandled, chunk.iter().copied()).await?;
     }
     Ok(())
 }
@@ -237,7 +237,7 @@ async fn latency(
         Worker::builder(counter.clone()).register(def.clone()).concurrency(concurrency).build()?;
     // A client of its own, as another process would have: the worker learns of each job through
     // the store's push wake-ups (PostgreSQL: LISTEN/NOTIFY), not a local shortcut.
-    let client = JobClient::new(store);
+    let client = JobClient::standalone(store);
     let handle = worker.start();
     let interval = Duration::from_secs_f64(1.0 / per_sec as f64);
     let late = Arc::new(std::sync::atomic::AtomicU64::new(0));

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch::core::{JobFilter, JobState, PageRequest, WorkflowStore};
-use dispatch::job::{EnqueueOptions, JobClient};
+use dispatch::job::JobClient;
 use dispatch::workflow::{StartOptions, Workflows};
 use dispatch_durability_tests::{
     Cut, StoreSpec, postgres_url, saga, sleeper, sleepy_job, ten_steps, ten_steps_output,
@@ -86,11 +86,11 @@ async fn wait_until(what: &str, within: Duration, mut done: impl AsyncFnMut() ->
 }
 
 async fn enqueue(store: &Arc<dyn WorkflowStore>, jobs: u64) {
-    let client = JobClient::new(store.clone());
+    let client = JobClient::standalone(store.clone());
     let def = sleepy_job();
     for start in (0..jobs).step_by(1000) {
         let end = (start + 1000).min(jobs);
-        client.enqueue_many(&def, start..end, EnqueueOptions::new()).await.expect("enqueue");
+        client.enqueue_many(&def, start..end).await.expect("enqueue");
     }
 }
 

@@ -76,18 +76,31 @@ impl Default for JobDefaults {
 /// # async fn enqueue(client: JobClient) -> dispatch_core::Result<()> {
 /// let count = JobDefinition::new("count", |_ctx: JobContext, _n: u32| async { Ok(()) });
 /// client.enqueue(&count, 7).await?;
+/// client.enqueue_many(&count, [7, 8]).await?;
 /// # Ok(()) }
 /// ```
 ///
-/// and this does not:
+/// and the same with a string for the `u32` does not, neither one job (mismatched types)
 ///
-/// ```compile_fail
+/// ```compile_fail,E0308
 /// # use dispatch_job::{JobClient, JobContext, JobDefinition};
 /// # async fn enqueue(client: JobClient) -> dispatch_core::Result<()> {
 /// let count = JobDefinition::new("count", |_ctx: JobContext, _n: u32| async { Ok(()) });
 /// client.enqueue(&count, "seven").await?;
 /// # Ok(()) }
 /// ```
+///
+/// nor many (the inputs' item type is not the definition's):
+///
+/// ```compile_fail,E0271
+/// # use dispatch_job::{JobClient, JobContext, JobDefinition};
+/// # async fn enqueue(client: JobClient) -> dispatch_core::Result<()> {
+/// let count = JobDefinition::new("count", |_ctx: JobContext, _n: u32| async { Ok(()) });
+/// client.enqueue_many(&count, ["seven", "eight"]).await?;
+/// # Ok(()) }
+/// ```
+///
+/// (Each block is the compiling one with only the input changed, so it fails for that alone.)
 pub struct JobDefinition<I> {
     name: Arc<str>,
     defaults: JobDefaults,

@@ -1,12 +1,13 @@
 //! Typed background jobs for Dispatch: definitions, the handler stack, the worker pool, hooks.
 //!
 //! Use it directly when you want jobs without the `dispatch` umbrella: pick a store, define jobs
-//! with [`JobDefinition`], run them with a [`Worker`], enqueue with a [`JobClient`]. It is not a
+//! with [`JobDefinition`], run them with a [`Worker`], enqueue, inspect and wait for them with a
+//! [`JobClient`]. It is not a
 //! store and has no persistence of its own; workflows and cron build on it in their own crates.
 //!
 //! Key types: [`JobDefinition`] (name + input type + handler + defaults), [`EnqueueOptions`]
 //! (per-call overrides), [`JobContext`] (what a handler knows, with its [`CancelToken`]),
-//! [`JobError`] (retry, permanent, snooze), [`Worker`] / [`WorkerHandle`], [`JobClient`], and the
+//! [`JobError`] (retry, permanent, snooze), [`Worker`] / [`WorkerHandle`], [`JobClient`] (with [`JobCounts`] and [`JobWaitError`]), and the
 //! tower layers in [`layer`].
 
 pub mod client;
@@ -19,8 +20,10 @@ pub mod registry;
 pub mod service;
 pub mod worker;
 
+mod waiters;
+
 #[doc(inline)]
-pub use client::JobClient;
+pub use client::{JobClient, JobCounts, JobWaitError};
 #[doc(inline)]
 pub use context::{CancelReason, CancelToken, JobContext, current_scope, with_scope};
 #[doc(inline)]

@@ -109,7 +109,7 @@ pub async fn shutdown_releases_long_jobs(store: Arc<dyn JobStore>) {
         .build()
         .unwrap()
         .start();
-    handle.client().enqueue_many(&endless, 0..5, Default::default()).await.unwrap();
+    handle.client().enqueue_many(&endless, 0..5).await.unwrap();
     eventually("5 in flight", Duration::from_secs(10), || async {
         (handle.in_flight() == 5).then_some(())
     })
@@ -229,7 +229,7 @@ pub async fn delayed_job_starts_when_due(store: Arc<dyn JobStore>) {
     });
     let sent = tokio::time::Instant::now();
     let options = dispatch_job::EnqueueOptions::new().delay(DELAY);
-    let client = dispatch_job::JobClient::new(store.clone());
+    let client = dispatch_job::JobClient::standalone(store.clone());
     let id = client.enqueue_with(&later, (), options).await.unwrap().id();
     // A store that answers `next_due` must wake the worker on time however long its poll
     // interval; one that does not (the provided default) leaves the worker to poll, so poll

@@ -1,12 +1,8 @@
 //! The composition root: [`Dispatcher`] runs one worker and hands out one client over one
 //! store; with workflows, one engine too.
 
-use std::sync::Arc;
-
-use dispatch_core::{DlqId, Enqueued, Error, JobCancel, JobId, JobStore, Replay, Result};
-use dispatch_job::{
-    EnqueueOptions, JobClient, JobDefinition, JobInput, ShutdownReport, Worker, WorkerHandle,
-};
+use dispatch_core::{Error, ErrorKind, Result};
+use dispatch_job::{JobClient, ShutdownReport, Worker, WorkerHandle};
 
 use crate::builder::DispatcherBuilder;
 
@@ -16,9 +12,14 @@ enum State {
     Stopped,
 }
 
-/// Runs and enqueues jobs: one worker and one client over one store.
+/// Runs, enqueues and inspects jobs (and workflow runs): one worker, one client and, with
+/// workflows, one engine over one store.
+///
+/// What a user calls lives here; what a worker calls (claim, finish, heartbeat, rescue) does
+/// not, so an application can not take over a worker's jobs by mistake.
 ///
 /// ```no_run
+/// use std::time::Duration;
 /// use dispatch::prelude::*;
 /// use serde::{Deserialize, Serialize};
 ///
@@ -35,12 +36,13 @@ enum State {
 ///     .register(send.clone())
 ///     .build()?;
 /// dispatcher.start()?;
-/// dispatcher.enqueue(&send, Email { to: "a@example.com".into() }).await?;
+/// let id = dispatcher.enqueue(&send, Email { to: "a@example.com".into() }).await?.id();
+/// dispatcher.wait(id, Duration::from_secs(10)).await?;
 /// dispatcher.stop().await;
 /// # Ok(()) }
 /// ```
 pub struct Dispatcher {
-    client: JobClient,
+    pub(crate) client: JobClient,
     #[cfg(feature = "workflow")]
     pub(crate) workflows: Option<dispatch_workflow::Workflows>,
     state: State,
@@ -84,10 +86,7 @@ impl Dispatcher {
             }
             other => {
                 self.state = other;
-                Err(Error::new(
-                    dispatch_core::ErrorKind::Conflict,
-                    "the dispatcher was already started",
-                ))
+                Err(Error::new(ErrorKind::Conflict, "the dispatcher was already started"))
             }
         }
     }
@@ -101,52 +100,9 @@ impl Dispatcher {
         }
     }
 
-    /// The client: enqueue, cancel, replay.
+    /// The client every job call of the dispatcher forwards to: clone it into request
+    /// handlers and other tasks.
     pub fn client(&self) -> &JobClient {
         &self.client
-    }
-
-    /// The store, for lookups (jobs, counts, the DLQ).
-    pub fn store(&self) -> &Arc<dyn JobStore> {
-        self.client.store()
-    }
-
-    /// Enqueue `input` for `definition` with its defaults.
-    pub async fn enqueue<I: JobInput>(
-        &self,
-        definition: &JobDefinition<I>,
-        input: I,
-    ) -> Result<Enqueued> {
-        self.client.enqueue(definition, input).await
-    }
-
-    /// Enqueue `input` for `definition` with per-call overrides.
-    pub async fn enqueue_with<I: JobInput>(
-        &self,
-        definition: &JobDefinition<I>,
-        input: I,
-        options: EnqueueOptions,
-    ) -> Result<Enqueued> {
-        self.client.enqueue_with(definition, input, options).await
-    }
-
-    /// Enqueue many inputs of one definition in one store call.
-    pub async fn enqueue_many<I: JobInput>(
-        &self,
-        definition: &JobDefinition<I>,
-        inputs: impl IntoIterator<Item = I>,
-        options: EnqueueOptions,
-    ) -> Result<Vec<Enqueued>> {
-        self.client.enqueue_many(definition, inputs, options).await
-    }
-
-    /// Ask for a job to be cancelled.
-    pub async fn cancel(&self, id: JobId) -> Result<JobCancel> {
-        self.client.cancel(id).await
-    }
-
-    /// Replay a DLQ entry as a new job, at most once.
-    pub async fn replay(&self, id: DlqId) -> Result<Replay> {
-        self.client.replay(id).await
     }
 }

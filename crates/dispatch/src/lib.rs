@@ -15,6 +15,7 @@
 
 mod builder;
 mod dispatcher;
+mod jobs;
 #[cfg(feature = "workflow")]
 mod workflows;
 
@@ -49,12 +50,15 @@ pub use dispatch_store_sqlite::SqliteStore;
 #[doc(inline)]
 pub use dispatcher::Dispatcher;
 
-/// The names most applications use.
+/// The names most applications use: `use dispatch::prelude::*;` is enough to define, enqueue,
+/// wait for and inspect jobs (and workflows, with the `workflow` feature).
 pub mod prelude {
     pub use crate::{Dispatcher, Error, ErrorKind, Result};
-    pub use dispatch_core::{Backoff, Event, Hook, JobId, JobState, Scope};
+    pub use dispatch_core::{
+        Backoff, DlqFilter, Event, Hook, Job, JobFilter, JobId, JobState, PageRequest, Scope,
+    };
     pub use dispatch_job::{
-        CancelReason, EnqueueOptions, JobContext, JobDefinition, JobError, JobResult,
+        CancelReason, EnqueueOptions, JobContext, JobDefinition, JobError, JobResult, JobWaitError,
     };
 
     #[cfg(feature = "memory")]
@@ -63,4 +67,9 @@ pub mod prelude {
     pub use dispatch_store_postgres::PostgresStore;
     #[cfg(feature = "sqlite")]
     pub use dispatch_store_sqlite::SqliteStore;
+    #[cfg(feature = "workflow")]
+    pub use {
+        dispatch_core::{RunId, RunState},
+        dispatch_workflow::{StepError, WorkflowContext, WorkflowDefinition},
+    };
 }

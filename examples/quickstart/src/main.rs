@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use dispatch::core::{DlqEntry, Event, Job, JobId};
+use anyhow::Context;
+use dispatch::core::DlqEntry;
 use dispatch::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -114,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
             .id(),
     ];
 
-    let jobs = wait_until_final(&dispatcher, &ids, Duration::from_secs(15)).await?;
+    let jobs = dispatcher.wait_all(ids, Duration::from_secs(15)).await?;
     dispatcher.stop().await;
 
     println!("\nfinal states:");
@@ -122,31 +122,9 @@ async fn main() -> anyhow::Result<()> {
         println!("  {:<13} {:<9} after {} attempt(s)", job.name, job.state, job.attempt);
     }
     let dead = jobs.iter().find(|j| j.state == JobState::Dead).context("no job reached the DLQ")?;
-    let entry =
-        dispatcher.store().get_dlq(dead.dlq_id.context("dead job has no DLQ entry")?).await?;
+    let entry = dispatcher.get_dlq(dead.dlq_id.context("dead job has no DLQ entry")?).await?;
     print_dlq_entry(&entry.context("DLQ entry missing")?);
     Ok(())
-}
-
-async fn wait_until_final(
-    d: &Dispatcher,
-    ids: &[JobId],
-    within: Duration,
-) -> anyhow::Result<Vec<Job>> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let mut jobs = Vec::with_capacity(ids.len());
-        for &id in ids {
-            jobs.push(d.store().get_job(id).await?.context("job vanished")?);
-        }
-        if jobs.iter().all(|job| job.state.is_final()) {
-            return Ok(jobs);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("jobs did not settle within {within:?}: {jobs:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn print_dlq_entry(entry: &DlqEntry) {

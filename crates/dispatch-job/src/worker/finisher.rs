@@ -178,6 +178,14 @@ fn after_finish(
     for finish in finishes {
         shared.attempts.end(finish.lease);
     }
+    shared.waiters.reached_final(finishes.iter().zip(&results).filter_map(|(finish, result)| {
+        let done = match result {
+            FinishResult::Applied { state, .. } => state.is_final(),
+            FinishResult::AlreadyApplied => true, // maybe final: a spurious notice costs one read
+            FinishResult::LeaseLost => false,
+        };
+        done.then_some(finish.lease.job_id)
+    }));
     // A job back in the queue (retry, snooze, release) may be due before the fetch loop's
     // current sleep ends: wake it to look again.
     if results.iter().any(|r| matches!(r, FinishResult::Applied { state: JobState::Available, .. }))

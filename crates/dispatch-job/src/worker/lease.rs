@@ -69,6 +69,9 @@ async fn rescue(shared: &Shared) {
             tracing::info!(count = report.rescued.len(), "rescued jobs with expired leases");
             shared.wake.notify_one();
         }
+        let ended =
+            report.promoted.iter().map(|&(id, _)| id).chain(report.cancelled.iter().copied());
+        shared.waiters.reached_final(ended);
         if shared.hooks.is_enabled() {
             emit_rescue_hooks(shared, &report.promoted, &report.cancelled).await;
         }

@@ -35,6 +35,7 @@ use crate::hooks::HookBus;
 use crate::layer::{RecoverLayer, ScopeLayer, TimeoutLayer, TraceLayer};
 use crate::registry::Registry;
 use crate::service::{HandlerService, JobRequest, JobService};
+use crate::waiters::Waiters;
 use attempts::Attempts;
 use finisher::FinishRequest;
 
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) finisher: mpsc::Sender<FinishRequest>,
     pub(crate) tracker: TaskTracker,
+    /// Waits of this process's clients, told when this worker makes a job final.
+    pub(crate) waiters: Waiters,
 }
 
 /// Configures a [`Worker`]: handlers, settings, layers and hooks.
@@ -154,6 +157,7 @@ impl WorkerBuilder {
             attempts: Attempts::default(),
             finisher,
             tracker: TaskTracker::new(),
+            waiters: Waiters::default(),
         });
         Ok(Worker { shared, finish_rx })
     }
@@ -210,7 +214,8 @@ impl Worker {
         self.shared.id
     }
 
-    /// A client whose enqueues wake this worker and fire its hooks.
+    /// A client whose enqueues wake this worker and fire its hooks, and whose waits learn at once
+    /// of the jobs this worker ends.
     pub fn client(&self) -> JobClient {
         client_of(&self.shared)
     }
@@ -240,7 +245,8 @@ impl Worker {
 }
 
 fn client_of(shared: &Shared) -> JobClient {
-    JobClient::with_parts(shared.store.clone(), shared.wake.clone(), shared.hooks.clone())
+    let (store, wake, hooks) = (shared.store.clone(), shared.wake.clone(), shared.hooks.clone());
+    JobClient::with_parts(store, wake, hooks, shared.waiters.clone())
 }
 
 /// A running worker. Dropping it without [`stop`](Self::stop) leaves its tasks running until the
@@ -282,7 +288,8 @@ impl WorkerHandle {
         self.shared.id
     }
 
-    /// A client whose enqueues wake this worker and fire its hooks.
+    /// A client whose enqueues wake this worker and fire its hooks, and whose waits learn at once
+    /// of the jobs this worker ends.
     pub fn client(&self) -> JobClient {
         client_of(&self.shared)
     }

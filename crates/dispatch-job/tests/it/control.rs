@@ -166,7 +166,7 @@ async fn shutdown_lets_short_jobs_finish() {
     });
     let handle =
         worker(store.clone()).register(work.clone()).concurrency(20).build().unwrap().start();
-    let ids = handle.client().enqueue_many(&work, 0..20, Default::default()).await.unwrap();
+    let ids = handle.client().enqueue_many(&work, 0..20).await.unwrap();
     eventually("20 in flight", Duration::from_secs(5), || async {
         (handle.in_flight() == 20).then_some(())
     })
@@ -197,7 +197,7 @@ async fn shutdown_cancels_long_jobs_and_releases_them_for_another_worker() {
         .build()
         .unwrap()
         .start();
-    let ids = handle.client().enqueue_many(&endless, 0..20, Default::default()).await.unwrap();
+    let ids = handle.client().enqueue_many(&endless, 0..20).await.unwrap();
     eventually("20 in flight", Duration::from_secs(5), || async {
         (handle.in_flight() == 20).then_some(())
     })

@@ -68,7 +68,7 @@ async fn hooks_that_fall_behind_lose_events_counted_never_jobs() {
         .unwrap()
         .start();
     let client = handle.client();
-    let enqueued = client.enqueue_many(&noop(), 0..JOBS as u32, Default::default()).await;
+    let enqueued = client.enqueue_many(&noop(), 0..JOBS as u32).await;
     let ids: Vec<_> = enqueued.unwrap().iter().map(|e| e.id()).collect();
     for id in ids {
         wait_for_state(&store, id, JobState::Completed).await; // while the hook is stuck

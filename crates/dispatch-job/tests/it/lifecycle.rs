@@ -216,8 +216,10 @@ async fn panic_is_a_failed_attempt_and_the_pool_keeps_running() {
         .start();
     let client = handle.client();
     let id = client.enqueue(&panicky, ()).await.unwrap().id();
-    let others =
-        client.enqueue_many(&noop, 0..10, EnqueueOptions::new().max_attempts(1)).await.unwrap();
+    let others = client
+        .enqueue_many_with(&noop, 0..10, EnqueueOptions::new().max_attempts(1))
+        .await
+        .unwrap();
     let job = wait_for_state(&store, id, JobState::Completed).await;
     assert_eq!(job.errors.len(), 1);
     assert_eq!(job.errors[0].kind, FailureKind::Panic);
@@ -335,7 +337,7 @@ async fn user_layers_wrap_every_attempt() {
         .build()
         .unwrap()
         .start();
-    let ids = handle.client().enqueue_many(&noop, 0..5, EnqueueOptions::new()).await.unwrap();
+    let ids = handle.client().enqueue_many(&noop, 0..5).await.unwrap();
     for id in ids {
         wait_for_state(&store, id.id(), JobState::Completed).await;
     }

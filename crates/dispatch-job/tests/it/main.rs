@@ -6,6 +6,7 @@
 //! instantly when every task is idle, so waits are deterministic and take no real time. The
 //! store reads a manual clock, so leases expire only when a test says so.
 
+mod client;
 mod control;
 mod hooks;
 mod lifecycle;

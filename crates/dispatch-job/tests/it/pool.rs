@@ -33,7 +33,7 @@ async fn a_thousand_jobs_at_concurrency_16_run_once_each_never_more_than_16_at_o
     });
     let handle =
         worker(store.clone()).register(work.clone()).concurrency(16).build().unwrap().start();
-    handle.client().enqueue_many(&work, 0..1000, Default::default()).await.unwrap();
+    handle.client().enqueue_many(&work, 0..1000).await.unwrap();
     eventually("1,000 runs", Duration::from_secs(600), || async {
         (runs.lock().len() == 1000).then_some(())
     })
@@ -68,7 +68,7 @@ async fn one_claim_per_fetch_sized_to_free_slots_and_one_heartbeat_per_interval(
         .build()
         .unwrap()
         .start();
-    handle.client().enqueue_many(&blocked, 0..20, Default::default()).await.unwrap();
+    handle.client().enqueue_many(&blocked, 0..20).await.unwrap();
     eventually("8 in flight", Duration::from_secs(5), || async {
         (handle.in_flight() == 8).then_some(())
     })

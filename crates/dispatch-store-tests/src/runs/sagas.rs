@@ -333,7 +333,8 @@ pub async fn cancel_through_the_drive_job_compensates(store: Arc<dyn WorkflowSto
     let workflows = Workflows::new(store.clone());
     let (run, handle) = suspended_holder(&store, &workflows, &undone).await;
     let drive_job = workflows.get_run(run).await.unwrap().expect("the run").drive_job;
-    let cancel = dispatch_job::JobClient::new(store.clone()).cancel(drive_job).await.unwrap();
+    let cancel =
+        dispatch_job::JobClient::standalone(store.clone()).cancel(drive_job).await.unwrap();
     assert_eq!(cancel, dispatch_core::JobCancel::Requested, "the run's cancel is requested");
     assert_wound_down(&workflows, run, dispatch_core::DRIVE_JOB_CANCEL_REASON, &undone).await;
     handle.stop().await;

@@ -108,7 +108,7 @@ async fn run_bouncing_jobs(store: Arc<FaultyStore>) {
     let starts = Starts::default();
     let def = bouncing(&starts);
     let handle = worker(store).register(def.clone()).build().unwrap().start();
-    let enqueued = handle.client().enqueue_many(&def, 0..8, Default::default()).await.unwrap();
+    let enqueued = handle.client().enqueue_many(&def, 0..8).await.unwrap();
     let ids: Vec<JobId> = enqueued.iter().map(|e| e.id()).collect();
     all_completed(&inner, &ids).await;
     handle.stop().await;
@@ -164,7 +164,7 @@ pub async fn outage_shorter_than_the_lease_loses_no_finish(inner: Arc<dyn JobSto
         .build()
         .unwrap()
         .start();
-    let enqueued = handle.client().enqueue_many(&def, 0..8, Default::default()).await.unwrap();
+    let enqueued = handle.client().enqueue_many(&def, 0..8).await.unwrap();
     let ids: Vec<JobId> = enqueued.iter().map(|e| e.id()).collect();
     eventually("every job to start", Duration::from_secs(60), || async {
         (starts.started() == ids.len()).then_some(())
@@ -200,7 +200,7 @@ pub async fn lost_claim_answers_cost_no_attempt(inner: Arc<dyn JobStore>) {
     .max_attempts(1);
     let handle =
         worker(store.clone()).register(def.clone()).concurrency(2).build().unwrap().start();
-    let enqueued = handle.client().enqueue_many(&def, 0..10, Default::default()).await.unwrap();
+    let enqueued = handle.client().enqueue_many(&def, 0..10).await.unwrap();
     let ids: Vec<JobId> = enqueued.iter().map(|e| e.id()).collect();
     all_completed(&inner, &ids).await;
     handle.stop().await;

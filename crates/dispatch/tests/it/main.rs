@@ -25,7 +25,7 @@ impl Hook for Events {
 async fn wait_for(dispatcher: &Dispatcher, id: JobId, state: JobState) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let job = dispatcher.store().get_job(id).await.unwrap().unwrap();
+        let job = dispatcher.get_job(id).await.unwrap().unwrap();
         if job.state == state {
             return;
         }
@@ -63,8 +63,7 @@ async fn dispatcher_runs_jobs_through_layers_and_hooks_and_replays_the_dlq() {
     wait_for(&dispatcher, ok, JobState::Completed).await;
     wait_for(&dispatcher, bad, JobState::Dead).await;
 
-    let page =
-        dispatcher.store().list_dlq(&DlqFilter::default(), &PageRequest::first(10)).await.unwrap();
+    let page = dispatcher.list_dlq(&DlqFilter::default(), &PageRequest::first(10)).await.unwrap();
     assert_eq!(page.items.len(), 1);
     let replayed = dispatcher.replay(page.items[0].id).await.unwrap();
     let Replay::Replayed(again) = replayed else {
