@@ -7,6 +7,7 @@
 //! store reads a manual clock, so leases expire only when a test says so.
 
 mod control;
+mod health;
 mod hooks;
 mod lifecycle;
 mod pool;
