@@ -84,7 +84,8 @@ pub enum Operation {
 }
 
 /// A cheap, cloneable handle on a worker's health, for another task (an HTTP endpoint, a
-/// metrics exporter). It stays valid after the worker stopped (then never ready).
+/// metrics exporter). It stays valid after the worker stopped (then never ready), and keeps
+/// the worker's store alive while it lives.
 #[derive(Clone)]
 pub struct HealthProbe {
     pub(super) shared: Arc<Shared>,

@@ -7,8 +7,8 @@
 //! [`WorkerHandle::ready`] waits until it is claiming and listening: it subscribed to the
 //! store's wake-ups (done in `start`, before the first claim), the store's wake-up listener is
 //! connected (for a store that has one that can be lost, see
-//! [`JobStore::listener_state`](dispatch_core::JobStore::listener_state)), and a claim call
-//! succeeded. From then on a job enqueued anywhere (another process, another client of the
+//! [`JobStore::listener_state`]), and its last claim
+//! call succeeded. From then on a job enqueued anywhere (another process, another client of the
 //! store) starts through a wake-up, not at the next poll. A store that is down does not make
 //! `ready` hang: after [`WorkerConfig::ready_timeout`] it answers
 //! [`ErrorKind::Timeout`](dispatch_core::ErrorKind::Timeout) saying what is missing, while the
@@ -328,9 +328,9 @@ impl WorkerHandle {
         self.shared.attempts.len()
     }
 
-    /// Wait until the worker is claiming and listening: subscribed to the store's wake-ups,
-    /// the store's listener connected (if it has one), a claim call succeeded. Resolves at once
-    /// when it already is. Fails with
+    /// Wait until the worker is claiming and listening: subscribed to the store's wake-ups (when
+    /// it pushes any; done by [`Worker::start`]), the store's listener connected (when it has
+    /// one), and its last claim call succeeded. Resolves at once when it already is. Fails with
     /// [`ErrorKind::Timeout`](dispatch_core::ErrorKind::Timeout), saying what is missing, after
     /// [`WorkerConfig::ready_timeout`]; the worker keeps running and retrying meanwhile and
     /// after, so `ready` may be called again. See the [module docs](self).
