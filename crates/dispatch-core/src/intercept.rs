@@ -22,7 +22,7 @@ use crate::job::{
 };
 use crate::page::{Page, PageRequest};
 use crate::store::{DlqStore, JobStore, WorkflowStore};
-use crate::wake::WakeupStream;
+use crate::wake::{ListenerState, WakeupStream};
 use crate::workflow::{
     Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd, RunFilter,
     RunSnapshot, Started, Suspend, SuspendOutcome, WaitResolution,
@@ -213,6 +213,9 @@ impl<S: JobStore + ?Sized, I: Interceptor> JobStore for Intercepted<S, I> {
     }
     fn wakeups(&self) -> Option<WakeupStream> {
         self.inner.wakeups()
+    }
+    fn listener_state(&self) -> Option<ListenerState> {
+        self.inner.listener_state()
     }
 }
 

@@ -53,7 +53,7 @@ pub use store::{DlqStore, JobStore, WorkflowStore};
 #[doc(inline)]
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 #[doc(inline)]
-pub use wake::{Wakeup, WakeupHub, WakeupStream};
+pub use wake::{ListenerState, Wakeup, WakeupHub, WakeupStream};
 #[doc(inline)]
 pub use workflow::{
     Checkpoint, DRIVE_JOB_CANCEL_REASON, EventWait, NewCheckpoint, NewEvent, NewRun, Published,

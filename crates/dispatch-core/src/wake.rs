@@ -5,11 +5,19 @@
 //! process, a database trigger) start at once instead of at the next poll. A wake-up is a hint,
 //! never a promise: a worker that wakes claims, and finds nothing when another worker was faster.
 //!
+//! A store whose wake-ups travel over a connection that can be lost (PostgreSQL's `LISTEN`)
+//! reports that connection through [`JobStore::listener_state`] as a [`ListenerState`], so a
+//! worker's health view can tell "no jobs" from "deaf".
+//!
 //! [`JobStore::wakeups`]: crate::JobStore::wakeups
+//! [`JobStore::listener_state`]: crate::JobStore::listener_state
 
 use std::pin::Pin;
 
 use futures_core::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
 
 /// A hint that jobs may be available.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +41,33 @@ impl Wakeup {
     /// Whether a worker of `queues` should look.
     pub fn concerns(&self, queues: &[String]) -> bool {
         self.queue.as_ref().is_none_or(|queue| queues.iter().any(|q| q == queue))
+    }
+}
+
+/// A snapshot of a store's wake-up listener: the connection over which pushed wake-ups arrive.
+///
+/// While it is not connected, jobs enqueued elsewhere start at the next poll instead of at once;
+/// nothing is lost, since the listener sends [`Wakeup::any`] each time it (re)connects. Times are
+/// the store process's wall clock.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerState {
+    /// Whether the listener is connected and listening now.
+    pub connected: bool,
+    /// Since when [`connected`](Self::connected) has held its value: the last (re)connect, or the
+    /// loss of the connection (or, before the first connect, when the store was built).
+    pub since: Timestamp,
+    /// The last error of the listener (a lost connection, a failed connect), if any.
+    pub last_error: Option<String>,
+    /// When [`last_error`](Self::last_error) happened.
+    pub last_error_at: Option<Timestamp>,
+    /// How many times the listener connected again after its first connect.
+    pub reconnects: u64,
+}
+
+impl ListenerState {
+    /// A listener that has not connected yet, as of `now`.
+    pub fn new(now: Timestamp) -> Self {
+        Self { connected: false, since: now, last_error: None, last_error_at: None, reconnects: 0 }
     }
 }
 

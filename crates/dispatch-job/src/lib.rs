@@ -37,4 +37,7 @@ pub use registry::Registry;
 #[doc(inline)]
 pub use service::{JobRequest, JobService};
 #[doc(inline)]
-pub use worker::{ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerHandle};
+pub use worker::{
+    HealthProbe, RecentError, ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerHandle,
+    WorkerHealth,
+};

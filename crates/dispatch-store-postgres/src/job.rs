@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dispatch_core::{
     ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Error, Finish, FinishResult,
-    HeartbeatReport, Job, JobCancel, JobFilter, JobId, JobState, JobStore, LeaseRef, NewJob, Page,
-    PageRequest, QueueCount, RescueReport, Result, WakeupStream,
+    HeartbeatReport, Job, JobCancel, JobFilter, JobId, JobState, JobStore, LeaseRef, ListenerState,
+    NewJob, Page, PageRequest, QueueCount, RescueReport, Result, WakeupStream,
 };
 use sqlx::SqlStr;
 use uuid::Uuid;
@@ -251,6 +251,10 @@ impl JobStore for PostgresStore {
 
     fn wakeups(&self) -> Option<WakeupStream> {
         self.shared.wake.subscribe()
+    }
+
+    fn listener_state(&self) -> Option<ListenerState> {
+        Some(self.shared.wake.state())
     }
 }
 

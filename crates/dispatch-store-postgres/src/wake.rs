@@ -8,11 +8,16 @@
 //! [`Wakeup::any`], since notifications sent while it was away are lost: workers claim once. A
 //! subscriber that falls behind gets `Wakeup::any` for what it missed. The task stops, and the
 //! streams end, when the last clone of the store is dropped.
+//!
+//! The task keeps its connection's state ([`ListenerState`]: connected since when, the last
+//! error, reconnects) where [`Wake::state`] reads it without I/O, for workers' health views. It
+//! records a (re)connect before sending its `Wakeup::any`, so a subscriber that hears that
+//! wake-up and then reads the state sees the listener connected.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use dispatch_core::{Wakeup, WakeupStream};
+use dispatch_core::{Clock, ListenerState, SystemClock, Wakeup, WakeupStream};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::broadcast::error::RecvError;
@@ -35,6 +40,8 @@ pub(crate) struct Wake {
     channel: String,
     options: PgConnectOptions,
     listener: Mutex<Option<Listener>>,
+    /// Written by the listener task, read by [`Wake::state`].
+    state: Arc<Mutex<ListenerState>>,
 }
 
 /// A running listener task and the ends that feed and stop it.
@@ -67,6 +74,7 @@ impl std::fmt::Debug for Wake {
         f.debug_struct("Wake")
             .field("channel", &self.channel)
             .field("listener", &*listener)
+            .field("state", &*lock(&self.state))
             .finish_non_exhaustive()
     }
 }
@@ -74,7 +82,20 @@ impl std::fmt::Debug for Wake {
 impl Wake {
     /// Wake-ups on `channel`, listened for over connections made with `options`.
     pub(crate) fn new(options: PgConnectOptions, channel: String) -> Self {
-        Self { channel, options, listener: Mutex::new(None) }
+        let state = Arc::new(Mutex::new(ListenerState::new(SystemClock.now())));
+        Self { channel, options, listener: Mutex::new(None), state }
+    }
+
+    /// The listener's state now. A listener whose task has ended (its runtime shut down) is
+    /// not connected, whatever it last recorded.
+    pub(crate) fn state(&self) -> ListenerState {
+        let running = {
+            let listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+            listener.as_ref().is_some_and(|l| !l.task.is_finished())
+        };
+        let mut state = lock(&self.state).clone();
+        state.connected &= running;
+        state
     }
 
     /// The `NOTIFY` channel.
@@ -88,14 +109,56 @@ impl Wake {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         let mut listener = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
         // A task that ended (its runtime shut down) is replaced.
-        if listener.as_ref().is_none_or(|l| l.task.is_finished()) {
-            let (tx, _) = broadcast::channel(BUFFER);
-            let (stop, stopped) = oneshot::channel();
-            let run = listen(self.options.clone(), self.channel.clone(), tx.clone(), stopped);
-            *listener = Some(Listener { tx, task: runtime.spawn(run), _stop: stop });
+        if let Some(running) = listener.as_ref().filter(|l| !l.task.is_finished()) {
+            return Some(stream(running.tx.subscribe()));
         }
-        let rx = listener.as_ref()?.tx.subscribe();
+        let (tx, rx) = broadcast::channel(BUFFER);
+        let (stop, stopped) = oneshot::channel();
+        let state = Recorder { state: self.state.clone(), connected_before: false };
+        let run = listen(self.options.clone(), self.channel.clone(), tx.clone(), state, stopped);
+        // Subscribed before the task starts, so this subscriber hears its first `Wakeup::any`.
+        *listener = Some(Listener { tx, task: runtime.spawn(run), _stop: stop });
         Some(stream(rx))
+    }
+}
+
+fn lock(state: &Mutex<ListenerState>) -> std::sync::MutexGuard<'_, ListenerState> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The listener task's side of [`ListenerState`].
+struct Recorder {
+    state: Arc<Mutex<ListenerState>>,
+    /// Whether this task connected before: its next connect is a reconnect.
+    connected_before: bool,
+}
+
+impl Recorder {
+    fn connected(&mut self) {
+        let mut state = lock(&self.state);
+        state.connected = true;
+        state.since = SystemClock.now();
+        if std::mem::replace(&mut self.connected_before, true) {
+            state.reconnects += 1;
+        }
+    }
+
+    /// The connection was lost (or never made) with `error`.
+    fn failed(&self, error: &sqlx::Error) {
+        let now = SystemClock.now();
+        let mut state = lock(&self.state);
+        if state.connected {
+            state.connected = false;
+            state.since = now;
+        }
+        state.last_error = Some(error.to_string());
+        state.last_error_at = Some(now);
+    }
+
+    fn stopped(&self) {
+        let mut state = lock(&self.state);
+        state.connected = false;
+        state.since = SystemClock.now();
     }
 }
 
@@ -116,17 +179,19 @@ async fn listen(
     options: PgConnectOptions,
     channel: String,
     tx: broadcast::Sender<Wakeup>,
+    mut state: Recorder,
     mut stop: oneshot::Receiver<()>,
 ) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let connected = tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => return state.stopped(),
             connected = connect(&options, &channel) => connected,
         };
         match connected {
             Ok((pool, mut listener)) => {
                 backoff = MIN_BACKOFF;
+                state.connected();
                 // Notifications sent before the LISTEN took effect are lost: claim once.
                 let _ = tx.send(Wakeup::any());
                 let lost = tokio::select! {
@@ -136,16 +201,20 @@ async fn listen(
                 drop(listener);
                 let _ = tokio::time::timeout(Duration::from_secs(1), pool.close()).await;
                 match lost {
-                    None => return,
+                    None => return state.stopped(),
                     Some(err) => {
+                        state.failed(&err);
                         tracing::warn!(%err, %channel, "wake-up listener lost its connection")
                     }
                 }
             }
-            Err(err) => tracing::warn!(%err, %channel, "wake-up listener can not connect"),
+            Err(err) => {
+                state.failed(&err);
+                tracing::warn!(%err, %channel, "wake-up listener can not connect")
+            }
         }
         tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => return state.stopped(),
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -165,6 +234,8 @@ async fn connect(
         .connect_with(options.clone())
         .await?;
     let mut listener = PgListener::connect_with(&pool).await?;
+    // A lost connection ends `forward`, and `listen` reconnects: one place records the state.
+    listener.eager_reconnect(false);
     listener.listen(channel).await?;
     Ok((pool, listener))
 }
@@ -177,13 +248,18 @@ async fn forward(listener: &mut PgListener, tx: &broadcast::Sender<Wakeup>) -> s
                 "" => Wakeup::any(),
                 queue => Wakeup::queue(queue),
             },
-            // The connection was lost and the listener reconnected and listens again.
-            Ok(None) => Wakeup::any(),
+            Ok(None) => return lost_connection(),
             Err(err) => return err,
         };
         // No subscriber right now is fine: wake-ups are hints.
         let _ = tx.send(wakeup);
     }
+}
+
+/// What `try_recv` reports as "connection lost" without an error of its own.
+fn lost_connection() -> sqlx::Error {
+    let io = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection lost");
+    sqlx::Error::Io(io)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! store; with workflows, one engine too.
 
 use dispatch_core::{Error, ErrorKind, Result};
-use dispatch_job::{JobClient, ShutdownReport, Worker, WorkerHandle};
+use dispatch_job::{HealthProbe, JobClient, ShutdownReport, Worker, WorkerHandle, WorkerHealth};
 
 use crate::builder::DispatcherBuilder;
 
@@ -35,7 +35,7 @@ enum State {
 ///     .store(MemoryStore::new())
 ///     .register(send.clone())
 ///     .build()?;
-/// dispatcher.start()?;
+/// dispatcher.start().await?;
 /// let id = dispatcher.enqueue(&send, Email { to: "a@example.com".into() }).await?.id();
 /// dispatcher.wait(id, Duration::from_secs(10)).await?;
 /// dispatcher.stop().await;
@@ -77,17 +77,50 @@ impl Dispatcher {
         }
     }
 
-    /// Start the worker. Fails when it was started before.
-    pub fn start(&mut self) -> Result<()> {
+    /// Start the worker and wait until it is ready: subscribed to the store's wake-ups, its
+    /// listener connected (PostgreSQL), and a first claim answered. A job enqueued after this
+    /// returns starts through a wake-up, not at the next poll.
+    ///
+    /// Fails with [`ErrorKind::Conflict`] when started before, and with
+    /// [`ErrorKind::Timeout`] when the worker is not ready within
+    /// [`WorkerConfig::ready_timeout`](dispatch_job::WorkerConfig::ready_timeout) (default 30 s;
+    /// the message says what is missing, e.g. the store is down). The worker is running then
+    /// all the same, retrying: [`ready`](Self::ready) waits again, [`stop`](Self::stop) stops it.
+    pub async fn start(&mut self) -> Result<()> {
         match std::mem::replace(&mut self.state, State::Stopped) {
             State::Ready(worker) => {
                 self.state = State::Running(worker.start());
-                Ok(())
+                self.ready().await
             }
             other => {
                 self.state = other;
                 Err(Error::new(ErrorKind::Conflict, "the dispatcher was already started"))
             }
+        }
+    }
+
+    /// Wait until the running worker is ready again (see [`start`](Self::start)), for example
+    /// after a store outage. Fails when the worker is not running.
+    pub async fn ready(&self) -> Result<()> {
+        match &self.state {
+            State::Running(handle) => handle.ready().await,
+            _ => Err(Error::new(ErrorKind::Conflict, "the dispatcher's worker is not running")),
+        }
+    }
+
+    /// The running worker's health: ready or not, its last successful claim, heartbeat and
+    /// rescue, the store's listener, in-flight attempts and its recent errors. `None` when the
+    /// worker is not running.
+    pub fn health(&self) -> Option<WorkerHealth> {
+        self.health_probe().map(|probe| probe.health())
+    }
+
+    /// A cheap handle that reads the running worker's health from anywhere (a health endpoint,
+    /// a metrics task); it keeps answering after stop. `None` when the worker is not running.
+    pub fn health_probe(&self) -> Option<HealthProbe> {
+        match &self.state {
+            State::Running(handle) => Some(handle.health_probe()),
+            _ => None,
         }
     }
 

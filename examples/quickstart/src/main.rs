@@ -97,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         .concurrency(4)
         .hook(Timeline { started: tokio::time::Instant::now() })
         .build()?;
-    dispatcher.start()?;
+    dispatcher.start().await?;
 
     println!("timeline:");
     let ids = [

@@ -86,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
         .workflow(ship)
         .workflow(order.clone())
         .build()?;
-    dispatcher.start()?;
+    dispatcher.start().await?;
 
     let good = Order { id: 1, cents: 1999, card_ok: true };
     let bad = Order { id: 2, cents: 4999, card_ok: false };

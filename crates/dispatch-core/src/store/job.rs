@@ -145,4 +145,16 @@ pub trait JobStore: DlqStore {
     fn wakeups(&self) -> Option<crate::WakeupStream> {
         None
     }
+
+    /// The state of the connection that carries this store's [`wakeups`](Self::wakeups), or
+    /// `None` when the store has no listener that can be lost (it pushes in-process, or does not
+    /// push at all). A store whose wake-ups travel over a connection (PostgreSQL's `LISTEN`)
+    /// answers `Some` from the first call on, connected or not, and sends [`Wakeup::any`] on each
+    /// stream every time its listener (re)connects. Must be cheap: a snapshot of state the
+    /// store keeps, no I/O. Workers read it for their readiness and health view.
+    ///
+    /// [`Wakeup::any`]: crate::Wakeup::any
+    fn listener_state(&self) -> Option<crate::ListenerState> {
+        None
+    }
 }

@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
                     c.poll_interval = Duration::from_millis(poll_ms);
                 })
                 .build()?;
-            dispatcher.start()?;
+            dispatcher.start().await?;
             println!("ready");
             std::future::pending::<()>().await;
             Ok(())
@@ -60,7 +60,7 @@ async fn main() -> anyhow::Result<()> {
                     c.poll_interval = Duration::from_millis(50);
                 })
                 .build()?;
-            dispatcher.start()?;
+            dispatcher.start().await?;
             println!("ready");
             std::future::pending::<()>().await;
             Ok(())

@@ -24,6 +24,10 @@ pub struct WorkerConfig {
     pub store_timeout: Duration,
     /// The most finishes written in one store call (default 1,000).
     pub finish_batch: usize,
+    /// The longest [`WorkerHandle::ready`](super::WorkerHandle::ready) waits for the worker to
+    /// be ready before it answers an error (default 30 s). The worker itself keeps running and
+    /// retrying past it; `ready` may be called again.
+    pub ready_timeout: Duration,
     /// How many hook events may wait for delivery (default 10,000). When hooks fall further
     /// behind, new events are dropped and counted rather than slowing jobs down; see
     /// [`ShutdownReport::hook_events_dropped`](super::ShutdownReport::hook_events_dropped).
@@ -42,6 +46,7 @@ impl Default for WorkerConfig {
             shutdown_timeout: Duration::from_secs(30),
             store_timeout: Duration::from_secs(10),
             finish_batch: 1000,
+            ready_timeout: Duration::from_secs(30),
             hook_buffer: crate::hooks::DEFAULT_HOOK_BUFFER,
         }
     }

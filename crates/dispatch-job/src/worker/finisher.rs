@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::health::Operation;
 
 /// One ended attempt on its way to the store.
 pub(crate) struct FinishRequest {
@@ -83,18 +84,21 @@ async fn write(
         // written on its own, and only the one that fails alone is given up.
         Err(error) if finishes.len() > 1 => {
             tracing::warn!(%error, count = finishes.len(), "finish batch refused; writing one by one");
+            shared.health.error(Operation::Finish, &error);
             let mut results = Vec::with_capacity(finishes.len());
             for finish in finishes {
                 let alone = write_while_held(shared, std::slice::from_ref(finish), halt).await;
-                results.push(alone.map_or_else(|e| give_up(finish, &e), |mut r| r.remove(0)));
+                results
+                    .push(alone.map_or_else(|e| give_up(shared, finish, &e), |mut r| r.remove(0)));
             }
             results
         }
-        Err(error) => vec![give_up(&finishes[0], &error)],
+        Err(error) => vec![give_up(shared, &finishes[0], &error)],
     }
 }
 
-fn give_up(finish: &Finish, error: &dispatch_core::Error) -> FinishResult {
+fn give_up(shared: &Shared, finish: &Finish, error: &dispatch_core::Error) -> FinishResult {
+    shared.health.error(Operation::Finish, error);
     tracing::error!(%error, job.id = %finish.lease.job_id, "could not record the attempt; its lease will expire and be rescued");
     FinishResult::LeaseLost
 }
@@ -129,6 +133,7 @@ async fn write_while_held(
         retries += 1;
         if retries == 1 || retries.is_multiple_of(20) {
             tracing::warn!(%error, retries, count = pending.len(), "finish failed; retrying while the leases hold");
+            shared.health.error(Operation::Finish, &error);
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(RETRY_MAX);

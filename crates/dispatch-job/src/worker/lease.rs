@@ -11,6 +11,7 @@ use dispatch_core::{Event, Failure, FailureKind, JobId, JobInfo};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::health::Operation;
 
 const RESCUE_BATCH: usize = 1000;
 
@@ -36,9 +37,18 @@ async fn heartbeat(shared: &Shared) {
     let call =
         tokio::time::timeout(shared.config.store_timeout, shared.store.heartbeat(&leases, ttl));
     match call.await {
-        Ok(Ok(report)) => shared.attempts.apply_heartbeat(&leases, &report, expires),
-        Ok(Err(error)) => tracing::warn!(%error, "heartbeat failed"),
-        Err(_) => tracing::warn!("heartbeat timed out"),
+        Ok(Ok(report)) => {
+            shared.health.heartbeat();
+            shared.attempts.apply_heartbeat(&leases, &report, expires);
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "heartbeat failed");
+            shared.health.error(Operation::Heartbeat, &error);
+        }
+        Err(_) => {
+            tracing::warn!("heartbeat timed out");
+            shared.health.error(Operation::Heartbeat, &timed_out("heartbeat"));
+        }
     }
 }
 
@@ -61,9 +71,16 @@ async fn rescue(shared: &Shared) {
         );
         let report = match call.await {
             Ok(Ok(report)) => report,
-            Ok(Err(error)) => return tracing::warn!(%error, "rescue failed"),
-            Err(_) => return tracing::warn!("rescue timed out"),
+            Ok(Err(error)) => {
+                shared.health.error(Operation::Rescue, &error);
+                return tracing::warn!(%error, "rescue failed");
+            }
+            Err(_) => {
+                shared.health.error(Operation::Rescue, &timed_out("rescue"));
+                return tracing::warn!("rescue timed out");
+            }
         };
+        shared.health.rescued();
         let total = report.rescued.len() + report.promoted.len() + report.cancelled.len();
         if !report.rescued.is_empty() {
             tracing::info!(count = report.rescued.len(), "rescued jobs with expired leases");
@@ -79,6 +96,10 @@ async fn rescue(shared: &Shared) {
             return;
         }
     }
+}
+
+fn timed_out(call: &str) -> dispatch_core::Error {
+    dispatch_core::Error::new(dispatch_core::ErrorKind::Timeout, format!("{call} timed out"))
 }
 
 async fn emit_rescue_hooks(

@@ -1,6 +1,28 @@
 //! The worker pool: claims jobs, runs them through the handler stack, keeps their leases alive,
 //! finishes them in batches, and shuts down without losing any.
 //!
+//! # Readiness
+//!
+//! [`Worker::start`] returns at once, before the worker has reached the store.
+//! [`WorkerHandle::ready`] waits until it is claiming and listening: it subscribed to the
+//! store's wake-ups (done in `start`, before the first claim), the store's wake-up listener is
+//! connected (for a store that has one that can be lost, see
+//! [`JobStore::listener_state`]), and its last claim
+//! call succeeded. From then on a job enqueued anywhere (another process, another client of the
+//! store) starts through a wake-up, not at the next poll. A store that is down does not make
+//! `ready` hang: after [`WorkerConfig::ready_timeout`] it answers
+//! [`ErrorKind::Timeout`](dispatch_core::ErrorKind::Timeout) saying what is missing, while the
+//! worker keeps running and retrying (call `ready` again, or stop it).
+//!
+//! # Health
+//!
+//! [`WorkerHandle::health`] (or [`HealthProbe::health`] from another task) is a
+//! [`WorkerHealth`] snapshot: whether the worker is ready now, its last successful claim,
+//! heartbeat and rescue, the store's listener, attempts in flight, hook events dropped, and its
+//! last [`RECENT_ERRORS`] errors (claim, heartbeat, finish, rescue, listener). Every error there
+//! is also logged through `tracing`. Timestamps come from the worker's clock
+//! ([`WorkerBuilder::clock`]).
+//!
 //! # Shutdown
 //!
 //! [`WorkerHandle::stop`] stops claiming, then lets in-flight attempts run for up to the
@@ -12,12 +34,13 @@
 mod attempts;
 mod config;
 mod finisher;
+mod health;
 mod lease;
 mod run;
 
 use std::sync::Arc;
 
-use dispatch_core::{Event, Hook, JobStore, LeaseRef, Result, WorkerId};
+use dispatch_core::{Event, Hook, JobStore, LeaseRef, Result, SharedClock, SystemClock, WorkerId};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +49,7 @@ use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service};
 
 pub use config::WorkerConfig;
+pub use health::{HealthProbe, Operation, RECENT_ERRORS, RecentError, WorkerHealth};
 
 use crate::client::JobClient;
 use crate::context::CancelReason;
@@ -38,6 +62,7 @@ use crate::service::{HandlerService, JobRequest, JobService};
 use crate::waiters::Waiters;
 use attempts::Attempts;
 use finisher::FinishRequest;
+use health::{Health, Operation as HealthOperation};
 
 type LayerFn = Box<dyn Fn(JobService) -> JobService + Send + Sync>;
 
@@ -57,6 +82,7 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// Waits of this process's clients, told when this worker makes a job final.
     pub(crate) waiters: Waiters,
+    pub(crate) health: Health,
 }
 
 /// Configures a [`Worker`]: handlers, settings, layers and hooks.
@@ -66,6 +92,7 @@ pub struct WorkerBuilder {
     config: WorkerConfig,
     layers: Vec<LayerFn>,
     hooks: Vec<Arc<dyn Hook>>,
+    clock: SharedClock,
 }
 
 impl WorkerBuilder {
@@ -116,6 +143,13 @@ impl WorkerBuilder {
         self
     }
 
+    /// Read the time of the health view's timestamps from `clock` (default: the system clock).
+    /// Leases and run-at times are the store's, by the store's clock.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Deliver lifecycle events to `hook`.
     pub fn hook(mut self, hook: impl Hook) -> Self {
         self.hooks.push(Arc::new(hook));
@@ -158,6 +192,7 @@ impl WorkerBuilder {
             finisher,
             tracker: TaskTracker::new(),
             waiters: Waiters::default(),
+            health: Health::new(self.clock),
         });
         Ok(Worker { shared, finish_rx })
     }
@@ -206,6 +241,7 @@ impl Worker {
             config: WorkerConfig::default(),
             layers: Vec::new(),
             hooks: Vec::new(),
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -220,26 +256,26 @@ impl Worker {
         client_of(&self.shared)
     }
 
-    /// Start claiming and running jobs (inside a tokio runtime).
+    /// Start claiming and running jobs (inside a tokio runtime). Returns at once; await
+    /// [`WorkerHandle::ready`] to know the worker reached the store (see the
+    /// [module docs](self)).
     pub fn start(self) -> WorkerHandle {
         let shared = self.shared;
         let stop = CancellationToken::new();
         let halt = CancellationToken::new();
         let halt_finisher = CancellationToken::new();
+        let mut background = Vec::new();
+        // Subscribed before the fetch loop is spawned: a job made available after its first
+        // claim can not slip between that claim and the subscription.
+        if let Some(wakeups) = shared.store.wakeups() {
+            let forward = run::forward_wakeups(shared.clone(), wakeups, halt.clone());
+            background.push(tokio::spawn(forward));
+        }
+        background.push(tokio::spawn(lease::heartbeat_loop(shared.clone(), halt.clone())));
+        background.push(tokio::spawn(lease::rescue_loop(shared.clone(), halt.clone())));
         let finisher =
             tokio::spawn(finisher::run(shared.clone(), self.finish_rx, halt_finisher.clone()));
         let fetch = tokio::spawn(run::fetch_loop(shared.clone(), stop.clone()));
-        let mut background = vec![
-            tokio::spawn(lease::heartbeat_loop(shared.clone(), halt.clone())),
-            tokio::spawn(lease::rescue_loop(shared.clone(), halt.clone())),
-        ];
-        if let Some(wakeups) = shared.store.wakeups() {
-            background.push(tokio::spawn(run::forward_wakeups(
-                shared.clone(),
-                wakeups,
-                halt.clone(),
-            )));
-        }
         WorkerHandle { shared, stop, halt, halt_finisher, fetch, background, finisher }
     }
 }
@@ -299,8 +335,29 @@ impl WorkerHandle {
         self.shared.attempts.len()
     }
 
+    /// Wait until the worker is claiming and listening: subscribed to the store's wake-ups (when
+    /// it pushes any; done by [`Worker::start`]), the store's listener connected (when it has
+    /// one), and its last claim call succeeded. Resolves at once when it already is. Fails with
+    /// [`ErrorKind::Timeout`](dispatch_core::ErrorKind::Timeout), saying what is missing, after
+    /// [`WorkerConfig::ready_timeout`]; the worker keeps running and retrying meanwhile and
+    /// after, so `ready` may be called again. See the [module docs](self).
+    pub async fn ready(&self) -> Result<()> {
+        health::ready(&self.shared).await
+    }
+
+    /// The worker's health now (cheap: no store call); see the [module docs](self).
+    pub fn health(&self) -> WorkerHealth {
+        health::snapshot(&self.shared)
+    }
+
+    /// A cloneable handle on [`health`](Self::health) for another task, valid after stop too.
+    pub fn health_probe(&self) -> HealthProbe {
+        HealthProbe { shared: self.shared.clone() }
+    }
+
     /// Stop gracefully: see the [module docs](self).
     pub async fn stop(self) -> ShutdownReport {
+        self.shared.health.stopping();
         self.stop.cancel();
         let _ = self.fetch.await;
         let shared = &self.shared;
@@ -355,10 +412,16 @@ async fn release(shared: &Shared, leases: &[LeaseRef]) -> usize {
             .count(),
         Ok(Err(error)) => {
             tracing::error!(%error, "releasing leases at shutdown failed; they will expire");
+            shared.health.error(HealthOperation::Finish, &error);
             0
         }
         Err(_) => {
             tracing::error!("releasing leases at shutdown timed out; they will expire");
+            let error = dispatch_core::Error::new(
+                dispatch_core::ErrorKind::Timeout,
+                "releasing leases at shutdown timed out",
+            );
+            shared.health.error(HealthOperation::Finish, &error);
             0
         }
     }

@@ -19,6 +19,7 @@ use tower::ServiceExt;
 
 use super::Shared;
 use super::finisher::{FinishRequest, HookInfo};
+use super::health::Operation;
 use crate::context::{CancelReason, CancelToken, JobContext};
 use crate::error::{Action, JobError, JobResult};
 use crate::service::JobRequest;
@@ -58,6 +59,7 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
                     _ => dispatch_core::Error::new(ErrorKind::Timeout, "claim timed out"),
                 };
                 tracing::warn!(%error, "claim failed; backing off");
+                shared.health.claim_failed(&error);
                 if error.kind() != ErrorKind::InvalidInput {
                     // The store may have written leases whose answer never came back.
                     tokio::spawn(release_lost_claim(shared.clone(), request.token));
@@ -70,6 +72,7 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
                 continue;
             }
         };
+        shared.health.claimed();
         error_delay = shared.config.poll_interval.min(Duration::from_millis(100));
         let full = claimed.len() == request.limit;
         for job in claimed {
@@ -113,6 +116,7 @@ async fn release_lost_claim(shared: Arc<Shared>, token: LeaseToken) {
             Err(_) => dispatch_core::Error::new(ErrorKind::Timeout, "release_claim timed out"),
         };
         if !error.kind().is_transient() || tokio::time::Instant::now() + delay >= give_up {
+            shared.health.error(Operation::Claim, &error);
             return tracing::warn!(%error, "could not release a lost claim; its leases will expire");
         }
         tokio::time::sleep(delay).await;
@@ -121,7 +125,8 @@ async fn release_lost_claim(shared: Arc<Shared>, token: LeaseToken) {
 }
 
 /// Wake the fetch loop for every store wake-up that concerns this worker's queues, until halted
-/// or the store's stream ends (polling goes on either way).
+/// or the store's stream ends (polling goes on either way). A wake-up for any queue is also how
+/// a store says its listener (re)connected: readiness looks again.
 pub(crate) async fn forward_wakeups(
     shared: Arc<Shared>,
     mut wakeups: WakeupStream,
@@ -135,6 +140,9 @@ pub(crate) async fn forward_wakeups(
                 None => return,
             },
         };
+        if wakeup.queue.is_none() {
+            shared.health.listener_changed(shared.store.listener_state().as_ref());
+        }
         if wakeup.concerns(&shared.queues) {
             shared.wake.notify_one();
         }

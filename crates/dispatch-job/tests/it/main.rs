@@ -8,6 +8,7 @@
 
 mod client;
 mod control;
+mod health;
 mod hooks;
 mod lifecycle;
 mod pool;

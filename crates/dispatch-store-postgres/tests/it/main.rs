@@ -1,6 +1,6 @@
 //! The PostgreSQL store's integration tests, one module per subject, in one binary: batch edge
-//! cases, the claim's plan, lost answers, migrations, transactional enqueue, wake-ups and
-//! workflow races. Each needs the test server at `DISPATCH_TEST_POSTGRES_URL` (default
+//! cases, the claim's plan, a worker's health and readiness over the listener, lost answers,
+//! migrations, transactional enqueue, wake-ups and workflow races. Each needs the test server at `DISPATCH_TEST_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`) and makes its own schemas, dropped at the end of
 //! the run; without a server every test is reported ignored, and fails instead under `CI=true`
 //! (see `support`). Tests are named `module::test`. Run with
@@ -11,6 +11,7 @@ mod support;
 
 mod batches;
 mod claim_plan;
+mod health;
 mod lost_answers;
 mod migrate;
 mod transactional;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
     let modules = [
         ("batches", batches::tests()),
         ("claim_plan", claim_plan::tests()),
+        ("health", health::tests()),
         ("lost_answers", lost_answers::tests()),
         ("migrate", migrate::tests()),
         ("transactional", transactional::tests()),

@@ -55,8 +55,8 @@ async fn dispatcher_runs_jobs_through_layers_and_hooks_and_replays_the_dlq() {
         .configure(|c| c.poll_interval = Duration::from_millis(10))
         .build()
         .unwrap();
-    dispatcher.start().unwrap();
-    assert_eq!(dispatcher.start().unwrap_err().kind(), ErrorKind::Conflict);
+    dispatcher.start().await.unwrap();
+    assert_eq!(dispatcher.start().await.unwrap_err().kind(), ErrorKind::Conflict);
 
     let ok = dispatcher.enqueue(&double, 21).await.unwrap().id();
     let bad = dispatcher.enqueue(&double, 0).await.unwrap().id();
@@ -85,4 +85,30 @@ async fn dispatcher_runs_jobs_through_layers_and_hooks_and_replays_the_dlq() {
 fn a_dispatcher_needs_a_store() {
     let err = Dispatcher::builder().build().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
+}
+
+/// `start` resolves once the worker listens: with polls ten minutes apart, a job enqueued right
+/// after it, and one enqueued once the worker idles, both start through the store's wake-ups.
+/// The producer is another dispatcher on the same store, never started, so it does not share
+/// the worker's in-process wake-up: only the store's push reaches the worker.
+#[tokio::test]
+async fn a_started_dispatcher_takes_jobs_through_wake_ups_not_polls() {
+    let store = MemoryStore::new();
+    let noop = JobDefinition::new("noop", |_ctx: JobContext, _: u32| async { Ok(()) });
+    let mut worker = Dispatcher::builder()
+        .store(store.clone())
+        .register(noop.clone())
+        .configure(|c| c.poll_interval = Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let producer = Dispatcher::builder().store(store).build().unwrap();
+    worker.start().await.unwrap();
+    assert!(worker.health().unwrap().ready);
+
+    let first = producer.enqueue(&noop, 1).await.unwrap().id();
+    producer.wait(first, Duration::from_secs(60)).await.unwrap();
+    let second = producer.enqueue(&noop, 2).await.unwrap().id();
+    producer.wait(second, Duration::from_secs(60)).await.unwrap();
+    worker.stop().await;
+    assert!(worker.health().is_none());
 }

@@ -28,7 +28,7 @@ fn dispatcher_with(definition: WorkflowDefinition<String, String>) -> Dispatcher
 async fn a_dispatcher_starts_a_run_delivers_its_event_and_returns_its_output() {
     let greeter = greeter();
     let mut dispatcher = dispatcher_with(greeter.clone());
-    dispatcher.start().unwrap();
+    dispatcher.start().await.unwrap();
 
     let run = dispatcher.start_workflow(&greeter, "ada".to_owned()).await.unwrap();
     // The event may come before the run waits for it: it is kept for the wait.
@@ -55,7 +55,7 @@ async fn a_dispatcher_starts_a_run_delivers_its_event_and_returns_its_output() {
 async fn a_dispatcher_cancels_a_waiting_run() {
     let greeter = greeter();
     let mut dispatcher = dispatcher_with(greeter.clone());
-    dispatcher.start().unwrap();
+    dispatcher.start().await.unwrap();
     let run = dispatcher.start_workflow(&greeter, "grace".to_owned()).await.unwrap();
     dispatcher.cancel_run(run, "no longer needed").await.unwrap();
     let ended = dispatcher.wait_for_output::<String>(run, Duration::from_secs(30)).await.unwrap();
@@ -75,7 +75,7 @@ async fn a_producer_dispatcher_starts_runs_another_dispatcher_drives() {
         .configure(|c| c.poll_interval = Duration::from_millis(10))
         .build()
         .unwrap();
-    worker.start().unwrap();
+    worker.start().await.unwrap();
     let run = producer.start_workflow(&greeter, "alan".to_owned()).await.unwrap();
     producer.publish("title", "alan", &"dr").await.unwrap();
     let output: String =
