@@ -14,7 +14,8 @@ use anyhow::Context;
 use dispatch::core::{RunId, WorkflowStore};
 use dispatch::job::Worker;
 use dispatch::workflow::{
-    StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition, Workflows,
+    RunWaitError, StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition,
+    Workflows,
 };
 use serde::{Deserialize, Serialize};
 
@@ -105,13 +106,10 @@ async fn main() -> anyhow::Result<()> {
     workflows.publish("delivered", "1", &"at the door", Default::default()).await?;
 
     for run in runs {
-        let outcome = workflows
-            .wait_for_output::<String>(run, Duration::from_secs(60))
-            .await
-            .context("waiting for the run")?;
-        match outcome {
+        match workflows.wait_for_output::<String>(run, Duration::from_secs(60)).await {
             Ok(summary) => println!("completed: {summary}"),
-            Err(run) => println!("failed: {}", run.error.unwrap_or_default()),
+            Err(RunWaitError::Failed { error, .. }) => println!("failed: {error}"),
+            Err(other) => return Err(other).context("waiting for the run"),
         }
         print_checkpoints(&workflows, run).await?;
     }
