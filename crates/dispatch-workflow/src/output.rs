@@ -108,3 +108,60 @@ pub(crate) fn output_of<O: DeserializeOwned>(run: Run) -> Result<O, RunWaitError
         _ => Err(RunWaitError::Failed { error: run.error.clone().unwrap_or_default(), run }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use dispatch_core::{JobId, Scope, Timestamp};
+
+    use super::*;
+
+    fn ended(state: RunState, output: Option<&str>, error: Option<&str>) -> Run {
+        Run {
+            id: RunId::new(),
+            name: "order".into(),
+            version: 1,
+            state,
+            input: b"7".to_vec(),
+            output: output.map(|o| o.as_bytes().to_vec()),
+            error: error.map(str::to_owned),
+            scope: Scope::default(),
+            idempotency_key: None,
+            parent: None,
+            drive_job: JobId::new(),
+            created_at: Timestamp::EPOCH,
+            updated_at: Timestamp::EPOCH,
+            finished_at: Some(Timestamp::EPOCH),
+            cancel_requested: None,
+            waiting: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_ended_run_answers_its_output_or_why_there_is_none() {
+        assert_eq!(output_of::<u32>(ended(RunState::Completed, Some("5"), None)).unwrap(), 5);
+        let failed = output_of::<u32>(ended(RunState::Failed, None, Some("boom")));
+        assert!(matches!(&failed, Err(RunWaitError::Failed { error, .. }) if error == "boom"));
+        let cancelled = output_of::<u32>(ended(RunState::Cancelled, None, Some("enough")));
+        assert!(
+            matches!(&cancelled, Err(RunWaitError::Cancelled { reason, .. }) if reason == "enough")
+        );
+        let garbled = output_of::<u32>(ended(RunState::Completed, Some("\"five\""), None));
+        assert_eq!(garbled.unwrap_err().kind(), ErrorKind::Codec);
+    }
+
+    #[test]
+    fn it_converts_into_a_dispatch_error_that_keeps_the_run() {
+        let run = ended(RunState::Failed, None, Some("boom"));
+        let id = run.id;
+        let error = Error::from(output_of::<u32>(run).unwrap_err());
+        assert_eq!(error.kind(), ErrorKind::Conflict);
+        let source = std::error::Error::source(&error).expect("the wait error");
+        let wait = source.downcast_ref::<RunWaitError>().expect("a RunWaitError");
+        assert_eq!(wait.run().map(|r| r.id), Some(id));
+
+        let store = Error::unavailable("down");
+        let error = Error::from(RunWaitError::Store(store));
+        assert_eq!((error.kind(), error.message()), (ErrorKind::Unavailable, "down"));
+        assert_eq!(Error::from(RunWaitError::NotFound(id)).kind(), ErrorKind::NotFound);
+    }
+}
