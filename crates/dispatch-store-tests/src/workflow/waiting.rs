@@ -3,14 +3,15 @@
 //! ended, rewound).
 
 use dispatch_core::{
-    EventWait, RunEnd, RunFilter, RunId, RunState, Suspend, SuspendOutcome, WaitingFor,
-    WorkflowStore,
+    EventWait, FinishResult, JobState, Outcome, RunEnd, RunFilter, RunId, RunState, Suspend,
+    SuspendOutcome, WaitingFor, WorkflowStore,
 };
 
 use dispatch_core::Clock as _;
 
+use super::new_run;
 use crate::TestContext;
-use crate::support::secs;
+use crate::support::{failure, secs};
 
 /// A suspend of `run` (driven under `lease`) on event `paid`/`order-7` (its checkpoint `key`)
 /// and a sleep, listing every kind of [`WaitingFor`]; what it lists.
@@ -72,8 +73,9 @@ pub async fn suspended_run_says_what_it_waits_for(ctx: TestContext<dyn WorkflowS
     assert_eq!((ended.state, ended.waiting), (RunState::Completed, vec![]), "ended");
 }
 
-/// A suspended run that is rewound, or ends without its snapshot being loaded again (a drive
-/// that winds it down at once), waits for nothing afterwards.
+/// A suspended run that is rewound, ends without its snapshot being loaded again (a drive that
+/// winds it down at once), or fails as its drive job dies before any drive loaded it, waits for
+/// nothing afterwards.
 pub async fn a_run_leaving_suspended_waits_for_nothing(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("rewound").await;
     let lease = ctx.drive(run).await;
@@ -98,4 +100,16 @@ pub async fn a_run_leaving_suspended_waits_for_nothing(ctx: TestContext<dyn Work
     ctx.store.end_run(lease, cancelled, RunEnd::Cancelled("stop".into())).await.unwrap();
     let ended = ctx.store.get_run(cancelled).await.unwrap().unwrap();
     assert_eq!((ended.state, ended.waiting), (RunState::Cancelled, vec![]), "ended");
+
+    let (fragile, mut drive) = new_run("fragile");
+    drive.max_attempts = 1;
+    let fragile = ctx.store.start_run(fragile, drive).await.unwrap().id();
+    let lease = ctx.drive(fragile).await;
+    suspend_on_event_and_sleep(&ctx, lease, fragile, "w:paid#1").await;
+    ctx.clock.advance(secs(30));
+    let lease = ctx.drive(fragile).await;
+    let result = ctx.finish(lease, Outcome::Fail { failure: failure("worker crashed") }).await;
+    assert!(matches!(result, FinishResult::Applied { state: JobState::Dead, .. }), "{result:?}");
+    let died = ctx.store.get_run(fragile).await.unwrap().unwrap();
+    assert_eq!((died.state, died.waiting), (RunState::Failed, vec![]), "its drive job died");
 }
