@@ -58,5 +58,5 @@ pub use wake::{ListenerState, Wakeup, WakeupHub, WakeupStream};
 pub use workflow::{
     Checkpoint, DRIVE_JOB_CANCEL_REASON, EventWait, NewCheckpoint, NewEvent, NewRun, Published,
     Run, RunCancel, RunEnd, RunFilter, RunSnapshot, RunState, Started, Suspend, SuspendOutcome,
-    WaitResolution,
+    WaitResolution, WaitingFor,
 };

@@ -20,7 +20,10 @@
 //! lease token, so the runtime's own finish of that attempt is answered
 //! [`AlreadyApplied`](crate::FinishResult::AlreadyApplied)). A suspended run holds no worker
 //! slot. When an event for one of its waits was already waiting in the store, it is delivered
-//! then and the run does not suspend.
+//! then and the run does not suspend. A suspension also says, in a user's words, what the run
+//! waits for ([`WaitingFor`]: a sleep, an event, a child run, a step's retry backoff); the store
+//! keeps it as [`Run::waiting`] while the run stays suspended and clears it when the run is
+//! driven again or ends.
 //!
 //! The waits a suspension lists are the run's waits from then on: waits registered by an earlier
 //! suspension and not listed again (a branch the workflow dropped) are removed, so they can not
@@ -194,6 +197,62 @@ pub struct Run {
     pub finished_at: Option<Timestamp>,
     /// Why it was asked to stop ([`WorkflowStore::request_run_cancel`](crate::WorkflowStore::request_run_cancel)), while it winds down.
     pub cancel_requested: Option<String>,
+    /// What it waits for while suspended, as its last suspension listed it
+    /// ([`Suspend::waiting`]); empty in every other state.
+    pub waiting: Vec<WaitingFor>,
+}
+
+/// One thing a suspended run waits for, as [`Run::waiting`] lists it. A run may wait for
+/// several at once (parallel branches, a `select!` of a sleep and an event); it wakes at the
+/// earliest of their times, and at its own timeout at the latest.
+///
+/// Stores keep it as JSON (`{"kind": "event", "name": …}`, times as µs since the epoch): the
+/// variants and field names are a persisted format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WaitingFor {
+    /// A durable sleep (`sleep`, `sleep_until`).
+    Sleep {
+        /// When it ends (store clock).
+        until: Timestamp,
+    },
+    /// An event (`wait_for_event`).
+    Event {
+        /// The event name.
+        name: String,
+        /// The correlation key.
+        correlation: String,
+        /// When the wait gives up (store clock).
+        deadline: Timestamp,
+    },
+    /// A child run to end (`child`, `join_child`, `fan_out`).
+    Child {
+        /// The child run.
+        run: RunId,
+        /// When the waiting run gives up on it (its own timeout), if it has one.
+        deadline: Option<Timestamp>,
+    },
+    /// A step's backoff before its next attempt, after a failed one.
+    Retry {
+        /// The step's checkpoint key (its name, with its branch and call number).
+        step: String,
+        /// The attempt that runs next (the first is 1).
+        attempt: u32,
+        /// When it runs (store clock).
+        at: Timestamp,
+    },
+}
+
+impl WaitingFor {
+    /// When this wait ends at the latest, if it has a time of its own.
+    pub fn wakes_at(&self) -> Option<Timestamp> {
+        match self {
+            Self::Sleep { until } => Some(*until),
+            Self::Event { deadline, .. } => Some(*deadline),
+            Self::Child { deadline, .. } => *deadline,
+            Self::Retry { at, .. } => Some(*at),
+        }
+    }
 }
 
 /// A checkpoint to write.
@@ -276,6 +335,9 @@ pub struct Suspend {
     pub until: Option<Timestamp>,
     /// Events to wait for; registered, or delivered now when one is already stored.
     pub waits: Vec<EventWait>,
+    /// What the run waits for, in words a user reads: stored as the run's
+    /// [`Run::waiting`] while it is suspended (the store does not interpret it).
+    pub waiting: Vec<WaitingFor>,
 }
 
 impl Suspend {
@@ -386,4 +448,40 @@ pub struct RunFilter {
     pub state: Option<RunState>,
     /// Only this workflow name.
     pub name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON stores keep: what older code wrote must still read.
+    #[test]
+    fn run_waits_keep_their_json_form() {
+        let child: RunId = "wfrun_01jdzr3kv4f3fb0qtz0ytb4g3c".parse().unwrap();
+        let waits = vec![
+            WaitingFor::Sleep { until: Timestamp::from_unix_micros(5) },
+            WaitingFor::Event {
+                name: "paid".into(),
+                correlation: "order-7".into(),
+                deadline: Timestamp::from_unix_micros(6),
+            },
+            WaitingFor::Child { run: child, deadline: None },
+            WaitingFor::Retry {
+                step: "s:charge#1".into(),
+                attempt: 2,
+                at: Timestamp::from_unix_micros(7),
+            },
+        ];
+        let json = r#"[{"kind":"sleep","until":5},{"kind":"event","name":"paid","correlation":"order-7","deadline":6},{"kind":"child","run":"wfrun_01jdzr3kv4f3fb0qtz0ytb4g3c","deadline":null},{"kind":"retry","step":"s:charge#1","attempt":2,"at":7}]"#;
+        assert_eq!(serde_json::to_string(&waits).unwrap(), json);
+        assert_eq!(serde_json::from_str::<Vec<WaitingFor>>(json).unwrap(), waits);
+    }
+
+    #[test]
+    fn a_run_wait_wakes_at_its_own_time() {
+        let at = Timestamp::from_unix_micros(9);
+        assert_eq!(WaitingFor::Sleep { until: at }.wakes_at(), Some(at));
+        let child = WaitingFor::Child { run: RunId::new(), deadline: None };
+        assert_eq!(child.wakes_at(), None);
+    }
 }

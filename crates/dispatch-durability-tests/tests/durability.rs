@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use dispatch::core::{JobFilter, JobState, PageRequest, WorkflowStore};
 use dispatch::job::JobClient;
-use dispatch::workflow::{StartOptions, Workflows};
+use dispatch::workflow::{RunWaitError, StartOptions, Workflows};
 use dispatch_durability_tests::{
     Cut, StoreSpec, postgres_url, saga, sleeper, sleepy_job, ten_steps, ten_steps_output,
 };
@@ -262,10 +262,9 @@ async fn one_cut(kind: Kind, cut: Cut) {
     let mut first = workflow_worker(&spec, &effects, Some(cut));
     exited(&mut first).await;
     let second = workflow_worker(&spec, &effects, None);
-    let output =
-        workflows.wait_for_output::<u64>(run, Duration::from_secs(120)).await.expect("run");
+    let output = workflows.wait_for_output::<u64>(run, Duration::from_secs(120)).await;
     drop(second);
-    let output = output.unwrap_or_else(|run| panic!("{cut:?}: the run failed: {:?}", run.error));
+    let output = output.unwrap_or_else(|error| panic!("{cut:?}: no output: {error}"));
     assert_eq!(output, ten_steps_output(7), "{cut:?}");
     let log = std::fs::read_to_string(&effects).expect("effects");
     for step in 0..10 {
@@ -301,13 +300,12 @@ async fn saga_killed_during_compensation_compensates_once(kind: Kind) {
     let mut first = workflow_worker(&spec, &effects, Some(Cut::BeforeUndo(1)));
     exited(&mut first).await;
     let _second = workflow_worker(&spec, &effects, None);
-    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(120)).await.expect("run");
-    let ended = ended.expect_err("the saga fails");
-    assert!(
-        ended.error.as_deref().unwrap_or_default().contains("card declined"),
-        "{:?}",
-        ended.error
-    );
+    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(120)).await;
+    let error = match ended {
+        Err(RunWaitError::Failed { error, .. }) => error,
+        other => panic!("the saga fails, not {other:?}"),
+    };
+    assert!(error.contains("card declined"), "{error}");
     let log = std::fs::read_to_string(&effects).expect("effects");
     assert_eq!(log.lines().collect::<Vec<_>>(), ["undo-2", "undo-1"]);
     drop_schema(&spec).await;
@@ -332,9 +330,8 @@ async fn durable_sleep_survives_a_restart(kind: Kind) {
     first.kill();
     let _second = workflow_worker(&spec, &effects, None);
     for (run, ms) in runs {
-        let woke =
-            workflows.wait_for_output::<i64>(run, Duration::from_secs(120)).await.expect("run");
-        let woke = woke.unwrap_or_else(|run| panic!("run failed: {:?}", run.error));
+        let woke = workflows.wait_for_output::<i64>(run, Duration::from_secs(120)).await;
+        let woke = woke.unwrap_or_else(|error| panic!("no output: {error}"));
         let started = workflows.get_run(run).await.expect("get").expect("run").created_at;
         let deadline = started.as_unix_micros() + (ms as i64) * 1000;
         assert!(

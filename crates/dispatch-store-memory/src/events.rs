@@ -39,6 +39,7 @@ impl State {
         self.register(suspend.run, &scope, suspend.waits);
         let row = self.fenced(lease, suspend.run)?;
         row.run.state = RunState::Suspended;
+        row.run.waiting = suspend.waiting;
         row.run.updated_at = now;
         let snooze = Finish { lease, outcome: Outcome::Snooze { run_at: RunAt::At(wake_at) } };
         match self.finish_one(&snooze, now) {

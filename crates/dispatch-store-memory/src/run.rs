@@ -98,6 +98,7 @@ impl RunRow {
 /// End `run` as `how`.
 pub(crate) fn end(run: &mut Run, how: RunEnd, now: Timestamp) {
     run.state = how.state();
+    run.waiting.clear();
     match how {
         RunEnd::Completed(output) => run.output = Some(output),
         RunEnd::Failed(error) | RunEnd::Cancelled(error) => run.error = Some(error),
@@ -109,6 +110,7 @@ pub(crate) fn end(run: &mut Run, how: RunEnd, now: Timestamp) {
 /// Make an ended (or rewound) run running again.
 pub(crate) fn reopen(run: &mut Run, now: Timestamp) {
     run.state = RunState::Running;
+    run.waiting.clear();
     run.output = None;
     run.error = None;
     run.finished_at = None;

@@ -64,6 +64,7 @@ impl WorkflowStore for MemoryStore {
         let row = state.fenced(lease, run)?;
         if row.run.state == RunState::Suspended {
             row.run.state = RunState::Running;
+            row.run.waiting.clear();
             row.run.updated_at = now;
         }
         Ok(RunSnapshot { run: row.run.clone(), checkpoints: row.checkpoints.clone(), now })
@@ -205,5 +206,6 @@ fn new_run(new: NewRun, drive_job: JobId, now: Timestamp) -> Run {
         updated_at: now,
         finished_at: None,
         cancel_requested: None,
+        waiting: Vec::new(),
     }
 }

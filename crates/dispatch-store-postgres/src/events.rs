@@ -16,12 +16,12 @@ use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 use crate::error::lease_lost;
-use crate::row::get;
+use crate::row::{get, waiting_json};
 use crate::run::{Bound, FENCE, FENCED, check_fence};
 use crate::{PostgresStore, db_error, statement};
 
 /// Fenced suspend. `$5` wake-at, `$6..$9` the waits (key, name, correlation, deadline) in order,
-/// `$10` the channel. When one of the waits already has its checkpoint (`pre`: an event reached
+/// `$10` the channel, `$11` what the run waits for (JSON text, kept on the suspended run). When one of the waits already has its checkpoint (`pre`: an event reached
 /// a wait an earlier suspend registered while the run was being driven), nothing happens and
 /// the answer is `delivered`. Else the first wait (in order) with an unexpired kept event of its name,
 /// correlation and the run's scope takes the oldest one (`found`): the event is deleted and
@@ -65,7 +65,8 @@ const SUSPEND: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
        ON CONFLICT (run_id, key) DO UPDATE SET seq = DEFAULT, name = excluded.name, \
        correlation = excluded.correlation, scope_app = excluded.scope_app, \
        scope_tenant = excluded.scope_tenant, deadline = excluded.deadline), \
-     susp AS (UPDATE {s}.runs x SET state = 'suspended', updated_at = t.now FROM go, t \
+     susp AS (UPDATE {s}.runs x SET state = 'suspended', waiting = $11::jsonb, \
+       updated_at = t.now FROM go, t \
        WHERE x.id = go.id AND NOT EXISTS (SELECT 1 FROM found)), \
      snooze AS (UPDATE {s}.jobs j SET \
        state = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'available' END, \
@@ -208,6 +209,7 @@ impl PostgresStore {
         let deadlines: Vec<i64> = waits.iter().map(|w| w.deadline.as_unix_micros()).collect();
         let locks = self.event_locks(waits.iter().map(|w| (&*w.name, &*w.correlation)));
         let run = suspend.run;
+        let waiting = waiting_json(&suspend.waiting)?;
         self.timed("suspend_run", async {
             let query = self
                 .fenced(&self.shared.sql.events.suspend, lease, run)
@@ -216,7 +218,8 @@ impl PostgresStore {
                 .bind(&names)
                 .bind(&correlations)
                 .bind(&deadlines)
-                .bind(self.channel());
+                .bind(self.channel())
+                .bind(&waiting);
             let row = self.fetch_one_locked(&locks, query).await?;
             check_fence(&row, run)?;
             if get::<bool>(&row, "cancel_requested")? {

@@ -37,7 +37,7 @@ const WOKE: &str = "SELECT pg_notify($chan, CASE WHEN count(DISTINCT u.queue) = 
 /// A dying drive job fails its workflow run in the same statement: for the jobs a transition made
 /// dead (`upd`), the run they drive (unless it already ended) becomes failed with the job's last
 /// error, and the run's event waits are dropped. Touches no row when no job died.
-const DRIVE_DEATH: &str = "failed_runs AS (UPDATE {s}.runs r SET state = 'failed', \
+const DRIVE_DEATH: &str = "failed_runs AS (UPDATE {s}.runs r SET state = 'failed', waiting = NULL, \
        error = coalesce(u.errors -> -1 ->> 'message', 'the drive job died'), \
        updated_at = u.finished_at, finished_at = u.finished_at \
        FROM upd u WHERE u.state = 'dead' AND r.drive_job = u.id \

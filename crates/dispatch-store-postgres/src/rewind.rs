@@ -42,8 +42,8 @@ const REARM: &str = "attempt = 0, lease_owner = NULL, lease_token = NULL, lease_
 const REWIND_RUN: &str = "WITH t AS (SELECT {now} AS now), \
      cp AS (SELECT c.seq FROM {s}.checkpoints c WHERE c.run_id = $2 AND c.key = $3), \
      dropped AS (DELETE FROM {s}.checkpoints c USING cp WHERE c.run_id = $2 AND c.seq > cp.seq), \
-     reopened AS (UPDATE {s}.runs x SET state = 'running', output = NULL, error = NULL, \
-       finished_at = NULL, cancel_reason = NULL, updated_at = t.now FROM t, cp \
+     reopened AS (UPDATE {s}.runs x SET state = 'running', waiting = NULL, output = NULL, \
+       error = NULL, finished_at = NULL, cancel_reason = NULL, updated_at = t.now FROM t, cp \
        WHERE x.id = $2 RETURNING x.drive_job), \
      rearmed AS (UPDATE {s}.jobs j SET state = 'available', run_at = t.now, {rearm} \
        FROM reopened r, t WHERE j.id = r.drive_job RETURNING j.queue), \

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dispatch_core::{
     AttemptError, Checkpoint, DlqEntry, DlqId, Error, Job, JobId, JobState, Lease, LeaseToken,
-    Result, Run, RunAt, RunId, RunState, Scope, Timestamp,
+    Result, Run, RunAt, RunId, RunState, Scope, Timestamp, WaitingFor,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -141,7 +141,7 @@ pub(crate) fn dlq_from_row(row: &PgRow) -> Result<DlqEntry> {
 /// The columns of a run row, as [`run_from_row`] reads them (alias `r`).
 pub(crate) const RUN_COLUMNS: &str = "r.id, r.name, r.version, r.state, r.input, r.output, r.error, \
      r.scope_app, r.scope_tenant, r.idempotency_key, r.parent, r.drive_job, r.created_at, \
-     r.updated_at, r.finished_at, r.cancel_reason";
+     r.updated_at, r.finished_at, r.cancel_reason, r.waiting::text AS waiting";
 
 /// Decode a run row selected with the store's run columns.
 pub(crate) fn run_from_row(row: &PgRow) -> Result<Run> {
@@ -150,11 +150,12 @@ pub(crate) fn run_from_row(row: &PgRow) -> Result<Run> {
     let finished_at: Option<i64> = get(row, "finished_at")?;
     let version: i64 = get(row, "version")?;
     let state: String = get(row, "state")?;
+    let state = state.parse::<RunState>().map_err(|e| corrupt("run state", e))?;
     Ok(Run {
         id: RunId::from_uuid(get(row, "id")?),
         name: get(row, "name")?,
         version: u32::try_from(version).map_err(|e| corrupt("run version", e))?,
-        state: state.parse::<RunState>().map_err(|e| corrupt("run state", e))?,
+        state,
         input: get(row, "input")?,
         output,
         error: get(row, "error")?,
@@ -166,7 +167,28 @@ pub(crate) fn run_from_row(row: &PgRow) -> Result<Run> {
         updated_at: ts(get(row, "updated_at")?),
         finished_at: finished_at.map(ts),
         cancel_requested: get(row, "cancel_reason")?,
+        waiting: waiting(state, get(row, "waiting")?)?,
     })
+}
+
+/// What a suspended run waits for, as the `waiting` column keeps it (NULL for nothing; bound as
+/// text, cast to `jsonb` by the statement).
+pub(crate) fn waiting_json(waiting: &[WaitingFor]) -> Result<Option<String>> {
+    if waiting.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(waiting).map(Some).map_err(|e| corrupt("run waiting", e))
+}
+
+/// The `waiting` column of a run in `state`: only a suspended run waits for anything, so a
+/// value a statement left behind on another state is never shown.
+fn waiting(state: RunState, stored: Option<String>) -> Result<Vec<WaitingFor>> {
+    match stored {
+        Some(json) if state == RunState::Suspended => {
+            serde_json::from_str(&json).map_err(|e| corrupt("run waiting", e))
+        }
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// A run's checkpoints (alias `c`) as three arrays in write order, as

@@ -82,7 +82,8 @@ const CHECKPOINTS: &str = "SELECT ck.* FROM {s}.runs r CROSS JOIN LATERAL \
 /// Fenced: the run and its checkpoints; a suspended run becomes running (`flipped_at`). No row
 /// for an unknown run.
 const LOAD_RUN: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
-     flip AS (UPDATE {s}.runs x SET state = 'running', updated_at = t.now FROM ok, t \
+     flip AS (UPDATE {s}.runs x SET state = 'running', waiting = NULL, updated_at = t.now \
+       FROM ok, t \
        WHERE x.id = ok.id AND x.state = 'suspended' RETURNING x.updated_at) \
      SELECT {run_columns}, EXISTS (SELECT 1 FROM ok) AS held, \
        (SELECT updated_at FROM flip) AS flipped_at, (SELECT now FROM t) AS store_now, ck.* \
@@ -330,6 +331,7 @@ impl WorkflowStore for PostgresStore {
             let mut stored = run_from_row(&row)?;
             if let Some(at) = get::<Option<i64>>(&row, "flipped_at")? {
                 stored.state = RunState::Running;
+                stored.waiting.clear();
                 stored.updated_at = Timestamp::from_unix_micros(at);
             }
             let now = Timestamp::from_unix_micros(get(&row, "store_now")?);

@@ -13,7 +13,7 @@ use sqlx::{Row, SqliteConnection};
 
 use crate::error::db_error;
 use crate::finish::finish_batch;
-use crate::row::{chunks, parse};
+use crate::row::{chunks, parse, waiting_json};
 use crate::run::{delete_waits, fenced, lease_lost, write_checkpoints};
 
 /// Suspend a run whose drive holds `lease` (see
@@ -50,7 +50,8 @@ pub(crate) async fn suspend(
     // dropped) must not take events meant for others.
     delete_waits(conn, &request.run.to_string()).await?;
     register(conn, request.run, &run.scope, &request.waits).await?;
-    sqlx::query("UPDATE runs SET state = 'suspended', updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE runs SET state = 'suspended', waiting = ?, updated_at = ? WHERE id = ?")
+        .bind(waiting_json(&request.waiting)?)
         .bind(now.as_unix_micros())
         .bind(request.run.to_string())
         .execute(&mut *conn)

@@ -58,7 +58,8 @@ async fn reopen(
     now: Timestamp,
 ) -> Result<()> {
     sqlx::query(
-        "UPDATE runs SET state = 'running', version = coalesce(?, version), output = NULL, \
+        "UPDATE runs SET state = 'running', waiting = NULL, version = coalesce(?, version), \
+         output = NULL, \
          error = NULL, finished_at = NULL, cancel_reason = NULL, updated_at = ? WHERE id = ?",
     )
     .bind(version.map(i64::from))

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dispatch_core::{
     AttemptError, Checkpoint, DlqEntry, Error, Job, JobId, JobState, Lease, LeaseToken, Result,
-    Run, RunState, Scope, Timestamp,
+    Run, RunState, Scope, Timestamp, WaitingFor,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -86,6 +86,25 @@ pub(crate) fn errors_json(errors: &[AttemptError]) -> Result<String> {
 
 fn errors(s: &str) -> Result<Vec<AttemptError>> {
     serde_json::from_str(s).map_err(|e| corrupt("error history", e))
+}
+
+/// What a suspended run waits for, as the `waiting` column keeps it (NULL for nothing).
+pub(crate) fn waiting_json(waiting: &[WaitingFor]) -> Result<Option<String>> {
+    if waiting.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(waiting).map(Some).map_err(|e| corrupt("run waiting", e))
+}
+
+/// The `waiting` column of a run in `state`: only a suspended run waits for anything, so a
+/// value a statement left behind on another state is never shown.
+fn waiting(state: RunState, stored: Option<String>) -> Result<Vec<WaitingFor>> {
+    match stored {
+        Some(json) if state == RunState::Suspended => {
+            serde_json::from_str(&json).map_err(|e| corrupt("run waiting", e))
+        }
+        _ => Ok(Vec::new()),
+    }
 }
 
 /// Decode a `jobs` row selected with `*`.
@@ -221,11 +240,12 @@ pub(crate) async fn insert_dlq(conn: &mut SqliteConnection, entry: &DlqEntry) ->
 pub(crate) fn run_from_row(row: &SqliteRow) -> Result<Run> {
     let parent: Option<String> = get(row, "parent")?;
     let finished_at: Option<i64> = get(row, "finished_at")?;
+    let state = parse::<RunState>("run state", &get::<String>(row, "state")?)?;
     Ok(Run {
         id: parse("run ID", &get::<String>(row, "id")?)?,
         name: get(row, "name")?,
         version: count("workflow version", get(row, "version")?)?,
-        state: parse::<RunState>("run state", &get::<String>(row, "state")?)?,
+        state,
         input: get(row, "input")?,
         output: get(row, "output")?,
         error: get(row, "error")?,
@@ -237,6 +257,7 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<Run> {
         updated_at: ts(get(row, "updated_at")?),
         finished_at: finished_at.map(ts),
         cancel_requested: get(row, "cancel_reason")?,
+        waiting: waiting(state, get(row, "waiting")?)?,
     })
 }
 

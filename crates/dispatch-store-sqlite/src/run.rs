@@ -139,7 +139,8 @@ pub(crate) async fn fail_driven_run(
     now: Timestamp,
 ) -> Result<()> {
     let failed: Option<String> = sqlx::query_scalar(
-        "UPDATE runs SET state = 'failed', error = ?, updated_at = ?, finished_at = ? \
+        "UPDATE runs SET state = 'failed', waiting = NULL, error = ?, updated_at = ?, \
+         finished_at = ? \
          WHERE drive_job = ? AND state NOT IN ('completed', 'failed', 'cancelled') RETURNING id",
     )
     .bind(error)

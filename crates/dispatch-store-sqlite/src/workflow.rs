@@ -254,13 +254,17 @@ impl WorkflowStore for SqliteStore {
             Box::pin(async move {
                 let mut run = fenced(conn, lease, id).await?;
                 if run.state == RunState::Suspended {
-                    sqlx::query("UPDATE runs SET state = 'running', updated_at = ? WHERE id = ?")
-                        .bind(now.as_unix_micros())
-                        .bind(id.to_string())
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(db_error)?;
+                    sqlx::query(
+                        "UPDATE runs SET state = 'running', waiting = NULL, updated_at = ? \
+                         WHERE id = ?",
+                    )
+                    .bind(now.as_unix_micros())
+                    .bind(id.to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_error)?;
                     run.state = RunState::Running;
+                    run.waiting.clear();
                     run.updated_at = now;
                 }
                 let checkpoints = load_checkpoints(conn, id).await?;

@@ -146,6 +146,8 @@ pub fn workflow_scenarios() -> Vec<Scenario<dyn WorkflowStore>> {
         cancel_of_a_running_run_stops_at_a_step_boundary,
         rewind_to_a_step_reruns_what_follows,
         migrate_a_failed_run_to_a_fixed_version,
+        a_run_waiting_for_an_event_says_so,
+        a_run_says_it_waits_for_a_sleep_a_retry_or_a_child,
     ]
 }
 
@@ -309,6 +311,8 @@ pub fn workflow_tests() -> Vec<SuiteTest<dyn WorkflowStore>> {
         workflow::an_unset_scope_part_matches_only_an_unset_part,
         workflow::a_kept_event_expires_at_the_end_of_keep_for,
         workflow::a_start_and_a_delivery_wake_the_drive_queue,
+        workflow::suspended_run_says_what_it_waits_for,
+        workflow::a_run_leaving_suspended_waits_for_nothing,
     ]
 }
 

@@ -127,8 +127,9 @@ impl WorkflowContext {
                 }
             }
             let correlation = child.to_string();
-            let ended: Option<RunEnded> =
-                self.wait_keyed(&key_name, RUN_ENDED, &correlation, LOOK_AGAIN).await?;
+            let ended: Option<RunEnded> = self
+                .wait_keyed(&key_name, RUN_ENDED, &correlation, LOOK_AGAIN, Some(child))
+                .await?;
             if let Some(ended) = ended {
                 return ended.output(child);
             }

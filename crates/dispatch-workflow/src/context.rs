@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{Event, EventWait, RunId, Timestamp, WaitResolution};
+use dispatch_core::{Event, EventWait, RunId, Timestamp, WaitResolution, WaitingFor};
 use futures::FutureExt;
 use futures::future::try_join_all;
 use parking_lot::Mutex;
@@ -133,7 +133,9 @@ impl WorkflowContext {
                 let retry_at = Timestamp::from_unix_micros(retry_at);
                 drive.check_stop().await?;
                 if drive.now() < retry_at {
-                    drive.sleep_until(retry_at).await;
+                    let why = WaitingFor::Retry { step: key, attempt: attempts + 1, at: retry_at };
+                    drive.sleep_until(retry_at, why).await;
+                    unreachable!("a suspended drive never resumes this future");
                 }
                 attempts + 1
             }
@@ -180,9 +182,10 @@ impl WorkflowContext {
             error: message,
             retry_at: retry_at.as_unix_micros(),
         };
-        drive.write(key, record::encode(&retrying)).await;
+        drive.write(key.clone(), record::encode(&retrying)).await;
         drop(active);
-        drive.sleep_until(retry_at).await;
+        let why = WaitingFor::Retry { step: key, attempt: attempt + 1, at: retry_at };
+        drive.sleep_until(retry_at, why).await;
         unreachable!("a suspended drive never resumes this future")
     }
 
@@ -203,7 +206,7 @@ impl WorkflowContext {
         let until = self.deadline(key, until).await?;
         if self.drive.now() < until {
             self.drive.check_stop().await?;
-            self.drive.sleep_until(until).await;
+            self.drive.sleep_until(until, WaitingFor::Sleep { until }).await;
         }
         Ok(())
     }
@@ -236,16 +239,19 @@ impl WorkflowContext {
         correlation: &str,
         timeout: Duration,
     ) -> Result<Option<T>, WorkflowError> {
-        self.wait_keyed(name, name, correlation, timeout).await
+        self.wait_keyed(name, name, correlation, timeout, None).await
     }
 
-    /// [`wait_for_event`](Self::wait_for_event) with its checkpoint named `key_name`.
+    /// [`wait_for_event`](Self::wait_for_event) with its checkpoint named `key_name`; `child`
+    /// is the run whose end the event announces, when the wait is a join of that child (the run
+    /// then says it waits for the child, not for an event).
     pub(crate) async fn wait_keyed<T: DeserializeOwned>(
         &self,
         key_name: &str,
         name: &str,
         correlation: &str,
         timeout: Duration,
+        child: Option<RunId>,
     ) -> Result<Option<T>, WorkflowError> {
         let n = self.next(Kind::Wait, key_name);
         let key = self.key(Kind::Wait, key_name, n);
@@ -261,13 +267,21 @@ impl WorkflowContext {
         let proposed = drive.now() + timeout;
         let deadline = self.deadline(self.key(Kind::WaitDeadline, key_name, n), proposed).await?;
         if drive.now() < deadline {
+            let why = match child {
+                Some(run) => WaitingFor::Child { run, deadline: drive.deadline() },
+                None => WaitingFor::Event {
+                    name: name.to_owned(),
+                    correlation: correlation.to_owned(),
+                    deadline,
+                },
+            };
             let wait = EventWait {
                 key,
                 name: name.to_owned(),
                 correlation: correlation.to_owned(),
                 deadline,
             };
-            drive.wait(wait).await;
+            drive.wait(wait, why).await;
             unreachable!("a suspended drive never resumes this future");
         }
         let active = drive.begin();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use dispatch_core::{
     Error, ErrorKind, Event, EventWait, LeaseRef, NewCheckpoint, RunInfo, Suspend, Timestamp,
-    WorkflowStore,
+    WaitingFor, WorkflowStore,
 };
 use dispatch_job::HookBus;
 use futures::FutureExt;
@@ -49,7 +49,10 @@ struct Pending {
     /// Steps (and checkpoint writes) executing now.
     active: usize,
     until: Option<Timestamp>,
-    waits: Vec<EventWait>,
+    /// What the sleeps and backoffs behind `until` are, for the run's `waiting`.
+    sleeps: Vec<WaitingFor>,
+    /// Event waits, each with what it means to the user (an event, or a child's end).
+    waits: Vec<(EventWait, WaitingFor)>,
     failed: Option<Error>,
 }
 
@@ -215,21 +218,28 @@ impl Drive {
         Active(self)
     }
 
-    /// Wait until `until`: the run suspends (once nothing else executes). Never completes.
-    pub(crate) async fn sleep_until(&self, until: Timestamp) {
+    /// When the run times out (store clock), if it has a timeout.
+    pub(crate) fn deadline(&self) -> Option<Timestamp> {
+        *self.deadline.lock()
+    }
+
+    /// Wait until `until` (a sleep or a step's backoff, `why`): the run suspends (once nothing
+    /// else executes). Never completes.
+    pub(crate) async fn sleep_until(&self, until: Timestamp, why: WaitingFor) {
         {
             let mut pending = self.pending.lock();
             pending.until = Some(pending.until.map_or(until, |t| t.min(until)));
+            pending.sleeps.push(why);
         }
         self.halt().await;
     }
 
-    /// Wait for an event: the run suspends with this wait registered. Never completes. A wait
-    /// whose future is dropped before the run suspends (the losing branch of a `select!`) is
-    /// no longer pending, so the suspension does not register it: a wait nobody listens to
-    /// would take an event meant for another run.
-    pub(crate) async fn wait(&self, wait: EventWait) {
-        let pending = Pending::waiting(self, wait);
+    /// Wait for an event (`why`: an event, or a child's end): the run suspends with this wait
+    /// registered. Never completes. A wait whose future is dropped before the run suspends (the
+    /// losing branch of a `select!`) is no longer pending, so the suspension does not register
+    /// it: a wait nobody listens to would take an event meant for another run.
+    pub(crate) async fn wait(&self, wait: EventWait, why: WaitingFor) {
+        let pending = Pending::waiting(self, wait, why);
         self.halt().await;
         drop(pending);
     }
@@ -253,11 +263,10 @@ impl Drive {
                 (Some(until), Some(deadline)) => Some(until.min(deadline)),
                 (until, deadline) => until.or(deadline),
             };
-            Halt::Suspend(Suspend {
-                run: self.run.id,
-                until,
-                waits: std::mem::take(&mut pending.waits),
-            })
+            let (waits, mut waiting): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut pending.waits).into_iter().unzip();
+            waiting.splice(0..0, std::mem::take(&mut pending.sleeps));
+            Halt::Suspend(Suspend { run: self.run.id, until, waits, waiting })
         })
     }
 
@@ -293,9 +302,9 @@ impl Drive {
 
 impl Pending {
     /// Register `wait` as pending until the returned guard drops.
-    fn waiting(drive: &Drive, wait: EventWait) -> PendingWait<'_> {
+    fn waiting(drive: &Drive, wait: EventWait, why: WaitingFor) -> PendingWait<'_> {
         let key = wait.key.clone();
-        drive.pending.lock().waits.push(wait);
+        drive.pending.lock().waits.push((wait, why));
         PendingWait { drive, key }
     }
 }
@@ -309,7 +318,7 @@ struct PendingWait<'a> {
 
 impl Drop for PendingWait<'_> {
     fn drop(&mut self) {
-        self.drive.pending.lock().waits.retain(|w| w.key != self.key);
+        self.drive.pending.lock().waits.retain(|(w, _)| w.key != self.key);
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dispatch_core::{
     Error, Event, EventId, Hook, NewEvent, NewRun, Page, PageRequest, Published, Run, RunEnd,
-    RunFilter, RunId, RunInfo, RunSnapshot, RunState, Scope, Started, WorkflowStore,
+    RunFilter, RunId, RunInfo, RunSnapshot, Scope, Started, WorkflowStore,
 };
 use dispatch_job::{HookBus, JobContext, JobDefinition, JobError};
 use parking_lot::RwLock;
@@ -19,6 +19,7 @@ use crate::context::WorkflowContext;
 use crate::definition::{Body, DRIVE_ATTEMPTS, WorkflowDefinition, drive_job, run_info_of};
 use crate::drive::{Drive, Ended, Halt, fenced};
 use crate::error::WorkflowError;
+use crate::output::{RunWaitError, output_of};
 use crate::policy::StepPolicy;
 use crate::saga;
 
@@ -166,35 +167,26 @@ impl Workflows {
         Ok((run, drive))
     }
 
-    /// Wait until run `id` ends and decode its output: `Ok(Ok(output))` when it completed,
-    /// `Ok(Err(run))` when it failed or was cancelled (see `run.error`). Polls the store.
+    /// Wait until run `id` ends and decode its output. Without an output the error says why:
+    /// the run failed or was cancelled, it did not end within `timeout` (with the run as last
+    /// read, so [`Run::waiting`](dispatch_core::Run::waiting) tells what it waits for), there is
+    /// no such run, its output does not decode, or the store failed. Polls the store; `?` turns
+    /// the error into a [`dispatch_core::Error`].
     pub async fn wait_for_output<O: DeserializeOwned>(
         &self,
         id: RunId,
         timeout: Duration,
-    ) -> Result<Result<O, Run>, Error> {
+    ) -> Result<O, RunWaitError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut interval = Duration::from_millis(5);
         loop {
-            let run = self
-                .inner
-                .store
-                .get_run(id)
-                .await?
-                .ok_or_else(|| Error::not_found(format!("no run {id}")))?;
+            let run = self.inner.store.get_run(id).await.map_err(RunWaitError::Store)?;
+            let run = run.ok_or(RunWaitError::NotFound(id))?;
             if run.state.is_final() {
-                return match (run.state, &run.output) {
-                    (RunState::Completed, Some(output)) => serde_json::from_slice(output)
-                        .map(Ok)
-                        .map_err(|e| Error::new(dispatch_core::ErrorKind::Codec, e.to_string())),
-                    _ => Ok(Err(run)),
-                };
+                return output_of(run);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::new(
-                    dispatch_core::ErrorKind::Timeout,
-                    format!("run {id} did not end within {timeout:?}"),
-                ));
+                return Err(RunWaitError::TimedOut { timeout, run: Box::new(run) });
             }
             tokio::time::sleep(interval).await;
             interval = (interval * 2).min(Duration::from_millis(250));

@@ -24,7 +24,7 @@
 //! let worker = dispatch_job::Worker::builder(store).register(drive).build()?.start();
 //! let run = workflows.start(&order, &7, StartOptions::default()).await?;
 //! workflows.publish("paid", "7", &true, Default::default()).await?;
-//! let total: Result<u64, _> = workflows.wait_for_output(run, Duration::from_secs(30)).await?;
+//! let total: u64 = workflows.wait_for_output(run, Duration::from_secs(30)).await?;
 //! # drop((total, worker)); Ok(()) }
 //! ```
 //!
@@ -35,7 +35,8 @@
 //! (`child`, `start_child`, `fan_out`) and deterministic helpers (`now`, `random`, `uuid`). Key
 //! types: [`WorkflowDefinition`], [`WorkflowContext`], [`Workflows`] (register, start, wait for
 //! output, publish; cancel a run, migrate it to another version, rewind it to a checkpoint;
-//! get, list, checkpoints), [`StepError`] and [`WorkflowError`]. No cargo features.
+//! get, list, checkpoints; a run says what it waits for in `Run::waiting`), [`StepError`],
+//! [`WorkflowError`] and [`RunWaitError`]. No cargo features.
 //!
 //! **Not** a store: runs, checkpoints and events live in the store
 //! (`dispatch_core::WorkflowStore`, implemented by every Dispatch store). Not a sandbox: code
@@ -46,6 +47,7 @@
 //!
 //! Modules, lowest first (each imports only modules listed before it):
 //! - `error`: [`StepError`], [`WorkflowError`];
+//! - `output`: [`RunWaitError`], why waiting for a run's output gave none;
 //! - `record`: what checkpoints hold, and the persisted checkpoint key format (`Kind`, `Path`,
 //!   `Key`: one parser, one renderer);
 //! - `policy`: [`StepPolicy`];
@@ -69,6 +71,7 @@ mod deterministic;
 mod drive;
 mod engine;
 mod error;
+mod output;
 mod policy;
 mod record;
 mod saga;
@@ -77,4 +80,5 @@ pub use context::WorkflowContext;
 pub use definition::{DRIVE_ATTEMPTS, WorkflowDefinition};
 pub use engine::{DEFAULT_EVENT_KEEP, PublishOptions, StartOptions, Workflows};
 pub use error::{StepError, WorkflowError};
+pub use output::RunWaitError;
 pub use policy::StepPolicy;

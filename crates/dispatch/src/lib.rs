@@ -69,7 +69,7 @@ pub mod prelude {
     pub use dispatch_store_sqlite::SqliteStore;
     #[cfg(feature = "workflow")]
     pub use {
-        dispatch_core::{RunId, RunState},
-        dispatch_workflow::{StepError, WorkflowContext, WorkflowDefinition},
+        dispatch_core::{RunId, RunState, WaitingFor},
+        dispatch_workflow::{RunWaitError, StepError, WorkflowContext, WorkflowDefinition},
     };
 }

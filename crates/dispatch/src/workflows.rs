@@ -7,7 +7,9 @@ use std::time::Duration;
 use dispatch_core::{
     Checkpoint, Error, Page, PageRequest, Published, Result, Run, RunCancel, RunFilter, RunId,
 };
-use dispatch_workflow::{PublishOptions, StartOptions, WorkflowDefinition, Workflows};
+use dispatch_workflow::{
+    PublishOptions, RunWaitError, StartOptions, WorkflowDefinition, Workflows,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -102,12 +104,14 @@ impl Dispatcher {
         self.workflows()?.get_checkpoints(id).await
     }
 
-    /// Wait until run `id` ends and decode its output.
+    /// Wait until run `id` ends and decode its output; when it does not complete, a
+    /// [`RunWaitError`] says why (failed, cancelled, still waiting at the timeout, with the
+    /// run and what it waits for).
     pub async fn wait_for_output<O: DeserializeOwned>(
         &self,
         id: RunId,
         timeout: Duration,
-    ) -> Result<std::result::Result<O, Run>> {
-        self.workflows()?.wait_for_output(id, timeout).await
+    ) -> std::result::Result<O, RunWaitError> {
+        self.workflows().map_err(RunWaitError::Store)?.wait_for_output(id, timeout).await
     }
 }

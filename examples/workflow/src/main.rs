@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dispatch::core::RunId;
 use dispatch::prelude::*;
-use dispatch::workflow::{StepError, StepPolicy, WorkflowContext, WorkflowDefinition};
+use dispatch::workflow::StepPolicy;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,13 +99,10 @@ async fn main() -> anyhow::Result<()> {
     dispatcher.publish("delivered", "1", &"at the door").await?;
 
     for run in runs {
-        let outcome = dispatcher
-            .wait_for_output::<String>(run, Duration::from_secs(60))
-            .await
-            .context("waiting for the run")?;
-        match outcome {
+        match dispatcher.wait_for_output::<String>(run, Duration::from_secs(60)).await {
             Ok(summary) => println!("completed: {summary}"),
-            Err(run) => println!("failed: {}", run.error.unwrap_or_default()),
+            Err(RunWaitError::Failed { error, .. }) => println!("failed: {error}"),
+            Err(other) => return Err(other).context("waiting for the run"),
         }
         print_checkpoints(&dispatcher, run).await?;
     }

@@ -57,7 +57,8 @@ const SAVE_CHECKPOINT_BATCH: &str = "WITH t AS (SELECT {now} AS now), \
        ON CONFLICT (run_id, key) DO UPDATE SET data = excluded.data, at = excluded.at \
        RETURNING 1), \
      e AS (SELECT q.* FROM q JOIN ok ON ok.id = q.run WHERE q.state IS NOT NULL), \
-     ended AS (UPDATE {s}.runs x SET state = e.state, output = coalesce(e.output, x.output), \
+     ended AS (UPDATE {s}.runs x SET state = e.state, waiting = NULL, \
+       output = coalesce(e.output, x.output), \
        error = coalesce(e.error, x.error), updated_at = t.now, finished_at = t.now FROM e, t \
        WHERE x.id = e.run), \
      dropped AS (DELETE FROM {s}.event_waits w USING e WHERE w.run_id = e.run) \

@@ -121,7 +121,7 @@ async fn claim(store: &PostgresStore, queue: &str, limit: usize) -> Vec<LeaseRef
 fn wait(name: &str, correlation: &str, deadline: Timestamp) -> Suspend {
     let wait =
         EventWait { key: "w".into(), name: name.into(), correlation: correlation.into(), deadline };
-    Suspend { run: RunId::new(), until: None, waits: vec![wait] }
+    Suspend { run: RunId::new(), until: None, waits: vec![wait], waiting: vec![] }
 }
 
 fn event(name: &str, correlation: &str, payload: &str) -> NewEvent {

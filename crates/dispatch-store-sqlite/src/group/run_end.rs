@@ -98,7 +98,8 @@ async fn update_fenced(conn: &mut SqliteConnection, ends: &[&QueuedEnd]) -> Resu
     let values = vec!["(?, ?, ?, ?, ?, ?, ?)"; ends.len()].join(", ");
     // Safe: the text holds only fixed SQL and placeholders; values are bound.
     let sql = sqlx::AssertSqlSafe(format!(
-        "UPDATE runs SET state = v.column2, output = coalesce(v.column3, runs.output), \
+        "UPDATE runs SET state = v.column2, waiting = NULL, \
+         output = coalesce(v.column3, runs.output), \
          error = coalesce(v.column4, runs.error), updated_at = v.column5, \
          finished_at = v.column5 \
          FROM (VALUES {values}) AS v \
@@ -142,7 +143,7 @@ async fn end_one(conn: &mut SqliteConnection, end: &QueuedEnd) -> Result<()> {
     let (state, output, error) = parts(&end.end);
     let id = end.run.to_string();
     let ended = sqlx::query(
-        "UPDATE runs SET state = ?, output = coalesce(?, output), \
+        "UPDATE runs SET state = ?, waiting = NULL, output = coalesce(?, output), \
          error = coalesce(?, error), updated_at = ?, finished_at = ? \
          WHERE id = ? AND drive_job = ? AND EXISTS (SELECT 1 FROM jobs \
            WHERE jobs.id = ? AND jobs.state = 'running' AND jobs.lease_token = ?)",

@@ -74,8 +74,7 @@ pub async fn fifty_keys_fifty_events(store: Arc<dyn WorkflowStore>) {
         assert_eq!(published.delivered_to, vec![runs[i as usize]]);
     }
     for (i, run) in runs.iter().enumerate() {
-        let got: i64 =
-            workflows.wait_for_output(*run, Duration::from_secs(30)).await.unwrap().unwrap();
+        let got: i64 = workflows.wait_for_output(*run, Duration::from_secs(30)).await.unwrap();
         assert_eq!(got, i as i64);
     }
     handle.stop().await;
@@ -103,12 +102,7 @@ pub async fn four_events_for_ten_waiters(store: Arc<dyn WorkflowStore>) {
     let mut received = Vec::new();
     let mut timed_out = 0;
     for run in &runs {
-        match workflows
-            .wait_for_output::<i64>(*run, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .unwrap()
-        {
+        match workflows.wait_for_output::<i64>(*run, Duration::from_secs(30)).await.unwrap() {
             -1 => timed_out += 1,
             v => received.push(v),
         }
@@ -130,7 +124,7 @@ pub async fn early_event_is_received(store: Arc<dyn WorkflowStore>) {
         .start(&def, &("early".to_owned(), 60_000), StartOptions::default())
         .await
         .unwrap();
-    let got: i64 = workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    let got: i64 = workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap();
     handle.stop().await;
     assert_eq!(got, 42);
 }
@@ -153,8 +147,7 @@ pub async fn broadcast_reaches_all_current_waiters(store: Arc<dyn WorkflowStore>
     let published = workflows.publish("paid", "all", &7i64, options).await.unwrap();
     assert_eq!(published.delivered_to.len(), 5);
     for run in &runs {
-        let got: i64 =
-            workflows.wait_for_output(*run, Duration::from_secs(30)).await.unwrap().unwrap();
+        let got: i64 = workflows.wait_for_output(*run, Duration::from_secs(30)).await.unwrap();
         assert_eq!(got, 7);
     }
     handle.stop().await;
@@ -190,12 +183,11 @@ pub async fn a_dropped_wait_takes_no_event(store: Arc<dyn WorkflowStore>) {
     let took = workflows.start(&taker, &(), StartOptions::default()).await.unwrap();
     waiting_on(&workflows, took, "w:x#1~deadline").await;
     workflows.publish("x", "k", &7u32, PublishOptions::default()).await.unwrap();
-    let got: Option<u32> =
-        workflows.wait_for_output(took, Duration::from_secs(30)).await.unwrap().unwrap();
+    let got: Option<u32> = workflows.wait_for_output(took, Duration::from_secs(30)).await.unwrap();
     assert_eq!(got, Some(7), "the waiting run receives x, not the dropped wait");
     workflows.publish("y", "k", &9u32, PublishOptions::default()).await.unwrap();
     let both: (Option<u32>, Option<u32>) =
-        workflows.wait_for_output(chosen, Duration::from_secs(30)).await.unwrap().unwrap();
+        workflows.wait_for_output(chosen, Duration::from_secs(30)).await.unwrap();
     assert_eq!(both, (None, Some(9)));
     handle.stop().await;
 }

@@ -1,21 +1,23 @@
 //! Workflow scenarios: durable workflows (`dispatch-workflow`) driven end to end over the store
 //! under test, in real time, by workers of the job runtime: steps exactly once across
 //! interruptions, loops, parallel branches, resume cost, panics, durable sleeps and retries that
-//! hold no worker slot, correlated events. [`run_conformance`](crate::run_conformance) runs them
-//! on every store beside the suite; the multi-process crash tests (a worker killed at every step
-//! boundary, sleeps across a restart of every worker) live in `dispatch-durability-tests`.
+//! hold no worker slot, correlated events, what a suspended run says it waits for.
+//! [`run_conformance`](crate::run_conformance) runs them on every store beside the suite; the
+//! multi-process crash tests (a worker killed at every step boundary, sleeps across a restart of
+//! every worker) live in `dispatch-durability-tests`.
 
 mod events;
 mod sagas;
 mod steps;
 mod timing;
+mod waiting;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{Run, RunId, RunState, WorkflowStore};
 use dispatch_job::{Worker, WorkerBuilder, WorkerHandle};
-use dispatch_workflow::{StartOptions, WorkflowDefinition, Workflows};
+use dispatch_workflow::{RunWaitError, StartOptions, WorkflowDefinition, Workflows};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -24,6 +26,7 @@ pub use events::*;
 pub use sagas::*;
 pub use steps::*;
 pub use timing::*;
+pub use waiting::*;
 
 use crate::fixtures::eventually;
 
@@ -74,10 +77,20 @@ where
     tokio::time::timeout(Duration::from_secs(30), cut).await.expect("the workflow reached its cut");
     crash(first).await;
     let second = worker(store.clone()).register(drive).build().expect("second worker").start();
-    let outcome =
-        workflows.wait_for_output(run, Duration::from_secs(30)).await.expect("the run ends");
+    let outcome = ended(workflows.wait_for_output(run, Duration::from_secs(30)).await);
+    let outcome = outcome.map_err(|run| *run);
     second.stop().await;
     outcome
+}
+
+/// The output of a run that ended, or the run when it failed or was cancelled; panics on any
+/// other reason for no output (a run that did not end, a store failure).
+fn ended<O>(waited: Result<O, RunWaitError>) -> Result<O, Box<Run>> {
+    match waited {
+        Ok(output) => Ok(output),
+        Err(RunWaitError::Failed { run, .. } | RunWaitError::Cancelled { run, .. }) => Err(run),
+        Err(other) => panic!("the run did not end: {other}"),
+    }
 }
 
 /// Wait until run `id` is in `state`.

@@ -12,7 +12,7 @@ use dispatch_workflow::{
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{run_with_one_interruption, wait_state, worker};
+use super::{ended, run_with_one_interruption, wait_state, worker};
 
 /// A step policy that gives up at once (the saga tests want a failure, not retries).
 fn once() -> StepPolicy {
@@ -110,7 +110,7 @@ pub async fn children_loop_fan_out_and_fail(store: Arc<dyn WorkflowStore>) {
         .start();
     let run = workflows.start(&spawner, &(), StartOptions::default()).await.unwrap();
     let (sum, doubled): (u64, Vec<u64>) =
-        workflows.wait_for_output(run, Duration::from_secs(60)).await.unwrap().unwrap();
+        workflows.wait_for_output(run, Duration::from_secs(60)).await.unwrap();
     assert_eq!(sum, 20);
     assert_eq!(doubled, (100..120).map(|n| n * 2).collect::<Vec<_>>());
     let filter = RunFilter { name: Some("doubler".into()), state: Some(RunState::Completed) };
@@ -119,7 +119,7 @@ pub async fn children_loop_fan_out_and_fail(store: Arc<dyn WorkflowStore>) {
     assert!(children.items.iter().all(|c| c.parent == Some(run)));
 
     let bad = workflows.start(&unlucky, &(), StartOptions::default()).await.unwrap();
-    let failed = workflows.wait_for_output::<u64>(bad, Duration::from_secs(60)).await.unwrap();
+    let failed = ended(workflows.wait_for_output::<u64>(bad, Duration::from_secs(60)).await);
     let error = failed.expect_err("a failed child fails its parent").error.unwrap_or_default();
     assert!(error.contains("thirteen is unlucky"), "{error}");
     handle.stop().await;
@@ -176,7 +176,7 @@ pub async fn run_timeout_ends_a_sleeping_run(store: Arc<dyn WorkflowStore>) {
     let handle = worker(store.clone()).register(workflows.register(&def)).build().unwrap().start();
     let started = tokio::time::Instant::now();
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
-    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
+    let ended = ended(workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await);
     let took = started.elapsed();
     handle.stop().await;
     let run = ended.expect_err("timed out");
@@ -218,10 +218,8 @@ pub async fn runs_stay_on_their_version(store: Arc<dyn WorkflowStore>) {
     wait_state(&both, new_run, RunState::Suspended).await;
     both.publish("go", "v1", &true, Default::default()).await.unwrap();
     both.publish("go", "v2", &true, Default::default()).await.unwrap();
-    let old_out: String =
-        both.wait_for_output(old_run, Duration::from_secs(30)).await.unwrap().unwrap();
-    let new_out: String =
-        both.wait_for_output(new_run, Duration::from_secs(30)).await.unwrap().unwrap();
+    let old_out: String = both.wait_for_output(old_run, Duration::from_secs(30)).await.unwrap();
+    let new_out: String = both.wait_for_output(new_run, Duration::from_secs(30)).await.unwrap();
     second.stop().await;
     assert_eq!((old_out.as_str(), new_out.as_str()), ("hello from v1", "hello from v2"));
 }
@@ -287,7 +285,7 @@ async fn assert_wound_down(
     reason: &str,
     undone: &std::sync::atomic::AtomicU32,
 ) {
-    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
+    let ended = ended(workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await);
     let ended = ended.expect_err("cancelled");
     assert_eq!(ended.state, RunState::Cancelled);
     assert_eq!(ended.error.as_deref(), Some(reason));
@@ -295,8 +293,10 @@ async fn assert_wound_down(
     let filter = RunFilter { name: Some("napper".into()), state: None };
     let children = workflows.list_runs(&filter, &PageRequest::first(10)).await.unwrap().items;
     assert_eq!(children.len(), 1);
-    let child_end = workflows.wait_for_output::<()>(children[0].id, Duration::from_secs(30)).await;
-    let child_end = child_end.unwrap().expect_err("the child is cancelled too");
+    let child_end = super::ended(
+        workflows.wait_for_output::<()>(children[0].id, Duration::from_secs(30)).await,
+    );
+    let child_end = child_end.expect_err("the child is cancelled too");
     assert_eq!(child_end.state, RunState::Cancelled);
 }
 
@@ -373,7 +373,7 @@ pub async fn cancel_of_a_running_run_stops_at_a_step_boundary(store: Arc<dyn Wor
     })
     .await;
     workflows.cancel(run, "enough").await.unwrap();
-    let ended = workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
+    let ended = ended(workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await);
     handle.stop().await;
     let ended = ended.expect_err("cancelled");
     assert_eq!((ended.state, ended.error.as_deref()), (RunState::Cancelled, Some("enough")));
@@ -434,12 +434,10 @@ pub async fn rewind_to_a_step_reruns_what_follows(store: Arc<dyn WorkflowStore>)
     let workflows = Workflows::new(store.clone());
     let handle = worker(store.clone()).register(workflows.register(&def)).build().unwrap().start();
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
-    let first: u32 =
-        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    let first: u32 = workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap();
     once_released(|| workflows.rewind(run, "s:b#1")).await;
     wait_state(&workflows, run, RunState::Completed).await;
-    let again: u32 =
-        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    let again: u32 = workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap();
     handle.stop().await;
     assert_eq!((first, again), (3, 3));
     assert_eq!(*runs.lock(), ["a", "b", "c", "c"], "only the step after b ran again");
@@ -471,11 +469,10 @@ pub async fn migrate_a_failed_run_to_a_fixed_version(store: Arc<dyn WorkflowStor
         .unwrap()
         .start();
     let run = workflows.start(&v1, &(), StartOptions::default()).await.unwrap();
-    let failed = workflows.wait_for_output::<String>(run, Duration::from_secs(30)).await.unwrap();
+    let failed = ended(workflows.wait_for_output::<String>(run, Duration::from_secs(30)).await);
     assert!(failed.is_err(), "v1 fails");
     once_released(|| workflows.migrate(run, &v2)).await;
-    let out: String =
-        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    let out: String = workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap();
     handle.stop().await;
     assert_eq!(out, "fixed in v2");
     assert_eq!(*runs.lock(), ["a"], "the finished step did not run again");

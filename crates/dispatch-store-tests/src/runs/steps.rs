@@ -10,7 +10,7 @@ use dispatch_workflow::{StartOptions, StepError, WorkflowContext, WorkflowDefini
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{run_with_one_interruption, worker};
+use super::{ended, run_with_one_interruption, worker};
 use crate::fixtures::{Recorder, counting, eventually};
 
 /// Where the ten-step workflow stops its worker.
@@ -163,8 +163,7 @@ pub async fn parallel_branches_keep_their_own_results(store: Arc<dyn WorkflowSto
     let workflows = Workflows::new(store.clone());
     let handle = worker(store.clone()).register(workflows.register(&def)).build().unwrap().start();
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
-    let out: Vec<u64> =
-        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    let out: Vec<u64> = workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap();
     handle.stop().await;
     assert_eq!(out, vec![1, 11, 21]);
     let keys: Vec<String> =
@@ -197,8 +196,7 @@ pub async fn resume_cost_does_not_grow_with_finished_steps(store: Arc<dyn Workfl
         super::wait_state(&workflows, run, RunState::Suspended).await;
         let before = counting.interceptor().drive_calls.load(Ordering::SeqCst);
         workflows.publish("go", "k", &true, Default::default()).await.unwrap();
-        let out: bool =
-            workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+        let out: bool = workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap();
         assert!(out);
         handle.stop().await;
         costs.push(counting.interceptor().drive_calls.load(Ordering::SeqCst) - before);
@@ -246,9 +244,9 @@ pub async fn panics_fail_attempts_or_runs_not_workers(store: Arc<dyn WorkflowSto
         .start();
     let ok = workflows.start(&flaky, &(), StartOptions::default()).await.unwrap();
     let bad = workflows.start(&broken, &(), StartOptions::default()).await.unwrap();
-    let five: u32 = workflows.wait_for_output(ok, Duration::from_secs(30)).await.unwrap().unwrap();
+    let five: u32 = workflows.wait_for_output(ok, Duration::from_secs(30)).await.unwrap();
     assert_eq!(five, 5);
-    let failed = workflows.wait_for_output::<()>(bad, Duration::from_secs(30)).await.unwrap();
+    let failed = ended(workflows.wait_for_output::<()>(bad, Duration::from_secs(30)).await);
     let run = failed.expect_err("the broken run fails");
     let error = run.error.unwrap_or_default();
     assert!(

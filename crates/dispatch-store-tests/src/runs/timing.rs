@@ -39,7 +39,7 @@ pub async fn sleep_wakes_after_its_duration(store: Arc<dyn WorkflowStore>) {
     let run = workflows.start(&def, &(), StartOptions::default()).await.unwrap();
     // The suspension itself is seen through the hooks below: polling for the state could miss
     // an 800 ms window on a loaded machine.
-    workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    workflows.wait_for_output::<()>(run, Duration::from_secs(30)).await.unwrap();
     handle.stop().await;
     let waited = woke.lock().expect("woke").duration_since(started);
     assert!(waited >= Duration::from_millis(800), "woke after {waited:?}");
@@ -165,8 +165,7 @@ pub async fn step_retry_is_durable_and_holds_no_slot(store: Arc<dyn WorkflowStor
     })
     .await;
     assert_eq!(attempts.lock().len(), 1, "the job ran while the step waited for its retry");
-    let third: usize =
-        workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    let third: usize = workflows.wait_for_output(run, Duration::from_secs(30)).await.unwrap();
     handle.stop().await;
     assert_eq!(third, 3);
     let times = attempts.lock().clone();

@@ -17,7 +17,8 @@ use crate::support::{assert_kind, secs};
 pub async fn cancel_wakes_a_suspended_run(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("waiting").await;
     let lease = ctx.drive(run).await;
-    let suspend = Suspend { run, until: Some(ctx.clock.now() + secs(3600)), waits: vec![] };
+    let suspend =
+        Suspend { run, until: Some(ctx.clock.now() + secs(3600)), waits: vec![], waiting: vec![] };
     ctx.store.suspend_run(lease, suspend).await.unwrap();
     ctx.claim_none(DRIVE).await;
     assert_eq!(
@@ -94,8 +95,12 @@ pub async fn cancel_through_the_drive_job_cancels_the_run(ctx: TestContext<dyn W
     // A suspended run: its drive job is due at once.
     let waiting = ctx.start("cancel-by-job").await;
     let lease = ctx.drive(waiting).await;
-    let suspend =
-        Suspend { run: waiting, until: Some(ctx.clock.now() + secs(3600)), waits: vec![] };
+    let suspend = Suspend {
+        run: waiting,
+        until: Some(ctx.clock.now() + secs(3600)),
+        waits: vec![],
+        waiting: vec![],
+    };
     ctx.store.suspend_run(lease, suspend).await.unwrap();
     ctx.claim_none(DRIVE).await;
     let cancel = ctx.store.request_job_cancel(lease.job_id).await.expect("request_job_cancel");
@@ -175,7 +180,8 @@ pub async fn suspend_after_a_cancel_of_the_drive_job_answers_cancel_requested(
     let reason = ctx.store.get_run(run).await.unwrap().expect("run").cancel_requested;
     assert_eq!(reason.as_deref(), Some(DRIVE_JOB_CANCEL_REASON));
     let until = Some(ctx.clock.now() + secs(10));
-    let outcome = ctx.store.suspend_run(lease, Suspend { run, until, waits: vec![] }).await;
+    let outcome =
+        ctx.store.suspend_run(lease, Suspend { run, until, waits: vec![], waiting: vec![] }).await;
     assert_eq!(outcome.expect("suspend_run"), SuspendOutcome::CancelRequested);
     let job = ctx.job(lease.job_id).await;
     assert_eq!((job.state, job.cancel_requested), (JobState::Running, false));

@@ -56,7 +56,8 @@ pub async fn drive_calls_are_fenced(ctx: TestContext<dyn WorkflowStore>) {
         ErrorKind::LeaseLost,
         "end_run",
     );
-    let suspend = Suspend { run, until: Some(ctx.clock.now() + secs(5)), waits: vec![] };
+    let suspend =
+        Suspend { run, until: Some(ctx.clock.now() + secs(5)), waits: vec![], waiting: vec![] };
     assert_kind(ctx.store.suspend_run(old, suspend).await, ErrorKind::LeaseLost, "suspend_run");
     assert!(ctx.checkpoint_keys(run).await.is_empty(), "nothing written by the stale drive");
     assert_eq!(ctx.run_state(run).await, RunState::Running);
@@ -83,7 +84,7 @@ pub async fn suspend_snoozes_the_drive_job(ctx: TestContext<dyn WorkflowStore>) 
     let run = ctx.start("sleepy").await;
     let lease = ctx.drive(run).await;
     let wake = ctx.clock.now() + secs(10);
-    let suspend = Suspend { run, until: Some(wake), waits: vec![] };
+    let suspend = Suspend { run, until: Some(wake), waits: vec![], waiting: vec![] };
     let outcome = ctx.store.suspend_run(lease, suspend).await.unwrap();
     assert_eq!(outcome, SuspendOutcome::Suspended { wake_at: wake });
     assert_eq!(ctx.run_state(run).await, RunState::Suspended);
@@ -103,7 +104,7 @@ pub async fn suspend_snoozes_the_drive_job(ctx: TestContext<dyn WorkflowStore>) 
 pub async fn suspend_needs_something_to_wake_for(ctx: TestContext<dyn WorkflowStore>) {
     let run = ctx.start("idle").await;
     let lease = ctx.drive(run).await;
-    let suspend = Suspend { run, until: None, waits: vec![] };
+    let suspend = Suspend { run, until: None, waits: vec![], waiting: vec![] };
     assert_kind(
         ctx.store.suspend_run(lease, suspend).await,
         ErrorKind::InvalidInput,
@@ -119,7 +120,11 @@ pub async fn suspend_notices_a_delivery_made_during_the_drive(ctx: TestContext<d
     let run = ctx.start("two-waits").await;
     let lease = ctx.drive(run).await;
     let waits = vec![wait_on(&ctx, "a", "ev-a"), wait_on(&ctx, "b", "ev-b")];
-    let first = ctx.store.suspend_run(lease, Suspend { run, until: None, waits }).await.unwrap();
+    let first = ctx
+        .store
+        .suspend_run(lease, Suspend { run, until: None, waits, waiting: vec![] })
+        .await
+        .unwrap();
     assert!(matches!(first, SuspendOutcome::Suspended { .. }), "{first:?}");
     assert_eq!(ctx.publish("ev-a", "k", "1", false).await.delivered_to, [run]);
     let lease = ctx.drive(run).await;
@@ -140,7 +145,7 @@ pub async fn suspend_replaces_the_runs_earlier_waits(ctx: TestContext<dyn Workfl
     let lease = ctx.drive(run).await;
     let until = Some(ctx.clock.now() + secs(1));
     let waits = vec![wait_on(&ctx, "a", "ev-a")];
-    ctx.store.suspend_run(lease, Suspend { run, until, waits }).await.unwrap();
+    ctx.store.suspend_run(lease, Suspend { run, until, waits, waiting: vec![] }).await.unwrap();
     ctx.clock.advance(secs(1)); // the sleep wins; the branch waiting for ev-a is dropped
     let lease = ctx.drive(run).await;
     ctx.store.load_snapshot(lease, run).await.unwrap();
@@ -188,7 +193,11 @@ pub async fn a_wait_on_a_key_replaces_the_earlier_wait_on_that_key(
     let run = ctx.start("rewait").await;
     let lease = ctx.drive(run).await;
     let waits = vec![wait_on(&ctx, "w", "first"), wait_on(&ctx, "w", "second")];
-    let outcome = ctx.store.suspend_run(lease, Suspend { run, until: None, waits }).await.unwrap();
+    let outcome = ctx
+        .store
+        .suspend_run(lease, Suspend { run, until: None, waits, waiting: vec![] })
+        .await
+        .unwrap();
     assert!(matches!(outcome, SuspendOutcome::Suspended { .. }), "{outcome:?}");
     let published = ctx.publish("first", "k", "1", false).await;
     assert!(published.kept, "the first wait on `w` was replaced: {published:?}");
@@ -202,7 +211,7 @@ pub async fn a_later_suspend_replaces_the_wait_on_a_key(ctx: TestContext<dyn Wor
     let lease = ctx.drive(run).await;
     let until = Some(ctx.clock.now() + secs(1));
     let waits = vec![wait_on(&ctx, "v", "third")];
-    ctx.store.suspend_run(lease, Suspend { run, until, waits }).await.unwrap();
+    ctx.store.suspend_run(lease, Suspend { run, until, waits, waiting: vec![] }).await.unwrap();
     ctx.clock.advance(secs(1)); // the sleep wins; the drive now waits on `v` for another event
     let lease = ctx.drive(run).await;
     ctx.store.load_snapshot(lease, run).await.unwrap();

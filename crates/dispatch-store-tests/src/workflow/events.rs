@@ -126,7 +126,10 @@ pub async fn broadcast_lists_each_run_once(ctx: TestContext<dyn WorkflowStore>) 
     let run = ctx.start("twice").await;
     let lease = ctx.drive(run).await;
     let waits = vec![wait_on(&ctx, "a", "ev"), wait_on(&ctx, "b", "ev")];
-    ctx.store.suspend_run(lease, Suspend { run, until: None, waits }).await.unwrap();
+    ctx.store
+        .suspend_run(lease, Suspend { run, until: None, waits, waiting: vec![] })
+        .await
+        .unwrap();
     let published = ctx.publish("ev", "k", "1", true).await;
     assert_eq!(published.delivered_to, [run]);
     let mut keys = ctx.checkpoint_keys(run).await;
@@ -231,7 +234,8 @@ pub async fn a_kept_event_expires_at_the_end_of_keep_for(ctx: TestContext<dyn Wo
         deadline: ctx.clock.now() + secs(60),
     };
     let waits = ["a", "b", "c", "d"].map(wait).to_vec();
-    let outcome = ctx.store.suspend_run(lease, Suspend { run, until: None, waits }).await;
+    let outcome =
+        ctx.store.suspend_run(lease, Suspend { run, until: None, waits, waiting: vec![] }).await;
     assert_eq!(outcome.expect("suspend_run"), SuspendOutcome::Delivered, "`d` is kept");
     assert_eq!(ctx.checkpoint_keys(run).await, ["d"], "`a`, `b` and `c` expired");
 

@@ -1,9 +1,10 @@
 //! Tests of [`WorkflowStore`], by theme: `runs`
 //! (starts, the payload limit, listing, run ends, a dying drive job failing its run), `drive`
 //! (checkpoints, fencing by the drive job's lease, suspension), `events` (correlated delivery:
-//! one event one waiter, broadcast, kept events and their expiry, scope, wait resolution) and
-//! `cancel` (cancel, replay, migration). This module holds the helpers they share; every test is
-//! re-exported here, so the suite lists it as `workflow::<name>`.
+//! one event one waiter, broadcast, kept events and their expiry, scope, wait resolution),
+//! `cancel` (cancel, replay, migration) and `waiting` (what a suspended run says it waits for).
+//! This module holds the helpers they share; every test is re-exported here, so the suite lists
+//! it as `workflow::<name>`.
 
 use dispatch_core::{
     EventId, EventWait, LeaseRef, NewEvent, NewJob, NewRun, RunId, RunState, Scope, Started,
@@ -74,7 +75,7 @@ impl TestContext<dyn WorkflowStore> {
             correlation: corr.to_owned(),
             deadline: self.clock.now() + secs(60),
         };
-        let suspend = Suspend { run, until: None, waits: vec![wait] };
+        let suspend = Suspend { run, until: None, waits: vec![wait], waiting: vec![] };
         self.store.suspend_run(lease, suspend).await.expect("suspend_run")
     }
 
@@ -127,8 +128,10 @@ mod cancel;
 mod drive;
 mod events;
 mod runs;
+mod waiting;
 
 pub use cancel::*;
 pub use drive::*;
 pub use events::*;
 pub use runs::*;
+pub use waiting::*;

@@ -189,7 +189,10 @@ pub async fn end_run_records_the_outcome(ctx: TestContext<dyn WorkflowStore>) {
         EventWait { key: "w".into(), name: "never".into(), correlation: "x".into(), deadline };
     let outcome = ctx
         .store
-        .suspend_run(lease, Suspend { run: failed, until: None, waits: vec![wait] })
+        .suspend_run(
+            lease,
+            Suspend { run: failed, until: None, waits: vec![wait], waiting: vec![] },
+        )
         .await
         .unwrap();
     assert!(matches!(outcome, SuspendOutcome::Suspended { .. }));

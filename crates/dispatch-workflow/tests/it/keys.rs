@@ -21,8 +21,8 @@ use dispatch_core::{
 use dispatch_job::{Worker, WorkerHandle};
 use dispatch_store_memory::MemoryStore;
 use dispatch_workflow::{
-    PublishOptions, StartOptions, StepError, StepPolicy, WorkflowContext, WorkflowDefinition,
-    WorkflowError, Workflows,
+    PublishOptions, RunWaitError, StartOptions, StepError, StepPolicy, WorkflowContext,
+    WorkflowDefinition, WorkflowError, Workflows,
 };
 use parking_lot::Mutex;
 
@@ -223,7 +223,7 @@ impl Env {
         })
         .await;
         w.publish("child-go", "gate", &1u32, PublishOptions::default()).await.unwrap();
-        let output: Output = w.wait_for_output(run, LONG).await.unwrap().expect("completed");
+        let output: Output = w.wait_for_output(run, LONG).await.expect("completed");
         assert_eq!((output.7, output.8), (None, 3), "never, picked");
         assert_eq!(output.10, 42, "the child doubled 21");
         output
@@ -323,10 +323,12 @@ async fn every_primitive_writes_the_fixture_keys() {
     let output = env.finish_keys_run(keys, true).await;
     assert_eq!((output.0, output.1, output.2, output.6), (1, 3, 5, Some(7)));
     assert_eq!(output.9, vec![10, 31]);
-    let saga_end = w.wait_for_output::<()>(saga_run, LONG).await.unwrap();
-    assert!(saga_end.expect_err("the saga fails").error.unwrap().contains("card declined"));
-    let late_end = w.wait_for_output::<()>(late_run, LONG).await.unwrap();
-    assert!(late_end.expect_err("the run times out").error.unwrap().contains("timeout"));
+    let saga_end = w.wait_for_output::<()>(saga_run, LONG).await;
+    let Err(RunWaitError::Failed { error, .. }) = saga_end else { panic!("the saga fails") };
+    assert!(error.contains("card declined"), "{error}");
+    let late_end = w.wait_for_output::<()>(late_run, LONG).await;
+    let Err(RunWaitError::Failed { error, .. }) = late_end else { panic!("the run times out") };
+    assert!(error.contains("timeout"), "{error}");
     let runs = [("keys", keys), ("saga", saga_run), ("late", late_run)];
     let written = env.sections(&runs).await;
     handle.stop().await;

@@ -33,8 +33,7 @@ async fn a_dispatcher_starts_a_run_delivers_its_event_and_returns_its_output() {
     let run = dispatcher.start_workflow(&greeter, "ada".to_owned()).await.unwrap();
     // The event may come before the run waits for it: it is kept for the wait.
     dispatcher.publish("title", "ada", &"countess").await.unwrap();
-    let output: String =
-        dispatcher.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    let output: String = dispatcher.wait_for_output(run, Duration::from_secs(30)).await.unwrap();
     assert_eq!(output, "hello countess ada");
 
     let found = dispatcher.get_run(run).await.unwrap().unwrap();
@@ -57,9 +56,28 @@ async fn a_dispatcher_cancels_a_waiting_run() {
     let mut dispatcher = dispatcher_with(greeter.clone());
     dispatcher.start().await.unwrap();
     let run = dispatcher.start_workflow(&greeter, "grace".to_owned()).await.unwrap();
+    // The run says what it waits for: the event, its key, and until when.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        let found = dispatcher.get_run(run).await.unwrap().unwrap();
+        if found.state == RunState::Suspended {
+            break found.waiting;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the run never suspended: {found:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let [WaitingFor::Event { name, correlation, deadline }] = waiting.as_slice() else {
+        panic!("the run waits for its event only: {waiting:?}")
+    };
+    assert_eq!((name.as_str(), correlation.as_str()), ("title", "grace"));
+    let started = dispatcher.get_run(run).await.unwrap().unwrap().created_at;
+    assert!(*deadline >= started + Duration::from_secs(3600));
     dispatcher.cancel_run(run, "no longer needed").await.unwrap();
-    let ended = dispatcher.wait_for_output::<String>(run, Duration::from_secs(30)).await.unwrap();
-    let run = ended.unwrap_err();
+    let ended = dispatcher.wait_for_output::<String>(run, Duration::from_secs(30)).await;
+    let Err(RunWaitError::Cancelled { reason, run }) = ended else {
+        panic!("a cancelled run answers Cancelled: {ended:?}")
+    };
+    assert_eq!(reason, "no longer needed");
     assert_eq!(run.state, RunState::Cancelled);
     dispatcher.stop().await;
 }
@@ -78,8 +96,7 @@ async fn a_producer_dispatcher_starts_runs_another_dispatcher_drives() {
     worker.start().await.unwrap();
     let run = producer.start_workflow(&greeter, "alan".to_owned()).await.unwrap();
     producer.publish("title", "alan", &"dr").await.unwrap();
-    let output: String =
-        producer.wait_for_output(run, Duration::from_secs(30)).await.unwrap().unwrap();
+    let output: String = producer.wait_for_output(run, Duration::from_secs(30)).await.unwrap();
     assert_eq!(output, "hello dr alan");
     worker.stop().await;
 }
