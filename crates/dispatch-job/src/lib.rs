@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod layer;
 pub mod registry;
 pub mod service;
+pub mod transaction;
 pub mod worker;
 
 #[doc(inline)]
@@ -33,5 +34,7 @@ pub use hooks::HookBus;
 pub use registry::Registry;
 #[doc(inline)]
 pub use service::{JobRequest, JobService};
+#[doc(inline)]
+pub use transaction::EnqueueTransactionExt;
 #[doc(inline)]
 pub use worker::{ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerHandle};
