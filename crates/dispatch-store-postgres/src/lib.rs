@@ -2,7 +2,7 @@
 //! shared by any number of worker and client processes.
 //!
 //! Use it when several processes or machines work one queue, when jobs must be enqueued inside
-//! the application's own transaction ([`PostgresStore::enqueue_in`]), or when idle workers
+//! the application's own transaction ([`PostgresStore::transaction`]), or when idle workers
 //! should wake at once on jobs enqueued elsewhere ([`JobStore::wakeups`], `LISTEN`/`NOTIFY`).
 //! It is not a way to reach jobs of a SQLite or memory store, and it does not manage the
 //! server: backups, replication, vacuum and connection limits are the operator's.
@@ -51,15 +51,65 @@
 //! the call touched several). The first [`wakeups`](JobStore::wakeups) subscriber starts one
 //! listener task per store on a dedicated connection; it sends `Wakeup::any()` whenever it
 //! (re)connects, because notifications sent while it was away are lost, and stops when the last
-//! clone of the store is dropped. [`enqueue_in`](PostgresStore::enqueue_in) writes jobs, and
-//! their `NOTIFY`, inside the application's own transaction: both exist only if it commits.
+//! clone of the store is dropped. A transaction writes jobs, and their `NOTIFY`, together with
+//! the application's own writes: both exist only if it commits. [`PostgresStore::transaction`]
+//! runs one on the store's pool, with commit on `Ok` and rollback on `Err`;
+//! [`PostgresStore::in_transaction`] joins a transaction the application opened itself. In
+//! either, `dispatch_job`'s `EnqueueTransactionExt` enqueues typed jobs
+//! (`tx.enqueue(&definition, input)`); [`PostgresStore::enqueue_in`] takes untyped ones.
+//!
+//! ```no_run
+//! # type BoxError = Box<dyn std::error::Error + Send + Sync>;
+//! # async fn demo(
+//! #     store: dispatch_store_postgres::PostgresStore,
+//! #     ship_order: dispatch_job::JobDefinition<i64>,
+//! # ) -> Result<(), BoxError> {
+//! use dispatch_job::EnqueueTransactionExt as _;
+//!
+//! let order_id = 7_i64;
+//! store
+//!     .transaction(move |tx| {
+//!         Box::pin(async move {
+//!             sqlx::query("INSERT INTO orders (id) VALUES ($1)")
+//!                 .bind(order_id)
+//!                 .execute(tx.conn())
+//!                 .await?;
+//!             // The body owns what it uses: move in (a clone of) the definition.
+//!             tx.enqueue(&ship_order, order_id).await?;
+//!             Ok::<_, BoxError>(())
+//!         })
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Connecting and migrating
+//!
+//! [`PostgresStore::connect`] connects and brings the schema up to date, holding an advisory
+//! lock while it migrates: the one call a single deployment needs. Where the application's
+//! role may not change the schema, or many processes start at once, a deploy step runs
+//! [`PostgresStore::migrate`] and the application connects with
+//! [`migrate(false)`](PostgresStoreBuilder::migrate): no DDL, no lock, only a read of the
+//! migrations table, failing with [`ErrorKind::NotMigrated`] until the deploy step has run.
+//! [`min_connections`](PostgresStoreBuilder::min_connections) opens connections at build, so
+//! the first calls find them ready.
 //!
 //! ```no_run
 //! # async fn demo() -> dispatch_core::Result<()> {
 //! use dispatch_store_postgres::PostgresStore;
+//!
+//! // The deploy step, as a role that may run DDL.
+//! PostgresStore::builder("postgres://migrator@db.internal/app")
+//!     .schema("jobs")
+//!     .build()
+//!     .await?;
+//! // The application.
 //! let store = PostgresStore::builder("postgres://app@db.internal/app")
 //!     .schema("jobs")
 //!     .application_name("billing-worker")
+//!     .migrate(false)
+//!     .min_connections(2)
 //!     .build()
 //!     .await?;
 //! # let _ = store;
@@ -84,7 +134,8 @@
 //! - `group`: the group commit that `enqueue` and `workflow/checkpoint` share.
 //! - `row` (rows, and the column lists they are selected by), `error` (driver errors as the
 //!   core `Error`), `wake` (`LISTEN`/`NOTIFY`), `migrate` (the schema, `schema/*.sql`),
-//!   `transaction` (writes into the application's own transaction).
+//!   `transaction` (transactions of the store or of the application that enqueue and start
+//!   runs).
 
 mod claim;
 mod dlq;
@@ -115,6 +166,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, SqlSafeStr, SqlStr};
 
 pub use migrate::SCHEMA_VERSION;
+pub use transaction::PostgresTransaction;
 
 use claim::ClaimMarks;
 use enqueue::Enqueues;
@@ -216,6 +268,8 @@ pub struct PostgresStoreBuilder {
     schema: String,
     application_name: String,
     max_connections: u32,
+    min_connections: u32,
+    migrate: bool,
     call_timeout: Duration,
     max_payload_bytes: usize,
 }
@@ -227,6 +281,8 @@ impl std::fmt::Debug for PostgresStoreBuilder {
             .field("schema", &self.schema)
             .field("application_name", &self.application_name)
             .field("max_connections", &self.max_connections)
+            .field("min_connections", &self.min_connections)
+            .field("migrate", &self.migrate)
             .field("call_timeout", &self.call_timeout)
             .field("max_payload_bytes", &self.max_payload_bytes)
             .finish_non_exhaustive()
@@ -236,7 +292,7 @@ impl std::fmt::Debug for PostgresStoreBuilder {
 impl PostgresStoreBuilder {
     /// Keep the tables in `schema` (default [`DEFAULT_SCHEMA`]): lowercase ASCII letters,
     /// digits and `_`, not starting with a digit, at most 63 bytes, not starting with `pg_`.
-    /// The schema is created when missing.
+    /// The schema is created when missing (when [migrating](Self::migrate)).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
         self
@@ -257,6 +313,26 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Keep at least `n` pooled connections open (default 0, at most
+    /// [`max_connections`](Self::max_connections)), and open them, with the hot path's own
+    /// sessions, in [`build`](Self::build): the first calls do not wait for a connection, and a
+    /// configuration the server refuses (a setting, too many connections) fails the build
+    /// instead of a later call. With 0 every connection opens when a call first needs it.
+    pub fn min_connections(mut self, n: u32) -> Self {
+        self.min_connections = n;
+        self
+    }
+
+    /// Whether [`build`](Self::build) brings the schema up to date (default `true`). With
+    /// `false` it runs no DDL and takes no migration lock, for a role that may not change the
+    /// schema: it only reads the migrations table, and fails with [`ErrorKind::NotMigrated`]
+    /// when the schema is missing or older than this version (run [`PostgresStore::migrate`]
+    /// first, for example in a deploy step).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
     /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]).
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
@@ -269,12 +345,13 @@ impl PostgresStoreBuilder {
         self
     }
 
-    /// Connect, and bring the schema up to date with [`PostgresStore::migrate`].
+    /// Connect, bring the schema up to date with [`PostgresStore::migrate`] (or check it is, see
+    /// [`migrate`](Self::migrate)), and open the [minimum connections](Self::min_connections).
     ///
     /// Fails with `InvalidInput` for a malformed URL or schema name, `Unavailable` when the
-    /// server can not be reached (or refuses the login), `Timeout` past the call timeout, and
+    /// server can not be reached (or refuses the login), `Timeout` past the call timeout,
     /// `IncompatibleSchema` when the schema is not a Dispatch schema or was written by a newer
-    /// version.
+    /// version, and, when not migrating, `NotMigrated` when the schema is missing or older.
     pub async fn build(self) -> Result<PostgresStore> {
         let quoted = quote_schema(&self.schema)?;
         let options = connect_options(&self.url)?.application_name(&self.application_name);
@@ -292,10 +369,12 @@ impl PostgresStoreBuilder {
             }
         };
         let channel = wake::channel_name(&self.schema);
+        let min = self.min_connections.min(self.max_connections);
+        let hot_min = if min > 0 { HOT_CONNECTIONS } else { 0 };
         let store = PostgresStore {
             shared: Arc::new(Shared {
-                pool: self.pool(&options, self.max_connections, ""),
-                hot: self.pool(&options, HOT_CONNECTIONS, PLAN_ONCE),
+                pool: self.pool(&options, self.max_connections, min, ""),
+                hot: self.pool(&options, HOT_CONNECTIONS, hot_min, PLAN_ONCE),
                 enqueues: enqueue::enqueues(),
                 claim_marks: ClaimMarks::default(),
                 sql: Statements::new(&quoted),
@@ -307,9 +386,17 @@ impl PostgresStoreBuilder {
             max_payload_bytes: self.max_payload_bytes,
             call_timeout: self.call_timeout,
         };
-        store.timed("migrate", store.migrate_on(&mut conn)).await?;
+        if self.migrate {
+            store.timed("migrate", store.migrate_on(&mut conn)).await?;
+        } else {
+            store.timed("open", store.check_migrated_on(&mut conn)).await?;
+        }
         // Best effort: the migrations are committed whether or not the goodbye arrives.
         let _ = conn.close().await;
+        let warm_up = async {
+            tokio::try_join!(warm_up(store.pool(), min), warm_up(store.hot_pool(), hot_min))
+        };
+        store.timed("warm-up", warm_up).await?;
         Ok(store)
     }
 
@@ -325,10 +412,17 @@ impl PostgresStoreBuilder {
     ///
     /// `SET`s after login rather than startup options, which poolers may refuse. `settings` are
     /// more of them, for pools with a purpose (see [`Shared::hot`]).
-    fn pool(&self, options: &PgConnectOptions, size: u32, settings: &'static str) -> PgPool {
+    fn pool(
+        &self,
+        options: &PgConnectOptions,
+        size: u32,
+        min: u32,
+        settings: &'static str,
+    ) -> PgPool {
         let server_ms = server_timeout(self.call_timeout).as_millis().max(1);
         PgPoolOptions::new()
             .max_connections(size)
+            .min_connections(min)
             .acquire_timeout(self.call_timeout.mul_f64(0.9))
             .test_before_acquire(false)
             .after_connect(move |conn, _meta| {
@@ -357,6 +451,13 @@ impl PostgresStoreBuilder {
     }
 }
 
+/// Open `n` connections of `pool` at once (each acquire opens one while the others are held),
+/// so they are there before the first call; the pool keeps them (its minimum is `n`).
+async fn warm_up(pool: &PgPool, n: u32) -> Result<()> {
+    let held = futures::future::try_join_all((0..n).map(|_| pool.acquire())).await;
+    held.map(drop).map_err(db_error)
+}
+
 /// The server-side bound of every statement on the store's sessions (`statement_timeout` and
 /// `lock_timeout`): a tenth below the call timeout, at least 50 ms below it. A statement the
 /// caller gave up on (a claim stuck behind another session's lock) is then cancelled by the
@@ -380,8 +481,9 @@ fn connect_options(url: &str) -> Result<PgConnectOptions> {
 
 impl PostgresStore {
     /// Connect to `url` (`postgres://user:password@host:port/database`) with the default
-    /// options, and bring the schema up to date. See [`PostgresStoreBuilder::build`] for the
-    /// errors.
+    /// options, and bring the schema up to date: the quickstart. [`builder`](Self::builder)
+    /// connects without migrating and sets the options. See [`PostgresStoreBuilder::build`] for
+    /// the errors.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::builder(url).build().await
     }
@@ -393,6 +495,8 @@ impl PostgresStore {
             schema: DEFAULT_SCHEMA.to_owned(),
             application_name: DEFAULT_APPLICATION_NAME.to_owned(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            min_connections: 0,
+            migrate: true,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
         }
@@ -415,8 +519,9 @@ impl PostgresStore {
         &self.shared.schema
     }
 
-    /// The store's connection pool: to open the transactions [`enqueue_in`](Self::enqueue_in)
-    /// writes into, or for the application's own queries against the same database.
+    /// The store's connection pool: to open the transactions that
+    /// [`in_transaction`](Self::in_transaction) and [`enqueue_in`](Self::enqueue_in) write into,
+    /// or for the application's own queries against the same database.
     pub fn pool(&self) -> &PgPool {
         &self.shared.pool
     }
@@ -452,6 +557,10 @@ impl PostgresStore {
         }
     }
 }
+
+/// A boxed future that may borrow for `'a`, as the body of [`PostgresStore::transaction`]
+/// returns it: `Box::pin(async move { … })`.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The store's now: the injected clock's time (`$1`) or the database's transaction time, in
 /// microseconds since the epoch.
