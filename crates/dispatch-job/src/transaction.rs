@@ -35,7 +35,6 @@ pub trait EnqueueTransactionExt: EnqueueTransaction {
         options: EnqueueOptions,
     ) -> Result<Enqueued> {
         let job = definition.new_job(&input, options)?;
-        drop(input);
         let mut results = self.enqueue_jobs(vec![job]).await?;
         results.pop().ok_or_else(|| Error::internal("store returned no result"))
     }
@@ -60,3 +59,44 @@ pub trait EnqueueTransactionExt: EnqueueTransaction {
 }
 
 impl<T: EnqueueTransaction + ?Sized> EnqueueTransactionExt for T {}
+
+#[cfg(test)]
+mod tests {
+    use dispatch_core::NewJob;
+
+    use super::*;
+    use crate::JobContext;
+
+    /// A transaction that keeps what it is given.
+    #[derive(Default)]
+    struct Recording(Vec<NewJob>);
+
+    #[async_trait]
+    impl EnqueueTransaction for Recording {
+        async fn enqueue_jobs(&mut self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+            let results = jobs.iter().map(|job| Enqueued::Created(job.id)).collect();
+            self.0.extend(jobs);
+            Ok(results)
+        }
+    }
+
+    #[tokio::test]
+    async fn typed_calls_build_jobs_from_the_definition() {
+        let ship = JobDefinition::new("ship", |_ctx: JobContext, _order: u32| async { Ok(()) })
+            .queue("shipping");
+        let mut tx = Recording::default();
+        let one = tx.enqueue(&ship, 1).await.unwrap();
+        let id = JobId::new();
+        let two =
+            tx.enqueue_with(&ship, 2, EnqueueOptions::new().id(id).priority(5)).await.unwrap();
+        let many = tx.enqueue_many(&ship, [3, 4]).await.unwrap();
+        assert_eq!(two.id(), id);
+        let ids: Vec<JobId> = tx.0.iter().map(|job| job.id).collect();
+        assert_eq!(ids, [one.id(), two.id(), many[0].id(), many[1].id()]);
+        assert_ne!(many[0].id(), many[1].id(), "each of many gets its own ID");
+        let payloads: Vec<&[u8]> = tx.0.iter().map(|job| job.payload.as_slice()).collect();
+        assert_eq!(payloads, [b"1", b"2", b"3", b"4"]);
+        assert!(tx.0.iter().all(|job| job.name == "ship" && job.queue == "shipping"));
+        assert_eq!(tx.0[1].priority, 5);
+    }
+}
