@@ -26,6 +26,10 @@ pub enum ErrorKind {
     Codec,
     /// The store's schema was written by a newer version, or is not a Dispatch schema.
     IncompatibleSchema,
+    /// The store was opened without migrating, and its schema is missing or older than this
+    /// version needs: run the store's migrations (its `migrate()`, or open it with migrations
+    /// on) first, for example in a deploy step. Not transient: retrying does not migrate.
+    NotMigrated,
     /// The caller's lease no longer holds: another attempt owns the work now, and this write was
     /// refused (fencing). Stop, do not retry.
     LeaseLost,
@@ -45,6 +49,7 @@ impl ErrorKind {
             Self::PayloadTooLarge => "payload_too_large",
             Self::Codec => "codec",
             Self::IncompatibleSchema => "incompatible_schema",
+            Self::NotMigrated => "not_migrated",
             Self::LeaseLost => "lease_lost",
             Self::Internal => "internal",
         }
@@ -133,5 +138,11 @@ mod tests {
         assert!(err.kind().is_transient());
         let source = std::error::Error::source(&err).map(ToString::to_string);
         assert_eq!(source.as_deref(), Some("socket closed"));
+    }
+
+    #[test]
+    fn not_migrated_is_not_transient() {
+        assert!(!ErrorKind::NotMigrated.is_transient());
+        assert_eq!(ErrorKind::NotMigrated.as_str(), "not_migrated");
     }
 }

@@ -49,7 +49,7 @@ pub use page::{Page, PageRequest};
 #[doc(inline)]
 pub use scope::Scope;
 #[doc(inline)]
-pub use store::{DlqStore, JobStore, WorkflowStore};
+pub use store::{DlqStore, EnqueueTransaction, JobStore, WorkflowStore};
 #[doc(inline)]
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 #[doc(inline)]

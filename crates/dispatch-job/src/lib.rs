@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod layer;
 pub mod registry;
 pub mod service;
+pub mod transaction;
 pub mod worker;
 
 mod waiters;
@@ -36,6 +37,8 @@ pub use hooks::HookBus;
 pub use registry::Registry;
 #[doc(inline)]
 pub use service::{JobRequest, JobService};
+#[doc(inline)]
+pub use transaction::EnqueueTransactionExt;
 #[doc(inline)]
 pub use worker::{
     HealthProbe, RecentError, ShutdownReport, Worker, WorkerBuilder, WorkerConfig, WorkerHandle,

@@ -2,7 +2,7 @@
 //! shared by any number of worker and client processes.
 //!
 //! Use it when several processes or machines work one queue, when jobs must be enqueued inside
-//! the application's own transaction ([`PostgresStore::enqueue_in`]), or when idle workers
+//! the application's own transaction ([`PostgresStore::transaction`]), or when idle workers
 //! should wake at once on jobs enqueued elsewhere ([`JobStore::wakeups`], `LISTEN`/`NOTIFY`).
 //! It is not a way to reach jobs of a SQLite or memory store, and it does not manage the
 //! server: backups, replication, vacuum and connection limits are the operator's.
@@ -51,15 +51,65 @@
 //! the call touched several). The first [`wakeups`](JobStore::wakeups) subscriber starts one
 //! listener task per store on a dedicated connection; it sends `Wakeup::any()` whenever it
 //! (re)connects, because notifications sent while it was away are lost, and stops when the last
-//! clone of the store is dropped. [`enqueue_in`](PostgresStore::enqueue_in) writes jobs, and
-//! their `NOTIFY`, inside the application's own transaction: both exist only if it commits.
+//! clone of the store is dropped. A transaction writes jobs, and their `NOTIFY`, together with
+//! the application's own writes: both exist only if it commits. [`PostgresStore::transaction`]
+//! runs one on the store's pool, with commit on `Ok` and rollback on `Err`;
+//! [`PostgresStore::in_transaction`] joins a transaction the application opened itself. In
+//! either, `dispatch_job`'s `EnqueueTransactionExt` enqueues typed jobs
+//! (`tx.enqueue(&definition, input)`); [`PostgresStore::enqueue_in`] takes untyped ones.
+//!
+//! ```no_run
+//! # type BoxError = Box<dyn std::error::Error + Send + Sync>;
+//! # async fn demo(
+//! #     store: dispatch_store_postgres::PostgresStore,
+//! #     ship_order: dispatch_job::JobDefinition<i64>,
+//! # ) -> Result<(), BoxError> {
+//! use dispatch_job::EnqueueTransactionExt as _;
+//!
+//! let order_id = 7_i64;
+//! store
+//!     .transaction(move |tx| {
+//!         Box::pin(async move {
+//!             sqlx::query("INSERT INTO orders (id) VALUES ($1)")
+//!                 .bind(order_id)
+//!                 .execute(tx.conn())
+//!                 .await?;
+//!             // The body owns what it uses: move in (a clone of) the definition.
+//!             tx.enqueue(&ship_order, order_id).await?;
+//!             Ok::<_, BoxError>(())
+//!         })
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Connecting and migrating
+//!
+//! [`PostgresStore::connect`] connects and brings the schema up to date, holding an advisory
+//! lock while it migrates: the one call a single deployment needs. Where the application's
+//! role may not change the schema, or many processes start at once, a deploy step runs
+//! [`PostgresStore::migrate`] and the application connects with
+//! [`migrate(false)`](PostgresStoreBuilder::migrate): no DDL, no lock, only a read of the
+//! migrations table, failing with [`ErrorKind::NotMigrated`] until the deploy step has run.
+//! [`min_connections`](PostgresStoreBuilder::min_connections) opens connections at build, so
+//! the first calls find them ready.
 //!
 //! ```no_run
 //! # async fn demo() -> dispatch_core::Result<()> {
 //! use dispatch_store_postgres::PostgresStore;
+//!
+//! // The deploy step, as a role that may run DDL.
+//! PostgresStore::builder("postgres://migrator@db.internal/app")
+//!     .schema("jobs")
+//!     .build()
+//!     .await?;
+//! // The application.
 //! let store = PostgresStore::builder("postgres://app@db.internal/app")
 //!     .schema("jobs")
 //!     .application_name("billing-worker")
+//!     .migrate(false)
+//!     .min_connections(2)
 //!     .build()
 //!     .await?;
 //! # let _ = store;
@@ -72,7 +122,8 @@
 //! The skeleton every Dispatch store shares (a concern lives in the same file name in each),
 //! each statement beside the code that runs it:
 //!
-//! - `lib.rs`: the store, its builder, the state its clones share, the statement builder.
+//! - `lib.rs`: the store, the state its clones share, the statement builder; `builder`: its
+//!   options, connecting, migrating (or checking the schema) and the pools.
 //! - `job`: `JobStore`, forwarding to `enqueue` (batches, group-committed), `claim` (claims,
 //!   the next-due probe, claim marks) and `finish` (finishes and rescue); it keeps heartbeats,
 //!   cancel requests and lookups.
@@ -84,8 +135,10 @@
 //! - `group`: the group commit that `enqueue` and `workflow/checkpoint` share.
 //! - `row` (rows, and the column lists they are selected by), `error` (driver errors as the
 //!   core `Error`), `wake` (`LISTEN`/`NOTIFY`), `migrate` (the schema, `schema/*.sql`),
-//!   `transaction` (writes into the application's own transaction).
+//!   `transaction` (transactions of the store or of the application that enqueue and start
+//!   runs).
 
+mod builder;
 mod claim;
 mod dlq;
 mod enqueue;
@@ -103,18 +156,21 @@ mod wake;
 mod workflow;
 
 use std::future::Future;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(doc)]
 use dispatch_core::JobStore;
-use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
 use dispatch_core::{Error, ErrorKind, Result, SharedClock};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, SqlSafeStr, SqlStr};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, PgPool, SqlSafeStr, SqlStr};
 
+pub use builder::PostgresStoreBuilder;
 pub use migrate::SCHEMA_VERSION;
+/// The `sqlx` this store is built on: run the application's own SQL in a store transaction
+/// (`tx.conn()`) with it, so the versions always match.
+pub use sqlx;
+pub use transaction::PostgresTransaction;
 
 use claim::ClaimMarks;
 use enqueue::Enqueues;
@@ -129,15 +185,6 @@ pub const DEFAULT_SCHEMA: &str = "dispatch";
 pub const DEFAULT_APPLICATION_NAME: &str = "dispatch";
 /// Connections in the store's pool unless told otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
-/// A pooled connection idle this long is pinged before it is used again.
-/// The hot-path sessions: two for claims (one fetch loop claims at a time, so two cover two
-/// workers sharing a store) and one per group enqueue writer.
-const HOT_CONNECTIONS: u32 = 2 + enqueue::WRITERS as u32;
-
-/// The setting of the hot-path sessions: each prepared statement gets one (generic) plan.
-const PLAN_ONCE: &str = "SET plan_cache_mode = force_generic_plan";
-
-const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
 /// The longest schema name PostgreSQL keeps (`NAMEDATALEN - 1`).
 const MAX_IDENTIFIER_LEN: usize = 63;
 
@@ -207,195 +254,18 @@ impl Statements {
     }
 }
 
-/// Options for [`PostgresStore::builder`]: where the tables live, what the connections are
-/// called, how many there are and how long a call may take.
-#[derive(Clone)]
-#[must_use = "a builder does nothing until `build` is awaited"]
-pub struct PostgresStoreBuilder {
-    url: String,
-    schema: String,
-    application_name: String,
-    max_connections: u32,
-    call_timeout: Duration,
-    max_payload_bytes: usize,
-}
-
-/// Leaves out the URL: it may hold the password.
-impl std::fmt::Debug for PostgresStoreBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PostgresStoreBuilder")
-            .field("schema", &self.schema)
-            .field("application_name", &self.application_name)
-            .field("max_connections", &self.max_connections)
-            .field("call_timeout", &self.call_timeout)
-            .field("max_payload_bytes", &self.max_payload_bytes)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PostgresStoreBuilder {
-    /// Keep the tables in `schema` (default [`DEFAULT_SCHEMA`]): lowercase ASCII letters,
-    /// digits and `_`, not starting with a digit, at most 63 bytes, not starting with `pg_`.
-    /// The schema is created when missing.
-    pub fn schema(mut self, schema: impl Into<String>) -> Self {
-        self.schema = schema.into();
-        self
-    }
-
-    /// Name the store's connections `name` in `pg_stat_activity` (default
-    /// [`DEFAULT_APPLICATION_NAME`]); the wake-up listener's connection carries it too.
-    pub fn application_name(mut self, name: impl Into<String>) -> Self {
-        self.application_name = name.into();
-        self
-    }
-
-    /// Open at most `n` pooled connections (default [`DEFAULT_MAX_CONNECTIONS`], at least 1).
-    /// The wake-up listener holds one more while anyone subscribes, and the hot path (claims,
-    /// enqueues) runs on four of its own.
-    pub fn max_connections(mut self, n: u32) -> Self {
-        self.max_connections = n.max(1);
-        self
-    }
-
-    /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]).
-    pub fn call_timeout(mut self, timeout: Duration) -> Self {
-        self.call_timeout = timeout;
-        self
-    }
-
-    /// Reject payloads larger than `bytes` (default 1 MiB).
-    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
-        self.max_payload_bytes = bytes;
-        self
-    }
-
-    /// Connect, and bring the schema up to date with [`PostgresStore::migrate`].
-    ///
-    /// Fails with `InvalidInput` for a malformed URL or schema name, `Unavailable` when the
-    /// server can not be reached (or refuses the login), `Timeout` past the call timeout, and
-    /// `IncompatibleSchema` when the schema is not a Dispatch schema or was written by a newer
-    /// version.
-    pub async fn build(self) -> Result<PostgresStore> {
-        let quoted = quote_schema(&self.schema)?;
-        let options = connect_options(&self.url)?.application_name(&self.application_name);
-        // One connection first: a refused or failed login is reported at once (the pool
-        // would retry until its timeout), and it runs the migrations.
-        let mut conn = match tokio::time::timeout(self.call_timeout, options.connect()).await {
-            Ok(conn) => conn.map_err(|e| error::connect_error(&options, e))?,
-            Err(elapsed) => {
-                let message = format!(
-                    "connecting to {} took longer than {:?}",
-                    target(&options),
-                    self.call_timeout
-                );
-                return Err(Error::new(ErrorKind::Timeout, message).with_source(elapsed));
-            }
-        };
-        let channel = wake::channel_name(&self.schema);
-        let store = PostgresStore {
-            shared: Arc::new(Shared {
-                pool: self.pool(&options, self.max_connections, ""),
-                hot: self.pool(&options, HOT_CONNECTIONS, PLAN_ONCE),
-                enqueues: enqueue::enqueues(),
-                claim_marks: ClaimMarks::default(),
-                sql: Statements::new(&quoted),
-                schema: self.schema,
-                wake: Wake::new(options, channel),
-                checkpoints: group::checkpoints::writes(),
-            }),
-            clock: None,
-            max_payload_bytes: self.max_payload_bytes,
-            call_timeout: self.call_timeout,
-        };
-        store.timed("migrate", store.migrate_on(&mut conn)).await?;
-        // Best effort: the migrations are committed whether or not the goodbye arrives.
-        let _ = conn.close().await;
-        Ok(store)
-    }
-
-    /// The pool, opening connections as calls need them. Connections are pinged before reuse
-    /// only after sitting idle for [`PING_AFTER_IDLE`], so a busy store spends one round trip
-    /// per call. Acquiring gives up a little before the call timeout, so a server that went
-    /// away is reported `Unavailable` rather than `Timeout`.
-    ///
-    /// Each new connection turns JIT compilation off for its session: the store's statements
-    /// run for a millisecond, but the planner's cost estimates for the claim's skip scan grow
-    /// with the (queue, name) pairs and the batch, and past `jit_above_cost` a claim would
-    /// spend hundreds of milliseconds compiling (measured: 350 ms for 3 queues x 300 names).
-    ///
-    /// `SET`s after login rather than startup options, which poolers may refuse. `settings` are
-    /// more of them, for pools with a purpose (see [`Shared::hot`]).
-    fn pool(&self, options: &PgConnectOptions, size: u32, settings: &'static str) -> PgPool {
-        let server_ms = server_timeout(self.call_timeout).as_millis().max(1);
-        PgPoolOptions::new()
-            .max_connections(size)
-            .acquire_timeout(self.call_timeout.mul_f64(0.9))
-            .test_before_acquire(false)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    sqlx::raw_sql("SET jit = off").execute(&mut *conn).await?;
-                    if !settings.is_empty() {
-                        sqlx::raw_sql(settings).execute(&mut *conn).await?;
-                    }
-                    // Safe: a number of milliseconds, formatted here.
-                    let bound = format!(
-                        "SET statement_timeout = {server_ms}; SET lock_timeout = {server_ms}"
-                    );
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(bound)).execute(&mut *conn).await?;
-                    Ok(())
-                })
-            })
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_AFTER_IDLE {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_lazy_with(options.clone())
-    }
-}
-
-/// The server-side bound of every statement on the store's sessions (`statement_timeout` and
-/// `lock_timeout`): a tenth below the call timeout, at least 50 ms below it. A statement the
-/// caller gave up on (a claim stuck behind another session's lock) is then cancelled by the
-/// server before the caller stops waiting, instead of committing after it: no lease nobody
-/// holds. The call timeout is set on the builder only, so the two can not cross.
-fn server_timeout(call_timeout: Duration) -> Duration {
-    let margin = (call_timeout / 10).max(Duration::from_millis(50));
-    call_timeout.saturating_sub(margin).max(Duration::from_millis(1))
-}
-
-/// The connect options of a `postgres://` or `postgresql://` URL.
-fn connect_options(url: &str) -> Result<PgConnectOptions> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(Error::invalid_input(
-            "a PostgreSQL URL starts with postgres:// or postgresql://",
-        ));
-    }
-    PgConnectOptions::from_str(url)
-        .map_err(|e| Error::invalid_input("bad PostgreSQL URL").with_source(e))
-}
-
 impl PostgresStore {
     /// Connect to `url` (`postgres://user:password@host:port/database`) with the default
-    /// options, and bring the schema up to date. See [`PostgresStoreBuilder::build`] for the
-    /// errors.
+    /// options, and bring the schema up to date: the quickstart. [`builder`](Self::builder)
+    /// connects without migrating and sets the options. See [`PostgresStoreBuilder::build`] for
+    /// the errors.
     pub async fn connect(url: &str) -> Result<Self> {
         Self::builder(url).build().await
     }
 
     /// Options for a store at `url`; finish with [`build`](PostgresStoreBuilder::build).
     pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
-        PostgresStoreBuilder {
-            url: url.into(),
-            schema: DEFAULT_SCHEMA.to_owned(),
-            application_name: DEFAULT_APPLICATION_NAME.to_owned(),
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            call_timeout: DEFAULT_CALL_TIMEOUT,
-            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
-        }
+        PostgresStoreBuilder::new(url.into())
     }
 
     /// Read time from `clock` (tests inject a manual clock) instead of the database clock.
@@ -415,8 +285,9 @@ impl PostgresStore {
         &self.shared.schema
     }
 
-    /// The store's connection pool: to open the transactions [`enqueue_in`](Self::enqueue_in)
-    /// writes into, or for the application's own queries against the same database.
+    /// The store's connection pool: to open the transactions that
+    /// [`in_transaction`](Self::in_transaction) and [`enqueue_in`](Self::enqueue_in) write into,
+    /// or for the application's own queries against the same database.
     pub fn pool(&self) -> &PgPool {
         &self.shared.pool
     }
@@ -452,6 +323,10 @@ impl PostgresStore {
         }
     }
 }
+
+/// A boxed future that may borrow for `'a`, as the body of [`PostgresStore::transaction`]
+/// returns it: `Box::pin(async move { … })`.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The store's now: the injected clock's time (`$1`) or the database's transaction time, in
 /// microseconds since the epoch.
@@ -531,6 +406,7 @@ fn assert_expanded(sql: &SqlStr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::builder::connect_options;
 
     #[test]
     fn sat_expands_every_occurrence() {

@@ -27,7 +27,9 @@ impl PostgresStore {
     /// lacks, all in one transaction that holds a transaction-level advisory lock keyed by the
     /// schema name, so processes migrating one schema at once take turns and each version is
     /// applied once. [`PostgresStoreBuilder::build`](crate::PostgresStoreBuilder::build) runs
-    /// it; running it again does nothing.
+    /// it; running it again does nothing. Run it in a deploy step when the application opens its
+    /// stores without migrating
+    /// ([`PostgresStoreBuilder::migrate`](crate::PostgresStoreBuilder::migrate)).
     ///
     /// Fails with `IncompatibleSchema` when the schema records a version newer than this crate
     /// knows, or holds tables but no Dispatch migration record (not a Dispatch schema).
@@ -37,6 +39,24 @@ impl PostgresStore {
             self.migrate_on(&mut conn).await
         })
         .await
+    }
+
+    /// Check, without writing or locking, that the schema has exactly this crate's version:
+    /// `NotMigrated` when it is missing, empty or older, `IncompatibleSchema` when it is newer or
+    /// not a Dispatch schema.
+    pub(crate) async fn check_migrated_on(&self, conn: &mut PgConnection) -> Result<()> {
+        let schema = self.schema();
+        if !has_migrations_table(conn, schema).await? {
+            return Err(not_migrated(schema, "it has no Dispatch tables"));
+        }
+        let newest = newest_version(conn, &crate::quote_schema(schema)?).await?;
+        if newest < SCHEMA_VERSION {
+            let why = format!(
+                "it has schema version {newest}, older than this version needs ({SCHEMA_VERSION})"
+            );
+            return Err(not_migrated(schema, &why));
+        }
+        refuse_newer(schema, newest)
     }
 
     /// [`migrate`](Self::migrate) on `conn`, in a transaction of its own.
@@ -61,16 +81,8 @@ impl PostgresStore {
         );
         sqlx::raw_sql(AssertSqlSafe(create)).execute(&mut *conn).await.map_err(db_error)?;
         check_ours(conn, schema).await?;
-        let newest = newest_version(conn).await?;
-        if newest > SCHEMA_VERSION {
-            return Err(Error::new(
-                ErrorKind::IncompatibleSchema,
-                format!(
-                    "schema {schema:?} has version {newest}, newer than this version of \
-                     dispatch-store-postgres knows ({SCHEMA_VERSION})"
-                ),
-            ));
-        }
+        let newest = newest_version(conn, &quoted).await?;
+        refuse_newer(schema, newest)?;
         let applied = usize::try_from(newest).unwrap_or(0);
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
             sqlx::raw_sql(*migration).execute(&mut *conn).await.map_err(db_error)?;
@@ -88,9 +100,9 @@ impl PostgresStore {
     }
 }
 
-/// Create the migrations table in an empty schema; refuse a schema that has tables but no
-/// migrations table (another program's).
-async fn check_ours(conn: &mut PgConnection, schema: &str) -> Result<()> {
+/// The tables of `schema` (none when it does not exist); `IncompatibleSchema` when there are
+/// tables but no migrations table (another program's). Whether the migrations table is there.
+async fn has_migrations_table(conn: &mut PgConnection, schema: &str) -> Result<bool> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY 1",
@@ -100,7 +112,7 @@ async fn check_ours(conn: &mut PgConnection, schema: &str) -> Result<()> {
     .await
     .map_err(db_error)?;
     if tables.iter().any(|t| t == MIGRATIONS_TABLE) {
-        return Ok(());
+        return Ok(true);
     }
     if !tables.is_empty() {
         return Err(Error::new(
@@ -112,6 +124,15 @@ async fn check_ours(conn: &mut PgConnection, schema: &str) -> Result<()> {
             ),
         ));
     }
+    Ok(false)
+}
+
+/// Create the migrations table in an empty schema; refuse a schema that has tables but no
+/// migrations table (another program's).
+async fn check_ours(conn: &mut PgConnection, schema: &str) -> Result<()> {
+    if has_migrations_table(conn, schema).await? {
+        return Ok(());
+    }
     sqlx::query(
         "CREATE TABLE dispatch_migrations (version integer PRIMARY KEY, applied_at bigint NOT NULL)",
     )
@@ -121,11 +142,37 @@ async fn check_ours(conn: &mut PgConnection, schema: &str) -> Result<()> {
     Ok(())
 }
 
-/// The newest version the schema records (0 for none).
-async fn newest_version(conn: &mut PgConnection) -> Result<i64> {
-    let newest: Option<i32> = sqlx::query_scalar("SELECT max(version) FROM dispatch_migrations")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_error)?;
+/// The newest version the schema named by `quoted` (a checked, quoted identifier) records (0
+/// for none).
+async fn newest_version(conn: &mut PgConnection, quoted: &str) -> Result<i64> {
+    // Safe: the schema name is checked against [a-z_][a-z0-9_]*.
+    let sql = format!("SELECT max(version) FROM {quoted}.{MIGRATIONS_TABLE}");
+    let newest: Option<i32> =
+        sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *conn).await.map_err(db_error)?;
     Ok(newest.map_or(0, i64::from))
+}
+
+/// `IncompatibleSchema` for a version newer than this crate knows.
+fn refuse_newer(schema: &str, newest: i64) -> Result<()> {
+    if newest > SCHEMA_VERSION {
+        return Err(Error::new(
+            ErrorKind::IncompatibleSchema,
+            format!(
+                "schema {schema:?} has version {newest}, newer than this version of \
+                 dispatch-store-postgres knows ({SCHEMA_VERSION})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `NotMigrated` for `schema`, saying why and what to run.
+fn not_migrated(schema: &str, why: &str) -> Error {
+    Error::new(
+        ErrorKind::NotMigrated,
+        format!(
+            "schema {schema:?} is not migrated ({why}): run the migrations first, with \
+             PostgresStore::connect or PostgresStore::migrate (for example in a deploy step)"
+        ),
+    )
 }

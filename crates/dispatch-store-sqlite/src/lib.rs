@@ -34,13 +34,38 @@
 //! ([`JobStore::wakeups`](dispatch_core::JobStore::wakeups)), whichever clone of the store they
 //! use. Workers in other processes sharing the file find new jobs at their next poll.
 //!
+//! # Opening and migrating
+//!
+//! [`SqliteStore::open`] opens the file (creating it) and brings its schema up to date: the one
+//! call a single process needs. Where the schema is migrated once, by a deploy step, the
+//! application opens with [`SqliteStore::builder`] and
+//! [`migrate(false)`](SqliteStoreBuilder::migrate): that runs no DDL and creates no file, and fails with [`ErrorKind::NotMigrated`] until the
+//! deploy step has run [`SqliteStore::migrate`].
+//!
+//! ```no_run
+//! # async fn demo() -> dispatch_core::Result<()> {
+//! use dispatch_store_sqlite::{SqliteStore, Synchronous};
+//!
+//! // The deploy step.
+//! SqliteStore::open("jobs.db").await?.migrate().await?;
+//! // The application.
+//! let store = SqliteStore::builder("jobs.db")
+//!     .migrate(false)
+//!     .synchronous(Synchronous::Full)
+//!     .build()
+//!     .await?;
+//! # let _ = store;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Transactional enqueue
 //!
 //! To create jobs exactly when the application's own writes commit, run the application's
 //! transaction on the store's writer with [`SqliteStore::transaction`]: the body gets a
 //! [`SqliteTransaction`] with the writer connection for the application's SQL
-//! ([`conn`](SqliteTransaction::conn)) and [`enqueue`](SqliteTransaction::enqueue) for the jobs
-//! (typed ones built with `dispatch_job::JobDefinition::new_job`); all of it commits together,
+//! ([`conn`](SqliteTransaction::conn)) and enqueues typed jobs with `dispatch_job`'s
+//! `EnqueueTransactionExt` (`tx.enqueue(&definition, input)`); all of it commits together,
 //! and the workers of this process are woken after the commit. The transaction takes its turn
 //! with the workers' calls, so a busy application can not starve them, but every store call
 //! waits while it runs: keep it short (it is bounded by the call timeout).
@@ -52,20 +77,22 @@
 //!
 //! ```no_run
 //! # type BoxError = Box<dyn std::error::Error + Send + Sync>;
-//! # async fn demo(store: dispatch_store_sqlite::SqliteStore) -> Result<(), BoxError> {
-//! use dispatch_core::NewJob;
+//! # async fn demo(
+//! #     store: dispatch_store_sqlite::SqliteStore,
+//! #     ship_order: dispatch_job::JobDefinition<i64>,
+//! # ) -> Result<(), BoxError> {
+//! use dispatch_job::EnqueueTransactionExt as _;
 //!
 //! let order_id = 7;
 //! store
-//!     .transaction(|tx| {
+//!     .transaction(move |tx| {
 //!         Box::pin(async move {
 //!             sqlx::query("INSERT INTO orders (id) VALUES (?)")
 //!                 .bind(order_id)
 //!                 .execute(tx.conn())
 //!                 .await?;
-//!             // Typed: `ship_order.new_job(&order_id, EnqueueOptions::default())?`.
-//!             let job = NewJob::new("ship_order", order_id.to_string().into_bytes());
-//!             tx.enqueue(vec![job]).await?;
+//!             // The body owns what it uses: move in (a clone of) the definition.
+//!             tx.enqueue(&ship_order, order_id).await?;
 //!             Ok::<_, BoxError>(())
 //!         })
 //!     })
@@ -76,10 +103,12 @@
 //!
 //! # Durability
 //!
-//! The database runs in WAL mode with `synchronous=NORMAL`: a committed call survives a crash of
-//! the process, but the last commits before a power loss or an operating system crash may be
-//! lost (the database itself stays consistent). The WAL is checkpointed by a task of the store
-//! on a connection of its own, shortly after commits, so the writer does not stop for it.
+//! The database runs in WAL mode, by default with `synchronous=NORMAL` ([`Synchronous::Normal`]):
+//! a committed call survives a crash of the process, but the last commits before a power loss or
+//! an operating system crash may be lost (the database itself stays consistent).
+//! [`Synchronous::Full`] keeps those too, at the price of an fsync per commit
+//! ([`SqliteStoreBuilder::synchronous`]). The WAL is checkpointed by a task of the store on a
+//! connection of its own, shortly after commits, so the writer does not stop for it.
 //!
 //! ```no_run
 //! # async fn demo() -> dispatch_core::Result<()> {
@@ -122,14 +151,17 @@ use sqlx::{ConnectOptions, Connection, SqliteConnection};
 use tokio::sync::Mutex;
 
 pub use migrate::SCHEMA_VERSION;
+/// The `sqlx` this store is built on: run the application's own SQL in a store transaction
+/// (`tx.conn()`) with it, so the versions always match.
+pub use sqlx;
 pub use transaction::SqliteTransaction;
 
 /// How long one store call may take before it fails with a timeout.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection waits for another process's lock before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reader connections in the pool.
-const READERS: u32 = 3;
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reader connections in the pool unless told otherwise.
+pub const DEFAULT_READERS: u32 = 3;
 
 /// The SQLite store. Cheap to clone: clones share the connections.
 #[derive(Clone, Debug)]
@@ -149,15 +181,181 @@ pub struct SqliteStore {
     wal: Arc<wal_checkpoint::Checkpointer>,
 }
 
+/// How hard SQLite works to make a commit durable (its `synchronous` setting), in WAL mode.
+///
+/// Every mode keeps the database consistent; they differ in which crashes the last commits
+/// survive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// `synchronous=NORMAL`, the default: a committed transaction survives a crash of the
+    /// process, but the last commits before a power loss or an operating system crash may be
+    /// lost. The WAL is synced at checkpoints only, so a commit costs no fsync.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: a committed transaction survives a power loss or an operating system
+    /// crash too, at the price of an fsync of the WAL per commit.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> SqliteSynchronous {
+        match self {
+            Self::Normal => SqliteSynchronous::Normal,
+            Self::Full => SqliteSynchronous::Full,
+        }
+    }
+}
+
+/// Options for [`SqliteStore::builder`]: whether to migrate, how many readers, how durable a
+/// commit is, and the store's limits. Finish with [`build`](Self::build).
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `build` is awaited"]
+pub struct SqliteStoreBuilder {
+    path_or_url: String,
+    migrate: bool,
+    readers: u32,
+    synchronous: Synchronous,
+    call_timeout: Duration,
+    busy_timeout: Duration,
+    max_payload_bytes: usize,
+}
+
+impl SqliteStoreBuilder {
+    /// Whether [`build`](Self::build) brings the schema up to date (default `true`). With
+    /// `false` it runs no DDL and does not create a missing file: it only checks the database
+    /// has this version's schema, and fails with [`ErrorKind::NotMigrated`] when the file does
+    /// not exist or its schema is missing or older (migrate it first, with
+    /// [`SqliteStore::open`] or [`SqliteStore::migrate`], for example in a deploy step).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// Keep `n` reader connections (default [`DEFAULT_READERS`], at least 1) for the calls that
+    /// only read (lookups and listings); writes go to the one writer connection.
+    pub fn readers(mut self, n: u32) -> Self {
+        self.readers = n.max(1);
+        self
+    }
+
+    /// How durable a commit is (default [`Synchronous::Normal`]; see [`Synchronous`]).
+    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Wait at most `timeout` (default [`DEFAULT_BUSY_TIMEOUT`]) for a lock another connection
+    /// holds before failing with [`ErrorKind::Unavailable`] (see
+    /// [`SqliteStore::busy_timeout`]).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Reject payloads larger than `bytes` (default 1 MiB).
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Open the database, and migrate it or check it is migrated (see
+    /// [`migrate`](Self::migrate)).
+    ///
+    /// Fails with `InvalidInput` for a malformed URL, `Unavailable` when the file can not be
+    /// opened or written (read-only), `IncompatibleSchema` when it is not a Dispatch database or
+    /// was written by a newer version, and, when not migrating, `NotMigrated` when its schema is
+    /// missing or older than this version.
+    pub async fn build(self) -> Result<SqliteStore> {
+        let options = self.connect_options()?;
+        // The writer checkpoints only to reset the log (see `wal_checkpoint`).
+        let writer_options = options
+            .clone()
+            .pragma("wal_autocheckpoint", wal_checkpoint::WRITER_AUTOCHECKPOINT_PAGES.to_string());
+        let writer = retry_busy(self.busy_timeout, || writer_options.connect())
+            .await
+            .map_err(|e| self.open_error(&options, e))?;
+        let pool = SqlitePoolOptions::new().max_connections(self.readers);
+        let readers = retry_busy(self.busy_timeout, || pool.clone().connect_with(options.clone()))
+            .await
+            .map_err(|e| self.open_error(&options, e))?;
+        let store = SqliteStore {
+            writer: Arc::new(Mutex::new(writer)),
+            writes: Arc::default(),
+            ends: Arc::default(),
+            readers,
+            clock: Arc::new(SystemClock),
+            max_payload_bytes: self.max_payload_bytes,
+            call_timeout: self.call_timeout,
+            wakeups: dispatch_core::WakeupHub::new(),
+            wal: Arc::new(wal_checkpoint::Checkpointer::start(options)),
+        };
+        if self.migrate {
+            store.migrate().await.map_err(|e| self.write_error(e))?;
+        } else {
+            store.check_migrated(&self.path_or_url).await?;
+        }
+        Ok(store)
+    }
+
+    /// The options every connection of the store opens with.
+    fn connect_options(&self) -> Result<SqliteConnectOptions> {
+        let path_or_url = &self.path_or_url;
+        let options = if path_or_url.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(path_or_url).map_err(|e| {
+                Error::invalid_input(format!("bad SQLite URL {path_or_url:?}")).with_source(e)
+            })?
+        } else {
+            SqliteConnectOptions::new().filename(path_or_url)
+        };
+        Ok(options
+            // Only migrating creates the database: a producer must not make an empty file.
+            .create_if_missing(self.migrate)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(self.synchronous.pragma())
+            .busy_timeout(self.busy_timeout)
+            .foreign_keys(true))
+    }
+
+    /// A failed connect as a typed error: without migrating, a file that does not exist is a
+    /// database nobody migrated.
+    fn open_error(&self, options: &SqliteConnectOptions, err: sqlx::Error) -> Error {
+        if !self.migrate && !options.get_filename().exists() {
+            return migrate::not_migrated(&self.path_or_url, "the database file does not exist")
+                .with_source(err);
+        }
+        open_error(&self.path_or_url, err)
+    }
+
+    /// A failed migration, naming the file when it could not be written.
+    fn write_error(&self, err: Error) -> Error {
+        if err.kind() == ErrorKind::Unavailable {
+            let message = format!("can not write {:?}: {}", self.path_or_url, err.message());
+            Error::unavailable(message).with_source(err)
+        } else {
+            err
+        }
+    }
+}
+
 /// Run `connect` again while it fails with "database is locked": switching a new file to WAL
 /// needs a lock that SQLite does not wait for, so two processes opening one new file at once can
-/// see it. Bounded by [`BUSY_TIMEOUT`].
-async fn retry_busy<T, F, Fut>(mut connect: F) -> std::result::Result<T, sqlx::Error>
+/// see it. Bounded by `busy_timeout`.
+async fn retry_busy<T, F, Fut>(
+    busy_timeout: Duration,
+    mut connect: F,
+) -> std::result::Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
 {
-    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + busy_timeout;
     loop {
         match connect().await {
             Err(sqlx::Error::Database(e))
@@ -172,55 +370,27 @@ where
 
 impl SqliteStore {
     /// Open (creating when missing) the database at `path_or_url`, a file path or a
-    /// `sqlite:` URL, and bring its schema up to date with [`migrate`](Self::migrate).
+    /// `sqlite:` URL, and bring its schema up to date with [`migrate`](Self::migrate): the
+    /// quickstart. [`builder`](Self::builder) opens without migrating and sets the options.
     ///
     /// Fails with `Unavailable` when the file can not be opened or written (read-only), and with
     /// `IncompatibleSchema` when it is not a Dispatch database or was written by a newer version.
     pub async fn open(path_or_url: &str) -> Result<Self> {
-        let options = if path_or_url.starts_with("sqlite:") {
-            SqliteConnectOptions::from_str(path_or_url).map_err(|e| {
-                Error::invalid_input(format!("bad SQLite URL {path_or_url:?}")).with_source(e)
-            })?
-        } else {
-            SqliteConnectOptions::new().filename(path_or_url)
-        };
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
-        // The writer checkpoints only to reset the log (see `wal_checkpoint`).
-        let writer_options = options
-            .clone()
-            .pragma("wal_autocheckpoint", wal_checkpoint::WRITER_AUTOCHECKPOINT_PAGES.to_string());
-        let writer = retry_busy(|| writer_options.connect())
-            .await
-            .map_err(|e| open_error(path_or_url, e))?;
-        let pool = SqlitePoolOptions::new().max_connections(READERS);
-        let readers = retry_busy(|| pool.clone().connect_with(options.clone()))
-            .await
-            .map_err(|e| open_error(path_or_url, e))?;
-        let store = Self {
-            writer: Arc::new(Mutex::new(writer)),
-            writes: Arc::default(),
-            ends: Arc::default(),
-            readers,
-            clock: Arc::new(SystemClock),
-            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        Self::builder(path_or_url).build().await
+    }
+
+    /// Options for a store at `path_or_url` (a file path or a `sqlite:` URL); finish with
+    /// [`build`](SqliteStoreBuilder::build).
+    pub fn builder(path_or_url: impl Into<String>) -> SqliteStoreBuilder {
+        SqliteStoreBuilder {
+            path_or_url: path_or_url.into(),
+            migrate: true,
+            readers: DEFAULT_READERS,
+            synchronous: Synchronous::default(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
-            wakeups: dispatch_core::WakeupHub::new(),
-            wal: Arc::new(wal_checkpoint::Checkpointer::start(options)),
-        };
-        store.migrate().await.map_err(|e| {
-            if e.kind() == ErrorKind::Unavailable {
-                Error::unavailable(format!("can not write {path_or_url:?}: {}", e.message()))
-                    .with_source(e)
-            } else {
-                e
-            }
-        })?;
-        Ok(store)
+            busy_timeout: DEFAULT_BUSY_TIMEOUT,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
     }
 
     /// Read time from `clock` (tests inject a manual clock); the default is the system clock.
@@ -317,5 +487,29 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
         drop(held);
         store.enqueue(vec![NewJob::new("a", vec![])]).await.unwrap();
+    }
+
+    /// `PRAGMA synchronous` on the writer and on a reader: 1 is NORMAL, 2 is FULL.
+    async fn synchronous_of(store: &SqliteStore) -> (i64, i64) {
+        let pragma = "PRAGMA synchronous";
+        let mut writer = store.writer.lock().await;
+        let on_writer = sqlx::query_scalar(pragma).fetch_one(&mut *writer).await.unwrap();
+        let on_reader = sqlx::query_scalar(pragma).fetch_one(&store.readers).await.unwrap();
+        (on_writer, on_reader)
+    }
+
+    #[tokio::test]
+    async fn synchronous_is_normal_unless_full_is_asked_for() {
+        let dir = std::env::temp_dir()
+            .join("dispatch-sqlite-unit")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sync.db").to_str().unwrap().to_owned();
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(synchronous_of(&store).await, (1, 1));
+        drop(store);
+        let store =
+            SqliteStore::builder(&path).synchronous(Synchronous::Full).build().await.unwrap();
+        assert_eq!(synchronous_of(&store).await, (2, 2));
     }
 }

@@ -22,7 +22,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 impl SqliteStore {
     /// Bring the schema up to date: apply every migration the database lacks, each in its own
     /// `BEGIN IMMEDIATE` transaction, so two processes starting at once apply each version once.
-    /// [`open`](Self::open) runs it; running it again does nothing.
+    /// [`open`](Self::open) runs it; running it again does nothing. Run it in a deploy step when
+    /// the application opens its stores without migrating
+    /// ([`SqliteStoreBuilder::migrate`](crate::SqliteStoreBuilder::migrate)).
     ///
     /// Fails with `IncompatibleSchema` when the database records a version newer than this crate
     /// knows, or holds tables but no Dispatch migration record (not a Dispatch database).
@@ -41,19 +43,61 @@ impl SqliteStore {
         })
         .await
     }
+
+    /// Check, without writing, that the database at `path` has exactly this crate's schema:
+    /// `NotMigrated` when it is empty or older, `IncompatibleSchema` when it is newer or not a
+    /// Dispatch database.
+    pub(crate) async fn check_migrated(&self, path: &str) -> Result<()> {
+        self.timed("open", async {
+            let mut conn = self.writer.lock().await;
+            match recorded_version(&mut conn).await? {
+                None | Some(0) => Err(not_migrated(path, "it has no Dispatch schema")),
+                Some(newest) if newest < SCHEMA_VERSION => Err(not_migrated(
+                    path,
+                    &format!(
+                        "it has schema version {newest}, older than this version needs \
+                         ({SCHEMA_VERSION})"
+                    ),
+                )),
+                Some(newest) => refuse_newer(newest),
+            }
+        })
+        .await
+    }
 }
 
 /// Create the migrations table in a new database, and check an existing one is ours and not
 /// newer than this crate.
 async fn prepare(conn: &mut SqliteConnection) -> Result<()> {
+    let newest = match recorded_version(conn).await? {
+        Some(newest) => newest,
+        None => {
+            sqlx::query(
+                "CREATE TABLE dispatch_migrations \
+                 (version INTEGER PRIMARY KEY, applied_at INTEGER)",
+            )
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error)?;
+            0
+        }
+    };
+    refuse_newer(newest)
+}
+
+/// The newest schema version the database records (0 when its migrations table is empty), or
+/// `None` for an empty database; `IncompatibleSchema` for tables without a migrations table.
+async fn recorded_version(conn: &mut SqliteConnection) -> Result<Option<i64>> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
     )
     .fetch_all(&mut *conn)
     .await
     .map_err(db_error)?;
-    let ours = tables.iter().any(|t| t == "dispatch_migrations");
-    if !ours && !tables.is_empty() {
+    if !tables.iter().any(|t| t == "dispatch_migrations") {
+        if tables.is_empty() {
+            return Ok(None);
+        }
         return Err(Error::new(
             ErrorKind::IncompatibleSchema,
             format!(
@@ -62,21 +106,18 @@ async fn prepare(conn: &mut SqliteConnection) -> Result<()> {
             ),
         ));
     }
-    if !ours {
-        sqlx::query(
-            "CREATE TABLE dispatch_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER)",
-        )
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
-    }
     let newest: Option<i64> = sqlx::query("SELECT max(version) AS v FROM dispatch_migrations")
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error)?
         .try_get("v")
         .map_err(db_error)?;
-    if let Some(newest) = newest.filter(|&v| v > SCHEMA_VERSION) {
+    Ok(Some(newest.unwrap_or(0)))
+}
+
+/// `IncompatibleSchema` for a version newer than this crate knows.
+fn refuse_newer(newest: i64) -> Result<()> {
+    if newest > SCHEMA_VERSION {
         return Err(Error::new(
             ErrorKind::IncompatibleSchema,
             format!(
@@ -86,6 +127,17 @@ async fn prepare(conn: &mut SqliteConnection) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `NotMigrated` for the database at `path`, saying why and what to run.
+pub(crate) fn not_migrated(path: &str, why: &str) -> Error {
+    Error::new(
+        ErrorKind::NotMigrated,
+        format!(
+            "the database {path:?} is not migrated ({why}): run the migrations first, with \
+             SqliteStore::open or SqliteStore::migrate (for example in a deploy step)"
+        ),
+    )
 }
 
 /// Apply migration `version` unless the database has it.

@@ -8,6 +8,9 @@
 //! come, first served: the application's SQL and its jobs commit together, and a worker's call
 //! waits for at most the transactions that were already waiting before it. After the commit the
 //! store wakes this process's idle workers of the queues enqueued to, so the jobs start at once.
+//! [`SqliteTransaction`] implements [`EnqueueTransaction`], so `dispatch_job`'s
+//! `EnqueueTransactionExt` enqueues typed jobs in it: `tx.enqueue(&definition, input)`, as on
+//! PostgreSQL.
 //!
 //! Every store call of the process waits while such a transaction runs, so keep it short: no
 //! network calls or user input inside. It is bounded by the store's
@@ -26,7 +29,10 @@
 //! rolled back). Workers find the jobs at their next poll, or at once when the application calls
 //! [`SqliteStore::wake`] after committing.
 
-use dispatch_core::{Enqueued, Error, ErrorKind, NewJob, NewRun, Result, Started};
+use async_trait::async_trait;
+use dispatch_core::{
+    EnqueueTransaction, Enqueued, Error, ErrorKind, NewJob, NewRun, Result, Started,
+};
 use sqlx::{Connection, SqliteConnection};
 
 use crate::enqueue::{enqueue_batch, validate_batch};
@@ -36,7 +42,9 @@ use crate::{BoxFuture, SqliteStore};
 
 /// A transaction on the store's writer connection, handed to the body of
 /// [`SqliteStore::transaction`]: run the application's own SQL on [`conn`](Self::conn) and
-/// enqueue jobs with [`enqueue`](Self::enqueue); all of it commits together or not at all.
+/// enqueue jobs, typed with `dispatch_job::EnqueueTransactionExt` (`tx.enqueue(&definition,
+/// input)`, through [`EnqueueTransaction`]) or built with [`enqueue_jobs`](Self::enqueue_jobs);
+/// all of it commits together or not at all.
 pub struct SqliteTransaction<'t> {
     conn: &'t mut SqliteConnection,
     store: &'t SqliteStore,
@@ -60,9 +68,9 @@ impl SqliteTransaction<'_> {
 
     /// Enqueue `jobs` in this transaction; they exist exactly when it commits. Same validation,
     /// unique keys and per-item results as [`JobStore::enqueue`](dispatch_core::JobStore::enqueue).
-    /// Build typed jobs with `dispatch_job::JobDefinition::new_job(&input, options)`. The
-    /// workers of their queues are woken after the commit.
-    pub async fn enqueue(&mut self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+    /// For typed jobs use `dispatch_job::EnqueueTransactionExt` (`tx.enqueue(&definition,
+    /// input)`). The workers of their queues are woken after the commit.
+    pub async fn enqueue_jobs(&mut self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         validate_batch(&jobs, self.store.max_payload_bytes)?;
         let queues: Vec<String> = jobs.iter().map(|j| j.queue.clone()).collect();
         let results = enqueue_batch(self.conn, jobs, self.store.clock.now()).await?;
@@ -90,11 +98,19 @@ impl SqliteTransaction<'_> {
     }
 }
 
+#[async_trait]
+impl EnqueueTransaction for SqliteTransaction<'_> {
+    async fn enqueue_jobs(&mut self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        SqliteTransaction::enqueue_jobs(self, jobs).await
+    }
+}
+
 impl SqliteStore {
     /// Run `body` in one `BEGIN IMMEDIATE` transaction on the store's writer connection: the
-    /// application's own SQL (on [`SqliteTransaction::conn`]) and its jobs
-    /// ([`SqliteTransaction::enqueue`]) commit together when `body` returns `Ok`, and are rolled
-    /// back when it returns `Err`, panics, or is dropped. After the commit the idle workers of
+    /// application's own SQL (on [`SqliteTransaction::conn`]) and its jobs (typed through
+    /// `dispatch_job::EnqueueTransactionExt`, or [`SqliteTransaction::enqueue_jobs`]) commit
+    /// together when `body` returns `Ok`, and are rolled back when it returns `Err`, panics, or
+    /// is dropped. After the commit the idle workers of
     /// this process that serve the enqueued queues are woken. This is the way to enqueue inside
     /// an application's transaction (see the [module docs](crate#transactional-enqueue)).
     ///
@@ -103,24 +119,27 @@ impl SqliteStore {
     /// keep `body` short. It is bounded by the [call timeout](Self::call_timeout), waiting for
     /// the writer included; past it the transaction is rolled back and the call fails with
     /// [`ErrorKind::Timeout`]. Store errors (beginning, committing, the timeout) reach the
-    /// caller as `E::from(dispatch_core::Error)`.
+    /// caller as `E::from(dispatch_core::Error)`. The body's future must own what it uses (it
+    /// may borrow only the transaction): move values in, cloning a `JobDefinition` if need be.
     ///
     /// ```no_run
     /// # type BoxError = Box<dyn std::error::Error + Send + Sync>;
-    /// # async fn demo(store: dispatch_store_sqlite::SqliteStore) -> Result<(), BoxError> {
-    /// use dispatch_core::NewJob;
+    /// # async fn demo(
+    /// #     store: dispatch_store_sqlite::SqliteStore,
+    /// #     ship_order: dispatch_job::JobDefinition<i64>,
+    /// # ) -> Result<(), BoxError> {
+    /// use dispatch_job::EnqueueTransactionExt as _;
     ///
     /// let order_id = 7;
     /// store
-    ///     .transaction(|tx| {
+    ///     .transaction(move |tx| {
     ///         Box::pin(async move {
     ///             sqlx::query("INSERT INTO orders (id) VALUES (?)")
     ///                 .bind(order_id)
     ///                 .execute(tx.conn())
     ///                 .await?;
-    ///             // Typed: `ship_order.new_job(&order_id, EnqueueOptions::default())?`.
-    ///             let job = NewJob::new("ship_order", order_id.to_string().into_bytes());
-    ///             tx.enqueue(vec![job]).await?;
+    ///             // The body owns what it uses: move in (a clone of) the definition.
+    ///             tx.enqueue(&ship_order, order_id).await?;
     ///             Ok::<_, BoxError>(())
     ///         })
     ///     })

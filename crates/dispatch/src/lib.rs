@@ -58,7 +58,8 @@ pub mod prelude {
         Backoff, DlqFilter, Event, Hook, Job, JobFilter, JobId, JobState, PageRequest, Scope,
     };
     pub use dispatch_job::{
-        CancelReason, EnqueueOptions, JobContext, JobDefinition, JobError, JobResult, JobWaitError,
+        CancelReason, EnqueueOptions, EnqueueTransactionExt, JobContext, JobDefinition, JobError,
+        JobResult, JobWaitError,
     };
 
     #[cfg(feature = "memory")]

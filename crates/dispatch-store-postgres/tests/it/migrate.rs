@@ -1,10 +1,14 @@
 //! Connecting and migrating: concurrent migrations of one schema, schemas this version can not
-//! use, and how connection trouble surfaces (unreachable server, call timeout, terminated
-//! connections). Needs the test server (see `support`).
+//! use, opening without migrating (a producer beside a migrated worker; `NotMigrated` for a
+//! missing or older schema, creating nothing), the pool's warm-up, and how connection trouble
+//! surfaces (unreachable server, call timeout, terminated connections). Needs the test server
+//! (see `support`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{ErrorKind, JobStore, NewJob};
+use dispatch_core::{ErrorKind, JobState, JobStore, NewJob};
+use dispatch_job::{JobClient, JobContext, JobDefinition, Worker};
 use dispatch_store_postgres::{PostgresStore, SCHEMA_VERSION};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
@@ -18,6 +22,20 @@ pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
         }),
         ("a_newer_schema_is_refused", |url| Box::pin(a_newer_schema_is_refused(url))),
         ("a_foreign_schema_is_refused", |url| Box::pin(a_foreign_schema_is_refused(url))),
+        ("a_producer_that_does_not_migrate_enqueues_for_a_worker_on_a_migrated_store", |url| {
+            Box::pin(a_producer_that_does_not_migrate_enqueues_for_a_worker_on_a_migrated_store(
+                url,
+            ))
+        }),
+        ("without_migrating_a_missing_schema_is_not_migrated_and_not_created", |url| {
+            Box::pin(without_migrating_a_missing_schema_is_not_migrated_and_not_created(url))
+        }),
+        ("without_migrating_an_older_schema_is_not_migrated", |url| {
+            Box::pin(without_migrating_an_older_schema_is_not_migrated(url))
+        }),
+        ("warm_up_opens_the_minimum_connections_at_build", |url| {
+            Box::pin(warm_up_opens_the_minimum_connections_at_build(url))
+        }),
         ("an_unreachable_server_is_unavailable", |url| {
             Box::pin(an_unreachable_server_is_unavailable(url))
         }),
@@ -77,6 +95,110 @@ async fn a_newer_schema_is_refused(url: String) {
     assert!(err.message().contains("999"), "{err}");
     let err = PostgresStore::builder(&url).schema(&schema).build().await.expect_err("newer");
     assert_eq!(err.kind(), ErrorKind::IncompatibleSchema, "{err}");
+    let err = open_without_migrating(&url, &schema).await.expect_err("newer, not migrating");
+    assert_eq!(err.kind(), ErrorKind::IncompatibleSchema, "{err}");
+}
+
+async fn open_without_migrating(url: &str, schema: &str) -> dispatch_core::Result<PostgresStore> {
+    PostgresStore::builder(url).schema(schema).migrate(false).build().await
+}
+
+async fn a_producer_that_does_not_migrate_enqueues_for_a_worker_on_a_migrated_store(url: String) {
+    let schema = support::fresh_schema();
+    let migrated = PostgresStore::builder(&url).schema(&schema).build().await.expect("migrated");
+    let producer = open_without_migrating(&url, &schema).await.expect("open without migrating");
+
+    let ship = JobDefinition::new("ship_order", |_ctx: JobContext, _order: u32| async { Ok(()) });
+    let client = JobClient::new(Arc::new(producer));
+    let id = client.enqueue(&ship, 7).await.expect("enqueue").id();
+    let worker =
+        Worker::builder(Arc::new(migrated.clone())).register(ship).build().expect("worker").start();
+    let completed = support::eventually(Duration::from_secs(60), || async {
+        let job = migrated.get_job(id).await.expect("get_job").expect("the producer's job");
+        job.state == JobState::Completed
+    })
+    .await;
+    worker.stop().await;
+    assert!(completed, "the worker on the migrated store ran the producer's job");
+}
+
+async fn without_migrating_a_missing_schema_is_not_migrated_and_not_created(url: String) {
+    let schema = support::fresh_schema();
+    let err = open_without_migrating(&url, &schema).await.expect_err("no schema");
+    assert_eq!(err.kind(), ErrorKind::NotMigrated, "{err}");
+    assert!(err.message().contains("PostgresStore::migrate"), "names the call to run: {err}");
+    let mut conn = PgConnection::connect(&url).await.expect("connect");
+    let created: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(&schema)
+            .fetch_one(&mut conn)
+            .await
+            .expect("look for the schema");
+    assert!(!created, "opening without migrating created schema {schema}");
+
+    // An empty schema (made by the operator) is no better.
+    execute(&url, format!("CREATE SCHEMA \"{schema}\"")).await;
+    let err = open_without_migrating(&url, &schema).await.expect_err("an empty schema");
+    assert_eq!(err.kind(), ErrorKind::NotMigrated, "{err}");
+}
+
+async fn without_migrating_an_older_schema_is_not_migrated(url: String) {
+    let schema = support::fresh_schema();
+    drop(PostgresStore::builder(&url).schema(&schema).build().await.expect("migrated"));
+    // The schema as the previous version left it, as far as its record says.
+    execute(
+        &url,
+        format!("DELETE FROM \"{schema}\".dispatch_migrations WHERE version = {SCHEMA_VERSION}"),
+    )
+    .await;
+    let err = open_without_migrating(&url, &schema).await.expect_err("an older schema");
+    assert_eq!(err.kind(), ErrorKind::NotMigrated, "{err}");
+    let older = format!("version {}", SCHEMA_VERSION - 1);
+    assert!(err.message().contains(&older), "{err}");
+}
+
+/// The connections named `app` in `pg_stat_activity`.
+async fn connections_named(url: &str, app: &str) -> i64 {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(app)
+        .fetch_one(&mut conn)
+        .await
+        .expect("count connections")
+}
+
+async fn warm_up_opens_the_minimum_connections_at_build(url: String) {
+    let app = format!("dispatch-warm-{}", uuid::Uuid::new_v4().simple());
+    let store = PostgresStore::builder(&url)
+        .schema(support::fresh_schema())
+        .application_name(&app)
+        .max_connections(5)
+        .min_connections(3)
+        .build()
+        .await
+        .expect("store");
+    assert_eq!(store.pool().size(), 3, "the minimum is open when build returns");
+    let hot = store.hot_pool().size();
+    assert!(hot > 0, "the hot path's sessions are opened too");
+    // At once: a lazy pool would hold none (only the migration's connection may linger).
+    assert!(connections_named(&url, &app).await >= 3);
+    // Exactly those, once the migration's connection has gone.
+    let want = i64::from(3 + hot);
+    let settled = support::eventually(Duration::from_secs(30), || async {
+        connections_named(&url, &app).await == want
+    })
+    .await;
+    assert!(settled, "{} connections, want {want}", connections_named(&url, &app).await);
+
+    // Without a minimum, nothing stays open after build.
+    let lazy_app = format!("dispatch-lazy-{}", uuid::Uuid::new_v4().simple());
+    let lazy = PostgresStore::builder(&url)
+        .schema(support::fresh_schema())
+        .application_name(&lazy_app)
+        .build()
+        .await
+        .expect("store");
+    assert_eq!((lazy.pool().size(), lazy.hot_pool().size()), (0, 0));
 }
 
 async fn a_foreign_schema_is_refused(url: String) {

@@ -1,6 +1,9 @@
 //! Enqueue inside the application's own transaction: 100 rolled back leave no job, 100
 //! committed leave 100, and a worker claiming all the while never sees a job whose
-//! transaction has not committed. Needs the test server (see `support`).
+//! transaction has not committed. Typed jobs in a transaction of the store
+//! (`PostgresStore::transaction`) or of the application (`in_transaction`) exist, and wake a
+//! subscriber, exactly when it commits, with the application's own writes. Needs the test
+//! server (see `support`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,10 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dispatch_core::{
-    ClaimRequest, JobId, JobState, JobStore, LeaseToken, NewJob, NewRun, PageRequest, RunFilter,
-    RunId, Scope, Started, WorkerId, WorkflowStore,
+    ClaimRequest, Error, ErrorKind, JobId, JobState, JobStore, LeaseToken, NewJob, NewRun,
+    PageRequest, RunFilter, RunId, Scope, Started, Wakeup, WakeupStream, WorkerId, WorkflowStore,
 };
+use dispatch_job::{EnqueueOptions, EnqueueTransactionExt as _, JobContext, JobDefinition};
 use dispatch_store_postgres::PostgresStore;
+use futures::StreamExt as _;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use crate::support::{self, ServerTest};
@@ -30,6 +35,20 @@ pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
         }),
         ("a_run_exists_exactly_when_its_transaction_commits", |url| {
             Box::pin(a_run_exists_exactly_when_its_transaction_commits(url))
+        }),
+        (
+            "typed_jobs_in_a_store_transaction_commit_with_the_applications_writes_or_neither",
+            |url| {
+                Box::pin(typed_jobs_in_a_store_transaction_commit_with_the_applications_writes_or_neither(
+                url,
+            ))
+            },
+        ),
+        ("a_store_transaction_past_the_call_timeout_is_rolled_back", |url| {
+            Box::pin(a_store_transaction_past_the_call_timeout_is_rolled_back(url))
+        }),
+        ("typed_jobs_in_the_applications_transaction_commit_with_it_or_not_at_all", |url| {
+            Box::pin(typed_jobs_in_the_applications_transaction_commit_with_it_or_not_at_all(url))
         }),
     ]
 }
@@ -185,4 +204,151 @@ async fn a_run_exists_exactly_when_its_transaction_commits(url: String) {
         let want = if commit { 50 } else { 0 };
         assert_eq!((runs.items.len() as u64, available(&store).await), (want, want));
     }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A job definition whose input is an order number.
+fn ship_order() -> JobDefinition<u32> {
+    JobDefinition::new("ship_order", |_ctx: JobContext, _order: u32| async { Ok(()) })
+}
+
+/// How long a committed transaction's wake-up may take to arrive (see `wakeup::PROMPT`).
+const PROMPT: Duration = Duration::from_secs(10);
+
+/// Subscribe, and wait for the listener's first `Wakeup::any` (it is listening then).
+async fn subscribe(store: &PostgresStore) -> WakeupStream {
+    let mut stream = store.wakeups().expect("the PostgreSQL store pushes wake-ups");
+    let first = tokio::time::timeout(Duration::from_secs(60), stream.next()).await;
+    assert_eq!(first.expect("the listener connects"), Some(Wakeup::any()));
+    stream
+}
+
+/// Wake-ups until one for `queue` (included), each within [`PROMPT`].
+async fn until_queue(stream: &mut WakeupStream, queue: &str) -> Vec<Wakeup> {
+    let mut seen = Vec::new();
+    while seen.last() != Some(&Wakeup::queue(queue)) {
+        match tokio::time::timeout(PROMPT, stream.next()).await {
+            Ok(Some(wakeup)) => seen.push(wakeup),
+            Ok(None) => panic!("the stream ended after {seen:?}"),
+            Err(_) => panic!("no wake-up for {queue} within {PROMPT:?}; got {seen:?}"),
+        }
+    }
+    seen
+}
+
+async fn count_orders(url: &str, orders: &str) -> i64 {
+    let mut conn = PgConnection::connect(url).await.expect("connect");
+    let count = format!("SELECT count(*) FROM {orders}");
+    sqlx::query_scalar(AssertSqlSafe(count)).fetch_one(&mut conn).await.expect("count orders")
+}
+
+/// The (queue, order) of each job, read back from the store.
+async fn stored_orders(store: &PostgresStore, ids: &[JobId]) -> Vec<(String, u32)> {
+    let mut stored = Vec::new();
+    for id in ids {
+        let job = store.get_job(*id).await.expect("get_job").expect("a committed job");
+        assert_eq!(job.name, "ship_order");
+        let order = serde_json::from_slice(&job.payload).expect("a typed payload");
+        stored.push((job.queue, order));
+    }
+    stored
+}
+
+async fn typed_jobs_in_a_store_transaction_commit_with_the_applications_writes_or_neither(
+    url: String,
+) {
+    let (store, _app, orders) = setup(&url).await;
+    let mut wakeups = subscribe(&store).await;
+    let ship = ship_order();
+
+    let (def, table) = (ship.clone(), orders.clone());
+    let failed: Result<(), BoxError> = store
+        .transaction(move |tx| {
+            Box::pin(async move {
+                let insert = format!("INSERT INTO {table} (n) VALUES (1)");
+                sqlx::query(AssertSqlSafe(insert)).execute(tx.conn()).await?;
+                tx.enqueue_with(&def, 1, EnqueueOptions::new().queue("rolled_back")).await?;
+                Err("payment declined".into())
+            })
+        })
+        .await;
+    assert_eq!(failed.expect_err("the body's error").to_string(), "payment declined");
+    assert_eq!((count_orders(&url, &orders).await, available(&store).await), (0, 0));
+
+    let (def, table) = (ship.clone(), orders.clone());
+    let ids = store
+        .transaction(move |tx| {
+            Box::pin(async move {
+                let insert = format!("INSERT INTO {table} (n) VALUES (2)");
+                sqlx::query(AssertSqlSafe(insert)).execute(tx.conn()).await?;
+                let mut ids = vec![tx.enqueue(&def, 2).await?.id()];
+                let shipping = EnqueueOptions::new().queue("shipping");
+                ids.push(tx.enqueue_with(&def, 3, shipping).await?.id());
+                ids.extend(tx.enqueue_many(&def, [4, 5]).await?.iter().map(|e| e.id()));
+                Ok::<_, BoxError>(ids)
+            })
+        })
+        .await
+        .expect("commit");
+    let want = [("default", 2), ("shipping", 3), ("default", 4), ("default", 5)]
+        .map(|(queue, order)| (queue.to_owned(), order));
+    assert_eq!(stored_orders(&store, &ids).await, want);
+    assert_eq!(count_orders(&url, &orders).await, 1);
+    let seen = until_queue(&mut wakeups, "shipping").await;
+    assert!(!seen.contains(&Wakeup::queue("rolled_back")), "a rolled-back enqueue woke: {seen:?}");
+}
+
+async fn a_store_transaction_past_the_call_timeout_is_rolled_back(url: String) {
+    let schema = support::fresh_schema();
+    let store = PostgresStore::builder(&url)
+        .schema(&schema)
+        .call_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .expect("store");
+    let def = ship_order();
+    let result: Result<(), Error> = store
+        .transaction(move |tx| {
+            Box::pin(async move {
+                tx.enqueue(&def, 1).await?;
+                // The application's work never finishes.
+                std::future::pending::<()>().await;
+                Ok(())
+            })
+        })
+        .await;
+    let err = result.expect_err("past the call timeout");
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert_eq!(available(&store).await, 0, "the job was rolled back");
+}
+
+async fn typed_jobs_in_the_applications_transaction_commit_with_it_or_not_at_all(url: String) {
+    let (store, mut app, orders) = setup(&url).await;
+    let mut wakeups = subscribe(&store).await;
+    let ship = ship_order();
+    let insert = |n: u32| AssertSqlSafe(format!("INSERT INTO {orders} (n) VALUES ({n})"));
+
+    let mut tx = app.begin().await.expect("begin");
+    sqlx::query(insert(1)).execute(&mut *tx).await.expect("the application's own write");
+    let rolled_back = EnqueueOptions::new().queue("rolled_back");
+    store.in_transaction(&mut tx).enqueue_with(&ship, 1, rolled_back).await.expect("enqueue");
+    tx.rollback().await.expect("rollback");
+    assert_eq!((count_orders(&url, &orders).await, available(&store).await), (0, 0));
+
+    let mut tx = app.begin().await.expect("begin");
+    sqlx::query(insert(2)).execute(&mut *tx).await.expect("the application's own write");
+    let mut jobs = store.in_transaction(&mut tx);
+    let mut ids = vec![jobs.enqueue(&ship, 2).await.expect("enqueue").id()];
+    let shipping = EnqueueOptions::new().queue("shipping");
+    ids.push(jobs.enqueue_with(&ship, 3, shipping).await.expect("enqueue_with").id());
+    let many = jobs.enqueue_many(&ship, [4, 5]).await.expect("enqueue_many");
+    ids.extend(many.iter().map(|e| e.id()));
+    tx.commit().await.expect("commit");
+    let want = [("default", 2), ("shipping", 3), ("default", 4), ("default", 5)]
+        .map(|(queue, order)| (queue.to_owned(), order));
+    assert_eq!(stored_orders(&store, &ids).await, want);
+    assert_eq!(count_orders(&url, &orders).await, 1);
+    let seen = until_queue(&mut wakeups, "shipping").await;
+    assert!(!seen.contains(&Wakeup::queue("rolled_back")), "a rolled-back enqueue woke: {seen:?}");
 }

@@ -1,7 +1,7 @@
 //! Enqueue inside the application's own transaction, on the store's writer
 //! (`SqliteStore::transaction`) and on the application's own connection (`enqueue_in`): jobs
-//! and runs exist exactly when their transaction commits; back-to-back transactions on the
-//! writer leave a real worker's calls on time.
+//! and runs exist exactly when their transaction commits, typed jobs too; back-to-back
+//! transactions on the writer leave a real worker's calls on time.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use dispatch_core::{
     Call, Enqueued, Error, ErrorKind, Intercepted, Interceptor, JobState, JobStore, NewJob, NewRun,
     PageRequest, Reply, RunFilter, RunId, Scope, Started, Wakeup, WorkflowStore,
 };
-use dispatch_job::{EnqueueOptions, JobContext, JobDefinition, Worker};
+use dispatch_job::{EnqueueOptions, EnqueueTransactionExt as _, JobContext, JobDefinition, Worker};
 use dispatch_store_sqlite::SqliteStore;
 use futures::StreamExt as _;
 use parking_lot::Mutex;
@@ -70,7 +70,7 @@ async fn writer_transaction_commits_jobs_with_the_applications_writes_or_neither
                 sqlx::query("INSERT INTO orders (n) VALUES (1)").execute(tx.conn()).await?;
                 let mut job = NewJob::new("ship_order", b"1".to_vec());
                 job.queue = "shipping".into();
-                Ok::<_, BoxError>(tx.enqueue(vec![job]).await?)
+                Ok::<_, BoxError>(tx.enqueue_jobs(vec![job]).await?)
             })
         })
         .await
@@ -85,7 +85,7 @@ async fn writer_transaction_commits_jobs_with_the_applications_writes_or_neither
         .transaction(|tx| {
             Box::pin(async move {
                 sqlx::query("INSERT INTO orders (n) VALUES (2)").execute(tx.conn()).await?;
-                tx.enqueue(vec![NewJob::new("ship_order", b"2".to_vec())]).await?;
+                tx.enqueue_jobs(vec![NewJob::new("ship_order", b"2".to_vec())]).await?;
                 Err("payment declined".into())
             })
         })
@@ -100,7 +100,7 @@ async fn writer_transaction_commits_jobs_with_the_applications_writes_or_neither
             .transaction(|tx| {
                 Box::pin(async move {
                     sqlx::query("INSERT INTO orders (n) VALUES (3)").execute(tx.conn()).await?;
-                    tx.enqueue(vec![NewJob::new("ship_order", b"3".to_vec())]).await?;
+                    tx.enqueue_jobs(vec![NewJob::new("ship_order", b"3".to_vec())]).await?;
                     panic!("the application panics mid-transaction");
                     #[allow(unreachable_code)]
                     Ok::<_, BoxError>(())
@@ -116,12 +116,69 @@ async fn writer_transaction_commits_jobs_with_the_applications_writes_or_neither
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_jobs_commit_with_the_applications_writes_or_neither() {
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    let store = fresh_store().await;
+    let mut wakeups = store.wakeups().expect("wake-ups");
+    let ship = JobDefinition::new("ship_order", |_ctx: JobContext, _order: u32| async { Ok(()) });
+    store
+        .transaction(|tx| {
+            Box::pin(async move {
+                sqlx::query("CREATE TABLE orders (n INTEGER)").execute(tx.conn()).await?;
+                Ok::<_, BoxError>(())
+            })
+        })
+        .await
+        .expect("create the application's table");
+
+    // The body owns what it uses (it may not borrow): a clone of the definition.
+    let def = ship.clone();
+    let ids = store
+        .transaction(move |tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO orders (n) VALUES (1)").execute(tx.conn()).await?;
+                let mut ids = vec![tx.enqueue(&def, 1).await?.id()];
+                let shipping = EnqueueOptions::new().queue("shipping");
+                ids.push(tx.enqueue_with(&def, 2, shipping).await?.id());
+                ids.extend(tx.enqueue_many(&def, [3, 4]).await?.iter().map(|e| e.id()));
+                Ok::<_, BoxError>(ids)
+            })
+        })
+        .await
+        .expect("commit");
+    let mut seen = Vec::new();
+    for id in &ids {
+        let job = store.get_job(*id).await.expect("get_job").expect("a committed job");
+        let order: u32 = serde_json::from_slice(&job.payload).expect("a typed payload");
+        seen.push((job.name, job.queue, order));
+    }
+    let want = [(1, "default"), (2, "shipping"), (3, "default"), (4, "default")]
+        .map(|(order, queue)| ("ship_order".to_owned(), queue.to_owned(), order));
+    assert_eq!(seen, want);
+    assert_eq!(orders(&store).await, 1);
+    let woken = tokio::time::timeout(Duration::from_secs(10), wakeups.next()).await;
+    assert!(woken.expect("a wake-up after the commit").is_some());
+
+    let failed: Result<(), BoxError> = store
+        .transaction(move |tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO orders (n) VALUES (2)").execute(tx.conn()).await?;
+                tx.enqueue(&ship, 5).await?;
+                Err("payment declined".into())
+            })
+        })
+        .await;
+    assert_eq!(failed.expect_err("the body's error").to_string(), "payment declined");
+    assert_eq!((orders(&store).await, available(&store).await), (1, 4), "nothing of it stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_transaction_held_past_the_call_timeout_is_rolled_back() {
     let store = fresh_store().await.call_timeout(Duration::from_millis(200));
     let error = store
         .transaction(|tx| {
             Box::pin(async move {
-                tx.enqueue(vec![NewJob::new("ship_order", vec![])]).await?;
+                tx.enqueue_jobs(vec![NewJob::new("ship_order", vec![])]).await?;
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 Ok::<_, Error>(())
             })
@@ -252,7 +309,7 @@ async fn back_to_back_writer_transactions_do_not_starve_the_worker() {
                             .await
                             .map_err(|e| Error::internal(e.to_string()))?;
                     }
-                    tx.enqueue(jobs).await?;
+                    tx.enqueue_jobs(jobs).await?;
                     // The application's own work inside its transaction.
                     tokio::time::sleep(HOLD).await;
                     Ok::<_, Error>(())
