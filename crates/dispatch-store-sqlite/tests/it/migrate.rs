@@ -38,7 +38,7 @@ async fn a_producer_that_does_not_migrate_enqueues_for_a_worker_on_a_migrated_st
     let producer = open_without_migrating(&path).await.expect("open without migrating");
 
     let ship = JobDefinition::new("ship_order", |_ctx: JobContext, _order: u32| async { Ok(()) });
-    let client = JobClient::new(Arc::new(producer));
+    let client = JobClient::standalone(Arc::new(producer));
     let id = client.enqueue(&ship, 7).await.expect("enqueue").id();
     let worker =
         Worker::builder(Arc::new(migrated.clone())).register(ship).build().expect("worker").start();
