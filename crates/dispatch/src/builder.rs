@@ -27,6 +27,13 @@ pub(crate) struct Stores {
     pub(crate) runs: Option<Arc<dyn WorkflowStore>>,
 }
 
+impl Dispatcher {
+    /// Start configuring a dispatcher.
+    pub fn builder() -> DispatcherBuilder {
+        DispatcherBuilder::default()
+    }
+}
+
 /// Configures a [`Dispatcher`]. Start with [`Dispatcher::builder`].
 #[derive(Default)]
 #[must_use = "a builder does nothing until `build` is called"]

@@ -4,8 +4,6 @@
 use dispatch_core::{Error, ErrorKind, Result};
 use dispatch_job::{HealthProbe, JobClient, ShutdownReport, Worker, WorkerHandle, WorkerHealth};
 
-use crate::builder::DispatcherBuilder;
-
 enum State {
     Ready(Worker),
     Running(WorkerHandle),
@@ -60,11 +58,6 @@ impl std::fmt::Debug for Dispatcher {
 }
 
 impl Dispatcher {
-    /// Start configuring a dispatcher.
-    pub fn builder() -> DispatcherBuilder {
-        DispatcherBuilder::default()
-    }
-
     pub(crate) fn new(
         worker: Worker,
         #[cfg(feature = "workflow")] workflows: Option<dispatch_workflow::Workflows>,
