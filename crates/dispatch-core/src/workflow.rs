@@ -244,6 +244,28 @@ pub enum WaitingFor {
 }
 
 impl WaitingFor {
+    /// A run's waits as a SQL store keeps them in one column: JSON text, or `None` (NULL) for
+    /// none.
+    pub fn to_column(waiting: &[Self]) -> Result<Option<String>> {
+        if waiting.is_empty() {
+            return Ok(None);
+        }
+        serde_json::to_string(waiting)
+            .map(Some)
+            .map_err(|e| Error::internal(format!("could not encode a run's waits: {e}")))
+    }
+
+    /// The waits of a run in `state`, read back from its [`to_column`](Self::to_column) value.
+    /// Only a suspended run waits for anything, so a value a statement left behind on another
+    /// state is never shown. A value that does not decode is a corrupt row (`Internal`).
+    pub fn from_column(state: RunState, stored: Option<&str>) -> Result<Vec<Self>> {
+        match stored {
+            Some(json) if state == RunState::Suspended => serde_json::from_str(json)
+                .map_err(|e| Error::internal(format!("corrupt run waiting {json:?}: {e}"))),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// When this wait ends at the latest, if it has a time of its own.
     pub fn wakes_at(&self) -> Option<Timestamp> {
         match self {

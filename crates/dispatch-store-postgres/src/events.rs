@@ -10,13 +10,14 @@
 
 use dispatch_core::{
     Error, LeaseRef, NewEvent, Published, Result, RunId, Suspend, SuspendOutcome, WaitResolution,
+    WaitingFor,
 };
 use sqlx::SqlStr;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 use crate::error::lease_lost;
-use crate::row::{get, waiting_json};
+use crate::row::get;
 use crate::run::{Bound, FENCE, FENCED, check_fence};
 use crate::{PostgresStore, db_error, statement};
 
@@ -209,7 +210,7 @@ impl PostgresStore {
         let deadlines: Vec<i64> = waits.iter().map(|w| w.deadline.as_unix_micros()).collect();
         let locks = self.event_locks(waits.iter().map(|w| (&*w.name, &*w.correlation)));
         let run = suspend.run;
-        let waiting = waiting_json(&suspend.waiting)?;
+        let waiting = WaitingFor::to_column(&suspend.waiting)?;
         self.timed("suspend_run", async {
             let query = self
                 .fenced(&self.shared.sql.events.suspend, lease, run)

@@ -7,13 +7,13 @@
 
 use dispatch_core::{
     EventWait, Finish, FinishResult, LeaseRef, NewCheckpoint, NewEvent, Outcome, Published, Result,
-    RunAt, RunId, Scope, Suspend, SuspendOutcome, Timestamp, WaitResolution,
+    RunAt, RunId, Scope, Suspend, SuspendOutcome, Timestamp, WaitResolution, WaitingFor,
 };
 use sqlx::{Row, SqliteConnection};
 
 use crate::error::db_error;
 use crate::finish::finish_batch;
-use crate::row::{chunks, parse, waiting_json};
+use crate::row::{chunks, parse};
 use crate::run::{delete_waits, fenced, lease_lost, write_checkpoints};
 
 /// Suspend a run whose drive holds `lease` (see
@@ -51,7 +51,7 @@ pub(crate) async fn suspend(
     delete_waits(conn, &request.run.to_string()).await?;
     register(conn, request.run, &run.scope, &request.waits).await?;
     sqlx::query("UPDATE runs SET state = 'suspended', waiting = ?, updated_at = ? WHERE id = ?")
-        .bind(waiting_json(&request.waiting)?)
+        .bind(WaitingFor::to_column(&request.waiting)?)
         .bind(now.as_unix_micros())
         .bind(request.run.to_string())
         .execute(&mut *conn)

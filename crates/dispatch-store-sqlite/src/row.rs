@@ -88,25 +88,6 @@ fn errors(s: &str) -> Result<Vec<AttemptError>> {
     serde_json::from_str(s).map_err(|e| corrupt("error history", e))
 }
 
-/// What a suspended run waits for, as the `waiting` column keeps it (NULL for nothing).
-pub(crate) fn waiting_json(waiting: &[WaitingFor]) -> Result<Option<String>> {
-    if waiting.is_empty() {
-        return Ok(None);
-    }
-    serde_json::to_string(waiting).map(Some).map_err(|e| corrupt("run waiting", e))
-}
-
-/// The `waiting` column of a run in `state`: only a suspended run waits for anything, so a
-/// value a statement left behind on another state is never shown.
-fn waiting(state: RunState, stored: Option<String>) -> Result<Vec<WaitingFor>> {
-    match stored {
-        Some(json) if state == RunState::Suspended => {
-            serde_json::from_str(&json).map_err(|e| corrupt("run waiting", e))
-        }
-        _ => Ok(Vec::new()),
-    }
-}
-
 /// Decode a `jobs` row selected with `*`.
 pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow> {
     let lease_owner: Option<String> = get(row, "lease_owner")?;
@@ -257,7 +238,7 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<Run> {
         updated_at: ts(get(row, "updated_at")?),
         finished_at: finished_at.map(ts),
         cancel_requested: get(row, "cancel_reason")?,
-        waiting: waiting(state, get(row, "waiting")?)?,
+        waiting: WaitingFor::from_column(state, get::<Option<String>>(row, "waiting")?.as_deref())?,
     })
 }
 

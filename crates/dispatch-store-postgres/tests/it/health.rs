@@ -14,7 +14,8 @@ use dispatch_store_postgres::PostgresStore;
 use dispatch_store_tests::fixtures::{CountingStore, counting, eventually, wait_for_state};
 use sqlx::PgPool;
 
-use crate::support::{self, ServerTest};
+use crate::listener::{app_name, listener_pids, two_stores};
+use crate::support::ServerTest;
 
 /// The worker's poll interval: far above every deadline here, so a job that starts in time
 /// started through a wake-up.
@@ -33,20 +34,6 @@ pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
             Box::pin(health_reports_a_lost_listener_and_its_reconnection(url))
         }),
     ]
-}
-
-/// A worker's store and another store on one fresh schema, both named `app`.
-async fn two_stores(url: &str, app: &str) -> (PostgresStore, PostgresStore) {
-    let schema = support::fresh_schema();
-    let build = || {
-        PostgresStore::builder(url).schema(&schema).application_name(app).max_connections(4).build()
-    };
-    (build().await.expect("worker's store"), build().await.expect("enqueuing store"))
-}
-
-/// A unique application name, so a test finds its own connections.
-fn app_name() -> String {
-    format!("dispatch-health-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// A started worker of `ping` jobs over `store` (counted), polling only every [`POLL`].
@@ -104,17 +91,6 @@ async fn after_ready_another_stores_enqueue_starts_through_a_wake_up(url: String
 
     jobs_start_through_wake_ups(&other, &counted).await;
     handle.stop().await;
-}
-
-/// The backend PIDs of `app`'s connections that last ran a LISTEN (the listener's).
-async fn listener_pids(admin: &PgPool, app: &str) -> Vec<i32> {
-    sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
-    )
-    .bind(app)
-    .fetch_all(admin)
-    .await
-    .expect("pg_stat_activity")
 }
 
 /// The listener as the worker's health view shows it, once `check` holds.

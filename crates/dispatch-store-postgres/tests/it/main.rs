@@ -12,6 +12,7 @@ mod support;
 mod batches;
 mod claim_plan;
 mod health;
+mod listener;
 mod lost_answers;
 mod migrate;
 mod transactional;

@@ -13,6 +13,7 @@ use dispatch_store_postgres::PostgresStore;
 use futures::StreamExt;
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::listener::{app_name, listener_pids, two_stores};
 use crate::support::{self, ServerTest};
 
 /// How long a wake-up may take to arrive. A stream sees only pushed notifications (it never
@@ -44,21 +45,6 @@ pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
             Box::pin(the_stream_ends_when_the_store_is_dropped(url))
         }),
     ]
-}
-
-/// Two stores on one fresh schema, both named `app` in `pg_stat_activity`: the subscriber and
-/// the one that enqueues.
-async fn two_stores(url: &str, app: &str) -> (PostgresStore, PostgresStore) {
-    let schema = support::fresh_schema();
-    let build = || {
-        PostgresStore::builder(url).schema(&schema).application_name(app).max_connections(2).build()
-    };
-    (build().await.expect("subscriber store"), build().await.expect("enqueuing store"))
-}
-
-/// A unique application name, so a test finds its own connections.
-fn app_name() -> String {
-    format!("dispatch-wakeup-{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Subscribe, and wait for the listener's first `Wakeup::any` (it is listening then).
@@ -159,17 +145,6 @@ async fn a_rolled_back_enqueue_wakes_nobody(url: String) {
     other.enqueue_in(&mut tx, vec![job_in("done", "real")]).await.expect("enqueue_in");
     tx.commit().await.expect("commit");
     assert_eq!(through_barrier(&other, &mut stream).await, [Wakeup::queue("real")]);
-}
-
-/// The backend PIDs of `app`'s connections that last ran a LISTEN (the listener's).
-async fn listener_pids(admin: &PgPool, app: &str) -> Vec<i32> {
-    sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE 'LISTEN%'",
-    )
-    .bind(app)
-    .fetch_all(admin)
-    .await
-    .expect("pg_stat_activity")
 }
 
 async fn a_killed_listener_reconnects_and_says_any(url: String) {
