@@ -13,6 +13,7 @@ use crate::id::{DlqId, JobId, RunId};
 use crate::job::Failure;
 use crate::scope::Scope;
 use crate::time::Timestamp;
+use crate::workflow::WaitingFor;
 
 /// The job an event is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +127,8 @@ pub enum Event {
         run: RunInfo,
         /// When its drive is due at the latest (store clock).
         wake_at: Timestamp,
+        /// What it waits for, as its record says while it is suspended.
+        waiting: Vec<WaitingFor>,
     },
     /// A step's result was checkpointed.
     StepCompleted {

@@ -359,9 +359,12 @@ impl Workflows {
         info: RunInfo,
         suspend: dispatch_core::Suspend,
     ) -> Result<Option<()>, JobError> {
+        // Kept for the hook only when a hook listens: the suspension owns the list.
+        let waiting =
+            if self.inner.hooks.is_enabled() { suspend.waiting.clone() } else { Vec::new() };
         match self.inner.store.suspend_run(ctx.lease(), suspend).await {
             Ok(dispatch_core::SuspendOutcome::Suspended { wake_at }) => {
-                self.inner.hooks.emit(|| Event::RunSuspended { run: info, wake_at });
+                self.inner.hooks.emit(|| Event::RunSuspended { run: info, wake_at, waiting });
                 Ok(Some(()))
             }
             // Drive again at once: with an event delivered, or winding down for a cancel request.

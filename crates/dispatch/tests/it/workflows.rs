@@ -53,7 +53,13 @@ async fn a_dispatcher_starts_a_run_delivers_its_event_and_returns_its_output() {
 #[tokio::test]
 async fn a_dispatcher_cancels_a_waiting_run() {
     let greeter = greeter();
-    let mut dispatcher = dispatcher_with(greeter.clone());
+    let suspensions = Suspensions::default();
+    let mut dispatcher = Dispatcher::builder()
+        .store(MemoryStore::new())
+        .workflow(greeter.clone())
+        .hook(suspensions.clone())
+        .build()
+        .unwrap();
     dispatcher.start().await.unwrap();
     let run = dispatcher.start_workflow(&greeter, "grace".to_owned()).await.unwrap();
     // The run says what it waits for: the event, its key, and until when.
@@ -72,6 +78,14 @@ async fn a_dispatcher_cancels_a_waiting_run() {
     assert_eq!((name.as_str(), correlation.as_str()), ("title", "grace"));
     let started = dispatcher.get_run(run).await.unwrap().unwrap().created_at;
     assert!(*deadline >= started + Duration::from_secs(3600));
+    // The dispatcher's hook hears the suspension (delivered off the drive's path), with what
+    // the run waits for.
+    let heard = tokio::time::Instant::now() + Duration::from_secs(30);
+    while suspensions.0.lock().is_empty() {
+        assert!(tokio::time::Instant::now() < heard, "no RunSuspended event");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(suspensions.0.lock().first(), Some(&waiting));
     dispatcher.cancel_run(run, "no longer needed").await.unwrap();
     let ended = dispatcher.wait_for_output::<String>(run, Duration::from_secs(30)).await;
     let Err(RunWaitError::Cancelled { reason, run }) = ended else {
@@ -113,6 +127,19 @@ fn workflows_need_a_store_that_keeps_runs() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     let jobs_only = Dispatcher::builder().job_store(jobs_only(MemoryStore::new())).build().unwrap();
     assert_eq!(jobs_only.workflows().unwrap_err().kind(), ErrorKind::InvalidInput);
+}
+
+/// Records what each suspended run waits for, as the `RunSuspended` hook event says.
+#[derive(Clone, Default)]
+struct Suspensions(std::sync::Arc<parking_lot::Mutex<Vec<Vec<WaitingFor>>>>);
+
+#[async_trait::async_trait]
+impl Hook for Suspensions {
+    async fn on_event(&self, event: &Event) {
+        if let Event::RunSuspended { waiting, .. } = event {
+            self.0.lock().push(waiting.clone());
+        }
+    }
 }
 
 /// Passes every call through: wrapped around an `Arc<dyn JobStore>`, the memory store keeps
