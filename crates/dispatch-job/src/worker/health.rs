@@ -81,6 +81,9 @@ pub enum Operation {
     Rescue,
     /// The store's wake-up listener.
     Listener,
+    /// Asking when the next scheduled job is due (while it fails, an idle worker sleeps its
+    /// whole poll interval, so scheduled jobs start up to that late).
+    NextDue,
 }
 
 /// A cheap, cloneable handle on a worker's health, for another task (an HTTP endpoint, a

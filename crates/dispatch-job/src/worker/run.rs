@@ -156,7 +156,20 @@ async fn until_next_due(shared: &Shared, request: &ClaimRequest) -> Duration {
     let ask = shared.store.next_due(&request.queues, &request.names);
     match tokio::time::timeout(shared.config.store_timeout, ask).await {
         Ok(Ok(Some(due))) => due.clamp(Duration::from_millis(1), poll),
-        _ => poll,
+        Ok(Ok(None)) => poll,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "next-due failed; sleeping the poll interval");
+            shared.health.error(Operation::NextDue, &error);
+            poll
+        }
+        Err(_) => {
+            let error = dispatch_core::Error::new(
+                dispatch_core::ErrorKind::Timeout,
+                "next-due timed out".to_owned(),
+            );
+            shared.health.error(Operation::NextDue, &error);
+            poll
+        }
     }
 }
 

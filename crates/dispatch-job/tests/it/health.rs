@@ -165,3 +165,35 @@ async fn health_shows_attempts_in_flight_heartbeats_and_no_readiness_after_stop(
     assert_eq!(after.in_flight, 0);
     assert!(after.recent_errors.is_empty(), "{:?}", after.recent_errors);
 }
+
+/// Fails every `next_due` call, as a store whose probe query broke would.
+struct BrokenNextDue;
+
+#[async_trait::async_trait]
+impl dispatch_core::Interceptor for BrokenNextDue {
+    async fn before(&self, call: dispatch_core::Call) -> dispatch_core::Result<()> {
+        if call.kind == dispatch_core::CallKind::NextDue {
+            return Err(dispatch_core::Error::unavailable("next-due is broken"));
+        }
+        Ok(())
+    }
+}
+
+/// An idle worker whose next-due probe fails falls back to its poll, and says so in its health.
+#[tokio::test(start_paused = true)]
+async fn health_records_a_failing_next_due_probe() {
+    let inner: Arc<dyn JobStore> = store();
+    let broken: Arc<dyn JobStore> = Arc::new(dispatch_core::Intercepted::new(inner, BrokenNextDue));
+    let handle = slow_polling(broken).build().unwrap().start();
+    handle.ready().await.unwrap();
+    let error = eventually("a next-due error in the health view", Duration::from_secs(60), || {
+        let health = handle.health();
+        let error =
+            health.recent_errors.iter().find(|e| e.operation == Operation::NextDue).cloned();
+        async move { error }
+    })
+    .await;
+    assert!(error.message.contains("next-due is broken"), "{error:?}");
+    assert!(handle.health().ready, "a failing probe does not stop claims");
+    handle.stop().await;
+}
