@@ -39,10 +39,12 @@ macro_rules! define_id {
             /// The TypeID prefix of this kind of ID.
             pub const PREFIX: &'static str = $prefix;
 
-            /// A new, unique ID stamped with the current time.
+            /// A new, unique ID stamped with the current time. IDs made in this process sort in
+            /// the order they were made, within one millisecond too (UUIDv7 with the `uuid`
+            /// crate's shared counter), so a batch's jobs list in enqueue order.
             #[allow(clippy::new_without_default)]
             pub fn new() -> Self {
-                Self(TypeSafeId::new())
+                Self::from_uuid(Uuid::now_v7())
             }
 
             /// The ID with the given UUID (used by stores that keep the UUID in a native column).
@@ -161,6 +163,14 @@ mod tests {
         let sorted = texts.clone();
         texts.sort();
         assert_eq!(texts, sorted);
+    }
+
+    /// IDs made one after another in a process sort in the order they were made, within one
+    /// millisecond too (a batch's jobs list in enqueue order).
+    #[test]
+    fn ids_made_in_a_row_sort_in_creation_order() {
+        let ids: Vec<JobId> = (0..10_000).map(|_| JobId::new()).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
     }
 
     #[test]
