@@ -90,11 +90,6 @@ impl Workflows {
         Self { inner: Arc::new(Inner { store, versions: RwLock::default(), hooks }) }
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn WorkflowStore> {
-        &self.inner.store
-    }
-
     /// Register `definition` and get the drive job to register with a worker
     /// (`WorkerBuilder::register`): a worker drives the runs of exactly the versions whose drive
     /// jobs it registered.
