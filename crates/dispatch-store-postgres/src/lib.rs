@@ -274,12 +274,6 @@ impl PostgresStore {
         self
     }
 
-    /// Reject payloads larger than `bytes` (default 1 MiB).
-    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
-        self.max_payload_bytes = bytes;
-        self
-    }
-
     /// The schema the tables live in.
     pub fn schema(&self) -> &str {
         &self.shared.schema

@@ -13,7 +13,7 @@
 //! (WAL). Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
 //! [`ErrorKind::Timeout`] past it. A connection outside the store (another process, or the
 //! application's own) that holds the write lock past the
-//! [busy timeout](SqliteStore::busy_timeout) makes a write fail with [`ErrorKind::Unavailable`];
+//! [busy timeout](SqliteStoreBuilder::busy_timeout) makes a write fail with [`ErrorKind::Unavailable`];
 //! both kinds are transient, so the runtime retries such calls.
 //!
 //! # Workflows
@@ -251,9 +251,12 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// Wait at most `timeout` (default [`DEFAULT_BUSY_TIMEOUT`]) for a lock another connection
-    /// holds before failing with [`ErrorKind::Unavailable`] (see
-    /// [`SqliteStore::busy_timeout`]).
+    /// Wait at most `timeout` (default [`DEFAULT_BUSY_TIMEOUT`]) for a write lock another
+    /// connection holds (another process, or the application's own connection of
+    /// [`SqliteStore::enqueue_in`]) before a write fails with [`ErrorKind::Unavailable`], which
+    /// is transient: the runtime retries it. Keep it below the
+    /// [call timeout](Self::call_timeout), which otherwise ends the wait first (with
+    /// [`ErrorKind::Timeout`], transient too).
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
         self
@@ -399,37 +402,6 @@ impl SqliteStore {
         self
     }
 
-    /// Reject payloads larger than `bytes` (default 1 MiB).
-    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
-        self.max_payload_bytes = bytes;
-        self
-    }
-
-    /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]).
-    pub fn call_timeout(mut self, timeout: Duration) -> Self {
-        self.call_timeout = timeout;
-        self
-    }
-
-    /// Wait at most `timeout` (default 10 s) for a write lock that another connection holds
-    /// (another process, or the application's own connection of [`enqueue_in`](Self::enqueue_in))
-    /// before a write fails with [`ErrorKind::Unavailable`], which is transient: the runtime
-    /// retries it. Keep it below the [call timeout](Self::call_timeout), which otherwise ends the
-    /// wait first (with [`ErrorKind::Timeout`], transient too). It applies to the writer
-    /// connection, which every clone of this store shares.
-    pub async fn busy_timeout(self, timeout: Duration) -> Result<Self> {
-        let millis = timeout.as_millis().min(i32::MAX as u128);
-        // Safe: the text holds only fixed SQL and an integer.
-        let sql = sqlx::AssertSqlSafe(format!("PRAGMA busy_timeout = {millis}"));
-        self.timed("busy_timeout", async {
-            let mut conn = self.writer.lock().await;
-            sqlx::query(sql).execute(&mut *conn).await.map_err(db_error)?;
-            Ok(())
-        })
-        .await?;
-        Ok(self)
-    }
-
     /// Run `fut` under the call timeout.
     async fn timed<T>(&self, what: &str, fut: impl Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(self.call_timeout, fut).await {
@@ -477,10 +449,11 @@ mod tests {
             .join(uuid::Uuid::new_v4().simple().to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("slow.db");
-        let store = SqliteStore::open(path.to_str().unwrap())
+        let store = SqliteStore::builder(path.to_str().unwrap())
+            .call_timeout(Duration::from_millis(50))
+            .build()
             .await
-            .unwrap()
-            .call_timeout(Duration::from_millis(50));
+            .unwrap();
         // Another call holds the writer.
         let held = store.writer.lock().await;
         let err = store.enqueue(vec![NewJob::new("a", vec![])]).await.unwrap_err();

@@ -14,7 +14,7 @@
 //!
 //! Every store call of the process waits while such a transaction runs, so keep it short: no
 //! network calls or user input inside. It is bounded by the store's
-//! [call timeout](SqliteStore::call_timeout), past which it is rolled back and fails with
+//! [call timeout](crate::SqliteStoreBuilder::call_timeout), past which it is rolled back and fails with
 //! [`ErrorKind::Timeout`](dispatch_core::ErrorKind::Timeout).
 //!
 //! # On a connection the application owns: [`SqliteStore::enqueue_in`]
@@ -22,7 +22,7 @@
 //! For transactions that must run on the application's own connection. That connection starts
 //! its transaction with `BEGIN IMMEDIATE` (so it takes SQLite's write lock up front instead of
 //! failing to upgrade a read transaction later), and while it holds the lock the store's writer
-//! waits for it (up to the [busy timeout](SqliteStore::busy_timeout)). SQLite's lock wait is not
+//! waits for it (up to the [busy timeout](crate::SqliteStoreBuilder::busy_timeout)). SQLite's lock wait is not
 //! fair: an application that runs such transactions back to back takes the lock again before the
 //! store's writer wakes to try, so the workers' claims, finishes and heartbeats can starve and time
 //! out. Nothing fires from inside the transaction: no hooks, no wake-ups (the jobs may yet be
@@ -116,7 +116,7 @@ impl SqliteStore {
     ///
     /// The transaction takes the store's single writer in turn with every other store write,
     /// and every store call of the process (claims, finishes, heartbeats) waits while it runs:
-    /// keep `body` short. It is bounded by the [call timeout](Self::call_timeout), waiting for
+    /// keep `body` short. It is bounded by the [call timeout](crate::SqliteStoreBuilder::call_timeout), waiting for
     /// the writer included; past it the transaction is rolled back and the call fails with
     /// [`ErrorKind::Timeout`]. Store errors (beginning, committing, the timeout) reach the
     /// caller as `E::from(dispatch_core::Error)`. The body's future must own what it uses (it
@@ -184,7 +184,7 @@ impl SqliteStore {
     /// the store's own writer. Here the application's connection competes with the store's
     /// writer for SQLite's write lock, and that contest is not fair: transactions run back to
     /// back on `conn` can hold the workers' claims, finishes and heartbeats off for longer than
-    /// their timeouts (a busy error past the [busy timeout](Self::busy_timeout), transient, or
+    /// their timeouts (a busy error past the [busy timeout](crate::SqliteStoreBuilder::busy_timeout), transient, or
     /// a call timeout). Use it only for transactions that must run on a connection the
     /// application owns, and keep them short and spaced. Nothing wakes the workers: call
     /// [`wake`](Self::wake) after committing.

@@ -16,13 +16,12 @@ async fn writes_blocked_past_the_busy_timeout_fail_transiently() {
     let dir = std::env::temp_dir().join("dispatch-sqlite-busy");
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(format!("{}.db", dispatch_core::JobId::new()));
-    let store = SqliteStore::open(&path.display().to_string())
-        .await
-        .expect("open")
+    let store = SqliteStore::builder(path.display().to_string())
         .call_timeout(Duration::from_secs(5))
         .busy_timeout(Duration::from_millis(100))
+        .build()
         .await
-        .expect("busy timeout");
+        .expect("open");
     store.enqueue(vec![NewJob::new("a", vec![])]).await.expect("enqueue");
     let request = ClaimRequest {
         worker: WorkerId::new(),

@@ -22,10 +22,18 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::time::Instant;
 
 async fn fresh_store() -> SqliteStore {
+    fresh_store_with_call_timeout(dispatch_store_sqlite::DEFAULT_CALL_TIMEOUT).await
+}
+
+async fn fresh_store_with_call_timeout(timeout: Duration) -> SqliteStore {
     let dir = std::env::temp_dir().join("dispatch-sqlite-tx");
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(format!("{}.db", dispatch_core::JobId::new()));
-    SqliteStore::open(&path.display().to_string()).await.expect("open")
+    SqliteStore::builder(path.display().to_string())
+        .call_timeout(timeout)
+        .build()
+        .await
+        .expect("open")
 }
 
 async fn available(store: &SqliteStore) -> u64 {
@@ -174,7 +182,7 @@ async fn typed_jobs_commit_with_the_applications_writes_or_neither() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writer_transaction_held_past_the_call_timeout_is_rolled_back() {
-    let store = fresh_store().await.call_timeout(Duration::from_millis(200));
+    let store = fresh_store_with_call_timeout(Duration::from_millis(200)).await;
     let error = store
         .transaction(|tx| {
             Box::pin(async move {
@@ -255,7 +263,7 @@ async fn back_to_back_writer_transactions_do_not_starve_the_worker() {
     const HOLD: Duration = Duration::from_millis(500);
     // Shorter than the worker's own store timeout, so a starved call is answered (and counted)
     // as a timeout by the store rather than abandoned by the worker.
-    let store = fresh_store().await.call_timeout(Duration::from_secs(3));
+    let store = fresh_store_with_call_timeout(Duration::from_secs(3)).await;
     let watched = Arc::new(Intercepted::new(Arc::new(store.clone()), Watch::default()));
 
     let started: Arc<Mutex<HashMap<u32, Instant>>> = Arc::default();
