@@ -17,7 +17,7 @@ use dispatch_job::{EnqueueOptions, EnqueueTransactionExt as _, JobContext, JobDe
 use dispatch_store_sqlite::SqliteStore;
 use futures::StreamExt as _;
 use parking_lot::Mutex;
-use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{ConnectOptions, Connection};
 use tokio::time::Instant;
 
@@ -25,11 +25,28 @@ async fn fresh_store() -> SqliteStore {
     fresh_store_with_call_timeout(dispatch_store_sqlite::DEFAULT_CALL_TIMEOUT).await
 }
 
-async fn fresh_store_with_call_timeout(timeout: Duration) -> SqliteStore {
+/// A database file of its own for one test.
+fn fresh_path() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join("dispatch-sqlite-tx");
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(format!("{}.db", dispatch_core::JobId::new()));
-    SqliteStore::builder(path.display().to_string())
+    dir.join(format!("{}.db", dispatch_core::JobId::new()))
+}
+
+/// A fresh store, and a connection of the application's own to its file.
+async fn store_and_app_connection() -> (SqliteStore, SqliteConnection) {
+    let path = fresh_path();
+    let store = SqliteStore::open(&path.display().to_string()).await.expect("open");
+    let app = SqliteConnectOptions::new()
+        .filename(&path)
+        .busy_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("the application's own connection");
+    (store, app)
+}
+
+async fn fresh_store_with_call_timeout(timeout: Duration) -> SqliteStore {
+    SqliteStore::builder(fresh_path().display().to_string())
         .call_timeout(timeout)
         .build()
         .await
@@ -368,16 +385,7 @@ async fn back_to_back_writer_transactions_do_not_starve_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_exists_exactly_when_its_transaction_commits() {
-    let dir = std::env::temp_dir().join("dispatch-sqlite-tx");
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(format!("{}.db", dispatch_core::JobId::new()));
-    let store = SqliteStore::open(&path.display().to_string()).await.expect("open");
-    let mut app = SqliteConnectOptions::new()
-        .filename(&path)
-        .busy_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("the application's own connection");
+    let (store, mut app) = store_and_app_connection().await;
 
     for commit in [false, true] {
         for n in 0..100 {
@@ -424,16 +432,7 @@ fn new_run(n: u32) -> (NewRun, NewJob) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_exists_exactly_when_its_transaction_commits() {
-    let dir = std::env::temp_dir().join("dispatch-sqlite-tx");
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(format!("{}.db", dispatch_core::JobId::new()));
-    let store = SqliteStore::open(&path.display().to_string()).await.expect("open");
-    let mut app = SqliteConnectOptions::new()
-        .filename(&path)
-        .busy_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("the application's own connection");
+    let (store, mut app) = store_and_app_connection().await;
     for commit in [false, true] {
         for n in 0..50 {
             let mut tx = app.begin_with("BEGIN IMMEDIATE").await.expect("begin");
