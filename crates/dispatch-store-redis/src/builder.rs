@@ -1,0 +1,95 @@
+//! [`RedisStoreBuilder`]: connecting, the pool, and the store's options.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
+use dispatch_core::{Error, ErrorKind, Result};
+
+use crate::{DEFAULT_CALL_TIMEOUT, DEFAULT_PREFIX, Inner, RedisStore, script, wake};
+
+/// Options of a [`RedisStore`]; [`build`](Self::build) connects.
+#[derive(Clone, Debug)]
+pub struct RedisStoreBuilder {
+    url: String,
+    prefix: String,
+    max_connections: usize,
+    call_timeout: Duration,
+    max_payload_bytes: usize,
+}
+
+impl RedisStoreBuilder {
+    pub(crate) fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: DEFAULT_PREFIX.to_owned(),
+            max_connections: 8,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        }
+    }
+
+    /// The key prefix (default [`DEFAULT_PREFIX`]), without braces: keys start with
+    /// `{prefix}:`, a Redis Cluster hash tag. Stores with different prefixes share a server
+    /// without seeing each other.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The most pooled connections (default 8). Each is multiplexed: concurrent calls share
+    /// it, pipelined, so a few serve many workers. The wake-up subscription has its own.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How long one store call may take before it fails with `Timeout` (default
+    /// [`DEFAULT_CALL_TIMEOUT`]).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// Reject payloads larger than `bytes` (default 1 MiB).
+    pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// Connect: build the pool and check the server answers (`Unavailable` when it does not,
+    /// `InvalidInput` for a URL that does not parse or a prefix with a brace).
+    pub async fn build(self) -> Result<RedisStore> {
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {
+            return Err(Error::invalid_input(format!(
+                "redis key prefix {:?} must be non-empty, without braces",
+                self.prefix
+            )));
+        }
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::new(ErrorKind::InvalidInput, format!("bad redis URL: {e}")).with_source(e)
+        })?;
+        let pool = deadpool_redis::Config::from_url(self.url.as_str())
+            .builder()
+            .map_err(|e| Error::invalid_input(format!("bad redis URL: {e}")))?
+            .max_size(self.max_connections)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
+            .map_err(|e| Error::invalid_input(format!("can not build the redis pool: {e}")))?;
+        let prefix = format!("{{{}}}", self.prefix);
+        let wake = wake::Wake::new(client, format!("{prefix}:wake"));
+        let store = RedisStore {
+            inner: Arc::new(Inner {
+                pool,
+                prefix,
+                clock: None,
+                max_payload_bytes: self.max_payload_bytes,
+                call_timeout: self.call_timeout,
+                scripts: script::Scripts::new(),
+                wake,
+            }),
+        };
+        store.query::<String>(&redis::cmd("PING")).await?;
+        Ok(store)
+    }
+}

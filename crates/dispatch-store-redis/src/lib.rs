@@ -1,0 +1,147 @@
+//! The Redis Dispatch store: jobs, their dead letter queue and workflow runs in Redis, for
+//! teams whose queue state lives there.
+//!
+//! Every state transition is one Lua script, run atomically by the server (loaded once, called
+//! by SHA, loaded again after a `NOSCRIPT`), and every hot-path call takes a whole batch in one
+//! script call: enqueue, claim, finish, heartbeat, rescue. It is not a cache or a way to reach
+//! another store's jobs, and it does not run the server: persistence, memory limits, failover
+//! and backups are the operator's (see *Durability*).
+//!
+//! # Layout
+//!
+//! Every key starts with the store's prefix, a Redis Cluster hash tag (`{dispatch}` by default,
+//! [`RedisStoreBuilder::prefix`]), so all of a store's keys live in one slot: each script may
+//! touch any of them, on a single server and on a cluster alike. The price is that one store
+//! lives on one cluster node; to spread load over a cluster, give each part of an application
+//! its own store (prefix). A job is a hash; due available jobs sit in one sorted set per
+//! (queue, job name), scored by priority and ordered by run-at and enqueue order inside it, so
+//! a claim costs O(batch) whatever else the queue holds; jobs not yet due wait in a sorted set
+//! per pair scored by run-at, and move over when the claim finds them due; running jobs are
+//! scored by lease expiry. Listings page through per-state and per-entity indexes ordered by
+//! ID; counts per (queue, state) are kept by the scripts; finished jobs are also indexed by
+//! their finish time, so retention can remove them in bounded batches. `src/lua/prelude.lua`
+//! documents every key.
+//!
+//! # Time
+//!
+//! Without an injected clock the scripts read the server's clock (`TIME`), so workers whose
+//! clocks disagree still agree on run-at times and lease expiry.
+//! [`with_clock`](RedisStore::with_clock) makes every call pass the given clock's time instead
+//! (tests use a manual clock).
+//!
+//! # Durability
+//!
+//! The store is exactly as durable as the server's persistence setting; every script's writes
+//! are one unit in the replication stream and the append-only file, so a restart never shows
+//! half a transition.
+//!
+//! | Persistence | A Redis restart loses |
+//! |---|---|
+//! | none | everything: every job, entry and run |
+//! | RDB snapshots | every change since the last snapshot: enqueued jobs vanish, finished jobs run again, claimed jobs are available again with their attempt returned |
+//! | AOF `everysec` | up to about one second of changes, as for RDB but bounded |
+//! | AOF `always` | nothing that was acknowledged |
+//!
+//! What was lost is never corrupted: the state after a restart is the state of some earlier
+//! moment, in which every lease is honoured (a job running then is rescued once its lease
+//! expires). Jobs that ran after that moment may run again, which at-least-once delivery
+//! allows; use AOF `always` where an acknowledged enqueue must never be lost.
+//!
+//! # Wake-ups
+//!
+//! A script that makes jobs available publishes one message on the store's wake channel (the
+//! queue, or empty for several). [`wakeups`](dispatch_core::JobStore::wakeups) subscribers share
+//! one subscription per store on a dedicated connection, which reconnects after a loss and
+//! then wakes every subscriber (messages sent while it was away are lost); workers also poll.
+
+mod builder;
+mod claim;
+mod dlq;
+mod enqueue;
+mod error;
+mod finish;
+mod job;
+mod keys;
+mod lookup;
+mod row;
+mod script;
+mod wake;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dispatch_core::{SharedClock, Timestamp};
+
+pub use builder::RedisStoreBuilder;
+pub use deadpool_redis;
+pub use redis;
+
+/// The key prefix (and Redis Cluster hash tag) a store uses unless told otherwise.
+pub const DEFAULT_PREFIX: &str = "dispatch";
+
+/// How long one store call may take before it fails with
+/// [`ErrorKind::Timeout`](dispatch_core::ErrorKind::Timeout), unless the builder sets another.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The Redis store. Cheap to clone: clones share the connection pool and the wake-up
+/// subscription.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: deadpool_redis::Pool,
+    /// `{prefix}`: the hash tag every key starts with.
+    prefix: String,
+    /// The injected clock; `None` reads the server's.
+    clock: Option<SharedClock>,
+    max_payload_bytes: usize,
+    call_timeout: Duration,
+    scripts: script::Scripts,
+    wake: wake::Wake,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("prefix", &self.inner.prefix).finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A builder for a store on the server at `url` (`redis://host:port/db`).
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(url)
+    }
+
+    /// Connect to the server at `url` with the default options.
+    pub async fn connect(url: impl Into<String>) -> dispatch_core::Result<Self> {
+        Self::builder(url).build().await
+    }
+
+    /// This store reading time from `clock` instead of the server (tests inject a manual clock).
+    pub fn with_clock(self, clock: SharedClock) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                pool: inner.pool.clone(),
+                prefix: inner.prefix.clone(),
+                clock: Some(clock),
+                max_payload_bytes: inner.max_payload_bytes,
+                call_timeout: inner.call_timeout,
+                scripts: inner.scripts.clone(),
+                wake: inner.wake.clone(),
+            }),
+        }
+    }
+
+    /// The key prefix, hash tag included (`{dispatch}`): every key of this store starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The injected clock's time, or `None` when the server's clock rules.
+    fn injected_now(&self) -> Option<Timestamp> {
+        self.inner.clock.as_ref().map(|clock| clock.now())
+    }
+}

@@ -1,0 +1,65 @@
+-- Claim a batch. ARGV[2] = limit, ARGV[3] = lease TTL (µs), ARGV[4] = lease token,
+-- ARGV[5] = worker, ARGV[6] = queue count, then the queues, then the job names.
+-- Due jobs of each (queue, name) pair move from its sched set to its ready set first (at most
+-- PROMOTE per pair per call); then the best `limit` of the pairs' ready sets are leased.
+-- Answers each claimed job's hash (HGETALL), best first.
+local PROMOTE = 1000
+local limit = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[3])
+local token, worker = ARGV[4], ARGV[5]
+local nq = tonumber(ARGV[6])
+local queues, names, seen = {}, {}, {}
+for i = 7, 6 + nq do
+  if not seen['q' .. ARGV[i]] then seen['q' .. ARGV[i]] = true; queues[#queues + 1] = ARGV[i] end
+end
+for i = 7 + nq, #ARGV do
+  if not seen['n' .. ARGV[i]] then seen['n' .. ARGV[i]] = true; names[#names + 1] = ARGV[i] end
+end
+if limit <= 0 or #queues == 0 or #names == 0 then return {} end
+
+-- Move the due jobs of one pair from its sched set into its ready set.
+local function promote(queue, name)
+  local sched = sched_key(queue, name)
+  local due = redis.call('ZRANGEBYSCORE', sched, '-inf', NOW, 'LIMIT', 0, PROMOTE)
+  if #due == 0 then return end
+  local ready = ready_key(queue, name)
+  for _, id in ipairs(due) do
+    local v = redis.call('HMGET', job_key(id), 'priority', 'run_at', 'seq')
+    redis.call('ZADD', ready, -tonumber(v[1]), ready_member(tonumber(v[2]), tonumber(v[3]), id))
+  end
+  variadic('ZREM', sched, due)
+end
+
+local candidates = {}
+for _, queue in ipairs(queues) do
+  for _, name in ipairs(names) do
+    promote(queue, name)
+    local ready = ready_key(queue, name)
+    local top = redis.call('ZRANGE', ready, 0, limit - 1, 'WITHSCORES')
+    for j = 1, #top, 2 do
+      candidates[#candidates + 1] = { score = tonumber(top[j + 1]), member = top[j], ready = ready, queue = queue }
+    end
+  end
+end
+table.sort(candidates, function(a, b)
+  if a.score ~= b.score then return a.score < b.score end
+  return a.member < b.member
+end)
+
+local expires = NOW + ttl
+local out = {}
+for i = 1, math.min(limit, #candidates) do
+  local c = candidates[i]
+  local id = string.sub(c.member, 34)
+  local key = job_key(id)
+  redis.call('ZREM', c.ready, c.member)
+  redis.call('HINCRBY', key, 'attempt', 1)
+  redis.call('HSET', key, 'state', 'running', 'lease_owner', worker, 'lease_token', token,
+    'lease_expires', I(expires))
+  redis.call('HDEL', key, 'cancel_requested')
+  redis.call('ZADD', K_LEASES, expires, id)
+  move_state(id, c.queue, 'available', 'running')
+  out[#out + 1] = redis.call('HGETALL', key)
+end
+flush()
+return out

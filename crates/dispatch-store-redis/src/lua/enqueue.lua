@@ -1,0 +1,74 @@
+-- Enqueue a batch. ARGV[2] = item count, then 13 arguments per item:
+-- id, name, queue, payload, priority, run-at kind (now|at|after), run-at value (µs),
+-- max attempts, timeout (µs, '' for none), unique key ('' for none), unique window (µs, '' for
+-- none), app and tenant ('-' for none, '+<value>' for a value).
+-- Answers one {1, id} (created, or a retried enqueue) or {2, holder id} (duplicate) per item.
+local STRIDE = 13
+local n = tonumber(ARGV[2])
+
+local function arg(i, field) return ARGV[3 + i * STRIDE + field] end
+
+-- Whether unique key `uk` is held, and by which job.
+local function held_by(uk)
+  local holder = redis.call('GET', uk)
+  if not holder then return nil end
+  local v = redis.call('HMGET', job_key(holder), 'state', 'unique_until')
+  if v[1] == 'available' or v[1] == 'running' then return holder end
+  if v[2] and tonumber(v[2]) > NOW then return holder end
+  return nil
+end
+
+-- Pass 1: refuse the whole batch on a reused or repeated ID, before writing anything.
+local seen, retried = {}, {}
+for i = 0, n - 1 do
+  local id = arg(i, 0)
+  if seen[id] then return refuse('CONFLICT', 'job ' .. id .. ' is listed twice in one enqueue') end
+  seen[id] = true
+  local stored = redis.call('HMGET', job_key(id), 'name', 'payload')
+  if stored[1] then
+    if stored[1] ~= arg(i, 1) or stored[2] ~= arg(i, 3) then
+      return refuse('CONFLICT', 'job ' .. id .. ' is already stored with another name or payload')
+    end
+    retried[i] = true
+  end
+end
+
+-- Pass 2: store what is new.
+local out = {}
+for i = 0, n - 1 do
+  local id, name, queue = arg(i, 0), arg(i, 1), arg(i, 2)
+  local ukey = arg(i, 9)
+  local uk = ukey ~= '' and unique_key(name, ukey) or nil
+  local holder = (not retried[i]) and uk and held_by(uk) or nil
+  if retried[i] then
+    out[#out + 1] = { 1, id }
+  elseif holder then
+    out[#out + 1] = { 2, holder }
+  else
+    local kind, value = arg(i, 5), arg(i, 6)
+    local run_at = NOW
+    if kind == 'at' then run_at = tonumber(value) elseif kind == 'after' then run_at = NOW + tonumber(value) end
+    local priority = tonumber(arg(i, 4))
+    local seq = redis.call('INCR', K_SEQ)
+    local fields = { 'id', id, 'name', name, 'queue', queue, 'payload', arg(i, 3),
+      'priority', arg(i, 4), 'state', 'available', 'attempt', '0', 'max_attempts', arg(i, 7),
+      'run_at', I(run_at), 'created_at', I(NOW), 'seq', I(seq) }
+    local function put(field, v) fields[#fields + 1] = field; fields[#fields + 1] = v end
+    if arg(i, 8) ~= '' then put('timeout_us', arg(i, 8)) end
+    if uk then
+      put('unique_key', ukey)
+      if arg(i, 10) ~= '' then put('unique_until', I(NOW + tonumber(arg(i, 10)))) end
+      redis.call('SET', uk, id)
+    end
+    local app, tenant = arg(i, 11), arg(i, 12)
+    if app ~= '-' then put('app', string.sub(app, 2)) end
+    if tenant ~= '-' then put('tenant', string.sub(tenant, 2)) end
+    redis.call('HSET', job_key(id), unpack(fields))
+    redis.call('ZADD', K_JOBS, 0, id)
+    index_available(id, queue, name, priority, run_at, seq)
+    add_state(id, queue, 'available')
+    out[#out + 1] = { 1, id }
+  end
+end
+flush()
+return out

@@ -1,0 +1,148 @@
+-- The prelude every script of the Redis store starts with: the key layout, time, and the job
+-- index bookkeeping that every transition shares. `script.rs` joins it with each script's body.
+--
+-- Calling convention: KEYS[1] is the store's prefix, hash tag included ("{dispatch}"); every
+-- key a script touches starts with it, so all of them live in one cluster slot. ARGV[1] is the
+-- caller's clock in microseconds since the epoch, or '' to read the server's (TIME). The
+-- script's own arguments start at ARGV[2].
+--
+-- Rules every script keeps:
+-- * Check first, write after. Redis does not roll a script back: an error reply after a write
+--   leaves the write. A script that can refuse (conflict, not found, lease lost) decides that
+--   before its first write, and raises only `redis.error_reply('DISPATCH_<KIND> message')`.
+-- * Numbers written or compared as keys go through I(n): Lua 5.1 prints 1.7e15 as "1.7e+15".
+-- * State changes go through move_state / add_state / the job helpers below, and every script
+--   that used them calls flush() before it returns, so indexes and counts stay exact.
+
+local P = KEYS[1]
+local NOW
+if ARGV[1] ~= '' then
+  NOW = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- An integer as Redis and Rust read it.
+local function I(n)
+  return string.format('%d', n)
+end
+
+-- Refuse the call (before any write). `kind` is CONFLICT, NOT_FOUND, LEASE_LOST or INVALID.
+local function refuse(kind, message)
+  return redis.error_reply('DISPATCH_' .. kind .. ' ' .. message)
+end
+
+-- Key layout ----------------------------------------------------------------------------------
+-- IDs are the UUID's 32 lowercase hex digits, so lexical order is creation order (UUIDv7).
+local function job_key(id) return P .. ':job:' .. id end
+-- (queue, name) pairs: the queue length first, so no queue or name can forge another pair.
+local function pair(queue, name) return string.len(queue) .. ':' .. queue .. ':' .. name end
+-- Due available jobs of one pair: score -priority, member "<run_at:17><seq:16><id>", so rank
+-- order is priority desc, then run-at, then enqueue order.
+local function ready_key(queue, name) return P .. ':ready:' .. pair(queue, name) end
+-- Not yet due available jobs of one pair: score run-at, member id.
+local function sched_key(queue, name) return P .. ':sched:' .. pair(queue, name) end
+-- Running jobs: score lease expiry, member id.
+local K_LEASES = P .. ':leases'
+-- Every job (score 0, lexical by id), and per state.
+local K_JOBS = P .. ':jobs'
+local function state_key(state) return P .. ':state:' .. state end
+-- Finished jobs by finish time (score), for retention.
+local K_FINISHED = P .. ':finished'
+-- Counts per (state, queue): field "<state>:<queue>".
+local K_COUNTS = P .. ':counts'
+-- Enqueue order.
+local K_SEQ = P .. ':seq'
+-- The job that last took a unique key of a job name.
+local function unique_key(name, key) return P .. ':unique:' .. string.len(name) .. ':' .. name .. ':' .. key end
+-- Wake-up channel: one message per script call that made jobs available.
+local K_WAKE = P .. ':wake'
+-- DLQ entries and their index (score 0, lexical by id).
+local function dlq_key(id) return P .. ':dlq:' .. id end
+local K_DLQ = P .. ':dlqs'
+-- Workflow runs and their indexes (score 0, lexical by id; all, and per state).
+local function run_key(id) return P .. ':run:' .. id end
+local K_RUNS = P .. ':runs'
+local function run_state_key(state) return P .. ':runstate:' .. state end
+
+-- Index bookkeeping ---------------------------------------------------------------------------
+-- Changes are gathered per script and written by flush(): one variadic ZREM / ZADD per index
+-- and one HINCRBY per (state, queue), however many jobs the call moved.
+local pending_rem = {}   -- state -> { ids }
+local pending_add = {}   -- state -> { ids }
+local pending_count = {} -- "<state>:<queue>" -> delta
+local woken = {}         -- queue -> true: queues that got available jobs
+local woken_any = false
+
+local function push(t, k, v)
+  local list = t[k]
+  if list == nil then list = {}; t[k] = list end
+  list[#list + 1] = v
+end
+
+local function count(state, queue, delta)
+  local field = state .. ':' .. queue
+  pending_count[field] = (pending_count[field] or 0) + delta
+end
+
+-- A new job enters `state`.
+local function add_state(id, queue, state)
+  push(pending_add, state, id)
+  count(state, queue, 1)
+end
+
+-- A job moves from one state to another.
+local function move_state(id, queue, from, to)
+  if from == to then return end
+  push(pending_rem, from, id)
+  push(pending_add, to, id)
+  count(from, queue, -1)
+  count(to, queue, 1)
+end
+
+-- A job leaves the store (retention, deletes).
+local function drop_state(id, queue, state)
+  push(pending_rem, state, id)
+  count(state, queue, -1)
+end
+
+local function wake(queue)
+  woken[queue] = true
+end
+
+local function variadic(cmd, key, args, chunk_prefix)
+  -- unpack has a stack limit: write in chunks of 4000.
+  local i = 1
+  while i <= #args do
+    local last = math.min(i + 3999, #args)
+    local part = {}
+    for j = i, last do
+      if chunk_prefix then part[#part + 1] = chunk_prefix end
+      part[#part + 1] = args[j]
+    end
+    redis.call(cmd, key, unpack(part))
+    i = last + 1
+  end
+end
+
+-- Write the gathered index changes and publish one wake-up.
+local function flush()
+  for state, ids in pairs(pending_rem) do variadic('ZREM', state_key(state), ids) end
+  for state, ids in pairs(pending_add) do variadic('ZADD', state_key(state), ids, '0') end
+  for field, delta in pairs(pending_count) do
+    if delta ~= 0 then
+      local n = redis.call('HINCRBY', K_COUNTS, field, delta)
+      if n <= 0 then redis.call('HDEL', K_COUNTS, field) end
+    end
+  end
+  pending_rem, pending_add, pending_count = {}, {}, {}
+  local queues = {}
+  for q in pairs(woken) do queues[#queues + 1] = q end
+  if #queues == 1 then
+    redis.call('PUBLISH', K_WAKE, queues[1])
+  elseif #queues > 1 or woken_any then
+    redis.call('PUBLISH', K_WAKE, '')
+  end
+  woken, woken_any = {}, false
+end
