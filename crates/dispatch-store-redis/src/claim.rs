@@ -17,7 +17,7 @@ impl RedisStore {
         call.arg(request.limit)
             .arg(duration_arg(request.lease_ttl))
             .arg(hex(request.token.uuid()))
-            .arg(hex(request.worker.uuid()))
+            .arg(request.worker.to_string())
             .arg(request.queues.len())
             .arg(&request.queues)
             .arg(&request.names);

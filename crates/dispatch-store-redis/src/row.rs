@@ -217,7 +217,8 @@ pub(crate) fn job(mut f: Fields) -> Result<Job> {
         .map_err(|_| internal(format!("unknown job state {:?}", f.opt_str("state"))))?;
     let lease = match (f.opt_str("lease_owner")?, f.opt_uuid("lease_token")?) {
         (Some(owner), Some(token)) => Some(Lease {
-            owner: WorkerId::from_uuid(parse_uuid(owner)?),
+            owner: WorkerId::from_str(owner)
+                .map_err(|_| internal(format!("bad lease owner {owner:?}")))?,
             token: LeaseToken::from_uuid(token),
             expires_at: f.time("lease_expires")?,
         }),

@@ -1,5 +1,5 @@
 -- Claim a batch. ARGV[2] = limit, ARGV[3] = lease TTL (µs), ARGV[4] = lease token,
--- ARGV[5] = worker, ARGV[6] = queue count, then the queues, then the job names.
+-- ARGV[5] = worker (its display form, `wkr_…`, as rescue messages name it), ARGV[6] = queue count, then the queues, then the job names.
 -- Due jobs of each (queue, name) pair move from its sched set to its ready set first (at most
 -- PROMOTE per pair per call); then the best `limit` of the pairs' ready sets are leased.
 -- Answers each claimed job's hash (HGETALL), best first.
