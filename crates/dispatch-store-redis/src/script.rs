@@ -32,6 +32,10 @@ pub(crate) struct Scripts(Arc<ScriptSet>);
 pub(crate) struct ScriptSet {
     pub(crate) enqueue: Script,
     pub(crate) claim: Script,
+    pub(crate) finish: Script,
+    pub(crate) heartbeat: Script,
+    pub(crate) rescue: Script,
+    pub(crate) cancel: Script,
 }
 
 impl Scripts {
@@ -39,6 +43,10 @@ impl Scripts {
         Self(Arc::new(ScriptSet {
             enqueue: script(include_str!("lua/enqueue.lua")),
             claim: script(include_str!("lua/claim.lua")),
+            finish: script(include_str!("lua/finish.lua")),
+            heartbeat: script(include_str!("lua/heartbeat.lua")),
+            rescue: script(include_str!("lua/rescue.lua")),
+            cancel: script(include_str!("lua/cancel.lua")),
         }))
     }
 }
