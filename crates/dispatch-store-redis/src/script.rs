@@ -36,6 +36,9 @@ pub(crate) struct ScriptSet {
     pub(crate) heartbeat: Script,
     pub(crate) rescue: Script,
     pub(crate) cancel: Script,
+    pub(crate) dlq_list: Script,
+    pub(crate) dlq_replay: Script,
+    pub(crate) dlq_purge: Script,
 }
 
 impl Scripts {
@@ -47,6 +50,9 @@ impl Scripts {
             heartbeat: script(include_str!("lua/heartbeat.lua")),
             rescue: script(include_str!("lua/rescue.lua")),
             cancel: script(include_str!("lua/cancel.lua")),
+            dlq_list: script(include_str!("lua/dlq_list.lua")),
+            dlq_replay: script(include_str!("lua/dlq_replay.lua")),
+            dlq_purge: script(include_str!("lua/dlq_purge.lua")),
         }))
     }
 }
