@@ -39,6 +39,7 @@ pub(crate) struct ScriptSet {
     pub(crate) dlq_list: Script,
     pub(crate) dlq_replay: Script,
     pub(crate) dlq_purge: Script,
+    pub(crate) release_claim: Script,
 }
 
 impl Scripts {
@@ -53,6 +54,7 @@ impl Scripts {
             dlq_list: script(include_str!("lua/dlq_list.lua")),
             dlq_replay: script(include_str!("lua/dlq_replay.lua")),
             dlq_purge: script(include_str!("lua/dlq_purge.lua")),
+            release_claim: script(include_str!("lua/release_claim.lua")),
         }))
     }
 }
