@@ -143,3 +143,51 @@ fn note_rescue(item: Value, report: &mut RescueReport) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn answer(parts: Vec<Value>) -> Value {
+        Value::Array(parts)
+    }
+
+    #[test]
+    fn finish_answers() {
+        let dlq = DlqId::new();
+        let dead = answer(vec![Value::Int(1), text("dead"), text(&hex(dlq.uuid()))]);
+        let applied = FinishResult::Applied { state: JobState::Dead, dlq_id: Some(dlq) };
+        assert_eq!(finish_result(dead).unwrap(), applied);
+        let done = answer(vec![Value::Int(1), text("completed"), text("")]);
+        let applied = FinishResult::Applied { state: JobState::Completed, dlq_id: None };
+        assert_eq!(finish_result(done).unwrap(), applied);
+        let repeat = finish_result(answer(vec![Value::Int(2)])).unwrap();
+        assert_eq!(repeat, FinishResult::AlreadyApplied);
+        let lost = finish_result(answer(vec![Value::Int(3)])).unwrap();
+        assert_eq!(lost, FinishResult::LeaseLost);
+        assert!(finish_result(answer(vec![Value::Int(1), text("gone"), text("")])).is_err());
+    }
+
+    #[test]
+    fn rescue_answers_fill_the_report() {
+        let (a, b, c, dlq) = (JobId::new(), JobId::new(), JobId::new(), DlqId::new());
+        let mut report = RescueReport::default();
+        let items = [
+            vec![Value::Int(1), text(&hex(a.uuid()))],
+            vec![Value::Int(2), text(&hex(b.uuid())), text(&hex(dlq.uuid()))],
+            vec![Value::Int(3), text(&hex(c.uuid()))],
+        ];
+        for item in items {
+            note_rescue(answer(item), &mut report).unwrap();
+        }
+        let expected =
+            RescueReport { rescued: vec![a], promoted: vec![(b, dlq)], cancelled: vec![c] };
+        assert_eq!(report, expected);
+        let no_entry = answer(vec![Value::Int(2), text(&hex(a.uuid()))]);
+        assert!(note_rescue(no_entry, &mut report).is_err());
+    }
+}

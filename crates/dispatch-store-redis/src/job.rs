@@ -1,4 +1,5 @@
-//! `impl JobStore`: short methods forwarding to the files that do the work; lookups.
+//! `impl JobStore`: short methods forwarding to the files that do the work; heartbeat
+//! (`lua/heartbeat.lua`) and cancel requests (`lua/cancel.lua`), one script call each; lookups.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -115,5 +116,39 @@ fn job_cancel(reply: Vec<Value>) -> Result<JobCancel> {
             Ok(JobCancel::AlreadyFinal(state))
         }
         other => Err(internal(format!("unknown cancel answer {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn heartbeat_codes_sort_leases_into_the_report() {
+        let leases: Vec<LeaseRef> =
+            (0..3).map(|_| LeaseRef { job_id: JobId::new(), token: LeaseToken::new() }).collect();
+        let report =
+            heartbeat_report(&leases, vec![Value::Int(0), Value::Int(1), Value::Int(2)]).unwrap();
+        let ids: Vec<JobId> = leases.iter().map(|l| l.job_id).collect();
+        assert_eq!(report.lost, [ids[0]]);
+        assert_eq!(report.renewed, [ids[1], ids[2]]);
+        assert_eq!(report.cancel_requested, [ids[2]]);
+        assert!(heartbeat_report(&leases, vec![Value::Int(1)]).is_err(), "one code per lease");
+    }
+
+    #[test]
+    fn cancel_answers() {
+        assert_eq!(job_cancel(vec![Value::Int(1)]).unwrap(), JobCancel::Cancelled);
+        assert_eq!(job_cancel(vec![Value::Int(2)]).unwrap(), JobCancel::Requested);
+        assert_eq!(
+            job_cancel(vec![Value::Int(3), text("dead")]).unwrap(),
+            JobCancel::AlreadyFinal(JobState::Dead)
+        );
+        assert!(job_cancel(vec![Value::Int(3)]).is_err());
+        assert!(job_cancel(vec![Value::Int(9)]).is_err());
     }
 }

@@ -147,17 +147,16 @@ local function option(arg)
   return string.sub(arg, 2)
 end
 
--- The lease fields of job `id` with its place, or nil when there is no such job.
+-- The place of job `id` (as job_place) with its lease fields, in one read, or nil when there
+-- is no such job.
 local function job_lease(id)
-  local place = job_place(id)
-  if not place then return nil end
-  local v = redis.call('HMGET', job_key(id), 'lease_token', 'lease_owner', 'attempt',
-    'max_attempts', 'cancel_requested', 'last_finish')
-  place.token, place.owner = v[1], v[2]
-  place.attempt, place.max_attempts = tonumber(v[3]), tonumber(v[4])
-  place.cancel_requested = v[5] and true or false
-  place.last_finish = v[6]
-  return place
+  local v = redis.call('HMGET', job_key(id), 'state', 'queue', 'name', 'priority', 'run_at', 'seq',
+    'lease_token', 'lease_owner', 'attempt', 'max_attempts', 'cancel_requested', 'last_finish')
+  if not v[1] then return nil end
+  return { state = v[1], queue = v[2], name = v[3], priority = tonumber(v[4]),
+           run_at = tonumber(v[5]), seq = tonumber(v[6]), token = v[7], owner = v[8],
+           attempt = tonumber(v[9]), max_attempts = tonumber(v[10]),
+           cancel_requested = v[11] and true or false, last_finish = v[12] }
 end
 
 -- Whether `token` holds the lease of job `lease` (from job_lease): `transition::holds`. An
