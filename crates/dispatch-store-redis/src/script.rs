@@ -33,6 +33,14 @@ pub(crate) struct Scripts(Arc<ScriptSet>);
 pub(crate) struct ScriptSet {
     pub(crate) enqueue: Script,
     pub(crate) claim: Script,
+    pub(crate) finish: Script,
+    pub(crate) heartbeat: Script,
+    pub(crate) rescue: Script,
+    pub(crate) cancel: Script,
+    pub(crate) dlq_list: Script,
+    pub(crate) dlq_replay: Script,
+    pub(crate) dlq_purge: Script,
+    pub(crate) release_claim: Script,
 }
 
 impl Scripts {
@@ -40,6 +48,14 @@ impl Scripts {
         Self(Arc::new(ScriptSet {
             enqueue: script(include_str!("lua/enqueue.lua")),
             claim: script(include_str!("lua/claim.lua")),
+            finish: script(include_str!("lua/finish.lua")),
+            heartbeat: script(include_str!("lua/heartbeat.lua")),
+            rescue: script(include_str!("lua/rescue.lua")),
+            cancel: script(include_str!("lua/cancel.lua")),
+            dlq_list: script(include_str!("lua/dlq_list.lua")),
+            dlq_replay: script(include_str!("lua/dlq_replay.lua")),
+            dlq_purge: script(include_str!("lua/dlq_purge.lua")),
+            release_claim: script(include_str!("lua/release_claim.lua")),
         }))
     }
 }

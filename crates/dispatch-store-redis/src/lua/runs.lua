@@ -17,6 +17,8 @@ local function remove_waits(id)
   -- Filled in with the event waits layout (events.lua).
 end
 
+local function run_cancel_request(id, reason) error('run_cancel_request is written with the workflow scripts') end
+
 -- The run driven by a job that just died fails with `message`, unless it has ended already.
 local function fail_driven_run(id, message)
   local key = run_key(id)
