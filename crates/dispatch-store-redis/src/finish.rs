@@ -14,9 +14,12 @@ use crate::error::internal;
 use crate::keys::hex;
 use crate::row::{array, duration_arg, int, parse_uuid, string, time_arg};
 
-/// The most DLQ entry IDs one rescue call takes, and so the most jobs it rescues; a larger
-/// limit is worked through in several calls.
+/// The most jobs one rescue call takes; a larger limit is worked through in several calls.
 const RESCUE_CHUNK: usize = 1000;
+
+/// The DLQ entry IDs one rescue call takes: enough for the few rescued jobs that die; a call
+/// that runs out stops there and is called again.
+const RESCUE_DLQ_IDS: usize = 16;
 
 impl RedisStore {
     pub(crate) async fn finish_jobs(&self, finishes: &[Finish]) -> Result<Vec<FinishResult>> {
@@ -46,28 +49,35 @@ impl RedisStore {
         let mut left = limit;
         while left > 0 {
             let chunk = left.min(RESCUE_CHUNK);
-            let found = self.rescue_chunk(chunk, &mut report).await?;
-            if found < chunk {
+            let (found, more) = self.rescue_chunk(chunk, &mut report).await?;
+            left -= found;
+            if !more && found < chunk {
                 break;
             }
-            left -= chunk;
         }
         Ok(report)
     }
 
-    /// One rescue call of at most `chunk` jobs, noted in `report`; how many it rescued.
-    async fn rescue_chunk(&self, chunk: usize, report: &mut RescueReport) -> Result<usize> {
+    /// One rescue call of at most `chunk` jobs, noted in `report`: how many it rescued, and
+    /// whether it stopped early for want of DLQ entry IDs.
+    async fn rescue_chunk(&self, chunk: usize, report: &mut RescueReport) -> Result<(usize, bool)> {
         let mut call = self.call(&self.inner.scripts.rescue);
         call.arg(chunk);
-        for _ in 0..chunk {
+        for _ in 0..chunk.min(RESCUE_DLQ_IDS) {
             call.arg(hex(DlqId::new().uuid()));
         }
-        let reply = array(self.invoke(&call).await?)?;
+        let mut reply = array(self.invoke(&call).await?)?;
+        let more = reply
+            .last()
+            .is_some_and(|last| matches!(last, Value::Array(parts) if parts.len() == 1));
+        if more {
+            reply.pop();
+        }
         let found = reply.len();
         for item in reply {
             note_rescue(item, report)?;
         }
-        Ok(found)
+        Ok((found, more))
     }
 }
 

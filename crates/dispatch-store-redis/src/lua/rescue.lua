@@ -1,5 +1,6 @@
 -- Rescue expired leases (`transition::rescue`). ARGV[2] = the most jobs to rescue, then fresh
--- DLQ entry ids, at least as many as that limit (any rescued job may die). Takes the running
+-- DLQ entry ids for the jobs that die (a few: most rescued jobs have attempts left). When they
+-- run out, the script stops before the next dying job and answers a last {0}: call again. Takes the running
 -- jobs whose lease expired by NOW, oldest expiry first. Each records a lease_expired error
 -- naming the lease's owner and keeps its attempt spent; it ends cancelled when a cancel was
 -- requested (no DLQ entry, even on its last attempt), becomes available now while attempts
@@ -11,6 +12,12 @@ local out = {}
 local next_dlq = 3
 for _, id in ipairs(expired) do
   local lease = job_lease(id)
+  local dies = lease and lease.state == 'running' and not lease.cancel_requested
+    and lease.attempt >= lease.max_attempts
+  if dies and next_dlq > #ARGV then
+    out[#out + 1] = { 0 }
+    break
+  end
   if not lease or lease.state ~= 'running' then
     -- An index entry without a running job holds no lease: drop it.
     redis.call('ZREM', K_LEASES, id)
