@@ -32,6 +32,8 @@ pub(crate) struct Scripts(Arc<ScriptSet>);
 pub(crate) struct ScriptSet {
     pub(crate) enqueue: Script,
     pub(crate) claim: Script,
+    pub(crate) list_jobs: Script,
+    pub(crate) next_due: Script,
 }
 
 impl Scripts {
@@ -39,6 +41,8 @@ impl Scripts {
         Self(Arc::new(ScriptSet {
             enqueue: script(include_str!("lua/enqueue.lua")),
             claim: script(include_str!("lua/claim.lua")),
+            list_jobs: script(include_str!("lua/list_jobs.lua")),
+            next_due: script(include_str!("lua/next_due.lua")),
         }))
     }
 }
