@@ -5,8 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dispatch_core::{
     ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult, HeartbeatReport, Job, JobCancel,
-    JobFilter, JobId, JobStore, LeaseRef, LeaseToken, NewJob, Page, PageRequest, QueueCount,
-    RescueReport, Result,
+    JobFilter, JobId, JobStore, LeaseRef, LeaseToken, ListenerState, NewJob, Page, PageRequest,
+    QueueCount, RescueReport, Result, WakeupStream,
 };
 
 use crate::RedisStore;
@@ -62,5 +62,13 @@ impl JobStore for RedisStore {
 
     async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
         self.next_due_in(queues, names).await
+    }
+
+    fn wakeups(&self) -> Option<WakeupStream> {
+        self.inner.wake.subscribe()
+    }
+
+    fn listener_state(&self) -> Option<ListenerState> {
+        Some(self.inner.wake.state())
     }
 }
