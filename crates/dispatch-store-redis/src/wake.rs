@@ -45,11 +45,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct Wake(Arc<Shared>);
 
 struct Shared {
-    /// Connects the listener over RESP3.
-    client: redis::Client,
-    channel: String,
-    /// The listener connection's client name.
-    name: String,
+    target: Target,
     listener: Mutex<Option<Listener>>,
     /// Written by the listener task, read by [`Wake::state`].
     state: Arc<Mutex<ListenerState>>,
@@ -66,10 +62,9 @@ struct Listener {
 impl Wake {
     /// Wake-ups on `channel`, listened for over connections `client` makes.
     pub(crate) fn new(client: redis::Client, channel: String) -> Self {
-        let client = resp3(client);
-        let name = client_name(&channel);
+        let target = Target { client: resp3(client), name: client_name(&channel), channel };
         let state = Arc::new(Mutex::new(ListenerState::new(SystemClock.now())));
-        Self(Arc::new(Shared { client, channel, name, listener: Mutex::new(None), state }))
+        Self(Arc::new(Shared { target, listener: Mutex::new(None), state }))
     }
 
     /// The listener's state now. A listener whose task has ended (its runtime shut down) is
@@ -95,12 +90,7 @@ impl Wake {
         let stream = hub.subscribe();
         let (stop, stopped) = oneshot::channel();
         let recorder = Recorder { state: self.0.state.clone(), connected_before: false };
-        let target = Target {
-            client: self.0.client.clone(),
-            channel: self.0.channel.clone(),
-            name: self.0.name.clone(),
-        };
-        let run = listen(target, hub.clone(), recorder, stopped);
+        let run = listen(self.0.target.clone(), hub.clone(), recorder, stopped);
         *listener = Some(Listener { hub, task: runtime.spawn(run), _stop: stop });
         Some(stream)
     }
@@ -125,9 +115,12 @@ fn client_name(channel: &str) -> String {
 }
 
 /// Where and as whom the listener connects.
+#[derive(Clone)]
 struct Target {
+    /// Connects over RESP3.
     client: redis::Client,
     channel: String,
+    /// The connection's client name.
     name: String,
 }
 
@@ -223,7 +216,12 @@ async fn connect(target: &Target) -> Result<Subscription, String> {
             .set_response_timeout(Some(CONNECT_TIMEOUT))
             .set_push_sender(tx);
         let mut conn = target.client.get_multiplexed_async_connection_with_config(&config).await?;
-        redis::cmd("CLIENT").arg("SETNAME").arg(&target.name).exec_async(&mut conn).await?;
+        // Only a name: a server that refuses it (an ACL without CLIENT) still sends messages.
+        let mut named = redis::cmd("CLIENT");
+        named.arg("SETNAME").arg(&target.name);
+        if let Err(err) = named.exec_async(&mut conn).await {
+            tracing::debug!(%err, "the wake-up connection can not take its client name");
+        }
         conn.subscribe(&target.channel).await?;
         Ok::<_, redis::RedisError>(Subscription { conn, pushed })
     };
