@@ -41,6 +41,8 @@ pub(crate) struct ScriptSet {
     pub(crate) dlq_replay: Script,
     pub(crate) dlq_purge: Script,
     pub(crate) release_claim: Script,
+    pub(crate) list_jobs: Script,
+    pub(crate) next_due: Script,
 }
 
 impl Scripts {
@@ -56,6 +58,8 @@ impl Scripts {
             dlq_replay: script(include_str!("lua/dlq_replay.lua")),
             dlq_purge: script(include_str!("lua/dlq_purge.lua")),
             release_claim: script(include_str!("lua/release_claim.lua")),
+            list_jobs: script(include_str!("lua/list_jobs.lua")),
+            next_due: script(include_str!("lua/next_due.lua")),
         }))
     }
 }
@@ -148,18 +152,6 @@ impl RedisStore {
         self.within_timeout(async {
             let mut conn = self.connection().await?;
             cmd.query_async::<T>(&mut conn).await.map_err(|err| self.broken(err))
-        })
-        .await
-    }
-
-    /// Run a pipeline on the shared connection within the call timeout.
-    pub(crate) async fn pipeline<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> dispatch_core::Result<T> {
-        self.within_timeout(async {
-            let mut conn = self.connection().await?;
-            pipe.query_async::<T>(&mut conn).await.map_err(|err| self.broken(err))
         })
         .await
     }
