@@ -60,8 +60,9 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The name the store's connections carry in `CLIENT LIST` (default `dispatch-<prefix>`),
-    /// so an operator can tell them apart. No spaces.
+    /// The name the store's connections carry in `CLIENT LIST` (default `dispatch-<prefix>`;
+    /// the wake-up listener's is this name and `-wake`), so an operator can tell them apart.
+    /// Characters the server refuses in a name (spaces, non-ASCII) become `_`.
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
         self.client_name = Some(name.into());
         self
@@ -87,14 +88,15 @@ impl RedisStoreBuilder {
             .build()
             .map_err(|e| Error::invalid_input(format!("can not build the redis pool: {e}")))?;
         let prefix = format!("{{{}}}", self.prefix);
-        let wake = wake::Wake::new(client, format!("{prefix}:wake"));
+        let client_name = wake::printable(
+            &self.client_name.unwrap_or_else(|| format!("dispatch-{}", self.prefix)),
+        );
+        let wake = wake::Wake::new(client, format!("{prefix}:wake"), &client_name);
         let store = RedisStore {
             inner: Arc::new(Inner {
                 pool,
                 shared: parking_lot::Mutex::new(None),
-                client_name: self
-                    .client_name
-                    .unwrap_or_else(|| format!("dispatch-{}", self.prefix)),
+                client_name,
                 prefix,
                 clock: None,
                 max_payload_bytes: self.max_payload_bytes,

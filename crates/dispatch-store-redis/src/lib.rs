@@ -148,6 +148,12 @@ impl RedisStore {
         &self.inner.prefix
     }
 
+    /// The name the store's connections carry in `CLIENT LIST` (the wake-up listener's is this
+    /// name and `-wake`); see [`RedisStoreBuilder::client_name`].
+    pub fn client_name(&self) -> &str {
+        &self.inner.client_name
+    }
+
     /// The injected clock's time, or `None` when the server's clock rules.
     fn injected_now(&self) -> Option<Timestamp> {
         self.inner.clock.as_ref().map(|clock| clock.now())

@@ -11,7 +11,7 @@
 //! end, when the last clone of the store is dropped.
 //!
 //! The listener's connection speaks RESP3 (Redis 6 or later), where a subscribed connection
-//! still takes commands: it names itself `dispatch-wake:{prefix}` (`CLIENT SETNAME`), so
+//! still takes commands: it names itself after the store's connections, with `-wake` (`CLIENT SETNAME`; `dispatch-<prefix>-wake` by default), so
 //! operators and tests find it in `CLIENT LIST`, and it pings the server every [`PING_EVERY`]
 //! so a connection that died silently is noticed too.
 //!
@@ -61,8 +61,9 @@ struct Listener {
 
 impl Wake {
     /// Wake-ups on `channel`, listened for over connections `client` makes.
-    pub(crate) fn new(client: redis::Client, channel: String) -> Self {
-        let target = Target { client: resp3(client), name: client_name(&channel), channel };
+    /// A listener of `channel` whose connection carries `name` (see [`client_name`]).
+    pub(crate) fn new(client: redis::Client, channel: String, name: &str) -> Self {
+        let target = Target { client: resp3(client), name: client_name(name), channel };
         let state = Arc::new(Mutex::new(ListenerState::new(SystemClock.now())));
         Self(Arc::new(Shared { target, listener: Mutex::new(None), state }))
     }
@@ -104,14 +105,15 @@ fn resp3(client: redis::Client) -> redis::Client {
     redis::Client::open(info.set_redis_settings(redis)).unwrap_or(client)
 }
 
-/// The listener connection's client name: `dispatch-wake:{prefix}` for the channel
-/// `{prefix}:wake`. The server takes printable ASCII without spaces: others become `_`.
-fn client_name(channel: &str) -> String {
-    let prefix = channel.strip_suffix(":wake").unwrap_or(channel);
-    format!("dispatch-wake:{prefix}")
-        .chars()
-        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
-        .collect()
+/// The listener connection's client name: the store's connections' name and `-wake`. The
+/// server takes printable ASCII without spaces: others become `_`.
+fn client_name(store_name: &str) -> String {
+    printable(&format!("{store_name}-wake"))
+}
+
+/// `name` as the server takes a client name: printable ASCII without spaces, others `_`.
+pub(crate) fn printable(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_graphic() { c } else { '_' }).collect()
 }
 
 /// Where and as whom the listener connects.
@@ -285,8 +287,8 @@ mod tests {
 
     #[test]
     fn client_names_are_printable_and_name_the_prefix() {
-        assert_eq!(client_name("{dispatch}:wake"), "dispatch-wake:{dispatch}");
-        assert_eq!(client_name("{a b\n}:wake"), "dispatch-wake:{a_b_}");
+        assert_eq!(client_name("dispatch-orders"), "dispatch-orders-wake");
+        assert_eq!(client_name("a b\n"), "a_b_-wake");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The wake-up listener: a subscriber hears another store's enqueues; after its pub/sub
 //! connection is killed the listener reconnects, says "any queue", counts the reconnect and
 //! hears later enqueues again; its streams end with the last clone of the store. Each test
-//! finds its own listener connection by its client name (`dispatch-wake:{prefix}`), since
+//! finds its own listener connection by its client name (`<store's client name>-wake`), since
 //! tests share one server.
 
 use std::time::Duration;
@@ -54,7 +54,7 @@ async fn listener_ids(url: &str, store: &RedisStore) -> Vec<u64> {
     let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
     let list: String =
         redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.expect("CLIENT LIST");
-    let name = format!("name=dispatch-wake:{}", store.prefix());
+    let name = format!("name={}-wake", store.client_name());
     list.lines()
         .filter(|line| line.split(' ').any(|field| field == name))
         .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
