@@ -1,8 +1,8 @@
 //! The Redis store's integration tests, one module per subject, in one binary: timing on the
 //! server's clock (scheduled, retried and rescued jobs are claimed when due, never before),
 //! the wake-up listener (it reconnects after its connection is killed; its streams end with
-//! the store), key edges (queue and job names with `:` and `{`), and listings whose filters
-//! match little (bounded calls, short pages that carry a cursor). Each needs the test server
+//! the store), key edges (queue and job names with `:` and `{`), listings whose filters
+//! match little (bounded calls, short pages that carry a cursor), and rescues of many dying jobs at once. Each needs the test server
 //! at `DISPATCH_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) and makes its own key
 //! prefixes, deleted at the end of the run; without a server every test is reported ignored,
 //! and fails instead under `CI=true` (see `support`). The stores read the server's clock, as in
@@ -15,6 +15,7 @@ mod support;
 mod common;
 mod keys;
 mod listing;
+mod rescue;
 mod timing;
 mod wakeup;
 
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
     let modules = [
         ("keys", keys::tests()),
         ("listing", listing::tests()),
+        ("rescue", rescue::tests()),
         ("timing", timing::tests()),
         ("wakeup", wakeup::tests()),
     ];
