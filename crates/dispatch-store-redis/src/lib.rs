@@ -59,13 +59,17 @@ mod claim;
 mod dlq;
 mod enqueue;
 mod error;
+mod events;
 mod finish;
 mod job;
 mod keys;
 mod lookup;
+mod rewind;
 mod row;
+mod run;
 mod script;
 mod wake;
+mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;

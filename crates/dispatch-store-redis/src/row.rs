@@ -10,8 +10,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, DlqEntry, DlqId, FailureKind, Job, JobId, JobState, Lease, LeaseToken, Result,
-    Scope, Timestamp, WorkerId,
+    AttemptError, Checkpoint, DlqEntry, DlqId, FailureKind, Job, JobId, JobState, Lease,
+    LeaseToken, Result, Run, RunId, RunState, Scope, Timestamp, WaitingFor, WorkerId,
 };
 use redis::Value;
 use serde::Deserialize;
@@ -264,6 +264,44 @@ pub(crate) fn dlq_entry(mut f: Fields) -> Result<DlqEntry> {
         replayed_at: f.opt_time("replayed_at")?,
         payload: f.take_bytes("payload")?,
     })
+}
+
+/// A run from its hash (`waiting` is the JSON of [`WaitingFor::to_column`]).
+pub(crate) fn run(mut f: Fields) -> Result<Run> {
+    let state = RunState::from_str(f.str("state")?)
+        .map_err(|_| internal(format!("unknown run state {:?}", f.opt_str("state"))))?;
+    Ok(Run {
+        id: RunId::from_uuid(f.uuid("id")?),
+        name: f.str("name")?.to_owned(),
+        version: f.num("version")?,
+        state,
+        output: f.opt_bytes("output").map(<[u8]>::to_vec),
+        error: f.opt_str("error")?.map(str::to_owned),
+        scope: f.scope()?,
+        idempotency_key: f.opt_str("idempotency_key")?.map(str::to_owned),
+        parent: f.opt_uuid("parent")?.map(RunId::from_uuid),
+        drive_job: JobId::from_uuid(f.uuid("drive_job")?),
+        created_at: f.time("created_at")?,
+        updated_at: f.time("updated_at")?,
+        finished_at: f.opt_time("finished_at")?,
+        cancel_requested: f.opt_str("cancel_requested")?.map(str::to_owned),
+        waiting: WaitingFor::from_column(state, f.opt_str("waiting")?)?,
+        input: f.take_bytes("input")?,
+    })
+}
+
+/// Checkpoints from a script's flat list: key, data, time (µs), key, data, time, …
+pub(crate) fn checkpoints(reply: Value) -> Result<Vec<Checkpoint>> {
+    let items = array(reply)?;
+    if items.len() % 3 != 0 {
+        return Err(internal("a checkpoint list is not in threes"));
+    }
+    let mut out = Vec::with_capacity(items.len() / 3);
+    let mut items = items.into_iter();
+    while let (Some(key), Some(data), Some(at)) = (items.next(), items.next(), items.next()) {
+        out.push(Checkpoint { key: string(key)?, data: bytes(data)?, at: stored_time(int(at)?) });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
