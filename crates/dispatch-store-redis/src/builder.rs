@@ -16,6 +16,7 @@ pub struct RedisStoreBuilder {
     max_connections: usize,
     call_timeout: Duration,
     max_payload_bytes: usize,
+    client_name: Option<String>,
 }
 
 impl RedisStoreBuilder {
@@ -26,6 +27,7 @@ impl RedisStoreBuilder {
             max_connections: 8,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            client_name: None,
         }
     }
 
@@ -37,8 +39,9 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The most pooled connections (default 8). Each is multiplexed: concurrent calls share
-    /// it, pipelined, so a few serve many workers. The wake-up subscription has its own.
+    /// The most pooled connections (default 8). The store's calls share one multiplexed
+    /// connection at a time (pipelined on it); the pool makes and checks its replacement after
+    /// a connection error. The wake-up subscription has a connection of its own.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
         self
@@ -54,6 +57,13 @@ impl RedisStoreBuilder {
     /// Reject payloads larger than `bytes` (default 1 MiB).
     pub fn max_payload_bytes(mut self, bytes: usize) -> Self {
         self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// The name the store's connections carry in `CLIENT LIST` (default `dispatch-<prefix>`),
+    /// so an operator can tell them apart. No spaces.
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = Some(name.into());
         self
     }
 
@@ -81,6 +91,10 @@ impl RedisStoreBuilder {
         let store = RedisStore {
             inner: Arc::new(Inner {
                 pool,
+                shared: parking_lot::Mutex::new(None),
+                client_name: self
+                    .client_name
+                    .unwrap_or_else(|| format!("dispatch-{}", self.prefix)),
                 prefix,
                 clock: None,
                 max_payload_bytes: self.max_payload_bytes,

@@ -95,7 +95,13 @@ pub struct RedisStore {
 }
 
 struct Inner {
+    /// Makes and checks connections; the store shares one of them at a time (`shared`).
     pool: deadpool_redis::Pool,
+    /// The connection every call pipelines on; `None` until the first call and after a
+    /// connection error.
+    shared: parking_lot::Mutex<Option<deadpool_redis::Connection>>,
+    /// The name the store's connections carry (`CLIENT SETNAME`).
+    client_name: String,
     /// `{prefix}`: the hash tag every key starts with.
     prefix: String,
     /// The injected clock; `None` reads the server's.
@@ -129,6 +135,8 @@ impl RedisStore {
         Self {
             inner: Arc::new(Inner {
                 pool: inner.pool.clone(),
+                shared: parking_lot::Mutex::new(None),
+                client_name: inner.client_name.clone(),
                 prefix: inner.prefix.clone(),
                 clock: Some(clock),
                 max_payload_bytes: inner.max_payload_bytes,

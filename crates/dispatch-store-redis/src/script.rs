@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use redis::aio::MultiplexedConnection;
 use redis::{Script, ScriptInvocation, Value};
 
 use crate::RedisStore;
@@ -89,18 +90,50 @@ impl RedisStore {
         call
     }
 
-    /// Run `call` on a pooled connection within the call timeout.
+    /// Run `call` on the shared connection within the call timeout.
     pub(crate) async fn invoke(&self, call: &ScriptInvocation<'_>) -> dispatch_core::Result<Value> {
-        let run = async {
+        self.within_timeout(async {
             let mut conn = self.connection().await?;
-            call.invoke_async::<Value>(&mut conn).await.map_err(error::redis_error)
-        };
-        self.within_timeout(run).await
+            let reply = call.invoke_async::<Value>(&mut conn).await;
+            reply.map_err(|err| self.broken(err))
+        })
+        .await
     }
 
-    /// A pooled connection.
-    pub(crate) async fn connection(&self) -> dispatch_core::Result<deadpool_redis::Connection> {
-        self.inner.pool.get().await.map_err(error::pool_error)
+    /// A handle on the store's shared connection: one multiplexed connection checked out of the
+    /// pool and shared by every call (they pipeline on it), so a call costs one round trip,
+    /// not a pool check-out and its health probe. After a connection error the next call
+    /// takes a fresh one from the pool, which checks it before handing it out.
+    pub(crate) async fn connection(&self) -> dispatch_core::Result<MultiplexedConnection> {
+        if let Some(shared) = self.inner.shared.lock().as_ref() {
+            return Ok(MultiplexedConnection::clone(shared));
+        }
+        let mut fresh = self.inner.pool.get().await.map_err(error::pool_error)?;
+        // Named, so that an operator (or a test) finds the store's connections in CLIENT LIST.
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(&self.inner.client_name)
+            .query_async::<()>(&mut *fresh)
+            .await
+            .map_err(error::redis_error)?;
+        let conn = MultiplexedConnection::clone(&fresh);
+        let mut shared = self.inner.shared.lock();
+        Ok(match shared.as_ref() {
+            // Another call replaced it meanwhile: share that one, give this one back.
+            Some(other) => MultiplexedConnection::clone(other),
+            None => {
+                *shared = Some(fresh);
+                conn
+            }
+        })
+    }
+
+    /// `err` as the core error; a connection error also retires the shared connection.
+    fn broken(&self, err: redis::RedisError) -> dispatch_core::Error {
+        if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+            self.inner.shared.lock().take();
+        }
+        error::redis_error(err)
     }
 
     /// Run `work` within the call timeout: past it, `Timeout`.
@@ -117,26 +150,26 @@ impl RedisStore {
         })
     }
 
-    /// Run a plain command (no script) on a pooled connection within the call timeout.
+    /// Run a plain command (no script) on the shared connection within the call timeout.
     pub(crate) async fn query<T: redis::FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
     ) -> dispatch_core::Result<T> {
         self.within_timeout(async {
             let mut conn = self.connection().await?;
-            cmd.query_async::<T>(&mut conn).await.map_err(error::redis_error)
+            cmd.query_async::<T>(&mut conn).await.map_err(|err| self.broken(err))
         })
         .await
     }
 
-    /// Run a pipeline on a pooled connection within the call timeout.
+    /// Run a pipeline on the shared connection within the call timeout.
     pub(crate) async fn pipeline<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> dispatch_core::Result<T> {
         self.within_timeout(async {
             let mut conn = self.connection().await?;
-            pipe.query_async::<T>(&mut conn).await.map_err(error::redis_error)
+            pipe.query_async::<T>(&mut conn).await.map_err(|err| self.broken(err))
         })
         .await
     }

@@ -10,6 +10,7 @@
 //! | `workflow` | yes   | [`workflow`]: durable workflows (`dispatch-workflow`) |
 //! | `sqlite` | no      | `SqliteStore`, the embedded durable store (`dispatch-store-sqlite`) |
 //! | `postgres` | no    | `PostgresStore`, the production store (`dispatch-store-postgres`) |
+//! | `redis` | no       | `RedisStore`, the store for teams whose queue state lives in Redis (`dispatch-store-redis`) |
 //!
 //! Start with the [`prelude`].
 
@@ -25,6 +26,8 @@ pub use dispatch_job as job;
 pub use dispatch_store_memory as memory;
 #[cfg(feature = "postgres")]
 pub use dispatch_store_postgres as postgres;
+#[cfg(feature = "redis")]
+pub use dispatch_store_redis as redis;
 #[cfg(feature = "sqlite")]
 pub use dispatch_store_sqlite as sqlite;
 #[cfg(feature = "workflow")]
@@ -44,6 +47,9 @@ pub use dispatch_store_memory::MemoryStore;
 #[doc(inline)]
 #[cfg(feature = "postgres")]
 pub use dispatch_store_postgres::PostgresStore;
+#[doc(inline)]
+#[cfg(feature = "redis")]
+pub use dispatch_store_redis::RedisStore;
 #[doc(inline)]
 #[cfg(feature = "sqlite")]
 pub use dispatch_store_sqlite::SqliteStore;
@@ -66,6 +72,8 @@ pub mod prelude {
     pub use dispatch_store_memory::MemoryStore;
     #[cfg(feature = "postgres")]
     pub use dispatch_store_postgres::PostgresStore;
+    #[cfg(feature = "redis")]
+    pub use dispatch_store_redis::RedisStore;
     #[cfg(feature = "sqlite")]
     pub use dispatch_store_sqlite::SqliteStore;
     #[cfg(feature = "workflow")]
