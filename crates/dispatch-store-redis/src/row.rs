@@ -328,4 +328,52 @@ mod tests {
         assert_eq!(errors[0].message, "a \"b\"");
         assert_eq!(errors[0].at, Timestamp::from_unix_micros(1_893_456_000_000_001));
     }
+
+    fn hash(pairs: &[(&str, &str)]) -> Fields {
+        let items = pairs
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .map(|s| Value::BulkString(s.as_bytes().to_vec()))
+            .collect();
+        Fields::parse(Value::Array(items)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_run_reads_what_the_scripts_write() {
+        let id = "0193b4f0c0de7000800000000000000a";
+        let job = "0193b4f0c0de7000800000000000000b";
+        let waiting = r#"[{"kind":"sleep","until":5}]"#;
+        let mut fields = vec![
+            ("id", id),
+            ("name", "order"),
+            ("version", "2"),
+            ("state", "suspended"),
+            ("input", "in"),
+            ("drive_job", job),
+            ("created_at", "1"),
+            ("updated_at", "2"),
+            ("app", ""),
+            ("waiting", waiting),
+        ];
+        let suspended = run(hash(&fields)).unwrap();
+        assert_eq!(
+            suspended.waiting,
+            [WaitingFor::Sleep { until: Timestamp::from_unix_micros(5) }]
+        );
+        assert_eq!(suspended.scope, Scope { app: Some(String::new()), tenant: None });
+        assert_eq!((suspended.input.as_slice(), suspended.output), (&b"in"[..], None));
+        fields[3] = ("state", "running");
+        assert!(run(hash(&fields)).unwrap().waiting.is_empty(), "only a suspended run waits");
+    }
+
+    #[test]
+    fn checkpoints_come_in_threes() {
+        let flat = |items: &[&str]| {
+            Value::Array(items.iter().map(|s| Value::BulkString(s.as_bytes().to_vec())).collect())
+        };
+        let read = checkpoints(flat(&["a", "\u{0}\u{ff}", "7"])).unwrap();
+        assert_eq!(read[0].key, "a");
+        assert_eq!(read[0].at, Timestamp::from_unix_micros(7));
+        assert!(checkpoints(flat(&["a", "b"])).is_err());
+    }
 }

@@ -82,15 +82,18 @@ local function checkpoint_data(id, key)
 end
 
 -- Every checkpoint of run `id` in write order, flat: key, data, time, key, data, time, ...
+-- (two reads however many checkpoints: the order, then the whole hash).
 local function checkpoints_of(id)
   local keys = redis.call('ZRANGE', ckpt_order_key(id), 0, -1)
+  if #keys == 0 then return {} end
+  local all = redis.call('HGETALL', ckpt_key(id))
+  local fields = {}
+  for i = 1, #all, 2 do fields[all[i]] = all[i + 1] end
   local out = {}
-  local hash = ckpt_key(id)
   for _, key in ipairs(keys) do
-    local v = redis.call('HMGET', hash, 'd:' .. key, 't:' .. key)
     out[#out + 1] = key
-    out[#out + 1] = v[1] or ''
-    out[#out + 1] = v[2] or I(NOW)
+    out[#out + 1] = fields['d:' .. key] or ''
+    out[#out + 1] = fields['t:' .. key] or I(NOW)
   end
   return out
 end
