@@ -36,6 +36,9 @@ pub struct Measurement {
     pub late_sends: Option<u64>,
     /// Dead tuples in the jobs table after a drain (PostgreSQL only).
     pub dead_tuples: Option<i64>,
+    /// Memory the Redis server holds per job after a drain (its `used_memory` growth over the
+    /// run, divided by the jobs; Redis only).
+    pub redis_bytes_per_job: Option<f64>,
     /// Peak resident memory of the process, in KiB.
     pub peak_rss_kib: u64,
 }

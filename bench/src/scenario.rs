@@ -27,10 +27,17 @@ fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// A store opened for one run, and the PostgreSQL schema it lives in (dropped after the run).
+/// The Redis server: `DISPATCH_TEST_REDIS_URL`, else the local default.
+fn redis_url() -> String {
+    std::env::var("DISPATCH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A store opened for one run, and the PostgreSQL schema or Redis prefix it lives in (dropped
+/// after the run).
 struct Opened {
     store: Arc<dyn WorkflowStore>,
     schema: Option<String>,
+    redis_prefix: Option<String>,
 }
 
 /// A fresh store with its default durability settings: SQLite, a new file in the temp dir;
@@ -53,11 +60,17 @@ async fn open_store(name: &str) -> anyhow::Result<Opened> {
                 .application_name("dispatch-bench")
                 .build()
                 .await?;
-            return Ok(Opened { store: Arc::new(store), schema: Some(schema) });
+            return Ok(Opened { store: Arc::new(store), schema: Some(schema), redis_prefix: None });
         }
-        other => bail!("unknown store {other:?} (known: memory, sqlite, postgres)"),
+        "redis" => {
+            let prefix = format!("dispatch_bench_{}", &fresh[fresh.len() - 12..]);
+            let store =
+                dispatch::RedisStore::builder(redis_url()).prefix(prefix.clone()).build().await?;
+            return Ok(Opened { store: Arc::new(store), schema: None, redis_prefix: Some(prefix) });
+        }
+        other => bail!("unknown store {other:?} (known: memory, sqlite, postgres, redis)"),
     };
-    Ok(Opened { store, schema: None })
+    Ok(Opened { store, schema: None, redis_prefix: None })
 }
 
 /// The dead tuples left in a PostgreSQL schema's jobs table (what vacuum has to clean), read
@@ -90,7 +103,11 @@ fn noop() -> JobDefinition<u64> {
 /// Run `scenario`.
 pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measurement> {
     let store_name: String = option(options, "store", "memory".to_owned())?;
-    let Opened { store, schema } = open_store(&store_name).await?;
+    let Opened { store, schema, redis_prefix } = open_store(&store_name).await?;
+    let redis_before = match &redis_prefix {
+        Some(_) => Some(redis_used_memory().await?),
+        None => None,
+    };
     let mut m = match scenario {
         "enqueue-single" => enqueue_single(store, option(options, "jobs", 20_000)?).await?,
         "enqueue-batch" => {
@@ -131,7 +148,43 @@ pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measuremen
         }
         drop_schema(&schema).await?;
     }
+    if let (Some(prefix), Some(before)) = (redis_prefix, redis_before) {
+        if scenario.starts_with("drain") {
+            let jobs: f64 = option(options, "jobs", 100_000.0)?;
+            let grown = redis_used_memory().await?.saturating_sub(before);
+            m.redis_bytes_per_job = Some(grown as f64 / jobs);
+        }
+        delete_prefix(&prefix).await?;
+    }
     Ok(m)
+}
+
+/// The Redis server's `used_memory`, in bytes.
+async fn redis_used_memory() -> anyhow::Result<u64> {
+    let client = dispatch::redis::redis::Client::open(redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String =
+        dispatch::redis::redis::cmd("INFO").arg("memory").query_async(&mut conn).await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")
+}
+
+/// Delete every key of a run's Redis prefix.
+async fn delete_prefix(prefix: &str) -> anyhow::Result<()> {
+    let client = dispatch::redis::redis::Client::open(redis_url())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    // KEYS walks the whole key space: fine for a bench server, not for production.
+    let keys: Vec<String> = dispatch::redis::redis::cmd("KEYS")
+        .arg(format!("{{{prefix}}}:*"))
+        .query_async(&mut conn)
+        .await?;
+    for chunk in keys.chunks(1000) {
+        let _: i64 =
+            dispatch::redis::redis::cmd("UNLINK").arg(chunk).query_async(&mut conn).await?;
+    }
+    Ok(())
 }
 
 fn rate(jobs: usize, elapsed: Duration) -> Option<f64> {

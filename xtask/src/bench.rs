@@ -11,7 +11,8 @@ use serde_json::Value;
 const RUNS: usize = 3;
 
 /// Scenario name and arguments, full size and `--quick` size. The latency rates are the store's
-/// target rates (memory 2,000 jobs/s; SQLite 1,000; PostgreSQL 200 and 1,000, and 2,000 reported).
+/// target rates (memory 2,000 jobs/s; SQLite and Redis 1,000; PostgreSQL 200 and 1,000, and
+/// 2,000 reported).
 fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
     let rates: &[&str] = match store {
         "memory" => &["2000"],
@@ -109,9 +110,9 @@ fn median_of(runs: &[Value]) -> Value {
 fn print_table(store: &str, results: &[Value]) {
     println!("\nstore: {store} (median of {RUNS} runs, each in its own process)\n");
     println!(
-        "| scenario | jobs/s (steps/s) | p50 | p99 | max | late sends | dead tuples | peak RSS |"
+        "| scenario | jobs/s (steps/s) | p50 | p99 | max | late sends | dead tuples | Redis B/job | peak RSS |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
         let number = |key: &str| r.get(key).and_then(Value::as_f64);
         let ms = |key: &str| number(key).map_or("-".into(), |v| format!("{:.2} ms", v / 1000.0));
@@ -121,7 +122,10 @@ fn print_table(store: &str, results: &[Value]) {
         let (jobs, p50, p99, max) =
             (count("jobs_per_sec"), ms("p50_us"), ms("p99_us"), ms("max_us"));
         let (late, dead) = (count("late_sends"), count("dead_tuples"));
-        println!("| {name} | {jobs} | {p50} | {p99} | {max} | {late} | {dead} | {rss} |");
+        let per_job = count("redis_bytes_per_job");
+        println!(
+            "| {name} | {jobs} | {p50} | {p99} | {max} | {late} | {dead} | {per_job} | {rss} |"
+        );
     }
 }
 

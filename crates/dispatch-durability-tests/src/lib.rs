@@ -1,6 +1,6 @@
 //! Multi-process durability tests for Dispatch: a worker process (`durability-worker`) that the
-//! tests in `tests/` start, kill with SIGKILL, and start again on the same store, on SQLite and
-//! on PostgreSQL.
+//! tests in `tests/` start, kill with SIGKILL, and start again on the same store, on SQLite,
+//! PostgreSQL and Redis.
 //!
 //! It holds no library code of its own beyond the job the worker runs and how a worker and a
 //! test name and open one store; it is not published.
@@ -13,6 +13,7 @@ use dispatch::core::WorkflowStore;
 use dispatch::prelude::*;
 use dispatch::workflow::{StepError, WorkflowContext, WorkflowDefinition};
 use dispatch_store_postgres::PostgresStore;
+use dispatch_store_redis::RedisStore;
 use dispatch_store_sqlite::SqliteStore;
 
 /// The job every durability scenario runs: sleeps 1–5 ms (by its input), then succeeds.
@@ -29,30 +30,42 @@ pub fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
-/// One store, as a test names it to a worker process: a SQLite file path, or `postgres:<schema>`
-/// (a schema of the server at [`postgres_url`]).
+/// The Redis server the tests use: `DISPATCH_TEST_REDIS_URL`, else the local default.
+pub fn redis_url() -> String {
+    std::env::var("DISPATCH_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// One store, as a test names it to a worker process: a SQLite file path, `postgres:<schema>`
+/// (a schema of the server at [`postgres_url`]) or `redis:<prefix>` (a key prefix of the
+/// server at [`redis_url`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreSpec {
     /// A SQLite database file.
     Sqlite(String),
     /// A schema of the test PostgreSQL server.
     Postgres(String),
+    /// A key prefix of the test Redis server.
+    Redis(String),
 }
 
 impl StoreSpec {
     /// Parse the form [`Display`](std::fmt::Display) writes.
     pub fn parse(spec: &str) -> Self {
-        match spec.strip_prefix("postgres:") {
-            Some(schema) => Self::Postgres(schema.to_owned()),
+        if let Some(schema) = spec.strip_prefix("postgres:") {
+            return Self::Postgres(schema.to_owned());
+        }
+        match spec.strip_prefix("redis:") {
+            Some(prefix) => Self::Redis(prefix.to_owned()),
             None => Self::Sqlite(spec.to_owned()),
         }
     }
 
-    /// The `application_name` of the worker processes' PostgreSQL connections for this store,
-    /// so a test can find (and terminate) exactly them.
+    /// The name the worker processes' connections carry for this store (PostgreSQL's
+    /// `application_name`, Redis's client name), so a test can find (and terminate) exactly
+    /// them.
     pub fn worker_application_name(&self) -> Option<String> {
         match self {
-            Self::Postgres(schema) => Some(format!("{schema}_worker")),
+            Self::Postgres(name) | Self::Redis(name) => Some(format!("{name}_worker")),
             Self::Sqlite(_) => None,
         }
     }
@@ -70,6 +83,14 @@ impl StoreSpec {
                     .await
                     .context("connect to PostgreSQL")?,
             ),
+            Self::Redis(prefix) => Arc::new(
+                RedisStore::builder(redis_url())
+                    .prefix(prefix.as_str())
+                    .client_name(format!("{prefix}_{role}"))
+                    .build()
+                    .await
+                    .context("connect to Redis")?,
+            ),
         })
     }
 }
@@ -79,6 +100,7 @@ impl std::fmt::Display for StoreSpec {
         match self {
             Self::Sqlite(path) => f.write_str(path),
             Self::Postgres(schema) => write!(f, "postgres:{schema}"),
+            Self::Redis(prefix) => write!(f, "redis:{prefix}"),
         }
     }
 }

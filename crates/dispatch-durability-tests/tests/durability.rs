@@ -1,10 +1,10 @@
-//! Durability with real processes, on SQLite and on PostgreSQL: kill -9 mid-run, two workers at
-//! once, two migrations at once, a workflow killed at every step boundary, durable sleeps across
-//! a restart of every worker, and (PostgreSQL) every connection terminated mid-run. Waits poll
-//! the store against a deadline.
+//! Durability with real processes, on SQLite, PostgreSQL and Redis: kill -9 mid-run, two
+//! workers at once, two migrations at once, a workflow killed at every step boundary, durable
+//! sleeps across a restart of every worker, and (PostgreSQL, Redis) every connection of the
+//! worker terminated mid-run. Waits poll the store against a deadline.
 //!
-//! A libtest-mimic harness: PostgreSQL trials are reported ignored when the server does not
-//! answer, and fail instead under `CI=true`.
+//! A libtest-mimic harness: PostgreSQL and Redis trials are reported ignored when their server
+//! does not answer, and fail instead under `CI=true`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +16,7 @@ use dispatch::core::{JobFilter, JobState, PageRequest, WorkflowStore};
 use dispatch::job::JobClient;
 use dispatch::workflow::{RunWaitError, StartOptions, Workflows};
 use dispatch_durability_tests::{
-    Cut, StoreSpec, postgres_url, saga, sleeper, sleepy_job, ten_steps, ten_steps_output,
+    Cut, StoreSpec, postgres_url, redis_url, saga, sleeper, sleepy_job, ten_steps, ten_steps_output,
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use sqlx::Connection;
@@ -68,6 +68,10 @@ fn fresh(kind: Kind, test: &str) -> StoreSpec {
         Kind::Postgres => {
             let id = dispatch::core::JobId::new().uuid().simple().to_string();
             StoreSpec::Postgres(format!("dispatch_dur_{}", &id[id.len() - 12..]))
+        }
+        Kind::Redis => {
+            let id = dispatch::core::JobId::new().uuid().simple().to_string();
+            StoreSpec::Redis(format!("dispatch_dur_{}", &id[id.len() - 12..]))
         }
     }
 }
@@ -156,7 +160,7 @@ async fn kill_nine_mid_run_loses_nothing(kind: Kind) {
 /// Two worker processes on one store with leases far longer than the run: no rescue can
 /// happen, so a second claim of a job could only come from a broken claim.
 async fn two_processes_never_claim_a_job_twice(kind: Kind) {
-    let jobs: u64 = if kind == Kind::Postgres { 20_000 } else { 10_000 };
+    let jobs: u64 = if kind == Kind::Sqlite { 10_000 } else { 20_000 };
     let spec = fresh(kind, "two-workers");
     let store = spec.open("test").await.expect("open");
     enqueue(&store, jobs).await;
@@ -191,12 +195,12 @@ async fn two_processes_migrating_at_once_make_one_schema(kind: Kind) {
     drop_schema(&spec).await;
 }
 
-/// Every PostgreSQL connection of the worker process (its listener's included) terminated three
-/// times during a 10,000-job run: every job completes, none lost, none left running; afterwards a
-/// job enqueued into the idle worker starts long before its poll interval (the listener came
-/// back).
+/// Every connection of the worker process to its server (its listener's included) terminated
+/// three times during a 10,000-job run (PostgreSQL: `pg_terminate_backend`; Redis: `CLIENT
+/// KILL`): every job completes, none lost, none left running; afterwards a job enqueued into the
+/// idle worker starts long before its poll interval (the listener came back).
 async fn terminated_connections_lose_nothing(kind: Kind) {
-    assert_eq!(kind, Kind::Postgres);
+    assert_ne!(kind, Kind::Sqlite);
     const JOBS: u64 = 10_000;
     let spec = fresh(kind, "terminate");
     let store = spec.open("test").await.expect("open");
@@ -344,12 +348,13 @@ async fn durable_sleep_survives_a_restart(kind: Kind) {
 }
 
 /// After a worker process was killed, wait until the store can change no more on its behalf:
-/// on PostgreSQL a statement the process sent just before it died (a claim) goes on in its
+/// on Redis a script runs whole or not at all, so there is nothing to wait for; on PostgreSQL a
+/// statement the process sent just before it died (a claim) goes on in its
 /// server session until the server notices the client is gone, and may commit after the kill,
 /// so its sessions are terminated and waited out before the store is read. (Under load a claim
 /// committing after the count was a "re-run" of a job counted as not running.)
 async fn settle_after_kill(spec: &StoreSpec) {
-    if spec.worker_application_name().is_none() {
+    if !matches!(spec, StoreSpec::Postgres(_)) {
         return;
     }
     wait_until("the killed worker's sessions to end", Duration::from_secs(60), async || {
@@ -358,9 +363,14 @@ async fn settle_after_kill(spec: &StoreSpec) {
     .await;
 }
 
-/// `pg_terminate_backend` every connection of the worker processes of `spec`; how many.
+/// Terminate every connection of the worker processes of `spec` (PostgreSQL:
+/// `pg_terminate_backend`; Redis: `CLIENT KILL` of each client whose name starts with the
+/// workers' name, the wake-up listener's included); how many.
 async fn terminate_worker_connections(spec: &StoreSpec) -> i64 {
-    let name = spec.worker_application_name().expect("a PostgreSQL store");
+    let name = spec.worker_application_name().expect("a server store");
+    if matches!(spec, StoreSpec::Redis(_)) {
+        return kill_redis_clients(&name).await;
+    }
     let mut admin = sqlx::PgConnection::connect(&postgres_url()).await.expect("admin connection");
     sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
@@ -371,8 +381,33 @@ async fn terminate_worker_connections(spec: &StoreSpec) -> i64 {
     .expect("terminate")
 }
 
-/// Drop a PostgreSQL test schema (best effort); nothing for SQLite.
+/// `CLIENT KILL` every Redis client whose name starts with `name`; how many.
+async fn kill_redis_clients(name: &str) -> i64 {
+    use dispatch_store_redis::redis;
+    let client = redis::Client::open(redis_url()).expect("redis URL");
+    let mut admin = client.get_multiplexed_async_connection().await.expect("admin connection");
+    let list: String =
+        redis::cmd("CLIENT").arg("LIST").query_async(&mut admin).await.expect("list");
+    let mut killed = 0;
+    for line in list.lines() {
+        let field = |key: &str| {
+            line.split(' ').find_map(|part| part.strip_prefix(key)).unwrap_or_default().to_owned()
+        };
+        if field("name=").starts_with(name) {
+            let kill = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(field("id=")).to_owned();
+            killed += kill.query_async::<i64>(&mut admin).await.unwrap_or(0);
+        }
+    }
+    killed
+}
+
+/// Drop a PostgreSQL test schema, or delete a Redis test prefix's keys (best effort); nothing
+/// for SQLite.
 async fn drop_schema(spec: &StoreSpec) {
+    if let StoreSpec::Redis(prefix) = spec {
+        delete_redis_prefix(prefix).await;
+        return;
+    }
     if let StoreSpec::Postgres(schema) = spec
         && let Ok(mut admin) = sqlx::PgConnection::connect(&postgres_url()).await
     {
@@ -381,10 +416,26 @@ async fn drop_schema(spec: &StoreSpec) {
     }
 }
 
+/// Delete every key of a Redis test prefix (best effort).
+async fn delete_redis_prefix(prefix: &str) {
+    use dispatch_store_redis::redis;
+    let Ok(client) = redis::Client::open(redis_url()) else { return };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+    let pattern = format!("{{{prefix}}}:*");
+    let Ok(keys) = redis::cmd("KEYS").arg(pattern).query_async::<Vec<String>>(&mut conn).await
+    else {
+        return;
+    };
+    for chunk in keys.chunks(1000) {
+        let _ = redis::cmd("UNLINK").arg(chunk).query_async::<i64>(&mut conn).await;
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Sqlite,
     Postgres,
+    Redis,
 }
 
 type Scenario = fn(Kind) -> Pin<Box<dyn Future<Output = ()>>>;
@@ -399,9 +450,12 @@ fn main() -> ExitCode {
     let args = Arguments::from_args();
     let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let postgres = probe_postgres();
-    if let Err(reason) = &postgres {
-        let then = if in_ci { "CI=true, so they fail" } else { "they are ignored" };
-        eprintln!("durability: PostgreSQL is unreachable ({reason}); {then}");
+    let redis = probe_redis();
+    for (server, probe) in [("PostgreSQL", &postgres), ("Redis", &redis)] {
+        if let Err(reason) = probe {
+            let then = if in_ci { "CI=true, so they fail" } else { "they are ignored" };
+            eprintln!("durability: {server} is unreachable ({reason}); {then}");
+        }
     }
     let both = scenarios![
         kill_nine_mid_run_loses_nothing,
@@ -411,14 +465,16 @@ fn main() -> ExitCode {
         durable_sleep_survives_a_restart,
         saga_killed_during_compensation_compensates_once,
     ];
-    let postgres_only = scenarios![terminated_connections_lose_nothing];
+    let servers_only = scenarios![terminated_connections_lose_nothing];
     let mut trials = Vec::new();
     for (name, scenario) in both {
         trials.push(trial(Kind::Sqlite, name, scenario, &Ok(()), in_ci));
         trials.push(trial(Kind::Postgres, name, scenario, &postgres, in_ci));
+        trials.push(trial(Kind::Redis, name, scenario, &redis, in_ci));
     }
-    for (name, scenario) in postgres_only {
+    for (name, scenario) in servers_only {
         trials.push(trial(Kind::Postgres, name, scenario, &postgres, in_ci));
+        trials.push(trial(Kind::Redis, name, scenario, &redis, in_ci));
     }
     libtest_mimic::run(&args, trials).exit_code()
 }
@@ -430,11 +486,16 @@ fn trial(
     reachable: &Result<(), String>,
     in_ci: bool,
 ) -> Trial {
-    let label = format!("{}::{name}", if kind == Kind::Sqlite { "sqlite" } else { "postgres" });
+    let store = match kind {
+        Kind::Sqlite => "sqlite",
+        Kind::Postgres => "postgres",
+        Kind::Redis => "redis",
+    };
+    let label = format!("{store}::{name}");
     match reachable {
         Ok(()) => Trial::test(label, move || run(scenario(kind))),
         Err(reason) => {
-            let reason = format!("PostgreSQL is unreachable: {reason}");
+            let reason = format!("the {store} server is unreachable: {reason}");
             Trial::test(label, move || Err(Failed::from(reason))).with_ignored_flag(!in_ci)
         }
     }
@@ -460,6 +521,27 @@ fn probe_postgres() -> Result<(), String> {
         match tokio::time::timeout(Duration::from_secs(5), connect).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 5 s".to_owned()),
+        }
+    })
+}
+
+fn probe_redis() -> Result<(), String> {
+    use dispatch_store_redis::redis;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let ping = async {
+            let client = redis::Client::open(redis_url()).map_err(|e| e.to_string())?;
+            let mut conn =
+                client.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err("no answer within 5 s".to_owned()),
         }
     })

@@ -1,12 +1,16 @@
 //! Claim: one script call leases a batch (`lua/claim.lua`): due scheduled jobs of each
-//! (queue, name) pair move to its ready set, then the best jobs of the pairs are leased.
+//! (queue, name) pair move to its ready set, then the best jobs of the pairs are leased. And
+//! the release of a lost claim's leases (`lua/release_claim.lua`).
 
-use dispatch_core::{ClaimRequest, ClaimedJob, Result};
+use dispatch_core::{ClaimRequest, ClaimedJob, LeaseToken, Result};
 
 use crate::RedisStore;
 use crate::error::internal;
 use crate::keys::hex;
-use crate::row::{Fields, array, duration_arg, job};
+use crate::row::{Fields, array, duration_arg, int, job, string};
+
+/// How many lease entries one release-claim call asks its scan for.
+const RELEASE_SCAN: usize = 1000;
 
 impl RedisStore {
     pub(crate) async fn claim_jobs(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>> {
@@ -32,5 +36,26 @@ impl RedisStore {
                 Ok(ClaimedJob { job, lease })
             })
             .collect()
+    }
+
+    /// Release every lease `token` wrote, scanning the running jobs a stretch per call until
+    /// the scan ends; how many were released.
+    pub(crate) async fn release_claimed(&self, token: LeaseToken) -> Result<usize> {
+        let token = hex(token.uuid());
+        let mut cursor = "0".to_owned();
+        let mut released = 0;
+        loop {
+            let mut call = self.call(&self.inner.scripts.release_claim);
+            call.arg(&token).arg(&cursor).arg(RELEASE_SCAN);
+            let mut reply = array(self.invoke(&call).await?)?.into_iter();
+            let (Some(count), Some(next)) = (reply.next(), reply.next()) else {
+                return Err(internal("a release-claim answer lacks its parts"));
+            };
+            released += usize::try_from(int(count)?).map_err(|_| internal("a negative release"))?;
+            cursor = string(next)?;
+            if cursor == "0" {
+                return Ok(released);
+            }
+        }
     }
 }

@@ -1,17 +1,21 @@
-//! `impl JobStore`: short methods forwarding to the files that do the work; lookups.
+//! `impl JobStore`: short methods forwarding to the files that do the work; heartbeat
+//! (`lua/heartbeat.lua`) and cancel requests (`lua/cancel.lua`), one script call each; lookups.
 
+use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult, HeartbeatReport, Job, JobCancel,
-    JobFilter, JobId, JobStore, LeaseRef, LeaseToken, NewJob, Page, PageRequest, QueueCount,
-    RescueReport, Result,
+    ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Finish, FinishResult,
+    HeartbeatReport, Job, JobCancel, JobFilter, JobId, JobState, JobStore, LeaseRef, LeaseToken,
+    NewJob, Page, PageRequest, QueueCount, RescueReport, Result,
 };
+use redis::Value;
 
 use crate::RedisStore;
+use crate::error::internal;
 use crate::keys::hex;
-use crate::row::{Fields, job};
+use crate::row::{Fields, array, duration_arg, int, job, string};
 
 #[async_trait]
 impl JobStore for RedisStore {
@@ -28,11 +32,21 @@ impl JobStore for RedisStore {
     }
 
     async fn heartbeat(&self, leases: &[LeaseRef], ttl: Duration) -> Result<HeartbeatReport> {
-        self.heartbeat_leases(leases, ttl).await
+        if leases.is_empty() {
+            return Ok(HeartbeatReport::default());
+        }
+        let mut call = self.call(&self.inner.scripts.heartbeat);
+        call.arg(duration_arg(ttl));
+        for lease in leases {
+            call.arg(hex(lease.job_id.uuid())).arg(hex(lease.token.uuid()));
+        }
+        heartbeat_report(leases, array(self.invoke(&call).await?)?)
     }
 
     async fn request_job_cancel(&self, id: JobId) -> Result<JobCancel> {
-        self.cancel_job(id).await
+        let mut call = self.call(&self.inner.scripts.cancel);
+        call.arg(hex(id.uuid())).arg(DRIVE_JOB_CANCEL_REASON);
+        job_cancel(array(self.invoke(&call).await?)?)
     }
 
     async fn rescue_expired(&self, limit: usize) -> Result<RescueReport> {
@@ -62,5 +76,79 @@ impl JobStore for RedisStore {
 
     async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
         self.next_due_in(queues, names).await
+    }
+}
+
+/// Heartbeat's answer, one code per lease in `leases` (0 lost, 1 renewed, 2 renewed with a
+/// cancel request), as the report.
+fn heartbeat_report(leases: &[LeaseRef], codes: Vec<Value>) -> Result<HeartbeatReport> {
+    if codes.len() != leases.len() {
+        return Err(internal(format!("heartbeat answered {} of {}", codes.len(), leases.len())));
+    }
+    let mut report = HeartbeatReport::default();
+    for (lease, code) in leases.iter().zip(codes) {
+        let id = lease.job_id;
+        match int(code)? {
+            0 => report.lost.push(id),
+            1 => report.renewed.push(id),
+            2 => {
+                report.renewed.push(id);
+                report.cancel_requested.push(id);
+            }
+            other => return Err(internal(format!("unknown heartbeat answer {other}"))),
+        }
+    }
+    Ok(report)
+}
+
+/// Cancel's answer: `{1}` cancelled, `{2}` requested, `{3, state}` already final.
+fn job_cancel(reply: Vec<Value>) -> Result<JobCancel> {
+    let mut parts = reply.into_iter();
+    let code = int(parts.next().ok_or_else(|| internal("an empty cancel answer"))?)?;
+    match code {
+        1 => Ok(JobCancel::Cancelled),
+        2 => Ok(JobCancel::Requested),
+        3 => {
+            let state =
+                string(parts.next().ok_or_else(|| internal("a final job lacks its state"))?)?;
+            let state = JobState::from_str(&state)
+                .map_err(|_| internal(format!("unknown job state {state:?}")))?;
+            Ok(JobCancel::AlreadyFinal(state))
+        }
+        other => Err(internal(format!("unknown cancel answer {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn heartbeat_codes_sort_leases_into_the_report() {
+        let leases: Vec<LeaseRef> =
+            (0..3).map(|_| LeaseRef { job_id: JobId::new(), token: LeaseToken::new() }).collect();
+        let report =
+            heartbeat_report(&leases, vec![Value::Int(0), Value::Int(1), Value::Int(2)]).unwrap();
+        let ids: Vec<JobId> = leases.iter().map(|l| l.job_id).collect();
+        assert_eq!(report.lost, [ids[0]]);
+        assert_eq!(report.renewed, [ids[1], ids[2]]);
+        assert_eq!(report.cancel_requested, [ids[2]]);
+        assert!(heartbeat_report(&leases, vec![Value::Int(1)]).is_err(), "one code per lease");
+    }
+
+    #[test]
+    fn cancel_answers() {
+        assert_eq!(job_cancel(vec![Value::Int(1)]).unwrap(), JobCancel::Cancelled);
+        assert_eq!(job_cancel(vec![Value::Int(2)]).unwrap(), JobCancel::Requested);
+        assert_eq!(
+            job_cancel(vec![Value::Int(3), text("dead")]).unwrap(),
+            JobCancel::AlreadyFinal(JobState::Dead)
+        );
+        assert!(job_cancel(vec![Value::Int(3)]).is_err());
+        assert!(job_cancel(vec![Value::Int(9)]).is_err());
     }
 }

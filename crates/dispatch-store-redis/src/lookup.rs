@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use dispatch_core::{Job, JobFilter, JobId, LeaseToken, Page, PageRequest, QueueCount, Result};
+use dispatch_core::{Job, JobFilter, JobId, Page, PageRequest, QueueCount, Result};
 
 use crate::RedisStore;
 use crate::error::internal;
@@ -17,10 +17,6 @@ impl RedisStore {
     }
 
     pub(crate) async fn queue_counts(&self) -> Result<Vec<QueueCount>> {
-        Err(internal("being built"))
-    }
-
-    pub(crate) async fn release_claimed(&self, _token: LeaseToken) -> Result<usize> {
         Err(internal("being built"))
     }
 

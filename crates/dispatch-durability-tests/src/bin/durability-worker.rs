@@ -5,7 +5,7 @@
 //! `durability-worker workflows <store> <effects-file> <cut>`: drive the `ten-steps`, `saga` and
 //! `sleeper` workflows until killed, dying at `<cut>` (`before:K`, `after:K`, `before-undo:K`,
 //! `none`).
-//! `<store>` is a SQLite file path or `postgres:<schema>` (see `StoreSpec`).
+//! `<store>` is a SQLite file path, `postgres:<schema>` or `redis:<prefix>` (see `StoreSpec`).
 
 use std::time::Duration;
 

@@ -45,28 +45,12 @@ for i = 0, n - 1 do
   elseif holder then
     out[#out + 1] = { 2, holder }
   else
-    local kind, value = arg(i, 5), arg(i, 6)
-    local run_at = NOW
-    if kind == 'at' then run_at = tonumber(value) elseif kind == 'after' then run_at = NOW + tonumber(value) end
-    local priority = tonumber(arg(i, 4))
-    local seq = redis.call('INCR', K_SEQ)
-    local fields = { 'id', id, 'name', name, 'queue', queue, 'payload', arg(i, 3),
-      'priority', arg(i, 4), 'state', 'available', 'attempt', '0', 'max_attempts', arg(i, 7),
-      'run_at', I(run_at), 'created_at', I(NOW), 'seq', I(seq) }
-    local function put(field, v) fields[#fields + 1] = field; fields[#fields + 1] = v end
-    if arg(i, 8) ~= '' then put('timeout_us', arg(i, 8)) end
-    if uk then
-      put('unique_key', ukey)
-      if arg(i, 10) ~= '' then put('unique_until', I(NOW + tonumber(arg(i, 10)))) end
-      redis.call('SET', uk, id)
-    end
-    local app, tenant = arg(i, 11), arg(i, 12)
-    if app ~= '-' then put('app', string.sub(app, 2)) end
-    if tenant ~= '-' then put('tenant', string.sub(tenant, 2)) end
-    redis.call('HSET', job_key(id), unpack(fields))
-    redis.call('ZADD', K_JOBS, 0, id)
-    index_available(id, queue, name, priority, run_at, seq)
-    add_state(id, queue, 'available')
+    local window = arg(i, 10)
+    insert_job({ id = id, name = name, queue = queue, payload = arg(i, 3), priority = arg(i, 4),
+      run_at = resolve_run_at(arg(i, 5), arg(i, 6)), max_attempts = arg(i, 7),
+      timeout_us = arg(i, 8) ~= '' and arg(i, 8) or nil, unique_key = uk and ukey or nil,
+      unique_until = (uk and window ~= '') and NOW + tonumber(window) or nil,
+      app = option(arg(i, 11)), tenant = option(arg(i, 12)) })
     out[#out + 1] = { 1, id }
   end
 end

@@ -37,33 +37,14 @@ if uk then
   end
 end
 
--- Insert the drive job as enqueue.lua inserts a job, with field `run`.
--- Integrator: a local copy of enqueue.lua's insertion; use jobs.lua's insert_job once it exists.
-local function insert_drive_job()
-  local queue = job_arg(2)
-  local kind, value = job_arg(5), job_arg(6)
-  local run_at = NOW
-  if kind == 'at' then run_at = tonumber(value) elseif kind == 'after' then run_at = NOW + tonumber(value) end
-  local seq = redis.call('INCR', K_SEQ)
-  local fields = { 'id', drive, 'name', job_arg(1), 'queue', queue, 'payload', job_arg(3),
-    'priority', job_arg(4), 'state', 'available', 'attempt', '0', 'max_attempts', job_arg(7),
-    'run_at', I(run_at), 'created_at', I(NOW), 'seq', I(seq), 'run', id }
-  local function put(field, v) fields[#fields + 1] = field; fields[#fields + 1] = v end
-  if job_arg(8) ~= '' then put('timeout_us', job_arg(8)) end
-  if uk then
-    put('unique_key', ukey)
-    if job_arg(10) ~= '' then put('unique_until', I(NOW + tonumber(job_arg(10)))) end
-    redis.call('SET', uk, drive)
-  end
-  local app, tenant = job_arg(11), job_arg(12)
-  if app ~= '-' then put('app', string.sub(app, 2)) end
-  if tenant ~= '-' then put('tenant', string.sub(tenant, 2)) end
-  redis.call('HSET', job_key(drive), unpack(fields))
-  redis.call('ZADD', K_JOBS, 0, drive)
-  index_available(drive, queue, job_arg(1), tonumber(job_arg(4)), run_at, seq)
-  add_state(drive, queue, 'available')
-end
-insert_drive_job()
+-- The drive job, inserted as enqueue.lua inserts a job, with field `run` naming its run.
+local window = job_arg(10)
+insert_job({ id = drive, name = job_arg(1), queue = job_arg(2), payload = job_arg(3),
+  priority = job_arg(4), run_at = resolve_run_at(job_arg(5), job_arg(6)),
+  max_attempts = job_arg(7), timeout_us = job_arg(8) ~= '' and job_arg(8) or nil,
+  unique_key = uk and ukey or nil,
+  unique_until = (uk and window ~= '') and NOW + tonumber(window) or nil,
+  app = option(job_arg(11)), tenant = option(job_arg(12)) }, { 'run', id })
 
 local fields = { 'id', id, 'name', name, 'version', ARGV[4], 'state', 'running', 'input', input,
   'drive_job', drive, 'created_at', I(NOW), 'updated_at', I(NOW) }

@@ -43,16 +43,12 @@ move_run_state(id, state, 'suspended')
 -- Outcome::Snooze): the attempt given back, the token recorded as the last finish so the
 -- runtime's own finish answers AlreadyApplied; a job-level cancel request would end it
 -- cancelled instead.
-local place = job_place(job)
-local jkey = job_key(job)
-local v = redis.call('HMGET', jkey, 'attempt', 'cancel_requested')
-redis.call('HSET', jkey, 'last_finish', token)
-if v[2] then
-  end_job(job, place, 'running', 'cancelled')
+local lease = job_lease(job)
+redis.call('HSET', job_key(job), 'last_finish', token)
+if lease.cancel_requested then
+  end_job(job, lease, 'running', 'cancelled')
 else
-  local attempt = math.max(tonumber(v[1]) - 1, 0)
-  redis.call('HSET', jkey, 'attempt', I(attempt))
-  make_available(job, place, 'running', wake_at)
+  give_back(job, lease, wake_at)
 end
 flush()
 return { 2 }
