@@ -32,6 +32,7 @@ end
 
 local kept = 0
 if #delivered == 0 and not broadcast and keep_for > 0 then
+  prune_kept(part, 100)
   local seq = I(redis.call('INCR', K_EVENT_SEQ))
   redis.call('ZADD', kept_key(part), seq, seq)
   redis.call('HSET', kept_data_key(part), 'p:' .. seq, payload, 'e:' .. seq, I(NOW + keep_for))

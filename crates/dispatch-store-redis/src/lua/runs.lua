@@ -163,6 +163,23 @@ local function take_kept(part)
   end
 end
 
+-- Drop up to `max` expired kept events from the head of `part` (publish order), stopping at
+-- the first unexpired one: a publish tidies its own (scope, name, correlation), so events
+-- nobody took do not pile up where events keep coming. Elsewhere they stay until a wait of
+-- theirs looks (take_kept).
+local function prune_kept(part, max)
+  local kept, data = kept_key(part), kept_data_key(part)
+  for _ = 1, max do
+    local first = redis.call('ZRANGE', kept, 0, 0)
+    if #first == 0 then return end
+    local seq = first[1]
+    local expires = redis.call('HGET', data, 'e:' .. seq)
+    if expires and tonumber(expires) > NOW then return end
+    redis.call('ZREM', kept, seq)
+    redis.call('HDEL', data, 'p:' .. seq, 'e:' .. seq)
+  end
+end
+
 -- Ending and reopening ------------------------------------------------------------------------
 -- End run `id` (now in state `from`) in final `state`, with `field` ('output' or 'error') set to
 -- `value`: its waits go, it waits for nothing (dispatch-store-memory's run::end).
