@@ -94,6 +94,13 @@ mod tests {
     }
 
     #[test]
+    fn every_store_crate_is_held_to_core_only() {
+        for store in ["dispatch-store-sqlite", "dispatch-store-postgres", "dispatch-store-redis"] {
+            assert_eq!(allowed(store), Some(&["dispatch-core"][..]), "{store}");
+        }
+    }
+
+    #[test]
     fn stores_depend_on_core_only() {
         let graph = workspace_graph().unwrap();
         // The conformance suite is a test-support crate, not a store.

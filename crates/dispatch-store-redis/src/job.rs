@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use dispatch_core::{
     ClaimRequest, ClaimedJob, DRIVE_JOB_CANCEL_REASON, Enqueued, Finish, FinishResult,
     HeartbeatReport, Job, JobCancel, JobFilter, JobId, JobState, JobStore, LeaseRef, LeaseToken,
-    NewJob, Page, PageRequest, QueueCount, RescueReport, Result,
+    ListenerState, NewJob, Page, PageRequest, QueueCount, RescueReport, Result, WakeupStream,
 };
 use redis::Value;
 
@@ -76,6 +76,14 @@ impl JobStore for RedisStore {
 
     async fn next_due(&self, queues: &[String], names: &[String]) -> Result<Option<Duration>> {
         self.next_due_in(queues, names).await
+    }
+
+    fn wakeups(&self) -> Option<WakeupStream> {
+        self.inner.wake.subscribe()
+    }
+
+    fn listener_state(&self) -> Option<ListenerState> {
+        Some(self.inner.wake.state())
     }
 }
 

@@ -31,9 +31,4 @@ impl RedisStore {
     pub(crate) fn counts_key(&self) -> String {
         format!("{}:counts", self.inner.prefix)
     }
-
-    /// The wake-up channel.
-    pub(crate) fn wake_channel(&self) -> String {
-        format!("{}:wake", self.inner.prefix)
-    }
 }

@@ -43,6 +43,8 @@ pub(crate) struct ScriptSet {
     pub(crate) dlq_replay: Script,
     pub(crate) dlq_purge: Script,
     pub(crate) release_claim: Script,
+    pub(crate) list_jobs: Script,
+    pub(crate) next_due: Script,
     pub(crate) start_run: Script,
     pub(crate) list_runs: Script,
     pub(crate) checkpoints: Script,
@@ -70,6 +72,8 @@ impl Scripts {
             dlq_replay: script(include_str!("lua/dlq_replay.lua")),
             dlq_purge: script(include_str!("lua/dlq_purge.lua")),
             release_claim: script(include_str!("lua/release_claim.lua")),
+            list_jobs: script(include_str!("lua/list_jobs.lua")),
+            next_due: script(include_str!("lua/next_due.lua")),
             start_run: script(include_str!("lua/start_run.lua")),
             list_runs: script(include_str!("lua/list_runs.lua")),
             checkpoints: script(include_str!("lua/checkpoints.lua")),
@@ -174,18 +178,6 @@ impl RedisStore {
         self.within_timeout(async {
             let mut conn = self.connection().await?;
             cmd.query_async::<T>(&mut conn).await.map_err(|err| self.broken(err))
-        })
-        .await
-    }
-
-    /// Run a pipeline on the shared connection within the call timeout.
-    pub(crate) async fn pipeline<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> dispatch_core::Result<T> {
-        self.within_timeout(async {
-            let mut conn = self.connection().await?;
-            pipe.query_async::<T>(&mut conn).await.map_err(|err| self.broken(err))
         })
         .await
     }

@@ -1,0 +1,37 @@
+//! The Redis store's integration tests, one module per subject, in one binary: timing on the
+//! server's clock (scheduled, retried and rescued jobs are claimed when due, never before),
+//! the wake-up listener (it reconnects after its connection is killed; its streams end with
+//! the store), key edges (queue and job names with `:` and `{`), and listings whose filters
+//! match little (bounded calls, short pages that carry a cursor). Each needs the test server
+//! at `DISPATCH_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) and makes its own key
+//! prefixes, deleted at the end of the run; without a server every test is reported ignored,
+//! and fails instead under `CI=true` (see `support`). The stores read the server's clock, as in
+//! production, so these tests take real time: they wait by polling against a deadline. Tests
+//! are named `module::test`. Run with `cargo test -p dispatch-store-redis --test it`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod common;
+mod keys;
+mod listing;
+mod timing;
+mod wakeup;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let modules = [
+        ("keys", keys::tests()),
+        ("listing", listing::tests()),
+        ("timing", timing::tests()),
+        ("wakeup", wakeup::tests()),
+    ];
+    let tests = modules
+        .into_iter()
+        .flat_map(|(module, tests)| {
+            tests.into_iter().map(move |(name, test)| (format!("{module}::{name}"), test))
+        })
+        .collect();
+    support::run(tests)
+}
