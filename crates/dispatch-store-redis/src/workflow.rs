@@ -2,13 +2,14 @@
 //! cancelling runs here, each one script call; suspension and events in `events.rs`, rewinds
 //! and migrations in `rewind.rs`.
 
+use std::str::FromStr;
+
 use async_trait::async_trait;
 use dispatch_core::{
     Checkpoint, LeaseRef, NewCheckpoint, NewEvent, NewJob, NewRun, Page, PageRequest, Published,
     Result, Run, RunCancel, RunEnd, RunFilter, RunId, RunSnapshot, RunState, Started, Suspend,
     SuspendOutcome, WaitResolution, WorkflowStore,
 };
-use std::str::FromStr;
 
 use crate::RedisStore;
 use crate::enqueue::job_args;
