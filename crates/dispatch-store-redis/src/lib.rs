@@ -19,8 +19,10 @@
 //! per pair scored by run-at, and move over when the claim finds them due; running jobs are
 //! scored by lease expiry. Listings page through per-state and per-entity indexes ordered by
 //! ID; counts per (queue, state) are kept by the scripts; finished jobs are also indexed by
-//! their finish time, so retention can remove them in bounded batches. `src/lua/prelude.lua`
-//! documents every key.
+//! their finish time, so retention can remove them in bounded batches. A run is a hash beside
+//! its checkpoints (data by key, and their write order), its event waits (indexed per scope,
+//! event name and correlation, oldest first) and the events kept for later waits.
+//! `src/lua/prelude.lua` documents every job key, `src/lua/runs.lua` every workflow key.
 //!
 //! # Time
 //!
@@ -59,13 +61,17 @@ mod claim;
 mod dlq;
 mod enqueue;
 mod error;
+mod events;
 mod finish;
 mod job;
 mod keys;
 mod lookup;
+mod rewind;
 mod row;
+mod run;
 mod script;
 mod wake;
+mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,8 +10,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, DlqEntry, DlqId, FailureKind, Job, JobId, JobState, Lease, LeaseToken, Result,
-    Scope, Timestamp, WorkerId,
+    AttemptError, Checkpoint, DlqEntry, DlqId, FailureKind, Job, JobId, JobState, Lease,
+    LeaseToken, Result, Run, RunId, RunState, Scope, Timestamp, WaitingFor, WorkerId,
 };
 use redis::Value;
 use serde::Deserialize;
@@ -266,6 +266,44 @@ pub(crate) fn dlq_entry(mut f: Fields) -> Result<DlqEntry> {
     })
 }
 
+/// A run from its hash (`waiting` is the JSON of [`WaitingFor::to_column`]).
+pub(crate) fn run(mut f: Fields) -> Result<Run> {
+    let state = RunState::from_str(f.str("state")?)
+        .map_err(|_| internal(format!("unknown run state {:?}", f.opt_str("state"))))?;
+    Ok(Run {
+        id: RunId::from_uuid(f.uuid("id")?),
+        name: f.str("name")?.to_owned(),
+        version: f.num("version")?,
+        state,
+        output: f.opt_bytes("output").map(<[u8]>::to_vec),
+        error: f.opt_str("error")?.map(str::to_owned),
+        scope: f.scope()?,
+        idempotency_key: f.opt_str("idempotency_key")?.map(str::to_owned),
+        parent: f.opt_uuid("parent")?.map(RunId::from_uuid),
+        drive_job: JobId::from_uuid(f.uuid("drive_job")?),
+        created_at: f.time("created_at")?,
+        updated_at: f.time("updated_at")?,
+        finished_at: f.opt_time("finished_at")?,
+        cancel_requested: f.opt_str("cancel_requested")?.map(str::to_owned),
+        waiting: WaitingFor::from_column(state, f.opt_str("waiting")?)?,
+        input: f.take_bytes("input")?,
+    })
+}
+
+/// Checkpoints from a script's flat list: key, data, time (µs), key, data, time, …
+pub(crate) fn checkpoints(reply: Value) -> Result<Vec<Checkpoint>> {
+    let items = array(reply)?;
+    if items.len() % 3 != 0 {
+        return Err(internal("a checkpoint list is not in threes"));
+    }
+    let mut out = Vec::with_capacity(items.len() / 3);
+    let mut items = items.into_iter();
+    while let (Some(key), Some(data), Some(at)) = (items.next(), items.next(), items.next()) {
+        out.push(Checkpoint { key: string(key)?, data: bytes(data)?, at: stored_time(int(at)?) });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +327,53 @@ mod tests {
         assert_eq!(errors[0].kind, FailureKind::LeaseExpired);
         assert_eq!(errors[0].message, "a \"b\"");
         assert_eq!(errors[0].at, Timestamp::from_unix_micros(1_893_456_000_000_001));
+    }
+
+    fn hash(pairs: &[(&str, &str)]) -> Fields {
+        let items = pairs
+            .iter()
+            .flat_map(|(k, v)| [k, v])
+            .map(|s| Value::BulkString(s.as_bytes().to_vec()))
+            .collect();
+        Fields::parse(Value::Array(items)).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_run_reads_what_the_scripts_write() {
+        let id = "0193b4f0c0de7000800000000000000a";
+        let job = "0193b4f0c0de7000800000000000000b";
+        let waiting = r#"[{"kind":"sleep","until":5}]"#;
+        let mut fields = vec![
+            ("id", id),
+            ("name", "order"),
+            ("version", "2"),
+            ("state", "suspended"),
+            ("input", "in"),
+            ("drive_job", job),
+            ("created_at", "1"),
+            ("updated_at", "2"),
+            ("app", ""),
+            ("waiting", waiting),
+        ];
+        let suspended = run(hash(&fields)).unwrap();
+        assert_eq!(
+            suspended.waiting,
+            [WaitingFor::Sleep { until: Timestamp::from_unix_micros(5) }]
+        );
+        assert_eq!(suspended.scope, Scope { app: Some(String::new()), tenant: None });
+        assert_eq!((suspended.input.as_slice(), suspended.output), (&b"in"[..], None));
+        fields[3] = ("state", "running");
+        assert!(run(hash(&fields)).unwrap().waiting.is_empty(), "only a suspended run waits");
+    }
+
+    #[test]
+    fn checkpoints_come_in_threes() {
+        let flat = |items: &[&str]| {
+            Value::Array(items.iter().map(|s| Value::BulkString(s.as_bytes().to_vec())).collect())
+        };
+        let read = checkpoints(flat(&["a", "\u{0}\u{ff}", "7"])).unwrap();
+        assert_eq!(read[0].key, "a");
+        assert_eq!(read[0].at, Timestamp::from_unix_micros(7));
+        assert!(checkpoints(flat(&["a", "b"])).is_err());
     }
 }

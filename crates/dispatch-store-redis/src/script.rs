@@ -15,7 +15,9 @@ use crate::error;
 const PRELUDE: &str = concat!(
     include_str!("lua/prelude.lua"),
     include_str!("lua/runs.lua"),
-    include_str!("lua/jobs.lua")
+    include_str!("lua/jobs.lua"),
+    // Run helpers that move a drive job: they use jobs.lua's helpers, so they come after it.
+    include_str!("lua/drives.lua")
 );
 
 /// A script: the prelude and `body`.
@@ -43,6 +45,18 @@ pub(crate) struct ScriptSet {
     pub(crate) release_claim: Script,
     pub(crate) list_jobs: Script,
     pub(crate) next_due: Script,
+    pub(crate) start_run: Script,
+    pub(crate) list_runs: Script,
+    pub(crate) checkpoints: Script,
+    pub(crate) load_snapshot: Script,
+    pub(crate) save_checkpoints: Script,
+    pub(crate) suspend_run: Script,
+    pub(crate) resolve_wait: Script,
+    pub(crate) end_run: Script,
+    pub(crate) publish_event: Script,
+    pub(crate) cancel_run: Script,
+    pub(crate) rewind_run: Script,
+    pub(crate) migrate_run: Script,
 }
 
 impl Scripts {
@@ -60,6 +74,18 @@ impl Scripts {
             release_claim: script(include_str!("lua/release_claim.lua")),
             list_jobs: script(include_str!("lua/list_jobs.lua")),
             next_due: script(include_str!("lua/next_due.lua")),
+            start_run: script(include_str!("lua/start_run.lua")),
+            list_runs: script(include_str!("lua/list_runs.lua")),
+            checkpoints: script(include_str!("lua/checkpoints.lua")),
+            load_snapshot: script(include_str!("lua/load_snapshot.lua")),
+            save_checkpoints: script(include_str!("lua/save_checkpoints.lua")),
+            suspend_run: script(include_str!("lua/suspend_run.lua")),
+            resolve_wait: script(include_str!("lua/resolve_wait.lua")),
+            end_run: script(include_str!("lua/end_run.lua")),
+            publish_event: script(include_str!("lua/publish_event.lua")),
+            cancel_run: script(include_str!("lua/cancel_run.lua")),
+            rewind_run: script(include_str!("lua/rewind_run.lua")),
+            migrate_run: script(include_str!("lua/migrate_run.lua")),
         }))
     }
 }

@@ -45,7 +45,7 @@ impl StoreFactory for Redis {
 
 fn main() -> ExitCode {
     let url = support::url();
-    let code = dispatch_store_tests::run_job_conformance(Redis { url: url.clone() });
+    let code = dispatch_store_tests::run_conformance(Redis { url: url.clone() });
     support::delete_created_prefixes(&url);
     code
 }
