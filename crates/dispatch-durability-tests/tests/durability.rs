@@ -232,6 +232,14 @@ async fn terminated_connections_lose_nothing(kind: Kind) {
     drop_schema(&spec).await;
 }
 
+/// A file `name` in the tests' scratch directory (made when missing: a server store's test may
+/// be the first to need it).
+fn scratch_file(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join("dispatch-durability");
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir.join(name)
+}
+
 /// Start the `workflows` worker process on `spec`, dying at `cut`.
 fn workflow_worker(spec: &StoreSpec, effects: &std::path::Path, cut: Option<Cut>) -> Worker {
     let child = Command::new(env!("CARGO_BIN_EXE_durability-worker"))
@@ -257,9 +265,7 @@ async fn exited(worker: &mut Worker) {
 async fn one_cut(kind: Kind, cut: Cut) {
     let spec = fresh(kind, &format!("cut-{}", Cut::render(Some(cut)).replace(':', "-")));
     let store = spec.open("test").await.expect("open");
-    let effects = std::env::temp_dir()
-        .join("dispatch-durability")
-        .join(format!("effects-{}", dispatch::core::RunId::new()));
+    let effects = scratch_file(&format!("effects-{}", dispatch::core::RunId::new()));
     let workflows = Workflows::new(store.clone());
     let def = ten_steps(effects.clone(), None);
     let run = workflows.start(&def, &7, StartOptions::default()).await.expect("start");
@@ -295,9 +301,7 @@ async fn workflow_killed_at_every_step_boundary_resumes_exactly(kind: Kind) {
 async fn saga_killed_during_compensation_compensates_once(kind: Kind) {
     let spec = fresh(kind, "saga");
     let store = spec.open("test").await.expect("open");
-    let effects = std::env::temp_dir()
-        .join("dispatch-durability")
-        .join(format!("saga-{}", dispatch::core::RunId::new()));
+    let effects = scratch_file(&format!("saga-{}", dispatch::core::RunId::new()));
     let workflows = Workflows::new(store.clone());
     let definition = saga(effects.clone(), None);
     let run = workflows.start(&definition, &(), StartOptions::default()).await.expect("start");
@@ -327,7 +331,7 @@ async fn durable_sleep_survives_a_restart(kind: Kind) {
         let ms = 2000 + i * 40;
         runs.push((workflows.start(&def, &ms, StartOptions::default()).await.expect("start"), ms));
     }
-    let effects = std::env::temp_dir().join("dispatch-durability").join("unused");
+    let effects = scratch_file("unused");
     let first = workflow_worker(&spec, &effects, None);
     // The point of the scenario: the fleet goes down 6 s in, with runs asleep.
     tokio::time::sleep(Duration::from_secs(6)).await;
