@@ -3,11 +3,22 @@
 //! the release of a lost claim's leases (`lua/release_claim.lua`).
 
 use dispatch_core::{ClaimRequest, ClaimedJob, LeaseToken, Result};
+use redis::Value;
 
 use crate::RedisStore;
 use crate::error::internal;
 use crate::keys::hex;
 use crate::row::{Fields, array, duration_arg, int, job, string};
+
+/// A job just claimed by `request`, from its hash.
+fn claimed(hash: Value, request: &ClaimRequest) -> Result<ClaimedJob> {
+    let fields = Fields::parse(hash)?.ok_or_else(|| internal("a claimed job vanished"))?;
+    let job = job(fields)?;
+    match job.lease {
+        Some(lease) if lease.token == request.token => Ok(ClaimedJob { job, lease }),
+        _ => Err(internal(format!("claimed job {} does not hold the claim's lease", job.id))),
+    }
+}
 
 /// How many lease entries one release-claim call asks its scan for.
 const RELEASE_SCAN: usize = 1000;
@@ -25,17 +36,22 @@ impl RedisStore {
             .arg(request.queues.len())
             .arg(&request.queues)
             .arg(&request.names);
-        let reply = array(self.invoke(&call).await?)?;
-        reply
-            .into_iter()
-            .map(|hash| {
-                let fields =
-                    Fields::parse(hash)?.ok_or_else(|| internal("a claimed job vanished"))?;
-                let job = job(fields)?;
-                let lease = job.lease.ok_or_else(|| internal("a claimed job has no lease"))?;
-                Ok(ClaimedJob { job, lease })
-            })
-            .collect()
+        let mut reply = array(self.invoke(&call).await?)?.into_iter();
+        let (Some(ids), Some(inline)) = (reply.next(), reply.next()) else {
+            return Err(internal("a claim answer lacks its parts"));
+        };
+        let (ids, mut hashes) = (array(ids)?, array(inline)?);
+        if hashes.is_empty() && !ids.is_empty() {
+            // The jobs as the claim left them: only their lease holder (this worker) changes
+            // them now, apart from a cancel request, which the read then shows (as a heartbeat
+            // would).
+            let mut read = redis::pipe();
+            for id in ids {
+                read.cmd("HGETALL").arg(self.job_key(&string(id)?));
+            }
+            hashes = self.pipeline(&read).await?;
+        }
+        hashes.into_iter().map(|hash| claimed(hash, request)).collect()
     }
 
     /// Release every lease `token` wrote, scanning the running jobs a stretch per call until

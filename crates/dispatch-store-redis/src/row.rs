@@ -215,15 +215,10 @@ fn parse_errors(json: &str) -> Result<Vec<AttemptError>> {
 pub(crate) fn job(mut f: Fields) -> Result<Job> {
     let state = JobState::from_str(f.str("state")?)
         .map_err(|_| internal(format!("unknown job state {:?}", f.opt_str("state"))))?;
-    let lease = match (f.opt_str("lease_owner")?, f.opt_uuid("lease_token")?) {
-        (Some(owner), Some(token)) => Some(Lease {
-            owner: WorkerId::from_str(owner)
-                .map_err(|_| internal(format!("bad lease owner {owner:?}")))?,
-            token: LeaseToken::from_uuid(token),
-            expires_at: f.time("lease_expires")?,
-        }),
-        _ => None,
-    };
+    // A job that left `running` keeps its last lease's fields (the scripts leave them for the
+    // next claim to overwrite): a lease, and a cancel request, exist only on a running job.
+    let running = state == JobState::Running;
+    let lease = if running { lease(&f)? } else { None };
     Ok(Job {
         id: JobId::from_uuid(f.uuid("id")?),
         name: f.str("name")?.to_owned(),
@@ -239,11 +234,22 @@ pub(crate) fn job(mut f: Fields) -> Result<Job> {
         unique_key: f.opt_str("unique_key")?.map(str::to_owned),
         scope: f.scope()?,
         lease,
-        cancel_requested: f.opt_bytes("cancel_requested").is_some(),
+        cancel_requested: running && f.opt_bytes("cancel_requested") == Some(b"1"),
         errors: f.errors()?,
         dlq_id: f.opt_uuid("dlq_id")?.map(DlqId::from_uuid),
         payload: f.take_bytes("payload")?,
     })
+}
+
+/// The lease of a running job's hash (`None` when its fields are missing).
+fn lease(f: &Fields) -> Result<Option<Lease>> {
+    let (Some(owner), Some(token)) = (f.opt_str("lease_owner")?, f.opt_uuid("lease_token")?) else {
+        return Ok(None);
+    };
+    let owner =
+        WorkerId::from_str(owner).map_err(|_| internal(format!("bad lease owner {owner:?}")))?;
+    let token = LeaseToken::from_uuid(token);
+    Ok(Some(Lease { owner, token, expires_at: f.time("lease_expires")? }))
 }
 
 /// A DLQ entry from its hash.

@@ -181,4 +181,16 @@ impl RedisStore {
         })
         .await
     }
+
+    /// Run a pipeline on the shared connection within the call timeout.
+    pub(crate) async fn pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> dispatch_core::Result<T> {
+        self.within_timeout(async {
+            let mut conn = self.connection().await?;
+            pipe.query_async::<T>(&mut conn).await.map_err(|err| self.broken(err))
+        })
+        .await
+    }
 }

@@ -2,8 +2,12 @@
 -- ARGV[5] = worker (its display form, `wkr_…`, as rescue messages name it), ARGV[6] = queue count, then the queues, then the job names.
 -- Due jobs of each (queue, name) pair move from its sched set to its ready set first (at most
 -- PROMOTE per pair per call); then the best `limit` of the pairs' ready sets are leased.
--- Answers each claimed job's hash (HGETALL), best first.
+-- Answers {ids, hashes}: the claimed jobs' IDs, best first, and, for a claim of at most INLINE
+-- jobs, their hashes; a larger claim's hashes are read by the caller in one pipeline (outside
+-- the script, so their fields never pass through Lua).
 local PROMOTE = 1000
+-- Claims of at most this many jobs answer their hashes inline.
+local INLINE = 8
 local limit = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
 local token, worker = ARGV[4], ARGV[5]
@@ -47,19 +51,26 @@ table.sort(candidates, function(a, b)
 end)
 
 local expires = NOW + ttl
+local expires_s = I(expires)
 local out = {}
 for i = 1, math.min(limit, #candidates) do
   local c = candidates[i]
   local id = string.sub(c.member, 34)
   local key = job_key(id)
-  redis.call('ZREM', c.ready, c.member)
+  zrem(c.ready, c.member)
+  -- `transition::claim`: running, one more attempt, the lease. An available job carries no
+  -- cancel request (a job leaving `running` clears its own, see jobs.lua clear_lease).
   redis.call('HINCRBY', key, 'attempt', 1)
   redis.call('HSET', key, 'state', 'running', 'lease_owner', worker, 'lease_token', token,
-    'lease_expires', I(expires))
-  redis.call('HDEL', key, 'cancel_requested')
-  redis.call('ZADD', K_LEASES, expires, id)
+    'lease_expires', expires_s)
+  zadd(K_LEASES, expires, id)
   move_state(id, c.queue, 'available', 'running')
-  out[#out + 1] = redis.call('HGETALL', key)
+  out[#out + 1] = id
 end
 flush()
-return out
+-- A small claim (an idle worker woken for one job) answers the hashes too, saving the round
+-- trip of the pipelined read, which only pays for itself on a large batch.
+if #out > INLINE then return { out, {} } end
+local hashes = {}
+for i, id in ipairs(out) do hashes[i] = redis.call('HGETALL', job_key(id)) end
+return { out, hashes }

@@ -12,6 +12,6 @@ local id = ARGV[3]
 insert_job({ id = id, name = ARGV[4], queue = ARGV[5], payload = ARGV[6], priority = ARGV[7],
   run_at = NOW, max_attempts = ARGV[8], timeout_us = ARGV[9] ~= '' and ARGV[9] or nil,
   app = option(ARGV[10]), tenant = option(ARGV[11]) }, nil)
-redis.call('HSET', dlq_key(dlq_id), 'replayed_as', id, 'replayed_at', I(NOW))
+redis.call('HSET', dlq_key(dlq_id), 'replayed_as', id, 'replayed_at', NOW_S)
 flush()
 return { 1, id }

@@ -18,7 +18,7 @@ local function run_cancel_request(id, reason)
   local key = run_key(id)
   local v = redis.call('HMGET', key, 'cancel_requested', 'drive_job')
   if not v[1] then
-    redis.call('HSET', key, 'cancel_requested', reason, 'updated_at', I(NOW))
+    redis.call('HSET', key, 'cancel_requested', reason, 'updated_at', NOW_S)
   end
   if v[2] then wake_drive(v[2]) end
 end
@@ -35,7 +35,6 @@ local function rearm_drive(job, name, run_at)
   if from == 'available' then
     unindex_available(job, place.queue, place.name, place.priority, place.run_at, place.seq)
   elseif from ~= 'running' then
-    redis.call('ZREM', K_FINISHED, job)
     redis.call('HDEL', key, 'finished_at')
   end
   redis.call('HSET', key, 'attempt', '0')

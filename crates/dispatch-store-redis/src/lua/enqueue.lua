@@ -19,12 +19,21 @@ local function held_by(uk)
 end
 
 -- Pass 1: refuse the whole batch on a reused or repeated ID, before writing anything.
-local seen, retried = {}, {}
+local seen, retried, keys = {}, {}, {}
 for i = 0, n - 1 do
   local id = arg(i, 0)
   if seen[id] then return refuse('CONFLICT', 'job ' .. id .. ' is listed twice in one enqueue') end
   seen[id] = true
-  local stored = redis.call('HMGET', job_key(id), 'name', 'payload')
+  keys[#keys + 1] = job_key(id)
+end
+-- One EXISTS for the batch: new IDs (the common case) read nothing more.
+local any_stored = false
+for i = 1, #keys, 1000 do
+  if redis.call('EXISTS', unpack(keys, i, math.min(i + 999, #keys))) > 0 then any_stored = true end
+end
+for i = 0, n - 1 do
+  local id = arg(i, 0)
+  local stored = any_stored and redis.call('HMGET', job_key(id), 'name', 'payload') or {}
   if stored[1] then
     if stored[1] ~= arg(i, 1) or stored[2] ~= arg(i, 3) then
       return refuse('CONFLICT', 'job ' .. id .. ' is already stored with another name or payload')

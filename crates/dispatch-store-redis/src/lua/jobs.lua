@@ -12,17 +12,17 @@ end
 -- Put an available job into its pair's ready or sched set (its hash already says available).
 local function index_available(id, queue, name, priority, run_at, seq)
   if run_at <= NOW then
-    redis.call('ZADD', ready_key(queue, name), -priority, ready_member(run_at, seq, id))
+    zadd(ready_key(queue, name), -priority, ready_member(run_at, seq, id))
   else
-    redis.call('ZADD', sched_key(queue, name), run_at, id)
+    zadd(sched_key(queue, name), run_at, id)
   end
   wake(queue)
 end
 
 -- Take an available job out of its pair's ready and sched sets.
 local function unindex_available(id, queue, name, priority, run_at, seq)
-  redis.call('ZREM', ready_key(queue, name), ready_member(run_at, seq, id))
-  redis.call('ZREM', sched_key(queue, name), id)
+  zrem(ready_key(queue, name), ready_member(run_at, seq, id))
+  zrem(sched_key(queue, name), id)
 end
 
 -- The fields of job `id` that placing and moving it needs, or nil when there is no such job.
@@ -34,26 +34,50 @@ local function job_place(id)
            run_at = tonumber(v[5]), seq = tonumber(v[6]) }
 end
 
--- Make a job (now in state `from`, placed as `place`) available at `run_at`.
-local function make_available(id, place, from, run_at)
-  redis.call('HSET', job_key(id), 'state', 'available', 'run_at', I(run_at))
-  redis.call('HDEL', job_key(id), 'lease_owner', 'lease_token', 'lease_expires', 'cancel_requested')
-  if from == 'running' then redis.call('ZREM', K_LEASES, id) end
+-- A job leaving `running`: its lease fields stay behind (row.rs reads a lease, and a cancel
+-- request, only on a running job; the next claim overwrites them), which saves a command per
+-- finish; a cancel request ('1') is cleared ('') when there is one (`place` from job_lease
+-- says), in the transition's own HSET, so no later attempt inherits it.
+local function clear_lease(fields, place)
+  if place.cancel_requested then
+    fields[#fields + 1] = 'cancel_requested'
+    fields[#fields + 1] = ''
+  end
+end
+
+-- HSET of `fields` and the flat field/value list `extra` (may be nil), in one command.
+local function hset_with(key, fields, extra)
+  for i = 1, #(extra or {}) do fields[#fields + 1] = extra[i] end
+  redis.call('HSET', key, unpack(fields))
+end
+
+-- Make a job (now in state `from`, placed as `place`) available at `run_at`; `extra` more
+-- fields to write with it (a finish's `last_finish`), or nil.
+local function make_available(id, place, from, run_at, extra)
+  local key = job_key(id)
+  local fields = { 'state', 'available', 'run_at', I(run_at) }
+  if from == 'running' then
+    clear_lease(fields, place)
+    zrem(K_LEASES, id)
+  end
+  hset_with(key, fields, extra)
   index_available(id, place.queue, place.name, place.priority, run_at, place.seq)
   move_state(id, place.queue, from, 'available')
 end
 
--- End a job in a final state (completed, cancelled, dead) from state `from`.
-local function end_job(id, place, from, state)
+-- End a job in a final state (completed, cancelled, dead) from state `from`; `extra` as for
+-- make_available. A final state's index is in ID (creation) order: retention walks it oldest
+-- first and stops at the first job created after its cutoff (a job finishes after it starts).
+local function end_job(id, place, from, state, extra)
   local key = job_key(id)
-  redis.call('HSET', key, 'state', state, 'finished_at', I(NOW))
-  redis.call('HDEL', key, 'lease_owner', 'lease_token', 'lease_expires', 'cancel_requested')
+  local fields = { 'state', state, 'finished_at', NOW_S }
   if from == 'running' then
-    redis.call('ZREM', K_LEASES, id)
+    clear_lease(fields, place)
+    zrem(K_LEASES, id)
   elseif from == 'available' then
     unindex_available(id, place.queue, place.name, place.priority, place.run_at, place.seq)
   end
-  redis.call('ZADD', K_FINISHED, NOW, id)
+  hset_with(key, fields, extra)
   move_state(id, place.queue, from, state)
 end
 
@@ -61,7 +85,7 @@ end
 local function record_error(id, attempt, kind, message)
   local key = job_key(id)
   local entry = '{"attempt":' .. I(attempt) .. ',"kind":' .. cjson.encode(kind) ..
-    ',"message":' .. cjson.encode(message) .. ',"at":' .. I(NOW) .. '}'
+    ',"message":' .. cjson.encode(message) .. ',"at":' .. NOW_S .. '}'
   local errors = redis.call('HGET', key, 'errors')
   if not errors or errors == '[]' then
     errors = '[' .. entry .. ']'
@@ -82,13 +106,13 @@ end
 
 -- Make a job dead (from state `from`, placed as `place`) with its DLQ entry `dlq_id`, a copy
 -- of the job as it died; a run it drives fails with the job's last error.
-local function promote(id, place, from, dlq_id)
-  end_job(id, place, from, 'dead')
+local function promote(id, place, from, dlq_id, extra)
+  end_job(id, place, from, 'dead', extra)
   local key = job_key(id)
   local v = redis.call('HMGET', key, 'name', 'queue', 'payload', 'priority', 'attempt',
     'max_attempts', 'timeout_us', 'app', 'tenant', 'errors', 'run')
   local fields = { 'id', dlq_id, 'job_id', id, 'name', v[1], 'queue', v[2], 'payload', v[3],
-    'priority', v[4], 'attempts', v[5], 'max_attempts', v[6], 'failed_at', I(NOW),
+    'priority', v[4], 'attempts', v[5], 'max_attempts', v[6], 'failed_at', NOW_S,
     'errors', v[10] or '[]' }
   local function put(field, value)
     if value then fields[#fields + 1] = field; fields[#fields + 1] = value end
@@ -111,6 +135,19 @@ local function resolve_run_at(kind, value)
   return t
 end
 
+-- The next enqueue sequence number. Numbers are taken from K_SEQ 1,000 at a time per script
+-- call (one INCRBY, not one INCR per job); the ones a call leaves unused are skipped, which
+-- keeps the order.
+local seq_next, seq_last = 1, 0
+local function next_seq()
+  if seq_next > seq_last then
+    seq_last = redis.call('INCRBY', K_SEQ, 1000)
+    seq_next = seq_last - 999
+  end
+  seq_next = seq_next + 1
+  return seq_next - 1
+end
+
 -- Store a new available job (`transition::enqueue`): its hash, the all-jobs index, its ready or
 -- sched set and its state. `job` holds id, name, queue, payload, priority, run_at (number),
 -- max_attempts, and optionally timeout_us, unique_key (the job's key, its unique key set to
@@ -118,11 +155,15 @@ end
 -- and values (a run's drive job adds 'run', <run id>), or nil.
 local function insert_job(job, extra)
   local id = job.id
-  local seq = redis.call('INCR', K_SEQ)
-  local fields = { 'id', id, 'name', job.name, 'queue', job.queue, 'payload', job.payload,
-    'priority', job.priority, 'state', 'available', 'attempt', '0',
-    'max_attempts', job.max_attempts, 'run_at', I(job.run_at), 'created_at', I(NOW),
-    'seq', I(seq) }
+  local seq = next_seq()
+  -- Hashes this small are listpacks, searched front to back: the fields transitions read
+  -- come first. Fields a later transition writes (the lease, `last_finish`, a cancel request)
+  -- are absent until then: every argument costs the script, and a read of a missing field
+  -- answers nil, which no token equals.
+  local fields = { 'state', 'available', 'queue', job.queue, 'attempt', '0',
+    'max_attempts', job.max_attempts, 'name', job.name, 'priority', job.priority,
+    'run_at', I(job.run_at), 'seq', I(seq), 'id', id, 'created_at', NOW_S,
+    'payload', job.payload }
   local function put(field, v)
     if v ~= nil then fields[#fields + 1] = field; fields[#fields + 1] = v end
   end
@@ -136,7 +177,7 @@ local function insert_job(job, extra)
   put('tenant', job.tenant)
   for i = 1, #(extra or {}), 2 do put(extra[i], extra[i + 1]) end
   redis.call('HSET', job_key(id), unpack(fields))
-  redis.call('ZADD', K_JOBS, 0, id)
+  zadd(K_JOBS, 0, id)
   index_available(id, job.queue, job.name, tonumber(job.priority), job.run_at, seq)
   add_state(id, job.queue, 'available')
 end
@@ -156,7 +197,7 @@ local function job_lease(id)
   return { state = v[1], queue = v[2], name = v[3], priority = tonumber(v[4]),
            run_at = tonumber(v[5]), seq = tonumber(v[6]), token = v[7], owner = v[8],
            attempt = tonumber(v[9]), max_attempts = tonumber(v[10]),
-           cancel_requested = v[11] and true or false, last_finish = v[12] }
+           cancel_requested = v[11] == '1', last_finish = v[12] }
 end
 
 -- Whether `token` holds the lease of job `lease` (from job_lease): `transition::holds`. An
@@ -167,7 +208,11 @@ end
 
 -- Available again at `run_at` with the attempt returned (`transition::give_back`: snooze,
 -- release). `lease` is the running job's job_lease.
-local function give_back(id, lease, run_at)
-  if lease.attempt > 0 then redis.call('HSET', job_key(id), 'attempt', I(lease.attempt - 1)) end
-  make_available(id, lease, 'running', run_at)
+local function give_back(id, lease, run_at, extra)
+  local fields = extra or {}
+  if lease.attempt > 0 then
+    fields[#fields + 1] = 'attempt'
+    fields[#fields + 1] = I(lease.attempt - 1)
+  end
+  make_available(id, lease, 'running', run_at, fields)
 end

@@ -5,8 +5,8 @@ local id = ARGV[2]
 local state, refused = fence(id, ARGV[3], ARGV[4])
 if refused then return refused end
 if state == 'suspended' then
-  redis.call('HSET', run_key(id), 'state', 'running', 'updated_at', I(NOW))
+  redis.call('HSET', run_key(id), 'state', 'running', 'updated_at', NOW_S)
   redis.call('HDEL', run_key(id), 'waiting')
   move_run_state(id, 'suspended', 'running')
 end
-return { redis.call('HGETALL', run_key(id)), checkpoints_of(id), I(NOW) }
+return { redis.call('HGETALL', run_key(id)), checkpoints_of(id), NOW_S }

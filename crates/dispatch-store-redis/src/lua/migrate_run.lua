@@ -11,7 +11,7 @@ if place and place.state == 'running' then
 end
 if v[1] == 'completed' then return refuse('CONFLICT', 'run ' .. id .. ' has completed') end
 
-redis.call('HSET', run_key(id), 'version', version, 'updated_at', I(NOW))
+redis.call('HSET', run_key(id), 'version', version, 'updated_at', NOW_S)
 if is_final_run(v[1]) then reopen_run(id, v[1]) end
 local run_at = NOW
 if place and place.state == 'available' then run_at = place.run_at end

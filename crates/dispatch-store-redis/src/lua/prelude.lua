@@ -28,6 +28,9 @@ local function I(n)
   return string.format('%d', n)
 end
 
+-- NOW as I() writes it, formatted once per call.
+local NOW_S = I(NOW)
+
 -- Refuse the call (before any write). `kind` is CONFLICT, NOT_FOUND, LEASE_LOST or INVALID.
 local function refuse(kind, message)
   return redis.error_reply('DISPATCH_' .. kind .. ' ' .. message)
@@ -48,8 +51,6 @@ local K_LEASES = P .. ':leases'
 -- Every job (score 0, lexical by id), and per state.
 local K_JOBS = P .. ':jobs'
 local function state_key(state) return P .. ':state:' .. state end
--- Finished jobs by finish time (score), for retention.
-local K_FINISHED = P .. ':finished'
 -- Counts per (state, queue): field "<state>:<queue>".
 local K_COUNTS = P .. ':counts'
 -- Enqueue order.
@@ -67,19 +68,28 @@ local K_RUNS = P .. ':runs'
 local function run_state_key(state) return P .. ':runstate:' .. state end
 
 -- Index bookkeeping ---------------------------------------------------------------------------
--- Changes are gathered per script and written by flush(): one variadic ZREM / ZADD per index
--- and one HINCRBY per (state, queue), however many jobs the call moved.
-local pending_rem = {}   -- state -> { ids }
-local pending_add = {}   -- state -> { ids }
+-- Sorted-set writes of the hot paths (ready, sched, lease, state and all-jobs indexes) are
+-- gathered per script and written by flush(): one variadic ZREM and one ZADD per key, however
+-- many jobs the call moved, which saves a command per job and index. Per key, the last write
+-- of a member wins, so a job placed and taken out again in one call ends where it should. A
+-- script that reads a set it wrote through zadd/zrem calls zflush() first (claim does, after
+-- promoting due jobs).
+local zpending = {}      -- key -> { member -> score, or false to remove }
 local pending_count = {} -- "<state>:<queue>" -> delta
 local woken = {}         -- queue -> true: queues that got available jobs
 local woken_any = false
 
-local function push(t, k, v)
-  local list = t[k]
-  if list == nil then list = {}; t[k] = list end
-  list[#list + 1] = v
+local function zwrite(key, member, score)
+  local members = zpending[key]
+  if members == nil then members = {}; zpending[key] = members end
+  members[member] = score
 end
+
+-- Add (or move) `member` of sorted set `key` at `score`, at flush.
+local function zadd(key, score, member) zwrite(key, member, score) end
+
+-- Remove `member` from sorted set `key`, at flush.
+local function zrem(key, member) zwrite(key, member, false) end
 
 local function count(state, queue, delta)
   local field = state .. ':' .. queue
@@ -88,22 +98,22 @@ end
 
 -- A new job enters `state`.
 local function add_state(id, queue, state)
-  push(pending_add, state, id)
+  zadd(state_key(state), 0, id)
   count(state, queue, 1)
 end
 
 -- A job moves from one state to another.
 local function move_state(id, queue, from, to)
   if from == to then return end
-  push(pending_rem, from, id)
-  push(pending_add, to, id)
+  zrem(state_key(from), id)
+  zadd(state_key(to), 0, id)
   count(from, queue, -1)
   count(to, queue, 1)
 end
 
 -- A job leaves the store (retention, deletes).
 local function drop_state(id, queue, state)
-  push(pending_rem, state, id)
+  zrem(state_key(state), id)
   count(state, queue, -1)
 end
 
@@ -111,32 +121,46 @@ local function wake(queue)
   woken[queue] = true
 end
 
-local function variadic(cmd, key, args, chunk_prefix)
-  -- unpack has a stack limit: write in chunks of 4000.
+-- `cmd key args...` in chunks (unpack has a stack limit); `width` arguments per item, so a
+-- chunk never splits a score from its member.
+local function variadic(cmd, key, args, width)
+  local size = 4000 - 4000 % (width or 1)
   local i = 1
   while i <= #args do
-    local last = math.min(i + 3999, #args)
-    local part = {}
-    for j = i, last do
-      if chunk_prefix then part[#part + 1] = chunk_prefix end
-      part[#part + 1] = args[j]
-    end
-    redis.call(cmd, key, unpack(part))
+    local last = math.min(i + size - 1, #args)
+    redis.call(cmd, key, unpack(args, i, last))
     i = last + 1
   end
 end
 
+-- Write the gathered sorted-set changes.
+local function zflush()
+  for key, members in pairs(zpending) do
+    local adds, rems = {}, {}
+    for member, score in pairs(members) do
+      if score then
+        adds[#adds + 1] = score
+        adds[#adds + 1] = member
+      else
+        rems[#rems + 1] = member
+      end
+    end
+    if #rems > 0 then variadic('ZREM', key, rems) end
+    if #adds > 0 then variadic('ZADD', key, adds, 2) end
+  end
+  zpending = {}
+end
+
 -- Write the gathered index changes and publish one wake-up.
 local function flush()
-  for state, ids in pairs(pending_rem) do variadic('ZREM', state_key(state), ids) end
-  for state, ids in pairs(pending_add) do variadic('ZADD', state_key(state), ids, '0') end
+  zflush()
   for field, delta in pairs(pending_count) do
     if delta ~= 0 then
       local n = redis.call('HINCRBY', K_COUNTS, field, delta)
       if n <= 0 then redis.call('HDEL', K_COUNTS, field) end
     end
   end
-  pending_rem, pending_add, pending_count = {}, {}, {}
+  pending_count = {}
   local queues = {}
   for q in pairs(woken) do queues[#queues + 1] = q end
   if #queues == 1 then

@@ -65,7 +65,7 @@ end
 -- Insert or replace checkpoint `key` of run `id`: a new key goes last in write order, a
 -- rewritten one keeps its place (its data and time replaced).
 local function write_checkpoint(id, key, data)
-  redis.call('HSET', ckpt_key(id), 'd:' .. key, data, 't:' .. key, I(NOW))
+  redis.call('HSET', ckpt_key(id), 'd:' .. key, data, 't:' .. key, NOW_S)
   local order = ckpt_order_key(id)
   if redis.call('ZSCORE', order, key) then return end
   local last = redis.call('ZRANGE', order, -1, -1, 'WITHSCORES')
@@ -93,7 +93,7 @@ local function checkpoints_of(id)
   for _, key in ipairs(keys) do
     out[#out + 1] = key
     out[#out + 1] = fields['d:' .. key] or ''
-    out[#out + 1] = fields['t:' .. key] or I(NOW)
+    out[#out + 1] = fields['t:' .. key] or NOW_S
   end
   return out
 end
@@ -185,8 +185,8 @@ end
 -- `value`: its waits go, it waits for nothing (dispatch-store-memory's run::end).
 local function end_run_record(id, from, state, field, value)
   local key = run_key(id)
-  redis.call('HSET', key, 'state', state, field, value, 'updated_at', I(NOW),
-    'finished_at', I(NOW))
+  redis.call('HSET', key, 'state', state, field, value, 'updated_at', NOW_S,
+    'finished_at', NOW_S)
   redis.call('HDEL', key, 'waiting')
   move_run_state(id, from, state)
   remove_waits(id)
@@ -196,7 +196,7 @@ end
 -- request and waiting cleared (the memory store's run::reopen).
 local function reopen_run(id, from)
   local key = run_key(id)
-  redis.call('HSET', key, 'state', 'running', 'updated_at', I(NOW))
+  redis.call('HSET', key, 'state', 'running', 'updated_at', NOW_S)
   redis.call('HDEL', key, 'output', 'error', 'finished_at', 'cancel_requested', 'waiting')
   move_run_state(id, from, 'running')
 end

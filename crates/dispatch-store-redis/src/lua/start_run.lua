@@ -47,7 +47,7 @@ insert_job({ id = drive, name = job_arg(1), queue = job_arg(2), payload = job_ar
   app = option(job_arg(11)), tenant = option(job_arg(12)) }, { 'run', id })
 
 local fields = { 'id', id, 'name', name, 'version', ARGV[4], 'state', 'running', 'input', input,
-  'drive_job', drive, 'created_at', I(NOW), 'updated_at', I(NOW) }
+  'drive_job', drive, 'created_at', NOW_S, 'updated_at', NOW_S }
 local function put(field, v)
   if v ~= '-' then fields[#fields + 1] = field; fields[#fields + 1] = string.sub(v, 2) end
 end

@@ -35,7 +35,7 @@ for i, w in ipairs(waits) do
   if last[w.key] == i then add_wait(id, w.key, w.name, w.corr) end
 end
 local key = run_key(id)
-redis.call('HSET', key, 'state', 'suspended', 'updated_at', I(NOW))
+redis.call('HSET', key, 'state', 'suspended', 'updated_at', NOW_S)
 if waiting ~= '' then redis.call('HSET', key, 'waiting', waiting) else redis.call('HDEL', key, 'waiting') end
 move_run_state(id, state, 'suspended')
 
