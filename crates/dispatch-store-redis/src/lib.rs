@@ -20,8 +20,8 @@
 //! scored by lease expiry. Listings page through per-state and per-entity indexes ordered by
 //! ID; counts per (queue, state) are kept by the scripts. The index of each final state is in
 //! ID (creation) order, so retention can remove finished jobs in bounded batches, oldest first,
-//! stopping at the first job created after its cutoff (a job finishes after it is created). A run is a hash beside
-//! its checkpoints (data by key, and their write order), its event waits (indexed per scope,
+//! stopping at the first job created after its cutoff (a job finishes after it is created).
+//! A run is a hash beside its checkpoints (data by key, and their write order), its event waits (indexed per scope,
 //! event name and correlation, oldest first) and the events kept for later waits.
 //! `src/lua/prelude.lua` documents every job key, `src/lua/runs.lua` every workflow key.
 //!
