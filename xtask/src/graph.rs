@@ -26,15 +26,19 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
             "dispatch-store-memory",
             "dispatch-store-sqlite",
             "dispatch-store-postgres",
+            "dispatch-store-redis",
             "dispatch-workflow",
         ]),
         // Leaves: programs that use the library.
         // The guides' doctests (docs/) compile against the umbrella alone, as users do.
         "dispatch-bench" | "dispatch-docs" | "minimal" | "quickstart" | "workflow-example"
         | "xtask" => Some(&["dispatch"]),
-        "dispatch-durability-tests" => {
-            Some(&["dispatch", "dispatch-store-sqlite", "dispatch-store-postgres"])
-        }
+        "dispatch-durability-tests" => Some(&[
+            "dispatch",
+            "dispatch-store-sqlite",
+            "dispatch-store-postgres",
+            "dispatch-store-redis",
+        ]),
         _ => None,
     }
 }
