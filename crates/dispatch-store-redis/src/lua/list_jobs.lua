@@ -18,6 +18,26 @@ if name ~= '-' then name = string.sub(name, 2) end
 local key = K_JOBS
 if index ~= '' then key = state_key(index) end
 
+-- The IDs after `from` ('-' or '(<id>') of the index, at most `size`, in ID order. Running
+-- jobs are read from K_LEASES (scored by expiry, not ID): all of them, sorted here, which a
+-- listing can afford because running jobs are bounded by the workers' slots.
+local running
+local function range(from, size)
+  if index ~= 'running' then
+    return redis.call('ZRANGEBYLEX', key, from, '+', 'LIMIT', 0, size)
+  end
+  if not running then
+    running = redis.call('ZRANGE', K_LEASES, 0, -1)
+    table.sort(running)
+  end
+  local after = string.sub(from, 2)
+  local ids = {}
+  for _, id in ipairs(running) do
+    if (from == '-' or id > after) and #ids < size then ids[#ids + 1] = id end
+  end
+  return ids
+end
+
 -- Whether job `id` passes the queue and name filters.
 local function matches(id)
   if not filtered then return true end
@@ -33,7 +53,7 @@ local ended = false
 while #rows < want and scanned < budget do
   -- Unfiltered, every entry matches: read no more than the page needs.
   local size = math.min(budget - scanned, filtered and CHUNK or (want - #rows))
-  local ids = redis.call('ZRANGEBYLEX', key, start, '+', 'LIMIT', 0, size)
+  local ids = range(start, size)
   for _, id in ipairs(ids) do
     scanned = scanned + 1
     last = id

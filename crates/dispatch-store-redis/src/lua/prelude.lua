@@ -48,7 +48,7 @@ local function ready_key(queue, name) return P .. ':ready:' .. pair(queue, name)
 local function sched_key(queue, name) return P .. ':sched:' .. pair(queue, name) end
 -- Running jobs: score lease expiry, member id.
 local K_LEASES = P .. ':leases'
--- Every job (score 0, lexical by id), and per state.
+-- Every job (score 0, lexical by id), and per state (but running: see K_LEASES).
 local K_JOBS = P .. ':jobs'
 local function state_key(state) return P .. ':state:' .. state end
 -- Counts per (state, queue): field "<state>:<queue>".
@@ -96,24 +96,28 @@ local function count(state, queue, delta)
   pending_count[field] = (pending_count[field] or 0) + delta
 end
 
+-- Running jobs have no state index of their own: K_LEASES holds exactly them (listings of
+-- running jobs read it), which spares a claim and a finish a sorted-set write each.
+local function indexed(state) return state ~= 'running' end
+
 -- A new job enters `state`.
 local function add_state(id, queue, state)
-  zadd(state_key(state), 0, id)
+  if indexed(state) then zadd(state_key(state), 0, id) end
   count(state, queue, 1)
 end
 
 -- A job moves from one state to another.
 local function move_state(id, queue, from, to)
   if from == to then return end
-  zrem(state_key(from), id)
-  zadd(state_key(to), 0, id)
+  if indexed(from) then zrem(state_key(from), id) end
+  if indexed(to) then zadd(state_key(to), 0, id) end
   count(from, queue, -1)
   count(to, queue, 1)
 end
 
 -- A job leaves the store (retention, deletes).
 local function drop_state(id, queue, state)
-  zrem(state_key(state), id)
+  if indexed(state) then zrem(state_key(state), id) end
   count(state, queue, -1)
 end
 

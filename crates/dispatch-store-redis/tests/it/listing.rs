@@ -2,9 +2,11 @@
 //! filter that matches little comes back in short pages that carry a cursor, and following the
 //! cursors finds every match exactly once.
 
-use dispatch_core::{JobFilter, JobStore, PageRequest};
+use std::time::Duration;
 
-use crate::common::{job_in, store};
+use dispatch_core::{JobFilter, JobId, JobState, JobStore, PageRequest};
+
+use crate::common::{job_in, request, store};
 use crate::support::ServerTest;
 
 /// More jobs than one listing call reads (its budget is 10,000 index entries).
@@ -12,9 +14,45 @@ const BULK: usize = 10_500;
 
 /// The tests of this module, by name.
 pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
-    vec![("a_rare_match_is_found_across_short_pages", |url| {
-        Box::pin(a_rare_match_is_found_across_short_pages(url))
-    })]
+    vec![
+        ("a_rare_match_is_found_across_short_pages", |url| {
+            Box::pin(a_rare_match_is_found_across_short_pages(url))
+        }),
+        ("running_jobs_page_in_id_order", |url| Box::pin(running_jobs_page_in_id_order(url))),
+    ]
+}
+
+/// Running jobs have no state index of their own (the lease set holds them, scored by
+/// expiry): their listing still pages in ID order, each exactly once, filters applied.
+async fn running_jobs_page_in_id_order(url: String) {
+    let store = store(&url).await;
+    let mut jobs: Vec<_> = (0..25).map(|_| job_in("run", "listing")).collect();
+    jobs.extend((0..5).map(|_| job_in("other", "listing")));
+    let ids: Vec<JobId> =
+        store.enqueue(jobs).await.expect("enqueue").iter().map(|e| e.id()).collect();
+    // Leases of different lengths, so expiry order is not ID order.
+    for (limit, ttl) in [(10, 300), (10, 100), (5, 200)] {
+        let claim = request("listing", "run", limit, Duration::from_secs(ttl));
+        store.claim(&claim).await.expect("claim");
+    }
+    let mut expected = ids[..25].to_vec();
+    expected.sort();
+    let filter = JobFilter {
+        state: Some(JobState::Running),
+        name: Some("run".into()),
+        ..JobFilter::default()
+    };
+    let (mut found, mut page) = (Vec::new(), PageRequest::first(7));
+    loop {
+        let got = store.list_jobs(&filter, &page).await.expect("list_jobs");
+        assert!(got.items.iter().all(|job| job.state == JobState::Running));
+        found.extend(got.items.iter().map(|job| job.id));
+        match PageRequest::next_of(&got, 7) {
+            Some(next) => page = next,
+            None => break,
+        }
+    }
+    assert_eq!(found, expected);
 }
 
 async fn a_rare_match_is_found_across_short_pages(url: String) {
