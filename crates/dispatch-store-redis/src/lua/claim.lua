@@ -34,30 +34,37 @@ local function promote(queue, name)
   variadic('ZREM', sched, due)
 end
 
-local candidates = {}
+local candidates, pairs_found = {}, 0
 for _, queue in ipairs(queues) do
   for _, name in ipairs(names) do
     promote(queue, name)
     local ready = ready_key(queue, name)
     local top = redis.call('ZRANGE', ready, 0, limit - 1, 'WITHSCORES')
+    if #top > 0 then pairs_found = pairs_found + 1 end
     for j = 1, #top, 2 do
       candidates[#candidates + 1] = { score = tonumber(top[j + 1]), member = top[j], ready = ready, queue = queue }
     end
   end
 end
-table.sort(candidates, function(a, b)
-  if a.score ~= b.score then return a.score < b.score end
-  return a.member < b.member
-end)
+-- One pair's candidates come in claim order already; several pairs' are merged.
+if pairs_found > 1 then
+  table.sort(candidates, function(a, b)
+    if a.score ~= b.score then return a.score < b.score end
+    return a.member < b.member
+  end)
+end
 
 local expires = NOW + ttl
 local expires_s = I(expires)
+-- How many jobs the claim takes from each ready set: always the set's best, so they leave it
+-- by rank (ZREMRANGEBYRANK), not member by member.
+local taken = {}
 local out = {}
 for i = 1, math.min(limit, #candidates) do
   local c = candidates[i]
   local id = string.sub(c.member, 34)
   local key = job_key(id)
-  zrem(c.ready, c.member)
+  taken[c.ready] = (taken[c.ready] or 0) + 1
   -- `transition::claim`: running, one more attempt, the lease. An available job carries no
   -- cancel request (a job leaving `running` clears its own, see jobs.lua clear_lease).
   redis.call('HINCRBY', key, 'attempt', 1)
@@ -67,6 +74,7 @@ for i = 1, math.min(limit, #candidates) do
   move_state(id, c.queue, 'available', 'running')
   out[#out + 1] = id
 end
+for ready, n in pairs(taken) do redis.call('ZREMRANGEBYRANK', ready, 0, n - 1) end
 flush()
 -- A small claim (an idle worker woken for one job) answers the hashes too, saving the round
 -- trip of the pipelined read, which only pays for itself on a large batch.
