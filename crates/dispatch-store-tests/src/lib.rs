@@ -60,6 +60,7 @@ pub mod faults;
 pub mod fixtures;
 pub mod runs;
 pub mod runtime;
+pub mod server;
 
 pub mod dlq;
 pub mod job;

@@ -1,18 +1,15 @@
 //! What the Redis test binaries (`it` and `conformance`) share: the server's URL, a probe,
-//! fresh key prefixes whose keys are deleted at the end of the run, and a small libtest-mimic
-//! runner for tests that need the server (ignored when it is unreachable, failed instead under
-//! `CI=true`, as the conformance suite does).
+//! fresh key prefixes whose keys are deleted at the end of the run, and the runner of tests that
+//! need the server (`dispatch_store_tests::server`: ignored when it is unreachable, failed
+//! instead under `CI=true`, as the conformance suite does).
 
 // Each test binary uses a part of this module.
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
-
-use libtest_mimic::{Arguments, Failed, Trial};
 
 /// The server the tests use unless `DISPATCH_TEST_REDIS_URL` names another.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
@@ -72,51 +69,16 @@ pub fn delete_created_prefixes(url: &str) {
     }
 }
 
-/// A test that needs the server: gets its URL.
-pub type ServerTest = fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+pub use dispatch_store_tests::server::ServerTest;
 
-/// Run `tests` (name, test) as a libtest-mimic harness, each on its own two-worker runtime;
-/// then delete the keys of the prefixes they made.
+/// Run `tests` (name, test) as a libtest-mimic harness against the test server (see
+/// `dispatch_store_tests::server`); then delete the keys of the prefixes they made.
 pub fn run(tests: Vec<(String, ServerTest)>) -> ExitCode {
-    let args = Arguments::from_args();
     let url = url();
-    let probe = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| rt.block_on(probe(&url)));
-    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if let Err(reason) = &probe {
-        let what = if in_ci { "CI=true, so every test fails" } else { "every test is ignored" };
-        eprintln!("{reason}; {what}");
-    }
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| match &probe {
-            Ok(()) => {
-                let url = url.clone();
-                Trial::test(name, move || run_one(test, url))
-            }
-            Err(reason) => {
-                let reason = reason.clone();
-                Trial::test(name, move || Err(Failed::from(reason))).with_ignored_flag(!in_ci)
-            }
-        })
-        .collect();
-    let code = libtest_mimic::run(&args, trials).exit_code();
+    let probe = dispatch_store_tests::server::probe_with(probe(&url));
+    let code = dispatch_store_tests::server::run_server_tests(&url, probe, tests);
     delete_created_prefixes(&url);
     code
-}
-
-fn run_one(test: ServerTest, url: String) -> Result<(), Failed> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("can not build a tokio runtime: {e}"))?;
-    runtime
-        .block_on(async { tokio::time::timeout(Duration::from_secs(120), test(url)).await })
-        .map_err(|_| Failed::from("the test did not finish within 120 s"))
 }
 
 /// Poll `check` every 10 ms until it answers `Some`, at most `limit`; its answer.
