@@ -17,8 +17,8 @@
 //! (queue, job name), scored by priority and ordered by run-at and enqueue order inside it, so
 //! a claim costs O(batch) whatever else the queue holds; jobs not yet due wait in a sorted set
 //! per pair scored by run-at, and move over when the claim finds them due; running jobs are
-//! scored by lease expiry. Listings page through per-state and per-entity indexes ordered by
-//! ID; counts per (queue, state) are kept by the scripts. The index of each final state is in
+//! scored by lease expiry (which is also how running jobs are listed). Listings page through
+//! per-state and per-entity indexes ordered by ID; counts per (queue, state) are kept by the scripts. The index of each final state is in
 //! ID (creation) order, so retention can remove finished jobs in bounded batches, oldest first,
 //! stopping at the first job created after its cutoff (a job finishes after it is created).
 //! A run is a hash beside its checkpoints (data by key, and their write order), its event waits (indexed per scope,
