@@ -446,6 +446,36 @@ pub enum Outcome {
     Release,
 }
 
+impl Outcome {
+    /// The stable lowercase name of the outcome, as SQL and Lua stores spell it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::Retry { .. } => "retry",
+            Self::Fail { .. } => "fail",
+            Self::Snooze { .. } => "snooze",
+            Self::Cancel => "cancel",
+            Self::Release => "release",
+        }
+    }
+
+    /// The failure a retry or a fail records; `None` for the other outcomes.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            Self::Retry { failure, .. } | Self::Fail { failure } => Some(failure),
+            _ => None,
+        }
+    }
+
+    /// When a retry or a snooze makes the job available again; `None` for the other outcomes.
+    pub fn run_at(&self) -> Option<RunAt> {
+        match self {
+            Self::Retry { run_at, .. } | Self::Snooze { run_at } => Some(*run_at),
+            _ => None,
+        }
+    }
+}
+
 /// One finish: end the attempt held by `lease` with `outcome`.
 ///
 /// A cancel request wins over running again: when the job has a cancel request, an outcome that

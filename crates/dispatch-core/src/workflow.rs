@@ -367,6 +367,14 @@ impl Suspend {
     pub fn wake_at(&self) -> Option<Timestamp> {
         self.waits.iter().map(|w| w.deadline).chain(self.until).min()
     }
+
+    /// [`wake_at`](Self::wake_at), which a store's suspend requires: `InvalidInput` when there
+    /// is nothing to wake for (no time and no wait).
+    pub fn required_wake_at(&self) -> Result<Timestamp> {
+        self.wake_at().ok_or_else(|| {
+            Error::invalid_input("a suspend needs a wake time or an event to wait for")
+        })
+    }
 }
 
 /// What a suspend did.

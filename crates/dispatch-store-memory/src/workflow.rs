@@ -89,9 +89,7 @@ impl WorkflowStore for MemoryStore {
 
     async fn suspend_run(&self, lease: LeaseRef, suspend: Suspend) -> Result<SuspendOutcome> {
         let now = self.clock.now();
-        let wake_at = suspend.wake_at().ok_or_else(|| {
-            Error::invalid_input("a suspend needs a wake time or an event to wait for")
-        })?;
+        let wake_at = suspend.required_wake_at()?;
         self.state.lock().suspend(lease, suspend, wake_at, now)
     }
 

@@ -9,7 +9,7 @@
 //! first, in a statement of its own.
 
 use dispatch_core::{
-    Error, LeaseRef, NewEvent, Published, Result, RunId, Suspend, SuspendOutcome, WaitResolution,
+    LeaseRef, NewEvent, Published, Result, RunId, Suspend, SuspendOutcome, WaitResolution,
     WaitingFor,
 };
 use sqlx::SqlStr;
@@ -200,9 +200,7 @@ impl PostgresStore {
         lease: LeaseRef,
         suspend: Suspend,
     ) -> Result<SuspendOutcome> {
-        let wake_at = suspend.wake_at().ok_or_else(|| {
-            Error::invalid_input("a suspend needs a wake time or an event to wait for")
-        })?;
+        let wake_at = suspend.required_wake_at()?;
         let waits = &suspend.waits;
         let keys: Vec<&str> = waits.iter().map(|w| w.key.as_str()).collect();
         let names: Vec<&str> = waits.iter().map(|w| w.name.as_str()).collect();

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use dispatch_core::{DlqId, Finish, FinishResult, JobId, JobState, Outcome, RescueReport, Result};
+use dispatch_core::{DlqId, Finish, FinishResult, JobId, JobState, RescueReport, Result};
 use sqlx::SqlStr;
 use sqlx::postgres::PgRow;
 use uuid::Uuid;
@@ -176,15 +176,9 @@ impl FinishColumns {
     fn of(finishes: &[Finish]) -> Self {
         let mut c = Self::default();
         for finish in finishes {
-            let (outcome, failure, run_at) = match &finish.outcome {
-                Outcome::Complete => ("complete", None, None),
-                Outcome::Retry { failure, run_at } => ("retry", Some(failure), Some(*run_at)),
-                Outcome::Fail { failure } => ("fail", Some(failure), None),
-                Outcome::Snooze { run_at } => ("snooze", None, Some(*run_at)),
-                Outcome::Cancel => ("cancel", None, None),
-                Outcome::Release => ("release", None, None),
-            };
-            let (run_abs, run_delay) = run_at.map(run_at_parts).unwrap_or_default();
+            let (outcome, failure) = (finish.outcome.as_str(), finish.outcome.failure());
+            let (run_abs, run_delay) =
+                finish.outcome.run_at().map(run_at_parts).unwrap_or_default();
             c.job_ids.push(finish.lease.job_id.uuid());
             c.tokens.push(finish.lease.token.uuid());
             c.outcomes.push(outcome);

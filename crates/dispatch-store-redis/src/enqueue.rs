@@ -1,13 +1,13 @@
 //! Enqueue: validation here, then one script call for the whole batch (`lua/enqueue.lua`:
 //! retried and reused IDs, unique keys, placing each job in its ready or scheduled set).
 
-use dispatch_core::{Enqueued, JobId, NewJob, Result, RunAt};
+use dispatch_core::{Enqueued, JobId, NewJob, Result};
 use redis::ScriptInvocation;
 
 use crate::RedisStore;
 use crate::error::internal;
 use crate::keys::hex;
-use crate::row::{array, duration_arg, int, option_arg, parse_uuid, string, time_arg};
+use crate::row::{array, duration_arg, int, option_arg, parse_uuid, run_at_args, string};
 
 impl RedisStore {
     pub(crate) async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
@@ -36,11 +36,7 @@ impl RedisStore {
 
 /// The 13 arguments of one job (see `lua/enqueue.lua`).
 pub(crate) fn job_args(call: &mut ScriptInvocation<'_>, job: &NewJob) {
-    let (kind, value) = match job.run_at {
-        RunAt::Now => ("now", 0),
-        RunAt::At(t) => ("at", time_arg(t)),
-        RunAt::After(d) => ("after", duration_arg(d)),
-    };
+    let (kind, value) = run_at_args(job.run_at);
     call.arg(hex(job.id.uuid()))
         .arg(&job.name)
         .arg(&job.queue)

@@ -4,7 +4,7 @@
 //! arguments, so they stay bytes.
 
 use dispatch_core::{
-    Error, LeaseRef, NewEvent, Published, Result, RunId, Suspend, SuspendOutcome, WaitResolution,
+    LeaseRef, NewEvent, Published, Result, RunId, Suspend, SuspendOutcome, WaitResolution,
     WaitingFor,
 };
 
@@ -19,9 +19,7 @@ impl RedisStore {
         lease: LeaseRef,
         suspend: Suspend,
     ) -> Result<SuspendOutcome> {
-        let wake_at = suspend.wake_at().ok_or_else(|| {
-            Error::invalid_input("a suspend needs a wake time or an event to wait for")
-        })?;
+        let wake_at = suspend.required_wake_at()?;
         let waiting = WaitingFor::to_column(&suspend.waiting)?.unwrap_or_default();
         let mut call = self.fenced_call(&self.inner.scripts.suspend_run, lease, suspend.run);
         call.arg(time_arg(wake_at)).arg(waiting).arg(suspend.waits.len());

@@ -4,15 +4,13 @@
 
 use std::str::FromStr;
 
-use dispatch_core::{
-    DlqId, Finish, FinishResult, JobId, JobState, Outcome, RescueReport, Result, RunAt,
-};
+use dispatch_core::{DlqId, Finish, FinishResult, JobId, JobState, RescueReport, Result};
 use redis::{ScriptInvocation, Value};
 
 use crate::RedisStore;
 use crate::error::internal;
 use crate::keys::hex;
-use crate::row::{array, duration_arg, int, parse_uuid, string, time_arg};
+use crate::row::{array, int, parse_uuid, run_at_args, string};
 
 /// The most jobs one rescue call takes; a larger limit is worked through in several calls.
 const RESCUE_CHUNK: usize = 1000;
@@ -83,19 +81,9 @@ impl RedisStore {
 
 /// The 8 arguments of one finish (see `lua/finish.lua`).
 fn finish_args(call: &mut ScriptInvocation<'_>, finish: &Finish) {
-    let (outcome, failure, run_at) = match &finish.outcome {
-        Outcome::Complete => ("complete", None, None),
-        Outcome::Retry { failure, run_at } => ("retry", Some(failure), Some(*run_at)),
-        Outcome::Fail { failure } => ("fail", Some(failure), None),
-        Outcome::Snooze { run_at } => ("snooze", None, Some(*run_at)),
-        Outcome::Cancel => ("cancel", None, None),
-        Outcome::Release => ("release", None, None),
-    };
-    let (kind, value) = match run_at {
-        None | Some(RunAt::Now) => ("now", 0),
-        Some(RunAt::At(t)) => ("at", time_arg(t)),
-        Some(RunAt::After(d)) => ("after", duration_arg(d)),
-    };
+    let failure = finish.outcome.failure();
+    let (kind, value) = run_at_args(finish.outcome.run_at().unwrap_or_default());
+    let outcome = finish.outcome.as_str();
     call.arg(hex(finish.lease.job_id.uuid())).arg(hex(finish.lease.token.uuid())).arg(outcome);
     match failure {
         Some(failure) => call.arg(failure.kind.as_str()).arg(&failure.message),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use dispatch_core::{
     AttemptError, Checkpoint, DlqEntry, DlqId, FailureKind, Job, JobId, JobState, Lease,
-    LeaseToken, Result, Run, RunId, RunState, Scope, Timestamp, WaitingFor, WorkerId,
+    LeaseToken, Result, Run, RunAt, RunId, RunState, Scope, Timestamp, WaitingFor, WorkerId,
 };
 use redis::Value;
 use serde::Deserialize;
@@ -30,6 +30,16 @@ pub(crate) fn time_arg(t: Timestamp) -> i64 {
 /// A duration as a script argument in µs, clamped to [`MAX_TIME`].
 pub(crate) fn duration_arg(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(MAX_TIME).min(MAX_TIME)
+}
+
+/// A run-at as the two script arguments `jobs.lua`'s `resolve_run_at` reads: its kind
+/// (`now`, `at`, `after`) and its value in µs.
+pub(crate) fn run_at_args(run_at: RunAt) -> (&'static str, i64) {
+    match run_at {
+        RunAt::Now => ("now", 0),
+        RunAt::At(t) => ("at", time_arg(t)),
+        RunAt::After(d) => ("after", duration_arg(d)),
+    }
 }
 
 /// An optional string as a script argument: `-` for none, `+value` for a value.

@@ -286,9 +286,7 @@ impl WorkflowStore for SqliteStore {
     }
 
     async fn suspend_run(&self, lease: LeaseRef, request: Suspend) -> Result<SuspendOutcome> {
-        let wake_at = request.wake_at().ok_or_else(|| {
-            Error::invalid_input("a suspend needs a wake time or an event to wait for")
-        })?;
+        let wake_at = request.required_wake_at()?;
         let now = self.clock.now();
         self.write("suspend_run", move |conn| {
             Box::pin(async move { suspend(conn, lease, &request, wake_at, now).await })
