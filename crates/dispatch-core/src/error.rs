@@ -33,6 +33,9 @@ pub enum ErrorKind {
     /// The caller's lease no longer holds: another attempt owns the work now, and this write was
     /// refused (fencing). Stop, do not retry.
     LeaseLost,
+    /// The caller's leader term is no longer valid (a newer leader took over, or the term's
+    /// lease expired): the leader write was refused (fencing). Step down, do not retry.
+    NotLeader,
     /// A bug or an invariant broken inside a store.
     Internal,
 }
@@ -50,6 +53,7 @@ impl ErrorKind {
             Self::Codec => "codec",
             Self::IncompatibleSchema => "incompatible_schema",
             Self::NotMigrated => "not_migrated",
+            Self::NotLeader => "not_leader",
             Self::LeaseLost => "lease_lost",
             Self::Internal => "internal",
         }

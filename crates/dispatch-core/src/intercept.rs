@@ -13,15 +13,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::cluster::{
+    Leader, LeaderWrite, SweepReport, WorkerHeartbeat, WorkerRecord, WorkerRegistration,
+};
 use crate::dlq::{DlqEntry, DlqFilter, DlqPurge, Replay};
 use crate::error::{Error, Result};
+use crate::id::WorkerId;
 use crate::id::{DlqId, JobId, RunId};
 use crate::job::{
     ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult, HeartbeatReport, Job, JobCancel,
     JobFilter, LeaseRef, LeaseToken, NewJob, QueueCount, RescueReport,
 };
 use crate::page::{Page, PageRequest};
-use crate::store::{DlqStore, JobStore, WorkflowStore};
+use crate::store::{DlqStore, JobStore, LeadershipStore, MembershipStore, WorkflowStore};
 use crate::wake::{ListenerState, WakeupStream};
 use crate::workflow::{
     Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd, RunFilter,
@@ -58,6 +62,11 @@ pub enum CallKind {
     /// A fenced call of a drive: `load_snapshot`, `save_checkpoints`, `suspend_run`, `resolve_wait`,
     /// `end_run`.
     Drive,
+    /// A worker registry call: `register_worker`, `heartbeat_worker`, `drain_worker`,
+    /// `deregister_worker`, `list_workers`.
+    Membership,
+    /// A leadership call, or leader work fenced by a term (`sweep_workers`).
+    Leadership,
 }
 
 /// One call about to reach the store.
@@ -287,5 +296,72 @@ impl<S: WorkflowStore + ?Sized, I: Interceptor> WorkflowStore for Intercepted<S,
     async fn migrate_run(&self, id: RunId, version: u32, drive_job_name: &str) -> Result<()> {
         let call = Call::one(CallKind::Run);
         self.around(call, self.inner.migrate_run(id, version, drive_job_name), done).await
+    }
+}
+
+#[async_trait]
+impl<S: MembershipStore + ?Sized, I: Interceptor> MembershipStore for Intercepted<S, I> {
+    async fn register_worker(&self, worker: &WorkerRegistration) -> Result<WorkerRecord> {
+        self.around(Call::one(CallKind::Membership), self.inner.register_worker(worker), done).await
+    }
+    async fn heartbeat_worker(
+        &self,
+        worker: WorkerId,
+        leases: &[LeaseRef],
+        lease_ttl: Duration,
+    ) -> Result<WorkerHeartbeat> {
+        let call = Call::new(CallKind::Heartbeat, leases.len());
+        let on = self.inner.heartbeat_worker(worker, leases, lease_ttl);
+        self.around(call, on, |beat| Reply::Heartbeat(&beat.leases)).await
+    }
+    async fn drain_worker(&self, worker: WorkerId) -> Result<()> {
+        self.around(Call::one(CallKind::Membership), self.inner.drain_worker(worker), done).await
+    }
+    async fn deregister_worker(&self, worker: WorkerId) -> Result<()> {
+        let call = Call::one(CallKind::Membership);
+        self.around(call, self.inner.deregister_worker(worker), done).await
+    }
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        self.around(Call::one(CallKind::Membership), self.inner.list_workers(), done).await
+    }
+    async fn sweep_workers(
+        &self,
+        term: &Leader,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<SweepReport> {
+        let call = Call::new(CallKind::Leadership, limit);
+        self.around(call, self.inner.sweep_workers(term, timeout, limit), done).await
+    }
+}
+
+#[async_trait]
+impl<S: LeadershipStore + ?Sized, I: Interceptor> LeadershipStore for Intercepted<S, I> {
+    async fn acquire_leadership(
+        &self,
+        name: &str,
+        holder: WorkerId,
+        ttl: Duration,
+    ) -> Result<Option<Leader>> {
+        let on = self.inner.acquire_leadership(name, holder, ttl);
+        self.around(Call::one(CallKind::Leadership), on, done).await
+    }
+    async fn renew_leadership(&self, term: &Leader, ttl: Duration) -> Result<Option<Leader>> {
+        let on = self.inner.renew_leadership(term, ttl);
+        self.around(Call::one(CallKind::Leadership), on, done).await
+    }
+    async fn resign_leadership(&self, term: &Leader) -> Result<()> {
+        let on = self.inner.resign_leadership(term);
+        self.around(Call::one(CallKind::Leadership), on, done).await
+    }
+    async fn take_leadership(&self, name: &str, holder: WorkerId, ttl: Duration) -> Result<Leader> {
+        let on = self.inner.take_leadership(name, holder, ttl);
+        self.around(Call::one(CallKind::Leadership), on, done).await
+    }
+    async fn leader(&self, name: &str) -> Result<Option<Leader>> {
+        self.around(Call::one(CallKind::Read), self.inner.leader(name), done).await
+    }
+    async fn leader_writes(&self, name: &str, limit: usize) -> Result<Vec<LeaderWrite>> {
+        self.around(Call::one(CallKind::Read), self.inner.leader_writes(name, limit), done).await
     }
 }

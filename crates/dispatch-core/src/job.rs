@@ -292,6 +292,9 @@ pub enum FailureKind {
     Decode,
     /// The worker holding the lease stopped heartbeating (crashed, hung, partitioned).
     LeaseExpired,
+    /// The worker holding the lease was marked gone by the cluster's leader: its registry
+    /// heartbeat stopped for longer than the worker timeout (dead-worker takeover).
+    WorkerLost,
 }
 
 impl FailureKind {
@@ -303,6 +306,7 @@ impl FailureKind {
             Self::Timeout => "timeout",
             Self::Decode => "decode",
             Self::LeaseExpired => "lease_expired",
+            Self::WorkerLost => "worker_lost",
         }
     }
 }

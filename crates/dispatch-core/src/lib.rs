@@ -11,6 +11,7 @@
 //! [`transition`].
 
 pub mod backoff;
+pub mod cluster;
 pub mod codec;
 pub mod dlq;
 pub mod error;
@@ -28,6 +29,11 @@ pub mod workflow;
 
 #[doc(inline)]
 pub use backoff::Backoff;
+#[doc(inline)]
+pub use cluster::{
+    DEFAULT_LEADERSHIP, Leader, LeaderWrite, SweepReport, WorkerHeartbeat, WorkerRecord,
+    WorkerRegistration, WorkerState,
+};
 #[doc(inline)]
 pub use dlq::{DlqEntry, DlqFilter, DlqPurge, Replay};
 #[doc(inline)]
@@ -49,7 +55,10 @@ pub use page::{Page, PageRequest};
 #[doc(inline)]
 pub use scope::Scope;
 #[doc(inline)]
-pub use store::{DlqStore, EnqueueTransaction, JobStore, WorkflowStore};
+pub use store::{
+    ClusterStore, DlqStore, EnqueueTransaction, JobStore, LeadershipStore, MembershipStore,
+    WorkflowStore,
+};
 #[doc(inline)]
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 #[doc(inline)]

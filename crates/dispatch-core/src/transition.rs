@@ -154,13 +154,44 @@ fn apply(job: &mut Job, outcome: &Outcome, now: Timestamp) -> Option<DlqEntry> {
 /// requested (even on its last attempt: no DLQ entry), available now while attempts are left,
 /// and dead otherwise, with the DLQ entry returned.
 pub fn rescue(job: &mut Job, now: Timestamp, report: &mut RescueReport) -> Option<DlqEntry> {
-    let cancel_requested = job.cancel_requested;
-    let message = match job.lease.take() {
+    let message = match job.lease {
         Some(lease) => format!("lease held by {} expired", lease.owner),
         None => "lease expired".to_owned(),
     };
+    reclaim(job, Failure::new(FailureKind::LeaseExpired, message), now, report)
+}
+
+/// Reclaim a running job whose worker was marked gone (its heartbeat stopped), whatever its
+/// lease's expiry: as [`rescue`], with a [`FailureKind::WorkerLost`] error naming the worker.
+pub fn rescue_from_lost_worker(
+    job: &mut Job,
+    now: Timestamp,
+    report: &mut RescueReport,
+) -> Option<DlqEntry> {
+    let message = match job.lease {
+        Some(lease) => lost_worker_message(lease.owner),
+        None => "worker lost".to_owned(),
+    };
+    reclaim(job, Failure::new(FailureKind::WorkerLost, message), now, report)
+}
+
+/// The error message a job rescued from a lost worker records (stores that say the rules in
+/// their own language write the same text).
+pub fn lost_worker_message(worker: crate::id::WorkerId) -> String {
+    format!("worker {worker} stopped heartbeating and was marked gone")
+}
+
+/// The rescue rules shared by an expired lease and a lost worker.
+fn reclaim(
+    job: &mut Job,
+    failure: Failure,
+    now: Timestamp,
+    report: &mut RescueReport,
+) -> Option<DlqEntry> {
+    let cancel_requested = job.cancel_requested;
+    job.lease = None;
     job.cancel_requested = false;
-    record(job, Failure::new(FailureKind::LeaseExpired, message), now);
+    record(job, failure, now);
     if cancel_requested {
         end(job, JobState::Cancelled, now);
         report.cancelled.push(job.id);

@@ -43,7 +43,7 @@ impl State {
     /// Bring the indexes in line with job `id`, which a transition just moved out of running
     /// under `lease`: its expiry dropped, the claim index entry when it is available again, and
     /// its DLQ entry written when it died, in the same step.
-    fn left_running(
+    pub(crate) fn left_running(
         &mut self,
         id: JobId,
         lease: Option<Lease>,

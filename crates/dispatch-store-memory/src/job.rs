@@ -107,7 +107,11 @@ fn matches(filter: &JobFilter, job: &Job) -> bool {
 impl State {
     /// Extend every lease in `leases` that is still held until `expires_at`; report the rest
     /// as lost.
-    fn heartbeat(&mut self, leases: &[LeaseRef], expires_at: Timestamp) -> HeartbeatReport {
+    pub(crate) fn heartbeat(
+        &mut self,
+        leases: &[LeaseRef],
+        expires_at: Timestamp,
+    ) -> HeartbeatReport {
         let mut report = HeartbeatReport::default();
         for lease in leases {
             match self.renew(*lease, expires_at) {

@@ -12,6 +12,7 @@
 //! ```
 
 mod claim;
+mod cluster;
 mod dlq;
 mod enqueue;
 mod events;
@@ -104,6 +105,8 @@ struct State {
     dlq: BTreeMap<DlqId, DlqEntry>,
     /// Workflow runs, checkpoints, waits and kept events.
     runs: run::Runs,
+    /// The worker registry and leadership terms.
+    cluster: cluster::Cluster,
     next_seq: u64,
 }
 

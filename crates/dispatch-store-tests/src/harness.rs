@@ -5,10 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{JobStore, ManualClock, SharedClock, WorkflowStore};
+use dispatch_core::{ClusterStore, JobStore, ManualClock, SharedClock, WorkflowStore};
 use libtest_mimic::{Arguments, Failed, Trial};
 
-use crate::{Scenario, SuiteTest, job_scenarios, job_tests, workflow_scenarios, workflow_tests};
+use crate::{
+    Scenario, SuiteTest, cluster_tests, job_scenarios, job_tests, workflow_scenarios,
+    workflow_tests,
+};
 
 /// How long one suite test may take before it is failed as hung. Generous: the suite never
 /// sleeps, so only a stalled store comes near it.
@@ -33,7 +36,7 @@ impl<S: ?Sized> Clone for TestContext<S> {
 #[async_trait::async_trait]
 pub trait StoreFactory: Send + Sync + 'static {
     /// The store under test: a [`JobStore`] for [`run_job_conformance`], a [`WorkflowStore`]
-    /// too for [`run_conformance`].
+    /// and a [`ClusterStore`] too for [`run_conformance`].
     type Store: JobStore;
 
     /// A short name for reports, e.g. "memory".
@@ -51,7 +54,7 @@ pub trait StoreFactory: Send + Sync + 'static {
 }
 
 /// Entry point for a `harness = false` test binary of a store that keeps jobs and workflows:
-/// runs the whole suite (jobs, DLQ, workflow runs) and every runtime scenario (the job runtime
+/// runs the whole suite (jobs, DLQ, the cluster, workflow runs) and every runtime scenario (the job runtime
 /// and workflows) on stores made by `factory`, and returns the process exit code.
 ///
 /// One libtest-mimic trial per test, run in parallel on libtest-mimic's thread pool (so
@@ -65,10 +68,14 @@ pub trait StoreFactory: Send + Sync + 'static {
 pub fn run_conformance<F>(factory: F) -> ExitCode
 where
     F: StoreFactory,
-    F::Store: WorkflowStore,
+    F::Store: WorkflowStore + ClusterStore,
 {
     let factory = Arc::new(factory);
     let mut runners = job_runners(&factory);
+    runners.extend(cluster_tests().into_iter().map(|test| {
+        let factory = Arc::clone(&factory);
+        (test.name, Box::new(move || run_one(factory, as_cluster_store, test)) as Runner)
+    }));
     runners.extend(workflow_tests().into_iter().map(|test| {
         let factory = Arc::clone(&factory);
         (test.name, Box::new(move || run_one(factory, as_workflow_store, test)) as Runner)
@@ -103,6 +110,10 @@ fn job_runners<F: StoreFactory>(factory: &Arc<F>) -> Vec<(&'static str, Runner)>
 }
 
 fn as_job_store<S: JobStore>(store: S) -> Arc<dyn JobStore> {
+    Arc::new(store)
+}
+
+fn as_cluster_store<S: ClusterStore>(store: S) -> Arc<dyn ClusterStore> {
     Arc::new(store)
 }
 

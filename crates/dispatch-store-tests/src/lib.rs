@@ -62,13 +62,14 @@ pub mod runs;
 pub mod runtime;
 pub mod server;
 
+pub mod cluster;
 pub mod dlq;
 pub mod job;
 pub mod workflow;
 
 use std::sync::Arc;
 
-use dispatch_core::{JobStore, WorkflowStore};
+use dispatch_core::{ClusterStore, JobStore, WorkflowStore};
 use futures::future::BoxFuture;
 
 pub use harness::{StoreFactory, TestContext, run_conformance, run_job_conformance};
@@ -267,6 +268,24 @@ pub fn job_tests() -> Vec<SuiteTest<dyn JobStore>> {
         dlq::list_filters_and_paginates,
         dlq::list_continues_after_purged_cursor,
         dlq::get_unknown_is_none,
+    ]
+}
+
+/// The cluster tests (worker registry, leader election), in a stable order: they need a
+/// [`ClusterStore`].
+pub fn cluster_tests() -> Vec<SuiteTest<dyn ClusterStore>> {
+    suite![
+        cluster::register_list_and_deregister,
+        cluster::heartbeat_renews_the_worker_and_its_leases,
+        cluster::heartbeat_of_an_unknown_worker_answers_gone,
+        cluster::drain_is_told_at_the_next_heartbeat,
+        cluster::sweep_takes_over_a_silent_workers_jobs,
+        cluster::sweep_reclaims_in_bounded_batches,
+        cluster::single_leader_under_contention,
+        cluster::term_grows_on_takeover,
+        cluster::renewal_by_a_non_holder_fails,
+        cluster::a_write_under_an_old_term_is_rejected,
+        cluster::terms_never_overlap_under_churn,
     ]
 }
 

@@ -13,7 +13,10 @@
 //! ([`JobStore::next_due`], [`JobStore::wakeups`], [`JobStore::release_claim`]), never flags.
 //! Powers that belong to one store's own API (opening a transaction, its connection) stay on that
 //! store's type; only enqueueing inside it is shared, so typed enqueue reads the same everywhere.
-//! Later concerns (cron entries, cluster membership, retention) each get a trait of their own
+//! * [`MembershipStore`] (the worker registry) and [`LeadershipStore`] (leader election with
+//!   fencing terms): a cluster of workers on one store ([`ClusterStore`] names both).
+//!
+//! Later concerns (cron entries, retention) each get a trait of their own
 //! here, so a feature asks for exactly the trait it needs and the compiler says when a store
 //! lacks it. Every trait is dyn-compatible: the runtime holds
 //! `Arc<dyn JobStore>` or `Arc<dyn WorkflowStore>`, and the second upcasts to the first.
@@ -23,10 +26,20 @@
 
 pub mod dlq;
 pub mod job;
+pub mod leadership;
+pub mod membership;
 pub mod transaction;
 pub mod workflow;
 
 pub use dlq::DlqStore;
 pub use job::JobStore;
+pub use leadership::LeadershipStore;
+pub use membership::MembershipStore;
 pub use transaction::EnqueueTransaction;
 pub use workflow::WorkflowStore;
+
+/// A store that keeps a cluster: the worker registry and leader election together (every
+/// built-in store is one). Implemented for every store that implements both.
+pub trait ClusterStore: MembershipStore + LeadershipStore {}
+
+impl<S: MembershipStore + LeadershipStore + ?Sized> ClusterStore for S {}
