@@ -15,12 +15,13 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
     const CORE: &[&str] = &["dispatch-core"];
     match name {
         "dispatch-core" => Some(&[]),
-        "dispatch-store-memory" | "dispatch-job" => Some(CORE),
+        "dispatch-store-memory" | "dispatch-job" | "dispatch-cluster" => Some(CORE),
         "dispatch-workflow" => Some(&["dispatch-core", "dispatch-job"]),
         // The conformance suite also drives the job and workflow runtimes over each store.
         "dispatch-store-tests" => Some(&["dispatch-core", "dispatch-job", "dispatch-workflow"]),
         n if n.starts_with("dispatch-store-") => Some(CORE),
         "dispatch" => Some(&[
+            "dispatch-cluster",
             "dispatch-core",
             "dispatch-job",
             "dispatch-store-memory",

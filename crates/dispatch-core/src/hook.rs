@@ -2,8 +2,7 @@
 //!
 //! The runtime delivers events to hooks from a task of its own, in order, after the store has
 //! recorded the transition; a slow hook delays other hooks, never claiming or finishing, and a
-//! panicking hook is caught and logged. Events are `#[non_exhaustive]`: workflow, cron and
-//! cluster events join later.
+//! panicking hook is caught and logged. Events are `#[non_exhaustive]`: cron events join later.
 
 use std::time::Duration;
 
@@ -180,6 +179,20 @@ pub enum Event {
     },
     /// A worker stopped.
     Shutdown,
+    /// This process became the cluster's leader under a new term (or the same term, acquired
+    /// again after a lost renewal answer).
+    LeaderElected {
+        /// The term it leads under.
+        leader: crate::cluster::Leader,
+    },
+    /// This process stopped leading: it resigned, could not renew in time, or a leader write was
+    /// refused because a newer term exists.
+    LeadershipLost {
+        /// The term it led under.
+        leader: crate::cluster::Leader,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl Event {

@@ -58,6 +58,12 @@ impl JobStore for MemoryStore {
         Ok(self.state.lock().next_due(queues, names, now))
     }
 
+    fn as_cluster_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::ClusterStore>> {
+        Some(self)
+    }
+
     fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
         Some(self.wakeups.subscribe())
     }

@@ -43,6 +43,10 @@ pub struct DispatcherBuilder {
     hooks: Vec<Arc<dyn Hook>>,
     #[cfg(feature = "workflow")]
     workflows: Vec<WorkflowStep>,
+    #[cfg(feature = "cluster")]
+    cluster: Option<dispatch_cluster::ClusterConfig>,
+    /// The application's version, as the worker registry shows it.
+    app_version: Option<String>,
 }
 
 impl DispatcherBuilder {
@@ -132,6 +136,26 @@ impl DispatcherBuilder {
         self
     }
 
+    /// Run as one member of a cluster of processes sharing the store (every built-in store
+    /// keeps one): the worker registers and heartbeats in the store's registry with long job
+    /// leases (`config.lease_ttl`), this process campaigns for the leadership, and the leader
+    /// takes over the jobs of workers whose heartbeat stopped within `config.worker_timeout`
+    /// plus one sweep. See `dispatch_cluster` for the settings; hooks also receive
+    /// [`Event::LeaderElected`](dispatch_core::Event::LeaderElected) and
+    /// [`Event::LeadershipLost`](dispatch_core::Event::LeadershipLost).
+    #[cfg(feature = "cluster")]
+    pub fn cluster(mut self, config: dispatch_cluster::ClusterConfig) -> Self {
+        self.cluster = Some(config);
+        self
+    }
+
+    /// The application's version, shown by the worker registry (default: Dispatch's
+    /// [`VERSION`](crate::VERSION)).
+    pub fn app_version(mut self, version: impl Into<String>) -> Self {
+        self.app_version = Some(version.into());
+        self
+    }
+
     /// Build the dispatcher (inside a tokio runtime). Fails without a store, with workflows on
     /// a store that keeps no runs, or with settings that do not fit together. Nothing runs
     /// until [`Dispatcher::start`]; a dispatcher never started is a producer: it enqueues,
@@ -145,11 +169,28 @@ impl DispatcherBuilder {
         }
         #[cfg(feature = "workflow")]
         let (builder, workflows) = workflow_parts(builder, &stores, &self.hooks, self.workflows)?;
-        let worker = self.steps.into_iter().fold(builder, |w, step| step(w)).build()?;
+        let builder = self.steps.into_iter().fold(builder, |w, step| step(w));
+        let version = self.app_version.unwrap_or_else(|| crate::VERSION.to_owned());
+        #[cfg(feature = "cluster")]
+        let (builder, cluster) = crate::membership::join(
+            builder,
+            stores.jobs.clone(),
+            self.cluster,
+            &self.hooks,
+            version,
+        )?;
+        #[cfg(not(feature = "cluster"))]
+        let _ = version;
+        let worker = builder.build()?;
+        // The leader is a registered worker: it campaigns under its worker's ID.
+        #[cfg(feature = "cluster")]
+        let cluster = cluster.map(|c| c.holder(worker.id()).build()).transpose()?;
         Ok(Dispatcher::new(
             worker,
             #[cfg(feature = "workflow")]
             workflows,
+            #[cfg(feature = "cluster")]
+            cluster,
         ))
     }
 }

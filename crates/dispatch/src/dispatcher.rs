@@ -44,6 +44,19 @@ pub struct Dispatcher {
     #[cfg(feature = "workflow")]
     pub(crate) workflows: Option<dispatch_workflow::Workflows>,
     state: State,
+    #[cfg(feature = "cluster")]
+    cluster: ClusterState,
+}
+
+/// The leadership runtime of a clustered dispatcher, through its life.
+#[cfg(feature = "cluster")]
+enum ClusterState {
+    /// Not a cluster member.
+    None,
+    /// Built, not started.
+    Ready(Box<dispatch_cluster::Cluster>),
+    /// Campaigning or leading.
+    Running(dispatch_cluster::ClusterHandle),
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -61,12 +74,15 @@ impl Dispatcher {
     pub(crate) fn new(
         worker: Worker,
         #[cfg(feature = "workflow")] workflows: Option<dispatch_workflow::Workflows>,
+        #[cfg(feature = "cluster")] cluster: Option<dispatch_cluster::Cluster>,
     ) -> Self {
         Self {
             client: worker.client(),
             #[cfg(feature = "workflow")]
             workflows,
             state: State::Ready(worker),
+            #[cfg(feature = "cluster")]
+            cluster: cluster.map_or(ClusterState::None, |c| ClusterState::Ready(Box::new(c))),
         }
     }
 
@@ -83,6 +99,12 @@ impl Dispatcher {
         match std::mem::replace(&mut self.state, State::Stopped) {
             State::Ready(worker) => {
                 self.state = State::Running(worker.start());
+                #[cfg(feature = "cluster")]
+                if let ClusterState::Ready(cluster) =
+                    std::mem::replace(&mut self.cluster, ClusterState::None)
+                {
+                    self.cluster = ClusterState::Running((*cluster).start());
+                }
                 self.ready().await
             }
             other => {
@@ -120,9 +142,42 @@ impl Dispatcher {
     /// Stop gracefully (see [`WorkerHandle::stop`]). Stopping twice, or before start, does
     /// nothing.
     pub async fn stop(&mut self) -> ShutdownReport {
+        // A leader resigns first, so another process takes over its work at once.
+        #[cfg(feature = "cluster")]
+        if let ClusterState::Running(cluster) =
+            std::mem::replace(&mut self.cluster, ClusterState::None)
+        {
+            cluster.stop().await;
+        }
         match std::mem::replace(&mut self.state, State::Stopped) {
             State::Running(handle) => handle.stop().await,
             _ => ShutdownReport::default(),
+        }
+    }
+
+    /// Run until the process is asked to stop, then stop gracefully: on SIGTERM or Ctrl-C
+    /// ([`shutdown_signal`]), or when the worker registry tells this worker to drain (a
+    /// clustered dispatcher). Starts the dispatcher first when it was not started.
+    pub async fn run_until_shutdown(&mut self) -> Result<ShutdownReport> {
+        if matches!(self.state, State::Ready(_)) {
+            self.start().await?;
+        }
+        let State::Running(handle) = &self.state else {
+            return Ok(ShutdownReport::default());
+        };
+        tokio::select! {
+            () = shutdown_signal() => tracing::info!("shutdown signal received: stopping"),
+            () = handle.drain_requested() => tracing::info!("the registry asked to drain: stopping"),
+        }
+        Ok(self.stop().await)
+    }
+
+    /// The leadership term this process holds now, when it is a cluster member and leads.
+    #[cfg(feature = "cluster")]
+    pub fn leader(&self) -> Option<dispatch_core::Leader> {
+        match &self.cluster {
+            ClusterState::Running(handle) => handle.leader(),
+            _ => None,
         }
     }
 
@@ -130,5 +185,31 @@ impl Dispatcher {
     /// handlers and other tasks.
     pub fn client(&self) -> &JobClient {
         &self.client
+    }
+}
+
+/// Resolves when the process receives SIGTERM (Unix) or Ctrl-C: what a container runtime
+/// sends before it kills a process. Use it with [`Dispatcher::run_until_shutdown`], or in your
+/// own `select!` before [`Dispatcher::stop`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
     }
 }

@@ -17,9 +17,13 @@
 mod builder;
 mod dispatcher;
 mod jobs;
+#[cfg(feature = "cluster")]
+mod membership;
 #[cfg(feature = "workflow")]
 mod workflows;
 
+#[cfg(feature = "cluster")]
+pub use dispatch_cluster as cluster;
 pub use dispatch_core as core;
 pub use dispatch_job as job;
 #[cfg(feature = "memory")]
@@ -54,7 +58,7 @@ pub use dispatch_store_redis::RedisStore;
 #[cfg(feature = "sqlite")]
 pub use dispatch_store_sqlite::SqliteStore;
 #[doc(inline)]
-pub use dispatcher::Dispatcher;
+pub use dispatcher::{Dispatcher, shutdown_signal};
 
 /// The names most applications use: `use dispatch::prelude::*;` is enough to define, enqueue,
 /// wait for and inspect jobs (and workflows, with the `workflow` feature).

@@ -129,6 +129,16 @@ pub trait JobStore: DlqStore {
         Ok(results.iter().filter(|r| matches!(r, FinishResult::Applied { .. })).count())
     }
 
+    /// This store as a [`ClusterStore`](crate::ClusterStore) (worker registry and leader
+    /// election), when it keeps one: every built-in store answers `Some(self)`, so a runtime
+    /// holding an `Arc<dyn JobStore>` can join a cluster without the store's type. Default
+    /// `None`.
+    fn as_cluster_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn crate::ClusterStore>> {
+        None
+    }
+
     /// How long until the next available job of `queues` and `names` is due, by the store's
     /// clock: `Some(ZERO)` when one is due now, `None` when none is waiting. A worker whose claim
     /// came back short sleeps this long (at most its poll interval) instead of a whole poll

@@ -49,6 +49,9 @@ pub struct WorkerHealth {
     pub listener: Option<ListenerState>,
     /// Attempts running now (claimed and not yet recorded as finished).
     pub in_flight: usize,
+    /// Whether the worker registry told this worker to drain: it claims nothing new (see
+    /// [`WorkerBuilder::membership`](super::WorkerBuilder::membership)).
+    pub draining: bool,
     /// Hook events dropped so far because hooks fell behind.
     pub hook_events_dropped: u64,
     /// The last errors, at most [`RECENT_ERRORS`], oldest first.
@@ -244,6 +247,7 @@ pub(crate) fn snapshot(shared: &Shared) -> WorkerHealth {
         last_rescue: record.last_rescue,
         listener,
         in_flight: shared.attempts.len(),
+        draining: shared.drain.is_cancelled(),
         hook_events_dropped: shared.hooks.dropped(),
         recent_errors: record.errors.iter().cloned().collect(),
     }
@@ -272,6 +276,11 @@ pub(crate) async fn ready(shared: &Shared) -> Result<()> {
             () = tokio::time::sleep_until(deadline) => {}
         }
     }
+}
+
+/// The error a store call that ran past the worker's store timeout is recorded as.
+pub(crate) fn timed_out(call: &str) -> dispatch_core::Error {
+    dispatch_core::Error::new(dispatch_core::ErrorKind::Timeout, format!("{call} timed out"))
 }
 
 #[cfg(test)]

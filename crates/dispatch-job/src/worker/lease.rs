@@ -11,14 +11,18 @@ use dispatch_core::{Event, Failure, FailureKind, JobId, JobInfo};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::health::Operation;
+use super::health::{Operation, timed_out};
 
 const RESCUE_BATCH: usize = 1000;
 
 pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, halt: CancellationToken) {
     let mut tick = tokio::time::interval(shared.config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    // A worker in a registry registers at once (its fetch loop waits for that); a plain
+    // worker has nothing to renew yet.
+    if shared.membership.is_none() {
+        tick.tick().await;
+    }
     loop {
         tokio::select! {
             _ = halt.cancelled() => return,
@@ -28,6 +32,9 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, halt: CancellationToken)
 }
 
 async fn heartbeat(shared: &Shared) {
+    if let Some(membership) = &shared.membership {
+        return super::membership::heartbeat(shared, membership).await;
+    }
     let leases = shared.attempts.leases();
     if leases.is_empty() {
         return;
@@ -96,10 +103,6 @@ async fn rescue(shared: &Shared) {
             return;
         }
     }
-}
-
-fn timed_out(call: &str) -> dispatch_core::Error {
-    dispatch_core::Error::new(dispatch_core::ErrorKind::Timeout, format!("{call} timed out"))
 }
 
 async fn emit_rescue_hooks(

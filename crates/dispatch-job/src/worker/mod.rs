@@ -36,11 +36,15 @@ mod config;
 mod finisher;
 mod health;
 mod lease;
+mod membership;
 mod run;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
-use dispatch_core::{Event, Hook, JobStore, LeaseRef, Result, SharedClock, SystemClock, WorkerId};
+use dispatch_core::{
+    Event, Hook, JobStore, LeaseRef, MembershipStore, Result, SharedClock, SystemClock, WorkerId,
+};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -83,6 +87,17 @@ pub(crate) struct Shared {
     /// Waits of this process's clients, told when this worker makes a job final.
     pub(crate) waiters: Waiters,
     pub(crate) health: Health,
+    /// The registry this worker lives in, when it is part of a cluster.
+    pub(crate) membership: Option<membership::Membership>,
+    /// Whether the registry knows this worker now (false until the first registration, and
+    /// again after it was marked gone).
+    pub(crate) registered: AtomicBool,
+    /// Cancelled at the first registration: a worker in a registry claims only after it.
+    pub(crate) first_registration: CancellationToken,
+    /// Cancelled when claiming must end: at stop, or when the registry says to drain.
+    pub(crate) claiming: CancellationToken,
+    /// Cancelled when the registry told this worker to drain (after `claiming`).
+    pub(crate) drain: CancellationToken,
 }
 
 /// Configures a [`Worker`]: handlers, settings, layers and hooks.
@@ -93,6 +108,7 @@ pub struct WorkerBuilder {
     layers: Vec<LayerFn>,
     hooks: Vec<Arc<dyn Hook>>,
     clock: SharedClock,
+    membership: Option<membership::Membership>,
 }
 
 impl WorkerBuilder {
@@ -162,6 +178,24 @@ impl WorkerBuilder {
         self
     }
 
+    /// Make this worker a member of a cluster's registry in `store` (normally the store it
+    /// runs jobs from): it registers before its first claim, its heartbeat renews the worker
+    /// and all its leases in one call, it drains when the registry says so
+    /// ([`WorkerHandle::drain_requested`]), and it deregisters at stop. The cluster's leader
+    /// takes over its jobs within the worker timeout when its heartbeat stops, so
+    /// [`WorkerConfig::lease_ttl`] may be long. The registry shows `version` (the
+    /// application's, for rolling deploys) and this host's name.
+    pub fn membership(
+        mut self,
+        store: Arc<dyn MembershipStore>,
+        version: impl Into<String>,
+    ) -> Self {
+        let version = version.into();
+        self.membership =
+            Some(membership::Membership { store, host: membership::host_name(), version });
+        self
+    }
+
     /// Check the settings and build the worker. Must be called inside a tokio runtime when hooks
     /// are registered (their delivery task starts here, so enqueue hooks fire before start).
     pub fn build(self) -> Result<Worker> {
@@ -193,6 +227,11 @@ impl WorkerBuilder {
             tracker: TaskTracker::new(),
             waiters: Waiters::default(),
             health: Health::new(self.clock),
+            membership: self.membership,
+            registered: AtomicBool::new(false),
+            first_registration: CancellationToken::new(),
+            claiming: CancellationToken::new(),
+            drain: CancellationToken::new(),
         });
         Ok(Worker { shared, finish_rx })
     }
@@ -242,6 +281,7 @@ impl Worker {
             layers: Vec::new(),
             hooks: Vec::new(),
             clock: Arc::new(SystemClock),
+            membership: None,
         }
     }
 
@@ -261,7 +301,8 @@ impl Worker {
     /// [module docs](self)).
     pub fn start(self) -> WorkerHandle {
         let shared = self.shared;
-        let stop = CancellationToken::new();
+        // Stop and a registry's drain both end claiming through this token.
+        let stop = shared.claiming.clone();
         let halt = CancellationToken::new();
         let halt_finisher = CancellationToken::new();
         let mut background = Vec::new();
@@ -355,6 +396,14 @@ impl WorkerHandle {
         HealthProbe { shared: self.shared.clone() }
     }
 
+    /// Resolves when the worker's registry told it to drain (see
+    /// [`WorkerBuilder::membership`]): it has stopped claiming; call [`stop`](Self::stop) to
+    /// let its attempts finish (or release them) and leave the registry. Never resolves for a
+    /// worker outside a registry.
+    pub async fn drain_requested(&self) {
+        self.shared.drain.cancelled().await;
+    }
+
     /// Stop gracefully: see the [module docs](self).
     pub async fn stop(self) -> ShutdownReport {
         self.shared.health.stopping();
@@ -376,6 +425,9 @@ impl WorkerHandle {
         self.halt.cancel();
         for task in self.background {
             let _ = task.await;
+        }
+        if let Some(membership) = &shared.membership {
+            membership::deregister(shared, membership).await;
         }
         shared.hooks.emit(|| Event::Shutdown);
         let hooks_flushed = shared.hooks.flush(timeout).await;

@@ -34,6 +34,13 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
         token: LeaseToken::new(),
     };
     let mut error_delay = shared.config.poll_interval.min(Duration::from_millis(100));
+    if shared.membership.is_some() {
+        // Claim nothing the registry could not take over if this process died.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = shared.first_registration.cancelled() => {}
+        }
+    }
     loop {
         let mut permits = tokio::select! {
             biased;

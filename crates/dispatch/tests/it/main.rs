@@ -1,6 +1,7 @@
 //! The umbrella's composition: a `Dispatcher` built from a store, definitions, a layer and a hook
 //! runs jobs end to end, and its lifecycle methods behave.
 
+mod cluster;
 mod workflows;
 
 use std::sync::Arc;
