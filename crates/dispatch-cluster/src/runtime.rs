@@ -290,11 +290,9 @@ impl TaskRun {
             if Instant::now() >= self.deadline.get() {
                 return;
             }
-            let call = tokio::time::timeout(self.timeout, self.task.run(&self.term));
-            let result = tokio::select! {
-                _ = halt.cancelled() => return,
-                result = call => result,
-            };
+            // A run is not dropped when the leader steps down: it ends by itself, at its first
+            // write the store refuses, or at the timeout.
+            let result = tokio::time::timeout(self.timeout, self.task.run(&self.term)).await;
             match result {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) if error.kind() == ErrorKind::NotLeader => {

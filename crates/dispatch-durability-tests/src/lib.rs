@@ -5,6 +5,8 @@
 //! It holds no library code of its own beyond the job the worker runs and how a worker and a
 //! test name and open one store; it is not published.
 
+pub mod cluster;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -5,12 +5,17 @@
 //! `durability-worker workflows <store> <effects-file> <cut>`: drive the `ten-steps`, `saga` and
 //! `sleeper` workflows until killed, dying at `<cut>` (`before:K`, `after:K`, `before-undo:K`,
 //! `none`).
+//! `durability-worker cluster <store> <concurrency> <log-file>`: a clustered worker running
+//! `logged` jobs (each start logged), printing `ready <worker id>`.
+//! `durability-worker leader <store> <log-file> <pause-ms>`: a cluster member whose leader task
+//! writes every `<pause-ms>` (each attempt logged), printing `holder <worker id>`.
 //! `<store>` is a SQLite file path, `postgres:<schema>` or `redis:<prefix>` (see `StoreSpec`).
 
 use std::time::Duration;
 
 use anyhow::bail;
 use dispatch::prelude::*;
+use dispatch_durability_tests::cluster::{Log, WritingTask, cluster_config, logged_job};
 use dispatch_durability_tests::{Cut, StoreSpec, saga, sleeper, sleepy_job, ten_steps};
 
 #[tokio::main]
@@ -65,9 +70,46 @@ async fn main() -> anyhow::Result<()> {
             std::future::pending::<()>().await;
             Ok(())
         }
+        ["cluster", store, concurrency, log] => {
+            let store = StoreSpec::parse(store).open("worker").await?;
+            let log = Log::open(&log.into())?;
+            let mut dispatcher = Dispatcher::builder()
+                .shared_store(store)
+                .register(logged_job(log))
+                .concurrency(concurrency.parse()?)
+                .cluster(cluster_config())
+                .configure(|c| c.poll_interval = Duration::from_millis(50))
+                .build()?;
+            dispatcher.start().await?;
+            let id = dispatcher.health().map(|h| h.worker_id.to_string()).unwrap_or_default();
+            println!("ready {id}");
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+        ["leader", store, log, pause_ms] => {
+            let store = StoreSpec::parse(store).open("worker").await?;
+            let jobs: std::sync::Arc<dyn dispatch::core::JobStore> = store;
+            let Some(cluster_store) = jobs.as_cluster_store() else {
+                bail!("this store keeps no cluster");
+            };
+            let log = Log::open(&log.into())?;
+            let pause = Duration::from_millis(pause_ms.parse()?);
+            let holder = dispatch::core::WorkerId::new();
+            let task = WritingTask::new(cluster_store.clone(), log, pause);
+            let _cluster = dispatch::cluster::Cluster::builder(cluster_store)
+                .config(cluster_config())
+                .holder(holder)
+                .task(std::sync::Arc::new(task))
+                .build()?
+                .start();
+            println!("holder {holder}");
+            std::future::pending::<()>().await;
+            Ok(())
+        }
         _ => bail!(
             "usage: durability-worker work <store> <concurrency> <lease-ms> [poll-ms] | \
-             migrate <store> | workflows <store> <effects-file> <cut>"
+             migrate <store> | workflows <store> <effects-file> <cut> | \
+             cluster <store> <concurrency> <log-file> | leader <store> <log-file> <pause-ms>"
         ),
     }
 }
