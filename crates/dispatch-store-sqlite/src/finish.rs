@@ -11,9 +11,10 @@
 use std::collections::{HashMap, HashSet};
 
 use dispatch_core::{
-    DlqEntry, Finish, FinishResult, JobId, JobState, Outcome, RescueReport, Result, Timestamp,
+    DlqEntry, Finish, FinishResult, Job, JobId, JobState, Outcome, RescueReport, Result, Timestamp,
     transition,
 };
+use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
 use crate::error::db_error;
@@ -228,15 +229,39 @@ pub(crate) async fn rescue_batch(
     .await
     .map_err(db_error)?;
     let mut report = RescueReport::default();
-    for row in &rows {
+    // The expiry rescue wakes nobody (its callers poll): the queues it made due go unused.
+    reclaim_rows(conn, &rows, transition::rescue, now, &mut report).await?;
+    Ok(report)
+}
+
+/// A rule that reclaims one running job ([`transition::rescue`],
+/// [`transition::rescue_from_lost_worker`]): the job changed in place, the report told, the DLQ
+/// entry answered when the job died.
+pub(crate) type Reclaim = fn(&mut Job, Timestamp, &mut RescueReport) -> Option<DlqEntry>;
+
+/// Reclaim the loaded running jobs `rows` (selected with `*`) as `reclaim` decides, in the
+/// caller's transaction: each row saved, a dead one's DLQ entry (and its run's failure)
+/// written. Answers the queues of the jobs made available, for the caller's wake-up.
+pub(crate) async fn reclaim_rows(
+    conn: &mut SqliteConnection,
+    rows: &[SqliteRow],
+    reclaim: Reclaim,
+    now: Timestamp,
+    report: &mut RescueReport,
+) -> Result<Vec<String>> {
+    let mut available = Vec::new();
+    for row in rows {
         let mut row = job_from_row(row)?;
-        let dlq = transition::rescue(&mut row.job, now, &mut report);
+        let dlq = reclaim(&mut row.job, now, report);
         save_job(conn, &row).await?;
         if let Some(entry) = dlq {
             write_dead(conn, &entry, now).await?;
         }
+        if row.job.state == JobState::Available {
+            available.push(row.job.queue);
+        }
     }
-    Ok(report)
+    Ok(available)
 }
 
 /// Record the death of a job whose row was just saved dead: its DLQ entry and, when it drives a

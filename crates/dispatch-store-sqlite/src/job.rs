@@ -189,7 +189,9 @@ async fn request_job_cancel(
 }
 
 /// Extend every lease in `leases` that is still held, in one statement; report the rest as lost.
-async fn renew(
+/// [`JobStore::heartbeat`] and `MembershipStore::heartbeat_worker` (`cluster.rs`) both renew
+/// through it, inside their transactions.
+pub(crate) async fn renew(
     conn: &mut SqliteConnection,
     leases: &[LeaseRef],
     expires_at: i64,

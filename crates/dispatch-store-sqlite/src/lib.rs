@@ -120,6 +120,7 @@
 //! ```
 
 mod claim;
+mod cluster;
 mod dlq;
 mod enqueue;
 mod error;

@@ -1,10 +1,12 @@
-//! Conversions between rows and core records (jobs, DLQ entries, runs, checkpoints).
+//! Conversions between rows and core records (jobs, DLQ entries, runs, checkpoints, workers,
+//! leaders and their writes).
 
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, Checkpoint, DlqEntry, Error, Job, JobId, JobState, Lease, LeaseToken, Result,
-    Run, RunState, Scope, Timestamp, WaitingFor,
+    AttemptError, Checkpoint, DlqEntry, Error, Job, JobId, JobState, Leader, LeaderWrite, Lease,
+    LeaseToken, Result, Run, RunState, Scope, Timestamp, WaitingFor, WorkerRecord,
+    WorkerRegistration, WorkerState,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -245,6 +247,61 @@ pub(crate) fn run_from_row(row: &SqliteRow) -> Result<Run> {
 /// Decode a checkpoint from a row with `key`, `data` and `at` columns.
 pub(crate) fn checkpoint_from_row(row: &SqliteRow) -> Result<Checkpoint> {
     Ok(Checkpoint { key: get(row, "key")?, data: get(row, "data")?, at: ts(get(row, "at")?) })
+}
+
+/// Decode a `workers` row selected with `*`.
+pub(crate) fn worker_from_row(row: &SqliteRow) -> Result<WorkerRecord> {
+    let queues: String = get(row, "queues")?;
+    let registration = WorkerRegistration {
+        id: parse("worker ID", &get::<String>(row, "id")?)?,
+        host: get(row, "host")?,
+        pid: count("pid", get(row, "pid")?)?,
+        queues: serde_json::from_str(&queues).map_err(|e| corrupt("worker queues", e))?,
+        concurrency: count("concurrency", get(row, "concurrency")?)?,
+        version: get(row, "version")?,
+    };
+    Ok(WorkerRecord {
+        registration,
+        state: worker_state(&get::<String>(row, "state")?)?,
+        started_at: ts(get(row, "started_at")?),
+        last_seen: ts(get(row, "last_seen")?),
+    })
+}
+
+/// A worker state as stored ([`WorkerState::as_str`]).
+pub(crate) fn worker_state(s: &str) -> Result<WorkerState> {
+    WorkerState::parse(s).ok_or_else(|| corrupt("worker state", s))
+}
+
+/// A term as stored (SQLite integers are signed; terms start at 1 and grow by one).
+pub(crate) fn term_value(term: u64) -> Result<i64> {
+    i64::try_from(term).map_err(|e| Error::invalid_input(format!("term {term}: {e}")))
+}
+
+/// The `term` column of a row; a negative one is a corrupt row.
+fn term(row: &SqliteRow) -> Result<u64> {
+    u64::try_from(get::<i64>(row, "term")?).map_err(|e| corrupt("term", e))
+}
+
+/// Decode a `leaders` row selected with `*`.
+pub(crate) fn leader_from_row(row: &SqliteRow) -> Result<Leader> {
+    Ok(Leader {
+        name: get(row, "name")?,
+        holder: parse("worker ID", &get::<String>(row, "holder")?)?,
+        term: term(row)?,
+        elected_at: ts(get(row, "elected_at")?),
+        expires_at: ts(get(row, "expires_at")?),
+    })
+}
+
+/// Decode a `leader_writes` row selected with `*`.
+pub(crate) fn leader_write_from_row(row: &SqliteRow) -> Result<LeaderWrite> {
+    Ok(LeaderWrite {
+        name: get(row, "name")?,
+        term: term(row)?,
+        at: ts(get(row, "at")?),
+        action: get(row, "action")?,
+    })
 }
 
 /// Rows per multi-row insert of checkpoints or waits (at most 7 parameters each).
