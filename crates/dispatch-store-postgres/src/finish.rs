@@ -1,14 +1,17 @@
 //! Finish and rescue: the ways an attempt ends (complete, retry, fail, snooze, cancel, release),
-//! each batch one statement, and the rescue of expired leases. Both decide the transitions in
-//! SQL exactly as the memory store decides them in Rust; a job they kill gets its DLQ entry,
-//! and the workflow run it drives fails, in the same statement, and the jobs they make
-//! available wake workers with one `NOTIFY` per statement.
+//! each batch one statement, and the rescue of expired leases (whose body the reclaim of a gone
+//! worker's jobs, in `cluster`, shares). Both decide the transitions in SQL exactly as the
+//! memory store decides them in Rust; a job they kill gets its DLQ entry, and the workflow run
+//! it drives fails, in the same statement, and the jobs they make available wake workers with
+//! one `NOTIFY` per statement.
 
 use std::collections::{HashMap, HashSet};
 
-use dispatch_core::{DlqId, Finish, FinishResult, JobId, JobState, RescueReport, Result};
+use dispatch_core::{
+    DlqId, FailureKind, Finish, FinishResult, JobId, JobState, RescueReport, Result,
+};
 use sqlx::SqlStr;
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgExecutor, PgRow};
 use uuid::Uuid;
 
 use crate::error::internal;
@@ -92,13 +95,15 @@ const FINISH: &str = "WITH t AS (SELECT {now} AS now), \
 const LAST_FINISH: &str = "SELECT j.id, j.last_finish_token FROM {s}.jobs j \
      WHERE j.id = ANY($1::uuid[])";
 
-/// Reclaim up to `$2` expired leases (skipping rows others hold), with a `LeaseExpired` error
-/// each: cancelled after a cancel request, else available with attempts left, else dead with a
-/// DLQ entry written (and its workflow run failed) in this statement.
-const RESCUE: &str = "WITH t AS (SELECT {now} AS now), \
-     expired AS (SELECT j.id, j.lease_expires, j.seq FROM {s}.jobs j \
-       WHERE j.state = 'running' AND j.lease_expires <= (SELECT now FROM t) \
-       ORDER BY j.lease_expires, j.seq LIMIT $2 FOR UPDATE SKIP LOCKED), \
+/// Reclaim the running jobs the `picked` CTE selects and locks (columns `id`, `lease_expires`,
+/// `seq`; at most `$2`, skipping rows others hold), with an error of kind `{fail_kind}` and
+/// message `{fail_message}` (SQL over the job row `j`) each, as `transition::rescue` and
+/// `transition::rescue_from_lost_worker` decide (the rules they share): attempt kept spent;
+/// cancelled after a cancel request, else available with attempts left, else dead with a DLQ
+/// entry written (and its workflow run failed) in this statement. The body every rescue shares:
+/// [`reclaim_statement`] fills it in.
+const RECLAIM: &str = "WITH t AS (SELECT {now} AS now), \
+     picked AS ({picked}), \
      upd AS (UPDATE {s}.jobs j SET \
        state = CASE WHEN j.cancel_requested THEN 'cancelled' \
          WHEN j.attempt < j.max_attempts THEN 'available' ELSE 'dead' END, \
@@ -107,13 +112,11 @@ const RESCUE: &str = "WITH t AS (SELECT {now} AS now), \
        finished_at = CASE WHEN NOT j.cancel_requested AND j.attempt < j.max_attempts THEN NULL \
          ELSE t.now END, \
        errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, \
-         'kind', 'lease_expired', 'message', \
-         coalesce('lease held by ' || j.lease_owner || ' expired', 'lease expired'), \
-         'at', t.now)), \
+         'kind', {fail_kind}, 'message', {fail_message}, 'at', t.now)), \
        dlq_id = CASE WHEN NOT j.cancel_requested AND j.attempt >= j.max_attempts \
          THEN {uuid_v7} END, \
        lease_owner = NULL, lease_token = NULL, lease_expires = NULL, cancel_requested = false \
-       FROM expired e, t WHERE j.id = e.id \
+       FROM picked e, t WHERE j.id = e.id \
        RETURNING j.id, j.name, j.queue, j.payload, j.priority, j.attempt, j.max_attempts, \
        j.timeout_us, j.scope_app, j.scope_tenant, j.errors, j.finished_at, j.state, j.dlq_id, \
        e.lease_expires AS expired_at, e.seq), \
@@ -122,6 +125,42 @@ const RESCUE: &str = "WITH t AS (SELECT {now} AS now), \
      woke AS ({woke}) \
      SELECT u.id, u.state, u.dlq_id, u.expired_at, u.seq, (SELECT count(*) FROM woke) AS notified \
      FROM upd u";
+
+/// The rescue of expired leases ([`RECLAIM`] as `transition::rescue`): up to `$2` running jobs
+/// whose lease expired, oldest expiry first.
+const EXPIRED: &str = "SELECT j.id, j.lease_expires, j.seq FROM {s}.jobs j \
+     WHERE j.state = 'running' AND j.lease_expires <= (SELECT now FROM t) \
+     ORDER BY j.lease_expires, j.seq LIMIT $2 FOR UPDATE SKIP LOCKED";
+
+/// The message of an expired lease's error, as `transition::rescue` words it.
+const EXPIRED_MESSAGE: &str =
+    "coalesce('lease held by ' || j.lease_owner || ' expired', 'lease expired')";
+
+/// [`RECLAIM`] for the schema named by `quoted`, with the selection CTE `picked`, the failure
+/// kind `kind` and the message `message` (SQL over the job row `j`): `$1` the time, `$2` the
+/// limit, `$3` the wake-up channel. Rows come back as [`PostgresStore::reclaim`] reads them.
+pub(crate) fn reclaim_statement(
+    picked: &str,
+    kind: FailureKind,
+    message: &str,
+    quoted: &str,
+) -> SqlStr {
+    // The kind is a fixed lowercase name; the message and selection are fixed SQL text.
+    let template = RECLAIM
+        .replace("{picked}", picked)
+        .replace("{fail_kind}", &format!("'{}'", kind.as_str()))
+        .replace("{fail_message}", message);
+    statement(&parts(&template, "$3"), quoted)
+}
+
+/// `template` with the parts finish and rescue share filled in, `chan` the channel parameter.
+fn parts(template: &str, chan: &str) -> String {
+    template
+        .replace("{woke}", &WOKE.replace("$chan", chan))
+        .replace("{dead_copy}", DEAD_COPY)
+        .replace("{drive_death}", DRIVE_DEATH)
+        .replace("{uuid_v7}", UUID_V7)
+}
 
 /// The statements of finish and rescue, for one store's schema.
 #[derive(Debug)]
@@ -133,19 +172,12 @@ pub(crate) struct Sql {
 
 impl Sql {
     /// The statements for the schema named by `quoted` (see [`statement`]): [`FINISH`] and
-    /// [`RESCUE`] with their shared parts, `$chan` their channel parameter.
+    /// the rescue of expired leases ([`RECLAIM`] with [`EXPIRED`]) with their shared parts.
     pub(crate) fn new(quoted: &str) -> Self {
-        let parts = |template: &str, chan: &str| {
-            template
-                .replace("{woke}", &WOKE.replace("$chan", chan))
-                .replace("{dead_copy}", DEAD_COPY)
-                .replace("{drive_death}", DRIVE_DEATH)
-                .replace("{uuid_v7}", UUID_V7)
-        };
         Self {
             finish: statement(&parts(FINISH, "$9"), quoted),
             last_finish: statement(LAST_FINISH, quoted),
-            rescue: statement(&parts(RESCUE, "$3"), quoted),
+            rescue: reclaim_statement(EXPIRED, FailureKind::LeaseExpired, EXPIRED_MESSAGE, quoted),
         }
     }
 }
@@ -237,22 +269,33 @@ impl PostgresStore {
         rows.iter().map(|row| Ok((get(row, "id")?, get(row, "last_finish_token")?))).collect()
     }
 
-    /// Reclaim up to `limit` expired leases in one statement ([`RESCUE`]).
+    /// Reclaim up to `limit` expired leases in one statement ([`RECLAIM`] with [`EXPIRED`]).
     pub(crate) async fn rescue_batch(&self, limit: usize) -> Result<RescueReport> {
         if limit == 0 {
             return Ok(RescueReport::default());
         }
-        self.timed("rescue_expired", async {
-            let rows = sqlx::query(self.shared.sql.finish.rescue.clone())
-                .bind(self.now_param())
-                .bind(sql_limit(limit))
-                .bind(self.channel())
-                .fetch_all(&self.shared.pool)
-                .await
-                .map_err(db_error)?;
-            rescue_report(&rows)
-        })
-        .await
+        let sql = &self.shared.sql.finish.rescue;
+        self.timed("rescue_expired", self.reclaim(&self.shared.pool, sql, self.now_param(), limit))
+            .await
+    }
+
+    /// Run `sql`, a [`reclaim_statement`], on `conn` at time `now` (see
+    /// [`now_param`](Self::now_param)) for up to `limit` jobs; its report.
+    pub(crate) async fn reclaim<'c>(
+        &self,
+        conn: impl PgExecutor<'c>,
+        sql: &SqlStr,
+        now: Option<i64>,
+        limit: usize,
+    ) -> Result<RescueReport> {
+        let rows = sqlx::query(sql.clone())
+            .bind(now)
+            .bind(sql_limit(limit))
+            .bind(self.channel())
+            .fetch_all(conn)
+            .await
+            .map_err(db_error)?;
+        rescue_report(&rows)
     }
 }
 

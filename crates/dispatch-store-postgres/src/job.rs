@@ -14,19 +14,27 @@ use dispatch_core::{
     NewJob, Page, PageRequest, QueueCount, RescueReport, Result, WakeupStream,
 };
 use sqlx::SqlStr;
+use sqlx::postgres::PgRow;
 use uuid::Uuid;
 
 use crate::error::internal;
 use crate::row::{JOB_COLUMNS, get, job_from_row, micros, sql_limit, state};
 use crate::{PostgresStore, db_error, statement};
 
-/// Extend the leases `$2`/`$3` (job, token) to now + `$4` µs, locking rows in ID order.
-const HEARTBEAT: &str = "WITH t AS (SELECT {now} AS now), \
+/// The lease renewal of a heartbeat, as CTEs after `t`: extend the leases `$2`/`$3` (job,
+/// token) to now + `$4` µs, locking rows in ID order; `renewed` holds the renewed leases (`id`,
+/// `lease_token`, `cancel_requested`, as [`heartbeat_report`] reads them). Shared by the plain
+/// heartbeat and a worker's (`cluster`).
+pub(crate) const RENEW_LEASES: &str = "\
      i AS (SELECT * FROM unnest($2::uuid[], $3::uuid[]) AS i(job_id, token)), \
      locked AS (SELECT j.id FROM {s}.jobs j JOIN i ON i.job_id = j.id AND i.token = j.lease_token \
-       WHERE j.state = 'running' ORDER BY j.id FOR UPDATE OF j) \
-     UPDATE {s}.jobs j SET lease_expires = {sat(t.now, $4)} FROM locked l, t WHERE j.id = l.id \
-     RETURNING j.id, j.lease_token, j.cancel_requested";
+       WHERE j.state = 'running' ORDER BY j.id FOR UPDATE OF j), \
+     renewed AS (UPDATE {s}.jobs j SET lease_expires = {sat(t.now, $4)} FROM locked l, t \
+       WHERE j.id = l.id RETURNING j.id, j.lease_token, j.cancel_requested)";
+
+/// Extend the leases `$2`/`$3` (job, token) to now + `$4` µs ([`RENEW_LEASES`]).
+const HEARTBEAT: &str = "WITH t AS (SELECT {now} AS now), {renew_leases} \
+     SELECT r.id, r.lease_token, r.cancel_requested FROM renewed r";
 
 /// Cancel job `$2`: at once when available, as a request when running. When it drives a run
 /// that has not ended, the run's cancel is requested instead (reason `$3`, kept when one is
@@ -81,7 +89,7 @@ impl Sql {
         let build =
             |template: &str| statement(&template.replace("{job_columns}", JOB_COLUMNS), quoted);
         Self {
-            heartbeat: build(HEARTBEAT),
+            heartbeat: build(&HEARTBEAT.replace("{renew_leases}", RENEW_LEASES)),
             request_job_cancel: build(REQUEST_CANCEL),
             job_state: build(JOB_STATE),
             get_job: build(GET_JOB),
@@ -120,24 +128,7 @@ impl JobStore for PostgresStore {
                 .fetch_all(&self.shared.pool)
                 .await
                 .map_err(db_error)?;
-            let mut renewed = HashMap::new();
-            for row in &rows {
-                let key: (Uuid, Uuid) = (get(row, "id")?, get(row, "lease_token")?);
-                renewed.insert(key, get::<bool>(row, "cancel_requested")?);
-            }
-            let mut report = HeartbeatReport::default();
-            for lease in leases {
-                match renewed.get(&(lease.job_id.uuid(), lease.token.uuid())) {
-                    Some(&cancel) => {
-                        report.renewed.push(lease.job_id);
-                        if cancel {
-                            report.cancel_requested.push(lease.job_id);
-                        }
-                    }
-                    None => report.lost.push(lease.job_id),
-                }
-            }
-            Ok(report)
+            heartbeat_report(leases, &rows)
         })
         .await
     }
@@ -256,6 +247,31 @@ impl JobStore for PostgresStore {
     fn listener_state(&self) -> Option<ListenerState> {
         Some(self.shared.wake.state())
     }
+}
+
+/// The answer to a heartbeat of `leases` from the rows of the leases it renewed ([`RENEW_LEASES`]:
+/// `id`, `lease_token`, `cancel_requested`; rows whose `id` is NULL renewed nothing): every
+/// lease renewed or lost, in the order given.
+pub(crate) fn heartbeat_report(leases: &[LeaseRef], rows: &[PgRow]) -> Result<HeartbeatReport> {
+    let mut renewed = HashMap::new();
+    for row in rows {
+        let Some(id) = get::<Option<Uuid>>(row, "id")? else { continue };
+        let key: (Uuid, Uuid) = (id, get(row, "lease_token")?);
+        renewed.insert(key, get::<bool>(row, "cancel_requested")?);
+    }
+    let mut report = HeartbeatReport::default();
+    for lease in leases {
+        match renewed.get(&(lease.job_id.uuid(), lease.token.uuid())) {
+            Some(&cancel) => {
+                report.renewed.push(lease.job_id);
+                if cancel {
+                    report.cancel_requested.push(lease.job_id);
+                }
+            }
+            None => report.lost.push(lease.job_id),
+        }
+    }
+    Ok(report)
 }
 
 #[cfg(test)]

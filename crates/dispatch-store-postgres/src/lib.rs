@@ -11,7 +11,8 @@
 //!
 //! Everything lives in one schema (default [`DEFAULT_SCHEMA`], see
 //! [`PostgresStoreBuilder::schema`]): tables `jobs` and `dlq`, the workflow tables `runs`,
-//! `checkpoints`, `event_waits` and `kept_events`, and the store's own migrations table
+//! `checkpoints`, `event_waits` and `kept_events`, the cluster tables `workers`, `leaders` and
+//! `leader_writes`, and the store's own migrations table
 //! `dispatch_migrations`. Several stores (or test runs) share a database in separate
 //! schemas. Times are `bigint` microseconds since the Unix epoch, like
 //! [`Timestamp`](dispatch_core::Timestamp).
@@ -128,6 +129,9 @@
 //!   the next-due probe, claim marks) and `finish` (finishes and rescue); it keeps heartbeats,
 //!   cancel requests and lookups.
 //! - `dlq`: `DlqStore`.
+//! - `cluster`: `MembershipStore` and `LeadershipStore` (the worker registry, leadership terms
+//!   and the record of fenced leader writes); a sweep reclaims a gone worker's jobs with the
+//!   rescue body of `finish`, and a worker's heartbeat renews leases with `job`'s.
 //! - `workflow`: `WorkflowStore` and runs; `workflow/checkpoint` group-commits checkpoint
 //!   writes and run ends, `workflow/fence` is the lease check of a drive's calls. It forwards
 //!   to `events` (publish, suspend, wait resolution) and `rewind` (rewind a run to a
@@ -140,6 +144,7 @@
 
 mod builder;
 mod claim;
+mod cluster;
 mod dlq;
 mod enqueue;
 mod error;
@@ -236,6 +241,7 @@ struct Statements {
     workflow: workflow::Sql,
     events: events::Sql,
     rewind: rewind::Sql,
+    cluster: cluster::Sql,
 }
 
 impl Statements {
@@ -250,6 +256,7 @@ impl Statements {
             workflow: workflow::Sql::new(quoted),
             events: events::Sql::new(quoted),
             rewind: rewind::Sql::new(quoted),
+            cluster: cluster::Sql::new(quoted),
         }
     }
 }

@@ -14,6 +14,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema/0004_claim_by_name.sql"),
     include_str!("schema/0005_state_index.sql"),
     include_str!("schema/0006_run_waiting.sql"),
+    include_str!("schema/0007_cluster.sql"),
 ];
 
 /// The schema version this crate writes: the number of migrations it knows.

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, Checkpoint, DlqEntry, DlqId, Error, Job, JobId, JobState, Lease, LeaseToken,
-    Result, Run, RunAt, RunId, RunState, Scope, Timestamp, WaitingFor,
+    AttemptError, Checkpoint, DlqEntry, DlqId, Error, Job, JobId, JobState, Leader, LeaderWrite,
+    Lease, LeaseToken, Result, Run, RunAt, RunId, RunState, Scope, Timestamp, WaitingFor, WorkerId,
+    WorkerRecord, WorkerRegistration, WorkerState,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -80,7 +81,7 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<JobRow> {
     let lease_expires: Option<i64> = get(row, "lease_expires")?;
     let lease = match (lease_owner, lease_token, lease_expires) {
         (Some(owner), Some(token), Some(expires)) => Some(Lease {
-            owner: owner.parse().map_err(|e| corrupt("worker ID", e))?,
+            owner: worker_id(&owner)?,
             token: LeaseToken::from_uuid(token),
             expires_at: ts(expires),
         }),
@@ -191,6 +192,66 @@ pub(crate) fn checkpoints_from_row(row: &PgRow) -> Result<Vec<Checkpoint>> {
         .zip(at)
         .map(|((key, data), at)| Checkpoint { key, data, at: ts(at) })
         .collect())
+}
+
+/// The columns of a worker row, as [`worker_from_row`] reads them (alias `w`).
+pub(crate) const WORKER_COLUMNS: &str = "w.id, w.host, w.pid, w.queues, w.concurrency, w.version, \
+     w.state, w.started_at, w.last_seen";
+
+/// A worker ID as stored (`workers.id`, `jobs.lease_owner`, `leaders.holder`).
+pub(crate) fn worker_id(s: &str) -> Result<WorkerId> {
+    s.parse().map_err(|e| corrupt("worker ID", e))
+}
+
+/// A worker state as stored.
+pub(crate) fn worker_state(s: &str) -> Result<WorkerState> {
+    WorkerState::parse(s).ok_or_else(|| corrupt("worker state", s))
+}
+
+/// Decode a worker row selected with the store's worker columns.
+pub(crate) fn worker_from_row(row: &PgRow) -> Result<WorkerRecord> {
+    let pid: i64 = get(row, "pid")?;
+    let concurrency: i64 = get(row, "concurrency")?;
+    let registration = WorkerRegistration {
+        id: worker_id(&get::<String>(row, "id")?)?,
+        host: get(row, "host")?,
+        pid: u32::try_from(pid).map_err(|e| corrupt("worker pid", e))?,
+        queues: get(row, "queues")?,
+        concurrency: count("worker concurrency", concurrency)?,
+        version: get(row, "version")?,
+    };
+    Ok(WorkerRecord {
+        registration,
+        state: worker_state(&get::<String>(row, "state")?)?,
+        started_at: ts(get(row, "started_at")?),
+        last_seen: ts(get(row, "last_seen")?),
+    })
+}
+
+/// The columns of a leadership row, as [`leader_from_row`] reads them (alias `l`).
+pub(crate) const LEADER_COLUMNS: &str = "l.name, l.holder, l.term, l.elected_at, l.expires_at";
+
+/// Decode a leadership row selected with the store's leader columns.
+pub(crate) fn leader_from_row(row: &PgRow) -> Result<Leader> {
+    let term: i64 = get(row, "term")?;
+    Ok(Leader {
+        name: get(row, "name")?,
+        holder: worker_id(&get::<String>(row, "holder")?)?,
+        term: u64::try_from(term).map_err(|e| corrupt("leader term", e))?,
+        elected_at: ts(get(row, "elected_at")?),
+        expires_at: ts(get(row, "expires_at")?),
+    })
+}
+
+/// Decode a leader write row (`name`, `term`, `at`, `action`).
+pub(crate) fn leader_write_from_row(row: &PgRow) -> Result<LeaderWrite> {
+    let term: i64 = get(row, "term")?;
+    Ok(LeaderWrite {
+        name: get(row, "name")?,
+        term: u64::try_from(term).map_err(|e| corrupt("leader term", e))?,
+        at: ts(get(row, "at")?),
+        action: get(row, "action")?,
+    })
 }
 
 /// A row count or limit as PostgreSQL takes it.

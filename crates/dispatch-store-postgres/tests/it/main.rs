@@ -1,9 +1,10 @@
 //! The PostgreSQL store's integration tests, one module per subject, in one binary: batch edge
-//! cases, the claim's plan, a worker's health and readiness over the listener, lost answers,
-//! migrations, transactional enqueue, wake-ups and workflow races. Each needs the test server at `DISPATCH_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/test`) and makes its own schemas, dropped at the end of
-//! the run; without a server every test is reported ignored, and fails instead under `CI=true`
-//! (see `support`). Tests are named `module::test`. Run with
+//! cases, the claim's plan, the cluster (its record's trim, the database clock), a worker's
+//! health and readiness over the listener, lost answers, migrations, transactional enqueue,
+//! wake-ups and workflow races. Each needs the test server at `DISPATCH_TEST_POSTGRES_URL`
+//! (default `postgres://postgres@127.0.0.1:5432/test`) and makes its own schemas, dropped at
+//! the end of the run; without a server every test is reported ignored, and fails instead under
+//! `CI=true` (see `support`). Tests are named `module::test`. Run with
 //! `cargo test -p dispatch-store-postgres --test it`.
 
 #[path = "../support/mod.rs"]
@@ -11,6 +12,7 @@ mod support;
 
 mod batches;
 mod claim_plan;
+mod cluster;
 mod health;
 mod listener;
 mod lost_answers;
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
     let modules = [
         ("batches", batches::tests()),
         ("claim_plan", claim_plan::tests()),
+        ("cluster", cluster::tests()),
         ("health", health::tests()),
         ("lost_answers", lost_answers::tests()),
         ("migrate", migrate::tests()),
