@@ -31,6 +31,7 @@ fn refusal(code: &str) -> Option<ErrorKind> {
         "DISPATCH_CONFLICT" => ErrorKind::Conflict,
         "DISPATCH_NOT_FOUND" => ErrorKind::NotFound,
         "DISPATCH_LEASE_LOST" => ErrorKind::LeaseLost,
+        "DISPATCH_NOT_LEADER" => ErrorKind::NotLeader,
         "DISPATCH_INVALID" => ErrorKind::InvalidInput,
         _ => return None,
     })

@@ -15,9 +15,10 @@ use crate::row::{array, int, parse_uuid, run_at_args, string};
 /// The most jobs one rescue call takes; a larger limit is worked through in several calls.
 const RESCUE_CHUNK: usize = 1000;
 
-/// The DLQ entry IDs one rescue call takes: enough for the few rescued jobs that die; a call
-/// that runs out stops there and is called again.
-const RESCUE_DLQ_IDS: usize = 16;
+/// The DLQ entry IDs one rescue call (or sweep) takes: enough for the few rescued jobs that
+/// die; a rescue call that runs out stops there and is called again (a sweep stops there, and
+/// the next sweep goes on).
+pub(crate) const RESCUE_DLQ_IDS: usize = 16;
 
 impl RedisStore {
     pub(crate) async fn finish_jobs(&self, finishes: &[Finish]) -> Result<Vec<FinishResult>> {
@@ -61,22 +62,35 @@ impl RedisStore {
     async fn rescue_chunk(&self, chunk: usize, report: &mut RescueReport) -> Result<(usize, bool)> {
         let mut call = self.call(&self.inner.scripts.rescue);
         call.arg(chunk);
-        for _ in 0..chunk.min(RESCUE_DLQ_IDS) {
-            call.arg(hex(DlqId::new().uuid()));
-        }
-        let mut reply = array(self.invoke(&call).await?)?;
-        let more = reply
-            .last()
-            .is_some_and(|last| matches!(last, Value::Array(parts) if parts.len() == 1));
-        if more {
-            reply.pop();
-        }
-        let found = reply.len();
-        for item in reply {
-            note_rescue(item, report)?;
-        }
-        Ok((found, more))
+        dlq_id_args(&mut call, chunk);
+        note_rescues(array(self.invoke(&call).await?)?, report)
     }
+}
+
+/// Fresh DLQ entry IDs as arguments, for a call reclaiming up to `jobs` jobs: at most
+/// [`RESCUE_DLQ_IDS`].
+pub(crate) fn dlq_id_args(call: &mut ScriptInvocation<'_>, jobs: usize) {
+    for _ in 0..jobs.min(RESCUE_DLQ_IDS) {
+        call.arg(hex(DlqId::new().uuid()));
+    }
+}
+
+/// The items of a rescue's (or a sweep's) answer into `report`: how many jobs they name, and
+/// whether the script stopped early for want of DLQ entry IDs (a last item `{0}`).
+pub(crate) fn note_rescues(
+    mut items: Vec<Value>,
+    report: &mut RescueReport,
+) -> Result<(usize, bool)> {
+    let more =
+        items.last().is_some_and(|last| matches!(last, Value::Array(parts) if parts.len() == 1));
+    if more {
+        items.pop();
+    }
+    let found = items.len();
+    for item in items {
+        note_rescue(item, report)?;
+    }
+    Ok((found, more))
 }
 
 /// The 8 arguments of one finish (see `lua/finish.lua`).

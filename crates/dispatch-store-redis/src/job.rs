@@ -89,7 +89,7 @@ impl JobStore for RedisStore {
 
 /// Heartbeat's answer, one code per lease in `leases` (0 lost, 1 renewed, 2 renewed with a
 /// cancel request), as the report.
-fn heartbeat_report(leases: &[LeaseRef], codes: Vec<Value>) -> Result<HeartbeatReport> {
+pub(crate) fn heartbeat_report(leases: &[LeaseRef], codes: Vec<Value>) -> Result<HeartbeatReport> {
     if codes.len() != leases.len() {
         return Err(internal(format!("heartbeat answered {} of {}", codes.len(), leases.len())));
     }

@@ -31,4 +31,14 @@ impl RedisStore {
     pub(crate) fn counts_key(&self) -> String {
         format!("{}:counts", self.inner.prefix)
     }
+
+    /// The hash of leadership `name`.
+    pub(crate) fn leader_key(&self, name: &str) -> String {
+        format!("{}:leader:{name}", self.inner.prefix)
+    }
+
+    /// The list of the writes accepted under leadership `name`'s terms, oldest first.
+    pub(crate) fn leader_writes_key(&self, name: &str) -> String {
+        format!("{}:leaderwrites:{name}", self.inner.prefix)
+    }
 }

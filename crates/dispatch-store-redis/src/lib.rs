@@ -59,6 +59,7 @@
 
 mod builder;
 mod claim;
+mod cluster;
 mod dlq;
 mod enqueue;
 mod error;

@@ -153,7 +153,7 @@ impl Fields {
 }
 
 /// A stored time (µs) as a timestamp: [`MAX_TIME`] and later are [`Timestamp::MAX`].
-fn stored_time(micros: i64) -> Timestamp {
+pub(crate) fn stored_time(micros: i64) -> Timestamp {
     if micros >= MAX_TIME { Timestamp::MAX } else { Timestamp::from_unix_micros(micros) }
 }
 

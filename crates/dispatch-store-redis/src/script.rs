@@ -27,6 +27,12 @@ fn script(body: &str) -> Script {
     ))
 }
 
+/// A cluster script (the worker registry, leadership): the prelude, the cluster helpers
+/// (`lua/cluster.lua`, only these scripts need them) and `body`.
+fn cluster_script(body: &str) -> Script {
+    script(&format!("{}\n{body}", include_str!("lua/cluster.lua")))
+}
+
 /// Every script of the store, built once per store.
 #[derive(Clone)]
 pub(crate) struct Scripts(Arc<ScriptSet>);
@@ -57,6 +63,16 @@ pub(crate) struct ScriptSet {
     pub(crate) cancel_run: Script,
     pub(crate) rewind_run: Script,
     pub(crate) migrate_run: Script,
+    pub(crate) worker_register: Script,
+    pub(crate) worker_heartbeat: Script,
+    pub(crate) worker_drain: Script,
+    pub(crate) worker_deregister: Script,
+    pub(crate) worker_list: Script,
+    pub(crate) sweep_workers: Script,
+    pub(crate) leader_acquire: Script,
+    pub(crate) leader_renew: Script,
+    pub(crate) leader_resign: Script,
+    pub(crate) leader_take: Script,
 }
 
 impl Scripts {
@@ -86,6 +102,16 @@ impl Scripts {
             cancel_run: script(include_str!("lua/cancel_run.lua")),
             rewind_run: script(include_str!("lua/rewind_run.lua")),
             migrate_run: script(include_str!("lua/migrate_run.lua")),
+            worker_register: cluster_script(include_str!("lua/worker_register.lua")),
+            worker_heartbeat: cluster_script(include_str!("lua/worker_heartbeat.lua")),
+            worker_drain: cluster_script(include_str!("lua/worker_drain.lua")),
+            worker_deregister: cluster_script(include_str!("lua/worker_deregister.lua")),
+            worker_list: cluster_script(include_str!("lua/worker_list.lua")),
+            sweep_workers: cluster_script(include_str!("lua/sweep_workers.lua")),
+            leader_acquire: cluster_script(include_str!("lua/leader_acquire.lua")),
+            leader_renew: cluster_script(include_str!("lua/leader_renew.lua")),
+            leader_resign: cluster_script(include_str!("lua/leader_resign.lua")),
+            leader_take: cluster_script(include_str!("lua/leader_take.lua")),
         }))
     }
 }

@@ -216,3 +216,62 @@ local function give_back(id, lease, run_at, extra)
   end
   make_available(id, lease, 'running', run_at, fields)
 end
+
+-- The fresh DLQ entry ids a call passes from ARGV[first] on: a function answering the next one
+-- at each call, nil once they are used up (the caller then stops and says so).
+local function dlq_ids(first)
+  local next_id = first
+  return function()
+    if next_id > #ARGV then return nil end
+    next_id = next_id + 1
+    return ARGV[next_id - 1]
+  end
+end
+
+-- Reclaim a running job whose lease ended without a finish (`transition::reclaim`, shared by
+-- `transition::rescue` and `transition::rescue_from_lost_worker`): the failure (`kind`,
+-- `message`) is recorded and the attempt stays spent; the job is cancelled when a cancel was
+-- requested (no DLQ entry, even on its last attempt), available now while attempts are left,
+-- and dead otherwise, with a DLQ entry under the id `next_dlq()` answers. `lease` is the job's
+-- job_lease. Answers {1, id} (available again), {2, id, dlq id} (promoted) or {3, id}
+-- (cancelled); nil, before any write, when the job would die and no DLQ id is left.
+local function reclaim(id, lease, kind, message, next_dlq)
+  local dlq_id
+  if not lease.cancel_requested and lease.attempt >= lease.max_attempts then
+    dlq_id = next_dlq()
+    if not dlq_id then return nil end
+  end
+  record_error(id, lease.attempt, kind, message)
+  if lease.cancel_requested then
+    end_job(id, lease, 'running', 'cancelled')
+    return { 3, id }
+  elseif lease.attempt < lease.max_attempts then
+    make_available(id, lease, 'running', NOW)
+    return { 1, id }
+  end
+  promote(id, lease, 'running', dlq_id)
+  return { 2, id, dlq_id }
+end
+
+-- Heartbeat a batch of leases (`transition::renew`): the job id and lease token pairs in ARGV
+-- from ARGV[first] on, renewed by `ttl` µs. A lease renews while its token holds the job
+-- (running under it; an expired lease not yet rescued still holds): its expiry becomes
+-- NOW + ttl. Answers one code per lease: 0 lost, 1 renewed, 2 renewed with a cancel request.
+local function renew_leases(ttl, first)
+  local expires = NOW + ttl
+  if expires > MAX_TIME then expires = MAX_TIME end
+  local expires_s = I(expires)
+  local out = {}
+  for i = first, #ARGV - 1, 2 do
+    local id, token = ARGV[i], ARGV[i + 1]
+    local v = redis.call('HMGET', job_key(id), 'state', 'lease_token', 'cancel_requested')
+    if v[1] == 'running' and v[2] == token then
+      redis.call('HSET', job_key(id), 'lease_expires', expires_s)
+      redis.call('ZADD', K_LEASES, expires, id)
+      out[#out + 1] = v[3] == '1' and 2 or 1
+    else
+      out[#out + 1] = 0
+    end
+  end
+  return out
+end

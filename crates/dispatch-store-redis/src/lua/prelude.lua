@@ -31,7 +31,8 @@ end
 -- NOW as I() writes it, formatted once per call.
 local NOW_S = I(NOW)
 
--- Refuse the call (before any write). `kind` is CONFLICT, NOT_FOUND, LEASE_LOST or INVALID.
+-- Refuse the call (before any write). `kind` is CONFLICT, NOT_FOUND, LEASE_LOST, NOT_LEADER or
+-- INVALID.
 local function refuse(kind, message)
   return redis.error_reply('DISPATCH_' .. kind .. ' ' .. message)
 end
@@ -66,6 +67,23 @@ local K_DLQ = P .. ':dlqs'
 local function run_key(id) return P .. ':run:' .. id end
 local K_RUNS = P .. ':runs'
 local function run_state_key(state) return P .. ':runstate:' .. state end
+-- The worker registry (`lua/cluster.lua`). Worker IDs are spelled as a job's `lease_owner` is
+-- (`wkr_…`, TypeID base32, whose lexical order is creation order). A worker is a hash: its
+-- registration (id, host, pid, queues as a JSON array, concurrency, version), state
+-- (active|draining|gone), started_at, last_seen.
+local function worker_key(id) return P .. ':worker:' .. id end
+-- Every registered worker (score 0, lexical by ID), for listing.
+local K_WORKERS = P .. ':workers'
+-- Active and draining workers scored by last_seen: the sweep finds the overdue ones by score,
+-- never by a scan. A worker leaves it when it is marked gone or deregistered.
+local K_WORKERS_SEEN = P .. ':workers:seen'
+-- The IDs of gone workers, whose running jobs the sweep reclaims.
+local K_WORKERS_GONE = P .. ':workers:gone'
+-- A leadership: hash of holder, term, elected_at, expires_at.
+local function leader_key(name) return P .. ':leader:' .. name end
+-- The writes accepted under a leadership's terms: a list, oldest first, each a JSON object
+-- {"term","at","action"}, trimmed to the newest LEADER_WRITES_KEPT.
+local function leader_writes_key(name) return P .. ':leaderwrites:' .. name end
 
 -- Index bookkeeping ---------------------------------------------------------------------------
 -- Sorted-set writes of the hot paths (ready, sched, lease, state and all-jobs indexes) are

@@ -2,7 +2,9 @@
 //! server's clock (scheduled, retried and rescued jobs are claimed when due, never before),
 //! the wake-up listener (it reconnects after its connection is killed; its streams end with
 //! the store), key edges (queue and job names with `:` and `{`), listings whose filters
-//! match little (bounded calls, short pages that carry a cursor), and rescues of many dying jobs at once. Each needs the test server
+//! match little (bounded calls, short pages that carry a cursor), rescues of many dying jobs at
+//! once, and the cluster scripts at their bounds (a sweep short of DLQ entry IDs, the kept
+//! leader writes). Each needs the test server
 //! at `DISPATCH_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) and makes its own key
 //! prefixes, deleted at the end of the run; without a server every test is reported ignored,
 //! and fails instead under `CI=true` (see `support`). The stores read the server's clock, as in
@@ -12,6 +14,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cluster;
 mod common;
 mod keys;
 mod listing;
@@ -23,6 +26,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let modules = [
+        ("cluster", cluster::tests()),
         ("keys", keys::tests()),
         ("listing", listing::tests()),
         ("rescue", rescue::tests()),
