@@ -173,7 +173,7 @@ impl MembershipStore for MemoryStore {
         let rescue = state.rescue_lost(&all_gone, limit, now);
         drop(state);
         if !rescue.rescued.is_empty() {
-            self.wakeups.notify(None);
+            self.wakeups.send(&dispatch_core::Wakeup::any());
         }
         Ok(SweepReport { gone, rescue })
     }

@@ -240,6 +240,12 @@ impl JobStore for PostgresStore {
         self.next_due_of(queues, names).await
     }
 
+    fn as_cluster_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::ClusterStore>> {
+        Some(self)
+    }
+
     fn wakeups(&self) -> Option<WakeupStream> {
         self.shared.wake.subscribe()
     }

@@ -78,6 +78,12 @@ impl JobStore for RedisStore {
         self.next_due_in(queues, names).await
     }
 
+    fn as_cluster_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::ClusterStore>> {
+        Some(self)
+    }
+
     fn wakeups(&self) -> Option<WakeupStream> {
         self.inner.wake.subscribe()
     }

@@ -132,6 +132,12 @@ impl JobStore for SqliteStore {
         self.timed("next_due", next_due(&self.readers, queues, names, now)).await
     }
 
+    fn as_cluster_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::ClusterStore>> {
+        Some(self)
+    }
+
     fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
         // Wake-ups reach the workers of this process only (other processes poll).
         Some(self.wakeups.subscribe())
