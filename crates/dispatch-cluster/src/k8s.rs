@@ -11,12 +11,11 @@
 //!
 //! The store's term **fences** the leader's writes. A process that newly wins the Lease takes
 //! the next term in the store ([`LeadershipStore::take_leadership`]), so from that moment the
-//! store refuses every leader write of the previous holder
-//! ([`ErrorKind::NotLeader`](dispatch_core::ErrorKind::NotLeader)), even if that holder is
-//! paused, partitioned from the API server, or its clock is off. Lease expiry is judged by this
-//! process's clock against the `renewTime` another process wrote, so clock skew between nodes
-//! can only make a takeover early or late; it can not let two terms write, because the store
-//! checks the term in every leader write.
+//! store refuses every leader write of the previous holder ([`ErrorKind::NotLeader`]), even if
+//! that holder is paused, partitioned from the API server, or its clock is off. Lease expiry is
+//! judged by this process's clock against the `renewTime` another process wrote, so clock skew
+//! between nodes can only make a takeover early or late; it can not let two terms write,
+//! because the store checks the term in every leader write.
 //!
 //! # RBAC
 //!
