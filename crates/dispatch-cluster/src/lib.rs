@@ -15,11 +15,17 @@
 //! an optimisation; safety comes from the store refusing writes under a term that is no longer
 //! valid ([`ErrorKind::NotLeader`](dispatch_core::ErrorKind::NotLeader)).
 //!
+//! With the `k8s` feature, [`k8s::KubernetesElection`] elects through a Kubernetes Lease
+//! (`coordination.k8s.io/v1`) and takes the next store term on winning it, so the Lease decides
+//! who leads while the store term still fences every leader write.
+//!
 //! Applications use it through the `dispatch` umbrella (`DispatcherBuilder::cluster`).
 
 mod config;
 mod election;
 mod hooks;
+#[cfg(feature = "k8s")]
+pub mod k8s;
 mod runtime;
 mod sweep;
 mod task;
