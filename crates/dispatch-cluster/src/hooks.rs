@@ -15,13 +15,14 @@ pub(crate) struct Hooks {
 }
 
 impl Hooks {
-    /// Start delivering to `hooks` (inside a tokio runtime).
-    pub(crate) fn start(hooks: Vec<Arc<dyn Hook>>) -> Self {
+    /// Start delivering to `hooks` (inside a tokio runtime); the delivery task ends once every
+    /// sender is dropped and the events sent are delivered.
+    pub(crate) fn start(hooks: Vec<Arc<dyn Hook>>) -> (Self, Option<tokio::task::JoinHandle<()>>) {
         if hooks.is_empty() {
-            return Self { tx: None };
+            return (Self { tx: None }, None);
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-        tokio::spawn(async move {
+        let delivery = tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
                 for hook in &hooks {
                     let call = AssertUnwindSafe(hook.on_event(&event)).catch_unwind();
@@ -31,7 +32,7 @@ impl Hooks {
                 }
             }
         });
-        Self { tx: Some(tx) }
+        (Self { tx: Some(tx) }, Some(delivery))
     }
 
     /// Send `event` (built only when someone listens).

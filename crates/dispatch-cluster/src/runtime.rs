@@ -111,8 +111,9 @@ impl Cluster {
     pub fn start(self) -> ClusterHandle {
         let (leader_tx, leader_rx) = watch::channel(None);
         let stop = CancellationToken::new();
+        let (hooks, delivery) = Hooks::start(self.hooks);
         let inner = Arc::new(Inner {
-            hooks: Hooks::start(self.hooks),
+            hooks,
             config: self.config,
             holder: self.holder,
             election: self.election,
@@ -120,7 +121,7 @@ impl Cluster {
             leader: leader_tx,
         });
         let task = tokio::spawn(run(inner, stop.clone()));
-        ClusterHandle { leader: leader_rx, stop, task }
+        ClusterHandle { leader: leader_rx, stop, task, delivery }
     }
 }
 
@@ -129,6 +130,8 @@ pub struct ClusterHandle {
     leader: watch::Receiver<Option<Leader>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// The hook delivery task, which ends after the last event once the loop has ended.
+    delivery: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ClusterHandle {
@@ -154,9 +157,15 @@ impl ClusterHandle {
     }
 
     /// Stop: a leader halts its tasks and resigns, so another process takes over at once.
+    /// Returns once the hooks have received every event (at most a few seconds more).
     pub async fn stop(self) {
         self.stop.cancel();
         let _ = self.task.await;
+        if let Some(delivery) = self.delivery
+            && tokio::time::timeout(Duration::from_secs(5), delivery).await.is_err()
+        {
+            tracing::warn!("cluster hooks were still busy after stop");
+        }
     }
 }
 

@@ -50,6 +50,20 @@ impl Hook for Recorder {
     }
 }
 
+/// The events `hook` received, once the last of them is a `LeadershipLost` (hooks are told
+/// from a task of their own, after the leadership changed).
+async fn lost(hook: &Recorder) -> Vec<Event> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let events = hook.0.lock().await.clone();
+        if matches!(events.last(), Some(Event::LeadershipLost { .. })) {
+            return events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no LeadershipLost: {events:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn start(store: Arc<dyn ClusterStore>, hook: Arc<Recorder>) -> ClusterHandle {
     Cluster::builder(store).config(config()).hook(hook).build().expect("build").start()
 }
@@ -95,7 +109,7 @@ async fn a_newer_term_makes_the_leader_step_down() {
     let usurper = store.take_leadership(&term.name, WorkerId::new(), Duration::from_secs(60));
     assert_eq!(usurper.await.expect("take").term, 2);
     eventually("it steps down", || !member.is_leader()).await;
-    let events = hook.0.lock().await.clone();
+    let events = lost(&hook).await;
     assert!(
         matches!(events.last(), Some(Event::LeadershipLost { leader, .. }) if leader.term == 1),
         "{events:?}"
@@ -130,7 +144,7 @@ async fn a_leader_that_can_not_renew_steps_down() {
     eventually("it leads", || member.is_leader()).await;
     intercepted.interceptor().failing.store(true, Ordering::SeqCst);
     eventually("it steps down", || !member.is_leader()).await;
-    let events = hook.0.lock().await.clone();
+    let events = lost(&hook).await;
     assert!(
         matches!(events.last(), Some(Event::LeadershipLost { reason, .. }) if reason.contains("renew")),
         "{events:?}"

@@ -19,6 +19,9 @@ use dispatch_durability_tests::{
     Cut, StoreSpec, postgres_url, redis_url, saga, sleeper, sleepy_job, ten_steps, ten_steps_output,
 };
 use libtest_mimic::{Arguments, Failed, Trial};
+
+#[path = "durability/cluster.rs"]
+mod cluster;
 use sqlx::Connection;
 
 /// A worker process, killed when dropped so a failing test leaves nothing running.
@@ -445,8 +448,11 @@ enum Kind {
 type Scenario = fn(Kind) -> Pin<Box<dyn Future<Output = ()>>>;
 
 macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {
-        [$((stringify!($name), (|kind| Box::pin($name(kind))) as Scenario)),*]
+    ($($name:path),* $(,)?) => {
+        [$((
+            stringify!($name).rsplit(':').next().unwrap_or_default().trim(),
+            (|kind| Box::pin($name(kind))) as Scenario,
+        )),*]
     };
 }
 
@@ -468,6 +474,9 @@ fn main() -> ExitCode {
         workflow_killed_at_every_step_boundary_resumes_exactly,
         durable_sleep_survives_a_restart,
         saga_killed_during_compensation_compensates_once,
+        cluster::killed_workers_jobs_run_again_within_the_worker_timeout,
+        cluster::a_paused_leader_is_fenced_when_it_resumes,
+        cluster::contending_leaders_never_write_under_two_terms,
     ];
     let servers_only = scenarios![terminated_connections_lose_nothing];
     let mut trials = Vec::new();
