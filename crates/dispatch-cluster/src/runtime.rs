@@ -231,16 +231,17 @@ async fn lead(inner: &Arc<Inner>, term: Leader, deadline: Instant, stop: &Cancel
                 term: term.clone(),
                 deadline: deadline.clone(),
                 refused: refused.clone(),
-                timeout: inner.config.store_timeout,
             };
             tokio::spawn(work.run(halt.clone()))
         })
         .collect();
     let reason = hold(inner, &term, &deadline, &refused, stop).await;
     halt.cancel();
-    for task in tasks {
-        if tokio::time::timeout(inner.config.store_timeout, task).await.is_err() {
-            tracing::warn!("a leader task did not stop in time");
+    for mut task in tasks {
+        if tokio::time::timeout(inner.config.store_timeout, &mut task).await.is_err() {
+            // Whatever it writes now is refused by the store: stop it all the same.
+            tracing::warn!("a leader task did not stop in time; aborting it");
+            task.abort();
         }
     }
     inner.leader.send_replace(None);
@@ -290,7 +291,6 @@ struct TaskRun {
     term: Leader,
     deadline: Deadline,
     refused: CancellationToken,
-    timeout: Duration,
 }
 
 impl TaskRun {
@@ -299,20 +299,18 @@ impl TaskRun {
             if Instant::now() >= self.deadline.get() {
                 return;
             }
-            // A run is not dropped when the leader steps down: it ends by itself, at its first
-            // write the store refuses, or at the timeout.
-            let result = tokio::time::timeout(self.timeout, self.task.run(&self.term)).await;
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) if error.kind() == ErrorKind::NotLeader => {
+            // A run is not cut short when the leader steps down (nor by a timer: a process
+            // paused past its lease wakes with every timer expired): it ends by itself, at the
+            // latest at its first write the store refuses. Its store calls carry the store's
+            // own call timeout.
+            match self.task.run(&self.term).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == ErrorKind::NotLeader => {
                     tracing::warn!(task = self.task.name(), %error, "leader write refused");
                     self.refused.cancel();
                     return;
                 }
-                Ok(Err(error)) => {
-                    tracing::warn!(task = self.task.name(), %error, "leader task failed")
-                }
-                Err(_) => tracing::warn!(task = self.task.name(), "leader task timed out"),
+                Err(error) => tracing::warn!(task = self.task.name(), %error, "leader task failed"),
             }
             tokio::select! {
                 _ = halt.cancelled() => return,

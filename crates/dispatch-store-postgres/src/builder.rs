@@ -213,9 +213,12 @@ impl PostgresStoreBuilder {
                     if !settings.is_empty() {
                         sqlx::raw_sql(settings).execute(&mut *conn).await?;
                     }
-                    // Safe: a number of milliseconds, formatted here.
+                    // Safe: a number of milliseconds, formatted here. A client paused inside a
+                    // transaction (SIGSTOP, a debugger, a VM freeze) loses it after the same
+                    // bound instead of holding its row locks until it resumes.
                     let bound = format!(
-                        "SET statement_timeout = {server_ms}; SET lock_timeout = {server_ms}"
+                        "SET statement_timeout = {server_ms}; SET lock_timeout = {server_ms}; \
+                         SET idle_in_transaction_session_timeout = {server_ms}"
                     );
                     sqlx::raw_sql(sqlx::AssertSqlSafe(bound)).execute(&mut *conn).await?;
                     Ok(())
@@ -240,8 +243,8 @@ async fn warm_up(pool: &PgPool, n: u32) -> Result<()> {
     held.map(drop).map_err(db_error)
 }
 
-/// The server-side bound of every statement on the store's sessions (`statement_timeout` and
-/// `lock_timeout`): a tenth below the call timeout, at least 50 ms below it. A statement the
+/// The server-side bound of every statement on the store's sessions (`statement_timeout`,
+/// `lock_timeout` and `idle_in_transaction_session_timeout`): a tenth below the call timeout, at least 50 ms below it. A statement the
 /// caller gave up on (a claim stuck behind another session's lock) is then cancelled by the
 /// server before the caller stops waiting, instead of committing after it: no lease nobody
 /// holds. The call timeout is set on the builder only, so the two can not cross.

@@ -85,8 +85,10 @@ async fn cluster_store(spec: &StoreSpec) -> Arc<dyn ClusterStore> {
 /// Three clustered workers run 10,000 jobs of 10–50 ms; every three seconds one is SIGKILLed
 /// and started again (four times). Nothing is lost; jobs run twice at most as many as the killed
 /// workers had in flight, each time because the leader took the job over (a `WorkerLost`
-/// error: leases of five minutes never expire here); and every taken-over job starts again
-/// within seconds of the kill (printed; bounded far below the lease).
+/// error: leases of five minutes never expire here); every job in flight is taken over within
+/// seconds of the kill (the worker timeout plus a sweep, plus the leader's lease when the
+/// leader was the one killed; printed, and bounded far below the lease) and starts again
+/// (printed: a taken-over job is due now, so it waits behind the jobs enqueued before it).
 pub(super) async fn killed_workers_jobs_run_again_within_the_worker_timeout(kind: Kind) {
     const JOBS: u64 = 10_000;
     let spec = fresh(kind, "cluster-kill");
@@ -136,21 +138,31 @@ pub(super) async fn killed_workers_jobs_run_again_within_the_worker_timeout(kind
         let kinds: Vec<_> = job.errors.iter().map(|e| e.kind).collect();
         assert!(kinds.iter().all(|&k| k == FailureKind::WorkerLost), "{}: {kinds:?}", job.id);
     }
+    let taken_over = takeover_delays(&kills, &jobs);
     let delays = restart_delays(&kills, &logs);
     let max = delays.iter().max().copied().unwrap_or(0);
     let median = delays.get(delays.len() / 2).copied().unwrap_or(0);
     let timeout = cluster_config().worker_timeout;
+    let taken_max = taken_over.iter().max().copied().unwrap_or(0);
+    let taken_median = taken_over.get(taken_over.len() / 2).copied().unwrap_or(0);
     println!(
         "{kind:?}: {} kills, {in_flight} jobs in flight at the kills, {} ran again; \
-         restart after the kill: median {} ms, max {} ms (worker timeout {} ms)",
+         taken over (available again) after the kill: median {} ms, max {} ms (worker timeout \
+         {} ms, sweep every {} ms); started again: median {} ms, max {} ms (behind the backlog)",
         kills.len(),
         ran_twice.len(),
+        taken_median / 1000,
+        taken_max / 1000,
+        timeout.as_millis(),
+        cluster_config().sweep_interval.as_millis(),
         median / 1000,
         max / 1000,
-        timeout.as_millis()
     );
+    assert_eq!(taken_over.len(), in_flight, "every job in flight at a kill was taken over");
     assert_eq!(delays.len(), in_flight, "every job in flight at a kill started again");
-    assert!(max < 60_000_000, "a job waited {} ms: the takeover did not happen", max / 1000);
+    // The lease (five minutes) never decides here: a takeover is the registry's, in seconds.
+    let bound = 30_000_000;
+    assert!(taken_max < bound, "a job was taken over after {} ms", taken_max / 1000);
     drop(members);
     drop_schema(&spec).await;
 }
@@ -213,6 +225,25 @@ fn restart_delays(kills: &[(i64, HashSet<JobId>)], logs: &[PathBuf]) -> Vec<i64>
     delays
 }
 
+/// For each job in flight at a kill, µs from the kill to its takeover (the `WorkerLost` error
+/// the sweep recorded, in store time: the same machine's clock here), sorted.
+fn takeover_delays(kills: &[(i64, HashSet<JobId>)], jobs: &[dispatch::core::Job]) -> Vec<i64> {
+    let by_id: HashMap<JobId, &dispatch::core::Job> = jobs.iter().map(|j| (j.id, j)).collect();
+    let mut delays = Vec::new();
+    for (killed_at, running) in kills {
+        for id in running {
+            let errors = by_id.get(id).map(|j| j.errors.as_slice()).unwrap_or_default();
+            let lost = errors.iter().filter(|e| e.kind == FailureKind::WorkerLost);
+            let next = lost.map(|e| e.at.as_unix_micros()).filter(|&at| at > *killed_at).min();
+            if let Some(at) = next {
+                delays.push(at - killed_at);
+            }
+        }
+    }
+    delays.sort_unstable();
+    delays
+}
+
 /// One logged leader write: when, under which term, and whether the store accepted it.
 struct Write {
     at: i64,
@@ -243,9 +274,9 @@ async fn leading(store: &Arc<dyn ClusterStore>, members: &[Member]) -> Option<(u
 }
 
 /// Two cluster processes; the leader, writing without pause, is stopped with SIGSTOP past its
-/// lease; the other takes over under the next term and writes; the first is continued. Every
-/// write it attempts after resuming is refused by the store's term check (counted), and the
-/// store's record of accepted writes never goes back to the old term.
+/// lease; the other takes over under the next term and writes; the first is continued. No
+/// write it attempts after resuming is accepted, at least one is refused by the store's term
+/// check (counted), and the store's record of accepted writes never goes back to the old term.
 pub(super) async fn a_paused_leader_is_fenced_when_it_resumes(kind: Kind) {
     let spec = fresh(kind, "cluster-pause");
     let store = cluster_store(&spec).await;
@@ -272,7 +303,7 @@ pub(super) async fn a_paused_leader_is_fenced_when_it_resumes(kind: Kind) {
     let resumed_at = wall_micros();
     members[paused].signal("CONT");
     wait_until("the resumed leader to meet the fence", Duration::from_secs(60), async || {
-        writes(&members[paused]).iter().any(|w| w.at > resumed_at && w.outcome != "accepted")
+        writes(&members[paused]).iter().any(|w| w.at > resumed_at && w.outcome == "refused")
     })
     .await;
 
@@ -285,8 +316,13 @@ pub(super) async fn a_paused_leader_is_fenced_when_it_resumes(kind: Kind) {
     );
     assert!(refused >= 1, "the resumed leader attempted no write under its old term");
     for write in after.iter().filter(|w| w.term == old_term) {
-        assert_eq!(write.outcome, "refused", "a write under the old term after resuming");
+        // Refused by the term check, or failed before reaching it (PostgreSQL ends the session
+        // of a client paused inside a transaction): never accepted.
+        assert_ne!(write.outcome, "accepted", "a write under the old term after resuming");
     }
+    let records = store.leader_writes(DEFAULT_LEADERSHIP, 1000).await.expect("writes");
+    let late = records.iter().filter(|w| w.term == old_term && w.at.as_unix_micros() > resumed_at);
+    assert_eq!(late.count(), 0, "the store recorded a write under the old term after resuming");
     let leader = store.leader(DEFAULT_LEADERSHIP).await.expect("leader").expect("held");
     assert!(leader.term > old_term, "the term grew");
     assert_terms_never_interleave(&store).await;
