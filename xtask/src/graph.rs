@@ -33,7 +33,7 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
         // Leaves: programs that use the library.
         // The guides' doctests (docs/) compile against the umbrella alone, as users do.
         "dispatch-bench" | "dispatch-docs" | "minimal" | "quickstart" | "workflow-example"
-        | "xtask" => Some(&["dispatch"]),
+        | "cluster-example" | "xtask" => Some(&["dispatch"]),
         "dispatch-durability-tests" => Some(&[
             "dispatch",
             "dispatch-store-sqlite",
