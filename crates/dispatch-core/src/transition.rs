@@ -151,8 +151,9 @@ fn apply(job: &mut Job, outcome: &Outcome, now: Timestamp) -> Option<DlqEntry> {
 
 /// Reclaim a running job whose lease has expired, noting it in `report`: the lapse is recorded
 /// as the attempt's failure and the attempt stays spent; the job is cancelled when a cancel was
-/// requested (even on its last attempt: no DLQ entry), available now while attempts are left,
-/// and dead otherwise, with the DLQ entry returned.
+/// requested (even on its last attempt: no DLQ entry), available now (keeping its run-at, so
+/// its place in the queue) while attempts are left, and dead otherwise, with the DLQ entry
+/// returned.
 pub fn rescue(job: &mut Job, now: Timestamp, report: &mut RescueReport) -> Option<DlqEntry> {
     let message = match job.lease {
         Some(lease) => format!("lease held by {} expired", lease.owner),
@@ -197,7 +198,9 @@ fn reclaim(
         report.cancelled.push(job.id);
         None
     } else if job.attempt < job.max_attempts {
-        make_available(job, now);
+        // Due now, in its old place: it was due when claimed and lost its run through no fault
+        // of its own, so it goes before the jobs enqueued after it.
+        make_available(job, job.run_at.min(now));
         report.rescued.push(job.id);
         None
     } else {
@@ -490,7 +493,7 @@ mod tests {
                 },
             };
             assert_eq!(report, expected, "{what}");
-            assert_eq!(job.run_at, if state == JobState::Available { now() } else { T0 }, "{what}");
+            assert_eq!(job.run_at, T0, "{what}: a rescued job keeps its place (its run-at)");
             assert_eq!(job.finished_at, state.is_final().then_some(now()), "{what}");
             assert_dead_entry(&job, entry.as_ref(), what);
         }

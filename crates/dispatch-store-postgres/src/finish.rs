@@ -107,8 +107,8 @@ const RECLAIM: &str = "WITH t AS (SELECT {now} AS now), \
      upd AS (UPDATE {s}.jobs j SET \
        state = CASE WHEN j.cancel_requested THEN 'cancelled' \
          WHEN j.attempt < j.max_attempts THEN 'available' ELSE 'dead' END, \
-       run_at = CASE WHEN NOT j.cancel_requested AND j.attempt < j.max_attempts THEN t.now \
-         ELSE j.run_at END, \
+       run_at = CASE WHEN NOT j.cancel_requested AND j.attempt < j.max_attempts \
+         THEN LEAST(j.run_at, t.now) ELSE j.run_at END, \
        finished_at = CASE WHEN NOT j.cancel_requested AND j.attempt < j.max_attempts THEN NULL \
          ELSE t.now END, \
        errors = j.errors || jsonb_build_array(jsonb_build_object('attempt', j.attempt, \

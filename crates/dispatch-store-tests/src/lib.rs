@@ -219,6 +219,7 @@ pub fn job_tests() -> Vec<SuiteTest<dyn JobStore>> {
         job::heartbeat_extends_lease,
         job::heartbeat_reports_lost_leases,
         job::rescue_makes_expired_job_available,
+        job::rescued_job_keeps_its_place_in_the_queue,
         job::rescue_leaves_live_leases_alone,
         job::rescue_respects_limit,
         job::rescue_keeps_attempt_spent_and_promotes_after_last,

@@ -246,7 +246,8 @@ local function reclaim(id, lease, kind, message, next_dlq)
     end_job(id, lease, 'running', 'cancelled')
     return { 3, id }
   elseif lease.attempt < lease.max_attempts then
-    make_available(id, lease, 'running', NOW)
+    -- Its old place in the queue (`transition::rescue`: run-at kept, at most now).
+    make_available(id, lease, 'running', math.min(lease.run_at, NOW))
     return { 1, id }
   end
   promote(id, lease, 'running', dlq_id)

@@ -103,6 +103,21 @@ pub async fn heartbeat_reports_lost_leases(ctx: TestContext) {
     assert_eq!(empty, HeartbeatReport::default());
 }
 
+/// A rescued job keeps its place in the queue: it was due when it was claimed and lost its run
+/// through no fault of its own, so it goes before jobs enqueued after it, not behind them.
+pub async fn rescued_job_keeps_its_place_in_the_queue(ctx: TestContext) {
+    let first = ctx.enqueue_one(job("placed")).await;
+    ctx.clock.advance(secs(1));
+    let later = ctx.enqueue_one(job("placed")).await;
+    let claimed = ctx.claim_one("placed").await;
+    assert_eq!(claimed.job.id, first);
+    ctx.clock.advance(PAST_TTL);
+    let report = ctx.store.rescue_expired(10).await.expect("rescue");
+    assert_eq!(report.rescued, vec![first]);
+    let next = ctx.claim_one("placed").await;
+    assert_eq!(next.job.id, first, "the rescued job goes first, before {later}");
+}
+
 /// Rescue makes an expired job available at once, its attempt still spent and a
 /// `LeaseExpired` error recorded; the next claim spends the next attempt.
 pub async fn rescue_makes_expired_job_available(ctx: TestContext) {
