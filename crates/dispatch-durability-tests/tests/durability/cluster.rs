@@ -88,7 +88,7 @@ async fn cluster_store(spec: &StoreSpec) -> Arc<dyn ClusterStore> {
 /// error: leases of five minutes never expire here); every job in flight is taken over within
 /// seconds of the kill (the worker timeout plus a sweep, plus the leader's lease when the
 /// leader was the one killed; printed, and bounded far below the lease) and starts again
-/// (printed: a taken-over job is due now, so it waits behind the jobs enqueued before it).
+/// right after (printed: a taken-over job keeps its place in the queue).
 pub(super) async fn killed_workers_jobs_run_again_within_the_worker_timeout(kind: Kind) {
     const JOBS: u64 = 10_000;
     let spec = fresh(kind, "cluster-kill");
@@ -148,7 +148,7 @@ pub(super) async fn killed_workers_jobs_run_again_within_the_worker_timeout(kind
     println!(
         "{kind:?}: {} kills, {in_flight} jobs in flight at the kills, {} ran again; \
          taken over (available again) after the kill: median {} ms, max {} ms (worker timeout \
-         {} ms, sweep every {} ms); started again: median {} ms, max {} ms (behind the backlog)",
+         {} ms, sweep every {} ms); started again: median {} ms, max {} ms",
         kills.len(),
         ran_twice.len(),
         taken_median / 1000,
