@@ -29,8 +29,7 @@ pub fn cluster_config() -> ClusterConfig {
 
 /// Microseconds since the epoch, by this machine's clock (every process of a test shares it).
 pub fn wall_micros() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    now.map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    dispatch::core::Clock::now(&dispatch::core::SystemClock).as_unix_micros()
 }
 
 /// An append-only log of lines, one file per process.
