@@ -15,7 +15,7 @@
 //! an optimisation; safety comes from the store refusing writes under a term that is no longer
 //! valid ([`ErrorKind::NotLeader`](dispatch_core::ErrorKind::NotLeader)).
 //!
-//! With the `k8s` feature, [`k8s::KubernetesElection`] elects through a Kubernetes Lease
+//! With the `k8s` feature, `k8s::KubernetesElection` elects through a Kubernetes Lease
 //! (`coordination.k8s.io/v1`) and takes the next store term on winning it, so the Lease decides
 //! who leads while the store term still fences every leader write.
 //!

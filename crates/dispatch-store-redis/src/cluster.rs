@@ -81,7 +81,7 @@ impl MembershipStore for RedisStore {
     }
 
     /// One script: the fence, the gone workers and the reclaims (see `lua/sweep_workers.lua`).
-    /// It takes at most [`RESCUE_DLQ_IDS`](crate::finish::RESCUE_DLQ_IDS) DLQ entry IDs; when
+    /// It takes at most 16 DLQ entry IDs (as a rescue call does); when
     /// more reclaimed jobs die than that, the sweep stops there (its report says what it did)
     /// and the next sweep goes on: a sweep is one leader write, so it is not called again here.
     async fn sweep_workers(
