@@ -2,11 +2,14 @@
 //!
 //! `cargo xtask bench` runs this binary (release build) three times per scenario and reports
 //! medians; run it by hand as `dispatch-bench <scenario> --store memory [--jobs N]
-//! [--concurrency C] [--crowd N] [--rate R] [--seconds S]`. It prints one JSON object.
+//! [--concurrency C] [--crowd N] [--rate R] [--seconds S] [--leases L] [--calls N]`. It prints
+//! one JSON object.
 //!
 //! Scenarios: `enqueue-single`, `enqueue-batch`, `drain`, `drain-crowded` (the drain with
 //! `--crowd` future jobs of the drained name and `--crowd` due jobs of another name in its queue
-//! first), `workflow`, `latency`.
+//! first), `workflow`, `latency`, `heartbeat` (one registered worker holding `--leases` leases
+//! times `--calls` worker heartbeats, each renewing all of them in one store call; reported as
+//! `heartbeat-<leases>`).
 
 mod counting;
 mod scenario;
@@ -23,14 +26,16 @@ pub struct Measurement {
     pub scenario: String,
     /// The store.
     pub store: String,
-    /// Jobs per second, for throughput scenarios.
+    /// Jobs per second, for throughput scenarios; heartbeat calls per second for the heartbeat
+    /// scenario.
     pub jobs_per_sec: Option<f64>,
     /// Median latency from an enqueue's scheduled send to its handler's first line, in
-    /// microseconds, for the (open-loop) latency scenario.
+    /// microseconds, for the (open-loop) latency scenario; for the heartbeat scenario, the
+    /// median time of one heartbeat call.
     pub p50_us: Option<u64>,
-    /// 99th percentile enqueue-to-start latency in microseconds.
+    /// 99th percentile enqueue-to-start latency (heartbeat: call time) in microseconds.
     pub p99_us: Option<u64>,
-    /// The longest enqueue-to-start latency in microseconds.
+    /// The longest enqueue-to-start latency (heartbeat: call time) in microseconds.
     pub max_us: Option<u64>,
     /// Latency sends whose task started over 5 ms after their scheduled time.
     pub late_sends: Option<u64>,

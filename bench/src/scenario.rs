@@ -1,5 +1,5 @@
 //! The scenarios: enqueue (single, batch), drain (alone, and beside a crowded queue), workflow,
-//! open-loop latency.
+//! open-loop latency, and the cost of one worker heartbeat that renews many leases.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,6 +138,10 @@ pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measuremen
             let rate: u64 = option(options, "rate", 2000)?;
             let seconds: u64 = option(options, "seconds", 5)?;
             latency(store, rate, seconds, option(options, "concurrency", 256)?).await?
+        }
+        "heartbeat" => {
+            heartbeat(store, option(options, "leases", 1000)?, option(options, "calls", 200)?)
+                .await?
         }
         other => bail!("unknown scenario {other:?}"),
     };
@@ -375,4 +379,92 @@ async fn workflow(
     handle.stop().await;
     let scenario = format!("workflow-{runs}x{steps}");
     Ok(Measurement { scenario, jobs_per_sec: rate(runs * steps, elapsed), ..Default::default() })
+}
+
+/// The lease TTL of the heartbeat scenario's claims and renewals: long enough that no lease
+/// lapses during the run, whatever the store's speed.
+const HEARTBEAT_LEASE_TTL: Duration = Duration::from_secs(300);
+
+/// One worker holding `leases` jobs, heartbeating: register a worker, enqueue `leases` jobs,
+/// claim them all under the worker's ID, then time `calls` consecutive
+/// [`MembershipStore::heartbeat_worker`](dispatch::core::MembershipStore::heartbeat_worker)
+/// calls, each renewing the worker and every lease in one store call. Each answer must say the
+/// worker is active and renew all `leases` (none lost), or the scenario fails. Reports the time
+/// per call (p50, p99, max, in microseconds) and calls per second (in `jobs_per_sec`).
+async fn heartbeat(
+    store: Arc<dyn WorkflowStore>,
+    leases: usize,
+    calls: usize,
+) -> anyhow::Result<Measurement> {
+    use dispatch::core::job::DEFAULT_QUEUE;
+    use dispatch::core::{
+        ClaimRequest, LeaseRef, LeaseToken, WorkerId, WorkerRegistration, WorkerState,
+    };
+    if calls == 0 {
+        bail!("--calls must be at least 1");
+    }
+    let cluster =
+        store.clone().as_cluster_store().context("this store keeps no worker registry")?;
+    let worker = WorkerId::new();
+    let registration = WorkerRegistration {
+        id: worker,
+        host: "dispatch-bench".to_owned(),
+        pid: std::process::id(),
+        queues: vec![DEFAULT_QUEUE.to_owned()],
+        concurrency: u32::try_from(leases)?,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    cluster.register_worker(&registration).await?;
+    let def = noop();
+    let client = JobClient::standalone(store);
+    for chunk in (0..leases as u64).collect::<Vec<_>>().chunks(1000) {
+        client.enqueue_many(&def, chunk.iter().copied()).await?;
+    }
+    // A store may answer a claim with fewer jobs than asked: claim until all are held.
+    let mut held: Vec<LeaseRef> = Vec::with_capacity(leases);
+    while held.len() < leases {
+        let request = ClaimRequest {
+            worker,
+            queues: vec![DEFAULT_QUEUE.to_owned()],
+            names: vec![def.name().to_owned()],
+            limit: leases - held.len(),
+            lease_ttl: HEARTBEAT_LEASE_TTL,
+            token: LeaseToken::new(),
+        };
+        let claimed = cluster.claim(&request).await?;
+        if claimed.is_empty() {
+            bail!("claimed {} of {leases} jobs, then the claim came back empty", held.len());
+        }
+        held.extend(claimed.iter().map(|c| LeaseRef { job_id: c.job.id, token: c.lease.token }));
+    }
+    let mut samples = Vec::with_capacity(calls);
+    let start = Instant::now();
+    for call in 0..calls {
+        let sent = Instant::now();
+        let beat = cluster.heartbeat_worker(worker, &held, HEARTBEAT_LEASE_TTL).await?;
+        samples.push(sent.elapsed().as_micros() as u64);
+        let report = &beat.leases;
+        if beat.state != WorkerState::Active
+            || report.renewed.len() != leases
+            || !report.lost.is_empty()
+        {
+            bail!(
+                "heartbeat call {call}: worker {:?}, {} of {leases} leases renewed, {} lost",
+                beat.state,
+                report.renewed.len(),
+                report.lost.len()
+            );
+        }
+    }
+    let elapsed = start.elapsed();
+    samples.sort_unstable();
+    let at = |q: f64| samples.get(((samples.len() as f64 - 1.0) * q) as usize).copied();
+    Ok(Measurement {
+        scenario: format!("heartbeat-{leases}"),
+        jobs_per_sec: rate(calls, elapsed),
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        max_us: samples.last().copied(),
+        ..Default::default()
+    })
 }

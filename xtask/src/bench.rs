@@ -12,7 +12,8 @@ const RUNS: usize = 3;
 
 /// Scenario name and arguments, full size and `--quick` size. The latency rates are the store's
 /// target rates (memory 2,000 jobs/s; SQLite and Redis 1,000; PostgreSQL 200 and 1,000, and
-/// 2,000 reported).
+/// 2,000 reported). The heartbeat scenario times one worker's heartbeat renewing 1,000 leases in
+/// one store call (200 calls, 50 when quick).
 fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
     let rates: &[&str] = match store {
         "memory" => &["2000"],
@@ -41,6 +42,8 @@ fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
         // Worker concurrency 16, as the side-by-side runs against other queues use.
         list.push(vec!["latency", "--rate", rate, "--seconds", seconds, "--concurrency", "16"]);
     }
+    // One worker heartbeat renewing all its 1,000 leases: time per call, calls/s.
+    list.push(vec!["heartbeat", "--leases", "1000", "--calls", if quick { "50" } else { "200" }]);
     list.into_iter().map(|s| s.into_iter().map(str::to_owned).collect()).collect()
 }
 
@@ -110,7 +113,7 @@ fn median_of(runs: &[Value]) -> Value {
 fn print_table(store: &str, results: &[Value]) {
     println!("\nstore: {store} (median of {RUNS} runs, each in its own process)\n");
     println!(
-        "| scenario | jobs/s (steps/s) | p50 | p99 | max | late sends | dead tuples | Redis B/job | peak RSS |"
+        "| scenario | jobs/s (steps/s, calls/s) | p50 | p99 | max | late sends | dead tuples | Redis B/job | peak RSS |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
@@ -132,6 +135,17 @@ fn print_table(store: &str, results: &[Value]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_store_benches_a_heartbeat_with_1000_leases() {
+        for (quick, calls) in [(false, "200"), (true, "50")] {
+            for store in ["memory", "sqlite", "postgres", "redis"] {
+                let list = scenarios(quick, store);
+                let heartbeat = list.iter().find(|s| s[0] == "heartbeat").unwrap();
+                assert_eq!(heartbeat[1..], ["--leases", "1000", "--calls", calls]);
+            }
+        }
+    }
 
     #[test]
     fn the_target_directory_follows_cargo_target_dir() {
