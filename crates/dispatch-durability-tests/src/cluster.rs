@@ -63,7 +63,7 @@ pub fn logged_job(log: Log) -> JobDefinition<u64> {
 }
 
 /// A leader task that writes (a sweep) 200 times per run, every `pause`, logging each attempt
-/// as `write <µs> <term> accepted|refused|failed`. It looks at neither the leader's local
+/// as `write <µs it began> <term> accepted|refused|failed`. It looks at neither the leader's local
 /// deadline nor a clock between writes, as leader work paused between its check and its write
 /// would not: only the store's term check stands between it and a write under an old term.
 pub struct WritingTask {
@@ -91,13 +91,16 @@ impl LeaderTask for WritingTask {
 
     async fn run(&self, term: &Leader) -> Result<()> {
         for _ in 0..200 {
+            // Logged with the time the attempt began: a write sent before a SIGSTOP whose
+            // answer arrives after the SIGCONT was attempted before the pause.
+            let began = wall_micros();
             let result = self.store.sweep_workers(term, Duration::from_secs(3600), 10).await;
             let outcome = match &result {
                 Ok(_) => "accepted",
                 Err(error) if error.kind() == ErrorKind::NotLeader => "refused",
                 Err(_) => "failed",
             };
-            self.log.line(&format!("write {} {} {outcome}", wall_micros(), term.term));
+            self.log.line(&format!("write {began} {} {outcome}", term.term));
             // A failed write (the store unreachable, a session the server ended) was not
             // accepted either; go on until the store refuses the term.
             if let Err(error) = result

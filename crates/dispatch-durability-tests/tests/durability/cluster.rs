@@ -288,13 +288,24 @@ pub(super) async fn a_paused_leader_is_fenced_when_it_resumes(kind: Kind) {
         })
         .collect();
     let mut leader = None;
-    wait_until("a leader that writes", Duration::from_secs(60), async || {
+    // A settled leader: the store's current term, whose holder's latest 20 writes were all
+    // accepted under it (so it is not being deposed as it is stopped).
+    wait_until("a settled leader that writes", Duration::from_secs(60), async || {
         leader = leading(&store, &members).await;
-        leader.is_some_and(|(i, term)| writes(&members[i]).iter().any(|w| w.term == term))
+        leader.is_some_and(|(i, term)| {
+            let log = writes(&members[i]);
+            let last = &log[log.len().saturating_sub(20)..];
+            last.len() == 20 && last.iter().all(|w| w.term == term && w.outcome == "accepted")
+        })
     })
     .await;
     let (paused, old_term) = leader.expect("a leader");
     members[paused].signal("STOP");
+    let before = writes(&members[paused]);
+    assert!(
+        before.iter().all(|w| w.outcome == "accepted"),
+        "the leader was deposed before it was stopped; the scenario did not happen"
+    );
     wait_until("the other process to take over and write", Duration::from_secs(60), async || {
         let records = store.leader_writes(DEFAULT_LEADERSHIP, 1000).await.expect("writes");
         records.iter().any(|w| w.term > old_term)
