@@ -110,23 +110,25 @@ const CLAIM_LEADERSHIP: &str = "WITH t AS (SELECT {now} AS now) \
      ON CONFLICT (name) DO UPDATE SET {on_conflict} \
      RETURNING {leader_columns}";
 
-/// `cluster::acquire` on a held name (`excluded` is the new holding at now): a valid term
-/// (`now < expires_at`) of the same holder is renewed under its term; an expired one is taken
-/// under the next term; a valid term of another holder stays (no row: `None`).
+/// `cluster::acquire` on a held name, at `{late_now}`: the store's now read once the row is
+/// locked. (A statement that waited for the lock, behind a paused client's transaction, would
+/// otherwise begin the term at the time it began waiting, its lease already short or over.) A
+/// valid term of the same holder is renewed under its term; an expired one is taken under the
+/// next term; a valid term of another holder stays (no row: `None`).
 const ACQUIRE: &str = "holder = excluded.holder, \
-     term = CASE WHEN excluded.elected_at < l.expires_at THEN l.term ELSE l.term + 1 END, \
-     elected_at = CASE WHEN excluded.elected_at < l.expires_at THEN l.elected_at \
-       ELSE excluded.elected_at END, \
-     expires_at = excluded.expires_at \
-     WHERE l.expires_at <= excluded.elected_at OR l.holder = excluded.holder";
+     term = CASE WHEN {late_now} < l.expires_at THEN l.term ELSE l.term + 1 END, \
+     elected_at = CASE WHEN {late_now} < l.expires_at THEN l.elected_at ELSE {late_now} END, \
+     expires_at = {sat({late_now}, $4)} \
+     WHERE l.expires_at <= {late_now} OR l.holder = excluded.holder";
 
-/// `cluster::take` on a held name: the next term, whoever holds it.
+/// `cluster::take` on a held name: the next term, whoever holds it, from `{late_now}`.
 const TAKE: &str = "holder = excluded.holder, term = l.term + 1, \
-     elected_at = excluded.elected_at, expires_at = excluded.expires_at";
+     elected_at = {late_now}, expires_at = {sat({late_now}, $4)}";
 
-/// `cluster::renew`: extend term `$3` of `$4` on `$2` to now + `$5` µs while it [`HOLDS`].
-const RENEW: &str = "WITH t AS (SELECT {now} AS now) \
-     UPDATE {s}.leaders l SET expires_at = {sat(t.now, $5)} FROM t WHERE {holds} \
+/// `cluster::renew`: extend term `$3` of `$4` on `$2` to now + `$5` µs while it holds
+/// ([`HOLDS`], at `{late_now}`: read once the row is locked, as in [`ACQUIRE`]).
+const RENEW: &str = "UPDATE {s}.leaders l SET expires_at = {sat({late_now}, $5)} \
+     WHERE l.name = $2 AND l.term = $3 AND l.holder = $4 AND {late_now} < l.expires_at \
      RETURNING {leader_columns}";
 
 /// Resign term `$3` of `$4` on `$2` while it [`HOLDS`]: the leadership is free at once (its

@@ -333,8 +333,13 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a
 /// microseconds since the epoch.
 const NOW: &str = "coalesce($1::bigint, (extract(epoch from now()) * 1000000)::bigint)";
 
+/// The store's now read when it is evaluated, not at the transaction's start
+/// (`clock_timestamp()`): for a decision made after waiting for a row lock (leadership terms).
+const LATE_NOW: &str =
+    "coalesce($1::bigint, (extract(epoch from clock_timestamp()) * 1000000)::bigint)";
+
 /// `template` as a statement for the schema named by `quoted` (a validated, double-quoted
-/// identifier): `{sat(a, b)}` expanded, then `{now}` and `{s}`.
+/// identifier): `{sat(a, b)}` expanded, then `{now}`, `{late_now}` ([`LATE_NOW`]) and `{s}`.
 ///
 /// Templates name the schema `{s}` (replaced by the quoted, validated schema name) and the
 /// store's clock `{now}` ([`NOW`]): parameter `$1`, an injected clock's time in microseconds,
@@ -343,7 +348,10 @@ const NOW: &str = "coalesce($1::bigint, (extract(epoch from now()) * 1000000)::b
 /// `i64::MAX`, like `Timestamp + Duration` (and are NULL for a NULL duration). Each concern
 /// expands its own placeholders (column lists, shared parts) first.
 fn statement(template: &str, quoted: &str) -> SqlStr {
-    let sql = expand_sat(template).replace("{now}", NOW).replace("{s}", quoted);
+    let sql = expand_sat(template)
+        .replace("{now}", NOW)
+        .replace("{late_now}", LATE_NOW)
+        .replace("{s}", quoted);
     // Safe: fixed text and a schema name checked against [a-z_][a-z0-9_]*.
     AssertSqlSafe(sql).into_sql_str()
 }

@@ -23,6 +23,9 @@ pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
         ("the_database_clock_decides_without_an_injected_clock", |url| {
             Box::pin(the_database_clock_decides_without_an_injected_clock(url))
         }),
+        ("a_term_taken_after_a_lock_wait_starts_when_taken", |url| {
+            Box::pin(a_term_taken_after_a_lock_wait_starts_when_taken(url))
+        }),
     ]
 }
 
@@ -128,4 +131,39 @@ async fn the_database_clock_decides_without_an_injected_clock(url: String) {
     store.resign_leadership(&term).await.expect("resign");
     let next = store.acquire_leadership("clock", worker, ttl).await.expect("acquire");
     assert_eq!(next.map(|l| (l.term, l.holder)), Some((2, worker)), "free at once");
+}
+
+/// A leadership statement that waited for the leadership row's lock (here held by another
+/// session for 2.5 s, as a client paused inside a transaction would) starts the new term when
+/// it takes it, not when it began waiting: the lease it answers has not already run out.
+async fn a_term_taken_after_a_lock_wait_starts_when_taken(url: String) {
+    let store = store(&url).await;
+    let first = store.acquire_leadership("held", WorkerId::new(), Duration::from_millis(1));
+    first.await.expect("acquire").expect("free");
+    let mut locker = PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("BEGIN").execute(&mut locker).await.expect("begin");
+    let lock =
+        format!("SELECT 1 FROM \"{}\".leaders WHERE name = 'held' FOR UPDATE", store.schema());
+    sqlx::query(AssertSqlSafe(lock)).execute(&mut locker).await.expect("lock");
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store.acquire_leadership("held", WorkerId::new(), Duration::from_secs(2)).await
+        })
+    };
+    // Hold the lock past the lease the waiting statement asks for.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sqlx::query("COMMIT").execute(&mut locker).await.expect("commit");
+    let leader = waiting.await.expect("task").expect("acquire").expect("the first term expired");
+    let now: i64 =
+        sqlx::query_scalar("SELECT (extract(epoch from clock_timestamp()) * 1000000)::bigint")
+            .fetch_one(&mut locker)
+            .await
+            .expect("now");
+    assert_eq!(leader.term, 2);
+    assert!(
+        leader.expires_at.as_unix_micros() > now,
+        "the term was born expired: expires {} at {now}",
+        leader.expires_at.as_unix_micros()
+    );
 }
