@@ -80,6 +80,7 @@ impl StoreSpec {
                 PostgresStore::builder(postgres_url())
                     .schema(schema.as_str())
                     .application_name(format!("{schema}_{role}"))
+                    .call_timeout(call_timeout(role, dispatch_store_postgres::DEFAULT_CALL_TIMEOUT))
                     .max_connections(4)
                     .build()
                     .await
@@ -89,12 +90,21 @@ impl StoreSpec {
                 RedisStore::builder(redis_url())
                     .prefix(prefix.as_str())
                     .client_name(format!("{prefix}_{role}"))
+                    .call_timeout(call_timeout(role, dispatch_store_redis::DEFAULT_CALL_TIMEOUT))
                     .build()
                     .await
                     .context("connect to Redis")?,
             ),
         })
     }
+}
+
+/// The call timeout of a store opened for `role`: each store's default for the worker
+/// processes, whose behaviour is under test; a minute for the test's own reads (listing
+/// thousands of jobs page by page), which only have to answer, even on a machine loaded by a
+/// release build and a dozen worker processes.
+fn call_timeout(role: &str, default: Duration) -> Duration {
+    if role == "test" { Duration::from_secs(60) } else { default }
 }
 
 impl std::fmt::Display for StoreSpec {
