@@ -80,9 +80,17 @@ impl RedisStoreBuilder {
         let client = redis::Client::open(self.url.as_str()).map_err(|e| {
             Error::new(ErrorKind::InvalidInput, format!("bad redis URL: {e}")).with_source(e)
         })?;
-        let pool = deadpool_redis::Config::from_url(self.url.as_str())
-            .builder()
-            .map_err(|e| Error::invalid_input(format!("bad redis URL: {e}")))?
+        // The store's call timeout bounds every call (script.rs); the driver's own response
+        // timeout (500 ms by default) would fail a slow answer on a loaded machine first, as
+        // `Unavailable`, and leave the call timeout unreachable.
+        let connections = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.call_timeout))
+            .set_response_timeout(None);
+        let manager = deadpool_redis::Manager::new_with_config(self.url.as_str(), connections)
+            .map_err(|e| {
+                Error::new(ErrorKind::InvalidInput, format!("bad redis URL: {e}")).with_source(e)
+            })?;
+        let pool = deadpool_redis::Pool::builder(manager)
             .max_size(self.max_connections)
             .runtime(deadpool_redis::Runtime::Tokio1)
             .build()

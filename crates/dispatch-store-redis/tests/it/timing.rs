@@ -26,6 +26,9 @@ pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
             Box::pin(a_retried_job_is_claimed_again_after_its_backoff(url))
         }),
         ("a_rescued_job_is_claimed_again", |url| Box::pin(a_rescued_job_is_claimed_again(url))),
+        ("a_slow_answer_within_the_call_timeout_is_no_error", |url| {
+            Box::pin(a_slow_answer_within_the_call_timeout_is_no_error(url))
+        }),
     ]
 }
 
@@ -92,4 +95,28 @@ async fn a_rescued_job_is_claimed_again(url: String) {
     assert!(claimed_at(&second, LONG) >= first.lease.expires_at);
     let kinds: Vec<FailureKind> = second.job.errors.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, [FailureKind::LeaseExpired]);
+}
+
+/// A call that waits behind a busy server (here a script of another client spinning for
+/// 1.5 s) answers within the store's call timeout (10 s), not as `Unavailable` after the
+/// driver's own response timeout (500 ms by default, which a loaded machine reaches).
+async fn a_slow_answer_within_the_call_timeout_is_no_error(url: String) {
+    use dispatch_store_redis::redis;
+    let store = store(&url).await;
+    store.count_jobs().await.expect("a first call loads the scripts");
+    let client = redis::Client::open(url.as_str()).expect("url");
+    let patient = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let busy = client.get_multiplexed_async_connection_with_config(&patient).await;
+    let mut busy = busy.expect("connect");
+    let spin = "local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] \
+                repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 1500000 \
+                return 1";
+    let blocking = tokio::spawn(async move {
+        redis::cmd("EVAL").arg(spin).arg(0).query_async::<i64>(&mut busy).await
+    });
+    // Let the spinning script reach the server first (it then holds the server 1.5 s).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counts = store.count_jobs().await;
+    assert!(counts.is_ok(), "a slow answer failed the call: {counts:?}");
+    assert_eq!(blocking.await.expect("task").expect("the spin ran"), 1);
 }
