@@ -25,7 +25,10 @@ use crate::job::{
     JobFilter, LeaseRef, LeaseToken, NewJob, QueueCount, RescueReport,
 };
 use crate::page::{Page, PageRequest};
-use crate::store::{DlqStore, JobStore, LeadershipStore, MembershipStore, WorkflowStore};
+use crate::retention::{PruneReport, RetentionPolicy};
+use crate::store::{
+    DlqStore, JobStore, LeadershipStore, MembershipStore, RetentionStore, WorkflowStore,
+};
 use crate::wake::{ListenerState, WakeupStream};
 use crate::workflow::{
     Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd, RunFilter,
@@ -65,7 +68,7 @@ pub enum CallKind {
     /// A worker registry call: `register_worker`, `heartbeat_worker`, `drain_worker`,
     /// `deregister_worker`, `list_workers`.
     Membership,
-    /// A leadership call, or leader work fenced by a term (`sweep_workers`).
+    /// A leadership call, or leader work fenced by a term (`sweep_workers`, `prune`).
     Leadership,
 }
 
@@ -363,5 +366,18 @@ impl<S: LeadershipStore + ?Sized, I: Interceptor> LeadershipStore for Intercepte
     }
     async fn leader_writes(&self, name: &str, limit: usize) -> Result<Vec<LeaderWrite>> {
         self.around(Call::one(CallKind::Read), self.inner.leader_writes(name, limit), done).await
+    }
+}
+
+#[async_trait]
+impl<S: RetentionStore + ?Sized, I: Interceptor> RetentionStore for Intercepted<S, I> {
+    async fn prune(
+        &self,
+        term: &Leader,
+        policy: &RetentionPolicy,
+        limit: usize,
+    ) -> Result<PruneReport> {
+        let call = Call::new(CallKind::Leadership, limit);
+        self.around(call, self.inner.prune(term, policy, limit), done).await
     }
 }

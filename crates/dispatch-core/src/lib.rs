@@ -20,6 +20,7 @@ pub mod id;
 pub mod intercept;
 pub mod job;
 pub mod page;
+pub mod retention;
 pub mod scope;
 pub mod store;
 pub mod time;
@@ -53,11 +54,13 @@ pub use job::{
 #[doc(inline)]
 pub use page::{Page, PageRequest};
 #[doc(inline)]
+pub use retention::{Cutoffs, PruneReport, RetentionPolicy};
+#[doc(inline)]
 pub use scope::Scope;
 #[doc(inline)]
 pub use store::{
     ClusterStore, DlqStore, EnqueueTransaction, JobStore, LeadershipStore, MembershipStore,
-    WorkflowStore,
+    RetentionStore, WorkflowStore,
 };
 #[doc(inline)]
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};

@@ -14,7 +14,9 @@ use dispatch::prelude::*;
 
 /// The settings every process of a cluster scenario uses: heartbeats every 250 ms and a worker
 /// timeout of 5 s (twenty missed heartbeats: a loaded machine never makes a live worker look
-/// dead), leadership for 2 s.
+/// dead), leadership for 2 s. Election calls and a stepping-down leader's tasks get 30 s: a
+/// leader resumed after a SIGSTOP steps down at once, and its task's next write (which the
+/// scenario waits to see refused) may take longer than the default 5 s on a loaded machine.
 pub fn cluster_config() -> ClusterConfig {
     ClusterConfig {
         leader_ttl: Duration::from_secs(2),
@@ -23,6 +25,7 @@ pub fn cluster_config() -> ClusterConfig {
         heartbeat_interval: Duration::from_millis(250),
         worker_timeout: Duration::from_secs(5),
         sweep_interval: Duration::from_millis(250),
+        store_timeout: Duration::from_secs(30),
         ..ClusterConfig::default()
     }
 }
@@ -63,7 +66,7 @@ pub fn logged_job(log: Log) -> JobDefinition<u64> {
 }
 
 /// A leader task that writes (a sweep) 200 times per run, every `pause`, logging each attempt
-/// as `write <µs it began> <term> accepted|refused|failed`. It looks at neither the leader's local
+/// as `write <µs it began> <µs its answer came> <term> accepted|refused|failed`. It looks at neither the leader's local
 /// deadline nor a clock between writes, as leader work paused between its check and its write
 /// would not: only the store's term check stands between it and a write under an old term.
 pub struct WritingTask {
@@ -91,16 +94,18 @@ impl LeaderTask for WritingTask {
 
     async fn run(&self, term: &Leader) -> Result<()> {
         for _ in 0..200 {
-            // Logged with the time the attempt began: a write sent before a SIGSTOP whose
-            // answer arrives after the SIGCONT was attempted before the pause.
+            // Logged with the time the attempt began and the time its answer came: a write sent
+            // before a SIGSTOP whose answer arrives after the SIGCONT was attempted before the
+            // pause, and may still be refused (the server ran it after the term expired).
             let began = wall_micros();
             let result = self.store.sweep_workers(term, Duration::from_secs(3600), 10).await;
+            let answered = wall_micros();
             let outcome = match &result {
                 Ok(_) => "accepted",
                 Err(error) if error.kind() == ErrorKind::NotLeader => "refused",
                 Err(_) => "failed",
             };
-            self.log.line(&format!("write {began} {} {outcome}", term.term));
+            self.log.line(&format!("write {began} {answered} {} {outcome}", term.term));
             // A failed write (the store unreachable, a session the server ended) was not
             // accepted either; go on until the store refuses the term.
             if let Err(error) = result

@@ -18,14 +18,14 @@ use crate::{MemoryStore, State};
 /// The cluster's part of the store's state.
 #[derive(Debug, Default)]
 pub(crate) struct Cluster {
-    workers: BTreeMap<WorkerId, WorkerRecord>,
+    pub(crate) workers: BTreeMap<WorkerId, WorkerRecord>,
     leaders: HashMap<String, Leader>,
     writes: HashMap<String, VecDeque<LeaderWrite>>,
 }
 
 impl Cluster {
     /// Whether `term` may write now; the write recorded when it may (`NotLeader` otherwise).
-    fn fence(&mut self, term: &Leader, action: &str, now: Timestamp) -> Result<()> {
+    pub(crate) fn fence(&mut self, term: &Leader, action: &str, now: Timestamp) -> Result<()> {
         let current = self.leaders.get(&term.name);
         if !current.is_some_and(|current| cluster::holds(current, term, now)) {
             return Err(not_leader(term));

@@ -64,6 +64,12 @@ impl JobStore for MemoryStore {
         Some(self)
     }
 
+    fn as_retention_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::RetentionStore>> {
+        Some(self)
+    }
+
     fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
         Some(self.wakeups.subscribe())
     }

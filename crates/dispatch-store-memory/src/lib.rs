@@ -19,6 +19,7 @@ mod events;
 mod finish;
 mod index;
 mod job;
+mod retention;
 mod rewind;
 mod run;
 #[cfg(test)]

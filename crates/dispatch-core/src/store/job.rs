@@ -139,6 +139,14 @@ pub trait JobStore: DlqStore {
         None
     }
 
+    /// This store as a [`RetentionStore`](crate::RetentionStore), when it prunes: every built-in
+    /// store answers `Some(self)`. Default `None`.
+    fn as_retention_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn crate::RetentionStore>> {
+        None
+    }
+
     /// How long until the next available job of `queues` and `names` is due, by the store's
     /// clock: `Some(ZERO)` when one is due now, `None` when none is waiting. A worker whose claim
     /// came back short sleeps this long (at most its poll interval) instead of a whole poll

@@ -16,7 +16,9 @@
 //! * [`MembershipStore`] (the worker registry) and [`LeadershipStore`] (leader election with
 //!   fencing terms): a cluster of workers on one store ([`ClusterStore`] names both).
 //!
-//! Later concerns (cron entries, retention) each get a trait of their own
+//! * [`RetentionStore`]: pruning what a retention policy no longer keeps, leader work.
+//!
+//! Later concerns (cron entries, flow control) each get a trait of their own
 //! here, so a feature asks for exactly the trait it needs and the compiler says when a store
 //! lacks it. Every trait is dyn-compatible: the runtime holds
 //! `Arc<dyn JobStore>` or `Arc<dyn WorkflowStore>`, and the second upcasts to the first.
@@ -28,6 +30,7 @@ pub mod dlq;
 pub mod job;
 pub mod leadership;
 pub mod membership;
+pub mod retention;
 pub mod transaction;
 pub mod workflow;
 
@@ -35,6 +38,7 @@ pub use dlq::DlqStore;
 pub use job::JobStore;
 pub use leadership::LeadershipStore;
 pub use membership::MembershipStore;
+pub use retention::RetentionStore;
 pub use transaction::EnqueueTransaction;
 pub use workflow::WorkflowStore;
 

@@ -251,9 +251,11 @@ fn takeover_delays(kills: &[(i64, HashSet<JobId>)], jobs: &[dispatch::core::Job]
     delays
 }
 
-/// One logged leader write: when, under which term, and whether the store accepted it.
+/// One logged leader write: when it began and when its answer came, under which term, and
+/// whether the store accepted it.
 struct Write {
     at: i64,
+    answered: i64,
     term: u64,
     outcome: String,
 }
@@ -262,8 +264,9 @@ fn writes(member: &Member) -> Vec<Write> {
     let parse = |line: &String| {
         let parts: Vec<&str> = line.split_whitespace().collect();
         match parts.as_slice() {
-            ["write", at, term, outcome] => Some(Write {
+            ["write", at, answered, term, outcome] => Some(Write {
                 at: at.parse().ok()?,
+                answered: answered.parse().ok()?,
                 term: term.parse().ok()?,
                 outcome: (*outcome).to_owned(),
             }),
@@ -320,20 +323,22 @@ pub(super) async fn a_paused_leader_is_fenced_when_it_resumes(kind: Kind) {
     .await;
     let resumed_at = wall_micros();
     members[paused].signal("CONT");
+    // The fence is met by the first write answered after the resume: one begun after it, or
+    // one sent just before the SIGSTOP that the server ran only after the term had expired.
     wait_until("the resumed leader to meet the fence", Duration::from_secs(60), async || {
-        writes(&members[paused]).iter().any(|w| w.at > resumed_at && w.outcome == "refused")
+        writes(&members[paused]).iter().any(|w| w.answered > resumed_at && w.outcome == "refused")
     })
     .await;
 
     let after: Vec<Write> =
-        writes(&members[paused]).into_iter().filter(|w| w.at > resumed_at).collect();
+        writes(&members[paused]).into_iter().filter(|w| w.answered > resumed_at).collect();
     let refused = after.iter().filter(|w| w.outcome == "refused").count();
     println!(
         "{kind:?}: the resumed leader (term {old_term}) attempted {} writes, {refused} refused",
         after.len()
     );
     assert!(refused >= 1, "the resumed leader attempted no write under its old term");
-    for write in after.iter().filter(|w| w.term == old_term) {
+    for write in after.iter().filter(|w| w.term == old_term && w.at > resumed_at) {
         // Refused by the term check, or failed before reaching it (PostgreSQL ends the session
         // of a client paused inside a transaction): never accepted.
         assert_ne!(write.outcome, "accepted", "a write under the old term after resuming");
