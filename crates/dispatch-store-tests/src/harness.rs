@@ -9,8 +9,8 @@ use dispatch_core::{ClusterStore, JobStore, ManualClock, SharedClock, WorkflowSt
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::{
-    Scenario, SuiteTest, cluster_tests, job_scenarios, job_tests, workflow_scenarios,
-    workflow_tests,
+    Scenario, SuiteTest, cluster_tests, job_scenarios, job_tests, retention_tests,
+    workflow_scenarios, workflow_tests,
 };
 
 /// How long one suite test may take before it is failed as hung. Generous: the suite never
@@ -76,7 +76,7 @@ where
         let factory = Arc::clone(&factory);
         (test.name, Box::new(move || run_one(factory, as_cluster_store, test)) as Runner)
     }));
-    runners.extend(workflow_tests().into_iter().map(|test| {
+    runners.extend(retention_tests().into_iter().chain(workflow_tests()).map(|test| {
         let factory = Arc::clone(&factory);
         (test.name, Box::new(move || run_one(factory, as_workflow_store, test)) as Runner)
     }));

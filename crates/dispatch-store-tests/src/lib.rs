@@ -65,6 +65,7 @@ pub mod server;
 pub mod cluster;
 pub mod dlq;
 pub mod job;
+pub mod retention;
 pub mod workflow;
 
 use std::sync::Arc;
@@ -287,6 +288,22 @@ pub fn cluster_tests() -> Vec<SuiteTest<dyn ClusterStore>> {
         cluster::renewal_by_a_non_holder_fails,
         cluster::a_write_under_an_old_term_is_rejected,
         cluster::terms_never_overlap_under_churn,
+    ]
+}
+
+/// The retention tests, in a stable order: they need a [`WorkflowStore`] that answers
+/// [`JobStore::as_retention_store`] and [`JobStore::as_cluster_store`].
+pub fn retention_tests() -> Vec<SuiteTest<dyn WorkflowStore>> {
+    suite![
+        retention::prunes_finished_jobs_by_state_and_age,
+        retention::keep_all_prunes_nothing,
+        retention::a_unique_window_keeps_its_job_and_its_key,
+        retention::ended_runs_go_with_their_checkpoints_and_drive_job,
+        retention::a_child_of_a_live_parent_is_kept,
+        retention::expired_kept_events_are_pruned,
+        retention::gone_workers_are_pruned_after_their_age,
+        retention::prune_is_fenced_by_the_term,
+        retention::batches_are_bounded_and_report_more,
     ]
 }
 

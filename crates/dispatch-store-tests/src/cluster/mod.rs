@@ -30,7 +30,7 @@ impl TestContext<dyn ClusterStore> {
 }
 
 /// A registration of worker `id` as the suite writes it.
-fn registration(id: WorkerId) -> WorkerRegistration {
+pub(crate) fn registration(id: WorkerId) -> WorkerRegistration {
     WorkerRegistration {
         id,
         host: "host-a".to_owned(),
