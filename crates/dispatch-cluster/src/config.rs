@@ -32,6 +32,11 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// The longest one election or leader-work store call may take (default 5 s).
     pub store_timeout: Duration,
+    /// How often the leader prunes, when retention is on (default 1 min).
+    pub retention_interval: Duration,
+    /// The most records of each kind one prune call removes (default 1,000): the size of the
+    /// short transaction each batch is.
+    pub retention_batch: usize,
 }
 
 impl Default for ClusterConfig {
@@ -47,6 +52,8 @@ impl Default for ClusterConfig {
             sweep_limit: 1000,
             lease_ttl: Duration::from_secs(300),
             store_timeout: Duration::from_secs(5),
+            retention_interval: Duration::from_secs(60),
+            retention_batch: 1000,
         }
     }
 }
@@ -70,8 +77,11 @@ impl ClusterConfig {
         if self.campaign_interval.is_zero() || self.sweep_interval.is_zero() {
             return invalid("campaign_interval and sweep_interval must be positive");
         }
-        if self.sweep_limit == 0 {
-            return invalid("sweep_limit must be at least 1");
+        if self.sweep_limit == 0 || self.retention_batch == 0 {
+            return invalid("sweep_limit and retention_batch must be at least 1");
+        }
+        if self.retention_interval.is_zero() {
+            return invalid("retention_interval must be positive");
         }
         Ok(())
     }

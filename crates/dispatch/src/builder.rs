@@ -45,6 +45,9 @@ pub struct DispatcherBuilder {
     workflows: Vec<WorkflowStep>,
     #[cfg(feature = "cluster")]
     cluster: Option<dispatch_cluster::ClusterConfig>,
+    /// What the leader prunes, when retention is on.
+    #[cfg(feature = "cluster")]
+    retention: Option<dispatch_core::RetentionPolicy>,
     /// The application's version, as the worker registry shows it.
     app_version: Option<String>,
 }
@@ -149,6 +152,17 @@ impl DispatcherBuilder {
         self
     }
 
+    /// Prune finished work by `policy` (see [`RetentionPolicy`](dispatch_core::RetentionPolicy)
+    /// for its defaults and for what is never pruned): leader work, so it needs
+    /// [`cluster`](Self::cluster). The leader prunes every `retention_interval` of the cluster
+    /// settings, in batches of `retention_batch` per kind, each batch a short store operation
+    /// fenced by its term. Without it nothing is ever deleted.
+    #[cfg(feature = "cluster")]
+    pub fn retention(mut self, policy: dispatch_core::RetentionPolicy) -> Self {
+        self.retention = Some(policy);
+        self
+    }
+
     /// The application's version, shown by the worker registry (default: Dispatch's
     /// [`VERSION`](crate::VERSION)).
     pub fn app_version(mut self, version: impl Into<String>) -> Self {
@@ -176,6 +190,7 @@ impl DispatcherBuilder {
             builder,
             stores.jobs.clone(),
             self.cluster,
+            self.retention,
             &self.hooks,
             version,
         )?;

@@ -158,3 +158,48 @@ async fn a_drained_worker_claims_nothing_new_and_finishes_its_jobs() {
     }
     assert!(registry.list_workers().await.expect("list").is_empty(), "it deregistered");
 }
+
+/// With retention on, the leader prunes completed jobs by the policy's age while a job inside
+/// its unique key's window stays; retention without a cluster is refused at build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_prunes_finished_jobs_by_the_policy() {
+    use dispatch::core::RetentionPolicy;
+
+    let store = MemoryStore::new();
+    let policy =
+        RetentionPolicy { completed: Some(Duration::from_millis(1)), ..RetentionPolicy::default() };
+    let refused = Dispatcher::builder().store(store.clone()).retention(policy.clone()).build();
+    assert!(refused.is_err(), "retention is leader work: a cluster is required");
+
+    let config = ClusterConfig { retention_interval: Duration::from_millis(50), ..fast() };
+    let mut dispatcher = Dispatcher::builder()
+        .store(store.clone())
+        .register(noop())
+        .cluster(config)
+        .retention(policy)
+        .build()
+        .expect("build");
+    dispatcher.start().await.expect("start");
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(dispatcher.enqueue(&noop(), n).await.expect("enqueue").id());
+    }
+    let options =
+        dispatch::job::EnqueueOptions::new().unique_for("nightly", Duration::from_secs(3600));
+    let held = dispatcher.enqueue_with(&noop(), 99, options).await.expect("enqueue").id();
+    let jobs: Arc<dyn JobStore> = Arc::new(store.clone());
+    eventually("every completed job outside a unique window is pruned", || async {
+        let mut gone = 0;
+        for &id in &ids {
+            gone += usize::from(jobs.get_job(id).await.expect("get").is_none());
+        }
+        gone == ids.len()
+    })
+    .await;
+    let kept = jobs.get_job(held).await.expect("get").expect("inside its window: kept");
+    assert_eq!(kept.state, JobState::Completed);
+    let cluster: Arc<dyn ClusterStore> = Arc::new(store.clone());
+    let writes = cluster.leader_writes("dispatch", 1000).await.expect("writes");
+    assert!(writes.iter().any(|w| w.action == "prune"), "pruned under the leader's term");
+    dispatcher.stop().await;
+}
