@@ -54,7 +54,7 @@ pub trait StoreFactory: Send + Sync + 'static {
 }
 
 /// Entry point for a `harness = false` test binary of a store that keeps jobs and workflows:
-/// runs the whole suite (jobs, DLQ, the cluster, workflow runs) and every runtime scenario (the job runtime
+/// runs the whole suite (jobs, DLQ, the cluster, retention, workflow runs) and every runtime scenario (the job runtime
 /// and workflows) on stores made by `factory`, and returns the process exit code.
 ///
 /// One libtest-mimic trial per test, run in parallel on libtest-mimic's thread pool (so

@@ -1,6 +1,7 @@
 //! The conformance suite every Dispatch store runs: the executable form of the contracts in
 //! `dispatch-core`'s [`store`](dispatch_core::store) module ([`JobStore`] with its
-//! [`DlqStore`](dispatch_core::DlqStore), and [`WorkflowStore`]).
+//! [`DlqStore`](dispatch_core::DlqStore), [`WorkflowStore`], the cluster traits and
+//! [`RetentionStore`](dispatch_core::RetentionStore)).
 //!
 //! A store author runs it on their store from a test binary declared with `harness = false`:
 //! implement [`StoreFactory`] (how to make a fresh, empty store in its own namespace reading a
@@ -38,7 +39,8 @@
 //! ```
 //!
 //! Every test is a plain `pub async fn(TestContext)` in a module named after the trait it pins
-//! ([`job`], [`dlq`], [`workflow`]); [`job_tests`] and [`workflow_tests`] list them. Tests are
+//! ([`job`], [`dlq`], [`cluster`], [`retention`], [`workflow`]); [`job_tests`],
+//! [`cluster_tests`], [`retention_tests`] and [`workflow_tests`] list them. Tests are
 //! deterministic: time moves only through the [`ManualClock`](dispatch_core::ManualClock) in the
 //! [`TestContext`], never by sleeping, and each test touches only its own store, so they run in
 //! parallel against one server.

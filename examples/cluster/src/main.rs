@@ -10,14 +10,14 @@
 //! The store is `sqlite:<file>`, `postgres://…` or `redis://…` (a Redis URL may end with
 //! `#<prefix>` to pick the key prefix). Stop a process with Ctrl-C (it drains: its jobs finish,
 //! it leaves the registry, a leader resigns) or kill it with `kill -9` and watch another take
-//! its jobs over.
+//! its jobs over. The leader also prunes completed jobs after an hour (retention).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use dispatch::cluster::ClusterConfig;
-use dispatch::core::WorkflowStore;
+use dispatch::core::{RetentionPolicy, WorkflowStore};
 use dispatch::prelude::*;
 
 /// A job of about a second, so that a killed process leaves some in flight.
@@ -72,6 +72,10 @@ async fn main() -> anyhow::Result<()> {
         .concurrency(4)
         .hook(Roles)
         .cluster(ClusterConfig::default())
+        .retention(RetentionPolicy {
+            completed: Some(Duration::from_secs(3600)),
+            ..RetentionPolicy::default()
+        })
         .app_version(env!("CARGO_PKG_VERSION"))
         .build()?;
     if let [_, command, count] = args.as_slice()
