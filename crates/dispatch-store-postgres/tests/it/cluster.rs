@@ -151,7 +151,25 @@ async fn a_term_taken_after_a_lock_wait_starts_when_taken(url: String) {
             store.acquire_leadership("held", WorkerId::new(), Duration::from_secs(2)).await
         })
     };
-    // Hold the lock past the lease the waiting statement asks for.
+    // Once the statement waits on the lock (so the test is not passed by a statement that had
+    // not started yet), hold the lock past the lease it asks for.
+    let blocked = format!(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE NOT l.granted AND a.query LIKE '%\"{}\".leaders%'",
+        store.schema()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(AssertSqlSafe(blocked.clone()))
+            .fetch_one(&mut locker)
+            .await
+            .expect("pg_locks");
+        if waiting > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the acquire never waited on the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     sqlx::query("COMMIT").execute(&mut locker).await.expect("commit");
     let leader = waiting.await.expect("task").expect("acquire").expect("the first term expired");
