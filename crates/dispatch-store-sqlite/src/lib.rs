@@ -129,6 +129,7 @@ mod finish;
 mod group;
 mod job;
 mod migrate;
+mod retention;
 mod rewind;
 mod row;
 mod run;
