@@ -4,9 +4,11 @@
 //! One call is one `BEGIN IMMEDIATE` transaction on the writer, fenced as the worker sweep is
 //! (the leadership row checked and the write recorded, action `prune`, before anything is
 //! removed), that removes at most `limit` rows of each kind. SQLite has one writer, so the call
-//! holds every claim and finish back while it runs: the caller keeps `limit` small (a few
-//! hundred to a thousand rows is a few milliseconds) and calls again while the report says
-//! `more`.
+//! holds every claim and finish back while it runs: the caller keeps `limit` small and calls
+//! again while the report says `more`. Measured on 200,000 completed jobs (tests/it/retention.rs):
+//! a call of 1,000 took about 10 ms with optimized SQLite and IDs that grow with time (UUIDv7),
+//! and five to eight times that with random IDs, whose deletes each touch a random page of the
+//! ID index.
 //!
 //! Every kind is read oldest first through an index holding only what could be pruned
 //! (migration 0008), so a pass costs what it removes plus what it must step over, not the size
