@@ -168,7 +168,8 @@
 //! transaction the application opens itself for [`in_transaction`](PostgresStore::in_transaction)
 //! starts as the store's do, `store.pool().begin_with("BEGIN; DEALLOCATE ALL")`: the store's
 //! statements in it are prepared under sqlx's names, which a statement another transaction left
-//! on that server session would already hold. As
+//! on that server session would already hold (or the operator sets PgBouncer's
+//! `server_reset_query_always = 1`, a `DISCARD ALL` after every transaction). As
 //! a backstop for any session the pooler hands out, the operator sets the bounds on the role
 //! or the database rather than per session:
 //! `ALTER ROLE app SET idle_in_transaction_session_timeout = '30s'` (a session left idle in a
