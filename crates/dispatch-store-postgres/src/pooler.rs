@@ -27,11 +27,11 @@ use dispatch_core::Result;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use sqlx::Either;
 use sqlx::error::BoxDynError;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow, PgStatement, PgTypeInfo};
 use sqlx::{Execute, Executor, PgConnection, PgPool, Postgres, SqlStr, Transaction};
-use sqlx_core::Either;
 
 use crate::db_error;
 
@@ -219,7 +219,7 @@ impl<'c> Executor<'c> for &'c Pool {
     fn describe<'e>(
         self,
         sql: SqlStr,
-    ) -> BoxFuture<'e, std::result::Result<sqlx_core::describe::Describe<Postgres>, sqlx::Error>>
+    ) -> BoxFuture<'e, std::result::Result<sqlx::Describe<Postgres>, sqlx::Error>>
     where
         'c: 'e,
     {
