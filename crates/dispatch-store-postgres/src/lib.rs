@@ -153,6 +153,7 @@ mod finish;
 mod group;
 mod job;
 mod migrate;
+mod retention;
 mod rewind;
 mod row;
 mod run;
@@ -242,6 +243,7 @@ struct Statements {
     events: events::Sql,
     rewind: rewind::Sql,
     cluster: cluster::Sql,
+    retention: retention::Sql,
 }
 
 impl Statements {
@@ -257,6 +259,7 @@ impl Statements {
             events: events::Sql::new(quoted),
             rewind: rewind::Sql::new(quoted),
             cluster: cluster::Sql::new(quoted),
+            retention: retention::Sql::new(quoted),
         }
     }
 }
