@@ -39,6 +39,8 @@ struct Opened {
 }
 
 enum Place {
+    /// The in-process store: rows only (it has no size of its own to read).
+    Memory,
     Sqlite(String),
     Postgres(String),
     Redis,
@@ -54,6 +56,7 @@ pub(crate) fn main(args: &[String]) -> anyhow::Result<()> {
 async fn open(options: &Options) -> anyhow::Result<Opened> {
     let name = options.stores.first().context("no store")?;
     Ok(match name.as_str() {
+        "memory" => Opened { store: Arc::new(dispatch::MemoryStore::new()), place: Place::Memory },
         "sqlite" => {
             let path =
                 std::env::temp_dir().join(format!("dispatch-soak-{}.db", std::process::id()));
@@ -248,6 +251,7 @@ impl Sampler<'_> {
             Place::Postgres(url) => probe::postgres(url, NAMESPACE, &mut s).await,
             Place::Sqlite(path) => probe::sqlite(path, &mut s).await,
             Place::Redis => probe::redis(REDIS_URL, NAMESPACE, &mut s).await,
+            Place::Memory => Ok(()),
         };
         if let Err(error) = measured {
             eprintln!("soak: measuring the store failed: {error:#}");

@@ -12,7 +12,8 @@ pub(crate) struct Options {
     pub duration: Duration,
     /// Plain jobs enqueued per second, per store (workflow runs come on top, a twentieth of it).
     pub rate: u32,
-    /// The stores, each soaked in a child process of its own.
+    /// The stores, each soaked in a child process of its own (`memory` may be added: a check
+    /// of the soak itself, with the reference store).
     pub stores: Vec<String>,
     /// How often each child samples.
     pub sample: Duration,
@@ -67,8 +68,8 @@ impl Options {
             }
         }
         for store in &options.stores {
-            if !["sqlite", "postgres", "redis"].contains(&store.as_str()) {
-                bail!("unknown store {store:?} (known: sqlite, postgres, redis)");
+            if !["sqlite", "postgres", "redis", "memory"].contains(&store.as_str()) {
+                bail!("unknown store {store:?} (known: sqlite, postgres, redis, memory)");
             }
         }
         anyhow::ensure!(options.rate > 0, "--rate must be at least 1");

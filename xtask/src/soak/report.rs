@@ -33,6 +33,7 @@ fn columns(store: &str) -> Vec<(&'static str, &'static str, Unit)> {
             ("schema MiB", "schema_bytes", Unit::MiB),
         ],
         "sqlite" => vec![("free pages", "free_pages", Unit::Count)],
+        "memory" => vec![],
         _ => vec![
             ("job keys", "job_keys", Unit::Count),
             ("keys", "keys", Unit::Count),
@@ -82,9 +83,13 @@ pub(crate) fn render(
         out += "(last row: after the drain)\n";
     }
     out += "\n";
-    for (name, key) in
-        [("jobs size", "jobs_bytes"), ("claim p99", "claim_p99_us"), ("RSS", "rss_kib")]
-    {
+    let series = [
+        ("jobs rows", "rows"),
+        ("jobs size", "jobs_bytes"),
+        ("claim p99", "claim_p99_us"),
+        ("RSS", "rss_kib"),
+    ];
+    for (name, key) in series {
         let series: Vec<Option<f64>> =
             samples.iter().map(|s| s.get(key).and_then(Value::as_f64)).collect();
         out += &format!("{name:<10} {}  {}\n", sparkline(&series), verdict(&series));
