@@ -18,9 +18,12 @@
 //! a claim costs O(batch) whatever else the queue holds; jobs not yet due wait in a sorted set
 //! per pair scored by run-at, and move over when the claim finds them due; running jobs are
 //! scored by lease expiry (which is also how running jobs are listed). Listings page through
-//! per-state and per-entity indexes ordered by ID; counts per (queue, state) are kept by the scripts. The index of each final state is in
-//! ID (creation) order, so retention can remove finished jobs in bounded batches, oldest first,
-//! stopping at the first job created after its cutoff (a job finishes after it is created).
+//! per-state and per-entity indexes ordered by ID; counts per (queue, state) are kept by the
+//! scripts. Retention reads indexes of its own, scored by the time each record's age counts
+//! from (a finished job's finish, a run's end, a DLQ entry's death, a kept event's expiry, a
+//! gone worker's last heartbeat), so a prune costs O(limit) and never scans the keyspace; the
+//! leader prunes under its term ([`RetentionStore`](dispatch_core::RetentionStore), see
+//! `src/retention.rs`).
 //! A run is a hash beside its checkpoints (data by key, and their write order), its event waits (indexed per scope,
 //! event name and correlation, oldest first) and the events kept for later waits.
 //! `src/lua/prelude.lua` documents every job key, `src/lua/runs.lua` every workflow key.
@@ -68,6 +71,7 @@ mod finish;
 mod job;
 mod keys;
 mod lookup;
+mod retention;
 mod rewind;
 mod row;
 mod run;

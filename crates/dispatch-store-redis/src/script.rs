@@ -73,6 +73,7 @@ pub(crate) struct ScriptSet {
     pub(crate) leader_renew: Script,
     pub(crate) leader_resign: Script,
     pub(crate) leader_take: Script,
+    pub(crate) prune: Script,
 }
 
 impl Scripts {
@@ -112,6 +113,7 @@ impl Scripts {
             leader_renew: cluster_script(include_str!("lua/leader_renew.lua")),
             leader_resign: cluster_script(include_str!("lua/leader_resign.lua")),
             leader_take: cluster_script(include_str!("lua/leader_take.lua")),
+            prune: cluster_script(include_str!("lua/prune.lua")),
         }))
     }
 }

@@ -22,6 +22,7 @@ for _, id in ipairs(ids) do
   end
 end
 variadic('ZREM', K_DLQ, doomed)
+variadic('ZREM', K_DLQ_FAILED, doomed)
 for _, key in ipairs(keys) do redis.call('DEL', key) end
 local resume = ''
 if #ids == scan then resume = ids[#ids] end

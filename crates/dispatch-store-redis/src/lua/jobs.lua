@@ -66,8 +66,8 @@ local function make_available(id, place, from, run_at, extra)
 end
 
 -- End a job in a final state (completed, cancelled, dead) from state `from`; `extra` as for
--- make_available. A final state's index is in ID (creation) order: retention walks it oldest
--- first and stops at the first job created after its cutoff (a job finishes after it starts).
+-- make_available. move_state puts it in its state's ID-ordered index (listings) and in its
+-- finished_key set by finish time (retention).
 local function end_job(id, place, from, state, extra)
   local key = job_key(id)
   local fields = { 'state', state, 'finished_at', NOW_S }
@@ -120,6 +120,7 @@ local function promote(id, place, from, dlq_id, extra)
   put('timeout_us', v[7]); put('app', v[8]); put('tenant', v[9])
   redis.call('HSET', dlq_key(dlq_id), unpack(fields))
   redis.call('ZADD', K_DLQ, 0, dlq_id)
+  redis.call('ZADD', K_DLQ_FAILED, NOW, dlq_id)
   redis.call('HSET', key, 'dlq_id', dlq_id)
   if v[11] then fail_driven_run(v[11], last_error_message(id) or 'the drive job died') end
 end

@@ -52,6 +52,15 @@ local K_LEASES = P .. ':leases'
 -- Every job (score 0, lexical by id), and per state (but running: see K_LEASES).
 local K_JOBS = P .. ':jobs'
 local function state_key(state) return P .. ':state:' .. state end
+-- Finished jobs awaiting retention, per final state (completed, cancelled, dead): score
+-- finished_at, member id, so a prune reads only what is old enough. A job leaves it when it is
+-- pruned, when it leaves its state (a re-armed drive job), or when retention sets it aside: the
+-- drive job of a stored run goes with its run instead, and a job inside its unique key's
+-- window waits in K_UNIQUE_HELD until the window has passed.
+local function finished_key(state) return P .. ':finished:' .. state end
+-- Finished jobs set aside by retention while they hold their unique key's window: score
+-- unique_until, member id.
+local K_UNIQUE_HELD = P .. ':uniqueheld'
 -- Counts per (state, queue): field "<state>:<queue>".
 local K_COUNTS = P .. ':counts'
 -- Enqueue order.
@@ -63,6 +72,8 @@ local K_WAKE = P .. ':wake'
 -- DLQ entries and their index (score 0, lexical by id).
 local function dlq_key(id) return P .. ':dlq:' .. id end
 local K_DLQ = P .. ':dlqs'
+-- DLQ entries by death (score failed_at, member id), for retention.
+local K_DLQ_FAILED = P .. ':dlqs:failed'
 -- Workflow runs and their indexes (score 0, lexical by id; all, and per state).
 local function run_key(id) return P .. ':run:' .. id end
 local K_RUNS = P .. ':runs'
@@ -79,6 +90,9 @@ local K_WORKERS = P .. ':workers'
 local K_WORKERS_SEEN = P .. ':workers:seen'
 -- The IDs of gone workers, whose running jobs the sweep reclaims.
 local K_WORKERS_GONE = P .. ':workers:gone'
+-- Gone workers scored by last_seen, for retention; a worker leaves it when it registers again,
+-- deregisters or is pruned.
+local K_WORKERS_GONE_SEEN = P .. ':workers:goneseen'
 -- A leadership: hash of holder, term, elected_at, expires_at.
 local function leader_key(name) return P .. ':leader:' .. name end
 -- The writes accepted under a leadership's terms: a list, oldest first, each a JSON object
@@ -118,6 +132,10 @@ end
 -- running jobs read it), which spares a claim and a finish a sorted-set write each.
 local function indexed(state) return state ~= 'running' end
 
+local function is_final_job(state)
+  return state == 'completed' or state == 'cancelled' or state == 'dead'
+end
+
 -- A new job enters `state`.
 local function add_state(id, queue, state)
   if indexed(state) then zadd(state_key(state), 0, id) end
@@ -129,6 +147,13 @@ local function move_state(id, queue, from, to)
   if from == to then return end
   if indexed(from) then zrem(state_key(from), id) end
   if indexed(to) then zadd(state_key(to), 0, id) end
+  -- Leaving a final state is rare (a re-armed drive job); entering one costs the finish a
+  -- member in its finished_key set (one ZADD per state and call, at flush).
+  if is_final_job(from) then
+    zrem(finished_key(from), id)
+    zrem(K_UNIQUE_HELD, id)
+  end
+  if is_final_job(to) then zadd(finished_key(to), NOW, id) end
   count(from, queue, -1)
   count(to, queue, 1)
 end
@@ -136,6 +161,10 @@ end
 -- A job leaves the store (retention, deletes).
 local function drop_state(id, queue, state)
   if indexed(state) then zrem(state_key(state), id) end
+  if is_final_job(state) then
+    zrem(finished_key(state), id)
+    zrem(K_UNIQUE_HELD, id)
+  end
   count(state, queue, -1)
 end
 

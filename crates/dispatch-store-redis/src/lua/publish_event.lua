@@ -36,6 +36,7 @@ if #delivered == 0 and not broadcast and keep_for > 0 then
   local seq = I(redis.call('INCR', K_EVENT_SEQ))
   redis.call('ZADD', kept_key(part), seq, seq)
   redis.call('HSET', kept_data_key(part), 'p:' .. seq, payload, 'e:' .. seq, I(NOW + keep_for))
+  redis.call('ZADD', K_KEPT_EXPIRY, NOW + keep_for, kept_expiry_member(part, seq))
   kept = 1
 end
 flush()

@@ -26,10 +26,21 @@ local function wait_index_key(part) return P .. ':waits:' .. part end
 local function kept_key(part) return P .. ':kept:' .. part end
 -- Their payloads and expiries: a hash, 'p:<seq>' -> payload, 'e:<seq>' -> expiry (µs).
 local function kept_data_key(part) return P .. ':keptdata:' .. part end
+-- Kept events of every event_part by expiry, for retention: score keep-until (µs), member
+-- "<seq>:<event_part>".
+local K_KEPT_EXPIRY = P .. ':keptexpiry'
+local function kept_expiry_member(part, seq) return seq .. ':' .. part end
 -- The order of waits and kept events (one counter for both).
 local K_EVENT_SEQ = P .. ':eventseq'
 
 -- Runs ----------------------------------------------------------------------------------------
+-- Ended runs awaiting retention: score finished_at, member id. A run leaves it when it is
+-- pruned, reopened (rewind, migrate), or set aside by retention while its parent is live.
+local K_RUNS_ENDED = P .. ':runsended'
+-- Ended children of run `parent` set aside by retention while the parent is live: a set of
+-- run ids, put back into K_RUNS_ENDED when the parent ends.
+local function run_parked_key(parent) return P .. ':runparked:' .. parent end
+
 local function is_final_run(state)
   return state == 'completed' or state == 'failed' or state == 'cancelled'
 end
@@ -159,6 +170,7 @@ local function take_kept(part)
     local v = redis.call('HMGET', data, 'p:' .. seq, 'e:' .. seq)
     redis.call('ZREM', kept, seq)
     redis.call('HDEL', data, 'p:' .. seq, 'e:' .. seq)
+    redis.call('ZREM', K_KEPT_EXPIRY, kept_expiry_member(part, seq))
     if v[1] and v[2] and tonumber(v[2]) > NOW then return v[1] end
   end
 end
@@ -177,10 +189,24 @@ local function prune_kept(part, max)
     if expires and tonumber(expires) > NOW then return end
     redis.call('ZREM', kept, seq)
     redis.call('HDEL', data, 'p:' .. seq, 'e:' .. seq)
+    redis.call('ZREM', K_KEPT_EXPIRY, kept_expiry_member(part, seq))
   end
 end
 
 -- Ending and reopening ------------------------------------------------------------------------
+-- The ended children retention set aside while run `id` was live go back to K_RUNS_ENDED, now
+-- that it has ended (one SMEMBERS per run end, of a key that rarely exists).
+local function unpark_children(id)
+  local parked = run_parked_key(id)
+  local children = redis.call('SMEMBERS', parked)
+  if #children == 0 then return end
+  for _, child in ipairs(children) do
+    local v = redis.call('HMGET', run_key(child), 'state', 'finished_at')
+    if v[1] and is_final_run(v[1]) and v[2] then redis.call('ZADD', K_RUNS_ENDED, v[2], child) end
+  end
+  redis.call('DEL', parked)
+end
+
 -- End run `id` (now in state `from`) in final `state`, with `field` ('output' or 'error') set to
 -- `value`: its waits go, it waits for nothing (dispatch-store-memory's run::end).
 local function end_run_record(id, from, state, field, value)
@@ -190,6 +216,8 @@ local function end_run_record(id, from, state, field, value)
   redis.call('HDEL', key, 'waiting')
   move_run_state(id, from, state)
   remove_waits(id)
+  redis.call('ZADD', K_RUNS_ENDED, NOW, id)
+  unpark_children(id)
 end
 
 -- Make run `id` (now in state `from`) running again: output, error, finish time, cancel
@@ -199,6 +227,7 @@ local function reopen_run(id, from)
   redis.call('HSET', key, 'state', 'running', 'updated_at', NOW_S)
   redis.call('HDEL', key, 'output', 'error', 'finished_at', 'cancel_requested', 'waiting')
   move_run_state(id, from, 'running')
+  redis.call('ZREM', K_RUNS_ENDED, id)
 end
 
 -- The run driven by a job that just died fails with `message`, unless it has ended already.

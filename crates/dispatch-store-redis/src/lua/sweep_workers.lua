@@ -20,12 +20,17 @@ end
 record_leader_write(name, term, 'sweep', kept)
 
 -- Mark the overdue workers gone: last_seen + timeout < NOW, i.e. last_seen < NOW - timeout.
+-- Their score is their last_seen, which also scores them in K_WORKERS_GONE_SEEN (retention).
 local gone = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_WORKERS_SEEN, '-inf', '(' .. I(NOW - timeout))) do
+local overdue = redis.call('ZRANGEBYSCORE', K_WORKERS_SEEN, '-inf', '(' .. I(NOW - timeout),
+  'WITHSCORES')
+for i = 1, #overdue, 2 do
+  local id = overdue[i]
   local state = worker_state(id)
   if state == 'active' or state == 'draining' then
     redis.call('HSET', worker_key(id), 'state', 'gone')
     redis.call('SADD', K_WORKERS_GONE, id)
+    redis.call('ZADD', K_WORKERS_GONE_SEEN, overdue[i + 1], id)
     gone[#gone + 1] = id
   end
   -- Only active and draining workers are watched (a stale entry goes too).

@@ -5,4 +5,5 @@ redis.call('DEL', worker_key(id))
 redis.call('ZREM', K_WORKERS, id)
 redis.call('ZREM', K_WORKERS_SEEN, id)
 redis.call('SREM', K_WORKERS_GONE, id)
+redis.call('ZREM', K_WORKERS_GONE_SEEN, id)
 return 0

@@ -16,4 +16,5 @@ redis.call('HSET', key, 'id', id, 'host', ARGV[3], 'pid', ARGV[4], 'queues', que
 redis.call('ZADD', K_WORKERS, 0, id)
 redis.call('ZADD', K_WORKERS_SEEN, NOW, id)
 redis.call('SREM', K_WORKERS_GONE, id)
+redis.call('ZREM', K_WORKERS_GONE_SEEN, id)
 return redis.call('HGETALL', key)

@@ -3,9 +3,10 @@
 //! the wake-up listener (it reconnects after its connection is killed; its streams end with
 //! the store), key edges (queue and job names with `:` and `{`), listings whose filters
 //! match little (bounded calls, short pages that carry a cursor), rescues of many dying jobs at
-//! once, and the cluster scripts at their bounds (a sweep short of DLQ entry IDs, the kept
-//! leader writes). Each needs the test server
-//! at `DISPATCH_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) and makes its own key
+//! once, the cluster scripts at their bounds (a sweep short of DLQ entry IDs, the kept leader
+//! writes), and retention (no key of a pruned record is left behind; the prune rate). Each
+//! needs the test server at `DISPATCH_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) and
+//! makes its own key
 //! prefixes, deleted at the end of the run; without a server every test is reported ignored,
 //! and fails instead under `CI=true` (see `support`). The stores read the server's clock, as in
 //! production, so these tests take real time: they wait by polling against a deadline. Tests
@@ -19,6 +20,7 @@ mod common;
 mod keys;
 mod listing;
 mod rescue;
+mod retention;
 mod timing;
 mod wakeup;
 
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
         ("keys", keys::tests()),
         ("listing", listing::tests()),
         ("rescue", rescue::tests()),
+        ("retention", retention::tests()),
         ("timing", timing::tests()),
         ("wakeup", wakeup::tests()),
     ];
