@@ -76,9 +76,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         echo(store.clone(), stderr);
         children.push((store.clone(), child, collect(store.clone(), stdout)));
     }
-    if let Some(server) = server.as_ref().filter(|_| options.restart) {
-        restart_half_way(server, &options, &children)?;
-    }
+    let restarted = match server.as_ref().filter(|_| options.restart) {
+        Some(server) => restart_half_way(server, &options, &children)?,
+        None => None,
+    };
     let mut reports = Vec::new();
     for (store, mut child, collector) in children {
         let status = child.wait()?;
@@ -90,6 +91,13 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     }
     drop(server);
     println!("\n## Soak report");
+    if let Some((at, took)) = restarted {
+        println!(
+            "\nPostgreSQL restarted (pg_ctl restart -m fast) at t = {} s, back in {:.1} s",
+            at.as_secs(),
+            took.as_secs_f64()
+        );
+    }
     let mut lost = false;
     for (store, c) in &reports {
         print!("{}", report::render(store, &c.samples, c.drained.as_ref(), c.account.as_ref()));
@@ -101,23 +109,24 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Wait until half the duration has passed (or every child has ended), then restart the
-/// server.
+/// server. Returns when (since the children started) and how long it took, if it did.
 fn restart_half_way(
     server: &postgres::Instance,
     options: &Options,
     children: &[(String, std::process::Child, JoinHandle<Collected>)],
-) -> anyhow::Result<()> {
-    let at = tokio::time::Instant::now() + options.duration / 2;
-    while tokio::time::Instant::now() < at {
+) -> anyhow::Result<Option<(Duration, Duration)>> {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < options.duration / 2 {
         if children.iter().all(|(_, _, c)| c.is_finished()) {
-            return Ok(());
+            return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     println!("soak: restarting PostgreSQL (pg_ctl restart -m fast)");
+    let at = start.elapsed();
     let took = server.restart()?;
     println!("soak: PostgreSQL restarted in {:.1} s", took.as_secs_f64());
-    Ok(())
+    Ok(Some((at, took)))
 }
 
 /// Read a child's JSON lines, showing a short progress line for each sample.
