@@ -31,7 +31,7 @@ use crate::{BoxFuture, SqliteStore};
 impl SqliteStore {
     /// Run `body` as [`write`](SqliteStore::write) does, with the store's time read once the
     /// transaction holds the writer (see the module docs).
-    async fn write_now<T, F>(&self, what: &str, body: F) -> Result<T>
+    pub(crate) async fn write_now<T, F>(&self, what: &str, body: F) -> Result<T>
     where
         F: for<'c> FnOnce(&'c mut SqliteConnection, Timestamp) -> BoxFuture<'c, Result<T>>,
     {
@@ -41,7 +41,7 @@ impl SqliteStore {
 }
 
 /// A value serialized as the JSON text a statement's `json_each(?)` reads.
-fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
+pub(crate) fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::internal(format!("sqlite: {e}")))
 }
 
@@ -205,7 +205,7 @@ async fn sweep(
 /// record the write `action` under it, keeping the newest [`LEADER_WRITES_KEPT`] of its
 /// leadership. `NotLeader` otherwise, before anything is written: the caller's transaction
 /// rolls back and nothing of the call is kept.
-async fn fence(
+pub(crate) async fn fence(
     conn: &mut SqliteConnection,
     term: &Leader,
     action: &str,

@@ -101,6 +101,25 @@
 //! # }
 //! ```
 //!
+//! # Retention
+//!
+//! The store prunes finished work ([`RetentionStore`](dispatch_core::RetentionStore)): the
+//! leader calls `prune` under its term, and each call is one short write transaction removing at
+//! most `limit` rows of each kind, oldest first, by the rules of [`dispatch_core::retention`].
+//! Every kind is found through an index holding only what could be pruned, so a call that finds
+//! nothing old enough costs the same on a large database as on an empty one. A call holds the
+//! writer while it runs (claims and finishes wait for it): keep `limit` in the hundreds to a
+//! thousand and call again while the report says `more`.
+//!
+//! SQLite does not give freed space back to the file system: after a prune the file keeps its
+//! size and the freed pages go on a free list, which the next inserts take before the file
+//! grows. A store that prunes as it goes therefore stays at the size of the work it keeps (plus
+//! its busiest backlog), and does not grow for ever. The store does not turn on `auto_vacuum`:
+//! it can only be set on an empty database (an existing file needs a full `VACUUM` to switch),
+//! and `incremental_vacuum` moves pages under the one writer for space the next inserts reuse
+//! anyway. To shrink the file after a one-off backlog, stop the application and run `VACUUM`
+//! (it rewrites the whole file and needs as much free disk again).
+//!
 //! # Durability
 //!
 //! The database runs in WAL mode, by default with `synchronous=NORMAL` ([`Synchronous::Normal`]):
@@ -129,6 +148,7 @@ mod finish;
 mod group;
 mod job;
 mod migrate;
+mod retention;
 mod rewind;
 mod row;
 mod run;
