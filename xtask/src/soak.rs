@@ -61,6 +61,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         options.retention_age.as_secs(),
         options.stores.join(", ")
     );
+    let load_before = load_average();
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     for store in &options.stores {
@@ -91,6 +92,11 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     }
     drop(server);
     println!("\n## Soak report");
+    // Latency figures depend on what else the machine runs; say how busy it was.
+    println!(
+        "\nload average (1, 5, 15 min): {load_before} at the start, {} at the end",
+        load_average()
+    );
     if let Some((at, took)) = restarted {
         println!(
             "\nPostgreSQL restarted (pg_ctl restart -m fast) at t = {} s, back in {:.1} s",
@@ -127,6 +133,12 @@ fn restart_half_way(
     let took = server.restart()?;
     println!("soak: PostgreSQL restarted in {:.1} s", took.as_secs_f64());
     Ok(Some((at, took)))
+}
+
+/// The machine's load averages, from /proc/loadavg.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// Read a child's JSON lines, showing a short progress line for each sample.
