@@ -212,6 +212,10 @@ async fn account(tracker: &Tracker, client: &JobClient) -> Map<String, Value> {
     account.insert("unexpected_completions".into(), json!(load(&tracker.unexpected)));
     account.insert("wrong_attempt".into(), json!(load(&tracker.wrong_attempt)));
     account.insert("reruns".into(), json!(load(&tracker.reruns)));
+    account.insert("retries".into(), json!(load(&tracker.retries)));
+    account.insert("planned_retries".into(), json!(load(&tracker.planned_retries)));
+    account.insert("snoozes".into(), json!(load(&tracker.snoozes)));
+    account.insert("planned_snoozes".into(), json!(load(&tracker.planned_snoozes)));
     account.insert("runs_started".into(), json!(load(&tracker.runs_started)));
     account.insert("runs_completed".into(), json!(load(&tracker.runs_completed)));
     account.insert("runs_lost".into(), json!(runs_left));

@@ -140,14 +140,24 @@ fn median(values: &[f64]) -> f64 {
 fn account_line(account: Option<&Value>) -> String {
     let Some(a) = account else { return "no final account: the soak did not finish\n".into() };
     let n = |key: &str| a.get(key).and_then(Value::as_u64).unwrap_or(0);
-    let verdict = if n("lost") == 0 && n("runs_lost") == 0 { "ok" } else { "JOBS LOST" };
+    // Lost work fails the soak; a job that did not retry or snooze as planned is called out (a
+    // rerun after a lost lease is at-least-once delivery, counted but no fault).
+    let on_plan = n("retries") == n("planned_retries")
+        && n("snoozes") == n("planned_snoozes")
+        && n("wrong_attempt") == 0
+        && n("unexpected_completions") == 0;
+    let verdict = match (n("lost") == 0 && n("runs_lost") == 0, on_plan) {
+        (false, _) => "JOBS LOST",
+        (true, false) => "nothing lost, but OFF PLAN",
+        (true, true) => "ok: lost = 0, every job as planned",
+    };
     let retention = match a.get("retention").and_then(Value::as_bool) {
         Some(false) => "retention OFF (the store does not prune yet); ",
         _ => "",
     };
     format!(
         "{retention}jobs: {} enqueued, {} completed, lost = {} {}; runs: {} started, {} completed, lost = {}, \
-         failed {}; {} flaky jobs off plan, {} reruns, {} unexpected completions, {} producer \
+         failed {}; retries {}/{} planned, snoozes {}/{} planned, {} flaky jobs off plan, {} reruns, {} unexpected completions, {} producer \
          retries, drain {:.1} s, hook events dropped {} => {verdict}\n",
         n("enqueued"),
         n("completed"),
@@ -157,6 +167,10 @@ fn account_line(account: Option<&Value>) -> String {
         n("runs_completed"),
         n("runs_lost"),
         n("runs_failed"),
+        n("retries"),
+        n("planned_retries"),
+        n("snoozes"),
+        n("planned_snoozes"),
         n("wrong_attempt"),
         n("reruns"),
         n("unexpected_completions"),

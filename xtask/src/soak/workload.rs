@@ -41,6 +41,12 @@ pub(crate) struct Tracker {
     /// Sleepy jobs that have snoozed once.
     snoozed: Mutex<HashSet<JobId>>,
     pub(crate) enqueued: AtomicU64,
+    /// Flaky and sleepy jobs enqueued: the retries and snoozes the plan expects.
+    pub(crate) planned_retries: AtomicU64,
+    pub(crate) planned_snoozes: AtomicU64,
+    /// Retries and snoozes seen.
+    pub(crate) retries: AtomicU64,
+    pub(crate) snoozes: AtomicU64,
     pub(crate) completed: AtomicU64,
     /// Completions of jobs not outstanding: a job completed twice (or unknown).
     pub(crate) unexpected: AtomicU64,
@@ -108,6 +114,12 @@ impl Hook for Tracker {
                 if *attempt > planned {
                     self.reruns.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+            Event::JobRetrying { job, .. } if job.name == FLAKY => {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            Event::JobSnoozed { job, .. } if job.name == SLEEPY => {
+                self.snoozes.fetch_add(1, Ordering::Relaxed);
             }
             Event::RunCompleted { run } => self.run_completed(run.id),
             Event::RunFailed { .. } | Event::RunCancelled { .. } => {
@@ -190,6 +202,9 @@ pub(crate) async fn produce_jobs(
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         tracker.enqueued.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let count = |kind: usize| batch.iter().filter(|(_, n)| pick(*n) == kind).count() as u64;
+        tracker.planned_retries.fetch_add(count(1), Ordering::Relaxed);
+        tracker.planned_snoozes.fetch_add(count(2), Ordering::Relaxed);
         sent += batch.len() as u64;
     }
 }
