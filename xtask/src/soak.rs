@@ -106,7 +106,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let mut lost = false;
     for (store, c) in &reports {
-        print!("{}", report::render(store, &c.samples, c.drained.as_ref(), c.account.as_ref()));
+        print!(
+            "{}",
+            report::render(store, options.rate, &c.samples, c.drained.as_ref(), c.account.as_ref())
+        );
         let n = |k: &str| c.account.as_ref().and_then(|a| a.get(k)?.as_u64());
         lost |= n("lost") != Some(0) || n("runs_lost") != Some(0);
     }

@@ -67,6 +67,7 @@ fn cell(sample: &Value, key: &str, unit: Unit) -> String {
 /// `account` its final line.
 pub(crate) fn render(
     store: &str,
+    rate: u32,
     samples: &[Value],
     drained: Option<&Value>,
     account: Option<&Value>,
@@ -94,8 +95,23 @@ pub(crate) fn render(
             samples.iter().map(|s| s.get(key).and_then(Value::as_f64)).collect();
         out += &format!("{name:<10} {}  {}\n", sparkline(&series), verdict(&series));
     }
+    out += &backlog_line(samples, rate);
     out += &account_line(account);
     out
+}
+
+/// The samples where the worker was behind (more than two seconds of work available): a
+/// stall of the machine or the store, to read the latency series by.
+fn backlog_line(samples: &[Value], rate: u32) -> String {
+    let behind: Vec<String> = samples
+        .iter()
+        .filter(|s| s.get("available").and_then(Value::as_u64).unwrap_or(0) > u64::from(rate) * 2)
+        .filter_map(|s| s.get("t").and_then(Value::as_u64).map(|t| t.to_string()))
+        .collect();
+    match behind.is_empty() {
+        true => "backlog: never more than 2 s of work waiting\n".into(),
+        false => format!("backlog over 2 s of work at t = {} s\n", behind.join(", ")),
+    }
 }
 
 /// One bar per sample, scaled from the series' minimum to its maximum; a gap for a missing
