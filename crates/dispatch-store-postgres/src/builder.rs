@@ -8,9 +8,10 @@ use std::time::Duration;
 use dispatch_core::codec::DEFAULT_MAX_PAYLOAD_BYTES;
 use dispatch_core::{Error, ErrorKind, Result};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, SqlSafeStr};
 
 use crate::claim::ClaimMarks;
+use crate::pooler::{self, Pool};
 use crate::wake::Wake;
 use crate::{
     DEFAULT_APPLICATION_NAME, DEFAULT_CALL_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_SCHEMA,
@@ -33,6 +34,8 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
 #[must_use = "a builder does nothing until `build` is awaited"]
 pub struct PostgresStoreBuilder {
     url: String,
+    /// The direct URL behind a transaction pooler.
+    direct_url: Option<String>,
     schema: String,
     application_name: String,
     max_connections: u32,
@@ -47,6 +50,7 @@ impl std::fmt::Debug for PostgresStoreBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStoreBuilder")
             .field("schema", &self.schema)
+            .field("behind_transaction_pooler", &self.direct_url.is_some())
             .field("application_name", &self.application_name)
             .field("max_connections", &self.max_connections)
             .field("min_connections", &self.min_connections)
@@ -62,6 +66,7 @@ impl PostgresStoreBuilder {
     pub(crate) fn new(url: String) -> Self {
         Self {
             url,
+            direct_url: None,
             schema: DEFAULT_SCHEMA.to_owned(),
             application_name: DEFAULT_APPLICATION_NAME.to_owned(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -115,6 +120,36 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// The URL given to [`PostgresStore::builder`] names a transaction pooler (PgBouncer with
+    /// `pool_mode = transaction`, or any pooler that hands a server session to a client for
+    /// one transaction at a time), and `direct_url` names the PostgreSQL server behind it.
+    ///
+    /// What needs a session of its own connects to `direct_url`: the wake-up listener
+    /// (`LISTEN`), and the migrations with their lock in [`build`](Self::build) and
+    /// [`PostgresStore::migrate`]. Everything else goes through the pooler and keeps no session
+    /// state there:
+    ///
+    /// - every statement runs inside a transaction (a statement sent on its own runs in a
+    ///   transaction of its own), so both halves of sqlx's extended-protocol exchange (`Parse`,
+    ///   then `Bind`/`Execute`, each ending in `Sync`) reach the same server session;
+    /// - no statement is cached: sqlx's statement cache is off and the store's own statements
+    ///   are unnamed; each transaction starts with `DEALLOCATE ALL` against named statements
+    ///   another client left on the server session;
+    /// - the settings each session gets when directly connected (`statement_timeout`,
+    ///   `lock_timeout` and `idle_in_transaction_session_timeout` a little under the call
+    ///   timeout, `jit = off`, and `plan_cache_mode = force_generic_plan` on the hot path) are
+    ///   applied with `SET LOCAL` in each transaction's opening statement instead.
+    ///
+    /// The price: each call that is one statement when connected directly takes four round
+    /// trips (open with the settings, parse, execute, commit), and every statement is parsed
+    /// and planned each time it runs. Transaction-level advisory locks, which the store uses,
+    /// work through the pooler; `NOTIFY` is sent at commit, as always.
+    #[doc(alias = "pgbouncer")]
+    pub fn behind_transaction_pooler(mut self, direct_url: impl Into<String>) -> Self {
+        self.direct_url = Some(direct_url.into());
+        self
+    }
+
     /// Fail calls that take longer than `timeout` (default [`DEFAULT_CALL_TIMEOUT`]).
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
@@ -136,15 +171,24 @@ impl PostgresStoreBuilder {
     /// version, and, when not migrating, `NotMigrated` when the schema is missing or older.
     pub async fn build(self) -> Result<PostgresStore> {
         let quoted = quote_schema(&self.schema)?;
-        let options = connect_options(&self.url)?.application_name(&self.application_name);
-        // One connection first: a refused or failed login is reported at once (the pool
-        // would retry until its timeout), and it runs the migrations.
-        let mut conn = match tokio::time::timeout(self.call_timeout, options.connect()).await {
-            Ok(conn) => conn.map_err(|e| error::connect_error(&options, e))?,
+        let mut options = connect_options(&self.url)?.application_name(&self.application_name);
+        let direct = match &self.direct_url {
+            Some(url) => {
+                // A cached statement would be looked for on another server session.
+                options = options.statement_cache_capacity(0);
+                Some(connect_options(url)?.application_name(&self.application_name))
+            }
+            None => None,
+        };
+        let session = direct.clone().unwrap_or_else(|| options.clone());
+        // One connection first (a direct one behind a pooler): a refused or failed login is
+        // reported at once (the pool would retry until its timeout), and it runs the migrations.
+        let mut conn = match tokio::time::timeout(self.call_timeout, session.connect()).await {
+            Ok(conn) => conn.map_err(|e| error::connect_error(&session, e))?,
             Err(elapsed) => {
                 let message = format!(
                     "connecting to {} took longer than {:?}",
-                    target(&options),
+                    target(&session),
                     self.call_timeout
                 );
                 return Err(Error::new(ErrorKind::Timeout, message).with_source(elapsed));
@@ -157,11 +201,12 @@ impl PostgresStoreBuilder {
             shared: Arc::new(Shared {
                 pool: self.pool(&options, self.max_connections, min, ""),
                 hot: self.pool(&options, HOT_CONNECTIONS, hot_min, PLAN_ONCE),
+                direct,
                 enqueues: enqueue::enqueues(),
                 claim_marks: ClaimMarks::default(),
                 sql: Statements::new(&quoted),
                 schema: self.schema,
-                wake: Wake::new(options, channel),
+                wake: Wake::new(session, channel),
                 checkpoints: group::checkpoints::writes(),
             }),
             clock: None,
@@ -187,43 +232,17 @@ impl PostgresStoreBuilder {
     /// per call. Acquiring gives up a little before the call timeout, so a server that went
     /// away is reported `Unavailable` rather than `Timeout`.
     ///
-    /// Each new connection turns JIT compilation off for its session: the store's statements
-    /// run for a millisecond, but the planner's cost estimates for the claim's skip scan grow
-    /// with the (queue, name) pairs and the batch, and past `jit_above_cost` a claim would
-    /// spend hundreds of milliseconds compiling (measured: 350 ms for 3 queues x 300 names).
-    ///
-    /// `SET`s after login rather than startup options, which poolers may refuse. `settings` are
-    /// more of them, for pools with a purpose (see [`Shared::hot`]).
-    fn pool(
-        &self,
-        options: &PgConnectOptions,
-        size: u32,
-        min: u32,
-        settings: &'static str,
-    ) -> PgPool {
-        let server_ms = server_timeout(self.call_timeout).as_millis().max(1);
-        PgPoolOptions::new()
+    /// Each session gets [`session_settings`] (with `settings`, more of them for pools with a
+    /// purpose, see [`Shared::hot`]): after login when directly connected (`SET`s rather than
+    /// startup options, which poolers may refuse), in each transaction's opening statement
+    /// behind a transaction pooler (see [`pooler`]).
+    fn pool(&self, options: &PgConnectOptions, size: u32, min: u32, settings: &str) -> Pool {
+        let settings = session_settings(self.call_timeout, settings);
+        let pool_options = PgPoolOptions::new()
             .max_connections(size)
             .min_connections(min)
             .acquire_timeout(self.call_timeout.mul_f64(0.9))
             .test_before_acquire(false)
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    sqlx::raw_sql("SET jit = off").execute(&mut *conn).await?;
-                    if !settings.is_empty() {
-                        sqlx::raw_sql(settings).execute(&mut *conn).await?;
-                    }
-                    // Safe: a number of milliseconds, formatted here. A client paused inside a
-                    // transaction (SIGSTOP, a debugger, a VM freeze) loses it after the same
-                    // bound instead of holding its row locks until it resumes.
-                    let bound = format!(
-                        "SET statement_timeout = {server_ms}; SET lock_timeout = {server_ms}; \
-                         SET idle_in_transaction_session_timeout = {server_ms}"
-                    );
-                    sqlx::raw_sql(sqlx::AssertSqlSafe(bound)).execute(&mut *conn).await?;
-                    Ok(())
-                })
-            })
             .before_acquire(|conn, meta| {
                 Box::pin(async move {
                     if meta.idle_for >= PING_AFTER_IDLE {
@@ -231,9 +250,41 @@ impl PostgresStoreBuilder {
                     }
                     Ok(true)
                 })
+            });
+        if self.direct_url.is_some() {
+            let begin = AssertSqlSafe(pooler::begin_statement(&settings)).into_sql_str();
+            return Pool::pooled(pool_options.connect_lazy_with(options.clone()), begin);
+        }
+        let settings = AssertSqlSafe(settings).into_sql_str();
+        let pool_options = pool_options.after_connect(move |conn, _meta| {
+            let settings = settings.clone();
+            Box::pin(async move {
+                sqlx::raw_sql(settings).execute(&mut *conn).await?;
+                Ok(())
             })
-            .connect_lazy_with(options.clone())
+        });
+        Pool::direct(pool_options.connect_lazy_with(options.clone()))
     }
+}
+
+/// The settings of every store session, `SET`s separated by `;`, with `extra` (more of them, or
+/// empty) among them:
+///
+/// - JIT compilation off: the store's statements run for a millisecond, but the planner's cost
+///   estimates for the claim's skip scan grow with the (queue, name) pairs and the batch, and
+///   past `jit_above_cost` a claim would spend hundreds of milliseconds compiling (measured:
+///   350 ms for 3 queues x 300 names);
+/// - `statement_timeout`, `lock_timeout` and `idle_in_transaction_session_timeout` at
+///   [`server_timeout`]: a client paused inside a transaction (SIGSTOP, a debugger, a VM
+///   freeze) loses it after the same bound instead of holding its row locks until it resumes.
+fn session_settings(call_timeout: Duration, extra: &str) -> String {
+    let server_ms = server_timeout(call_timeout).as_millis().max(1);
+    let extra = if extra.is_empty() { String::new() } else { format!("{extra}; ") };
+    // Safe: fixed text and a number of milliseconds, formatted here.
+    format!(
+        "SET jit = off; {extra}SET statement_timeout = {server_ms}; \
+         SET lock_timeout = {server_ms}; SET idle_in_transaction_session_timeout = {server_ms}"
+    )
 }
 
 /// Open `n` connections of `pool` at once (each acquire opens one while the others are held),
@@ -262,4 +313,31 @@ pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions> {
     }
     PgConnectOptions::from_str(url)
         .map_err(|e| Error::invalid_input("bad PostgreSQL URL").with_source(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_session_gets_the_bounds_and_the_extra_settings() {
+        let settings = session_settings(Duration::from_secs(30), PLAN_ONCE);
+        assert_eq!(
+            settings,
+            "SET jit = off; SET plan_cache_mode = force_generic_plan; \
+             SET statement_timeout = 27000; SET lock_timeout = 27000; \
+             SET idle_in_transaction_session_timeout = 27000"
+        );
+        assert!(!session_settings(Duration::from_secs(1), "").contains("; ;"));
+    }
+
+    #[tokio::test]
+    async fn a_bad_direct_url_fails_before_connecting() {
+        let err = PostgresStoreBuilder::new("postgres://pooler.invalid/x".into())
+            .behind_transaction_pooler("mysql://db.invalid/x")
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    }
 }

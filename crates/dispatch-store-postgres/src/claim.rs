@@ -207,7 +207,7 @@ impl PostgresStore {
     /// diagnosing slow claims on real data, and for the tests that pin what a claim reads.
     pub async fn explain_claim(&self, request: &ClaimRequest) -> Result<String> {
         self.timed("explain_claim", async {
-            let mut conn = self.shared.hot.acquire().await.map_err(db_error)?;
+            let mut conn = self.shared.hot.session().await.map_err(db_error)?;
             // Without hints: the plan of a claim that reads every level from its front.
             let hints = Hints::default();
             let explained = explain_prepared_claim(&mut conn, &self.shared.sql.claim.claim, || {

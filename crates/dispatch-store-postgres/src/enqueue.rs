@@ -397,8 +397,9 @@ impl PostgresStore {
     /// One enqueue statement (and its follow-ups) on a hot-path session, under the call timeout.
     async fn write(&self, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
         self.timed("enqueue", async {
-            let mut conn = self.shared.hot.acquire().await.map_err(db_error)?;
-            self.enqueue_on(&mut conn, jobs).await
+            let mut conn = self.shared.hot.session().await.map_err(db_error)?;
+            let written = self.enqueue_on(&mut conn, jobs).await;
+            conn.end(written).await
         })
         .await
     }

@@ -2,9 +2,9 @@
 //! [`PostgresStore::migrate`] in the store's schema.
 
 use dispatch_core::{Error, ErrorKind, Result};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgConnection};
 
-use crate::{PostgresStore, db_error};
+use crate::{PostgresStore, db_error, error};
 
 /// The migrations this crate knows, in order; version `n` is `MIGRATIONS[n - 1]`.
 const MIGRATIONS: &[&str] = &[
@@ -27,7 +27,9 @@ impl PostgresStore {
     /// Bring the schema up to date: create it when missing, then apply every migration it
     /// lacks, all in one transaction that holds a transaction-level advisory lock keyed by the
     /// schema name, so processes migrating one schema at once take turns and each version is
-    /// applied once. [`PostgresStoreBuilder::build`](crate::PostgresStoreBuilder::build) runs
+    /// applied once; behind a transaction pooler
+    /// ([`behind_transaction_pooler`](crate::PostgresStoreBuilder::behind_transaction_pooler)),
+    /// on a connection of its own to the direct URL. [`PostgresStoreBuilder::build`](crate::PostgresStoreBuilder::build) runs
     /// it; running it again does nothing. Run it in a deploy step when the application opens its
     /// stores without migrating
     /// ([`PostgresStoreBuilder::migrate`](crate::PostgresStoreBuilder::migrate)).
@@ -36,8 +38,16 @@ impl PostgresStore {
     /// knows, or holds tables but no Dispatch migration record (not a Dispatch schema).
     pub async fn migrate(&self) -> Result<()> {
         self.timed("migrate", async {
-            let mut conn = self.shared.pool.acquire().await.map_err(db_error)?;
-            self.migrate_on(&mut conn).await
+            let Some(direct) = &self.shared.direct else {
+                let mut conn = self.shared.pool.inner().acquire().await.map_err(db_error)?;
+                return self.migrate_on(&mut conn).await;
+            };
+            // Behind a transaction pooler: DDL and its lock on a session of their own.
+            let mut conn = direct.connect().await.map_err(|e| error::connect_error(direct, e))?;
+            let migrated = self.migrate_on(&mut conn).await;
+            // Best effort: the migrations are committed whether or not the goodbye arrives.
+            let _ = conn.close().await;
+            migrated
         })
         .await
     }

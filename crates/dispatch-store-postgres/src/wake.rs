@@ -3,7 +3,8 @@
 //! Enqueues, replays, and finishes or rescues that make jobs available send one `NOTIFY` per
 //! statement on the store's channel, with the queue's name as payload (empty: any queue). The
 //! first subscriber starts one listener task per store: a dedicated connection (carrying the
-//! store's `application_name`) that `LISTEN`s and fans notifications out to every subscriber
+//! store's `application_name`; to the direct URL behind a transaction pooler, where `LISTEN`
+//! would last only until the pooler hands the session to another client) that `LISTEN`s and fans notifications out to every subscriber
 //! through a broadcast channel. Each time the listener (re)connects it sends
 //! [`Wakeup::any`], since notifications sent while it was away are lost: workers claim once. A
 //! subscriber that falls behind gets `Wakeup::any` for what it missed. The task stops, and the

@@ -269,9 +269,10 @@ impl PostgresStore {
 impl WorkflowStore for PostgresStore {
     async fn start_run(&self, run: NewRun, drive: NewJob) -> Result<Started> {
         let mut conn = self
-            .timed("start_run", async { self.shared.pool.acquire().await.map_err(db_error) })
+            .timed("start_run", async { self.shared.pool.session().await.map_err(db_error) })
             .await?;
-        self.start_on(&mut conn, run, drive).await
+        let started = self.start_on(&mut conn, run, drive).await;
+        self.timed("start_run", conn.end(started)).await
     }
 
     async fn get_run(&self, id: RunId) -> Result<Option<Run>> {
