@@ -9,8 +9,11 @@
 //! `--crowd` future jobs of the drained name and `--crowd` due jobs of another name in its queue
 //! first), `workflow`, `latency`, `heartbeat` (one registered worker holding `--leases` leases
 //! times `--calls` worker heartbeats, each renewing all of them in one store call; reported as
-//! `heartbeat-<leases>`).
+//! `heartbeat-<leases>`); PostgreSQL only, `prune-1m` (`--jobs` old completed jobs pruned by the
+//! leader's loop, `--batch` per call) and `dead-tuples` (a drain of `--jobs`, then again over
+//! `--dead` dead rows an idle transaction keeps from vacuum).
 
+mod churn;
 mod counting;
 mod scenario;
 
@@ -52,7 +55,13 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (scenario, options) = parse(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let mut measurement = runtime.block_on(scenario::run(&scenario, &options))?;
+    let mut measurement = runtime.block_on(async {
+        if churn::handles(&scenario) {
+            churn::run(&scenario, &options).await
+        } else {
+            scenario::run(&scenario, &options).await
+        }
+    })?;
     measurement.peak_rss_kib = peak_rss_kib();
     println!("{}", serde_json::to_string(&measurement)?);
     Ok(())

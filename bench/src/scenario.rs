@@ -14,7 +14,11 @@ use tokio::time::Instant;
 use crate::counting::FinishCounter;
 use crate::{Measurement, Options};
 
-fn option<T: std::str::FromStr>(options: &Options, key: &str, default: T) -> anyhow::Result<T> {
+pub(crate) fn option<T: std::str::FromStr>(
+    options: &Options,
+    key: &str,
+    default: T,
+) -> anyhow::Result<T> {
     match options.get(key) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| anyhow::anyhow!("--{key}: can not parse {v:?}")),
@@ -22,7 +26,7 @@ fn option<T: std::str::FromStr>(options: &Options, key: &str, default: T) -> any
 }
 
 /// The PostgreSQL server: `DISPATCH_TEST_POSTGRES_URL`, else the local default.
-fn postgres_url() -> String {
+pub(crate) fn postgres_url() -> String {
     std::env::var("DISPATCH_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
@@ -89,7 +93,7 @@ async fn dead_tuples(schema: &str) -> anyhow::Result<Option<i64>> {
 }
 
 /// Drop a run's PostgreSQL schema.
-async fn drop_schema(schema: &str) -> anyhow::Result<()> {
+pub(crate) async fn drop_schema(schema: &str) -> anyhow::Result<()> {
     let mut conn = sqlx::PgConnection::connect(&postgres_url()).await?;
     let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
     sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await?;

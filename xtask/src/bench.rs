@@ -13,7 +13,8 @@ const RUNS: usize = 3;
 /// Scenario name and arguments, full size and `--quick` size. The latency rates are the store's
 /// target rates (memory 2,000 jobs/s; SQLite and Redis 1,000; PostgreSQL 200 and 1,000, and
 /// 2,000 reported). The heartbeat scenario times one worker's heartbeat renewing 1,000 leases in
-/// one store call (200 calls, 50 when quick).
+/// one store call (200 calls, 50 when quick). PostgreSQL also runs `prune-1m` and `dead-tuples`
+/// (retention and bloat: see `bench/src/churn.rs`).
 fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
     let rates: &[&str] = match store {
         "memory" => &["2000"],
@@ -44,6 +45,16 @@ fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
     }
     // One worker heartbeat renewing all its 1,000 leases: time per call, calls/s.
     list.push(vec!["heartbeat", "--leases", "1000", "--calls", if quick { "50" } else { "200" }]);
+    if store == "postgres" {
+        // Retention: the leader's prune loop over a million old completed jobs (a tenth when
+        // quick) beside as many young ones; rows/s and the longest call.
+        let old_jobs = if quick { "100000" } else { "1000000" };
+        list.push(vec!["prune-1m", "--jobs", old_jobs, "--batch", "1000"]);
+        // A drain, then the same drain while an idle transaction pins the xmin horizon over
+        // a million dead rows (a tenth when quick): the rate pinned, both on stderr.
+        let (jobs, dead) = if quick { ("5000", "100000") } else { ("20000", "1000000") };
+        list.push(vec!["dead-tuples", "--jobs", jobs, "--dead", dead]);
+    }
     list.into_iter().map(|s| s.into_iter().map(str::to_owned).collect()).collect()
 }
 
@@ -144,6 +155,15 @@ mod tests {
                 let heartbeat = list.iter().find(|s| s[0] == "heartbeat").unwrap();
                 assert_eq!(heartbeat[1..], ["--leases", "1000", "--calls", calls]);
             }
+        }
+    }
+
+    #[test]
+    fn only_postgres_benches_retention_and_dead_tuples() {
+        for store in ["memory", "sqlite", "postgres", "redis"] {
+            let list = scenarios(false, store);
+            let churn = list.iter().filter(|s| s[0] == "prune-1m" || s[0] == "dead-tuples");
+            assert_eq!(churn.count(), if store == "postgres" { 2 } else { 0 }, "{store}");
         }
     }
 

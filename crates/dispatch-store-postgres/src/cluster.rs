@@ -63,14 +63,15 @@ const LIST_WORKERS: &str = "SELECT {worker_columns} FROM {s}.workers w";
 
 /// `cluster::holds`: the leadership row `l` is the current term `$3` of holder `$4` for name
 /// `$2`, and its lease has not expired at `t.now`.
-const HOLDS: &str = "l.name = $2 AND l.term = $3 AND l.holder = $4 AND t.now < l.expires_at";
+pub(crate) const HOLDS: &str =
+    "l.name = $2 AND l.term = $3 AND l.holder = $4 AND t.now < l.expires_at";
 
 /// A leader write's fence, as CTEs after `t`: `held` locks the leadership row while the term
 /// `$2`/`$3`/`$4` [`HOLDS`] it (so no new term begins before the write commits), and only then
 /// the write `{action}` is recorded at `t.now` and the record trimmed to the newest
 /// [`LEADER_WRITES_KEPT`] of the name. The statement's snapshot does not see the row it
 /// inserts, so the trim keeps the newest `{older_kept}` (one fewer) rows before it.
-const FENCE: &str = "held AS (SELECT l.name, l.term FROM {s}.leaders l, t WHERE {holds} \
+pub(crate) const FENCE: &str = "held AS (SELECT l.name, l.term FROM {s}.leaders l, t WHERE {holds} \
        FOR UPDATE OF l), \
      written AS (INSERT INTO {s}.leader_writes (name, term, at, action) \
        SELECT h.name, h.term, t.now, {action} FROM held h, t), \
@@ -200,12 +201,12 @@ impl Sql {
 
 /// A term as the statements compare it: a term past `i64::MAX` was never stored, and NULL
 /// matches no row.
-fn sql_term(term: u64) -> Option<i64> {
+pub(crate) fn sql_term(term: u64) -> Option<i64> {
     i64::try_from(term).ok()
 }
 
 /// `NotLeader` for a leader write under `term`, which no longer holds.
-fn not_leader(term: &Leader) -> Error {
+pub(crate) fn not_leader(term: &Leader) -> Error {
     Error::new(
         ErrorKind::NotLeader,
         format!("term {} of leadership {:?} is no longer valid", term.term, term.name),

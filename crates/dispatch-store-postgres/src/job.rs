@@ -246,6 +246,12 @@ impl JobStore for PostgresStore {
         Some(self)
     }
 
+    fn as_retention_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::RetentionStore>> {
+        Some(self)
+    }
+
     fn wakeups(&self) -> Option<WakeupStream> {
         self.shared.wake.subscribe()
     }

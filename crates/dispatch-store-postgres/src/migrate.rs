@@ -15,6 +15,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema/0005_state_index.sql"),
     include_str!("schema/0006_run_waiting.sql"),
     include_str!("schema/0007_cluster.sql"),
+    include_str!("schema/0008_retention.sql"),
 ];
 
 /// The schema version this crate writes: the number of migrations it knows.
