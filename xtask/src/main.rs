@@ -1,5 +1,6 @@
 //! Project automation. `cargo xtask ci` is what CI runs (fmt, clippy, the README's test command,
-//! rustdoc with warnings denied, the README's main command); `cargo xtask bench` measures.
+//! rustdoc with warnings denied, the README's main command); `cargo xtask bench` measures;
+//! `cargo xtask soak` runs the stores for minutes and checks nothing grows and no job is lost.
 //!
 //! The README is the single source of the two user commands: the line after
 //! `<!-- command:test -->` and the line after `<!-- command:main -->` in README.md are what
@@ -8,6 +9,7 @@
 mod bench;
 mod graph;
 mod modules;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,6 +23,9 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
         Some("bench") => bench::run(&args[1..]),
+        Some("soak") => soak::run(&args[1..]),
+        // One store's soak, started by `soak` in a process of its own.
+        Some("soak-child") => soak::child_main(&args[1..]),
         Some("graph") => {
             let graph = graph::workspace_graph()?;
             for (name, deps) in &graph {
@@ -44,7 +49,8 @@ fn main() -> anyhow::Result<()> {
         }
         _ => bail!(
             "usage: cargo xtask ci | cargo xtask bench [--store memory] [--quick] | cargo xtask \
-             graph | cargo xtask modules"
+             soak [--duration 10m] [--rate 200] [--stores sqlite,postgres,redis] [--sample 10s] \
+             [--retention-age 30s] [--no-restart] | cargo xtask graph | cargo xtask modules"
         ),
     }
 }
