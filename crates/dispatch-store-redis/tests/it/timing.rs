@@ -119,7 +119,7 @@ async fn a_slow_answer_within_the_call_timeout_is_no_error(url: String) {
             redis::cmd("EVAL").arg(spin).arg(0).query_async::<i64>(&mut busy).await
         });
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let counts = store.count_jobs().await;
         let waited = started.elapsed();
         assert!(counts.is_ok(), "a slow answer failed the call: {counts:?}");
