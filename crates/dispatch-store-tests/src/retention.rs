@@ -2,7 +2,7 @@
 //! bounded batches, under the leader's term, and never what the rules of
 //! [`dispatch_core::retention`] keep (available and running jobs, a unique key's window, the
 //! drive job of a stored run, a run with a live parent). The store is reached as the runtime
-//! reaches it, through [`JobStore::as_retention_store`].
+//! reaches it, through [`JobStore::as_retention_store`](dispatch_core::JobStore::as_retention_store).
 
 use std::sync::Arc;
 use std::time::Duration;
