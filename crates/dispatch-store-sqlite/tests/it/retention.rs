@@ -1,7 +1,10 @@
-//! Retention on SQLite beyond the conformance suite: what a prune pass costs on a large table
-//! (a measurement, run by hand) and that freed pages are reused rather than grown over.
+//! Retention on SQLite beyond the conformance suite: that a prune removes every old job of a
+//! large table and that freed pages are reused rather than grown over, with what a pass costs
+//! (printed). The table holds `DISPATCH_PRUNE_BENCH_JOBS` jobs (default 5,000, small enough
+//! for every test run; measure with 200,000):
 //!
-//! `cargo test -p dispatch-store-sqlite --test it -- retention --ignored --nocapture`
+//! `DISPATCH_PRUNE_BENCH_JOBS=200000 cargo test -p dispatch-store-sqlite --test it -- \
+//! retention --nocapture`
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +19,12 @@ use tokio::time::Instant;
 use dispatch_core::Clock as _;
 
 const HOUR: Duration = Duration::from_secs(3600);
-const JOBS: i64 = 200_000;
 const BATCH: usize = 1000;
+
+/// How many completed jobs the measurements fill the table with.
+fn jobs() -> i64 {
+    std::env::var("DISPATCH_PRUNE_BENCH_JOBS").ok().and_then(|n| n.parse().ok()).unwrap_or(5_000)
+}
 
 async fn store() -> (SqliteStore, Arc<ManualClock>, String) {
     let dir = std::env::temp_dir().join("dispatch-sqlite-retention");
@@ -150,35 +157,34 @@ async fn timed_idle_pass(store: &SqliteStore) -> Duration {
     started.elapsed() / 100
 }
 
-/// The prune rate over 200,000 completed jobs with time-ordered IDs (as UUIDv7 IDs are).
+/// The prune rate over many completed jobs with time-ordered IDs (as UUIDv7 IDs are).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement: run by hand with --ignored --nocapture"]
-async fn prune_rate_over_200k_completed_jobs() {
+async fn prune_rate_over_completed_jobs() {
     measure(true).await;
 }
 
 /// The same with random IDs: every delete touches a random page of the ID index, so a batch
 /// writes many more pages (correct, only slower).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement: run by hand with --ignored --nocapture"]
-async fn prune_rate_over_200k_completed_jobs_with_random_ids() {
+async fn prune_rate_over_completed_jobs_with_random_ids() {
     measure(false).await;
 }
 
-/// The prune rate over 200,000 completed jobs, a pass's cost when none is old enough (it must
+/// The prune rate over many completed jobs, a pass's cost when none is old enough (it must
 /// not grow with the table), and the file after: freed pages are reused by the next fill, so the
 /// file does not grow again.
 async fn measure(ordered: bool) {
     println!("IDs {}:", if ordered { "time-ordered" } else { "random" });
+    let jobs = jobs();
     let (store, clock, path) = store().await;
     let empty = timed_idle_pass(&store).await;
-    fill_completed(&store, JOBS, clock.now(), ordered).await;
+    fill_completed(&store, jobs, clock.now(), ordered).await;
     clock.advance(HOUR);
     // The first write after the fill waits for the WAL checkpoint of the fill: not measured.
     assert_eq!(prune(&store, BATCH).await.total(), 0);
     let full = timed_idle_pass(&store).await;
     println!(
-        "idle pass (nothing old enough): {empty:?} on an empty store, {full:?} at {JOBS} jobs"
+        "idle pass (nothing old enough): {empty:?} on an empty store, {full:?} at {jobs} jobs"
     );
     let (filled_pages, _) = pages(&path).await;
 
@@ -196,7 +202,7 @@ async fn measure(ordered: bool) {
         calls += 1;
     }
     let elapsed = started.elapsed();
-    assert_eq!(removed, JOBS as u64);
+    assert_eq!(removed, jobs as u64);
     let rate = removed as f64 / elapsed.as_secs_f64();
     let mean = elapsed / calls;
     println!(
@@ -206,7 +212,7 @@ async fn measure(ordered: bool) {
     let (pages_after, free_after) = pages(&path).await;
     println!("pages: {filled_pages} filled, {pages_after} after the prune ({free_after} free)");
 
-    fill_completed(&store, JOBS, clock.now(), ordered).await;
+    fill_completed(&store, jobs, clock.now(), ordered).await;
     let (refilled, free) = pages(&path).await;
     println!("pages after filling again: {refilled} ({free} free)");
     assert!(refilled <= pages_after + pages_after / 10, "freed pages are reused");
