@@ -16,13 +16,24 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
     match name {
         "dispatch-core" => Some(&[]),
         "dispatch-store-memory" | "dispatch-job" | "dispatch-cluster" => Some(CORE),
-        "dispatch-workflow" => Some(&["dispatch-core", "dispatch-job"]),
-        // The conformance suite also drives the job and workflow runtimes over each store.
-        "dispatch-store-tests" => Some(&["dispatch-core", "dispatch-job", "dispatch-workflow"]),
+        "dispatch-workflow" | "dispatch-dlq" => Some(&["dispatch-core", "dispatch-job"]),
+        // Cron fires as leader work, so it runs under the cluster's leader.
+        "dispatch-cron" => Some(&["dispatch-core", "dispatch-job", "dispatch-cluster"]),
+        // The conformance suite also drives the job and workflow runtimes over each store, and
+        // the cron scheduler's catch-up and overlap policies (under a cluster's leader).
+        "dispatch-store-tests" => Some(&[
+            "dispatch-core",
+            "dispatch-job",
+            "dispatch-workflow",
+            "dispatch-cluster",
+            "dispatch-cron",
+        ]),
         n if n.starts_with("dispatch-store-") => Some(CORE),
         "dispatch" => Some(&[
             "dispatch-cluster",
             "dispatch-core",
+            "dispatch-cron",
+            "dispatch-dlq",
             "dispatch-job",
             "dispatch-store-memory",
             "dispatch-store-sqlite",
@@ -33,7 +44,7 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
         // Leaves: programs that use the library.
         // The guides' doctests (docs/) compile against the umbrella alone, as users do.
         "dispatch-bench" | "dispatch-docs" | "minimal" | "quickstart" | "workflow-example"
-        | "cluster-example" | "xtask" => Some(&["dispatch"]),
+        | "cluster-example" | "cron-example" | "xtask" => Some(&["dispatch"]),
         "dispatch-durability-tests" => Some(&[
             "dispatch",
             "dispatch-store-sqlite",

@@ -3,7 +3,8 @@
 //!
 //! An entry is written in the same store operation that makes its job dead, so a job is never in
 //! neither place. Replay makes one new job (same name, queue, payload, priority, timeout,
-//! max attempts and scope; fresh attempts; runs now) and can happen at most once per entry.
+//! max attempts and scope; fresh attempts; runs now unless [`ReplayOptions`] say otherwise) and
+//! can happen at most once per entry.
 
 use std::time::Duration;
 
@@ -70,30 +71,87 @@ impl DlqEntry {
     }
 }
 
-/// Which entries a listing returns. Unset fields match everything.
+/// Which entries a listing, count, bulk replay or purge takes: those matching every set field.
+/// An all-unset filter matches every entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DlqFilter {
     /// Only this queue.
     pub queue: Option<String>,
     /// Only this job name.
     pub name: Option<String>,
+    /// Only this application (the scope's `app`).
+    pub app: Option<String>,
+    /// Only this tenant (the scope's `tenant`).
+    pub tenant: Option<String>,
+    /// Only entries that failed at or after this time.
+    pub failed_after: Option<Timestamp>,
+    /// Only entries that failed before this time.
+    pub failed_before: Option<Timestamp>,
+    /// Only entries whose last error message contains this text (case-sensitive, bytewise).
+    pub error_contains: Option<String>,
     /// Only replayed (`true`) or not yet replayed (`false`) entries.
     pub replayed: Option<bool>,
 }
 
-/// Which entries a purge deletes: those matching every set field. An all-unset filter deletes
-/// every entry.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DlqPurge {
-    /// Only this queue.
-    pub queue: Option<String>,
-    /// Only this job name.
-    pub name: Option<String>,
-    /// Only entries that failed before this time.
-    pub failed_before: Option<Timestamp>,
-    /// Only replayed (`true`) or not yet replayed (`false`) entries.
-    pub replayed: Option<bool>,
+impl DlqFilter {
+    /// Whether `entry` matches: the rule every store applies, in its own query language where
+    /// it has one.
+    pub fn matches(&self, entry: &DlqEntry) -> bool {
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
+        eq(&self.queue, Some(&entry.queue))
+            && eq(&self.name, Some(&entry.name))
+            && eq(&self.app, entry.scope.app.as_deref())
+            && eq(&self.tenant, entry.scope.tenant.as_deref())
+            && self.failed_after.is_none_or(|t| entry.failed_at >= t)
+            && self.failed_before.is_none_or(|t| entry.failed_at < t)
+            && self.error_contains.as_deref().is_none_or(|text| {
+                entry.last_error().is_some_and(|message| message.contains(text))
+            })
+            && self.replayed.is_none_or(|r| r == entry.replayed_as.is_some())
+    }
+
+    /// The same filter restricted to entries not yet replayed: what a bulk replay takes.
+    pub fn unreplayed(&self) -> Self {
+        Self { replayed: Some(false), ..self.clone() }
+    }
 }
+
+impl DlqEntry {
+    /// The message of the last error: why the job died.
+    pub fn last_error(&self) -> Option<&str> {
+        self.errors.last().map(|e| e.message.as_str())
+    }
+}
+
+/// How a replay enqueues the new job. The default keeps the dead job's queue and runs now.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// Enqueue into this queue instead of the dead job's.
+    pub queue: Option<String>,
+    /// Make the new job due this long after the replay.
+    pub delay: Option<Duration>,
+}
+
+/// How many entries one (queue, job name) pair holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DlqCount {
+    /// The queue.
+    pub queue: String,
+    /// The job name.
+    pub name: String,
+    /// How many entries.
+    pub count: u64,
+}
+
+/// The most entries one bulk store call ([`DlqStore::replay_dlq_matching`],
+/// [`DlqStore::purge_dlq`]) is asked to touch: callers loop in batches of at most this many,
+/// so no call holds a long lock.
+///
+/// [`DlqStore::replay_dlq_matching`]: crate::DlqStore::replay_dlq_matching
+/// [`DlqStore::purge_dlq`]: crate::DlqStore::purge_dlq
+pub const DLQ_BATCH: usize = 1000;
 
 /// What a replay did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

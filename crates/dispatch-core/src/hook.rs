@@ -2,13 +2,13 @@
 //!
 //! The runtime delivers events to hooks from a task of its own, in order, after the store has
 //! recorded the transition; a slow hook delays other hooks, never claiming or finishing, and a
-//! panicking hook is caught and logged. Events are `#[non_exhaustive]`: cron events join later.
+//! panicking hook is caught and logged. Events are `#[non_exhaustive]`: later concerns add theirs.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::id::{DlqId, JobId, RunId};
+use crate::id::{CronId, DlqId, JobId, RunId};
 use crate::job::Failure;
 use crate::scope::Scope;
 use crate::time::Timestamp;
@@ -38,6 +38,31 @@ pub struct RunInfo {
     pub version: u32,
     /// Tenant scope.
     pub scope: Scope,
+}
+
+/// The cron entry an event is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CronInfo {
+    /// Its ID.
+    pub id: CronId,
+    /// Its name.
+    pub name: String,
+    /// Tenant scope.
+    pub scope: Scope,
+}
+
+/// Why a cron entry did not fire at a scheduled time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CronSkip {
+    /// The time was missed (downtime longer than the entry's grace) and its catch-up policy
+    /// skips it.
+    Missed,
+    /// The entry's previous job was still available or running (overlap policy `Skip`).
+    Overlap {
+        /// The unfinished job.
+        previous: JobId,
+    },
 }
 
 /// Something that happened to a job, a workflow run, or the runtime.
@@ -176,6 +201,41 @@ pub enum Event {
         run: RunInfo,
         /// The checkpoint key of the step it undid.
         key: String,
+    },
+    /// A cron entry fired: its job for scheduled time `scheduled` was enqueued (or found
+    /// enqueued, when `duplicate`).
+    CronFired {
+        /// The entry.
+        entry: CronInfo,
+        /// The scheduled time.
+        scheduled: Timestamp,
+        /// The job.
+        job: JobId,
+        /// Whether the job existed already (an earlier fire of the same time).
+        duplicate: bool,
+    },
+    /// A cron entry skipped scheduled times.
+    CronSkipped {
+        /// The entry.
+        entry: CronInfo,
+        /// The first scheduled time skipped.
+        scheduled: Timestamp,
+        /// How many scheduled times were skipped (from `scheduled` on).
+        count: u32,
+        /// Why.
+        reason: CronSkip,
+    },
+    /// A DLQ entry was replayed as a new job.
+    DlqReplayed {
+        /// The entry.
+        entry: DlqId,
+        /// The new job.
+        job: JobId,
+    },
+    /// DLQ entries were purged.
+    DlqPurged {
+        /// How many.
+        count: u64,
     },
     /// A worker stopped.
     Shutdown,

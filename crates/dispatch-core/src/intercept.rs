@@ -16,10 +16,13 @@ use async_trait::async_trait;
 use crate::cluster::{
     Leader, LeaderWrite, SweepReport, WorkerHeartbeat, WorkerRecord, WorkerRegistration,
 };
-use crate::dlq::{DlqEntry, DlqFilter, DlqPurge, Replay};
+use crate::dlq::{DlqCount, DlqEntry, DlqFilter, Replay, ReplayOptions};
+use crate::cron::{CronEntry, CronFilter, CronFire, CronFireOutcome, CronRecord, DueCron};
 use crate::error::{Error, Result};
 use crate::id::WorkerId;
-use crate::id::{DlqId, JobId, RunId};
+use crate::id::{CronId, DlqId, JobId, RunId};
+use crate::scope::Scope;
+use crate::time::Timestamp;
 use crate::job::{
     ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult, HeartbeatReport, Job, JobCancel,
     JobFilter, LeaseRef, LeaseToken, NewJob, QueueCount, RescueReport,
@@ -27,7 +30,7 @@ use crate::job::{
 use crate::page::{Page, PageRequest};
 use crate::retention::{PruneReport, RetentionPolicy};
 use crate::store::{
-    DlqStore, JobStore, LeadershipStore, MembershipStore, RetentionStore, WorkflowStore,
+    CronStore, DlqStore, JobStore, LeadershipStore, MembershipStore, RetentionStore, WorkflowStore,
 };
 use crate::wake::{ListenerState, WakeupStream};
 use crate::workflow::{
@@ -58,8 +61,12 @@ pub enum CallKind {
     /// A lookup: `get_job`, `list_jobs`, `count_jobs`, `list_dlq`, `get_dlq`, `get_run`,
     /// `list_runs`, `checkpoints`.
     Read,
-    /// [`DlqStore::replay_dlq`] or [`DlqStore::purge_dlq`].
+    /// A DLQ change: [`DlqStore::replay_dlq`], [`DlqStore::replay_dlq_matching`] or
+    /// [`DlqStore::purge_dlq`].
     Dlq,
+    /// A cron entry change: `save_cron`, `set_cron_enabled`, `delete_cron` (a fire is leader
+    /// work: [`CallKind::Leadership`]).
+    Cron,
     /// A run started, an event published, or a run cancelled, replayed or migrated.
     Run,
     /// A fenced call of a drive: `load_snapshot`, `save_checkpoints`, `suspend_run`, `resolve_wait`,
@@ -68,7 +75,8 @@ pub enum CallKind {
     /// A worker registry call: `register_worker`, `heartbeat_worker`, `drain_worker`,
     /// `deregister_worker`, `list_workers`.
     Membership,
-    /// A leadership call, or leader work fenced by a term (`sweep_workers`, `prune`).
+    /// A leadership call, or leader work fenced by a term (`sweep_workers`, `prune`,
+    /// `fire_cron`).
     Leadership,
 }
 
@@ -243,11 +251,23 @@ impl<S: DlqStore + ?Sized, I: Interceptor> DlqStore for Intercepted<S, I> {
     async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {
         self.around(Call::one(CallKind::Read), self.inner.get_dlq(id), done).await
     }
-    async fn replay_dlq(&self, id: DlqId) -> Result<Replay> {
-        self.around(Call::one(CallKind::Dlq), self.inner.replay_dlq(id), done).await
+    async fn count_dlq(&self, f: &DlqFilter) -> Result<Vec<DlqCount>> {
+        self.around(Call::one(CallKind::Read), self.inner.count_dlq(f), done).await
     }
-    async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
-        self.around(Call::one(CallKind::Dlq), self.inner.purge_dlq(filter), done).await
+    async fn replay_dlq(&self, id: DlqId, options: &ReplayOptions) -> Result<Replay> {
+        self.around(Call::one(CallKind::Dlq), self.inner.replay_dlq(id, options), done).await
+    }
+    async fn replay_dlq_matching(
+        &self,
+        f: &DlqFilter,
+        options: &ReplayOptions,
+        limit: usize,
+    ) -> Result<Vec<(DlqId, JobId)>> {
+        let on = self.inner.replay_dlq_matching(f, options, limit);
+        self.around(Call::new(CallKind::Dlq, limit), on, done).await
+    }
+    async fn purge_dlq(&self, f: &DlqFilter, limit: usize) -> Result<u64> {
+        self.around(Call::new(CallKind::Dlq, limit), self.inner.purge_dlq(f, limit), done).await
     }
 }
 
@@ -379,5 +399,52 @@ impl<S: RetentionStore + ?Sized, I: Interceptor> RetentionStore for Intercepted<
     ) -> Result<PruneReport> {
         let call = Call::new(CallKind::Leadership, limit);
         self.around(call, self.inner.prune(term, policy, limit), done).await
+    }
+}
+
+#[async_trait]
+impl<S: CronStore + ?Sized, I: Interceptor> CronStore for Intercepted<S, I> {
+    async fn save_cron(
+        &self,
+        entry: CronEntry,
+        next_fire: Option<Timestamp>,
+    ) -> Result<CronRecord> {
+        self.around(Call::one(CallKind::Cron), self.inner.save_cron(entry, next_fire), done).await
+    }
+    async fn get_cron(&self, id: CronId) -> Result<Option<CronRecord>> {
+        self.around(Call::one(CallKind::Read), self.inner.get_cron(id), done).await
+    }
+    async fn find_cron(&self, scope: &Scope, name: &str) -> Result<Option<CronRecord>> {
+        self.around(Call::one(CallKind::Read), self.inner.find_cron(scope, name), done).await
+    }
+    async fn list_cron(
+        &self,
+        f: &CronFilter,
+        p: &PageRequest<CronId>,
+    ) -> Result<Page<CronRecord, CronId>> {
+        self.around(Call::one(CallKind::Read), self.inner.list_cron(f, p), done).await
+    }
+    async fn set_cron_enabled(
+        &self,
+        id: CronId,
+        enabled: bool,
+        next_fire: Option<Timestamp>,
+    ) -> Result<CronRecord> {
+        let on = self.inner.set_cron_enabled(id, enabled, next_fire);
+        self.around(Call::one(CallKind::Cron), on, done).await
+    }
+    async fn delete_cron(&self, id: CronId) -> Result<bool> {
+        self.around(Call::one(CallKind::Cron), self.inner.delete_cron(id), done).await
+    }
+    async fn due_cron(&self, limit: usize) -> Result<DueCron> {
+        self.around(Call::new(CallKind::Read, limit), self.inner.due_cron(limit), done).await
+    }
+    async fn fire_cron(
+        &self,
+        term: &Leader,
+        fires: Vec<CronFire>,
+    ) -> Result<Vec<CronFireOutcome>> {
+        let call = Call::new(CallKind::Leadership, fires.len());
+        self.around(call, self.inner.fire_cron(term, fires), done).await
     }
 }

@@ -13,6 +13,7 @@
 pub mod backoff;
 pub mod cluster;
 pub mod codec;
+pub mod cron;
 pub mod dlq;
 pub mod error;
 pub mod hook;
@@ -36,11 +37,16 @@ pub use cluster::{
     WorkerRegistration, WorkerState,
 };
 #[doc(inline)]
-pub use dlq::{DlqEntry, DlqFilter, DlqPurge, Replay};
+pub use cron::{
+    CatchUp, CronEntry, CronFilter, CronFire, CronFireOutcome, CronJob, CronRecord, DueCron,
+    Overlap,
+};
+#[doc(inline)]
+pub use dlq::{DlqCount, DlqEntry, DlqFilter, Replay, ReplayOptions};
 #[doc(inline)]
 pub use error::{Error, ErrorKind, Result};
 #[doc(inline)]
-pub use hook::{Event, Hook, JobInfo, RunInfo};
+pub use hook::{CronInfo, CronSkip, Event, Hook, JobInfo, RunInfo};
 #[doc(inline)]
 pub use id::{CronId, DlqId, EventId, JobId, RunId, WorkerId};
 #[doc(inline)]
@@ -59,7 +65,7 @@ pub use retention::{Cutoffs, PruneReport, RetentionPolicy};
 pub use scope::Scope;
 #[doc(inline)]
 pub use store::{
-    ClusterStore, DlqStore, EnqueueTransaction, JobStore, LeadershipStore, MembershipStore,
+    ClusterStore, CronStore, DlqStore, EnqueueTransaction, JobStore, LeadershipStore, MembershipStore,
     RetentionStore, WorkflowStore,
 };
 #[doc(inline)]

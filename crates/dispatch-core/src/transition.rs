@@ -12,7 +12,7 @@
 //! clock. Who may make a transition is the store's part, except for the lease token, which
 //! [`finish`] checks: rescue expects a job whose lease has expired, and claim an available job.
 
-use crate::dlq::DlqEntry;
+use crate::dlq::{DlqEntry, ReplayOptions};
 use crate::id::JobId;
 use crate::job::{
     AttemptError, Failure, FailureKind, Finish, FinishResult, Job, JobCancel, JobState, Lease,
@@ -229,20 +229,22 @@ pub fn request_job_cancel(job: &mut Job, now: Timestamp) -> JobCancel {
 }
 
 /// The new job a replay of `entry` enqueues: the dead job's name, queue, payload, priority,
-/// timeout, max attempts and scope, under a new ID, with fresh attempts, due `now`. It takes no
-/// unique key: the dead job's key was let go when it died.
-pub fn replay(entry: &DlqEntry, now: Timestamp) -> Job {
+/// timeout, max attempts and scope, under a new ID, with fresh attempts, due `now`; `options`
+/// may change its queue and delay it. It takes no unique key: the dead job's key was let go
+/// when it died.
+pub fn replay(entry: &DlqEntry, options: &ReplayOptions, now: Timestamp) -> Job {
+    let run_at = options.delay.map_or(now, |delay| now.saturating_add(delay));
     Job {
         id: JobId::new(),
         name: entry.name.clone(),
-        queue: entry.queue.clone(),
+        queue: options.queue.clone().unwrap_or_else(|| entry.queue.clone()),
         payload: entry.payload.clone(),
         priority: entry.priority,
         state: JobState::Available,
         attempt: 0,
         max_attempts: entry.max_attempts,
         timeout: entry.timeout,
-        run_at: now,
+        run_at,
         created_at: now,
         finished_at: None,
         unique_key: None,
@@ -537,7 +539,7 @@ mod tests {
         job.unique_key = Some("k".into());
         job.timeout = Some(Duration::from_secs(7));
         let entry = finish_with(&mut job, token, fail()).dlq.unwrap();
-        let replayed = replay(&entry, now());
+        let replayed = replay(&entry, &ReplayOptions::default(), now());
         assert_ne!(replayed.id, job.id);
         let kept = (&replayed.name, &replayed.queue, &replayed.payload, replayed.priority);
         assert_eq!(kept, (&job.name, &job.queue, &job.payload, job.priority));

@@ -147,6 +147,12 @@ pub trait JobStore: DlqStore {
         None
     }
 
+    /// This store as a [`CronStore`](crate::CronStore), when it keeps cron entries: every
+    /// built-in store answers `Some(self)`. Default `None`.
+    fn as_cron_store(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn crate::CronStore>> {
+        None
+    }
+
     /// How long until the next available job of `queues` and `names` is due, by the store's
     /// clock: `Some(ZERO)` when one is due now, `None` when none is waiting. A worker whose claim
     /// came back short sleeps this long (at most its poll interval) instead of a whole poll

@@ -18,7 +18,9 @@
 //!
 //! * [`RetentionStore`]: pruning what a retention policy no longer keeps, leader work.
 //!
-//! Later concerns (cron entries, flow control) each get a trait of their own
+//! * [`CronStore`]: cron entries, fired by the leader as one fenced compare-and-set each.
+//!
+//! Later concerns (flow control, webhooks) each get a trait of their own
 //! here, so a feature asks for exactly the trait it needs and the compiler says when a store
 //! lacks it. Every trait is dyn-compatible: the runtime holds
 //! `Arc<dyn JobStore>` or `Arc<dyn WorkflowStore>`, and the second upcasts to the first.
@@ -26,6 +28,7 @@
 //! The records these traits speak in live beside them: [`crate::job`], [`crate::dlq`],
 //! [`crate::workflow`].
 
+pub mod cron;
 pub mod dlq;
 pub mod job;
 pub mod leadership;
@@ -34,6 +37,7 @@ pub mod retention;
 pub mod transaction;
 pub mod workflow;
 
+pub use cron::CronStore;
 pub use dlq::DlqStore;
 pub use job::JobStore;
 pub use leadership::LeadershipStore;

@@ -2,7 +2,7 @@
 //! reads and DLQ calls.
 
 use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, DlqPurge, Job, JobFilter, JobId, Page, PageRequest, Replay, Result,
+    DlqEntry, DlqFilter, DlqId, Job, JobFilter, JobId, Page, PageRequest, Replay, ReplayOptions, Result,
 };
 
 use super::{JobClient, JobCounts};
@@ -46,16 +46,24 @@ impl JobClient {
     /// the local worker. Fails with [`ErrorKind::NotFound`](dispatch_core::ErrorKind::NotFound)
     /// for an unknown entry.
     pub async fn replay(&self, id: DlqId) -> Result<Replay> {
-        let replay = self.store.replay_dlq(id).await?;
+        let replay = self.store.replay_dlq(id, &ReplayOptions::default()).await?;
         if matches!(replay, Replay::Replayed(_)) {
             self.wake.notify_one();
         }
         Ok(replay)
     }
 
-    /// Delete the DLQ entries matching `filter` (an all-unset filter deletes every entry);
-    /// answers how many were deleted.
-    pub async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
-        self.store.purge_dlq(filter).await
+    /// Delete the DLQ entries matching `filter` (an all-unset filter deletes every entry), in
+    /// batches of [`DLQ_BATCH`](dispatch_core::dlq::DLQ_BATCH); answers how many were deleted.
+    pub async fn purge_dlq(&self, filter: &DlqFilter) -> Result<u64> {
+        let batch = dispatch_core::dlq::DLQ_BATCH;
+        let mut purged = 0;
+        loop {
+            let deleted = self.store.purge_dlq(filter, batch).await?;
+            purged += deleted;
+            if deleted < batch as u64 {
+                return Ok(purged);
+            }
+        }
     }
 }
