@@ -210,7 +210,7 @@ mod tests {
         assert_eq!(job.unique_key, None);
         assert_eq!(claim_one(&store, &["a"]).await.job.id, new_id);
 
-        let err = store.replay_dlq(DlqId::new()).await.unwrap_err();
+        let err = store.replay_dlq(DlqId::new(), &ReplayOptions::default()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
     }
 
