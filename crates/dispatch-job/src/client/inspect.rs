@@ -2,7 +2,8 @@
 //! reads and DLQ calls.
 
 use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, Job, JobFilter, JobId, Page, PageRequest, Replay, ReplayOptions, Result,
+    DlqEntry, DlqFilter, DlqId, Job, JobFilter, JobId, Page, PageRequest, Replay, ReplayOptions,
+    Result,
 };
 
 use super::{JobClient, JobCounts};
