@@ -228,6 +228,7 @@
 mod builder;
 mod claim;
 mod cluster;
+mod cron;
 mod dlq;
 mod enqueue;
 mod error;
@@ -252,8 +253,11 @@ use std::time::Duration;
 #[cfg(doc)]
 use dispatch_core::JobStore;
 use dispatch_core::{Error, ErrorKind, Result, SharedClock};
+use sea_query::PostgresQueryBuilder;
+use sea_query_sqlx::{SqlxBinder, SqlxValues};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, PgPool, SqlSafeStr, SqlStr};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, PgPool, Postgres, SqlSafeStr, SqlStr};
 
 use pooler::Pool;
 
@@ -331,6 +335,7 @@ struct Statements {
     claim: claim::Sql,
     finish: finish::Sql,
     dlq: dlq::Sql,
+    cron: cron::Sql,
     workflow: workflow::Sql,
     events: events::Sql,
     rewind: rewind::Sql,
@@ -347,6 +352,7 @@ impl Statements {
             claim: claim::Sql::new(quoted),
             finish: finish::Sql::new(quoted),
             dlq: dlq::Sql::new(quoted),
+            cron: cron::Sql::new(quoted),
             workflow: workflow::Sql::new(quoted),
             events: events::Sql::new(quoted),
             rewind: rewind::Sql::new(quoted),
@@ -455,6 +461,19 @@ fn statement(template: &str, quoted: &str) -> SqlStr {
         .replace("{s}", quoted);
     // Safe: fixed text and a schema name checked against [a-z_][a-z0-9_]*.
     AssertSqlSafe(sql).into_sql_str()
+}
+
+/// A statement built with sea-query (those with optional filters), ready to run: its text on
+/// the schema-qualified tables the builder was given, every value a bound parameter.
+fn built<Q: SqlxBinder>(query: &Q) -> Query<'static, Postgres, SqlxValues> {
+    let (sql, values) = query.build_sqlx(PostgresQueryBuilder);
+    // Safe: sea-query's text, whose only identifiers are fixed names and the validated schema.
+    sqlx::query_with(AssertSqlSafe(sql), values)
+}
+
+/// A limit as sea-query binds it: unsigned, sent as `bigint`, so at most `i64::MAX`.
+fn built_limit(n: usize) -> u64 {
+    Ord::min(u64::try_from(n).unwrap_or(u64::MAX), i64::MAX.unsigned_abs())
 }
 
 /// Replace each `{sat(a, b)}` with `a + b` computed exactly and saturated at `i64::MAX`.
