@@ -27,6 +27,7 @@ use sqlx::{PgConnection, SqlStr};
 use uuid::Uuid;
 
 use crate::cluster::{FENCE, HOLDS, not_leader, sql_term};
+use crate::enqueue::validate_batch;
 use crate::row::{CRON_COLUMN_NAMES, CRON_COLUMNS, cron_from_row, get, sql_limit};
 use crate::{PostgresStore, built, built_limit, db_error, statement};
 
@@ -285,8 +286,10 @@ impl PostgresStore {
         let enqueued = self.enqueue_on(conn, &jobs).await?;
         for (i, range) in firing {
             let answers: Vec<Enqueued> = enqueued[range].to_vec();
+            // An empty fire (every missed time skipped) keeps the last fire and job.
             let last_job = answers.last().map(|e| e.id());
-            advances.push(&fires[i], fires[i].fired, last_job);
+            let last_fired = last_job.and(fires[i].fired);
+            advances.push(&fires[i], last_fired, last_job);
             outcomes[i] = Some(CronFireOutcome::Fired(answers));
         }
         self.advance_cron(conn, &advances).await
@@ -471,6 +474,9 @@ impl CronStore for PostgresStore {
     }
 
     async fn fire_cron(&self, term: &Leader, fires: Vec<CronFire>) -> Result<Vec<CronFireOutcome>> {
+        for fire in &fires {
+            validate_batch(&fire.jobs, self.max_payload_bytes)?;
+        }
         self.timed("fire_cron", async {
             let mut tx = self.shared.pool.begin().await.map_err(db_error)?;
             // On `NotLeader` (or any error) nothing is kept: dropping `tx` rolls it back.
