@@ -12,7 +12,7 @@
 //! Everything lives in one schema (default [`DEFAULT_SCHEMA`], see
 //! [`PostgresStoreBuilder::schema`]): tables `jobs` and `dlq`, the workflow tables `runs`,
 //! `checkpoints`, `event_waits` and `kept_events`, the cluster tables `workers`, `leaders` and
-//! `leader_writes`, and the store's own migrations table
+//! `leader_writes`, the cron table `cron_entries`, and the store's own migrations table
 //! `dispatch_migrations`. Several stores (or test runs) share a database in separate
 //! schemas. Times are `bigint` microseconds since the Unix epoch, like
 //! [`Timestamp`](dispatch_core::Timestamp).
@@ -208,7 +208,10 @@
 //! - `job`: `JobStore`, forwarding to `enqueue` (batches, group-committed), `claim` (claims,
 //!   the next-due probe, claim marks) and `finish` (finishes and rescue); it keeps heartbeats,
 //!   cancel requests and lookups.
-//! - `dlq`: `DlqStore`.
+//! - `dlq`: `DlqStore` (statements with optional filters built with sea-query; a bulk replay is
+//!   one short transaction per batch).
+//! - `cron`: `CronStore` (entries upserted by scope and name; each `fire_cron` call one fenced
+//!   transaction that enqueues through `enqueue`'s statement).
 //! - `retention`: `RetentionStore` (the leader's fenced, batched prune).
 //! - `cluster`: `MembershipStore` and `LeadershipStore` (the worker registry, leadership terms
 //!   and the record of fenced leader writes); a sweep reclaims a gone worker's jobs with the
