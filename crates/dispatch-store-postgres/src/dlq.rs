@@ -385,8 +385,9 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_filter_has_no_condition() {
-        assert_eq!(built(&DlqFilter::default()), r#"SELECT "d"."id" FROM "s"."dlq" AS "d""#);
+    fn an_empty_filter_matches_everything() {
+        let sql = built(&DlqFilter::default());
+        assert_eq!(sql, r#"SELECT "d"."id" FROM "s"."dlq" AS "d" WHERE TRUE"#);
     }
 
     #[test]
@@ -403,7 +404,7 @@ mod tests {
         };
         assert_eq!(
             built(&filter),
-            r#"SELECT "d"."id" FROM "s"."dlq" AS "d" WHERE "d"."queue" = 'q' AND "d"."name" = 'n' AND "d"."scope_app" = 'a' AND "d"."scope_tenant" = 't' AND "d"."failed_at" >= 10 AND "d"."failed_at" < 20 AND strpos("d"."errors" -> -1 ->> 'message', 'boom') > 0 AND "d"."replayed_as" IS NULL"#
+            r#"SELECT "d"."id" FROM "s"."dlq" AS "d" WHERE "d"."queue" = 'q' AND "d"."name" = 'n' AND "d"."scope_app" = 'a' AND "d"."scope_tenant" = 't' AND "d"."failed_at" >= 10 AND "d"."failed_at" < 20 AND (strpos("d"."errors" -> -1 ->> 'message', 'boom') > 0) AND "d"."replayed_as" IS NULL"#
         );
     }
 
