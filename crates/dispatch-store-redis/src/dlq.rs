@@ -1,13 +1,18 @@
-//! `impl DlqStore`: entries are hashes indexed lexically by ID (`K_DLQ`); listing, replay and
-//! purge are one script call each (`lua/dlq_list.lua`, `lua/dlq_replay.lua`,
-//! `lua/dlq_purge.lua`, purge repeated over bounded stretches of the index).
+//! `impl DlqStore`: entries are hashes indexed lexically by ID (`K_DLQ`). Every call walks that
+//! index in bounded stretches, one script call each (`lua/dlq.lua`'s filter is
+//! [`DlqFilter::matches`] in Lua), and the Rust side pages on with the cursor a stretch
+//! answers: listing, counting, bulk replay and purge alike cost O(stretch) per call however
+//! large the DLQ, and never scan the keyspace. A replay's check-and-mark is in the script that
+//! enqueues it, so an entry is replayed at most once under concurrent calls.
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, JobId, Page, PageRequest, Replay,
-    Result, transition,
+    DlqCount, DlqEntry, DlqFilter, DlqId, DlqStore, JobId, Page, PageRequest, Replay,
+    ReplayOptions, Result,
 };
-use redis::Value;
+use redis::{ScriptInvocation, Value};
 
 use crate::RedisStore;
 use crate::error::internal;
@@ -19,8 +24,8 @@ use crate::row::{
 /// The most index entries one listing call scans.
 const LIST_SCAN: usize = 10_000;
 
-/// The most index entries one purge call scans (and so deletes).
-const PURGE_SCAN: usize = 1000;
+/// The most index entries one count, bulk replay or purge call scans.
+const BULK_SCAN: usize = 5_000;
 
 #[async_trait]
 impl DlqStore for RedisStore {
@@ -37,20 +42,14 @@ impl DlqStore for RedisStore {
         let mut call = self.call(&self.inner.scripts.dlq_list);
         call.arg(page.after.map(|id| hex(id.uuid())).unwrap_or_default())
             .arg(limit + 1)
-            .arg(LIST_SCAN)
-            .arg(option_arg(filter.queue.as_deref()))
-            .arg(option_arg(filter.name.as_deref()))
-            .arg(replayed_arg(filter.replayed));
-        let mut reply = array(self.invoke(&call).await?)?.into_iter();
-        let (Some(found), Some(resume)) = (reply.next(), reply.next()) else {
-            return Err(internal("a DLQ listing lacks its parts"));
-        };
+            .arg(LIST_SCAN);
+        filter_args(&mut call, filter);
+        let (found, resume) = stretch(self.invoke(&call).await?)?;
         let items = array(found)?
             .into_iter()
             .map(|hash| Fields::parse(hash)?.ok_or_else(|| internal("a listed entry vanished")))
             .map(|fields| fields.and_then(dlq_entry))
             .collect::<Result<Vec<_>>>()?;
-        let resume = string(resume)?;
         if items.len() <= limit && !resume.is_empty() {
             let next = Some(DlqId::from_uuid(parse_uuid(&resume)?));
             return Ok(Page { items, next });
@@ -63,55 +62,113 @@ impl DlqStore for RedisStore {
         Fields::parse(reply)?.map(dlq_entry).transpose()
     }
 
-    /// The new job is what `transition::replay` makes of the entry; the script stamps its
-    /// run-at and creation time with its own clock and sets `replayed_as` in the same call,
-    /// so concurrent replays make one job.
-    async fn replay_dlq(&self, id: DlqId) -> Result<Replay> {
-        let entry = self
-            .get_dlq(id)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("no DLQ entry {id}")))?;
-        if let Some(job_id) = entry.replayed_as {
-            return Ok(Replay::AlreadyReplayed(job_id));
+    /// Summed over the stretches of the index, each one script call.
+    async fn count_dlq(&self, filter: &DlqFilter) -> Result<Vec<DlqCount>> {
+        let mut counts = BTreeMap::<(String, String), u64>::new();
+        let mut cursor = String::new();
+        loop {
+            let mut call = self.call(&self.inner.scripts.dlq_count);
+            call.arg(&cursor).arg(BULK_SCAN);
+            filter_args(&mut call, filter);
+            let (found, resume) = stretch(self.invoke(&call).await?)?;
+            let mut parts = array(found)?.into_iter();
+            while let (Some(queue), Some(name), Some(n)) =
+                (parts.next(), parts.next(), parts.next())
+            {
+                let n = u64::try_from(int(n)?).map_err(|_| internal("a negative count"))?;
+                *counts.entry((string(queue)?, string(name)?)).or_default() += n;
+            }
+            if resume.is_empty() {
+                break;
+            }
+            cursor = resume;
         }
-        // The time given here is not written: the script uses its own `NOW`.
-        let job = transition::replay(&entry, entry.failed_at);
+        Ok(counts
+            .into_iter()
+            .map(|((queue, name), count)| DlqCount { queue, name, count })
+            .collect())
+    }
+
+    /// One script call: it reads the entry, enqueues what `transition::replay` makes of it
+    /// (stamped with the script's clock) and marks the entry, so concurrent replays make one
+    /// job.
+    async fn replay_dlq(&self, id: DlqId, options: &ReplayOptions) -> Result<Replay> {
         let mut call = self.call(&self.inner.scripts.dlq_replay);
-        call.arg(hex(id.uuid()))
-            .arg(hex(job.id.uuid()))
-            .arg(&job.name)
-            .arg(&job.queue)
-            .arg(&job.payload)
-            .arg(job.priority)
-            .arg(job.max_attempts)
-            .arg(job.timeout.map(|t| duration_arg(t).to_string()).unwrap_or_default())
-            .arg(option_arg(job.scope.app.as_deref()))
-            .arg(option_arg(job.scope.tenant.as_deref()));
+        call.arg(hex(id.uuid())).arg(hex(JobId::new().uuid()));
+        options_args(&mut call, options);
         replay_answer(array(self.invoke(&call).await?)?)
     }
 
-    async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
+    /// Stretch by stretch from the oldest entry until `limit` entries are replayed or the
+    /// index ends; each script call checks and marks the entries it replays, so an entry
+    /// another call replayed first no longer matches.
+    async fn replay_dlq_matching(
+        &self,
+        filter: &DlqFilter,
+        options: &ReplayOptions,
+        limit: usize,
+    ) -> Result<Vec<(DlqId, JobId)>> {
+        let mut replayed = Vec::new();
+        let mut cursor = String::new();
+        while replayed.len() < limit {
+            let mut call = self.call(&self.inner.scripts.dlq_replay_matching);
+            call.arg(&cursor).arg(BULK_SCAN);
+            options_args(&mut call, options);
+            filter_args(&mut call, &filter.unreplayed());
+            for _ in replayed.len()..limit {
+                call.arg(hex(JobId::new().uuid()));
+            }
+            let (pairs, resume) = stretch(self.invoke(&call).await?)?;
+            let mut parts = array(pairs)?.into_iter();
+            while let (Some(entry), Some(job)) = (parts.next(), parts.next()) {
+                let entry = DlqId::from_uuid(parse_uuid(&string(entry)?)?);
+                replayed.push((entry, JobId::from_uuid(parse_uuid(&string(job)?)?)));
+            }
+            if resume.is_empty() {
+                break;
+            }
+            cursor = resume;
+        }
+        Ok(replayed)
+    }
+
+    /// Stretch by stretch from the oldest entry until `limit` entries are deleted or the
+    /// index ends.
+    async fn purge_dlq(&self, filter: &DlqFilter, limit: usize) -> Result<u64> {
         let mut deleted = 0;
         let mut cursor = String::new();
-        loop {
+        while deleted < limit {
             let mut call = self.call(&self.inner.scripts.dlq_purge);
-            call.arg(&cursor)
-                .arg(PURGE_SCAN)
-                .arg(option_arg(filter.queue.as_deref()))
-                .arg(option_arg(filter.name.as_deref()))
-                .arg(filter.failed_before.map(|t| time_arg(t).to_string()).unwrap_or_default())
-                .arg(replayed_arg(filter.replayed));
-            let mut reply = array(self.invoke(&call).await?)?.into_iter();
-            let (Some(count), Some(resume)) = (reply.next(), reply.next()) else {
-                return Err(internal("a DLQ purge answer lacks its parts"));
-            };
-            deleted += u64::try_from(int(count)?).map_err(|_| internal("a negative purge"))?;
-            cursor = string(resume)?;
-            if cursor.is_empty() {
-                return Ok(deleted);
+            call.arg(&cursor).arg(BULK_SCAN).arg(limit - deleted);
+            filter_args(&mut call, filter);
+            let (count, resume) = stretch(self.invoke(&call).await?)?;
+            deleted += usize::try_from(int(count)?).map_err(|_| internal("a negative purge"))?;
+            if resume.is_empty() {
+                break;
             }
+            cursor = resume;
         }
+        Ok(deleted as u64)
     }
+}
+
+/// The filter's eight arguments, as `lua/dlq.lua`'s `dlq_filter` reads them.
+fn filter_args(call: &mut ScriptInvocation<'_>, filter: &DlqFilter) {
+    let time = |t: Option<dispatch_core::Timestamp>| t.map(|t| time_arg(t).to_string());
+    call.arg(option_arg(filter.queue.as_deref()))
+        .arg(option_arg(filter.name.as_deref()))
+        .arg(option_arg(filter.app.as_deref()))
+        .arg(option_arg(filter.tenant.as_deref()))
+        .arg(time(filter.failed_after).unwrap_or_default())
+        .arg(time(filter.failed_before).unwrap_or_default())
+        .arg(option_arg(filter.error_contains.as_deref()))
+        .arg(replayed_arg(filter.replayed));
+}
+
+/// The replay options' two arguments: the queue (option_arg) and the delay (µs, '' none).
+fn options_args(call: &mut ScriptInvocation<'_>, options: &ReplayOptions) {
+    call.arg(option_arg(options.queue.as_deref()))
+        .arg(options.delay.map(|d| duration_arg(d).to_string()).unwrap_or_default());
 }
 
 /// The replayed filter as the scripts take it: '' either, '1' replayed, '0' not.
@@ -121,6 +178,15 @@ fn replayed_arg(replayed: Option<bool>) -> &'static str {
         Some(true) => "1",
         Some(false) => "0",
     }
+}
+
+/// A stretch's answer: what it found, and the cursor to resume at ('' when done).
+fn stretch(reply: Value) -> Result<(Value, String)> {
+    let mut parts = array(reply)?.into_iter();
+    let (Some(found), Some(resume)) = (parts.next(), parts.next()) else {
+        return Err(internal("a DLQ script's answer lacks its parts"));
+    };
+    Ok((found, string(resume)?))
 }
 
 /// Replay's answer: `{1, new id}` replayed, `{2, earlier id}` already replayed.

@@ -56,7 +56,7 @@ pub(crate) fn job_args(call: &mut ScriptInvocation<'_>, job: &NewJob) {
 }
 
 /// One item of the script's answer: `{1, id}` created, `{2, holder}` duplicate.
-fn enqueued(item: redis::Value) -> Result<Enqueued> {
+pub(crate) fn enqueued(item: redis::Value) -> Result<Enqueued> {
     let mut parts = array(item)?.into_iter();
     let (Some(kind), Some(id)) = (parts.next(), parts.next()) else {
         return Err(internal("an enqueue answer lacks its parts"));

@@ -84,6 +84,12 @@ impl JobStore for RedisStore {
         Some(self)
     }
 
+    fn as_cron_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::CronStore>> {
+        Some(self)
+    }
+
     fn as_retention_store(
         self: std::sync::Arc<Self>,
     ) -> Option<std::sync::Arc<dyn dispatch_core::RetentionStore>> {

@@ -63,6 +63,7 @@
 mod builder;
 mod claim;
 mod cluster;
+mod cron;
 mod dlq;
 mod enqueue;
 mod error;

@@ -27,10 +27,24 @@ fn script(body: &str) -> Script {
     ))
 }
 
-/// A cluster script (the worker registry, leadership): the prelude, the cluster helpers
-/// (`lua/cluster.lua`, only these scripts need them) and `body`.
+/// The cluster helpers (the worker registry, leadership terms): only their scripts need them.
+const CLUSTER: &str = include_str!("lua/cluster.lua");
+/// The enqueue helpers (checks, unique keys): the scripts that enqueue batches of new jobs.
+const ENQUEUE: &str = include_str!("lua/enqueue_jobs.lua");
+/// The DLQ helpers (the filter, the bounded walk, replay): the DLQ scripts.
+const DLQ: &str = include_str!("lua/dlq.lua");
+/// The cron entry keys and helpers: the cron scripts.
+const CRON: &str = include_str!("lua/cron.lua");
+
+/// A script with helper files: the prelude, `helpers` in order, and `body`.
+fn script_with(helpers: &[&str], body: &str) -> Script {
+    script(&format!("{}\n{body}", helpers.join("\n")))
+}
+
+/// A cluster script (the worker registry, leadership): the prelude, the cluster helpers and
+/// `body`.
 fn cluster_script(body: &str) -> Script {
-    script(&format!("{}\n{body}", include_str!("lua/cluster.lua")))
+    script_with(&[CLUSTER], body)
 }
 
 /// Every script of the store, built once per store.
@@ -48,6 +62,8 @@ pub(crate) struct ScriptSet {
     pub(crate) dlq_list: Script,
     pub(crate) dlq_replay: Script,
     pub(crate) dlq_purge: Script,
+    pub(crate) dlq_count: Script,
+    pub(crate) dlq_replay_matching: Script,
     pub(crate) release_claim: Script,
     pub(crate) list_jobs: Script,
     pub(crate) next_due: Script,
@@ -74,20 +90,28 @@ pub(crate) struct ScriptSet {
     pub(crate) leader_resign: Script,
     pub(crate) leader_take: Script,
     pub(crate) prune: Script,
+    pub(crate) cron_save: Script,
+    pub(crate) cron_enable: Script,
+    pub(crate) cron_delete: Script,
+    pub(crate) cron_due: Script,
+    pub(crate) cron_list: Script,
+    pub(crate) cron_fire: Script,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Self {
         Self(Arc::new(ScriptSet {
-            enqueue: script(include_str!("lua/enqueue.lua")),
+            enqueue: script_with(&[ENQUEUE], include_str!("lua/enqueue.lua")),
             claim: script(include_str!("lua/claim.lua")),
             finish: script(include_str!("lua/finish.lua")),
             heartbeat: script(include_str!("lua/heartbeat.lua")),
             rescue: script(include_str!("lua/rescue.lua")),
             cancel: script(include_str!("lua/cancel.lua")),
-            dlq_list: script(include_str!("lua/dlq_list.lua")),
-            dlq_replay: script(include_str!("lua/dlq_replay.lua")),
-            dlq_purge: script(include_str!("lua/dlq_purge.lua")),
+            dlq_list: script_with(&[DLQ], include_str!("lua/dlq_list.lua")),
+            dlq_replay: script_with(&[DLQ], include_str!("lua/dlq_replay.lua")),
+            dlq_purge: script_with(&[DLQ], include_str!("lua/dlq_purge.lua")),
+            dlq_count: script_with(&[DLQ], include_str!("lua/dlq_count.lua")),
+            dlq_replay_matching: script_with(&[DLQ], include_str!("lua/dlq_replay_matching.lua")),
             release_claim: script(include_str!("lua/release_claim.lua")),
             list_jobs: script(include_str!("lua/list_jobs.lua")),
             next_due: script(include_str!("lua/next_due.lua")),
@@ -114,6 +138,12 @@ impl Scripts {
             leader_resign: cluster_script(include_str!("lua/leader_resign.lua")),
             leader_take: cluster_script(include_str!("lua/leader_take.lua")),
             prune: cluster_script(include_str!("lua/prune.lua")),
+            cron_save: script_with(&[CRON], include_str!("lua/cron_save.lua")),
+            cron_enable: script_with(&[CRON], include_str!("lua/cron_enable.lua")),
+            cron_delete: script_with(&[CRON], include_str!("lua/cron_delete.lua")),
+            cron_due: script_with(&[CRON], include_str!("lua/cron_due.lua")),
+            cron_list: script_with(&[CRON], include_str!("lua/cron_list.lua")),
+            cron_fire: script_with(&[CLUSTER, ENQUEUE, CRON], include_str!("lua/cron_fire.lua")),
         }))
     }
 }

@@ -184,6 +184,29 @@ local function variadic(cmd, key, args, width)
   end
 end
 
+-- Walk lexical index `key` (score 0, members in ID order) after `cursor` ('' for the start),
+-- at most `budget` members, calling `visit(member)` on each until it answers true (done).
+-- Answers where a next call resumes: the last member walked when the budget ran out first, ''
+-- when `visit` was done or the index ended. A call so costs O(budget), however sparse what
+-- `visit` looks for; listings and bulk calls page on with the cursor.
+local function walk_lex(key, cursor, budget, visit)
+  local CHUNK = 500
+  local from = cursor == '' and '-' or '(' .. cursor
+  local walked, last = 0, nil
+  while walked < budget do
+    local take = math.min(CHUNK, budget - walked)
+    local ids = redis.call('ZRANGEBYLEX', key, from, '+', 'LIMIT', 0, take)
+    for _, id in ipairs(ids) do
+      walked = walked + 1
+      last = id
+      if visit(id) then return '' end
+    end
+    if #ids < take then return '' end
+    from = '(' .. last
+  end
+  return last or ''
+end
+
 -- Write the gathered sorted-set changes.
 local function zflush()
   for key, members in pairs(zpending) do

@@ -196,7 +196,7 @@ async fn pruning_everything_leaves_no_key(url: String) {
     }
     let entries = store.list_dlq(&Default::default(), &dispatch_core::PageRequest::first(10)).await;
     let entry = entries.expect("list_dlq").items[0].id;
-    let replayed = store.replay_dlq(entry).await.expect("replay").job_id();
+    let replayed = store.replay_dlq(entry, &Default::default()).await.expect("replay").job_id();
     let claimed = claim(&store, "dying", 1).await;
     assert_eq!(claimed[0].job.id, replayed);
     finish(&store, lease(&claimed[0]), Outcome::Complete).await;
