@@ -24,6 +24,9 @@
 //! gone worker's last heartbeat), so a prune costs O(limit) and never scans the keyspace; the
 //! leader prunes under its term ([`RetentionStore`](dispatch_core::RetentionStore), see
 //! `src/retention.rs`).
+//! Cron entries are hashes found by `(scope, name)`, listed by ID and read as due from a
+//! sorted set by next fire; the leader fires a batch of them in one script call fenced by its
+//! term ([`CronStore`](dispatch_core::CronStore), see `src/cron.rs`).
 //! A run is a hash beside its checkpoints (data by key, and their write order), its event waits (indexed per scope,
 //! event name and correlation, oldest first) and the events kept for later waits.
 //! `src/lua/prelude.lua` documents every job key, `src/lua/runs.lua` every workflow key.
