@@ -229,3 +229,32 @@ fn outcome(reply: Value) -> Result<CronFireOutcome> {
         (other, _) => Err(internal(format!("unknown cron fire answer {other}"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_keys_tell_unset_from_empty_scope_parts() {
+        let unset = name_key(&Scope::default(), "n").unwrap();
+        let empty = name_key(&Scope { app: Some(String::new()), tenant: None }, "n").unwrap();
+        assert_eq!(unset, r#"[null,null,"n"]"#);
+        assert_ne!(unset, empty);
+        let tricky = name_key(&Scope::new("a\",\"b", "t"), "n").unwrap();
+        assert_ne!(tricky, name_key(&Scope::new("a", "b\",\"t"), "n").unwrap());
+    }
+
+    #[test]
+    fn fire_answers_read_as_outcomes() {
+        let id = JobId::new();
+        let hexed = || Value::BulkString(hex(id.uuid()).into_bytes());
+        let array = |items: Vec<Value>| Value::Array(items);
+        let fired = array(vec![Value::Int(1), array(vec![array(vec![Value::Int(2), hexed()])])]);
+        let want = CronFireOutcome::Fired(vec![dispatch_core::Enqueued::Duplicate(id)]);
+        assert_eq!(outcome(fired).unwrap(), want);
+        let overlapped = array(vec![Value::Int(2), hexed()]);
+        assert_eq!(outcome(overlapped).unwrap(), CronFireOutcome::Overlapped { previous: id });
+        assert_eq!(outcome(array(vec![Value::Int(3)])).unwrap(), CronFireOutcome::Stale);
+        assert!(outcome(array(vec![Value::Int(9)])).is_err());
+    }
+}
