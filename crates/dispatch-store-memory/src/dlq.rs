@@ -1,14 +1,15 @@
 //! [`DlqStore`] for [`MemoryStore`].
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use async_trait::async_trait;
 use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, Page, PageRequest, Replay, Result,
-    transition,
+    DlqCount, DlqEntry, DlqFilter, DlqId, DlqStore, Error, JobId, Page, PageRequest, Replay,
+    ReplayOptions, Result, Timestamp, transition,
 };
 
-use crate::MemoryStore;
+use crate::{MemoryStore, State};
 
 #[async_trait]
 impl DlqStore for MemoryStore {
@@ -24,11 +25,7 @@ impl DlqStore for MemoryStore {
             .dlq
             .range((start, Bound::Unbounded))
             .map(|(_, entry)| entry)
-            .filter(|e| {
-                filter.queue.as_ref().is_none_or(|q| *q == e.queue)
-                    && filter.name.as_ref().is_none_or(|n| *n == e.name)
-                    && filter.replayed.is_none_or(|r| r == e.replayed_as.is_some())
-            })
+            .filter(|e| filter.matches(e))
             .take(limit + 1)
             .cloned()
             .collect();
@@ -39,7 +36,23 @@ impl DlqStore for MemoryStore {
         Ok(self.state.lock().dlq.get(&id).cloned())
     }
 
-    async fn replay_dlq(&self, id: DlqId) -> Result<Replay> {
+    async fn count_dlq(&self, filter: &DlqFilter) -> Result<Vec<DlqCount>> {
+        let state = self.state.lock();
+        let mut counts = BTreeMap::<(&str, &str), u64>::new();
+        for entry in state.dlq.values().filter(|e| filter.matches(e)) {
+            *counts.entry((&entry.queue, &entry.name)).or_default() += 1;
+        }
+        Ok(counts
+            .into_iter()
+            .map(|((queue, name), count)| DlqCount {
+                queue: queue.into(),
+                name: name.into(),
+                count,
+            })
+            .collect())
+    }
+
+    async fn replay_dlq(&self, id: DlqId, options: &ReplayOptions) -> Result<Replay> {
         let now = self.clock.now();
         let mut state = self.state.lock();
         let entry =
@@ -47,29 +60,58 @@ impl DlqStore for MemoryStore {
         if let Some(job_id) = entry.replayed_as {
             return Ok(Replay::AlreadyReplayed(job_id));
         }
-        let job = transition::replay(entry, now);
-        let queue = job.queue.clone();
-        let job_id = state.insert(job, None);
-        if let Some(entry) = state.dlq.get_mut(&id) {
-            entry.replayed_as = Some(job_id);
-            entry.replayed_at = Some(now);
-        }
+        let (job_id, queue) = state.replay(id, options, now);
         drop(state);
         self.wakeups.notify([queue.as_str()]);
         Ok(Replay::Replayed(job_id))
     }
 
-    async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
+    async fn replay_dlq_matching(
+        &self,
+        filter: &DlqFilter,
+        options: &ReplayOptions,
+        limit: usize,
+    ) -> Result<Vec<(DlqId, JobId)>> {
+        let now = self.clock.now();
+        let filter = filter.unreplayed();
         let mut state = self.state.lock();
-        let before = state.dlq.len();
-        state.dlq.retain(|_, e| {
-            let matches = filter.queue.as_ref().is_none_or(|q| *q == e.queue)
-                && filter.name.as_ref().is_none_or(|n| *n == e.name)
-                && filter.failed_before.is_none_or(|t| e.failed_at < t)
-                && filter.replayed.is_none_or(|r| r == e.replayed_as.is_some());
-            !matches
-        });
-        Ok((before - state.dlq.len()) as u64)
+        let picked: Vec<DlqId> =
+            state.dlq.values().filter(|e| filter.matches(e)).take(limit).map(|e| e.id).collect();
+        let mut replayed = Vec::with_capacity(picked.len());
+        let mut queues = Vec::new();
+        for id in picked {
+            let (job_id, queue) = state.replay(id, options, now);
+            replayed.push((id, job_id));
+            queues.push(queue);
+        }
+        drop(state);
+        self.wakeups.notify(queues.iter().map(String::as_str));
+        Ok(replayed)
+    }
+
+    async fn purge_dlq(&self, filter: &DlqFilter, limit: usize) -> Result<u64> {
+        let mut state = self.state.lock();
+        let doomed: Vec<DlqId> =
+            state.dlq.values().filter(|e| filter.matches(e)).take(limit).map(|e| e.id).collect();
+        for id in &doomed {
+            state.dlq.remove(id);
+        }
+        Ok(doomed.len() as u64)
+    }
+}
+
+impl State {
+    /// Enqueue the replay of entry `id` (stored, not yet replayed) and mark the entry; the new
+    /// job's ID and queue.
+    fn replay(&mut self, id: DlqId, options: &ReplayOptions, now: Timestamp) -> (JobId, String) {
+        let job = transition::replay(&self.dlq[&id], options, now);
+        let queue = job.queue.clone();
+        let job_id = self.insert(job, None);
+        if let Some(entry) = self.dlq.get_mut(&id) {
+            entry.replayed_as = Some(job_id);
+            entry.replayed_at = Some(now);
+        }
+        (job_id, queue)
     }
 }
 
@@ -147,7 +189,7 @@ mod tests {
         let new_id = replays[0].job_id();
         assert!(replays.iter().all(|r| r.job_id() == new_id));
         assert_eq!(replays.iter().filter(|r| matches!(r, Replay::Replayed(_))).count(), 1);
-        let again = store.replay_dlq(dlq_id).await.unwrap();
+        let again = store.replay_dlq(dlq_id, &ReplayOptions::default()).await.unwrap();
         assert_eq!(again, Replay::AlreadyReplayed(new_id));
 
         let entry = store.get_dlq(dlq_id).await.unwrap().unwrap();
@@ -168,7 +210,7 @@ mod tests {
         assert_eq!(job.unique_key, None);
         assert_eq!(claim_one(&store, &["a"]).await.job.id, new_id);
 
-        let err = store.replay_dlq(DlqId::new()).await.unwrap_err();
+        let err = store.replay_dlq(DlqId::new(), &ReplayOptions::default()).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
     }
 
@@ -177,7 +219,7 @@ mod tests {
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.replay_dlq(id).await })
+                tokio::spawn(async move { store.replay_dlq(id, &ReplayOptions::default()).await })
             })
             .collect();
         let mut replays = Vec::new();
@@ -194,7 +236,7 @@ mod tests {
         clock.advance(Duration::from_secs(10));
         let replayed = dead(&store, "a").await;
         let other = dead(&store, "b").await;
-        store.replay_dlq(replayed).await.unwrap();
+        store.replay_dlq(replayed, &ReplayOptions::default()).await.unwrap();
         let ids = |page: Page<DlqEntry, DlqId>| page.items.iter().map(|e| e.id).collect::<Vec<_>>();
         let mut all = [old, replayed, other];
         all.sort();
@@ -207,12 +249,12 @@ mod tests {
         let page = store.list_dlq(&not_replayed, &PageRequest::first(10)).await.unwrap();
         assert_eq!(ids(page), [old]);
 
-        let purge = DlqPurge { failed_before: Some(clock.now()), ..DlqPurge::default() };
-        assert_eq!(store.purge_dlq(&purge).await.unwrap(), 1);
+        let purge = DlqFilter { failed_before: Some(clock.now()), ..DlqFilter::default() };
+        assert_eq!(store.purge_dlq(&purge, 100).await.unwrap(), 1);
         assert_eq!(store.get_dlq(old).await.unwrap(), None);
-        let purge = DlqPurge { replayed: Some(true), ..DlqPurge::default() };
-        assert_eq!(store.purge_dlq(&purge).await.unwrap(), 1);
-        assert_eq!(store.purge_dlq(&DlqPurge::default()).await.unwrap(), 1);
+        let purge = DlqFilter { replayed: Some(true), ..DlqFilter::default() };
+        assert_eq!(store.purge_dlq(&purge, 100).await.unwrap(), 1);
+        assert_eq!(store.purge_dlq(&DlqFilter::default(), 100).await.unwrap(), 1);
         assert!(store.get_dlq(other).await.unwrap().is_none());
     }
 }

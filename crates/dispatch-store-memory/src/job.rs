@@ -70,6 +70,12 @@ impl JobStore for MemoryStore {
         Some(self)
     }
 
+    fn as_cron_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::CronStore>> {
+        Some(self)
+    }
+
     fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
         Some(self.wakeups.subscribe())
     }

@@ -13,6 +13,7 @@
 
 mod claim;
 mod cluster;
+mod cron;
 mod dlq;
 mod enqueue;
 mod events;
@@ -108,6 +109,8 @@ struct State {
     runs: run::Runs,
     /// The worker registry and leadership terms.
     cluster: cluster::Cluster,
+    /// Cron entries.
+    cron: cron::Crons,
     next_seq: u64,
 }
 

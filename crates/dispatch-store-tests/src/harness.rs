@@ -9,7 +9,7 @@ use dispatch_core::{ClusterStore, JobStore, ManualClock, SharedClock, WorkflowSt
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::{
-    Scenario, SuiteTest, cluster_tests, job_scenarios, job_tests, retention_tests,
+    Scenario, SuiteTest, cluster_tests, cron_tests, job_scenarios, job_tests, retention_tests,
     workflow_scenarios, workflow_tests,
 };
 
@@ -54,7 +54,7 @@ pub trait StoreFactory: Send + Sync + 'static {
 }
 
 /// Entry point for a `harness = false` test binary of a store that keeps jobs and workflows:
-/// runs the whole suite (jobs, DLQ, the cluster, retention, workflow runs) and every runtime scenario (the job runtime
+/// runs the whole suite (jobs, DLQ, the cluster, cron, retention, workflow runs) and every runtime scenario (the job runtime
 /// and workflows) on stores made by `factory`, and returns the process exit code.
 ///
 /// One libtest-mimic trial per test, run in parallel on libtest-mimic's thread pool (so
@@ -75,6 +75,10 @@ where
     runners.extend(cluster_tests().into_iter().map(|test| {
         let factory = Arc::clone(&factory);
         (test.name, Box::new(move || run_one(factory, as_cluster_store, test)) as Runner)
+    }));
+    runners.extend(cron_tests().into_iter().map(|test| {
+        let factory = Arc::clone(&factory);
+        (test.name, Box::new(move || run_one(factory, as_job_store, test)) as Runner)
     }));
     runners.extend(retention_tests().into_iter().chain(workflow_tests()).map(|test| {
         let factory = Arc::clone(&factory);

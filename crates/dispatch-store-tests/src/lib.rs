@@ -1,7 +1,7 @@
 //! The conformance suite every Dispatch store runs: the executable form of the contracts in
 //! `dispatch-core`'s [`store`](dispatch_core::store) module ([`JobStore`] with its
-//! [`DlqStore`](dispatch_core::DlqStore), [`WorkflowStore`], the cluster traits and
-//! [`RetentionStore`](dispatch_core::RetentionStore)).
+//! [`DlqStore`](dispatch_core::DlqStore), [`WorkflowStore`], the cluster traits,
+//! [`CronStore`](dispatch_core::CronStore) and [`RetentionStore`](dispatch_core::RetentionStore)).
 //!
 //! A store author runs it on their store from a test binary declared with `harness = false`:
 //! implement [`StoreFactory`] (how to make a fresh, empty store in its own namespace reading a
@@ -39,8 +39,8 @@
 //! ```
 //!
 //! Every test is a plain `pub async fn(TestContext)` in a module named after the trait it pins
-//! ([`job`], [`dlq`], [`cluster`], [`retention`], [`workflow`]); [`job_tests`],
-//! [`cluster_tests`], [`retention_tests`] and [`workflow_tests`] list them. Tests are
+//! ([`job`], [`dlq`], [`cluster`], [`cron`], [`retention`], [`workflow`]); [`job_tests`],
+//! [`cluster_tests`], [`cron_tests`], [`retention_tests`] and [`workflow_tests`] list them. Tests are
 //! deterministic: time moves only through the [`ManualClock`](dispatch_core::ManualClock) in the
 //! [`TestContext`], never by sleeping, and each test touches only its own store, so they run in
 //! parallel against one server.
@@ -65,6 +65,7 @@ pub mod runtime;
 pub mod server;
 
 pub mod cluster;
+pub mod cron;
 pub mod dlq;
 pub mod job;
 pub mod retention;
@@ -272,6 +273,13 @@ pub fn job_tests() -> Vec<SuiteTest<dyn JobStore>> {
         dlq::list_filters_and_paginates,
         dlq::list_continues_after_purged_cursor,
         dlq::get_unknown_is_none,
+        dlq::filters_by_scope_time_and_error,
+        dlq::count_groups_by_queue_and_name,
+        dlq::replay_options_change_queue_and_delay,
+        dlq::bulk_replay_takes_exactly_the_matching_entries,
+        dlq::bulk_replay_under_concurrency_replays_each_once,
+        dlq::purge_is_bounded_oldest_first,
+        dlq::pages_over_ten_thousand_entries,
     ]
 }
 
@@ -290,6 +298,24 @@ pub fn cluster_tests() -> Vec<SuiteTest<dyn ClusterStore>> {
         cluster::renewal_by_a_non_holder_fails,
         cluster::a_write_under_an_old_term_is_rejected,
         cluster::terms_never_overlap_under_churn,
+    ]
+}
+
+/// The cron store tests, in a stable order: they need a [`JobStore`] that answers
+/// [`JobStore::as_cron_store`] and [`JobStore::as_cluster_store`].
+pub fn cron_tests() -> Vec<SuiteTest<dyn JobStore>> {
+    suite![
+        cron::save_inserts_then_updates_by_scope_and_name,
+        cron::save_round_trips_every_field,
+        cron::list_filters_and_paginates,
+        cron::enable_disable_and_delete,
+        cron::due_lists_enabled_entries_by_next_fire,
+        cron::fire_enqueues_and_advances_in_one_step,
+        cron::fire_of_a_changed_entry_is_stale,
+        cron::fire_is_fenced_by_the_term,
+        cron::overlap_skip_waits_for_the_previous_job,
+        cron::a_fired_time_is_never_enqueued_twice,
+        cron::an_empty_fire_only_advances,
     ]
 }
 

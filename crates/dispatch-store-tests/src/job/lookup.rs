@@ -11,6 +11,7 @@ use dispatch_core::{
 };
 
 use dispatch_core::Clock as _;
+use dispatch_core::ReplayOptions;
 
 use crate::TestContext;
 use crate::support::{failure, ids, job_in, lease, request_in, secs};
@@ -391,7 +392,8 @@ pub async fn get_job_round_trips_edge_values(ctx: TestContext) {
         assert_eq!(got, expected, "DLQ entry: {what}");
         assert_eq!(e.errors[0].message, message, "DLQ entry: {what}");
 
-        let replay = ctx.store.replay_dlq(dlq_id).await.expect("replay_dlq");
+        let replay =
+            ctx.store.replay_dlq(dlq_id, &ReplayOptions::default()).await.expect("replay_dlq");
         let Replay::Replayed(copy) = replay else { panic!("first replay: {replay:?}") };
         let r = ctx.job(copy).await;
         assert_eq!((r.name, r.queue, r.payload, r.scope, r.timeout), expected, "replay: {what}");

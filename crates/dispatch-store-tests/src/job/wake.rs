@@ -5,6 +5,7 @@ use dispatch_core::Replay;
 
 use crate::TestContext;
 use crate::support::{job_in, next_for};
+use dispatch_core::ReplayOptions;
 
 /// When the store pushes (`wakeups()` answers `Some`), every subscriber hears of an enqueue
 /// (single and batched, across queues) and of a DLQ replay, in the queue concerned. A store that
@@ -23,7 +24,7 @@ pub async fn wakeups_follow_enqueues_and_replays(ctx: TestContext) {
     next_for(&mut first, "images").await;
 
     let (_, dlq_id) = ctx.kill("fragile", "critical").await;
-    let replay = ctx.store.replay_dlq(dlq_id).await.expect("replay");
+    let replay = ctx.store.replay_dlq(dlq_id, &ReplayOptions::default()).await.expect("replay");
     assert!(matches!(replay, Replay::Replayed(_)), "{replay:?}");
     next_for(&mut first, "critical").await;
     next_for(&mut second, "critical").await;

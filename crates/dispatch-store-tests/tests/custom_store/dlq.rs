@@ -1,13 +1,15 @@
 //! [`DlqStore`] for [`VecStore`]: entries are written by the job transitions (see `job.rs`);
 //! here they are read, replayed (the new job from `transition::replay`) and purged.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, DlqPurge, DlqStore, Error, Page, PageRequest, Replay, Result,
-    transition,
+    DlqCount, DlqEntry, DlqFilter, DlqId, DlqStore, Error, JobId, Page, PageRequest, Replay,
+    ReplayOptions, Result, Timestamp, transition,
 };
 
-use crate::store::{VecStore, keyset_page};
+use crate::store::{Tables, VecStore, keyset_page};
 
 #[async_trait]
 impl DlqStore for VecStore {
@@ -17,11 +19,7 @@ impl DlqStore for VecStore {
         page: &PageRequest<DlqId>,
     ) -> Result<Page<DlqEntry, DlqId>> {
         let tables = self.tables.lock();
-        let matching = tables.dlq.values().filter(|entry| {
-            filter.queue.as_ref().is_none_or(|queue| entry.queue == *queue)
-                && filter.name.as_ref().is_none_or(|name| entry.name == *name)
-                && filter.replayed.is_none_or(|replayed| entry.replayed_as.is_some() == replayed)
-        });
+        let matching = tables.dlq.values().filter(|entry| filter.matches(entry));
         Ok(keyset_page(matching, |entry| entry.id, page))
     }
 
@@ -29,36 +27,63 @@ impl DlqStore for VecStore {
         Ok(self.tables.lock().dlq.get(&id).cloned())
     }
 
-    async fn replay_dlq(&self, id: DlqId) -> Result<Replay> {
+    async fn count_dlq(&self, filter: &DlqFilter) -> Result<Vec<DlqCount>> {
+        let tables = self.tables.lock();
+        let mut counts = BTreeMap::<(String, String), u64>::new();
+        for entry in tables.dlq.values().filter(|entry| filter.matches(entry)) {
+            *counts.entry((entry.queue.clone(), entry.name.clone())).or_default() += 1;
+        }
+        Ok(counts
+            .into_iter()
+            .map(|((queue, name), count)| DlqCount { queue, name, count })
+            .collect())
+    }
+
+    async fn replay_dlq(&self, id: DlqId, options: &ReplayOptions) -> Result<Replay> {
         let now = self.clock.now();
         let mut tables = self.tables.lock();
-        let tables = &mut *tables;
-        let entry = tables
-            .dlq
-            .get_mut(&id)
-            .ok_or_else(|| Error::not_found(format!("no DLQ entry {id}")))?;
+        let entry =
+            tables.dlq.get(&id).ok_or_else(|| Error::not_found(format!("no DLQ entry {id}")))?;
         // Once per entry: the mutex makes the check and the write one step.
         if let Some(job_id) = entry.replayed_as {
             return Ok(Replay::AlreadyReplayed(job_id));
         }
-        let job = transition::replay(entry, now);
-        entry.replayed_as = Some(job.id);
-        entry.replayed_at = Some(now);
-        let job_id = job.id;
-        tables.jobs.insert(job, None);
-        Ok(Replay::Replayed(job_id))
+        Ok(Replay::Replayed(replay(&mut tables, id, options, now)))
     }
 
-    async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
+    async fn replay_dlq_matching(
+        &self,
+        filter: &DlqFilter,
+        options: &ReplayOptions,
+        limit: usize,
+    ) -> Result<Vec<(DlqId, JobId)>> {
+        let now = self.clock.now();
+        let filter = filter.unreplayed();
         let mut tables = self.tables.lock();
-        let before = tables.dlq.len();
-        tables.dlq.retain(|_, entry| {
-            let purged = filter.queue.as_ref().is_none_or(|queue| entry.queue == *queue)
-                && filter.name.as_ref().is_none_or(|name| entry.name == *name)
-                && filter.failed_before.is_none_or(|before| entry.failed_at < before)
-                && filter.replayed.is_none_or(|replayed| entry.replayed_as.is_some() == replayed);
-            !purged
-        });
-        Ok((before - tables.dlq.len()) as u64)
+        let picked: Vec<DlqId> =
+            tables.dlq.values().filter(|e| filter.matches(e)).take(limit).map(|e| e.id).collect();
+        Ok(picked.into_iter().map(|id| (id, replay(&mut tables, id, options, now))).collect())
     }
+
+    async fn purge_dlq(&self, filter: &DlqFilter, limit: usize) -> Result<u64> {
+        let mut tables = self.tables.lock();
+        let doomed: Vec<DlqId> =
+            tables.dlq.values().filter(|e| filter.matches(e)).take(limit).map(|e| e.id).collect();
+        for id in &doomed {
+            tables.dlq.remove(id);
+        }
+        Ok(doomed.len() as u64)
+    }
+}
+
+/// Enqueue the replay of stored entry `id` and mark the entry; the new job's ID.
+fn replay(tables: &mut Tables, id: DlqId, options: &ReplayOptions, now: Timestamp) -> JobId {
+    let job = transition::replay(&tables.dlq[&id], options, now);
+    let job_id = job.id;
+    if let Some(entry) = tables.dlq.get_mut(&id) {
+        entry.replayed_as = Some(job_id);
+        entry.replayed_at = Some(now);
+    }
+    tables.jobs.insert(job, None);
+    job_id
 }

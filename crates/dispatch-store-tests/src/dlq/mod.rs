@@ -1,16 +1,27 @@
 //! Tests of [`DlqStore`](dispatch_core::DlqStore): entries written with the death, replay at most
-//! once, purge by filter, filtered and paginated listing.
+//! once, purge by filter, filtered and paginated listing; the operator's calls (filters by
+//! scope, time and error text, counts, bulk replay and purge in bounded batches) in [`service`].
+
+pub mod service;
+
+pub use service::{
+    bulk_replay_takes_exactly_the_matching_entries,
+    bulk_replay_under_concurrency_replays_each_once, count_groups_by_queue_and_name,
+    filters_by_scope_time_and_error, pages_over_ten_thousand_entries,
+    purge_is_bounded_oldest_first, replay_options_change_queue_and_delay,
+};
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, DlqPurge, ErrorKind, Finish, FinishResult, JobFilter, JobState,
-    Outcome, PageRequest, Replay, Scope,
+    DlqEntry, DlqFilter, DlqId, ErrorKind, Finish, FinishResult, JobFilter, JobState, Outcome,
+    PageRequest, Replay, Scope,
 };
 
 use dispatch_core::Clock as _;
+use dispatch_core::ReplayOptions;
 
 use crate::TestContext;
 use crate::support::{assert_kind, failure, ids, job_in, lease, request_in, retry, secs, share};
@@ -55,7 +66,9 @@ pub async fn replay_once_under_concurrency(ctx: TestContext) {
     let tasks: Vec<_> = (0..10)
         .map(|_| {
             let store = share(&ctx.store);
-            tokio::spawn(async move { store.replay_dlq(dlq_id).await.expect("replay_dlq") })
+            tokio::spawn(async move {
+                store.replay_dlq(dlq_id, &ReplayOptions::default()).await.expect("replay_dlq")
+            })
         })
         .collect();
     let mut replayed = Vec::new();
@@ -101,7 +114,7 @@ pub async fn replay_once_under_concurrency(ctx: TestContext) {
     assert_eq!(ids(&claimed), HashSet::from([new_id]), "the copy is claimable");
     assert_eq!(claimed[0].job.attempt, 1);
     ctx.clock.advance(secs(1));
-    let later = ctx.store.replay_dlq(dlq_id).await.expect("replay_dlq");
+    let later = ctx.store.replay_dlq(dlq_id, &ReplayOptions::default()).await.expect("replay_dlq");
     assert_eq!(later, Replay::AlreadyReplayed(new_id));
     assert_eq!(ctx.list_all(&dispatch_core::JobFilter::default()).await.len(), 2);
 }
@@ -109,7 +122,11 @@ pub async fn replay_once_under_concurrency(ctx: TestContext) {
 /// Replaying an unknown entry fails with `NotFound` and enqueues nothing.
 pub async fn replay_unknown_is_not_found(ctx: TestContext) {
     ctx.kill("present", "q").await;
-    assert_kind(ctx.store.replay_dlq(DlqId::new()).await, ErrorKind::NotFound, "unknown entry");
+    assert_kind(
+        ctx.store.replay_dlq(DlqId::new(), &ReplayOptions::default()).await,
+        ErrorKind::NotFound,
+        "unknown entry",
+    );
     assert_eq!(ctx.list_all(&dispatch_core::JobFilter::default()).await.len(), 1);
 }
 
@@ -127,47 +144,53 @@ pub async fn purge_removes_what_filter_says(ctx: TestContext) {
     let (_, e6) = ctx.kill("c", "q3").await;
     let mut copies = Vec::new();
     for entry in [e5, e6] {
-        copies.push(ctx.store.replay_dlq(entry).await.expect("replay_dlq").job_id());
+        copies.push(
+            ctx.store
+                .replay_dlq(entry, &ReplayOptions::default())
+                .await
+                .expect("replay_dlq")
+                .job_id(),
+        );
     }
 
     let remaining = |ctx: TestContext| async move {
         let entries = ctx.list_dlq_all(&DlqFilter::default()).await;
         entries.into_iter().map(|e| e.id).collect::<BTreeSet<DlqId>>()
     };
-    let purge = |p: DlqPurge| {
+    let purge = |p: DlqFilter| {
         let ctx = ctx.clone();
-        async move { ctx.store.purge_dlq(&p).await.expect("purge_dlq") }
+        async move { ctx.store.purge_dlq(&p, 1000).await.expect("purge_dlq") }
     };
 
-    assert_eq!(purge(DlqPurge { queue: Some("none".into()), ..DlqPurge::default() }).await, 0);
+    assert_eq!(purge(DlqFilter { queue: Some("none".into()), ..DlqFilter::default() }).await, 0);
     assert_eq!(remaining(ctx.clone()).await, BTreeSet::from([e1, e2, e3, e4, e5, e6]));
 
     // Replayed and in q1: only e5 (e6 is replayed but in q3; e1, e2 are in q1 but not replayed).
-    let both = DlqPurge { queue: Some("q1".into()), replayed: Some(true), ..DlqPurge::default() };
+    let both = DlqFilter { queue: Some("q1".into()), replayed: Some(true), ..DlqFilter::default() };
     assert_eq!(purge(both).await, 1);
     assert_eq!(remaining(ctx.clone()).await, BTreeSet::from([e1, e2, e3, e4, e6]));
     assert_eq!(ctx.store.get_dlq(e5).await.expect("get_dlq"), None, "purged");
 
     // Failed strictly before t0 + 10 s: e1, e2 (e3 failed at exactly t0 + 10 s).
-    let before = DlqPurge { failed_before: Some(t0 + secs(10)), ..DlqPurge::default() };
+    let before = DlqFilter { failed_before: Some(t0 + secs(10)), ..DlqFilter::default() };
     assert_eq!(purge(before).await, 2);
     assert_eq!(remaining(ctx.clone()).await, BTreeSet::from([e3, e4, e6]));
 
-    let by_name = DlqPurge { name: Some("a".into()), ..DlqPurge::default() };
+    let by_name = DlqFilter { name: Some("a".into()), ..DlqFilter::default() };
     assert_eq!(purge(by_name).await, 1);
     assert_eq!(remaining(ctx.clone()).await, BTreeSet::from([e4, e6]));
 
-    let by_queue = DlqPurge { queue: Some("q2".into()), ..DlqPurge::default() };
+    let by_queue = DlqFilter { queue: Some("q2".into()), ..DlqFilter::default() };
     assert_eq!(purge(by_queue).await, 1);
     assert_eq!(remaining(ctx.clone()).await, BTreeSet::from([e6]));
 
-    let unreplayed = DlqPurge { replayed: Some(false), ..DlqPurge::default() };
+    let unreplayed = DlqFilter { replayed: Some(false), ..DlqFilter::default() };
     assert_eq!(purge(unreplayed).await, 0, "e6 was replayed");
     assert_eq!(remaining(ctx.clone()).await, BTreeSet::from([e6]));
 
-    assert_eq!(purge(DlqPurge::default()).await, 1, "an empty filter purges everything");
+    assert_eq!(purge(DlqFilter::default()).await, 1, "an empty filter purges everything");
     assert!(remaining(ctx.clone()).await.is_empty());
-    assert_eq!(purge(DlqPurge::default()).await, 0);
+    assert_eq!(purge(DlqFilter::default()).await, 0);
     for copy in copies {
         let job = ctx.job(copy).await;
         assert_eq!(job.state, JobState::Available, "purging an entry leaves its replay alone");
@@ -187,7 +210,7 @@ pub async fn list_filters_and_paginates(ctx: TestContext) {
     }
     let mut replayed = HashSet::new();
     for (dlq_id, _, _) in all.iter().step_by(4) {
-        ctx.store.replay_dlq(*dlq_id).await.expect("replay_dlq");
+        ctx.store.replay_dlq(*dlq_id, &ReplayOptions::default()).await.expect("replay_dlq");
         replayed.insert(*dlq_id);
     }
     let mut sorted: Vec<DlqId> = all.iter().map(|e| e.0).collect();
@@ -235,9 +258,19 @@ pub async fn list_filters_and_paginates(ctx: TestContext) {
     check(DlqFilter { name: Some("y".into()), ..DlqFilter::default() }).await;
     check(DlqFilter { replayed: Some(true), ..DlqFilter::default() }).await;
     check(DlqFilter { replayed: Some(false), ..DlqFilter::default() }).await;
-    check(DlqFilter { queue: Some("middle".into()), name: Some("x".into()), replayed: None }).await;
-    check(DlqFilter { queue: Some("right".into()), name: Some("y".into()), replayed: Some(false) })
-        .await;
+    check(DlqFilter {
+        queue: Some("middle".into()),
+        name: Some("x".into()),
+        ..DlqFilter::default()
+    })
+    .await;
+    check(DlqFilter {
+        queue: Some("right".into()),
+        name: Some("y".into()),
+        replayed: Some(false),
+        ..DlqFilter::default()
+    })
+    .await;
     check(DlqFilter { queue: Some("nowhere".into()), ..DlqFilter::default() }).await;
 }
 
@@ -340,7 +373,8 @@ pub async fn replayed_job_dies_again_with_own_entry(ctx: TestContext) {
     let before = ctx.dlq(first_entry).await;
     ctx.clock.advance(secs(5));
     let replayed_at = ctx.clock.now();
-    let replay = ctx.store.replay_dlq(first_entry).await.expect("replay_dlq");
+    let replay =
+        ctx.store.replay_dlq(first_entry, &ReplayOptions::default()).await.expect("replay_dlq");
     let Replay::Replayed(second_job) = replay else { panic!("first replay: {replay:?}") };
 
     let request = request_in(&["q"], &["phoenix"], 1);
@@ -367,9 +401,11 @@ pub async fn replayed_job_dies_again_with_own_entry(ctx: TestContext) {
     assert_eq!(first, unchanged, "the first entry only records its replay");
     assert_eq!(ctx.job(first_job).await.dlq_id, Some(first_entry));
 
-    let again = ctx.store.replay_dlq(first_entry).await.expect("replay_dlq");
+    let again =
+        ctx.store.replay_dlq(first_entry, &ReplayOptions::default()).await.expect("replay_dlq");
     assert_eq!(again, Replay::AlreadyReplayed(second_job));
-    let replay = ctx.store.replay_dlq(second_entry).await.expect("replay_dlq");
+    let replay =
+        ctx.store.replay_dlq(second_entry, &ReplayOptions::default()).await.expect("replay_dlq");
     let Replay::Replayed(third_job) = replay else { panic!("second entry's replay: {replay:?}") };
     assert!(third_job != first_job && third_job != second_job, "a new job");
     assert_eq!(ctx.list_dlq_all(&DlqFilter::default()).await.len(), 2);
@@ -399,8 +435,8 @@ pub async fn list_continues_after_purged_cursor(ctx: TestContext) {
 
     // Purge the cursor's entry and the one after it.
     for (_, name) in &entries[3..5] {
-        let purge = DlqPurge { name: Some(name.clone()), ..DlqPurge::default() };
-        assert_eq!(ctx.store.purge_dlq(&purge).await.expect("purge_dlq"), 1);
+        let purge = DlqFilter { name: Some(name.clone()), ..DlqFilter::default() };
+        assert_eq!(ctx.store.purge_dlq(&purge, 1000).await.expect("purge_dlq"), 1);
     }
     let second = PageRequest { after: first.next, limit: 4 };
     let second = ctx.store.list_dlq(&filter, &second).await.expect("list_dlq");
