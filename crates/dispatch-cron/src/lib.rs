@@ -1,1 +1,5 @@
 //! x
+mod plan;
+mod schedule;
+pub use plan::*;
+pub use schedule::Schedule;
