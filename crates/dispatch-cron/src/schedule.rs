@@ -11,12 +11,12 @@
 //! Expressions that fire every minute or second fire through both halves of a repeated hour,
 //! since each of those instants is a distinct time.
 
-use std::fmt;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use dispatch_core::{Error, Result, Timestamp};
 use jiff::Zoned;
 use jiff::tz::TimeZone;
+use std::fmt;
 
 /// A parsed cron expression in a time zone. Cheap to clone.
 #[derive(Clone)]
@@ -205,7 +205,8 @@ mod tests {
     /// at 03:00 local, and at 02:30 the next day.
     fn spring_forward(zone: &str, y: i16, mo: i8, d: i8) {
         let s = Schedule::parse("30 2 * * *", zone).expect("parses");
-        let fires = times(&s, local(zone, y, mo, d, 0, 0) - HALF_DAY, local(zone, y, mo, d + 1, 12, 0));
+        let fires =
+            times(&s, local(zone, y, mo, d, 0, 0) - HALF_DAY, local(zone, y, mo, d + 1, 12, 0));
         assert_eq!(
             fires,
             [local(zone, y, mo, d, 3, 0), local(zone, y, mo, d + 1, 2, 30)],
@@ -216,10 +217,14 @@ mod tests {
     /// Fall back: 02:30 happens twice (Berlin: 03:00 back to 02:00); the entry fires once.
     fn fall_back(zone: &str, y: i16, mo: i8, d: i8, repeated_hour: i8) {
         let s = Schedule::parse(&format!("30 {repeated_hour} * * *"), zone).expect("parses");
-        let fires = times(&s, local(zone, y, mo, d, 0, 0) - HALF_DAY, local(zone, y, mo, d + 1, 12, 0));
+        let fires =
+            times(&s, local(zone, y, mo, d, 0, 0) - HALF_DAY, local(zone, y, mo, d + 1, 12, 0));
         assert_eq!(
             fires,
-            [local(zone, y, mo, d, repeated_hour, 30), local(zone, y, mo, d + 1, repeated_hour, 30)],
+            [
+                local(zone, y, mo, d, repeated_hour, 30),
+                local(zone, y, mo, d + 1, repeated_hour, 30)
+            ],
             "{zone} fall back"
         );
     }

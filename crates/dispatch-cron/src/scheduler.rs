@@ -61,12 +61,7 @@ impl CronScheduler {
     /// Fire the entries of `store`, emitting no hooks, [`DEFAULT_BATCH`] entries per read,
     /// every [`DEFAULT_INTERVAL`].
     pub fn new(store: Arc<dyn CronStore>) -> Self {
-        Self {
-            store,
-            hooks: HookBus::disabled(),
-            batch: DEFAULT_BATCH,
-            interval: DEFAULT_INTERVAL,
-        }
+        Self { store, hooks: HookBus::disabled(), batch: DEFAULT_BATCH, interval: DEFAULT_INTERVAL }
     }
 
     /// Emit [`Event::CronFired`] and [`Event::CronSkipped`] to `hooks`.
@@ -120,7 +115,13 @@ impl CronScheduler {
     }
 
     /// Count one fire's outcome and emit its hooks.
-    fn record(&self, report: &mut TickReport, info: CronInfo, plan: Plan, outcome: CronFireOutcome) {
+    fn record(
+        &self,
+        report: &mut TickReport,
+        info: CronInfo,
+        plan: Plan,
+        outcome: CronFireOutcome,
+    ) {
         let missed = |report: &mut TickReport| {
             if let Some(skipped) = plan.skipped {
                 report.skipped += u64::from(skipped.count);
