@@ -12,6 +12,9 @@ use parking_lot::Mutex;
 
 use crate::Events;
 
+/// A job's input and tenant, as its handler saw them.
+type Fired = (String, Option<String>);
+
 fn fast() -> ClusterConfig {
     ClusterConfig {
         leader_ttl: Duration::from_millis(2000),
@@ -24,7 +27,7 @@ fn fast() -> ClusterConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_second_entry_fires_through_a_clustered_dispatcher() {
-    let seen: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Fired>>> = Arc::default();
     let log = seen.clone();
     let tick = JobDefinition::new("tick", move |ctx: JobContext, label: String| {
         let log = log.clone();
