@@ -109,4 +109,14 @@ impl Dispatcher {
     pub async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {
         self.services.jobs.get_dlq(id).await
     }
+
+    /// The dead letter queue: list, count, replay and purge dead jobs; its replays and purges
+    /// reach the dispatcher's hooks ([`Event::DlqReplayed`](dispatch_core::Event::DlqReplayed),
+    /// [`Event::DlqPurged`](dispatch_core::Event::DlqPurged)).
+    #[cfg(feature = "dlq")]
+    pub fn dlq(&self) -> dispatch_dlq::Dlq {
+        dispatch_dlq::Dlq::new(self.services.jobs.clone())
+            .hooks(self.services.hooks.clone())
+            .clock(self.services.clock.clone())
+    }
 }

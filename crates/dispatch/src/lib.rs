@@ -18,6 +18,8 @@
 //! Start with the [`prelude`].
 
 mod builder;
+#[cfg(feature = "cron")]
+mod crons;
 mod dispatcher;
 mod jobs;
 #[cfg(feature = "cluster")]

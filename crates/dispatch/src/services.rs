@@ -1,12 +1,10 @@
-//! The dispatcher's services beside its worker: cron entries (registered at start, fired by
-//! the leader) and the dead letter queue. Both emit to the dispatcher's hooks.
+//! What the dispatcher's services beside its worker share: the store, the hooks and the clock
+//! of cron entries (registered at start, fired by the leader) and the dead letter queue.
 
 use std::sync::Arc;
 
 use dispatch_core::{JobStore, Result, SharedClock};
 use dispatch_job::HookBus;
-
-use crate::Dispatcher;
 
 /// What the services need, kept by the dispatcher.
 pub(crate) struct Services {
@@ -37,7 +35,8 @@ impl Services {
         Ok(())
     }
 
-    fn cron(&self) -> Result<dispatch_cron::Cron> {
+    /// The cron client over the store, when it keeps cron entries.
+    pub(crate) fn cron(&self) -> Result<dispatch_cron::Cron> {
         let store = self.jobs.clone().as_cron_store().ok_or_else(|| {
             dispatch_core::Error::invalid_input("this store keeps no cron entries")
         })?;
@@ -49,27 +48,5 @@ impl Services {
 impl Services {
     pub(crate) async fn register_crons(&self) -> Result<()> {
         Ok(())
-    }
-}
-
-impl Dispatcher {
-    /// The cron client: register, list, enable, disable, delete and trigger entries. Entries
-    /// fire on the cluster's leader (a dispatcher with [`cluster`](crate::DispatcherBuilder::cluster)
-    /// on a store that keeps cron entries runs the scheduler while it leads). Fails with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the store keeps no
-    /// cron entries.
-    #[cfg(feature = "cron")]
-    pub fn cron(&self) -> Result<dispatch_cron::Cron> {
-        self.services.cron()
-    }
-
-    /// The dead letter queue: list, count, replay and purge dead jobs; its replays and purges
-    /// reach the dispatcher's hooks ([`Event::DlqReplayed`](dispatch_core::Event::DlqReplayed),
-    /// [`Event::DlqPurged`](dispatch_core::Event::DlqPurged)).
-    #[cfg(feature = "dlq")]
-    pub fn dlq(&self) -> dispatch_dlq::Dlq {
-        dispatch_dlq::Dlq::new(self.services.jobs.clone())
-            .hooks(self.services.hooks.clone())
-            .clock(self.services.clock.clone())
     }
 }
