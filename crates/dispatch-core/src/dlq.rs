@@ -106,9 +106,10 @@ impl DlqFilter {
             && eq(&self.tenant, entry.scope.tenant.as_deref())
             && self.failed_after.is_none_or(|t| entry.failed_at >= t)
             && self.failed_before.is_none_or(|t| entry.failed_at < t)
-            && self.error_contains.as_deref().is_none_or(|text| {
-                entry.last_error().is_some_and(|message| message.contains(text))
-            })
+            && self
+                .error_contains
+                .as_deref()
+                .is_none_or(|text| entry.last_error().is_some_and(|message| message.contains(text)))
             && self.replayed.is_none_or(|r| r == entry.replayed_as.is_some())
     }
 

@@ -16,22 +16,22 @@ use async_trait::async_trait;
 use crate::cluster::{
     Leader, LeaderWrite, SweepReport, WorkerHeartbeat, WorkerRecord, WorkerRegistration,
 };
-use crate::dlq::{DlqCount, DlqEntry, DlqFilter, Replay, ReplayOptions};
 use crate::cron::{CronEntry, CronFilter, CronFire, CronFireOutcome, CronRecord, DueCron};
+use crate::dlq::{DlqCount, DlqEntry, DlqFilter, Replay, ReplayOptions};
 use crate::error::{Error, Result};
 use crate::id::WorkerId;
 use crate::id::{CronId, DlqId, JobId, RunId};
-use crate::scope::Scope;
-use crate::time::Timestamp;
 use crate::job::{
     ClaimRequest, ClaimedJob, Enqueued, Finish, FinishResult, HeartbeatReport, Job, JobCancel,
     JobFilter, LeaseRef, LeaseToken, NewJob, QueueCount, RescueReport,
 };
 use crate::page::{Page, PageRequest};
 use crate::retention::{PruneReport, RetentionPolicy};
+use crate::scope::Scope;
 use crate::store::{
     CronStore, DlqStore, JobStore, LeadershipStore, MembershipStore, RetentionStore, WorkflowStore,
 };
+use crate::time::Timestamp;
 use crate::wake::{ListenerState, WakeupStream};
 use crate::workflow::{
     Checkpoint, NewCheckpoint, NewEvent, NewRun, Published, Run, RunCancel, RunEnd, RunFilter,
@@ -439,11 +439,7 @@ impl<S: CronStore + ?Sized, I: Interceptor> CronStore for Intercepted<S, I> {
     async fn due_cron(&self, limit: usize) -> Result<DueCron> {
         self.around(Call::new(CallKind::Read, limit), self.inner.due_cron(limit), done).await
     }
-    async fn fire_cron(
-        &self,
-        term: &Leader,
-        fires: Vec<CronFire>,
-    ) -> Result<Vec<CronFireOutcome>> {
+    async fn fire_cron(&self, term: &Leader, fires: Vec<CronFire>) -> Result<Vec<CronFireOutcome>> {
         let call = Call::new(CallKind::Leadership, fires.len());
         self.around(call, self.inner.fire_cron(term, fires), done).await
     }

@@ -65,8 +65,8 @@ pub use retention::{Cutoffs, PruneReport, RetentionPolicy};
 pub use scope::Scope;
 #[doc(inline)]
 pub use store::{
-    ClusterStore, CronStore, DlqStore, EnqueueTransaction, JobStore, LeadershipStore, MembershipStore,
-    RetentionStore, WorkflowStore,
+    ClusterStore, CronStore, DlqStore, EnqueueTransaction, JobStore, LeadershipStore,
+    MembershipStore, RetentionStore, WorkflowStore,
 };
 #[doc(inline)]
 pub use time::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};

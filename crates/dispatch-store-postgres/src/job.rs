@@ -252,6 +252,12 @@ impl JobStore for PostgresStore {
         Some(self)
     }
 
+    fn as_cron_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::CronStore>> {
+        Some(self)
+    }
+
     fn wakeups(&self) -> Option<WakeupStream> {
         self.shared.wake.subscribe()
     }

@@ -12,7 +12,7 @@
 //! Everything lives in one schema (default [`DEFAULT_SCHEMA`], see
 //! [`PostgresStoreBuilder::schema`]): tables `jobs` and `dlq`, the workflow tables `runs`,
 //! `checkpoints`, `event_waits` and `kept_events`, the cluster tables `workers`, `leaders` and
-//! `leader_writes`, and the store's own migrations table
+//! `leader_writes`, the cron table `cron_entries`, and the store's own migrations table
 //! `dispatch_migrations`. Several stores (or test runs) share a database in separate
 //! schemas. Times are `bigint` microseconds since the Unix epoch, like
 //! [`Timestamp`](dispatch_core::Timestamp).
@@ -208,7 +208,10 @@
 //! - `job`: `JobStore`, forwarding to `enqueue` (batches, group-committed), `claim` (claims,
 //!   the next-due probe, claim marks) and `finish` (finishes and rescue); it keeps heartbeats,
 //!   cancel requests and lookups.
-//! - `dlq`: `DlqStore`.
+//! - `dlq`: `DlqStore` (statements with optional filters built with sea-query; a bulk replay is
+//!   one short transaction per batch).
+//! - `cron`: `CronStore` (entries upserted by scope and name; each `fire_cron` call one fenced
+//!   transaction that enqueues through `enqueue`'s statement).
 //! - `retention`: `RetentionStore` (the leader's fenced, batched prune).
 //! - `cluster`: `MembershipStore` and `LeadershipStore` (the worker registry, leadership terms
 //!   and the record of fenced leader writes); a sweep reclaims a gone worker's jobs with the
@@ -228,6 +231,7 @@
 mod builder;
 mod claim;
 mod cluster;
+mod cron;
 mod dlq;
 mod enqueue;
 mod error;
@@ -252,8 +256,11 @@ use std::time::Duration;
 #[cfg(doc)]
 use dispatch_core::JobStore;
 use dispatch_core::{Error, ErrorKind, Result, SharedClock};
+use sea_query::PostgresQueryBuilder;
+use sea_query_sqlx::{SqlxBinder, SqlxValues};
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, PgPool, SqlSafeStr, SqlStr};
+use sqlx::query::Query;
+use sqlx::{AssertSqlSafe, PgPool, Postgres, SqlSafeStr, SqlStr};
 
 use pooler::Pool;
 
@@ -331,6 +338,7 @@ struct Statements {
     claim: claim::Sql,
     finish: finish::Sql,
     dlq: dlq::Sql,
+    cron: cron::Sql,
     workflow: workflow::Sql,
     events: events::Sql,
     rewind: rewind::Sql,
@@ -347,6 +355,7 @@ impl Statements {
             claim: claim::Sql::new(quoted),
             finish: finish::Sql::new(quoted),
             dlq: dlq::Sql::new(quoted),
+            cron: cron::Sql::new(quoted),
             workflow: workflow::Sql::new(quoted),
             events: events::Sql::new(quoted),
             rewind: rewind::Sql::new(quoted),
@@ -455,6 +464,19 @@ fn statement(template: &str, quoted: &str) -> SqlStr {
         .replace("{s}", quoted);
     // Safe: fixed text and a schema name checked against [a-z_][a-z0-9_]*.
     AssertSqlSafe(sql).into_sql_str()
+}
+
+/// A statement built with sea-query (those with optional filters), ready to run: its text on
+/// the schema-qualified tables the builder was given, every value a bound parameter.
+fn built<Q: SqlxBinder>(query: &Q) -> Query<'static, Postgres, SqlxValues> {
+    let (sql, values) = query.build_sqlx(PostgresQueryBuilder);
+    // Safe: sea-query's text, whose only identifiers are fixed names and the validated schema.
+    sqlx::query_with(AssertSqlSafe(sql), values)
+}
+
+/// A limit as sea-query binds it: unsigned, sent as `bigint`, so at most `i64::MAX`.
+fn built_limit(n: usize) -> u64 {
+    Ord::min(u64::try_from(n).unwrap_or(u64::MAX), i64::MAX.unsigned_abs())
 }
 
 /// Replace each `{sat(a, b)}` with `a + b` computed exactly and saturated at `i64::MAX`.

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, Checkpoint, DlqEntry, DlqId, Error, Job, JobId, JobState, Leader, LeaderWrite,
-    Lease, LeaseToken, Result, Run, RunAt, RunId, RunState, Scope, Timestamp, WaitingFor, WorkerId,
-    WorkerRecord, WorkerRegistration, WorkerState,
+    AttemptError, Checkpoint, CronEntry, CronId, CronRecord, DlqEntry, DlqId, Error, Job, JobId,
+    JobState, Leader, LeaderWrite, Lease, LeaseToken, Result, Run, RunAt, RunId, RunState, Scope,
+    Timestamp, WaitingFor, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -117,6 +117,26 @@ pub(crate) const DLQ_COLUMNS: &str = "d.id, d.job_id, d.name, d.queue, d.payload
      d.max_attempts, d.timeout_us, d.scope_app, d.scope_tenant, d.errors::text AS errors, \
      d.failed_at, d.replayed_as, d.replayed_at";
 
+/// The columns of a DLQ row by name, as statements built with sea-query select them (`errors`
+/// cast to text), for [`dlq_from_row`]: the same as [`DLQ_COLUMNS`].
+pub(crate) const DLQ_COLUMN_NAMES: [&str; 15] = [
+    "id",
+    "job_id",
+    "name",
+    "queue",
+    "payload",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "timeout_us",
+    "scope_app",
+    "scope_tenant",
+    "errors",
+    "failed_at",
+    "replayed_as",
+    "replayed_at",
+];
+
 /// Decode a DLQ row selected with the store's DLQ columns.
 pub(crate) fn dlq_from_row(row: &PgRow) -> Result<DlqEntry> {
     let replayed_as: Option<Uuid> = get(row, "replayed_as")?;
@@ -136,6 +156,35 @@ pub(crate) fn dlq_from_row(row: &PgRow) -> Result<DlqEntry> {
         failed_at: ts(get(row, "failed_at")?),
         replayed_as: replayed_as.map(JobId::from_uuid),
         replayed_at: replayed_at.map(ts),
+    })
+}
+
+/// The columns of a cron entry row by name, as [`cron_from_row`] reads them (alias `c`; `entry`
+/// cast to text).
+pub(crate) const CRON_COLUMN_NAMES: [&str; 8] =
+    ["id", "entry", "enabled", "next_fire", "last_fired", "last_job", "created_at", "updated_at"];
+
+/// [`CRON_COLUMN_NAMES`] as a hand-written statement selects them.
+pub(crate) const CRON_COLUMNS: &str = "c.id, c.entry::text AS entry, c.enabled, c.next_fire, \
+     c.last_fired, c.last_job, c.created_at, c.updated_at";
+
+/// Decode a cron entry row selected with the store's cron columns. `enabled` is the column's:
+/// the store keeps it, and the entry's copy only mirrors it.
+pub(crate) fn cron_from_row(row: &PgRow) -> Result<CronRecord> {
+    let mut entry: CronEntry = serde_json::from_str(&get::<String>(row, "entry")?)
+        .map_err(|e| corrupt("cron entry", e))?;
+    entry.enabled = get(row, "enabled")?;
+    let next_fire: Option<i64> = get(row, "next_fire")?;
+    let last_fired: Option<i64> = get(row, "last_fired")?;
+    let last_job: Option<Uuid> = get(row, "last_job")?;
+    Ok(CronRecord {
+        id: CronId::from_uuid(get(row, "id")?),
+        entry,
+        next_fire: next_fire.map(ts),
+        last_fired: last_fired.map(ts),
+        last_job: last_job.map(JobId::from_uuid),
+        created_at: ts(get(row, "created_at")?),
+        updated_at: ts(get(row, "updated_at")?),
     })
 }
 
@@ -257,4 +306,19 @@ pub(crate) fn leader_write_from_row(row: &PgRow) -> Result<LeaderWrite> {
 /// A row count or limit as PostgreSQL takes it.
 pub(crate) fn sql_limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dlq_column_lists_agree() {
+        let named = DLQ_COLUMN_NAMES.map(|c| format!("d.{c}")).join(", ");
+        let listed = DLQ_COLUMNS.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(named.replace("d.errors", "d.errors::text AS errors"), listed);
+        let named = CRON_COLUMN_NAMES.map(|c| format!("c.{c}")).join(", ");
+        let listed = CRON_COLUMNS.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(named.replace("c.entry", "c.entry::text AS entry"), listed);
+    }
 }

@@ -62,6 +62,5 @@ pub trait CronStore: JobStore {
     /// `last_job` (the last job of this fire); else nothing ([`CronFireOutcome::Stale`]).
     /// Outcomes in the order of `fires`. An accepted call is recorded as a leader write
     /// (`cron`).
-    async fn fire_cron(&self, term: &Leader, fires: Vec<CronFire>)
-    -> Result<Vec<CronFireOutcome>>;
+    async fn fire_cron(&self, term: &Leader, fires: Vec<CronFire>) -> Result<Vec<CronFireOutcome>>;
 }

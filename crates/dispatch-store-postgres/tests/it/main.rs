@@ -1,7 +1,7 @@
 //! The PostgreSQL store's integration tests, one module per subject, in one binary: batch edge
-//! cases, the claim's plan, the cluster (its record's trim, the database clock), a worker's
-//! health and readiness over the listener, lost answers, migrations, transactional enqueue,
-//! wake-ups and workflow races. Each needs the test server at `DISPATCH_TEST_POSTGRES_URL`
+//! cases, bulk DLQ replays and cron fires at scale, the claim's plan, the cluster (its record's
+//! trim, the database clock), a worker's health and readiness over the listener, lost answers,
+//! migrations, transactional enqueue, wake-ups and workflow races. Each needs the test server at `DISPATCH_TEST_POSTGRES_URL`
 //! (default `postgres://postgres@127.0.0.1:5432/test`) and makes its own schemas, dropped at
 //! the end of the run; without a server every test is reported ignored, and fails instead under
 //! `CI=true` (see `support`). Tests are named `module::test`. Run with
@@ -11,6 +11,7 @@
 mod support;
 
 mod batches;
+mod bulk;
 mod claim_plan;
 mod cluster;
 mod health;
@@ -26,6 +27,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let modules = [
         ("batches", batches::tests()),
+        ("bulk", bulk::tests()),
         ("claim_plan", claim_plan::tests()),
         ("cluster", cluster::tests()),
         ("health", health::tests()),

@@ -126,7 +126,7 @@ async fn replay_and_release_wake_subscribers(url: String) {
         panic!("dead with an entry: {results:?}");
     };
     assert!(through_barrier(&other, &mut stream).await.is_empty(), "a death wakes nobody");
-    other.replay_dlq(dlq_id).await.expect("replay");
+    other.replay_dlq(dlq_id, &Default::default()).await.expect("replay");
     assert_eq!(through_barrier(&other, &mut stream).await, [Wakeup::queue("dead-letters")]);
     other.release(&[lease(1)]).await.expect("release");
     assert_eq!(through_barrier(&other, &mut stream).await, [Wakeup::queue("dead-letters")]);
