@@ -25,7 +25,6 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
             "dispatch-core",
             "dispatch-job",
             "dispatch-workflow",
-            "dispatch-cluster",
             "dispatch-cron",
         ]),
         n if n.starts_with("dispatch-store-") => Some(CORE),

@@ -30,7 +30,7 @@ impl Crons {
     ) -> CronRecord {
         let key = (entry.scope.clone(), entry.name.clone());
         let existing = self.by_name.get(&key).and_then(|id| self.entries.get_mut(id));
-        let record = match existing {
+        match existing {
             Some(record) => {
                 let enabling = entry.enabled && !record.entry.enabled;
                 if enabling || record.entry.schedule_differs(&entry) {
@@ -54,8 +54,7 @@ impl Crons {
                 self.entries.insert(record.id, record.clone());
                 record
             }
-        };
-        record
+        }
     }
 }
 

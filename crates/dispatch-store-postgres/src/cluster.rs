@@ -93,7 +93,7 @@ const SWEEP_MARK: &str = "WITH t AS (SELECT {now} AS now), {fence}, \
 /// `$2` running jobs leased by any gone worker, oldest lease expiry first, skipping rows others
 /// hold. The first statement's gone workers are seen: it ran before, in the same transaction.
 const LOST: &str = "SELECT j.id, j.lease_expires, j.seq FROM {s}.jobs j \
-     WHERE j.state = 'running' \
+     WHERE j.state = 'running' AND j.lease_expires IS NOT NULL \
        AND j.lease_owner IN (SELECT w.id FROM {s}.workers w WHERE w.state = 'gone') \
      ORDER BY j.lease_expires, j.seq LIMIT $2 FOR UPDATE OF j SKIP LOCKED";
 

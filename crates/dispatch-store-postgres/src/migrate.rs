@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema/0008_retention.sql"),
     include_str!("schema/0009_cron.sql"),
     include_str!("schema/0010_dlq_unreplayed.sql"),
+    include_str!("schema/0011_lease_index.sql"),
 ];
 
 /// The schema version this crate writes: the number of migrations it knows.

@@ -144,6 +144,12 @@ impl JobStore for SqliteStore {
         Some(self)
     }
 
+    fn as_cron_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::CronStore>> {
+        Some(self)
+    }
+
     fn wakeups(&self) -> Option<dispatch_core::WakeupStream> {
         // Wake-ups reach the workers of this process only (other processes poll).
         Some(self.wakeups.subscribe())

@@ -8,9 +8,10 @@
 //!
 //! All writes go through one writer connection, each in a `BEGIN IMMEDIATE` transaction, taken in
 //! turn (first come, first served), so the store's own calls never see `SQLITE_BUSY` from one
-//! another. Reads (`get_job`, `list_jobs`, `count_jobs`, `list_dlq`, `get_dlq`, `get_run`,
-//! `list_runs`, `checkpoints`) use a small pool of reader connections and run beside the writer
-//! (WAL). Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
+//! another. Reads (`get_job`, `list_jobs`, `count_jobs`, `list_dlq`, `get_dlq`, `count_dlq`,
+//! `get_run`, `list_runs`, `checkpoints`, `get_cron`, `find_cron`, `list_cron`, `due_cron`) use
+//! a small pool of reader connections and run beside the writer (WAL). Every call has a timeout
+//! ([`DEFAULT_CALL_TIMEOUT`]) and fails with
 //! [`ErrorKind::Timeout`] past it. A connection outside the store (another process, or the
 //! application's own) that holds the write lock past the
 //! [busy timeout](SqliteStoreBuilder::busy_timeout) makes a write fail with [`ErrorKind::Unavailable`];
@@ -29,8 +30,8 @@
 //!
 //! # Wake-ups
 //!
-//! A call that makes jobs available (enqueue, DLQ replay, a run's start, an event delivered to a
-//! suspended run) wakes the idle workers of this process at once
+//! A call that makes jobs available (enqueue, DLQ replay, a cron fire, a run's start, an event
+//! delivered to a suspended run) wakes the idle workers of this process at once
 //! ([`JobStore::wakeups`](dispatch_core::JobStore::wakeups)), whichever clone of the store they
 //! use. Workers in other processes sharing the file find new jobs at their next poll.
 //!
@@ -140,6 +141,7 @@
 
 mod claim;
 mod cluster;
+mod cron;
 mod dlq;
 mod enqueue;
 mod error;

@@ -1,12 +1,12 @@
 //! Conversions between rows and core records (jobs, DLQ entries, runs, checkpoints, workers,
-//! leaders and their writes).
+//! leaders and their writes, cron entries).
 
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, Checkpoint, DlqEntry, Error, Job, JobId, JobState, Leader, LeaderWrite, Lease,
-    LeaseToken, Result, Run, RunState, Scope, Timestamp, WaitingFor, WorkerRecord,
-    WorkerRegistration, WorkerState,
+    AttemptError, Checkpoint, CronEntry, CronRecord, DlqEntry, Error, Job, JobId, JobState, Leader,
+    LeaderWrite, Lease, LeaseToken, Result, Run, RunState, Scope, Timestamp, WaitingFor,
+    WorkerRecord, WorkerRegistration, WorkerState,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -301,6 +301,29 @@ pub(crate) fn leader_write_from_row(row: &SqliteRow) -> Result<LeaderWrite> {
         term: term(row)?,
         at: ts(get(row, "at")?),
         action: get(row, "action")?,
+    })
+}
+
+/// A cron entry as stored (JSON).
+pub(crate) fn cron_entry_json(entry: &CronEntry) -> Result<String> {
+    serde_json::to_string(entry).map_err(|e| corrupt("cron entry", e))
+}
+
+/// Decode a `cron` row selected with `*`. The `enabled` column is the one due reads see, so the
+/// record takes it from there.
+pub(crate) fn cron_from_row(row: &SqliteRow) -> Result<CronRecord> {
+    let mut entry: CronEntry = serde_json::from_str(&get::<String>(row, "entry")?)
+        .map_err(|e| corrupt("cron entry", e))?;
+    entry.enabled = get::<i64>(row, "enabled")? != 0;
+    let last_job: Option<String> = get(row, "last_job")?;
+    Ok(CronRecord {
+        id: parse("cron ID", &get::<String>(row, "id")?)?,
+        entry,
+        next_fire: get::<Option<i64>>(row, "next_fire")?.map(ts),
+        last_fired: get::<Option<i64>>(row, "last_fired")?.map(ts),
+        last_job: last_job.map(|s| parse("job ID", &s)).transpose()?,
+        created_at: ts(get(row, "created_at")?),
+        updated_at: ts(get(row, "updated_at")?),
     })
 }
 

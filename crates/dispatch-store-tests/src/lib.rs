@@ -316,6 +316,11 @@ pub fn cron_tests() -> Vec<SuiteTest<dyn JobStore>> {
         cron::overlap_skip_waits_for_the_previous_job,
         cron::a_fired_time_is_never_enqueued_twice,
         cron::an_empty_fire_only_advances,
+        cron::catch_up_skip_fires_only_what_is_on_time,
+        cron::catch_up_once_fires_the_latest_missed_time,
+        cron::catch_up_each_fires_missed_times_up_to_its_limit,
+        cron::a_late_fire_within_the_grace_is_on_time,
+        cron::overlap_skip_skips_while_the_job_runs,
     ]
 }
 

@@ -4,13 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dispatch_core::{Error, Hook, JobStore, Result, WorkflowStore};
+use dispatch_core::{Error, Hook, JobStore, Result, SharedClock, SystemClock, WorkflowStore};
 use dispatch_job::{
-    JobDefinition, JobError, JobInput, JobRequest, JobService, Worker, WorkerBuilder, WorkerConfig,
+    HookBus, JobDefinition, JobError, JobInput, JobRequest, JobService, Worker, WorkerBuilder,
+    WorkerConfig,
 };
 use tower::{Layer, Service};
 
 use crate::dispatcher::Dispatcher;
+use crate::services::Services;
 
 type Step = Box<dyn FnOnce(WorkerBuilder) -> WorkerBuilder + Send>;
 
@@ -48,6 +50,11 @@ pub struct DispatcherBuilder {
     /// What the leader prunes, when retention is on.
     #[cfg(feature = "cluster")]
     retention: Option<dispatch_core::RetentionPolicy>,
+    /// Cron entries to register at start.
+    #[cfg(feature = "cron")]
+    crons: Vec<dispatch_cron::CronSpec>,
+    /// The clock the services read (default: the system clock).
+    clock: Option<SharedClock>,
     /// The application's version, as the worker registry shows it.
     app_version: Option<String>,
 }
@@ -163,6 +170,26 @@ impl DispatcherBuilder {
         self
     }
 
+    /// Register the cron entry `spec` at start (call once per entry): inserted, or updated
+    /// by its `(scope, name)`, keeping its next fire unless its schedule changed. Entries fire
+    /// on the cluster's leader, so this needs [`cluster`](Self::cluster) and a store that keeps
+    /// cron entries; [`build`](Self::build) refuses it otherwise, and refuses a spec without a
+    /// job or with a bad schedule or time zone. Manage entries at run time with
+    /// [`Dispatcher::cron`].
+    #[cfg(feature = "cron")]
+    pub fn cron(mut self, spec: dispatch_cron::CronSpec) -> Self {
+        self.crons.push(spec);
+        self
+    }
+
+    /// The clock the dispatcher reads outside the store: the worker's health timestamps, cron
+    /// registrations' first fire and the DLQ's age purges (default: the system clock). Give
+    /// the store's clock when it is not the system's (a test's `ManualClock`).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock.clone());
+        self.step(move |w| w.clock(clock))
+    }
+
     /// The application's version, shown by the worker registry (default: Dispatch's
     /// [`VERSION`](crate::VERSION)).
     pub fn app_version(mut self, version: impl Into<String>) -> Self {
@@ -185,6 +212,9 @@ impl DispatcherBuilder {
         let (builder, workflows) = workflow_parts(builder, &stores, &self.hooks, self.workflows)?;
         let builder = self.steps.into_iter().fold(builder, |w, step| step(w));
         let version = self.app_version.unwrap_or_else(|| crate::VERSION.to_owned());
+        #[cfg(feature = "cron")]
+        let crons = cron_entries(self.crons, &stores, self.cluster.is_some())?;
+        let bus = HookBus::new(self.hooks.clone());
         #[cfg(feature = "cluster")]
         let (builder, cluster) = crate::membership::join(
             builder,
@@ -199,13 +229,25 @@ impl DispatcherBuilder {
         let worker = builder.build()?;
         // The leader is a registered worker: it campaigns under its worker's ID.
         #[cfg(feature = "cluster")]
-        let cluster = cluster.map(|c| c.holder(worker.id()).build()).transpose()?;
+        let cluster = cluster.map(|c| c.holder(worker.id()));
+        #[cfg(feature = "cron")]
+        let cluster = cluster.map(|c| with_cron_scheduler(c, &stores, &bus));
+        #[cfg(feature = "cluster")]
+        let cluster = cluster.map(|c| c.build()).transpose()?;
+        let services = Services {
+            jobs: stores.jobs.clone(),
+            hooks: bus,
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            #[cfg(feature = "cron")]
+            crons,
+        };
         Ok(Dispatcher::new(
             worker,
             #[cfg(feature = "workflow")]
             workflows,
             #[cfg(feature = "cluster")]
             cluster,
+            services,
         ))
     }
 }
@@ -232,4 +274,51 @@ fn workflow_parts(
         builder = builder.register(register(&engine));
     }
     Ok((builder, Some(engine)))
+}
+
+/// The builder's cron specs as entries, checked now so a bad one fails the build rather than
+/// the start: each needs a job, a valid schedule and time zone, a cluster (entries fire on its
+/// leader) and a store that keeps them.
+#[cfg(feature = "cron")]
+fn cron_entries(
+    specs: Vec<dispatch_cron::CronSpec>,
+    stores: &Stores,
+    clustered: bool,
+) -> Result<Vec<dispatch_core::CronEntry>> {
+    if specs.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !clustered {
+        return Err(Error::invalid_input(
+            "cron entries fire on the leader: they need a cluster (DispatcherBuilder::cluster)",
+        ));
+    }
+    if stores.jobs.clone().as_cron_store().is_none() {
+        return Err(Error::invalid_input("cron entries need a store that keeps them"));
+    }
+    specs
+        .into_iter()
+        .map(|spec| {
+            let entry = spec.build()?;
+            dispatch_cron::Schedule::parse(&entry.schedule, &entry.timezone)?;
+            Ok(entry)
+        })
+        .collect()
+}
+
+/// A cluster member on a store that keeps cron entries fires them while it leads, whichever
+/// process registered them.
+#[cfg(feature = "cron")]
+fn with_cron_scheduler(
+    cluster: dispatch_cluster::ClusterBuilder,
+    stores: &Stores,
+    bus: &HookBus,
+) -> dispatch_cluster::ClusterBuilder {
+    match stores.jobs.clone().as_cron_store() {
+        Some(store) => {
+            let scheduler = dispatch_cron::CronScheduler::new(store).hooks(bus.clone());
+            cluster.task(Arc::new(scheduler))
+        }
+        None => cluster,
+    }
 }

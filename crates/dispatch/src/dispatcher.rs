@@ -1,8 +1,15 @@
 //! The composition root: [`Dispatcher`] runs one worker and hands out one client over one
 //! store; with workflows, one engine too.
 
+use std::time::Duration;
+
 use dispatch_core::{Error, ErrorKind, Result};
 use dispatch_job::{HealthProbe, JobClient, ShutdownReport, Worker, WorkerHandle, WorkerHealth};
+
+use crate::services::Services;
+
+/// How long a stop waits for the services' hooks (cron and DLQ events) to be delivered.
+const SERVICE_HOOKS_FLUSH: Duration = Duration::from_secs(5);
 
 enum State {
     Ready(Worker),
@@ -46,6 +53,7 @@ pub struct Dispatcher {
     state: State,
     #[cfg(feature = "cluster")]
     cluster: ClusterState,
+    pub(crate) services: Services,
 }
 
 /// The leadership runtime of a clustered dispatcher, through its life.
@@ -75,6 +83,7 @@ impl Dispatcher {
         worker: Worker,
         #[cfg(feature = "workflow")] workflows: Option<dispatch_workflow::Workflows>,
         #[cfg(feature = "cluster")] cluster: Option<dispatch_cluster::Cluster>,
+        services: Services,
     ) -> Self {
         Self {
             client: worker.client(),
@@ -83,6 +92,7 @@ impl Dispatcher {
             state: State::Ready(worker),
             #[cfg(feature = "cluster")]
             cluster: cluster.map_or(ClusterState::None, |c| ClusterState::Ready(Box::new(c))),
+            services,
         }
     }
 
@@ -95,7 +105,13 @@ impl Dispatcher {
     /// [`WorkerConfig::ready_timeout`](dispatch_job::WorkerConfig::ready_timeout) (default 30 s;
     /// the message says what is missing, e.g. the store is down). The worker is running then
     /// all the same, retrying: [`ready`](Self::ready) waits again, [`stop`](Self::stop) stops it.
+    ///
+    /// The cron entries given to the builder are registered first (inserted, or updated by
+    /// `(scope, name)`); a store error there fails the start, and nothing runs yet.
     pub async fn start(&mut self) -> Result<()> {
+        if matches!(self.state, State::Ready(_)) {
+            self.services.register_crons().await?;
+        }
         match std::mem::replace(&mut self.state, State::Stopped) {
             State::Ready(worker) => {
                 self.state = State::Running(worker.start());
@@ -149,10 +165,14 @@ impl Dispatcher {
         {
             cluster.stop().await;
         }
-        match std::mem::replace(&mut self.state, State::Stopped) {
+        let report = match std::mem::replace(&mut self.state, State::Stopped) {
             State::Running(handle) => handle.stop().await,
             _ => ShutdownReport::default(),
+        };
+        if !self.services.hooks.flush(SERVICE_HOOKS_FLUSH).await {
+            tracing::warn!("cron and DLQ hooks were still busy at stop; stopping anyway");
         }
+        report
     }
 
     /// Run until the process is asked to stop, then stop gracefully: on SIGTERM or Ctrl-C

@@ -1,13 +1,14 @@
-//! The dispatcher's job calls: enqueue, wait for outcomes, inspect, cancel, and the dead
-//! letter queue. Each forwards to the dispatcher's [`JobClient`](dispatch_job::JobClient),
-//! which shares the worker's hooks and wake-ups and answers waits for jobs this worker ends at
-//! once.
+//! The dispatcher's job calls: enqueue, wait for outcomes, inspect, cancel, and reading the
+//! dead letter queue. Job calls forward to the dispatcher's
+//! [`JobClient`](dispatch_job::JobClient), which shares the worker's hooks and wake-ups and
+//! answers waits for jobs this worker ends at once; replaying and purging dead jobs is
+//! [`Dispatcher::dlq`]'s.
 
 use std::time::Duration;
 
 use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, DlqPurge, Enqueued, Job, JobCancel, JobFilter, JobId, Page,
-    PageRequest, Replay, Result,
+    DlqEntry, DlqFilter, DlqId, Enqueued, Job, JobCancel, JobFilter, JobId, Page, PageRequest,
+    Result,
 };
 use dispatch_job::{EnqueueOptions, JobCounts, JobDefinition, JobInput, JobWaitError};
 
@@ -93,27 +94,29 @@ impl Dispatcher {
         self.client.cancel(id).await
     }
 
-    /// Dead letter queue entries matching `filter`, a page at a time.
+    /// Dead letter queue entries matching `filter`, a page at a time (a shorthand of
+    /// `dlq().list`; replays, counts and purges are on the DLQ service).
     pub async fn list_dlq(
         &self,
         filter: &DlqFilter,
         page: &PageRequest<DlqId>,
     ) -> Result<Page<DlqEntry, DlqId>> {
-        self.client.list_dlq(filter, page).await
+        self.services.jobs.list_dlq(filter, page).await
     }
 
-    /// One dead letter queue entry: the job's payload and every attempt's error.
+    /// One dead letter queue entry: the job's payload and every attempt's error (a shorthand
+    /// of `dlq().get`).
     pub async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {
-        self.client.get_dlq(id).await
+        self.services.jobs.get_dlq(id).await
     }
 
-    /// Replay a DLQ entry as a new job, at most once per entry.
-    pub async fn replay(&self, id: DlqId) -> Result<Replay> {
-        self.client.replay(id).await
-    }
-
-    /// Delete the DLQ entries matching `filter`; answers how many.
-    pub async fn purge_dlq(&self, filter: &DlqPurge) -> Result<u64> {
-        self.client.purge_dlq(filter).await
+    /// The dead letter queue: list, count, replay and purge dead jobs; its replays and purges
+    /// reach the dispatcher's hooks ([`Event::DlqReplayed`](dispatch_core::Event::DlqReplayed),
+    /// [`Event::DlqPurged`](dispatch_core::Event::DlqPurged)).
+    #[cfg(feature = "dlq")]
+    pub fn dlq(&self) -> dispatch_dlq::Dlq {
+        dispatch_dlq::Dlq::new(self.services.jobs.clone())
+            .hooks(self.services.hooks.clone())
+            .clock(self.services.clock.clone())
     }
 }

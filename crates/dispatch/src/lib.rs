@@ -8,6 +8,9 @@
 //! |----------|---------|--------------|
 //! | `memory` | yes     | [`MemoryStore`], the in-process store (`dispatch-store-memory`) |
 //! | `workflow` | yes   | [`workflow`]: durable workflows (`dispatch-workflow`) |
+//! | `cluster` | yes    | [`cluster`]: leader election, dead-worker takeover, retention (`dispatch-cluster`) |
+//! | `cron` | yes       | [`cron`]: cron entries fired by the leader (`dispatch-cron`; turns `cluster` on) |
+//! | `dlq` | yes        | [`dlq`]: the dead letter queue service (`dispatch-dlq`) |
 //! | `sqlite` | no      | `SqliteStore`, the embedded durable store (`dispatch-store-sqlite`) |
 //! | `postgres` | no    | `PostgresStore`, the production store (`dispatch-store-postgres`) |
 //! | `redis` | no       | `RedisStore`, the store for teams whose queue state lives in Redis (`dispatch-store-redis`) |
@@ -15,16 +18,23 @@
 //! Start with the [`prelude`].
 
 mod builder;
+#[cfg(feature = "cron")]
+mod crons;
 mod dispatcher;
 mod jobs;
 #[cfg(feature = "cluster")]
 mod membership;
+mod services;
 #[cfg(feature = "workflow")]
 mod workflows;
 
 #[cfg(feature = "cluster")]
 pub use dispatch_cluster as cluster;
 pub use dispatch_core as core;
+#[cfg(feature = "cron")]
+pub use dispatch_cron as cron;
+#[cfg(feature = "dlq")]
+pub use dispatch_dlq as dlq;
 pub use dispatch_job as job;
 #[cfg(feature = "memory")]
 pub use dispatch_store_memory as memory;
@@ -65,7 +75,8 @@ pub use dispatcher::{Dispatcher, shutdown_signal};
 pub mod prelude {
     pub use crate::{Dispatcher, Error, ErrorKind, Result};
     pub use dispatch_core::{
-        Backoff, DlqFilter, Event, Hook, Job, JobFilter, JobId, JobState, PageRequest, Scope,
+        Backoff, DlqFilter, Event, Hook, Job, JobFilter, JobId, JobState, PageRequest,
+        ReplayOptions, Scope,
     };
     pub use dispatch_job::{
         CancelReason, EnqueueOptions, EnqueueTransactionExt, JobContext, JobDefinition, JobError,
@@ -80,6 +91,11 @@ pub mod prelude {
     pub use dispatch_store_redis::RedisStore;
     #[cfg(feature = "sqlite")]
     pub use dispatch_store_sqlite::SqliteStore;
+    #[cfg(feature = "cron")]
+    pub use {
+        dispatch_core::{CatchUp, Overlap},
+        dispatch_cron::CronSpec,
+    };
     #[cfg(feature = "workflow")]
     pub use {
         dispatch_core::{RunId, RunState, WaitingFor},

@@ -1,10 +1,8 @@
-//! Looking jobs up and managing the DLQ through a [`JobClient`]: plain forwards to the store's
-//! reads and DLQ calls.
+//! Looking jobs up through a [`JobClient`]: plain forwards to the store's reads. The dead
+//! letter queue has its own service (`dispatch_dlq::Dlq`), which loops its bulk calls in
+//! bounded batches and emits its hooks.
 
-use dispatch_core::{
-    DlqEntry, DlqFilter, DlqId, Job, JobFilter, JobId, Page, PageRequest, Replay, ReplayOptions,
-    Result,
-};
+use dispatch_core::{Job, JobFilter, JobId, Page, PageRequest, Result};
 
 use super::{JobClient, JobCounts};
 
@@ -27,44 +25,5 @@ impl JobClient {
     /// How many jobs there are per queue and state, now.
     pub async fn counts(&self) -> Result<JobCounts> {
         Ok(JobCounts::from(self.store.count_jobs().await?))
-    }
-
-    /// One page of the DLQ entries matching `filter`, in ID order (the order the jobs died).
-    pub async fn list_dlq(
-        &self,
-        filter: &DlqFilter,
-        page: &PageRequest<DlqId>,
-    ) -> Result<Page<DlqEntry, DlqId>> {
-        self.store.list_dlq(filter, page).await
-    }
-
-    /// One DLQ entry by ID (a dead job carries its entry's ID in [`Job::dlq_id`]).
-    pub async fn get_dlq(&self, id: DlqId) -> Result<Option<DlqEntry>> {
-        self.store.get_dlq(id).await
-    }
-
-    /// Replay a DLQ entry: enqueue its job again as a new job, at most once per entry, and wake
-    /// the local worker. Fails with [`ErrorKind::NotFound`](dispatch_core::ErrorKind::NotFound)
-    /// for an unknown entry.
-    pub async fn replay(&self, id: DlqId) -> Result<Replay> {
-        let replay = self.store.replay_dlq(id, &ReplayOptions::default()).await?;
-        if matches!(replay, Replay::Replayed(_)) {
-            self.wake.notify_one();
-        }
-        Ok(replay)
-    }
-
-    /// Delete the DLQ entries matching `filter` (an all-unset filter deletes every entry), in
-    /// batches of [`DLQ_BATCH`](dispatch_core::dlq::DLQ_BATCH); answers how many were deleted.
-    pub async fn purge_dlq(&self, filter: &DlqFilter) -> Result<u64> {
-        let batch = dispatch_core::dlq::DLQ_BATCH;
-        let mut purged = 0;
-        loop {
-            let deleted = self.store.purge_dlq(filter, batch).await?;
-            purged += deleted;
-            if deleted < batch as u64 {
-                return Ok(purged);
-            }
-        }
     }
 }

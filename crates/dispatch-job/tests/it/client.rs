@@ -1,12 +1,14 @@
-//! The client for users: waiting for a job's outcome, looking jobs up, counting them, and the
-//! DLQ, all without the worker's calls. (That a wait is answered by the worker's notice rather
+//! The client for users: waiting for a job's outcome, looking jobs up and counting them, all
+//! without the worker's calls (the DLQ is `dispatch-dlq`'s; here only that a dead job's entry
+//! is there). (That a wait is answered by the worker's notice rather
 //! than its poll is proven in the crate's unit tests, where the poll can be made to never come.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use dispatch_core::{
-    DlqFilter, DlqPurge, ErrorKind, Job, JobCancel, JobFilter, JobId, JobState, PageRequest, Replay,
+    DlqFilter, ErrorKind, Job, JobCancel, JobFilter, JobId, JobState, PageRequest, Replay,
+    ReplayOptions,
 };
 use dispatch_job::{EnqueueOptions, JobClient, JobContext, JobDefinition, JobError, JobWaitError};
 use tokio::sync::Notify;
@@ -43,8 +45,9 @@ async fn wait_answers_a_completed_job_with_its_final_record() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn wait_reports_a_dead_job_whose_dlq_entry_the_client_reads() {
-    let handle = worker(store()).register(doomed()).build().unwrap().start();
+async fn wait_reports_a_dead_job_whose_dlq_entry_the_store_keeps() {
+    let store = store();
+    let handle = worker(store.clone()).register(doomed()).build().unwrap().start();
     let client = handle.client();
     let id = client.enqueue(&doomed(), ()).await.unwrap().id();
 
@@ -52,7 +55,7 @@ async fn wait_reports_a_dead_job_whose_dlq_entry_the_client_reads() {
     assert_eq!(error.kind(), ErrorKind::Conflict);
     let JobWaitError::Dead(job) = error else { panic!("{error:?}") };
     assert_eq!(job.state, JobState::Dead);
-    let entry = client.get_dlq(job.dlq_id.expect("a dead job has a DLQ entry")).await.unwrap();
+    let entry = store.get_dlq(job.dlq_id.expect("a dead job has a DLQ entry")).await.unwrap();
     assert_eq!(entry.expect("the entry").job_id, id);
 
     let error = dispatch_core::Error::from(client.wait(id, WITHIN).await.unwrap_err());
@@ -196,8 +199,9 @@ async fn get_list_and_counts_see_the_stored_jobs() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_dlq_is_listed_read_replayed_and_purged_through_the_client() {
-    let handle = worker(store()).register(doomed()).build().unwrap().start();
+async fn a_job_replayed_from_the_dlq_runs_on_the_worker() {
+    let store = store();
+    let handle = worker(store.clone()).register(doomed()).build().unwrap().start();
     let client = handle.client();
     let id = client.enqueue(&doomed(), ()).await.unwrap().id();
     let dlq_id = match client.wait(id, WITHIN).await {
@@ -205,16 +209,11 @@ async fn the_dlq_is_listed_read_replayed_and_purged_through_the_client() {
         other => panic!("{other:?}"),
     };
 
-    let listed = client.list_dlq(&DlqFilter::default(), &PageRequest::first(10)).await.unwrap();
+    let listed = store.list_dlq(&DlqFilter::default(), &PageRequest::first(10)).await.unwrap();
     assert_eq!(listed.items.iter().map(|entry| entry.id).collect::<Vec<_>>(), [dlq_id]);
-    assert_eq!(client.get_dlq(dlq_id).await.unwrap().map(|entry| entry.job_id), Some(id));
-
-    let Replay::Replayed(again) = client.replay(dlq_id).await.unwrap() else { panic!("replayed") };
+    let replay = store.replay_dlq(dlq_id, &ReplayOptions::default()).await.unwrap();
+    let Replay::Replayed(again) = replay else { panic!("replayed") };
     let error = client.wait(again, WITHIN).await.unwrap_err();
     assert!(matches!(error, JobWaitError::Dead(_)), "the replayed job fails again: {error:?}");
-
-    assert_eq!(client.purge_dlq(&DlqPurge::default()).await.unwrap(), 2);
-    let left = client.list_dlq(&DlqFilter::default(), &PageRequest::first(10)).await.unwrap();
-    assert!(left.items.is_empty());
     handle.stop().await;
 }

@@ -2,10 +2,13 @@
 //! that are not due (suspended workflow drives, snoozes, retries) or that belong to names the
 //! worker does not run must not make each claim walk them, since every NOTIFY makes every idle
 //! worker claim. Checked on the claim's own plan (`PostgresStore::explain_claim`), on a table
-//! that was never analyzed (the planner's worst guesses) and again after `ANALYZE`. Needs the
-//! test server (see `support`).
+//! that was never analyzed (the planner's worst guesses) and again after `ANALYZE`. And what a
+//! lookup of running jobs by ID reads while vacuum is held back. Needs the test server (see
+//! `support`).
 
 use std::time::Duration;
+
+use sqlx::Connection as _;
 
 use dispatch_core::{ClaimRequest, JobStore, LeaseToken, WorkerId};
 use dispatch_store_postgres::PostgresStore;
@@ -38,6 +41,9 @@ pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
         }),
         ("a_job_below_the_claim_mark_is_claimed", |url| {
             Box::pin(a_job_below_the_claim_mark_is_claimed(url))
+        }),
+        ("running_jobs_are_looked_up_by_id_while_vacuum_is_held_back", |url| {
+            Box::pin(running_jobs_are_looked_up_by_id_while_vacuum_is_held_back(url))
         }),
     ]
 }
@@ -147,6 +153,64 @@ async fn a_job_below_the_claim_mark_is_claimed(url: String) {
 }
 
 /// A store of one pooled connection in a fresh schema.
+/// A finish, a heartbeat and a drive's fence look running jobs up by ID. While a session holds
+/// the xmin horizon back (here: a transaction that took an ID and stays open), every ended
+/// attempt leaves a dead entry in the index of leases; a lookup planned through that index
+/// reads them all on every call. The lookup, shaped as the finish's, must go by primary key.
+async fn running_jobs_are_looked_up_by_id_while_vacuum_is_held_back(url: String) {
+    let store = small_store(&url).await;
+    let mut pin = sqlx::PgConnection::connect(&url).await.expect("pinning session");
+    sqlx::raw_sql("BEGIN; SELECT txid_current()").execute(&mut pin).await.expect("pin");
+    let request = |limit| ClaimRequest {
+        worker: WorkerId::new(),
+        queues: vec!["default".into()],
+        names: vec!["churn".into()],
+        limit,
+        lease_ttl: Duration::from_secs(60),
+        token: LeaseToken::new(),
+    };
+    for _ in 0..3 {
+        let jobs: Vec<_> = (0..1000).map(|_| dispatch_core::NewJob::new("churn", vec![])).collect();
+        store.enqueue(jobs).await.expect("enqueue");
+        let claimed = store.claim(&request(1000)).await.expect("claim");
+        let finishes: Vec<_> = claimed
+            .iter()
+            .map(|c| dispatch_core::Finish {
+                lease: dispatch_core::LeaseRef { job_id: c.job.id, token: c.lease.token },
+                outcome: dispatch_core::Outcome::Complete,
+            })
+            .collect();
+        store.finish(&finishes).await.expect("finish");
+    }
+    let jobs: Vec<_> = (0..16).map(|_| dispatch_core::NewJob::new("churn", vec![])).collect();
+    store.enqueue(jobs).await.expect("enqueue");
+    let running = store.claim(&request(16)).await.expect("claim");
+    let ids: Vec<String> = running.iter().map(|c| c.job.id.uuid().to_string()).collect();
+    let schema = store.schema();
+    let analyze = format!("ANALYZE \"{schema}\".jobs");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(analyze)).execute(store.pool()).await.expect("analyze");
+    // A utility statement takes no parameters: the IDs (UUIDs the store made) are inlined.
+    let explain = format!(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) \
+         WITH i AS (SELECT * FROM unnest('{{{}}}'::uuid[]) AS i(job_id)) \
+         SELECT j.id FROM \"{schema}\".jobs j \
+         WHERE j.id IN (SELECT job_id FROM i) AND j.state = 'running' ORDER BY j.id FOR UPDATE",
+        ids.join(",")
+    );
+    let row =
+        sqlx::raw_sql(sqlx::AssertSqlSafe(explain)).fetch_one(store.pool()).await.expect("explain");
+    // The plan is `json`, whose binary form is its text.
+    let text: String = sqlx::Row::try_get_unchecked(&row, 0).expect("plan text");
+    let plan: Value = serde_json::from_str(&text).expect("plan JSON");
+    sqlx::raw_sql("ROLLBACK").execute(&mut pin).await.expect("unpin");
+    let mut nodes = Vec::new();
+    collect(&plan[0]["Plan"], &mut nodes);
+    let lease_index = nodes.iter().any(|n| n["Index Name"].as_str() == Some("jobs_lease"));
+    assert!(!lease_index, "running jobs were looked up through the lease index: {plan}");
+    let buffers = plan[0]["Plan"]["Shared Hit Blocks"].as_f64().unwrap_or(0.0);
+    assert!(buffers <= MAX_BUFFERS, "a lookup of 16 jobs touched {buffers} buffers: {plan}");
+}
+
 async fn small_store(url: &str) -> PostgresStore {
     PostgresStore::builder(url)
         .schema(support::fresh_schema())

@@ -2,7 +2,16 @@
 //! kept unless the schedule changed, listing and paging, enabling and deleting, due reads by
 //! the store's clock, and fires applied as one fenced compare-and-set with their jobs. The
 //! store is reached as the runtime reaches it, through
-//! [`JobStore::as_cron_store`](dispatch_core::JobStore::as_cron_store).
+//! [`JobStore::as_cron_store`](dispatch_core::JobStore::as_cron_store). The scheduler's
+//! policies (catch-up, grace, overlap) over each store are in [`policy`].
+
+pub mod policy;
+
+pub use policy::{
+    a_late_fire_within_the_grace_is_on_time, catch_up_each_fires_missed_times_up_to_its_limit,
+    catch_up_once_fires_the_latest_missed_time, catch_up_skip_fires_only_what_is_on_time,
+    overlap_skip_skips_while_the_job_runs,
+};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +30,8 @@ use crate::support::{assert_kind, lease, request_in, secs};
 
 const HOUR: Duration = secs(3600);
 /// The queue and job name of this module's cron jobs.
-const QUEUE: &str = "cron-q";
-const JOB: &str = "cron-job";
+pub(crate) const QUEUE: &str = "cron-q";
+pub(crate) const JOB: &str = "cron-job";
 
 impl TestContext<dyn JobStore> {
     fn cron(&self) -> Arc<dyn CronStore> {

@@ -2,13 +2,14 @@
 //! runs jobs end to end, and its lifecycle methods behave.
 
 mod cluster;
+mod cron;
 mod workflows;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dispatch::core::{DlqFilter, Event, JobState, PageRequest, Replay};
+use dispatch::core::{DlqFilter, Event, JobState, PageRequest, Replay, ReplayOptions};
 use dispatch::job::layer::RecoverLayer;
 use dispatch::prelude::*;
 use parking_lot::Mutex;
@@ -66,11 +67,13 @@ async fn dispatcher_runs_jobs_through_layers_and_hooks_and_replays_the_dlq() {
 
     let page = dispatcher.list_dlq(&DlqFilter::default(), &PageRequest::first(10)).await.unwrap();
     assert_eq!(page.items.len(), 1);
-    let replayed = dispatcher.replay(page.items[0].id).await.unwrap();
+    let dlq = dispatcher.dlq();
+    let replayed = dlq.replay(page.items[0].id, &ReplayOptions::default()).await.unwrap();
     let Replay::Replayed(again) = replayed else {
         panic!("first replay must replay: {replayed:?}")
     };
-    assert_eq!(dispatcher.replay(page.items[0].id).await.unwrap(), Replay::AlreadyReplayed(again));
+    let second = dlq.replay(page.items[0].id, &ReplayOptions::default()).await.unwrap();
+    assert_eq!(second, Replay::AlreadyReplayed(again));
     wait_for(&dispatcher, again, JobState::Dead).await;
 
     dispatcher.stop().await;
@@ -79,6 +82,7 @@ async fn dispatcher_runs_jobs_through_layers_and_hooks_and_replays_the_dlq() {
     let events = events.0.lock();
     assert!(events.iter().any(|e| matches!(e, Event::JobCompleted { job, .. } if job.id == ok)));
     assert!(events.iter().any(|e| matches!(e, Event::JobPromoted { job, .. } if job.id == bad)));
+    assert!(events.iter().any(|e| matches!(e, Event::DlqReplayed { job, .. } if *job == again)));
     assert_eq!(events.last(), Some(&Event::Shutdown));
 }
 
