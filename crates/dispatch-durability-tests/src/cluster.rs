@@ -1,6 +1,7 @@
 //! What the cluster scenarios run in a worker process: a job that records each start, the
-//! cluster settings the processes share, and a leader task that writes without pause, so a
-//! leader stopped by SIGSTOP resumes in the middle of its writes.
+//! cluster settings the processes share, a leader task that writes without pause, so a
+//! leader stopped by SIGSTOP resumes in the middle of its writes, and the cron scenario's
+//! per-second entry.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -117,4 +118,20 @@ impl LeaderTask for WritingTask {
         }
         Ok(())
     }
+}
+
+/// The name of the cron scenario's per-second entry.
+pub const EVERY_SECOND: &str = "every-second";
+
+/// The job the cron scenario's entry enqueues: it does nothing (the store's jobs are the record).
+pub fn tick_job() -> JobDefinition<()> {
+    JobDefinition::new("tick", |_ctx: JobContext, (): ()| async { Ok(()) })
+}
+
+/// The cron scenario's entry: every second, each missed second fired after a downtime (up to
+/// two minutes of them).
+pub fn every_second(tick: &JobDefinition<()>) -> dispatch::cron::CronSpec {
+    dispatch::cron::CronSpec::new(EVERY_SECOND, "* * * * * *")
+        .job(tick, &())
+        .catch_up(dispatch::core::CatchUp::Each { limit: 120 })
 }

@@ -22,6 +22,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 #[path = "durability/cluster.rs"]
 mod cluster;
+#[path = "durability/cron.rs"]
+mod cron;
 use sqlx::Connection;
 
 /// A worker process, killed when dropped so a failing test leaves nothing running.
@@ -476,6 +478,7 @@ fn main() -> ExitCode {
         saga_killed_during_compensation_compensates_once,
         cluster::killed_workers_jobs_run_again_within_the_worker_timeout,
         cluster::contending_leaders_never_write_under_two_terms,
+        cron::a_per_second_entry_fires_each_second_once_across_leader_kills,
     ];
     // SQLite has no server to end the transaction of a process stopped inside one: its file
     // lock stops every other process until it resumes, so no takeover can happen there.

@@ -9,13 +9,17 @@
 //! `logged` jobs (each start logged), printing `ready <worker id>`.
 //! `durability-worker leader <store> <log-file> <pause-ms>`: a cluster member whose leader task
 //! writes every `<pause-ms>` (each attempt logged), printing `holder <worker id>`.
+//! `durability-worker cron <store> <log-file>`: a clustered worker with the per-second cron
+//! entry (its leader fires it), printing `ready <worker id>`.
 //! `<store>` is a SQLite file path, `postgres:<schema>` or `redis:<prefix>` (see `StoreSpec`).
 
 use std::time::Duration;
 
 use anyhow::bail;
 use dispatch::prelude::*;
-use dispatch_durability_tests::cluster::{Log, WritingTask, cluster_config, logged_job};
+use dispatch_durability_tests::cluster::{
+    Log, WritingTask, cluster_config, every_second, logged_job, tick_job,
+};
 use dispatch_durability_tests::{Cut, StoreSpec, saga, sleeper, sleepy_job, ten_steps};
 
 #[tokio::main]
@@ -86,6 +90,22 @@ async fn main() -> anyhow::Result<()> {
             std::future::pending::<()>().await;
             Ok(())
         }
+        ["cron", store, _log] => {
+            let store = StoreSpec::parse(store).open("worker").await?;
+            let tick = tick_job();
+            let mut dispatcher = Dispatcher::builder()
+                .shared_store(store)
+                .cron(every_second(&tick))
+                .register(tick)
+                .cluster(cluster_config())
+                .configure(|c| c.poll_interval = Duration::from_millis(50))
+                .build()?;
+            dispatcher.start().await?;
+            let id = dispatcher.health().map(|h| h.worker_id.to_string()).unwrap_or_default();
+            println!("ready {id}");
+            std::future::pending::<()>().await;
+            Ok(())
+        }
         ["leader", store, log, pause_ms] => {
             let store = StoreSpec::parse(store).open("worker").await?;
             let jobs: std::sync::Arc<dyn dispatch::core::JobStore> = store;
@@ -109,7 +129,8 @@ async fn main() -> anyhow::Result<()> {
         _ => bail!(
             "usage: durability-worker work <store> <concurrency> <lease-ms> [poll-ms] | \
              migrate <store> | workflows <store> <effects-file> <cut> | \
-             cluster <store> <concurrency> <log-file> | leader <store> <log-file> <pause-ms>"
+             cluster <store> <concurrency> <log-file> | leader <store> <log-file> <pause-ms> | \
+             cron <store> <log-file>"
         ),
     }
 }

@@ -23,7 +23,7 @@ use super::{Kind, count, drop_schema, fresh, scratch_file, wait_until};
 
 /// A cluster process: a `durability-worker cluster` or `leader`, known by the worker ID it
 /// printed; killed when dropped.
-struct Member {
+pub(super) struct Member {
     child: Child,
     id: WorkerId,
     log: PathBuf,
@@ -31,7 +31,7 @@ struct Member {
 
 impl Member {
     /// Start `durability-worker <mode> <spec> <args…>` logging to `log`, and read its ID.
-    fn start(mode: &str, spec: &StoreSpec, args: &[&str], log: PathBuf) -> Self {
+    pub(super) fn start(mode: &str, spec: &StoreSpec, args: &[&str], log: PathBuf) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_durability-worker"));
         command.arg(mode).arg(spec.to_string());
         match mode {
@@ -58,7 +58,7 @@ impl Member {
     }
 
     /// SIGKILL, and reap.
-    fn kill(mut self) {
+    pub(super) fn kill(mut self) {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("reap");
     }
@@ -77,7 +77,7 @@ impl Drop for Member {
     }
 }
 
-async fn cluster_store(spec: &StoreSpec) -> Arc<dyn ClusterStore> {
+pub(super) async fn cluster_store(spec: &StoreSpec) -> Arc<dyn ClusterStore> {
     let store: Arc<dyn JobStore> = spec.open("test").await.expect("open");
     store.as_cluster_store().expect("every built-in store keeps a cluster")
 }
@@ -277,7 +277,10 @@ fn writes(member: &Member) -> Vec<Write> {
 }
 
 /// The leader of the test's leadership now, when one of `members` holds a valid term.
-async fn leading(store: &Arc<dyn ClusterStore>, members: &[Member]) -> Option<(usize, u64)> {
+pub(super) async fn leading(
+    store: &Arc<dyn ClusterStore>,
+    members: &[Member],
+) -> Option<(usize, u64)> {
     let leader = store.leader(DEFAULT_LEADERSHIP).await.expect("leader")?;
     let index = members.iter().position(|m| m.id == leader.holder)?;
     Some((index, leader.term))
