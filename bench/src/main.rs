@@ -11,10 +11,13 @@
 //! times `--calls` worker heartbeats, each renewing all of them in one store call; reported as
 //! `heartbeat-<leases>`); PostgreSQL only, `prune-1m` (`--jobs` old completed jobs pruned by the
 //! leader's loop, `--batch` per call) and `dead-tuples` (a drain of `--jobs`, then again over
-//! `--dead` dead rows an idle transaction keeps from vacuum).
+//! `--dead` dead rows an idle transaction keeps from vacuum); `cron-due` (`--entries` cron
+//! entries due in the same second, fired by the leader's scheduler) and `dlq-replay`
+//! (`--entries` DLQ entries replayed in bulk by the DLQ service).
 
 mod churn;
 mod counting;
+mod operate;
 mod scenario;
 
 use std::collections::HashMap;

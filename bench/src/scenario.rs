@@ -147,6 +147,10 @@ pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measuremen
             heartbeat(store, option(options, "leases", 1000)?, option(options, "calls", 200)?)
                 .await?
         }
+        "cron-due" => crate::operate::cron_due(store, option(options, "entries", 10_000)?).await?,
+        "dlq-replay" => {
+            crate::operate::dlq_replay(store, option(options, "entries", 100_000)?).await?
+        }
         other => bail!("unknown scenario {other:?}"),
     };
     m.store = store_name;
@@ -195,7 +199,7 @@ async fn delete_prefix(prefix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rate(jobs: usize, elapsed: Duration) -> Option<f64> {
+pub(crate) fn rate(jobs: usize, elapsed: Duration) -> Option<f64> {
     Some(jobs as f64 / elapsed.as_secs_f64())
 }
 

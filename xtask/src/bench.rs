@@ -13,7 +13,8 @@ const RUNS: usize = 3;
 /// Scenario name and arguments, full size and `--quick` size. The latency rates are the store's
 /// target rates (memory 2,000 jobs/s; SQLite and Redis 1,000; PostgreSQL 200 and 1,000, and
 /// 2,000 reported). The heartbeat scenario times one worker's heartbeat renewing 1,000 leases in
-/// one store call (200 calls, 50 when quick). PostgreSQL also runs `prune-1m` and `dead-tuples`
+/// one store call (200 calls, 50 when quick). Every store runs `cron-due` and `dlq-replay`
+/// (see `bench/src/operate.rs`). PostgreSQL also runs `prune-1m` and `dead-tuples`
 /// (retention and bloat: see `bench/src/churn.rs`).
 fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
     let rates: &[&str] = match store {
@@ -45,6 +46,16 @@ fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
     }
     // One worker heartbeat renewing all its 1,000 leases: time per call, calls/s.
     list.push(vec!["heartbeat", "--leases", "1000", "--calls", if quick { "50" } else { "200" }]);
+    // Cron: 10,000 entries due in the same second, fired by the leader (a tenth when quick).
+    list.push(vec!["cron-due", "--entries", if quick { "1000" } else { "10000" }]);
+    // The DLQ service's bulk replay: 100,000 entries on PostgreSQL (the figure), 20,000
+    // elsewhere (a tenth of each when quick).
+    let replayed = match (store, quick) {
+        ("postgres", false) => "100000",
+        ("postgres", true) | (_, false) => "20000",
+        (_, true) => "2000",
+    };
+    list.push(vec!["dlq-replay", "--entries", replayed]);
     if store == "postgres" {
         // Retention: the leader's prune loop over a million old completed jobs (a tenth when
         // quick) beside as many young ones; rows/s and the longest call.

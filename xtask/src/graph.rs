@@ -21,12 +21,9 @@ pub(crate) fn allowed(name: &str) -> Option<&'static [&'static str]> {
         "dispatch-cron" => Some(&["dispatch-core", "dispatch-job", "dispatch-cluster"]),
         // The conformance suite also drives the job and workflow runtimes over each store, and
         // the cron scheduler's catch-up and overlap policies (under a cluster's leader).
-        "dispatch-store-tests" => Some(&[
-            "dispatch-core",
-            "dispatch-job",
-            "dispatch-workflow",
-            "dispatch-cron",
-        ]),
+        "dispatch-store-tests" => {
+            Some(&["dispatch-core", "dispatch-job", "dispatch-workflow", "dispatch-cron"])
+        }
         n if n.starts_with("dispatch-store-") => Some(CORE),
         "dispatch" => Some(&[
             "dispatch-cluster",
