@@ -1,7 +1,7 @@
 //! Enqueueing, inspecting and managing jobs without running them: [`JobClient`].
 //!
 //! A client reaches the store only through calls meant for users: enqueue, look up, count,
-//! cancel, wait, and the DLQ. The worker's own calls (claim, finish, heartbeat, rescue) are not
+//! cancel and wait (the DLQ has its own service, `dispatch_dlq::Dlq`). The worker's own calls (claim, finish, heartbeat, rescue) are not
 //! on it, so a client can not take over a worker's jobs by mistake.
 
 mod counts;
@@ -21,13 +21,13 @@ use crate::hooks::HookBus;
 use crate::waiters::Waiters;
 use wait::Poll;
 
-/// Enqueues typed jobs, looks them up, cancels them, waits for them to end, and manages the DLQ.
+/// Enqueues typed jobs, looks them up, cancels them and waits for them to end.
 /// Cheap to clone.
 ///
 /// Where a client comes from decides what else it does:
 ///
-/// * [`Worker::client`](crate::Worker::client) (or the running handle's): enqueues and DLQ
-///   replays wake that worker at once and emit its `JobEnqueued` hooks, and
+/// * [`Worker::client`](crate::Worker::client) (or the running handle's): enqueues wake that
+///   worker at once and emit its `JobEnqueued` hooks, and
 ///   [`wait`](Self::wait) learns at once of the jobs that worker ends.
 /// * [`JobClient::standalone`]: the store alone (see there).
 ///
