@@ -96,3 +96,62 @@ async fn cron_entries_need_a_cluster_and_a_valid_spec() {
     let built = Dispatcher::builder().store(MemoryStore::new()).cluster(fast()).cron(spec).build();
     assert!(built.is_ok());
 }
+
+/// An entry's schedule changed in code: the next start updates the stored entry in place, and
+/// its next fire (and the fire after it) follows the new schedule. On a manual clock, with the
+/// store shared by the two dispatchers as a restarted process shares its database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_schedule_takes_effect_at_the_next_start() {
+    use dispatch::core::{JobFilter, ManualClock, SharedClock, Timestamp, WorkflowStore};
+
+    const T0: i64 = 1_780_272_030_000_000; // 2026-06-01 00:00:30 UTC
+    let minute = |m: i64| Timestamp::from_unix_micros(T0 - 30_000_000 + m * 60_000_000);
+    let clock = Arc::new(ManualClock::new(Timestamp::from_unix_micros(T0)));
+    let shared: SharedClock = clock.clone();
+    let store: Arc<dyn WorkflowStore> = Arc::new(MemoryStore::with_clock(shared.clone()));
+    let report = JobDefinition::new("report", |_ctx: JobContext, (): ()| async { Ok(()) });
+    let start = |schedule: &str| {
+        let spec = CronSpec::new("report", schedule).job(&report, &());
+        Dispatcher::builder()
+            .shared_store(store.clone())
+            .clock(shared.clone())
+            .register(report.clone())
+            .cluster(fast())
+            .cron(spec)
+            .build()
+            .expect("build")
+    };
+
+    let mut first = start("0 */5 * * * *");
+    first.start().await.expect("start");
+    let entries = first.cron().expect("a cron store");
+    let before = entries.find(&Scope::default(), "report").await.expect("find").expect("entry");
+    assert_eq!(before.next_fire, Some(minute(5)));
+    first.stop().await;
+
+    let mut second = start("0 */2 * * * *");
+    second.start().await.expect("start");
+    let entries = second.cron().expect("a cron store");
+    let after = entries.find(&Scope::default(), "report").await.expect("find").expect("entry");
+    assert_eq!(after.id, before.id, "the same entry, updated");
+    assert_eq!(after.entry.schedule, "0 */2 * * * *");
+    assert_eq!(after.next_fire, Some(minute(2)), "the next fire follows the new schedule");
+
+    // Past the first leader's lease (manual time) and the new schedule's first fire.
+    clock.set(minute(2) + Duration::from_secs(1));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let record = entries.get(after.id).await.expect("get").expect("entry");
+        if record.last_fired.is_some() {
+            assert_eq!(record.last_fired, Some(minute(2)));
+            assert_eq!(record.next_fire, Some(minute(4)));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the new schedule did not fire");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second.stop().await;
+    let filter = JobFilter { name: Some("report".into()), ..JobFilter::default() };
+    let jobs = store.list_jobs(&filter, &PageRequest::first(10)).await.expect("list");
+    assert_eq!(jobs.items.len(), 1, "one fire, at the new schedule's time");
+}
