@@ -2,7 +2,7 @@
 //! kept unless the schedule changed, listing and paging, enabling and deleting, due reads by
 //! the store's clock, and fires applied as one fenced compare-and-set with their jobs. The
 //! store is reached as the runtime reaches it, through
-//! [`JobStore::as_cron_store`](dispatch_core::JobStore::as_cron_store). The scheduler's
+//! [`JobStore::as_cron_store`]. The scheduler's
 //! policies (catch-up, grace, overlap) over each store are in [`policy`].
 
 pub mod policy;
