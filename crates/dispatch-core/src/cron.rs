@@ -181,6 +181,56 @@ pub enum CronFireOutcome {
     Stale,
 }
 
+/// The record [`CronStore::save_cron`](crate::CronStore::save_cron) leaves at `now`: `stored`
+/// (the entry of the same `(scope, name)`, if any) updated by `entry`, taking `next_fire` when
+/// the schedule or time zone differ or the save enables a disabled entry and keeping its own
+/// otherwise; or a new record taking `next_fire`. The rule every store applies, in its own
+/// language where it has one.
+pub fn saved(
+    stored: Option<CronRecord>,
+    entry: CronEntry,
+    next_fire: Option<Timestamp>,
+    now: Timestamp,
+) -> CronRecord {
+    match stored {
+        Some(mut record) => {
+            let enabling = entry.enabled && !record.entry.enabled;
+            if enabling || record.entry.schedule_differs(&entry) {
+                record.next_fire = next_fire;
+            }
+            record.entry = entry;
+            record.updated_at = now;
+            record
+        }
+        None => CronRecord {
+            id: CronId::new(),
+            entry,
+            next_fire,
+            last_fired: None,
+            last_job: None,
+            created_at: now,
+            updated_at: now,
+        },
+    }
+}
+
+/// `record` enabled or disabled at `now`, per
+/// [`CronStore::set_cron_enabled`](crate::CronStore::set_cron_enabled): enabling a disabled
+/// entry takes `next_fire` (the disabled times are not caught up); the next fire is kept
+/// otherwise.
+pub fn set_enabled(
+    record: &mut CronRecord,
+    enabled: bool,
+    next_fire: Option<Timestamp>,
+    now: Timestamp,
+) {
+    if enabled && !record.entry.enabled {
+        record.next_fire = next_fire;
+    }
+    record.entry.enabled = enabled;
+    record.updated_at = now;
+}
+
 /// The unique key of the job entry `id` enqueues for scheduled time `at`: the same on every
 /// process, so a second fire of one time finds the first one's job.
 pub fn fire_key(id: CronId, at: Timestamp) -> String {

@@ -7,7 +7,7 @@ use std::ops::Bound;
 use async_trait::async_trait;
 use dispatch_core::{
     CronEntry, CronFilter, CronFire, CronFireOutcome, CronId, CronRecord, CronStore, DueCron,
-    Error, JobState, Leader, Page, PageRequest, Result, Scope, Timestamp,
+    Error, JobState, Leader, Page, PageRequest, Result, Scope, Timestamp, cron,
 };
 
 use crate::enqueue::validate_batch;
@@ -21,7 +21,7 @@ pub(crate) struct Crons {
 }
 
 impl Crons {
-    /// Insert or update `entry` by its `(scope, name)`, per [`CronStore::save_cron`].
+    /// Insert or update `entry` by its `(scope, name)`, per [`cron::saved`].
     fn save(
         &mut self,
         entry: CronEntry,
@@ -29,32 +29,11 @@ impl Crons {
         now: Timestamp,
     ) -> CronRecord {
         let key = (entry.scope.clone(), entry.name.clone());
-        let existing = self.by_name.get(&key).and_then(|id| self.entries.get_mut(id));
-        match existing {
-            Some(record) => {
-                let enabling = entry.enabled && !record.entry.enabled;
-                if enabling || record.entry.schedule_differs(&entry) {
-                    record.next_fire = next_fire;
-                }
-                record.entry = entry;
-                record.updated_at = now;
-                record.clone()
-            }
-            None => {
-                let record = CronRecord {
-                    id: CronId::new(),
-                    entry,
-                    next_fire,
-                    last_fired: None,
-                    last_job: None,
-                    created_at: now,
-                    updated_at: now,
-                };
-                self.by_name.insert(key, record.id);
-                self.entries.insert(record.id, record.clone());
-                record
-            }
-        }
+        let stored = self.by_name.get(&key).and_then(|id| self.entries.get(id)).cloned();
+        let record = cron::saved(stored, entry, next_fire, now);
+        self.by_name.insert(key, record.id);
+        self.entries.insert(record.id, record.clone());
+        record
     }
 }
 
@@ -112,11 +91,7 @@ impl CronStore for MemoryStore {
             .entries
             .get_mut(&id)
             .ok_or_else(|| Error::not_found(format!("no cron entry {id}")))?;
-        if enabled && !record.entry.enabled {
-            record.next_fire = next_fire;
-        }
-        record.entry.enabled = enabled;
-        record.updated_at = now;
+        cron::set_enabled(record, enabled, next_fire, now);
         Ok(record.clone())
     }
 

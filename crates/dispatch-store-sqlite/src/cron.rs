@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 use dispatch_core::{
     CronEntry, CronFilter, CronFire, CronFireOutcome, CronId, CronRecord, CronStore, DueCron,
-    Error, JobId, Leader, Page, PageRequest, Result, Scope, Timestamp,
+    Error, JobId, Leader, Page, PageRequest, Result, Scope, Timestamp, cron,
 };
 use sea_query::{Asterisk, Cond, Expr, ExprTrait, Order, Query, SqliteQueryBuilder};
 use sea_query_sqlx::SqlxBinder;
@@ -95,35 +95,6 @@ async fn put(conn: &mut SqliteConnection, record: &CronRecord) -> Result<()> {
     Ok(())
 }
 
-/// The record [`CronStore::save_cron`] leaves: `stored` updated by its rules, or a new one.
-fn saved(
-    stored: Option<CronRecord>,
-    entry: CronEntry,
-    next_fire: Option<Timestamp>,
-    now: Timestamp,
-) -> CronRecord {
-    match stored {
-        Some(mut record) => {
-            let enabling = entry.enabled && !record.entry.enabled;
-            if enabling || record.entry.schedule_differs(&entry) {
-                record.next_fire = next_fire;
-            }
-            record.entry = entry;
-            record.updated_at = now;
-            record
-        }
-        None => CronRecord {
-            id: CronId::new(),
-            entry,
-            next_fire,
-            last_fired: None,
-            last_job: None,
-            created_at: now,
-            updated_at: now,
-        },
-    }
-}
-
 /// Whether `job` is available or running.
 async fn unfinished(conn: &mut SqliteConnection, job: JobId) -> Result<bool> {
     let n: i64 = sqlx::query_scalar(UNFINISHED)
@@ -178,7 +149,7 @@ impl CronStore for SqliteStore {
         self.write_now("save_cron", move |conn, now| {
             Box::pin(async move {
                 let stored = find(conn, &entry.scope, &entry.name).await?;
-                let record = saved(stored, entry, next_fire, now);
+                let record = cron::saved(stored, entry, next_fire, now);
                 put(conn, &record).await?;
                 Ok(record)
             })
@@ -249,11 +220,7 @@ impl CronStore for SqliteStore {
                 let mut record = load(conn, id)
                     .await?
                     .ok_or_else(|| Error::not_found(format!("no cron entry {id}")))?;
-                if enabled && !record.entry.enabled {
-                    record.next_fire = next_fire;
-                }
-                record.entry.enabled = enabled;
-                record.updated_at = now;
+                cron::set_enabled(&mut record, enabled, next_fire, now);
                 put(conn, &record).await?;
                 Ok(record)
             })
