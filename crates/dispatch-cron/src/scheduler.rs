@@ -91,9 +91,15 @@ impl CronScheduler {
     /// returned as it is, so the leader steps down.
     pub async fn tick(&self, term: &Leader) -> Result<TickReport> {
         let mut report = TickReport::default();
+        let mut started = None;
         loop {
             let due = self.store.due_cron(self.batch).await?;
             let full = due.entries.len() >= self.batch;
+            // Entries come soonest first: once a batch reaches entries that fell due after the
+            // tick began, the tick has caught up. Going on would chase schedules that fall due
+            // faster than the store can fire them, and the tick would never end.
+            let began = *started.get_or_insert(due.now);
+            let behind = due.entries.last().and_then(|r| r.next_fire).is_some_and(|t| t <= began);
             let planned: Vec<(CronInfo, Plan)> =
                 due.entries.iter().filter_map(|record| plan_record(record, due.now)).collect();
             if planned.is_empty() {
@@ -107,7 +113,7 @@ impl CronScheduler {
             }
             // A batch that moved nothing would come back the same: stop until the next tick.
             let moved = report.stale - stale_before < due.entries.len() as u64;
-            if !full || !moved {
+            if !full || !moved || !behind {
                 return Ok(report);
             }
             tokio::task::yield_now().await;

@@ -340,3 +340,39 @@ async fn new_york_fall_back_fires_once() {
     // 2026-11-01 01:30 EDT (05:30Z, the first of two), 2026-11-02 01:30 EST (06:30Z).
     assert_eq!(fires, [ts(1_793_511_000), ts(1_793_601_000)]);
 }
+
+/// Moves the clock on by a second at every fire call: a store slower than its schedules.
+struct SlowFires(Arc<ManualClock>);
+
+#[async_trait]
+impl dispatch_core::Interceptor for SlowFires {
+    async fn after(
+        &self,
+        call: dispatch_core::Call,
+        _reply: dispatch_core::Reply<'_>,
+    ) -> dispatch_core::Result<()> {
+        if call.kind == dispatch_core::CallKind::Leadership {
+            self.0.advance(Duration::from_secs(1));
+        }
+        Ok(())
+    }
+}
+
+/// Entries that fall due faster than the store fires them (each fire call takes a second of
+/// the clock; the entries fire every second, one per batch): a tick fires what was due when it
+/// began and ends, instead of chasing the schedules for ever.
+#[tokio::test]
+async fn a_tick_ends_when_schedules_outrun_the_store() {
+    let w = World::new(START).await;
+    for name in ["a", "b", "c"] {
+        w.cron.register(spec(name, "* * * * * *")).await.expect("register");
+    }
+    w.set(START + 1);
+    let slow = dispatch_core::Intercepted::new(w.store.clone(), SlowFires(w.clock.clone()));
+    let scheduler = CronScheduler::new(Arc::new(slow) as Arc<dyn CronStore>).batch(1);
+    let tick = tokio::time::timeout(Duration::from_secs(10), scheduler.tick(&w.term)).await;
+    let report = tick.expect("the tick ended").expect("tick");
+    let entries: std::collections::HashSet<_> = report.fired.iter().map(|f| f.0).collect();
+    assert_eq!(entries.len(), 3, "every entry due at the start fired: {report:?}");
+    assert!(report.fired.len() <= 12, "the tick chased later seconds: {report:?}");
+}
