@@ -19,8 +19,9 @@ use crate::scenario::rate;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// `cron-due`: `entries` per-second entries whose next fire is the current second, then the
-/// scheduler's ticks under one leader term until all have fired. `jobs_per_sec` is entries
+/// `cron-due`: `entries` per-minute entries whose next fire is the current minute (on time:
+/// their grace is two minutes), then the scheduler's ticks under one leader term until all have
+/// fired. `jobs_per_sec` is entries
 /// fired per second; `max_us` the time from the first tick to the last fire.
 pub async fn cron_due(
     store: Arc<dyn WorkflowStore>,
@@ -30,9 +31,9 @@ pub async fn cron_due(
     let cron = jobs.clone().as_cron_store().ok_or_else(|| anyhow::anyhow!("no cron store"))?;
     let cluster = jobs.as_cluster_store().ok_or_else(|| anyhow::anyhow!("no cluster store"))?;
     let now = SystemClock.now();
-    let second = now - Duration::from_micros(now.as_unix_micros().rem_euclid(1_000_000) as u64);
+    let minute = now - Duration::from_micros(now.as_unix_micros().rem_euclid(60_000_000) as u64);
     for n in 0..entries {
-        cron.save_cron(entry(n), Some(second)).await?;
+        cron.save_cron(entry(n), Some(minute)).await?;
     }
     let term = cluster.take_leadership(DEFAULT_LEADERSHIP, WorkerId::new(), HOUR).await?;
     let scheduler = CronScheduler::new(cron);
@@ -53,12 +54,12 @@ pub async fn cron_due(
     })
 }
 
-/// A per-second entry (number `n`) of a noop job.
+/// A per-minute entry (number `n`) of a noop job.
 fn entry(n: usize) -> CronEntry {
     CronEntry {
         name: format!("bench-{n}"),
         scope: Scope::default(),
-        schedule: "* * * * * *".to_owned(),
+        schedule: "0 * * * * *".to_owned(),
         timezone: "UTC".to_owned(),
         job: CronJob {
             name: "noop".to_owned(),
@@ -69,7 +70,7 @@ fn entry(n: usize) -> CronEntry {
             timeout: None,
         },
         catch_up: CatchUp::Skip,
-        grace: Duration::from_secs(60),
+        grace: Duration::from_secs(120),
         overlap: Overlap::Allow,
         jitter: Duration::ZERO,
         enabled: true,
