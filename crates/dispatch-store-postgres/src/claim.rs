@@ -20,7 +20,9 @@
 //! slack, a run-at set in the past). So the claim statement reads below the marks too whenever
 //! the marked ranges can not fill its batch (a claim comes back short only when nothing else is
 //! due), the marks are dropped after a short claim, and a claim reads every level from its
-//! front at least every [`FULL_SCAN_EVERY`]: a job below a mark waits at most that long beyond
+//! front at least every [`FULL_SCAN_EVERY`], or [`FULL_SCAN_SPACING`] times as long as the last
+//! such read took when that is longer (a front read over the dead entries a held-back vacuum
+//! leaves takes hundreds of milliseconds): a job below a mark waits at most that long beyond
 //! its turn, and only while claims come back full.
 
 use std::cmp::Reverse;
@@ -138,13 +140,15 @@ impl PostgresStore {
         }
         let hints = self.shared.claim_marks.hints(request);
         self.timed("claim", async {
+            let started = Instant::now();
             let rows = self
                 .bind_claim(sqlx::query(self.shared.sql.claim.claim.clone()), request, &hints)
                 .fetch_all(&self.shared.hot)
                 .await
                 .map_err(db_error)?;
+            let took = started.elapsed();
             let mut rows = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
-            self.shared.claim_marks.update(request, &hints, &rows);
+            self.shared.claim_marks.update(request, &hints, &rows, took);
             // RETURNING gives no order: put the batch back in claim order.
             rows.sort_by_key(|r| (Reverse(r.job.priority), r.job.run_at, r.seq));
             rows.into_iter()
@@ -264,8 +268,17 @@ async fn explain_prepared_claim<'q>(
 /// How far below the latest claimed run-at a level's next claim starts.
 const SLACK: Duration = Duration::from_millis(50);
 
-/// The longest a claim goes on reading from marks before it reads every level from its front.
+/// The longest a claim goes on reading from marks before it reads every level from its front,
+/// while reading from the fronts is cheap.
 const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
+
+/// While reading from the fronts is slow, claims go on reading from marks this many times as
+/// long as the last front read took: reads from the fronts take at most about a tenth of the
+/// claims' time. A front read is slow when it walks many dead entries, which vacuum can not
+/// remove while a transaction holds the xmin horizon back; then one read from the fronts costs
+/// hundreds of milliseconds, and one a second would hold a worker's fetch loop a third of the
+/// time.
+const FULL_SCAN_SPACING: u32 = 10;
 
 /// A priority level: queue, job name, priority.
 type Level = (String, String, i32);
@@ -282,6 +295,9 @@ struct Marks {
     from: HashMap<Level, i64>,
     /// When a claim last read every level from its front.
     full_scan_at: Option<Instant>,
+    /// How long from one read of the fronts to the next, while claims come back full: at least
+    /// [`FULL_SCAN_EVERY`], and [`FULL_SCAN_SPACING`] times the last such read.
+    full_scan_every: Duration,
 }
 
 /// Where a claim starts per level, as the claim statement's array parameters; empty when it
@@ -304,7 +320,8 @@ impl ClaimMarks {
     /// The hints for `request`'s next claim.
     pub(crate) fn hints(&self, request: &ClaimRequest) -> Hints {
         let marks = self.inner.lock();
-        let due = marks.full_scan_at.is_none_or(|at| at.elapsed() >= FULL_SCAN_EVERY);
+        let every = marks.full_scan_every.max(FULL_SCAN_EVERY);
+        let due = marks.full_scan_at.is_none_or(|at| at.elapsed() >= every);
         let mut hints = Hints::default();
         if due {
             return hints;
@@ -320,11 +337,18 @@ impl ClaimMarks {
         hints
     }
 
-    /// Learn from a claim of `request` made with `hints` that returned `claimed`.
-    pub(crate) fn update(&self, request: &ClaimRequest, hints: &Hints, claimed: &[JobRow]) {
+    /// Learn from a claim of `request` made with `hints` that returned `claimed` after `took`.
+    pub(crate) fn update(
+        &self,
+        request: &ClaimRequest,
+        hints: &Hints,
+        claimed: &[JobRow],
+        took: Duration,
+    ) {
         let mut marks = self.inner.lock();
         if hints.is_full_scan() {
             marks.full_scan_at = Some(Instant::now());
+            marks.full_scan_every = took.saturating_mul(FULL_SCAN_SPACING);
         }
         if claimed.len() < request.limit {
             // Drained, or jobs wait below a mark: the next claim reads from the fronts.
