@@ -15,7 +15,6 @@ use dispatch::dlq::Dlq;
 use tokio::time::Instant;
 
 use crate::Measurement;
-use crate::scenario::rate;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -48,7 +47,7 @@ pub async fn cron_due(
     eprintln!("{entries} entries due in one second fired in {elapsed:?}");
     Ok(Measurement {
         scenario: format!("cron-due-{entries}"),
-        jobs_per_sec: rate(entries, elapsed),
+        jobs_per_sec: Some(entries as f64 / elapsed.as_secs_f64()),
         max_us: Some(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)),
         ..Default::default()
     })
@@ -97,7 +96,7 @@ pub async fn dlq_replay(
     eprintln!("replayed {entries} DLQ entries in {elapsed:?} ({} batches)", report.batches);
     Ok(Measurement {
         scenario: format!("dlq-replay-{entries}"),
-        jobs_per_sec: rate(entries, elapsed),
+        jobs_per_sec: Some(entries as f64 / elapsed.as_secs_f64()),
         max_us: Some(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)),
         ..Default::default()
     })

@@ -199,7 +199,7 @@ async fn delete_prefix(prefix: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) fn rate(jobs: usize, elapsed: Duration) -> Option<f64> {
+fn rate(jobs: usize, elapsed: Duration) -> Option<f64> {
     Some(jobs as f64 / elapsed.as_secs_f64())
 }
 
