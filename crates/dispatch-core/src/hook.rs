@@ -237,6 +237,20 @@ pub enum Event {
         /// How many.
         count: u64,
     },
+    /// A queue (or one job name of it) was paused: its jobs are not claimed until resumed.
+    QueuePaused {
+        /// The queue.
+        queue: String,
+        /// The job name, when only that name was paused.
+        name: Option<String>,
+    },
+    /// A paused queue (or job name) was resumed.
+    QueueResumed {
+        /// The queue.
+        queue: String,
+        /// The job name, when only that name was resumed.
+        name: Option<String>,
+    },
     /// A worker stopped.
     Shutdown,
     /// This process became the cluster's leader under a new term (or the same term, acquired

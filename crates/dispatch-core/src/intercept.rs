@@ -19,6 +19,7 @@ use crate::cluster::{
 use crate::cron::{CronEntry, CronFilter, CronFire, CronFireOutcome, CronRecord, DueCron};
 use crate::dlq::{DlqCount, DlqEntry, DlqFilter, Replay, ReplayOptions};
 use crate::error::{Error, Result};
+use crate::flow::{ProgressUpdate, QueueConfig, QueueFlow};
 use crate::id::WorkerId;
 use crate::id::{CronId, DlqId, JobId, RunId};
 use crate::job::{
@@ -29,7 +30,8 @@ use crate::page::{Page, PageRequest};
 use crate::retention::{PruneReport, RetentionPolicy};
 use crate::scope::Scope;
 use crate::store::{
-    CronStore, DlqStore, JobStore, LeadershipStore, MembershipStore, RetentionStore, WorkflowStore,
+    CronStore, DlqStore, FlowStore, JobStore, LeadershipStore, MembershipStore, RetentionStore,
+    WorkflowStore,
 };
 use crate::time::Timestamp;
 use crate::wake::{ListenerState, WakeupStream};
@@ -67,6 +69,9 @@ pub enum CallKind {
     /// A cron entry change: `save_cron`, `set_cron_enabled`, `delete_cron` (a fire is leader
     /// work: [`CallKind::Leadership`]).
     Cron,
+    /// A flow control change: `set_queue_config`, `delete_queue_config`, `set_paused`,
+    /// `record_progress`.
+    Flow,
     /// A run started, an event published, or a run cancelled, replayed or migrated.
     Run,
     /// A fenced call of a drive: `load_snapshot`, `save_checkpoints`, `suspend_run`, `resolve_wait`,
@@ -442,5 +447,29 @@ impl<S: CronStore + ?Sized, I: Interceptor> CronStore for Intercepted<S, I> {
     async fn fire_cron(&self, term: &Leader, fires: Vec<CronFire>) -> Result<Vec<CronFireOutcome>> {
         let call = Call::new(CallKind::Leadership, fires.len());
         self.around(call, self.inner.fire_cron(term, fires), done).await
+    }
+}
+
+#[async_trait]
+impl<S: FlowStore + ?Sized, I: Interceptor> FlowStore for Intercepted<S, I> {
+    async fn set_queue_config(&self, config: &QueueConfig) -> Result<QueueFlow> {
+        self.around(Call::one(CallKind::Flow), self.inner.set_queue_config(config), done).await
+    }
+    async fn queue_flow(&self, queue: &str) -> Result<Option<QueueFlow>> {
+        self.around(Call::one(CallKind::Read), self.inner.queue_flow(queue), done).await
+    }
+    async fn list_queue_flows(&self) -> Result<Vec<QueueFlow>> {
+        self.around(Call::one(CallKind::Read), self.inner.list_queue_flows(), done).await
+    }
+    async fn delete_queue_config(&self, queue: &str) -> Result<bool> {
+        self.around(Call::one(CallKind::Flow), self.inner.delete_queue_config(queue), done).await
+    }
+    async fn set_paused(&self, queue: &str, name: Option<&str>, paused: bool) -> Result<bool> {
+        let on = self.inner.set_paused(queue, name, paused);
+        self.around(Call::one(CallKind::Flow), on, done).await
+    }
+    async fn record_progress(&self, updates: &[ProgressUpdate]) -> Result<Vec<bool>> {
+        let call = Call::new(CallKind::Flow, updates.len());
+        self.around(call, self.inner.record_progress(updates), done).await
     }
 }

@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 use crate::codec::check_payload_size;
 use crate::error::{Error, Result};
+use crate::flow::ConcurrencyKey;
 use crate::id::{DlqId, JobId, WorkerId};
 use crate::scope::Scope;
 use crate::time::Timestamp;
@@ -165,6 +166,8 @@ pub struct NewJob {
     pub unique: Option<UniqueKey>,
     /// Tenant scope.
     pub scope: Scope,
+    /// At most this many running jobs share the key, fleet-wide (see [`crate::flow`]).
+    pub concurrency: Option<ConcurrencyKey>,
 }
 
 impl NewJob {
@@ -182,6 +185,7 @@ impl NewJob {
             timeout: None,
             unique: None,
             scope: Scope::default(),
+            concurrency: None,
         }
     }
 
@@ -200,6 +204,9 @@ impl NewJob {
                 "job {:?}: unique key must not be empty",
                 self.name
             )));
+        }
+        if let Some(key) = &self.concurrency {
+            key.validate()?;
         }
         check_payload_size(&self.name, self.payload.len(), max_payload_bytes)
     }
@@ -380,6 +387,10 @@ pub struct Job {
     pub errors: Vec<AttemptError>,
     /// Its DLQ entry, once dead.
     pub dlq_id: Option<DlqId>,
+    /// Its concurrency key, when enqueued with one.
+    pub concurrency: Option<ConcurrencyKey>,
+    /// The last progress its handler reported (any JSON), kept across retries.
+    pub progress: Option<serde_json::Value>,
 }
 
 /// What a claim asks for.

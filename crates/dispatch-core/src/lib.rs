@@ -16,6 +16,7 @@ pub mod codec;
 pub mod cron;
 pub mod dlq;
 pub mod error;
+pub mod flow;
 pub mod hook;
 pub mod id;
 pub mod intercept;
@@ -46,6 +47,11 @@ pub use dlq::{DlqCount, DlqEntry, DlqFilter, Replay, ReplayOptions};
 #[doc(inline)]
 pub use error::{Error, ErrorKind, Result};
 #[doc(inline)]
+pub use flow::{
+    Admission, Candidate, ClaimOrder, ConcurrencyKey, GateState, Limits, ProgressUpdate,
+    QueueConfig, QueueFlow, Rate,
+};
+#[doc(inline)]
 pub use hook::{CronInfo, CronSkip, Event, Hook, JobInfo, RunInfo};
 #[doc(inline)]
 pub use id::{CronId, DlqId, EventId, JobId, RunId, WorkerId};
@@ -65,7 +71,7 @@ pub use retention::{Cutoffs, PruneReport, RetentionPolicy};
 pub use scope::Scope;
 #[doc(inline)]
 pub use store::{
-    ClusterStore, CronStore, DlqStore, EnqueueTransaction, JobStore, LeadershipStore,
+    ClusterStore, CronStore, DlqStore, EnqueueTransaction, FlowStore, JobStore, LeadershipStore,
     MembershipStore, RetentionStore, WorkflowStore,
 };
 #[doc(inline)]

@@ -61,6 +61,8 @@ pub fn enqueue(new: NewJob, now: Timestamp) -> Job {
         cancel_requested: false,
         errors: Vec::new(),
         dlq_id: None,
+        concurrency: new.concurrency,
+        progress: None,
     }
 }
 
@@ -253,6 +255,8 @@ pub fn replay(entry: &DlqEntry, options: &ReplayOptions, now: Timestamp) -> Job 
         cancel_requested: false,
         errors: Vec::new(),
         dlq_id: None,
+        concurrency: None,
+        progress: None,
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use dispatch_core::codec::{decode_json, encode_json};
 use dispatch_core::job::{DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE};
-use dispatch_core::{Backoff, JobId, NewJob, Result, RunAt, Scope, Timestamp, UniqueKey};
+use dispatch_core::{
+    Backoff, ConcurrencyKey, JobId, NewJob, Result, RunAt, Scope, Timestamp, UniqueKey,
+};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -202,6 +204,7 @@ impl<I: JobInput> JobDefinition<I> {
             timeout: options.timeout.unwrap_or(d.timeout),
             unique,
             scope: options.scope.or_else(current_scope).unwrap_or_default(),
+            concurrency: options.concurrency,
         })
     }
 
@@ -226,6 +229,7 @@ pub struct EnqueueOptions {
     timeout: Option<Option<Duration>>,
     unique: Option<(String, Option<Duration>)>,
     scope: Option<Scope>,
+    concurrency: Option<ConcurrencyKey>,
 }
 
 impl EnqueueOptions {
@@ -237,6 +241,13 @@ impl EnqueueOptions {
     /// Use this ID (for example to know it before the enqueue returns).
     pub fn id(mut self, id: JobId) -> Self {
         self.id = Some(id);
+        self
+    }
+
+    /// At most `limit` running jobs share `key`, fleet-wide and across queues (e.g. one at a
+    /// time per customer). Checked by the store at claim; see `dispatch_core::flow`.
+    pub fn concurrency_key(mut self, key: impl Into<String>, limit: u32) -> Self {
+        self.concurrency = Some(ConcurrencyKey::new(key, limit));
         self
     }
 

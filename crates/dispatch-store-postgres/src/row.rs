@@ -108,6 +108,8 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<JobRow> {
         cancel_requested: get(row, "cancel_requested")?,
         errors: errors(&get::<String>(row, "errors")?)?,
         dlq_id: dlq_id.map(DlqId::from_uuid),
+        concurrency: None,
+        progress: None,
     };
     Ok(JobRow { job, seq: get(row, "seq")? })
 }

@@ -248,6 +248,8 @@ pub(crate) fn job(mut f: Fields) -> Result<Job> {
         errors: f.errors()?,
         dlq_id: f.opt_uuid("dlq_id")?.map(DlqId::from_uuid),
         payload: f.take_bytes("payload")?,
+        concurrency: None,
+        progress: None,
     })
 }
 

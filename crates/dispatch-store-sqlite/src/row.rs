@@ -125,6 +125,8 @@ pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow> {
         cancel_requested: get::<i64>(row, "cancel_requested")? != 0,
         errors: errors(&get::<String>(row, "errors")?)?,
         dlq_id: dlq_id.map(|s| parse("DLQ ID", &s)).transpose()?,
+        concurrency: None,
+        progress: None,
     };
     Ok(JobRow {
         job,

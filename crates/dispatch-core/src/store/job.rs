@@ -48,6 +48,11 @@ pub trait JobStore: DlqStore {
     /// highest priority first, then earliest run-at, then enqueue order. Each claimed job becomes
     /// running under a lease with the request's token and spends one attempt. No job is
     /// returned to two claims while its lease is live.
+    ///
+    /// A store that keeps flow control ([`FlowStore`](crate::FlowStore)) claims a gated queue's
+    /// jobs only as far as its gates admit them ([`flow::Admission`](crate::flow::Admission)),
+    /// in the same operation, and never claims a paused queue's or name's jobs; a gated claim
+    /// may then come back short while jobs are due.
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedJob>>;
 
     /// End attempts. Each item applies only while its token holds the job's lease; one result
@@ -150,6 +155,12 @@ pub trait JobStore: DlqStore {
     /// This store as a [`CronStore`](crate::CronStore), when it keeps cron entries: every
     /// built-in store answers `Some(self)`. Default `None`.
     fn as_cron_store(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn crate::CronStore>> {
+        None
+    }
+
+    /// This store as a [`FlowStore`](crate::FlowStore), when it keeps flow control: every
+    /// built-in store answers `Some(self)`. Default `None`.
+    fn as_flow_store(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn crate::FlowStore>> {
         None
     }
 

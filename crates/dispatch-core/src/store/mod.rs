@@ -20,7 +20,10 @@
 //!
 //! * [`CronStore`]: cron entries, fired by the leader as one fenced compare-and-set each.
 //!
-//! Later concerns (flow control, webhooks) each get a trait of their own
+//! * [`FlowStore`]: queue configs (fleet-wide limits, pause) enforced by the claim, and job
+//!   progress.
+//!
+//! Later concerns (webhooks) each get a trait of their own
 //! here, so a feature asks for exactly the trait it needs and the compiler says when a store
 //! lacks it. Every trait is dyn-compatible: the runtime holds
 //! `Arc<dyn JobStore>` or `Arc<dyn WorkflowStore>`, and the second upcasts to the first.
@@ -30,6 +33,7 @@
 
 pub mod cron;
 pub mod dlq;
+pub mod flow;
 pub mod job;
 pub mod leadership;
 pub mod membership;
@@ -39,6 +43,7 @@ pub mod workflow;
 
 pub use cron::CronStore;
 pub use dlq::DlqStore;
+pub use flow::FlowStore;
 pub use job::JobStore;
 pub use leadership::LeadershipStore;
 pub use membership::MembershipStore;

@@ -240,6 +240,7 @@ pub async fn get_job_round_trips_every_field(ctx: TestContext) {
         timeout: Some(secs(12) + std::time::Duration::from_micros(345)),
         unique: Some(UniqueKey { key: "welcome:42".into(), window: Some(secs(600)) }),
         scope: Scope::new("shop", "acme"),
+        concurrency: Some(dispatch_core::ConcurrencyKey::new("customer:42", 2)),
     };
     let id = ctx.enqueue_one(new.clone()).await;
     let job = ctx.job(id).await;
@@ -261,6 +262,8 @@ pub async fn get_job_round_trips_every_field(ctx: TestContext) {
     assert!(!job.cancel_requested);
     assert!(job.errors.is_empty());
     assert_eq!(job.dlq_id, None);
+    assert_eq!(job.concurrency, new.concurrency);
+    assert_eq!(job.progress, None);
 
     let listed = ctx.list_all(&JobFilter::default()).await;
     assert_eq!(listed, vec![job], "list_jobs returns the same record");
