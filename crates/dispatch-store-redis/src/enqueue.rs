@@ -34,7 +34,7 @@ impl RedisStore {
     }
 }
 
-/// The 13 arguments of one job (see `lua/enqueue.lua`).
+/// The 15 arguments of one job (see `lua/enqueue_jobs.lua`).
 pub(crate) fn job_args(call: &mut ScriptInvocation<'_>, job: &NewJob) {
     let (kind, value) = run_at_args(job.run_at);
     call.arg(hex(job.id.uuid()))
@@ -53,6 +53,10 @@ pub(crate) fn job_args(call: &mut ScriptInvocation<'_>, job: &NewJob) {
         None => call.arg("").arg(""),
     };
     call.arg(option_arg(job.scope.app.as_deref())).arg(option_arg(job.scope.tenant.as_deref()));
+    match &job.concurrency {
+        Some(key) => call.arg(option_arg(Some(&key.key))).arg(key.limit),
+        None => call.arg("-").arg(""),
+    };
 }
 
 /// One item of the script's answer: `{1, id}` created, `{2, holder}` duplicate.

@@ -90,6 +90,12 @@ impl JobStore for RedisStore {
         Some(self)
     }
 
+    fn as_flow_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::FlowStore>> {
+        Some(self)
+    }
+
     fn as_retention_store(
         self: std::sync::Arc<Self>,
     ) -> Option<std::sync::Arc<dyn dispatch_core::RetentionStore>> {

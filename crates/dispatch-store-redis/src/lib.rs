@@ -72,6 +72,7 @@ mod enqueue;
 mod error;
 mod events;
 mod finish;
+mod flow;
 mod job;
 mod keys;
 mod lookup;

@@ -10,8 +10,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, Checkpoint, DlqEntry, DlqId, FailureKind, Job, JobId, JobState, Lease,
-    LeaseToken, Result, Run, RunAt, RunId, RunState, Scope, Timestamp, WaitingFor, WorkerId,
+    AttemptError, Checkpoint, ConcurrencyKey, DlqEntry, DlqId, FailureKind, Job, JobId, JobState,
+    Lease, LeaseToken, Result, Run, RunAt, RunId, RunState, Scope, Timestamp, WaitingFor, WorkerId,
 };
 use redis::Value;
 use serde::Deserialize;
@@ -248,9 +248,19 @@ pub(crate) fn job(mut f: Fields) -> Result<Job> {
         errors: f.errors()?,
         dlq_id: f.opt_uuid("dlq_id")?.map(DlqId::from_uuid),
         payload: f.take_bytes("payload")?,
-        concurrency: None,
-        progress: None,
+        concurrency: concurrency(&f)?,
+        progress: f
+            .opt_str("progress")?
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| internal(format!("corrupt progress: {e}")))?,
     })
+}
+
+/// The concurrency key of a job's hash (`ckey`, `climit`), if it has one.
+fn concurrency(f: &Fields) -> Result<Option<ConcurrencyKey>> {
+    let Some(key) = f.opt_str("ckey")? else { return Ok(None) };
+    Ok(Some(ConcurrencyKey { key: key.to_owned(), limit: f.num("climit")? }))
 }
 
 /// The lease of a running job's hash (`None` when its fields are missing).

@@ -14,6 +14,8 @@ use crate::error;
 /// The shared helpers every script starts with, in order.
 const PRELUDE: &str = concat!(
     include_str!("lua/prelude.lua"),
+    // Flow control: jobs.lua's clear_lease releases gates, so it comes before it.
+    include_str!("lua/flow.lua"),
     include_str!("lua/runs.lua"),
     include_str!("lua/jobs.lua"),
     // Run helpers that move a drive job: they use jobs.lua's helpers, so they come after it.
@@ -35,6 +37,8 @@ const ENQUEUE: &str = include_str!("lua/enqueue_jobs.lua");
 const DLQ: &str = include_str!("lua/dlq.lua");
 /// The cron entry keys and helpers: the cron scripts.
 const CRON: &str = include_str!("lua/cron.lua");
+/// A gated claim's admission (`flow::Admission` in Lua): the claim script.
+const ADMISSION: &str = include_str!("lua/admission.lua");
 
 /// A script with helper files: the prelude, `helpers` in order, and `body`.
 fn script_with(helpers: &[&str], body: &str) -> Script {
@@ -96,13 +100,18 @@ pub(crate) struct ScriptSet {
     pub(crate) cron_due: Script,
     pub(crate) cron_list: Script,
     pub(crate) cron_fire: Script,
+    pub(crate) flow_set_config: Script,
+    pub(crate) flow_read: Script,
+    pub(crate) flow_delete: Script,
+    pub(crate) flow_pause: Script,
+    pub(crate) progress: Script,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Self {
         Self(Arc::new(ScriptSet {
             enqueue: script_with(&[ENQUEUE], include_str!("lua/enqueue.lua")),
-            claim: script(include_str!("lua/claim.lua")),
+            claim: script_with(&[ADMISSION], include_str!("lua/claim.lua")),
             finish: script(include_str!("lua/finish.lua")),
             heartbeat: script(include_str!("lua/heartbeat.lua")),
             rescue: script(include_str!("lua/rescue.lua")),
@@ -144,6 +153,11 @@ impl Scripts {
             cron_due: script_with(&[CRON], include_str!("lua/cron_due.lua")),
             cron_list: script_with(&[CRON], include_str!("lua/cron_list.lua")),
             cron_fire: script_with(&[CLUSTER, ENQUEUE, CRON], include_str!("lua/cron_fire.lua")),
+            flow_set_config: script(include_str!("lua/flow_set_config.lua")),
+            flow_read: script(include_str!("lua/flow_read.lua")),
+            flow_delete: script(include_str!("lua/flow_delete.lua")),
+            flow_pause: script(include_str!("lua/flow_pause.lua")),
+            progress: script(include_str!("lua/progress.lua")),
         }))
     }
 }

@@ -1,7 +1,9 @@
 -- Claim a batch. ARGV[2] = limit, ARGV[3] = lease TTL (µs), ARGV[4] = lease token,
 -- ARGV[5] = worker (its display form, `wkr_…`, as rescue messages name it), ARGV[6] = queue count, then the queues, then the job names.
 -- Due jobs of each (queue, name) pair move from its sched set to its ready set first (at most
--- PROMOTE per pair per call); then the best `limit` of the pairs' ready sets are leased.
+-- PROMOTE per pair per call); then the best `limit` of the pairs' ready sets are leased. When a
+-- requested queue has a flow config, the claim takes the gated path instead (claim_gated:
+-- `flow::Admission`'s rules, `lua/admission.lua`); without one the plain path pays one HMGET.
 -- Answers {ids, hashes}: the claimed jobs' IDs, best first, and, for a claim of at most INLINE
 -- jobs, their hashes; a larger claim's hashes are read by the caller in one pipeline (outside
 -- the script, so their fields never pass through Lua).
@@ -28,10 +30,104 @@ local function promote(queue, name)
   if #due == 0 then return end
   local ready = ready_key(queue, name)
   for _, id in ipairs(due) do
-    local v = redis.call('HMGET', job_key(id), 'priority', 'run_at', 'seq')
-    redis.call('ZADD', ready, -tonumber(v[1]), ready_member(tonumber(v[2]), tonumber(v[3]), id))
+    local v = redis.call('HMGET', job_key(id), 'priority', 'run_at', 'seq', 'tenant')
+    local member = ready_member(tonumber(v[2]), tonumber(v[3]), id)
+    redis.call('ZADD', ready, -tonumber(v[1]), member)
+    if v[4] then
+      redis.call('ZADD', lane_key(queue, name, v[4]), -tonumber(v[1]), member)
+      redis.call('SADD', lanes_key(queue, name), v[4])
+    end
   end
   variadic('ZREM', sched, due)
+end
+
+local expires = NOW + ttl
+local expires_s = I(expires)
+
+-- `transition::claim` of available job `id` (its ready member `member`) of `queue` and `name`:
+-- running, one more attempt, the lease; `counted` when a gated claim admitted it through a
+-- gate. An available job carries no cancel request (a job leaving `running` clears its own, see
+-- jobs.lua clear_lease). Its ready entry is the caller's to remove; a tenant lane's entry is
+-- removed here.
+local function lease_job(id, member, queue, name, counted)
+  local key = job_key(id)
+  local v = redis.call('HMGET', key, 'attempt', 'tenant')
+  local fields = { 'state', 'running', 'attempt', I(tonumber(v[1]) + 1), 'lease_owner', worker,
+    'lease_token', token, 'lease_expires', expires_s }
+  if counted then
+    fields[#fields + 1] = 'counted'
+    fields[#fields + 1] = '1'
+  end
+  redis.call('HSET', key, unpack(fields))
+  if v[2] then lane_write(queue, name, v[2], member, false) end
+  zadd(K_LEASES, expires, id)
+  move_state(id, queue, 'available', 'running')
+end
+
+-- Answer the claimed jobs: {ids, hashes}. A small claim (an idle worker woken for one job)
+-- answers the hashes too, saving the round trip of the pipelined read, which only pays for
+-- itself on a large batch.
+local function answer(out)
+  if #out > INLINE then return { out, {} } end
+  local hashes = {}
+  for i, id in ipairs(out) do hashes[i] = redis.call('HGETALL', job_key(id)) end
+  return { out, hashes }
+end
+
+-- The gated claim: per pair (paused queues and names left out), the pair's candidates in claim
+-- order, or its tenant lanes round-robin for a queue in lanes; all of them merged by claim
+-- order and offered to the admission until `limit` are admitted; those claimed and counted,
+-- the changed gates written.
+local function claim_gated(configs)
+  local sequences = {}
+  for _, queue in ipairs(queues) do
+    local conf = configs[queue]
+    for _, name in ipairs(names) do
+      promote(queue, name)
+      local ready = ready_key(queue, name)
+      local open = conf == nil or (not conf.paused_names[name] and lane_open(conf, queue, nil))
+      if open and conf and conf.in_lanes then
+        local lanes = {}
+        for _, tenant in ipairs(redis.call('SMEMBERS', lanes_key(queue, name))) do
+          if lane_open(conf, queue, tenant) then
+            lanes[#lanes + 1] = read_candidates(lane_key(queue, name, tenant), ready, queue, name,
+              limit, false)
+          end
+        end
+        lanes[#lanes + 1] = read_candidates(ready, ready, queue, name, limit, true)
+        sequences[#sequences + 1] = round_robin(lanes)
+      elseif open then
+        sequences[#sequences + 1] = read_candidates(ready, ready, queue, name, limit, false)
+      end
+    end
+  end
+  local out = {}
+  for _, c in ipairs(merge(sequences)) do
+    if #out >= limit then break end
+    local conf = configs[c.queue]
+    if admit(conf, c) then
+      local id = string.sub(c.member, 34)
+      lease_job(id, c.member, c.queue, c.name, conf ~= nil or c.ckey ~= nil)
+      zrem(c.ready, c.member)
+      out[#out + 1] = id
+    end
+  end
+  write_gates()
+  flush()
+  return answer(out)
+end
+
+-- The configs of the requested queues (one HMGET: the plain path's only extra cost).
+do
+  local stored = redis.call('HMGET', K_FLOW_CONFIG, unpack(queues))
+  local configs, gated = {}, false
+  for i, queue in ipairs(queues) do
+    if stored[i] then
+      configs[queue] = decode_config(stored[i])
+      gated = true
+    end
+  end
+  if gated then return claim_gated(configs) end
 end
 
 local candidates, pairs_found = {}, 0
@@ -42,7 +138,8 @@ for _, queue in ipairs(queues) do
     local top = redis.call('ZRANGE', ready, 0, limit - 1, 'WITHSCORES')
     if #top > 0 then pairs_found = pairs_found + 1 end
     for j = 1, #top, 2 do
-      candidates[#candidates + 1] = { score = tonumber(top[j + 1]), member = top[j], ready = ready, queue = queue }
+      candidates[#candidates + 1] = { score = tonumber(top[j + 1]), member = top[j], ready = ready,
+        queue = queue, name = name }
     end
   end
 end
@@ -54,8 +151,6 @@ if pairs_found > 1 then
   end)
 end
 
-local expires = NOW + ttl
-local expires_s = I(expires)
 -- How many jobs the claim takes from each ready set: always the set's best, so they leave it
 -- by rank (ZREMRANGEBYRANK), not member by member.
 local taken = {}
@@ -63,22 +158,10 @@ local out = {}
 for i = 1, math.min(limit, #candidates) do
   local c = candidates[i]
   local id = string.sub(c.member, 34)
-  local key = job_key(id)
   taken[c.ready] = (taken[c.ready] or 0) + 1
-  -- `transition::claim`: running, one more attempt, the lease. An available job carries no
-  -- cancel request (a job leaving `running` clears its own, see jobs.lua clear_lease).
-  redis.call('HINCRBY', key, 'attempt', 1)
-  redis.call('HSET', key, 'state', 'running', 'lease_owner', worker, 'lease_token', token,
-    'lease_expires', expires_s)
-  zadd(K_LEASES, expires, id)
-  move_state(id, c.queue, 'available', 'running')
+  lease_job(id, c.member, c.queue, c.name, false)
   out[#out + 1] = id
 end
 for ready, n in pairs(taken) do redis.call('ZREMRANGEBYRANK', ready, 0, n - 1) end
 flush()
--- A small claim (an idle worker woken for one job) answers the hashes too, saving the round
--- trip of the pipelined read, which only pays for itself on a large batch.
-if #out > INLINE then return { out, {} } end
-local hashes = {}
-for i, id in ipairs(out) do hashes[i] = redis.call('HGETALL', job_key(id)) end
-return { out, hashes }
+return answer(out)

@@ -2,7 +2,7 @@
 -- ARGV[2] = the leadership, ARGV[3] = the term, ARGV[4] = its holder, ARGV[5] = how many
 -- leader writes to keep (LEADER_WRITES_KEPT), ARGV[6] = how many fires; then per fire: the
 -- entry id, the expected next fire (µs), the next fire (µs, '' none), the fired time (µs, ''
--- none), skip if running ('1'|'0'), how many jobs, and each job's 13 arguments
+-- none), skip if running ('1'|'0'), how many jobs, and each job's 15 arguments
 -- (`enqueue_jobs.lua`).
 -- Fenced as prune is: unless the term holds at NOW (`cluster::holds`) the script refuses
 -- NOT_LEADER, and on a job ID reused or repeated CONFLICT, before any write; an accepted call

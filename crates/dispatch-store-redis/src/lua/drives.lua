@@ -7,7 +7,8 @@
 local function wake_drive(job)
   local place = job_place(job)
   if not place or place.state ~= 'available' then return end
-  unindex_available(job, place.queue, place.name, place.priority, place.run_at, place.seq)
+  unindex_available(job, place.queue, place.name, place.priority, place.run_at, place.seq,
+    place.tenant)
   make_available(job, place, 'available', NOW)
 end
 
@@ -33,7 +34,8 @@ local function rearm_drive(job, name, run_at)
   local from = place.state
   local key = job_key(job)
   if from == 'available' then
-    unindex_available(job, place.queue, place.name, place.priority, place.run_at, place.seq)
+    unindex_available(job, place.queue, place.name, place.priority, place.run_at, place.seq,
+    place.tenant)
   elseif from ~= 'running' then
     redis.call('HDEL', key, 'finished_at')
   end

@@ -1,10 +1,10 @@
 -- Enqueue helpers of the scripts that store batches of new jobs (`enqueue.lua`,
--- `cron_fire.lua`; `script.rs` adds this file to those only). A job is 13 arguments, as
--- `enqueue.rs`'s `job_args` writes them, at ARGV[base] .. ARGV[base + 12]: id, name, queue,
+-- `cron_fire.lua`; `script.rs` adds this file to those only). A job is 15 arguments, as
+-- `enqueue.rs`'s `job_args` writes them, at ARGV[base] .. ARGV[base + 14]: id, name, queue,
 -- payload, priority, run-at kind (now|at|after), run-at value (µs), max attempts, timeout (µs,
 -- '' for none), unique key ('' for none), unique window (µs, '' for none), app and tenant
--- (option_arg).
-local JOB_STRIDE = 13
+-- (option_arg), concurrency key (option_arg) and its limit ('' for none).
+local JOB_STRIDE = 15
 
 -- Whether unique key `uk` is held, and by which job.
 local function held_by(uk)
@@ -61,10 +61,14 @@ local function enqueue_job(base, retried)
   local holder = uk and held_by(uk) or nil
   if holder then return { 2, holder } end
   local window = arg(10)
+  local ckey = option(arg(13))
+  -- Only a gated claim looks at keys: a keyed job's queue gets a config if it has none.
+  if ckey then ensure_config(arg(2)) end
   insert_job({ id = id, name = name, queue = arg(2), payload = arg(3), priority = arg(4),
     run_at = resolve_run_at(arg(5), arg(6)), max_attempts = arg(7),
     timeout_us = arg(8) ~= '' and arg(8) or nil, unique_key = uk and ukey or nil,
     unique_until = (uk and window ~= '') and NOW + tonumber(window) or nil,
-    app = option(arg(11)), tenant = option(arg(12)) })
+    app = option(arg(11)), tenant = option(arg(12)), ckey = ckey,
+    climit = ckey and arg(14) or nil })
   return { 1, id }
 end

@@ -46,13 +46,15 @@ end
 -- string, so a completion (the common finish) reads four, and only the outcomes that need the
 -- attempts or the job's place read those.
 local function lease_for(id, outcome, v)
-  local lease = { state = v[1], token = v[2], queue = v[3], cancel_requested = v[4] == '1' }
+  local lease = { state = v[1], token = v[2], queue = v[3], cancel_requested = v[4] == '1',
+                  counted = v[5] == '1' }
   if outcome ~= 'complete' and outcome ~= 'cancel' then
     local more = redis.call('HMGET', job_key(id), 'attempt', 'max_attempts', 'name', 'priority',
-      'run_at', 'seq')
+      'run_at', 'seq', 'tenant')
     lease.attempt, lease.max_attempts = tonumber(more[1]), tonumber(more[2])
     lease.name, lease.priority = more[3], tonumber(more[4])
     lease.run_at, lease.seq = tonumber(more[5]), tonumber(more[6])
+    lease.tenant = more[7] or nil
   end
   return lease
 end
@@ -60,7 +62,8 @@ end
 local out = {}
 for i = 0, n - 1 do
   local id, token = arg(i, 0), arg(i, 1)
-  local v = redis.call('HMGET', job_key(id), 'state', 'lease_token', 'queue', 'cancel_requested')
+  local v = redis.call('HMGET', job_key(id), 'state', 'lease_token', 'queue', 'cancel_requested',
+    'counted')
   if v[1] == 'running' and v[2] == token then
     local state, dlq_id = apply(i, id, lease_for(id, arg(i, 2), v))
     out[#out + 1] = { 1, state, dlq_id or '' }

@@ -9,36 +9,52 @@ local function ready_member(run_at, seq, id)
   return string.format('%017d%016d', run_at, seq) .. id
 end
 
--- Put an available job into its pair's ready or sched set (its hash already says available).
-local function index_available(id, queue, name, priority, run_at, seq)
+-- Put an available job into its pair's ready or sched set (its hash already says available),
+-- and a due job with a tenant (nil: none) into its tenant lane too.
+local function index_available(id, queue, name, priority, run_at, seq, tenant)
   if run_at <= NOW then
-    zadd(ready_key(queue, name), -priority, ready_member(run_at, seq, id))
+    local member = ready_member(run_at, seq, id)
+    zadd(ready_key(queue, name), -priority, member)
+    if tenant then lane_write(queue, name, tenant, member, -priority) end
   else
     zadd(sched_key(queue, name), run_at, id)
   end
   wake(queue)
 end
 
--- Take an available job out of its pair's ready and sched sets.
-local function unindex_available(id, queue, name, priority, run_at, seq)
-  zrem(ready_key(queue, name), ready_member(run_at, seq, id))
+-- Take an available job out of its pair's ready and sched sets (and its tenant lane, for a
+-- job with a tenant; nil: none).
+local function unindex_available(id, queue, name, priority, run_at, seq, tenant)
+  local member = ready_member(run_at, seq, id)
+  zrem(ready_key(queue, name), member)
   zrem(sched_key(queue, name), id)
+  if tenant then lane_write(queue, name, tenant, member, false) end
 end
 
 -- The fields of job `id` that placing and moving it needs, or nil when there is no such job.
--- Returns { state, queue, name, priority, run_at, seq } (numbers as numbers).
+-- Returns { state, queue, name, priority, run_at, seq, tenant, counted } (numbers as numbers,
+-- tenant nil for none, counted a boolean: see flow.lua).
 local function job_place(id)
-  local v = redis.call('HMGET', job_key(id), 'state', 'queue', 'name', 'priority', 'run_at', 'seq')
+  local v = redis.call('HMGET', job_key(id), 'state', 'queue', 'name', 'priority', 'run_at', 'seq',
+    'tenant', 'counted')
   if not v[1] then return nil end
   return { state = v[1], queue = v[2], name = v[3], priority = tonumber(v[4]),
-           run_at = tonumber(v[5]), seq = tonumber(v[6]) }
+           run_at = tonumber(v[5]), seq = tonumber(v[6]), tenant = v[7] or nil,
+           counted = v[8] == '1' }
 end
 
 -- A job leaving `running`: its lease fields stay behind (row.rs reads a lease, and a cancel
 -- request, only on a running job; the next claim overwrites them), which saves a command per
 -- finish; a cancel request ('1') is cleared ('') when there is one (`place` from job_lease
--- says), in the transition's own HSET, so no later attempt inherits it.
-local function clear_lease(fields, place)
+-- says), in the transition's own HSET, so no later attempt inherits it. A counted job gives
+-- back its gates' running slots (flow.lua release_gates) and its mark is cleared, in the same
+-- HSET.
+local function clear_lease(id, fields, place)
+  if place.counted then
+    release_gates(id, place.queue)
+    fields[#fields + 1] = 'counted'
+    fields[#fields + 1] = ''
+  end
   if place.cancel_requested then
     fields[#fields + 1] = 'cancel_requested'
     fields[#fields + 1] = ''
@@ -57,11 +73,11 @@ local function make_available(id, place, from, run_at, extra)
   local key = job_key(id)
   local fields = { 'state', 'available', 'run_at', I(run_at) }
   if from == 'running' then
-    clear_lease(fields, place)
+    clear_lease(id, fields, place)
     zrem(K_LEASES, id)
   end
   hset_with(key, fields, extra)
-  index_available(id, place.queue, place.name, place.priority, run_at, place.seq)
+  index_available(id, place.queue, place.name, place.priority, run_at, place.seq, place.tenant)
   move_state(id, place.queue, from, 'available')
 end
 
@@ -72,10 +88,11 @@ local function end_job(id, place, from, state, extra)
   local key = job_key(id)
   local fields = { 'state', state, 'finished_at', NOW_S }
   if from == 'running' then
-    clear_lease(fields, place)
+    clear_lease(id, fields, place)
     zrem(K_LEASES, id)
   elseif from == 'available' then
-    unindex_available(id, place.queue, place.name, place.priority, place.run_at, place.seq)
+    unindex_available(id, place.queue, place.name, place.priority, place.run_at, place.seq,
+      place.tenant)
   end
   hset_with(key, fields, extra)
   move_state(id, place.queue, from, state)
@@ -152,7 +169,8 @@ end
 -- Store a new available job (`transition::enqueue`): its hash, the all-jobs index, its ready or
 -- sched set and its state. `job` holds id, name, queue, payload, priority, run_at (number),
 -- max_attempts, and optionally timeout_us, unique_key (the job's key, its unique key set to
--- the job), unique_until (number), app, tenant. `extra` is a flat list of more hash fields
+-- the job), unique_until (number), app, tenant, ckey and climit (a concurrency key and its
+-- limit). `extra` is a flat list of more hash fields
 -- and values (a run's drive job adds 'run', <run id>), or nil.
 local function insert_job(job, extra)
   local id = job.id
@@ -176,10 +194,14 @@ local function insert_job(job, extra)
   end
   put('app', job.app)
   put('tenant', job.tenant)
+  if job.ckey then
+    put('ckey', job.ckey)
+    put('climit', job.climit)
+  end
   for i = 1, #(extra or {}), 2 do put(extra[i], extra[i + 1]) end
   redis.call('HSET', job_key(id), unpack(fields))
   zadd(K_JOBS, 0, id)
-  index_available(id, job.queue, job.name, tonumber(job.priority), job.run_at, seq)
+  index_available(id, job.queue, job.name, tonumber(job.priority), job.run_at, seq, job.tenant)
   add_state(id, job.queue, 'available')
 end
 
@@ -193,12 +215,14 @@ end
 -- is no such job.
 local function job_lease(id)
   local v = redis.call('HMGET', job_key(id), 'state', 'queue', 'name', 'priority', 'run_at', 'seq',
-    'lease_token', 'lease_owner', 'attempt', 'max_attempts', 'cancel_requested', 'last_finish')
+    'lease_token', 'lease_owner', 'attempt', 'max_attempts', 'cancel_requested', 'last_finish',
+    'tenant', 'counted')
   if not v[1] then return nil end
   return { state = v[1], queue = v[2], name = v[3], priority = tonumber(v[4]),
            run_at = tonumber(v[5]), seq = tonumber(v[6]), token = v[7], owner = v[8],
            attempt = tonumber(v[9]), max_attempts = tonumber(v[10]),
-           cancel_requested = v[11] == '1', last_finish = v[12] }
+           cancel_requested = v[11] == '1', last_finish = v[12], tenant = v[13] or nil,
+           counted = v[14] == '1' }
 end
 
 -- Whether `token` holds the lease of job `lease` (from job_lease): `transition::holds`. An

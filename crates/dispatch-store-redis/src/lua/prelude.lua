@@ -93,6 +93,20 @@ local K_WORKERS_GONE = P .. ':workers:gone'
 -- Gone workers scored by last_seen, for retention; a worker leaves it when it registers again,
 -- deregisters or is pruned.
 local K_WORKERS_GONE_SEEN = P .. ':workers:goneseen'
+-- Flow control (`lua/flow.lua` keeps them): queue configs, a hash of queue -> the
+-- `QueueConfig` as JSON (serde's form, written by flow.rs or by flow.lua's default_config).
+local K_FLOW_CONFIG = P .. ':flowconfig'
+-- A gate (`dispatch_core::flow::queue_gate` & co. name it): a hash of `running` (counted jobs
+-- running through it; absent at zero) and `tat` (the rate's arrival time, µs).
+local function gate_key(gate) return P .. ':gate:' .. gate end
+-- Tenant lanes: the due available jobs of one (queue, name, tenant), scored and spelled as in
+-- the pair's ready set (the ready set still holds them too). Jobs without a tenant have none.
+local function lane_key(queue, name, tenant)
+  return P .. ':lane:' .. string.len(queue) .. ':' .. queue .. ':' .. string.len(name) .. ':' ..
+    name .. ':' .. tenant
+end
+-- The tenants of one pair whose lane holds jobs (a set, kept exact by flush()).
+local function lanes_key(queue, name) return P .. ':lanes:' .. pair(queue, name) end
 -- A leadership: hash of holder, term, elected_at, expires_at.
 local function leader_key(name) return P .. ':leader:' .. name end
 -- The writes accepted under a leadership's terms: a list, oldest first, each a JSON object
@@ -108,6 +122,7 @@ local function leader_writes_key(name) return P .. ':leaderwrites:' .. name end
 -- promoting due jobs).
 local zpending = {}      -- key -> { member -> score, or false to remove }
 local pending_count = {} -- "<state>:<queue>" -> delta
+local lanes_touched = {} -- lane key -> { set, tenant, removed }: lanes whose tenant set to sync
 local woken = {}         -- queue -> true: queues that got available jobs
 local woken_any = false
 
@@ -115,6 +130,19 @@ local function zwrite(key, member, score)
   local members = zpending[key]
   if members == nil then members = {}; zpending[key] = members end
   members[member] = score
+end
+
+-- Add (or take out, `removed`) a job of tenant lane (queue, name, tenant), at flush; flush()
+-- then adds the tenant to the pair's set of lanes, or takes it out once its lane is empty.
+local function lane_write(queue, name, tenant, member, score)
+  local key = lane_key(queue, name, tenant)
+  zwrite(key, member, score)
+  local t = lanes_touched[key]
+  if t == nil then
+    t = { set = lanes_key(queue, name), tenant = tenant, removed = false }
+    lanes_touched[key] = t
+  end
+  if not score then t.removed = true end
 end
 
 -- Add (or move) `member` of sorted set `key` at `score`, at flush.
@@ -228,6 +256,14 @@ end
 -- Write the gathered index changes and publish one wake-up.
 local function flush()
   zflush()
+  for key, t in pairs(lanes_touched) do
+    if not t.removed or redis.call('EXISTS', key) == 1 then
+      redis.call('SADD', t.set, t.tenant)
+    else
+      redis.call('SREM', t.set, t.tenant)
+    end
+  end
+  lanes_touched = {}
   for field, delta in pairs(pending_count) do
     if delta ~= 0 then
       local n = redis.call('HINCRBY', K_COUNTS, field, delta)

@@ -1,7 +1,8 @@
 -- Start a run and its drive job (WorkflowStore::start_run). ARGV[2] = run id, ARGV[3] =
 -- workflow name, ARGV[4] = version, ARGV[5] = input, ARGV[6], ARGV[7] = app and tenant,
 -- ARGV[8] = idempotency key, ARGV[9] = parent run id (each optional in option form: '-' for
--- none, '+<value>'), then the drive job's 13 arguments as enqueue.lua takes them (ARGV[10..22]).
+-- none, '+<value>'), then the drive job's 15 arguments as enqueue_jobs.lua takes them
+-- (ARGV[10..24]).
 -- Answers {1, id} (created, or a retried start) or {2, existing run id} (idempotency key).
 local id, name, input = ARGV[2], ARGV[3], ARGV[5]
 local idem = ARGV[8]
