@@ -3,7 +3,8 @@
 //! the wake-up listener (it reconnects after its connection is killed; its streams end with
 //! the store), key edges (queue and job names with `:` and `{`), listings whose filters
 //! match little (bounded calls, short pages that carry a cursor), rescues of many dying jobs at
-//! once, the DLQ's bulk calls and cron fires at scale, the cluster scripts at their bounds (a sweep short of DLQ entry IDs, the kept leader
+//! once, the DLQ's bulk calls and cron fires at scale, flow control (the gated claim's rules and the
+//! lane and gate keys it keeps), the cluster scripts at their bounds (a sweep short of DLQ entry IDs, the kept leader
 //! writes), and retention (no key of a pruned record is left behind; the prune rate). Each
 //! needs the test server at `DISPATCH_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`) and
 //! makes its own key
@@ -18,6 +19,7 @@ mod support;
 mod bulk;
 mod cluster;
 mod common;
+mod flow;
 mod keys;
 mod listing;
 mod rescue;
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
     let modules = [
         ("bulk", bulk::tests()),
         ("cluster", cluster::tests()),
+        ("flow", flow::tests()),
         ("keys", keys::tests()),
         ("listing", listing::tests()),
         ("rescue", rescue::tests()),
