@@ -27,6 +27,15 @@
 //! Cron entries are hashes found by `(scope, name)`, listed by ID and read as due from a
 //! sorted set by next fire; the leader fires a batch of them in one script call fenced by its
 //! term ([`CronStore`](dispatch_core::CronStore), see `src/cron.rs`).
+//! Flow control ([`FlowStore`](dispatch_core::FlowStore), see `src/flow.rs` and
+//! `src/lua/flow.lua`): queue configs are one hash (queue to its config as JSON), each gate a
+//! small hash (running count, rate arrival time). A claim reads its queues' configs with one
+//! `HMGET`; without any it is the plain claim above, with one it is the gated claim of the same
+//! script (`flow::Admission`'s rules in Lua, `src/lua/admission.lua`). Jobs with a tenant also
+//! sit in a sorted set per (queue, name, tenant) while due, and their tenant in a set per
+//! (queue, name), so a fair queue's claim reads one lane per tenant without scanning the queue;
+//! jobs without a tenant cost no extra key. A job counted by a gated claim gives its gates'
+//! slots back in whichever script takes it out of running.
 //! A run is a hash beside its checkpoints (data by key, and their write order), its event waits (indexed per scope,
 //! event name and correlation, oldest first) and the events kept for later waits.
 //! `src/lua/prelude.lua` documents every job key, `src/lua/runs.lua` every workflow key.

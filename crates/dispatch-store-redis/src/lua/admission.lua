@@ -79,11 +79,16 @@ local function admit(conf, c)
   return true
 end
 
--- Write the gates the admission changed (`Admission::changed`).
+-- Write the gates the admission changed (`Admission::changed`). A gate that never passed a
+-- rate keeps no arrival time, so it leaves no key once its running count is back at zero.
 local function write_gates()
   for gate in pairs(gates_changed) do
     local g = gates[gate]
-    redis.call('HSET', gate_key(gate), 'running', I(g.running), 'tat', I(g.tat))
+    if g.tat > 0 then
+      redis.call('HSET', gate_key(gate), 'running', I(g.running), 'tat', I(g.tat))
+    else
+      redis.call('HSET', gate_key(gate), 'running', I(g.running))
+    end
   end
 end
 

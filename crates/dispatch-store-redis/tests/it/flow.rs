@@ -34,6 +34,9 @@ pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
         ("progress_is_fenced_and_survives_retries", |url| {
             Box::pin(progress_is_fenced_and_survives_retries(url))
         }),
+        ("rescues_and_released_claims_free_their_gates", |url| {
+            Box::pin(rescues_and_released_claims_free_their_gates(url))
+        }),
     ]
 }
 
@@ -217,4 +220,23 @@ async fn progress_is_fenced_and_survives_retries(url: String) {
     let again = store.claim(&request("q", "a", 1, TTL)).await.expect("claim");
     assert_eq!(again[0].job.id, id);
     assert_eq!(again[0].job.progress, Some(serde_json::json!({"done": 3})));
+}
+
+async fn rescues_and_released_claims_free_their_gates(url: String) {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_unix_micros(1_900_000_000_000_000)));
+    let store = store(&url).await.with_clock(clock.clone());
+    let config = QueueConfig::new("q").max_running(1).tenant_max_running(1);
+    store.set_queue_config(&config).await.expect("config");
+    let jobs = vec![keyed("a", "q", "k", 1), of_tenant("a", "q", Some("t"))];
+    store.enqueue(jobs).await.expect("enqueue");
+    assert_eq!(claim_ids(&store, "q", "a", 10).await.len(), 1);
+    clock.advance(TTL + Duration::from_secs(1));
+    let report = store.rescue_expired(10).await.expect("rescue");
+    assert_eq!(report.rescued.len(), 1);
+    assert_eq!(running(&store, "q").await, 0, "a rescue gives the slots back");
+    let request = request("q", "a", 10, TTL);
+    assert_eq!(store.claim(&request).await.expect("claim").len(), 1);
+    assert_eq!(store.release_claim(request.token).await.expect("release"), 1);
+    assert_eq!(running(&store, "q").await, 0, "a released claim gives the slots back");
+    assert!(keys(&store, &url, "gate:*").await.is_empty(), "gates without a rate at zero");
 }
