@@ -122,7 +122,7 @@ local function leader_writes_key(name) return P .. ':leaderwrites:' .. name end
 -- promoting due jobs).
 local zpending = {}      -- key -> { member -> score, or false to remove }
 local pending_count = {} -- "<state>:<queue>" -> delta
-local lanes_touched = {} -- lane key -> { set, tenant, removed }: lanes whose tenant set to sync
+local lanes_touched = {} -- lane key -> { set, tenant, added, removed }: lanes to sync
 local woken = {}         -- queue -> true: queues that got available jobs
 local woken_any = false
 
@@ -139,10 +139,10 @@ local function lane_write(queue, name, tenant, member, score)
   zwrite(key, member, score)
   local t = lanes_touched[key]
   if t == nil then
-    t = { set = lanes_key(queue, name), tenant = tenant, removed = false }
+    t = { set = lanes_key(queue, name), tenant = tenant, added = false, removed = false }
     lanes_touched[key] = t
   end
-  if not score then t.removed = true end
+  if score then t.added = true else t.removed = true end
 end
 
 -- Add (or move) `member` of sorted set `key` at `score`, at flush.
@@ -256,11 +256,15 @@ end
 -- Write the gathered index changes and publish one wake-up.
 local function flush()
   zflush()
+  -- A lane that holds jobs has its tenant in the set already, unless this call added its
+  -- first: a lane only added to is added to the set, one taken from is checked.
   for key, t in pairs(lanes_touched) do
-    if not t.removed or redis.call('EXISTS', key) == 1 then
+    if not t.removed then
       redis.call('SADD', t.set, t.tenant)
-    else
+    elseif redis.call('EXISTS', key) == 0 then
       redis.call('SREM', t.set, t.tenant)
+    elseif t.added then
+      redis.call('SADD', t.set, t.tenant)
     end
   end
   lanes_touched = {}

@@ -68,13 +68,24 @@ async fn running(store: &RedisStore, queue: &str) -> u64 {
     store.queue_flow(queue).await.expect("queue_flow").expect("a config").running
 }
 
-/// The store's keys matching `pattern` after its prefix (a test-only KEYS on a fresh prefix).
-async fn keys(store: &RedisStore, url: &str, pattern: &str) -> Vec<String> {
+/// Which of the store's keys `suffixes` (after its prefix) exist.
+async fn existing(store: &RedisStore, url: &str, suffixes: &[&str]) -> Vec<String> {
     let client = redis::Client::open(url).expect("client");
     let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
-    let pattern = format!("{}:{pattern}", store.prefix());
-    redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.expect("keys")
+    let mut found = Vec::new();
+    for suffix in suffixes {
+        let key = format!("{}:{suffix}", store.prefix());
+        let n: i64 = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.expect("exists");
+        if n == 1 {
+            found.push((*suffix).to_owned());
+        }
+    }
+    found
 }
+
+/// The keys of queue `q`'s gates, name `a`'s lanes of tenants `t1` and `t2` and its set of
+/// lanes.
+const LANE_KEYS: [&str; 3] = ["lane:1:q:1:a:t1", "lane:1:q:1:a:t2", "lanes:1:q:a"];
 
 async fn max_running_holds_until_a_finish(url: String) {
     let store = store(&url).await;
@@ -102,8 +113,9 @@ async fn key_gates_hold_across_queues(url: String) {
     assert_eq!(first.len(), 1);
     assert_eq!(claim_ids(&store, "q2", "a", 10).await, [ids[2]], "k is full, j is not");
     complete(&store, &first[0]).await;
+    let gates = ["gate:k\u{1f}j", "gate:k\u{1f}k"];
+    assert_eq!(existing(&store, &url, &gates).await, ["gate:k\u{1f}j"], "k is free again");
     assert_eq!(claim_ids(&store, "q2", "a", 10).await, [ids[1]]);
-    assert!(keys(&store, &url, "gate:k\u{1f}j").await.len() == 1);
 }
 
 async fn rates_space_starts_by_the_store_clock(url: String) {
@@ -133,11 +145,11 @@ async fn lanes_take_tenants_in_turn_and_leave_no_keys(url: String) {
     for job in jobs {
         store.enqueue(vec![job]).await.expect("enqueue");
     }
-    assert_eq!(keys(&store, &url, "lane:*").await.len(), 2, "one lane per tenant");
+    assert_eq!(existing(&store, &url, &LANE_KEYS).await, LANE_KEYS, "one lane per tenant");
     let claimed = claim_ids(&store, "q", "a", 5).await;
     assert_eq!(claimed, [ids[0], ids[4], ids[5], ids[1], ids[6]]);
     assert_eq!(claim_ids(&store, "q", "a", 5).await, [ids[2], ids[3]]);
-    assert!(keys(&store, &url, "lane*").await.is_empty(), "empty lanes leave no keys");
+    assert!(existing(&store, &url, &LANE_KEYS).await.is_empty(), "empty lanes leave no keys");
 }
 
 async fn tenant_limits_hold_per_tenant(url: String) {
@@ -189,14 +201,16 @@ async fn a_first_config_counts_running_jobs(url: String) {
     assert_eq!(claim_ids(&store, "other", "a", 10).await.len(), 1);
     let flow = store.set_queue_config(&QueueConfig::new("q").max_running(5)).await.expect("set");
     assert_eq!(flow.running, 2);
-    assert_eq!(keys(&store, &url, "gate:t\u{1f}q\u{1f}t").await.len(), 1);
+    let tenant_gate = "gate:t\u{1f}q\u{1f}t";
+    assert_eq!(existing(&store, &url, &[tenant_gate]).await, [tenant_gate]);
     let flow = store.set_queue_config(&QueueConfig::new("q").max_running(1)).await.expect("set");
     assert_eq!(flow.running, 2, "only a first config counts");
     for c in &claimed {
         complete(&store, c).await;
     }
     assert_eq!(running(&store, "q").await, 0);
-    assert!(keys(&store, &url, "gate:*").await.is_empty(), "gates at zero leave no keys");
+    let gates = ["gate:q\u{1f}q", tenant_gate];
+    assert!(existing(&store, &url, &gates).await.is_empty(), "gates at zero leave no keys");
 }
 
 async fn progress_is_fenced_and_survives_retries(url: String) {
@@ -238,5 +252,6 @@ async fn rescues_and_released_claims_free_their_gates(url: String) {
     assert_eq!(store.claim(&request).await.expect("claim").len(), 1);
     assert_eq!(store.release_claim(request.token).await.expect("release"), 1);
     assert_eq!(running(&store, "q").await, 0, "a released claim gives the slots back");
-    assert!(keys(&store, &url, "gate:*").await.is_empty(), "gates without a rate at zero");
+    let gates = ["gate:q\u{1f}q", "gate:t\u{1f}q\u{1f}t", "gate:k\u{1f}k"];
+    assert!(existing(&store, &url, &gates).await.is_empty(), "gates without a rate at zero");
 }
