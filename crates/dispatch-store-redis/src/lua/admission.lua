@@ -100,9 +100,10 @@ local function before(a, b)
 end
 
 -- Read up to `limit` candidates of pair (queue, name) from sorted set `key` (its ready set, or
--- one tenant's lane), best first, skipping jobs whose key gate is full and, when
--- `untenanted`, jobs with a tenant (the lane of jobs without one); at most LANE_SCAN_LIMIT
--- entries are read.
+-- one tenant's lane), best first, skipping jobs whose key gate is full and, when `untenanted`
+-- (a set of the pair's laned tenants), jobs with a tenant (the lane of jobs without one); at
+-- most LANE_SCAN_LIMIT entries are read. A job met there whose tenant has no lane was made due
+-- by a version of the store that kept no lanes: it is put in its lane now, for later claims.
 local function read_candidates(key, ready, queue, name, limit, untenanted)
   local out, scanned = {}, 0
   while #out < limit and scanned < LANE_SCAN_LIMIT do
@@ -112,6 +113,10 @@ local function read_candidates(key, ready, queue, name, limit, untenanted)
       local member = top[j]
       local v = redis.call('HMGET', job_key(string.sub(member, 34)), 'tenant', 'ckey', 'climit')
       local tenant, ckey, climit = v[1] or nil, v[2] or nil, tonumber(v[3])
+      if untenanted and tenant and not untenanted[tenant] then
+        redis.call('ZADD', lane_key(queue, name, tenant), top[j + 1], member)
+        redis.call('SADD', lanes_key(queue, name), tenant)
+      end
       if not (untenanted and tenant) and (ckey == nil or key_open(ckey, climit)) then
         out[#out + 1] = { member = member, score = tonumber(top[j + 1]), ready = ready,
           queue = queue, name = name, tenant = tenant, ckey = ckey, climit = climit }

@@ -87,17 +87,18 @@ local function claim_gated(configs)
       local ready = ready_key(queue, name)
       local open = conf == nil or (not conf.paused_names[name] and lane_open(conf, queue, nil))
       if open and conf and conf.in_lanes then
-        local lanes = {}
+        local lanes, laned = {}, {}
         for _, tenant in ipairs(redis.call('SMEMBERS', lanes_key(queue, name))) do
+          laned[tenant] = true
           if lane_open(conf, queue, tenant) then
             lanes[#lanes + 1] = read_candidates(lane_key(queue, name, tenant), ready, queue, name,
-              limit, false)
+              limit, nil)
           end
         end
-        lanes[#lanes + 1] = read_candidates(ready, ready, queue, name, limit, true)
+        lanes[#lanes + 1] = read_candidates(ready, ready, queue, name, limit, laned)
         sequences[#sequences + 1] = round_robin(lanes)
       elseif open then
-        sequences[#sequences + 1] = read_candidates(ready, ready, queue, name, limit, false)
+        sequences[#sequences + 1] = read_candidates(ready, ready, queue, name, limit, nil)
       end
     end
   end

@@ -37,6 +37,7 @@ pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
         ("rescues_and_released_claims_free_their_gates", |url| {
             Box::pin(rescues_and_released_claims_free_their_gates(url))
         }),
+        ("due_jobs_without_a_lane_get_one", |url| Box::pin(due_jobs_without_a_lane_get_one(url))),
     ]
 }
 
@@ -254,4 +255,25 @@ async fn rescues_and_released_claims_free_their_gates(url: String) {
     assert_eq!(running(&store, "q").await, 0, "a released claim gives the slots back");
     let gates = ["gate:q\u{1f}q", "gate:t\u{1f}q\u{1f}t", "gate:k\u{1f}k"];
     assert!(existing(&store, &url, &gates).await.is_empty(), "gates without a rate at zero");
+}
+
+/// Jobs made due by a store version that kept no tenant lanes: a fair queue's claim meets them
+/// in its lane of jobs without a tenant and puts them in their lanes.
+async fn due_jobs_without_a_lane_get_one(url: String) {
+    let store = store(&url).await;
+    let jobs = vec![
+        of_tenant("a", "q", Some("t1")),
+        of_tenant("a", "q", Some("t1")),
+        of_tenant("a", "q", Some("t2")),
+    ];
+    let ids: Vec<_> = jobs.iter().map(|j| j.id).collect();
+    store.enqueue(jobs).await.expect("enqueue");
+    let client = redis::Client::open(url.as_str()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let keys: Vec<String> = LANE_KEYS.iter().map(|k| format!("{}:{k}", store.prefix())).collect();
+    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.expect("del");
+    store.set_queue_config(&QueueConfig::new("q").fair()).await.expect("config");
+    assert!(claim_ids(&store, "q", "a", 10).await.is_empty(), "found, not yet in lanes");
+    assert_eq!(existing(&store, &url, &LANE_KEYS).await, LANE_KEYS);
+    assert_eq!(claim_ids(&store, "q", "a", 10).await, [ids[0], ids[2], ids[1]]);
 }
