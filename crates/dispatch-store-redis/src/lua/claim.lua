@@ -45,8 +45,8 @@ local expires = NOW + ttl
 local expires_s = I(expires)
 
 -- `transition::claim` of available job `id` (its ready member `member`) of `queue` and `name`:
--- running, one more attempt, the lease; `counted` when a gated claim admitted it through a
--- gate. An available job carries no cancel request (a job leaving `running` clears its own, see
+-- running, one more attempt, the lease; `counted` its mark (flow.lua) when a gated claim
+-- admitted it through a gate, else nil. An available job carries no cancel request (a job leaving `running` clears its own, see
 -- jobs.lua clear_lease). Its ready entry is the caller's to remove; a tenant lane's entry is
 -- removed here.
 local function lease_job(id, member, queue, name, counted)
@@ -56,7 +56,7 @@ local function lease_job(id, member, queue, name, counted)
     'lease_token', token, 'lease_expires', expires_s }
   if counted then
     fields[#fields + 1] = 'counted'
-    fields[#fields + 1] = '1'
+    fields[#fields + 1] = counted
   end
   redis.call('HSET', key, unpack(fields))
   if v[2] then lane_write(queue, name, v[2], member, false) end
@@ -108,7 +108,9 @@ local function claim_gated(configs)
     local conf = configs[c.queue]
     if admit(conf, c) then
       local id = string.sub(c.member, 34)
-      lease_job(id, c.member, c.queue, c.name, conf ~= nil or c.ckey ~= nil)
+      -- A job of a queue with a config holds all its gates; of one without, its key's only.
+      local mark = (conf and '1') or (c.ckey and 'k') or nil
+      lease_job(id, c.member, c.queue, c.name, mark)
       zrem(c.ready, c.member)
       out[#out + 1] = id
     end
@@ -160,7 +162,7 @@ for i = 1, math.min(limit, #candidates) do
   local c = candidates[i]
   local id = string.sub(c.member, 34)
   taken[c.ready] = (taken[c.ready] or 0) + 1
-  lease_job(id, c.member, c.queue, c.name, false)
+  lease_job(id, c.member, c.queue, c.name, nil)
   out[#out + 1] = id
 end
 for ready, n in pairs(taken) do redis.call('ZREMRANGEBYRANK', ready, 0, n - 1) end

@@ -47,7 +47,7 @@ end
 -- attempts or the job's place read those.
 local function lease_for(id, outcome, v)
   local lease = { state = v[1], token = v[2], queue = v[3], cancel_requested = v[4] == '1',
-                  counted = v[5] == '1' }
+                  counted = counted_mark(v[5]) }
   if outcome ~= 'complete' and outcome ~= 'cancel' then
     local more = redis.call('HMGET', job_key(id), 'attempt', 'max_attempts', 'name', 'priority',
       'run_at', 'seq', 'tenant')

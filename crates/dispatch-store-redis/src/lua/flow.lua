@@ -4,10 +4,12 @@
 -- `lua/admission.lua`.
 --
 -- A job hash carries its concurrency key as `ckey` and `climit` (absent without one), the last
--- progress its handler reported as `progress` (JSON), and `counted` = '1' while it runs counted
--- (a gated claim started it, or its queue's first config counted it): it then holds one running
--- slot in each of its held gates (`flow::held_gates`: its queue's, its tenant's within the
--- queue, its key's) until it leaves running, by whatever path (clear_lease in jobs.lua).
+-- progress its handler reported as `progress` (JSON), and a `counted` mark while it runs
+-- counted: '1' when it holds one running slot in each of its held gates (`flow::held_gates`:
+-- its queue's, its tenant's within the queue, its key's), because a gated claim of its
+-- configured queue started it or its queue's first config counted it; 'k' when it holds a slot
+-- in its key's gate only (a gated claim started it in a queue without a config). It gives them
+-- back when it leaves running, by whatever path (clear_lease in jobs.lua); '' is no mark.
 
 -- Gate names as `dispatch_core::flow::{queue_gate, tenant_gate, key_gate}` spell them (␟ is
 -- U+001F).
@@ -24,6 +26,12 @@ local function held_gates(queue, tenant, key)
   return gates
 end
 
+-- A job's `counted` field (an HMGET answer) as its mark, nil for none.
+local function counted_mark(v)
+  if v and v ~= '' then return v end
+  return nil
+end
+
 -- Give back one running slot of `gate` (never below zero; a gate at zero has no field).
 local function gate_release(gate)
   local key = gate_key(gate)
@@ -31,16 +39,21 @@ local function gate_release(gate)
   if n <= 0 then redis.call('HDEL', key, 'running') end
 end
 
--- Counted job `id` of `queue` leaves running: each of its held gates gives back a slot. The
--- caller clears its `counted` mark (clear_lease writes it with the transition).
-local function release_gates(id, queue)
+-- Counted job `id` of `queue` (its mark `mark`) leaves running: each gate it holds a slot in
+-- gives it back. The caller clears the mark (clear_lease writes it with the transition).
+local function release_gates(id, queue, mark)
   local v = redis.call('HMGET', job_key(id), 'tenant', 'ckey')
+  if mark == 'k' then
+    if v[2] then gate_release(key_gate(v[2])) end
+    return
+  end
   for _, gate in ipairs(held_gates(queue, v[1] or nil, v[2] or nil)) do gate_release(gate) end
 end
 
--- Count the running jobs of `queue` that are not counted yet into their held gates and mark
--- them counted: a queue's first config holds from the next claim on. Running jobs are
--- K_LEASES, bounded by the workers' slots, walked by rank.
+-- Count the running jobs of `queue` that are not counted yet into their held gates (a job
+-- holding its key's slot only, into its queue's and tenant's) and mark them counted: a queue's
+-- first config holds from the next claim on. Running jobs are K_LEASES, bounded by the
+-- workers' slots, walked by rank.
 local function count_running(queue)
   local CHUNK = 500
   local start = 0
@@ -50,7 +63,9 @@ local function count_running(queue)
       local key = job_key(id)
       local v = redis.call('HMGET', key, 'state', 'queue', 'counted', 'tenant', 'ckey')
       if v[1] == 'running' and v[2] == queue and v[3] ~= '1' then
-        for _, gate in ipairs(held_gates(queue, v[4] or nil, v[5] or nil)) do
+        -- A job holding its key's slot already ('k') takes no second one.
+        local ckey = v[3] ~= 'k' and v[5] or nil
+        for _, gate in ipairs(held_gates(queue, v[4] or nil, ckey)) do
           redis.call('HINCRBY', gate_key(gate), 'running', 1)
         end
         redis.call('HSET', key, 'counted', '1')

@@ -33,14 +33,14 @@ end
 
 -- The fields of job `id` that placing and moving it needs, or nil when there is no such job.
 -- Returns { state, queue, name, priority, run_at, seq, tenant, counted } (numbers as numbers,
--- tenant nil for none, counted a boolean: see flow.lua).
+-- tenant nil for none, counted its mark or nil: see flow.lua).
 local function job_place(id)
   local v = redis.call('HMGET', job_key(id), 'state', 'queue', 'name', 'priority', 'run_at', 'seq',
     'tenant', 'counted')
   if not v[1] then return nil end
   return { state = v[1], queue = v[2], name = v[3], priority = tonumber(v[4]),
            run_at = tonumber(v[5]), seq = tonumber(v[6]), tenant = v[7] or nil,
-           counted = v[8] == '1' }
+           counted = counted_mark(v[8]) }
 end
 
 -- A job leaving `running`: its lease fields stay behind (row.rs reads a lease, and a cancel
@@ -51,7 +51,7 @@ end
 -- HSET.
 local function clear_lease(id, fields, place)
   if place.counted then
-    release_gates(id, place.queue)
+    release_gates(id, place.queue, place.counted)
     fields[#fields + 1] = 'counted'
     fields[#fields + 1] = ''
   end
@@ -222,7 +222,7 @@ local function job_lease(id)
            run_at = tonumber(v[5]), seq = tonumber(v[6]), token = v[7], owner = v[8],
            attempt = tonumber(v[9]), max_attempts = tonumber(v[10]),
            cancel_requested = v[11] == '1', last_finish = v[12], tenant = v[13] or nil,
-           counted = v[14] == '1' }
+           counted = counted_mark(v[14]) }
 end
 
 -- Whether `token` holds the lease of job `lease` (from job_lease): `transition::holds`. An

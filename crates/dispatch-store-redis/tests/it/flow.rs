@@ -38,6 +38,7 @@ pub(crate) fn tests() -> Vec<(&'static str, ServerTest)> {
             Box::pin(rescues_and_released_claims_free_their_gates(url))
         }),
         ("due_jobs_without_a_lane_get_one", |url| Box::pin(due_jobs_without_a_lane_get_one(url))),
+        ("a_key_slot_is_not_counted_twice", |url| Box::pin(a_key_slot_is_not_counted_twice(url))),
     ]
 }
 
@@ -276,4 +277,35 @@ async fn due_jobs_without_a_lane_get_one(url: String) {
     assert!(claim_ids(&store, "q", "a", 10).await.is_empty(), "found, not yet in lanes");
     assert_eq!(existing(&store, &url, &LANE_KEYS).await, LANE_KEYS);
     assert_eq!(claim_ids(&store, "q", "a", 10).await, [ids[0], ids[2], ids[1]]);
+}
+
+/// The running count of gate `gate` (0 when it has no key).
+async fn gate_running(store: &RedisStore, url: &str, gate: &str) -> i64 {
+    let client = redis::Client::open(url).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
+    let key = format!("{}:gate:{gate}", store.prefix());
+    let running: Option<i64> =
+        redis::cmd("HGET").arg(key).arg("running").query_async(&mut conn).await.expect("hget");
+    running.unwrap_or(0)
+}
+
+/// A keyed job claimed in a queue without a config (beside a gated one) holds its key's slot
+/// only; that queue's first config then counts it in its queue's gate, not its key's again.
+async fn a_key_slot_is_not_counted_twice(url: String) {
+    let store = store(&url).await;
+    store.set_queue_config(&QueueConfig::new("gated")).await.expect("config");
+    store.enqueue(vec![keyed("a", "plain", "k", 2)]).await.expect("enqueue");
+    assert!(store.delete_queue_config("plain").await.expect("delete"));
+    let mut both = request("gated", "a", 10, TTL);
+    both.queues.push("plain".to_owned());
+    let claimed = store.claim(&both).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(gate_running(&store, &url, "k\u{1f}k").await, 1);
+    assert_eq!(gate_running(&store, &url, "q\u{1f}plain").await, 0);
+    let flow = store.set_queue_config(&QueueConfig::new("plain")).await.expect("config");
+    assert_eq!(flow.running, 1);
+    assert_eq!(gate_running(&store, &url, "k\u{1f}k").await, 1, "not counted twice");
+    complete(&store, &claimed[0]).await;
+    assert_eq!(gate_running(&store, &url, "k\u{1f}k").await, 0);
+    assert_eq!(running(&store, "plain").await, 0);
 }
