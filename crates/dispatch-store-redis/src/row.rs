@@ -395,6 +395,28 @@ mod tests {
     }
 
     #[test]
+    fn a_job_reads_its_key_and_progress_and_older_hashes_have_none() {
+        let mut fields = vec![
+            ("id", "0193b4f0c0de7000800000000000000a"),
+            ("name", "send"),
+            ("queue", "q"),
+            ("priority", "0"),
+            ("state", "available"),
+            ("attempt", "0"),
+            ("max_attempts", "3"),
+            ("run_at", "1"),
+            ("created_at", "1"),
+            ("payload", "{}"),
+        ];
+        let older = job(hash(&fields)).unwrap();
+        assert_eq!((older.concurrency, older.progress), (None, None));
+        fields.extend([("ckey", "customer-7"), ("climit", "2"), ("progress", r#"{"done":3}"#)]);
+        let keyed = job(hash(&fields)).unwrap();
+        assert_eq!(keyed.concurrency, Some(ConcurrencyKey::new("customer-7", 2)));
+        assert_eq!(keyed.progress, Some(serde_json::json!({"done": 3})));
+    }
+
+    #[test]
     fn checkpoints_come_in_threes() {
         let flat = |items: &[&str]| {
             Value::Array(items.iter().map(|s| Value::BulkString(s.as_bytes().to_vec())).collect())
