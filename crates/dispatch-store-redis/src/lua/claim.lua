@@ -46,20 +46,20 @@ local expires_s = I(expires)
 
 -- `transition::claim` of available job `id` (its ready member `member`) of `queue` and `name`:
 -- running, one more attempt, the lease; `counted` its mark (flow.lua) when a gated claim
--- admitted it through a gate, else nil. An available job carries no cancel request (a job leaving `running` clears its own, see
--- jobs.lua clear_lease). Its ready entry is the caller's to remove; a tenant lane's entry is
--- removed here.
-local function lease_job(id, member, queue, name, counted)
+-- admitted it through a gate, else nil. An available job carries no cancel request (a job
+-- leaving `running` clears its own, see jobs.lua clear_lease). Its ready entry is the caller's
+-- to remove; its tenant lane's entry (`tenant`, nil for none) is removed here.
+local function lease_job(id, member, queue, name, counted, tenant)
   local key = job_key(id)
-  local v = redis.call('HMGET', key, 'attempt', 'tenant')
-  local fields = { 'state', 'running', 'attempt', I(tonumber(v[1]) + 1), 'lease_owner', worker,
-    'lease_token', token, 'lease_expires', expires_s }
+  redis.call('HINCRBY', key, 'attempt', 1)
   if counted then
-    fields[#fields + 1] = 'counted'
-    fields[#fields + 1] = counted
+    redis.call('HSET', key, 'state', 'running', 'lease_owner', worker, 'lease_token', token,
+      'lease_expires', expires_s, 'counted', counted)
+  else
+    redis.call('HSET', key, 'state', 'running', 'lease_owner', worker, 'lease_token', token,
+      'lease_expires', expires_s)
   end
-  redis.call('HSET', key, unpack(fields))
-  if v[2] then lane_write(queue, name, v[2], member, false) end
+  if tenant then lane_write(queue, name, tenant, member, false) end
   zadd(K_LEASES, expires, id)
   move_state(id, queue, 'available', 'running')
 end
@@ -110,7 +110,7 @@ local function claim_gated(configs)
       local id = string.sub(c.member, 34)
       -- A job of a queue with a config holds all its gates; of one without, its key's only.
       local mark = (conf and '1') or (c.ckey and 'k') or nil
-      lease_job(id, c.member, c.queue, c.name, mark)
+      lease_job(id, c.member, c.queue, c.name, mark, c.tenant)
       zrem(c.ready, c.member)
       out[#out + 1] = id
     end
@@ -157,12 +157,19 @@ end
 -- How many jobs the claim takes from each ready set: always the set's best, so they leave it
 -- by rank (ZREMRANGEBYRANK), not member by member.
 local taken = {}
+-- Per ready set, whether its pair has tenant lanes: only then is a job's tenant read (a due
+-- job with a tenant is always in a lane), so queues without tenants pay one EXISTS per pair.
+local laned = {}
 local out = {}
 for i = 1, math.min(limit, #candidates) do
   local c = candidates[i]
   local id = string.sub(c.member, 34)
   taken[c.ready] = (taken[c.ready] or 0) + 1
-  lease_job(id, c.member, c.queue, c.name, nil)
+  if laned[c.ready] == nil then
+    laned[c.ready] = redis.call('EXISTS', lanes_key(c.queue, c.name)) == 1
+  end
+  local tenant = laned[c.ready] and redis.call('HGET', job_key(id), 'tenant') or nil
+  lease_job(id, c.member, c.queue, c.name, nil, tenant)
   out[#out + 1] = id
 end
 for ready, n in pairs(taken) do redis.call('ZREMRANGEBYRANK', ready, 0, n - 1) end
