@@ -141,8 +141,9 @@ pub struct UniqueKey {
     pub window: Option<Duration>,
 }
 
-/// At most `limit` running jobs share `key`, fleet-wide and across queues. Set at enqueue; the
-/// key's limit is the one its most recently claimed job carries.
+/// At most `limit` running jobs share `key`, fleet-wide and across queues (see
+/// [`crate::flow`]). Set at enqueue; a job is admitted while fewer than its own `limit` jobs
+/// with the key run, so the jobs of one key should carry the same limit.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConcurrencyKey {
     /// The key (e.g. a customer's ID).
