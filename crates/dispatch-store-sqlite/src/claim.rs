@@ -1,5 +1,8 @@
 //! Claims: one `UPDATE … RETURNING` leases a batch from the claim index, and the next-due probe
-//! that tells an idle worker how long to sleep.
+//! that tells an idle worker how long to sleep. Claims of gated queues (with a flow config) go
+//! through [`gated`].
+
+mod gated;
 
 use std::time::Duration;
 
@@ -7,43 +10,72 @@ use dispatch_core::{ClaimRequest, ClaimedJob, Error, Result, Timestamp};
 use sqlx::{SqliteConnection, SqlitePool};
 
 use crate::error::db_error;
-use crate::row::{job_from_row, sql_limit, token_text};
+use crate::gate::{json_list, load_configs};
+use crate::row::{JobRow, job_from_row, sql_limit, token_text};
 
 /// A claim's request with its candidate SQL, built before the claim takes the writer.
 pub(crate) struct Claim {
     request: ClaimRequest,
     candidates: String,
     pairs: Vec<(String, String)>,
+    /// The request's queues as a JSON array, for the test for configs.
+    queues: String,
 }
 
 impl Claim {
     /// The claim of `request`.
-    pub(crate) fn new(request: ClaimRequest) -> Self {
+    pub(crate) fn new(request: ClaimRequest) -> Result<Self> {
         let (candidates, pairs) = claim_candidates(&request.queues, &request.names);
-        Self { request, candidates, pairs }
+        let queues = json_list(request.queues.iter().map(String::as_str))?;
+        Ok(Self { request, candidates, pairs, queues })
     }
 }
 
 /// Lease up to `claim.request.limit` due jobs on `conn` (inside the caller's transaction), every
 /// lease under the request's token, in claim order.
+///
+/// The plain claim's statement runs first, gated on none of the request's queues having a config
+/// (a constant subquery, tested once): a claim of queues without configs stays one statement.
+/// Only when it claims nothing are the configs read; if there are any, the gated claim
+/// ([`gated::claim_gated`]) claims instead, in the same transaction.
 pub(crate) async fn claim_batch(
     conn: &mut SqliteConnection,
     claim: &Claim,
     now: Timestamp,
 ) -> Result<Vec<ClaimedJob>> {
-    let Claim { request, candidates, pairs } = claim;
+    let claimed = claim_plain(conn, claim, now).await?;
+    if !claimed.is_empty() {
+        return Ok(claimed);
+    }
+    let configs = load_configs(conn, &claim.request.queues).await?;
+    if configs.is_empty() {
+        return Ok(claimed);
+    }
+    gated::claim_gated(conn, &claim.request, configs, now).await
+}
+
+/// The plain claim: up to `limit` due jobs in claim order, unless a queue of the request has a
+/// config (then nothing).
+async fn claim_plain(
+    conn: &mut SqliteConnection,
+    claim: &Claim,
+    now: Timestamp,
+) -> Result<Vec<ClaimedJob>> {
+    let Claim { request, candidates, pairs, queues } = claim;
     let expires_at = now + request.lease_ttl;
     // One statement claims the batch, every lease under the request's token.
     let sql = format!(
         "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
          lease_token = ?, lease_expires = ?, \
-         cancel_requested = 0 WHERE seq IN ({candidates}) RETURNING *"
+         cancel_requested = 0 WHERE NOT EXISTS (SELECT 1 FROM queue_configs \
+         WHERE queue IN (SELECT value FROM json_each(?))) AND seq IN ({candidates}) RETURNING *"
     );
     // Safe: the text holds only fixed SQL and placeholders; values are bound.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(request.worker.to_string())
         .bind(token_text(request.token))
-        .bind(expires_at.as_unix_micros());
+        .bind(expires_at.as_unix_micros())
+        .bind(queues.as_str());
     for (queue, name) in pairs {
         query = query
             .bind(queue.as_str())
@@ -56,6 +88,11 @@ pub(crate) async fn claim_batch(
     let mut rows = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
     // RETURNING gives no order: put the batch back in claim order.
     rows.sort_by_key(|r| (std::cmp::Reverse(r.job.priority), r.job.run_at, r.seq));
+    claimed_jobs(rows)
+}
+
+/// Claimed rows as the claim answers them.
+fn claimed_jobs(rows: Vec<JobRow>) -> Result<Vec<ClaimedJob>> {
     let mut claimed = Vec::with_capacity(rows.len());
     for row in rows {
         let lease = row.job.lease.ok_or_else(|| internal("claimed job without lease"))?;
@@ -76,13 +113,20 @@ pub(crate) async fn next_due(
     if pairs.is_empty() {
         return Ok(None);
     }
+    // A pair whose queue or name is paused is left out (a constant test per pair, one search
+    // of the configs' primary key), or an idle worker would spin on a paused queue.
     let per_pair = "SELECT min(run_at) AS due FROM jobs INDEXED BY jobs_due \
-                    WHERE state = 'available' AND queue = ? AND name = ?";
+                    WHERE state = 'available' AND queue = ? AND name = ? \
+                    AND NOT EXISTS (SELECT 1 FROM queue_configs AS c WHERE c.queue = ? \
+                    AND (json_extract(c.config, '$.paused') \
+                    OR EXISTS (SELECT 1 FROM json_each(c.config, '$.paused_names') \
+                    WHERE value = ?)))";
     let union = vec![per_pair; pairs.len()].join(" UNION ALL ");
     let sql = format!("SELECT min(due) FROM ({union})");
     // Safe: the text holds only fixed SQL and placeholders; values are bound.
     let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
     for (queue, name) in &pairs {
+        query = query.bind(queue.as_str()).bind(name.as_str());
         query = query.bind(queue.as_str()).bind(name.as_str());
     }
     let earliest: Option<i64> = query.fetch_one(readers).await.map_err(db_error)?;
@@ -91,7 +135,7 @@ pub(crate) async fn next_due(
 
 /// Every (queue, name) pair a claim or next-due lookup searches, deduplicated and capped below
 /// SQLite's 500-term compound limit.
-fn queue_name_pairs(queues: &[String], names: &[String]) -> Vec<(String, String)> {
+pub(crate) fn queue_name_pairs(queues: &[String], names: &[String]) -> Vec<(String, String)> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for queue in queues {
         for name in names {
@@ -121,6 +165,6 @@ fn claim_candidates(queues: &[String], names: &[String]) -> (String, Vec<(String
     (sql, pairs)
 }
 
-fn internal(e: impl std::fmt::Display) -> Error {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Error {
     Error::internal(format!("sqlite: {e}"))
 }

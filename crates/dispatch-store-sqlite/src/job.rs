@@ -42,7 +42,7 @@ impl JobStore for SqliteStore {
             return Ok(Vec::new());
         }
         let now = self.clock.now();
-        let claim = Claim::new(request.clone());
+        let claim = Claim::new(request.clone())?;
         self.write("claim", move |conn| {
             Box::pin(async move { claim_batch(conn, &claim, now).await })
         })
@@ -147,6 +147,12 @@ impl JobStore for SqliteStore {
     fn as_cron_store(
         self: std::sync::Arc<Self>,
     ) -> Option<std::sync::Arc<dyn dispatch_core::CronStore>> {
+        Some(self)
+    }
+
+    fn as_flow_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::FlowStore>> {
         Some(self)
     }
 

@@ -147,6 +147,8 @@ mod enqueue;
 mod error;
 mod events;
 mod finish;
+mod flow;
+mod gate;
 mod group;
 mod job;
 mod migrate;
