@@ -349,3 +349,43 @@ async fn pair_reads(
         .map_err(db_error)?;
     rows.iter().map(|row| read_row(row, queue, name)).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SqliteStore;
+
+    /// The plans of the gated claim's reads on a freshly migrated store: the tenant skip scan
+    /// and the lanes search `jobs_claim_tenant` (one search per step or tenant, never a scan of
+    /// jobs, no sort), and a pair's read searches the claim index.
+    #[tokio::test]
+    async fn lane_reads_search_the_tenant_index() {
+        let dir = std::env::temp_dir()
+            .join("dispatch-sqlite-unit")
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(dir.join("plans.db").to_str().unwrap()).await.unwrap();
+        let mut conn = store.writer.lock().await;
+        let mut plan_of = async |sql: &str| {
+            let sql = sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"));
+            let rows = sqlx::query(sql).fetch_all(&mut *conn).await.unwrap();
+            let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+            plan.join("\n")
+        };
+        let tenants = plan_of(TENANTS).await;
+        assert_eq!(
+            tenants.matches("SEARCH jobs USING COVERING INDEX jobs_claim_tenant").count()
+                + tenants.matches("SEARCH jobs USING INDEX jobs_claim_tenant").count(),
+            2,
+            "{tenants}"
+        );
+        assert!(tenants.contains("scope_tenant>?"), "{tenants}");
+        assert!(!tenants.contains("SCAN jobs") && !tenants.contains("TEMP B-TREE"), "{tenants}");
+        let lanes = plan_of(&tenant_lanes_sql()).await;
+        assert!(lanes.contains("INDEX jobs_claim_tenant (queue=? AND name=? AND scope_tenant=?"));
+        assert!(!lanes.contains("SCAN jobs") && !lanes.contains("TEMP B-TREE"), "{lanes}");
+        let pair = plan_of(&pair_sql()).await;
+        assert!(pair.contains("INDEX jobs_claim (queue=? AND name=?"), "{pair}");
+        assert!(!pair.contains("SCAN jobs"), "{pair}");
+    }
+}
