@@ -21,6 +21,7 @@ pub mod service;
 pub mod transaction;
 pub mod worker;
 
+mod progress;
 mod waiters;
 
 #[doc(inline)]

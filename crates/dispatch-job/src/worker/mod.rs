@@ -37,9 +37,12 @@ mod finisher;
 mod health;
 mod lease;
 mod membership;
+mod progress;
 mod run;
 
 use std::sync::Arc;
+
+use crate::progress::ProgressSink;
 use std::sync::atomic::AtomicBool;
 
 use dispatch_core::{
@@ -98,6 +101,13 @@ pub(crate) struct Shared {
     pub(crate) claiming: CancellationToken,
     /// Cancelled when the registry told this worker to drain (after `claiming`).
     pub(crate) drain: CancellationToken,
+    /// The store's flow control, when it keeps it (progress reports are written through it).
+    pub(crate) flow: Option<Arc<dyn dispatch_core::FlowStore>>,
+    /// Progress reports waiting for the next heartbeat.
+    pub(crate) progress: ProgressSink,
+    /// Set while the last claim came back empty with jobs due (gates full): an attempt that
+    /// ends wakes the fetch loop, since its slot may be what the gate waits for.
+    pub(crate) gated: AtomicBool,
 }
 
 /// Configures a [`Worker`]: handlers, settings, layers and hooks.
@@ -212,8 +222,12 @@ impl WorkerBuilder {
         };
         let capacity = self.config.concurrency.max(self.config.finish_batch) * 2;
         let (finisher, finish_rx) = mpsc::channel(capacity);
+        let flow = self.store.clone().as_flow_store();
         let shared = Arc::new(Shared {
             id: WorkerId::new(),
+            flow,
+            progress: ProgressSink::default(),
+            gated: AtomicBool::new(false),
             store: self.store,
             registry,
             service,

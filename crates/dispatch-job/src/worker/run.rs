@@ -24,6 +24,10 @@ use crate::context::{CancelReason, CancelToken, JobContext};
 use crate::error::{Action, JobError, JobResult};
 use crate::service::JobRequest;
 
+/// The first back-off of a fetch loop whose claim came back empty while jobs were due; it
+/// doubles up to the poll interval.
+const GATED_FIRST_DELAY: Duration = Duration::from_millis(1);
+
 pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut request = ClaimRequest {
         worker: shared.id,
@@ -34,6 +38,7 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
         token: LeaseToken::new(),
     };
     let mut error_delay = shared.config.poll_interval.min(Duration::from_millis(100));
+    let mut gated_delay = GATED_FIRST_DELAY;
     if shared.membership.is_some() {
         // Claim nothing the registry could not take over if this process died.
         tokio::select! {
@@ -82,6 +87,7 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
         shared.health.claimed();
         error_delay = shared.config.poll_interval.min(Duration::from_millis(100));
         let full = claimed.len() == request.limit;
+        let empty = claimed.is_empty();
         for job in claimed {
             let Some(permit) = permits.split(1) else { break };
             let task = run_job(shared.clone(), job, expires, permit);
@@ -93,7 +99,18 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
         // it ran, every other claim would come back half the size it could be.
         tokio::task::yield_now().await;
         if !full {
-            let wait = until_next_due(&shared, &request).await;
+            let mut wait = until_next_due(&shared, &request).await;
+            // Nothing claimed although jobs are due: flow control's gates are full. Back off
+            // (an attempt of this worker ending wakes the loop at once: its slot may be what
+            // a gate waits for), instead of claiming again every millisecond.
+            let gated = empty && wait <= GATED_FIRST_DELAY;
+            shared.gated.store(gated, std::sync::atomic::Ordering::Release);
+            if gated {
+                wait = gated_delay.min(shared.config.poll_interval);
+                gated_delay = (gated_delay * 2).min(shared.config.poll_interval);
+            } else {
+                gated_delay = GATED_FIRST_DELAY;
+            }
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
@@ -221,6 +238,8 @@ async fn run_job(
         scope: job.scope,
         cancel: cancel.clone(),
         token: lease.token,
+        progress: shared.progress.clone(),
+        saved_progress: job.progress,
     };
     let started = tokio::time::Instant::now();
     let call = shared.service.clone().oneshot(JobRequest { ctx, payload: job.payload });
@@ -231,6 +250,9 @@ async fn run_job(
     };
     let elapsed = started.elapsed();
     drop(permit);
+    if shared.gated.load(std::sync::atomic::Ordering::Acquire) {
+        shared.wake.notify_one();
+    }
     let result = match result {
         Ok(result) => result,
         // Shutdown: stop releases the lease.
@@ -239,6 +261,7 @@ async fn run_job(
         Err(_) => return shared.attempts.end(lease),
     };
 
+    super::progress::flush_one(&shared, lease.job_id).await;
     let outcome = decide(result, &cancel, attempt, backoff);
     let hook = info.map(|job| HookInfo { job, attempt, elapsed });
     let request = FinishRequest { finish: Finish { lease, outcome }, hook };
