@@ -85,12 +85,20 @@ impl FlowStore for SqliteStore {
 
     async fn set_paused(&self, queue: &str, name: Option<&str>, paused: bool) -> Result<bool> {
         QueueConfig::new(queue).validate()?;
-        let queue = queue.to_owned();
-        let name = name.map(str::to_owned);
-        self.write("set_paused", move |conn| {
-            Box::pin(async move { set_paused(conn, &queue, name.as_deref(), paused).await })
-        })
-        .await
+        let owned = (queue.to_owned(), name.map(str::to_owned));
+        let changed = self
+            .write("set_paused", move |conn| {
+                Box::pin(async move {
+                    let (queue, name) = owned;
+                    set_paused(conn, &queue, name.as_deref(), paused).await
+                })
+            })
+            .await?;
+        if changed && !paused {
+            // Idle workers of this process sleep past paused queues: a resume wakes them.
+            self.wakeups.notify([queue]);
+        }
+        Ok(changed)
     }
 
     async fn record_progress(&self, updates: &[ProgressUpdate]) -> Result<Vec<bool>> {

@@ -28,6 +28,20 @@
 //! transaction that writes its DLQ entry. Every drive call checks its lease inside its own
 //! transaction and writes nothing when the lease no longer holds the drive job.
 //!
+//! # Flow control
+//!
+//! Queue configs ([`FlowStore`](dispatch_core::FlowStore): fleet-wide running limits, rates,
+//! tenant limits and lanes, pauses) and concurrency keys are enforced by the claim, inside its
+//! own write transaction: the writer is the one door every claim on the file goes through, so
+//! two claims never both pass a full gate. A claim of queues without configs is the plain claim,
+//! one statement as before (it checks, in that statement, that none of its queues has a
+//! config). A job a gated claim started holds a running slot in each of its gates until it
+//! leaves running by any path; a trigger on the jobs table gives the slots back, so finishes,
+//! rescues, sweeps and workflow suspends need no code of their own for it. Tenant lanes are read
+//! through an index of available jobs with a tenant (a skip scan finds the tenants); the lane of
+//! jobs without a tenant is read from the claim index past at most
+//! [`LANE_SCAN_LIMIT`](dispatch_core::flow::LANE_SCAN_LIMIT) entries.
+//!
 //! # Wake-ups
 //!
 //! A call that makes jobs available (enqueue, DLQ replay, a cron fire, a run's start, an event
