@@ -40,9 +40,14 @@ const TENANTS: &str = "WITH RECURSIVE t(tenant) AS (\
     SELECT t.tenant, g.running, g.tat FROM t LEFT JOIN flow_gates AS g \
     ON g.gate = 't' || char(31) || ?1 || char(31) || t.tenant WHERE t.tenant IS NOT NULL";
 
-/// The columns a candidate is read with: the job's, and its key gate's state.
+/// The columns a candidate is read with: the job's, its key gate's state and its tenant gate's
+/// (every gate a candidate may pass is read before the admission writes it back).
 const CANDIDATE: &str = "j.seq, j.id, j.scope_tenant, j.priority, j.run_at, j.concurrency_key, \
-    j.concurrency_limit, g.running, g.tat";
+    j.concurrency_limit, g.running, g.tat, tg.running, tg.tat";
+
+/// The joins of a candidate's key gate (`g`) and tenant gate (`tg`) within queue `?2`.
+const GATES: &str = "LEFT JOIN flow_gates AS g ON g.gate = 'k' || char(31) || j.concurrency_key \
+    LEFT JOIN flow_gates AS tg ON tg.gate = 't' || char(31) || j.queue || char(31) || j.scope_tenant";
 
 /// Jobs of the tenant lanes `?1` (a JSON array) of a (queue, name) pair, up to `?5` per lane in
 /// claim order, due by `?4`: one search of `jobs_claim_tenant` per tenant.
@@ -51,8 +56,7 @@ fn tenant_lanes_sql() -> String {
         "SELECT {CANDIDATE} FROM json_each(?1) AS t \
          JOIN jobs AS j ON j.seq IN (SELECT seq FROM jobs INDEXED BY jobs_claim_tenant \
          WHERE state = 'available' AND queue = ?2 AND name = ?3 AND scope_tenant = t.value \
-         AND run_at <= ?4 ORDER BY priority DESC, run_at, seq LIMIT +?5) \
-         LEFT JOIN flow_gates AS g ON g.gate = 'k' || char(31) || j.concurrency_key"
+         AND run_at <= ?4 ORDER BY priority DESC, run_at, seq LIMIT +?5) {GATES}"
     )
 }
 
@@ -63,16 +67,15 @@ fn pair_sql() -> String {
         "SELECT {CANDIDATE} FROM (SELECT seq FROM jobs INDEXED BY jobs_claim \
          WHERE state = 'available' AND queue = ?1 AND name = ?2 AND run_at <= ?3 \
          ORDER BY priority DESC, run_at, seq LIMIT +?4) AS c JOIN jobs AS j ON j.seq = c.seq \
-         LEFT JOIN flow_gates AS g ON g.gate = 'k' || char(31) || j.concurrency_key \
-         WHERE (?5 = 0 OR j.scope_tenant IS NULL) \
+         {GATES} WHERE (?5 = 0 OR j.scope_tenant IS NULL) \
          ORDER BY j.priority DESC, j.run_at, j.seq LIMIT +?6"
     )
 }
 
-/// One candidate row with its key gate's state.
+/// One candidate row with the stored states of its key and tenant gates (name, running, tat).
 struct Read {
     candidate: Candidate,
-    key_gate: Option<(String, i64, i64)>,
+    gates: Vec<(String, i64, i64)>,
 }
 
 fn read_row(row: &SqliteRow, queue: &str, name: &str) -> Result<Read> {
@@ -93,7 +96,16 @@ fn read_row(row: &SqliteRow, queue: &str, name: &str) -> Result<Read> {
         }
         _ => None,
     };
-    let key_gate = key.as_ref().map(|k| (key_gate(&k.key), running.unwrap_or(0), tat.unwrap_or(0)));
+    let tenant_running: Option<i64> = row.try_get(9).map_err(get_err)?;
+    let tenant_tat: Option<i64> = row.try_get(10).map_err(get_err)?;
+    let mut gates = Vec::with_capacity(2);
+    if let Some(key) = &key {
+        gates.push((key_gate(&key.key), running.unwrap_or(0), tat.unwrap_or(0)));
+    }
+    if let Some(tenant) = &tenant {
+        let state = (tenant_running.unwrap_or(0), tenant_tat.unwrap_or(0));
+        gates.push((tenant_gate(queue, tenant), state.0, state.1));
+    }
     let candidate = Candidate {
         id,
         queue: queue.to_owned(),
@@ -102,7 +114,7 @@ fn read_row(row: &SqliteRow, queue: &str, name: &str) -> Result<Read> {
         key,
         order: ClaimOrder::new(priority, Timestamp::from_unix_micros(run_at), seq),
     };
-    Ok(Read { candidate, key_gate })
+    Ok(Read { candidate, gates })
 }
 
 /// Keep the candidates of `rows` whose key gate is open (telling the admission each key gate's
@@ -118,7 +130,7 @@ fn open_candidates(
         if kept.len() == take {
             break;
         }
-        if let Some((gate, running, tat)) = read.key_gate {
+        for (gate, running, tat) in read.gates {
             admission.know(gate, gate_state(running, tat));
         }
         match &read.candidate.key {

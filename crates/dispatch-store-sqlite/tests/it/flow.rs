@@ -186,3 +186,19 @@ async fn progress_survives_a_retry() {
     let second = store.claim(&request(&["q"], 1)).await.unwrap().remove(0);
     assert_eq!(second.job.progress, Some(report));
 }
+
+/// A queue not read in lanes still counts its tenants' running jobs in their gates, from their
+/// stored state (a claim that did not read a tenant's gate would write it back as one running),
+/// so tenant limits set later hold at once.
+#[tokio::test]
+async fn tenant_gates_count_in_a_queue_without_lanes() {
+    let (store, _clock) = store().await;
+    store.set_queue_config(&QueueConfig::new("q").max_running(10)).await.unwrap();
+    store.enqueue((0..5).map(|_| job("q", Some("t"))).collect()).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(store.claim(&request(&["q"], 1)).await.unwrap().len(), 1);
+    }
+    let limited = QueueConfig::new("q").max_running(10).tenant_max_running(3);
+    store.set_queue_config(&limited).await.unwrap();
+    assert!(store.claim(&request(&["q"], 5)).await.unwrap().is_empty());
+}
