@@ -39,6 +39,7 @@ mod lease;
 mod membership;
 mod progress;
 mod run;
+mod slots;
 
 use std::sync::Arc;
 
@@ -108,6 +109,8 @@ pub(crate) struct Shared {
     /// Set while the last claim came back empty with jobs due (gates full): an attempt that
     /// ends wakes the fetch loop, since its slot may be what the gate waits for.
     pub(crate) gated: AtomicBool,
+    /// This worker's local slot limits per queue, and what runs in each.
+    pub(crate) queue_slots: slots::QueueSlots,
 }
 
 /// Configures a [`Worker`]: handlers, settings, layers and hooks.
@@ -143,6 +146,13 @@ impl WorkerBuilder {
     /// Most attempts running at once.
     pub fn concurrency(self, concurrency: usize) -> Self {
         self.configure(|c| c.concurrency = concurrency)
+    }
+
+    /// Give `queue` at most `slots` of this worker's slots (local to this process; fleet-wide
+    /// limits are flow control's, in the store). The other queues share the rest.
+    pub fn queue_slots(self, queue: impl Into<String>, slots: usize) -> Self {
+        let queue = queue.into();
+        self.configure(move |c| _ = c.queue_slots.insert(queue, slots))
     }
 
     /// Claim from these queues only.
@@ -228,6 +238,7 @@ impl WorkerBuilder {
             flow,
             progress: ProgressSink::default(),
             gated: AtomicBool::new(false),
+            queue_slots: slots::QueueSlots::new(self.config.queue_slots.clone()),
             store: self.store,
             registry,
             service,
