@@ -1,8 +1,6 @@
 //! Claims: one `UPDATE … RETURNING` leases a batch from the claim index, and the next-due probe
-//! that tells an idle worker how long to sleep. Claims of gated queues (with a flow config) go
-//! through [`gated`].
-
-mod gated;
+//! that tells an idle worker how long to sleep. A claim of gated queues (with a flow config) is
+//! the gated claim of `flow/claim.rs`, which runs this one first.
 
 use std::time::Duration;
 
@@ -10,7 +8,7 @@ use dispatch_core::{ClaimRequest, ClaimedJob, Error, Result, Timestamp};
 use sqlx::{SqliteConnection, SqlitePool};
 
 use crate::error::db_error;
-use crate::gate::{json_list, load_configs};
+use crate::flow::gate::json_list;
 use crate::row::{JobRow, job_from_row, sql_limit, token_text};
 
 /// A claim's request with its candidate SQL, built before the claim takes the writer.
@@ -23,6 +21,11 @@ pub(crate) struct Claim {
 }
 
 impl Claim {
+    /// The request.
+    pub(crate) fn request(&self) -> &ClaimRequest {
+        &self.request
+    }
+
     /// The claim of `request`.
     pub(crate) fn new(request: ClaimRequest) -> Result<Self> {
         let (candidates, pairs) = claim_candidates(&request.queues, &request.names);
@@ -31,32 +34,12 @@ impl Claim {
     }
 }
 
-/// Lease up to `claim.request.limit` due jobs on `conn` (inside the caller's transaction), every
-/// lease under the request's token, in claim order.
-///
-/// The plain claim's statement runs first, gated on none of the request's queues having a config
-/// (a constant subquery, tested once): a claim of queues without configs stays one statement.
-/// Only when it claims nothing are the configs read; if there are any, the gated claim
-/// ([`gated::claim_gated`]) claims instead, in the same transaction.
-pub(crate) async fn claim_batch(
-    conn: &mut SqliteConnection,
-    claim: &Claim,
-    now: Timestamp,
-) -> Result<Vec<ClaimedJob>> {
-    let claimed = claim_plain(conn, claim, now).await?;
-    if !claimed.is_empty() {
-        return Ok(claimed);
-    }
-    let configs = load_configs(conn, &claim.request.queues).await?;
-    if configs.is_empty() {
-        return Ok(claimed);
-    }
-    gated::claim_gated(conn, &claim.request, configs, now).await
-}
-
-/// The plain claim: up to `limit` due jobs in claim order, unless a queue of the request has a
-/// config (then nothing).
-async fn claim_plain(
+/// The plain claim: lease up to `claim.request.limit` due jobs on `conn` (inside the caller's
+/// transaction), every lease under the request's token, in claim order; nothing when a queue of
+/// the request has a flow config. One statement: the test for configs is a constant subquery in
+/// it, evaluated once, so a claim of queues without configs costs what it did before flow
+/// control.
+pub(crate) async fn claim_plain(
     conn: &mut SqliteConnection,
     claim: &Claim,
     now: Timestamp,
@@ -92,7 +75,7 @@ async fn claim_plain(
 }
 
 /// Claimed rows as the claim answers them.
-fn claimed_jobs(rows: Vec<JobRow>) -> Result<Vec<ClaimedJob>> {
+pub(crate) fn claimed_jobs(rows: Vec<JobRow>) -> Result<Vec<ClaimedJob>> {
     let mut claimed = Vec::with_capacity(rows.len());
     for row in rows {
         let lease = row.job.lease.ok_or_else(|| internal("claimed job without lease"))?;

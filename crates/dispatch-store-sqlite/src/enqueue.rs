@@ -13,7 +13,7 @@ use dispatch_core::{
 use sqlx::{Row, SqliteConnection};
 
 use crate::error::db_error;
-use crate::gate::insert_default_config;
+use crate::flow::gate::insert_default_config;
 use crate::row::{duration_micros, parse};
 
 /// Rows per multi-row insert: 17 columns each, well under SQLite's bound-parameter limit.

@@ -1,6 +1,11 @@
 //! [`FlowStore`] for [`SqliteStore`]: queue configs, pauses and progress reports, each call one
 //! `BEGIN IMMEDIATE` transaction on the writer (reads of configs use the reader pool). The claim
-//! that enforces the configs is `claim/gated.rs`; the rows are `gate.rs`.
+//! that enforces the configs is [`claim`]; the config and gate rows are [`gate`]; a counted
+//! job's slots are given back by the `jobs_flow_release` trigger (migration 0010) on every path
+//! out of running.
+
+pub(crate) mod claim;
+pub(crate) mod gate;
 
 use std::collections::HashSet;
 
@@ -9,12 +14,12 @@ use dispatch_core::flow::queue_gate;
 use dispatch_core::{Error, FlowStore, ProgressUpdate, QueueConfig, QueueFlow, Result};
 use sqlx::{Row, SqliteConnection};
 
-use crate::SqliteStore;
-use crate::error::db_error;
-use crate::gate::{
+use self::gate::{
     config_from_text, config_json, count_running, gate_running, insert_default_config, load_config,
     save_config,
 };
+use crate::SqliteStore;
+use crate::error::db_error;
 use crate::row::token_text;
 
 #[async_trait]

@@ -162,7 +162,6 @@ mod error;
 mod events;
 mod finish;
 mod flow;
-mod gate;
 mod group;
 mod job;
 mod migrate;

@@ -22,9 +22,9 @@ use dispatch_core::{ClaimRequest, ClaimedJob, JobId, QueueConfig, Result, Timest
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
-use super::{claimed_jobs, internal, queue_name_pairs};
+use super::gate::{add_running, gate_state, json_list, load_configs, load_gates, write_gates};
+use crate::claim::{Claim, claim_plain, claimed_jobs, internal, queue_name_pairs};
 use crate::error::db_error;
-use crate::gate::{add_running, gate_state, json_list, load_gates, write_gates};
 use crate::row::{JobRow, job_from_row, sql_limit, token_text};
 
 /// The tenants with available jobs of a (queue, name) pair, with their tenant gate's state: a
@@ -141,10 +141,30 @@ fn open_candidates(
     (kept, skipped)
 }
 
+/// Lease up to the request's limit of due jobs on `conn`, inside the claim's transaction: the
+/// plain claim ([`claim_plain`]) when none of the request's queues has a config, else the gated
+/// claim. The plain claim's statement runs first and claims nothing when a queue has a config;
+/// only then are the configs read, so a claim of plain queues stays one statement.
+pub(crate) async fn claim_batch(
+    conn: &mut SqliteConnection,
+    claim: &Claim,
+    now: Timestamp,
+) -> Result<Vec<ClaimedJob>> {
+    let claimed = claim_plain(conn, claim, now).await?;
+    if !claimed.is_empty() {
+        return Ok(claimed);
+    }
+    let configs = load_configs(conn, &claim.request().queues).await?;
+    if configs.is_empty() {
+        return Ok(claimed);
+    }
+    claim_gated(conn, claim.request(), configs, now).await
+}
+
 /// Claim up to `request.limit` jobs of gated queues (and of the request's other queues, whose
 /// jobs pass only their key gates), as [`Admission`] decides, on `conn` inside the claim's
 /// transaction.
-pub(super) async fn claim_gated(
+async fn claim_gated(
     conn: &mut SqliteConnection,
     request: &ClaimRequest,
     configs: Vec<QueueConfig>,

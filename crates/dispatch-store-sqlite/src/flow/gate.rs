@@ -1,6 +1,6 @@
 //! Flow control's rows: queue configs (`queue_configs`, the [`QueueConfig`] as JSON) and gate
 //! states (`flow_gates`), read and written inside the caller's transaction by the gated claim
-//! (`claim/gated.rs`), enqueue (a keyed job's default config) and the `FlowStore` calls
+//! (`flow/claim.rs`), enqueue (a keyed job's default config) and the `FlowStore` calls
 //! (`flow.rs`). The release of a counted job's slots is the `jobs_flow_release` trigger
 //! (migration 0010), so every path out of `running` takes it.
 
