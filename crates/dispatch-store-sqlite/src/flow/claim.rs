@@ -170,37 +170,15 @@ async fn claim_gated(
     configs: Vec<QueueConfig>,
     now: Timestamp,
 ) -> Result<Vec<ClaimedJob>> {
-    let limit = request.limit;
     let queue_gates: Vec<String> = configs.iter().map(|c| queue_gate(&c.queue)).collect();
     let gates = load_gates(conn, &queue_gates).await?;
-    let mut admission = Admission::new(now, configs, gates);
-    let mut sequences = Vec::new();
-    for (queue, name) in queue_name_pairs(&request.queues, &request.names) {
-        let config = admission.config(&queue).cloned();
-        if let Some(config) = &config
-            && (!config.claimable(&name) || !admission.lane_open(&queue, None))
-        {
-            continue;
-        }
-        let sequence = if config.as_ref().is_some_and(QueueConfig::in_lanes) {
-            let mut lanes =
-                read_tenant_lanes(conn, &mut admission, &queue, &name, now, limit).await?;
-            lanes.push(read_pair(conn, &mut admission, &queue, &name, now, limit, true).await?);
-            round_robin(lanes)
-        } else {
-            read_pair(conn, &mut admission, &queue, &name, now, limit, false).await?
-        };
-        sequences.push(sequence);
-    }
-    let mut admitted = Vec::new();
-    for candidate in merge(sequences) {
-        if admitted.len() == limit {
-            break;
-        }
-        if admission.admit(&candidate) {
-            admitted.push(candidate);
-        }
-    }
+    let start = Start { request, configs: &configs, gates: &gates, now };
+    let (admission, admitted) = match admit(conn, &start, true).await? {
+        Some(done) => done,
+        None => admit(conn, &start, false)
+            .await?
+            .ok_or_else(|| internal("a gated claim with full lanes asked for fuller ones"))?,
+    };
     if admitted.is_empty() {
         return Ok(Vec::new());
     }
@@ -208,6 +186,79 @@ async fn claim_gated(
     write_gates(conn, admission.changed()).await?;
     add_running(conn, &uncounted_slots(&admission, &admitted)).await?;
     claimed_jobs(rows)
+}
+
+/// What every admission of one gated claim starts from.
+struct Start<'a> {
+    request: &'a ClaimRequest,
+    configs: &'a [QueueConfig],
+    gates: &'a [(String, dispatch_core::GateState)],
+    now: Timestamp,
+}
+
+/// Read the candidates and admit up to the limit: the admission and the admitted jobs.
+///
+/// A `shallow` read takes from each tenant lane only its share of the limit (the limit over the
+/// open lanes, rounded up), which is a prefix of the full lanes' round-robin, so the admissions
+/// are the same as with full lanes until a shallow sequence runs out. When one runs out while
+/// the claim still has room and its queue could still admit, this answers `None` and the caller
+/// reads again in full (a queue whose gate closed would have refused the rest anyway). With a
+/// thousand tenants and a limit of 10, the shallow read is one job per lane, not ten.
+async fn admit(
+    conn: &mut SqliteConnection,
+    start: &Start<'_>,
+    shallow: bool,
+) -> Result<Option<(Admission, Vec<Candidate>)>> {
+    let Start { request, configs, gates, now } = *start;
+    let limit = request.limit;
+    let mut admission = Admission::new(now, configs.iter().cloned(), gates.iter().cloned());
+    let mut sequences = Vec::new();
+    // Per sequence: its queue, when the sequence is shallower than a full read.
+    let mut cut = Vec::new();
+    for (queue, name) in queue_name_pairs(&request.queues, &request.names) {
+        let config = admission.config(&queue).cloned();
+        if let Some(config) = &config
+            && (!config.claimable(&name) || !admission.lane_open(&queue, None))
+        {
+            continue;
+        }
+        if config.as_ref().is_some_and(QueueConfig::in_lanes) {
+            let pair = (queue.as_str(), name.as_str());
+            let (lanes, shallower) =
+                read_lanes_of(conn, &mut admission, pair, now, limit, shallow).await?;
+            sequences.push(round_robin(lanes));
+            cut.push(shallower.then_some(queue));
+        } else {
+            sequences
+                .push(read_pair(conn, &mut admission, &queue, &name, now, limit, false).await?);
+            cut.push(None);
+        }
+    }
+    let mut left: Vec<usize> = sequences.iter().map(Vec::len).collect();
+    let from: HashMap<i64, usize> = sequences
+        .iter()
+        .enumerate()
+        .flat_map(|(i, sequence)| sequence.iter().map(move |c| (c.order.seq, i)))
+        .collect();
+    let mut admitted = Vec::new();
+    for candidate in merge(sequences) {
+        if admitted.len() == limit {
+            break;
+        }
+        let i = from.get(&candidate.order.seq).copied().unwrap_or_default();
+        if admission.admit(&candidate) {
+            admitted.push(candidate);
+        }
+        left[i] = left[i].saturating_sub(1);
+        if left[i] == 0
+            && admitted.len() < limit
+            && let Some(queue) = &cut[i]
+            && admission.lane_open(queue, None)
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some((admission, admitted)))
 }
 
 /// The running slots admitted jobs hold that the admission did not count: the queue and tenant
@@ -256,31 +307,50 @@ async fn lease_admitted(
     Ok(rows)
 }
 
-/// The tenant lanes of a (queue, name) pair whose gates are open, each its best due jobs with an
-/// open key gate, at most `limit`.
-async fn read_tenant_lanes(
+/// The lanes of a (queue, name) pair read in lanes: each open tenant lane's best due jobs with an
+/// open key gate, then the lane of jobs without a tenant; each at most `limit`, or its share of
+/// it when `shallow` (see [`admit`]). Answers the lanes and whether they are shallower than a
+/// full read (a lane was cut at its share).
+async fn read_lanes_of(
     conn: &mut SqliteConnection,
     admission: &mut Admission,
-    queue: &str,
-    name: &str,
+    (queue, name): (&str, &str),
     now: Timestamp,
     limit: usize,
-) -> Result<Vec<Vec<Candidate>>> {
+    shallow: bool,
+) -> Result<(Vec<Vec<Candidate>>, bool)> {
     let rows = sqlx::query(TENANTS).bind(queue).bind(name).fetch_all(&mut *conn).await;
     let mut open = Vec::new();
     for row in rows.map_err(db_error)? {
         let tenant: String = row.try_get(0).map_err(db_error)?;
         let running: Option<i64> = row.try_get(1).map_err(db_error)?;
         let tat: Option<i64> = row.try_get(2).map_err(db_error)?;
-        admission
-            .know(tenant_gate(queue, &tenant), gate_state(running.unwrap_or(0), tat.unwrap_or(0)));
+        let state = gate_state(running.unwrap_or(0), tat.unwrap_or(0));
+        admission.know(tenant_gate(queue, &tenant), state);
         if admission.lane_open(queue, Some(&tenant)) {
             open.push(tenant);
         }
     }
-    let mut first = read_lanes(conn, queue, name, &open, now, limit).await?;
-    let mut lanes = Vec::with_capacity(open.len());
-    for tenant in &open {
+    let share = if shallow { limit.div_ceil(open.len() + 1).max(1) } else { limit };
+    let mut lanes = read_tenant_lanes(conn, admission, (queue, name), &open, now, share).await?;
+    lanes.push(read_pair(conn, admission, queue, name, now, share, true).await?);
+    let shallower = share < limit && lanes.iter().any(|lane| lane.len() == share);
+    Ok((lanes, shallower))
+}
+
+/// The open tenant lanes `open` of a (queue, name) pair, each its best due jobs with an open key
+/// gate, at most `limit`.
+async fn read_tenant_lanes(
+    conn: &mut SqliteConnection,
+    admission: &mut Admission,
+    (queue, name): (&str, &str),
+    open: &[String],
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<Vec<Candidate>>> {
+    let mut first = read_lanes(conn, queue, name, open, now, limit).await?;
+    let mut lanes = Vec::with_capacity(open.len() + 1);
+    for tenant in open {
         let reads = first.remove(tenant.as_str()).unwrap_or_default();
         let full = reads.len() == limit;
         let (mut kept, skipped) = open_candidates(admission, reads, limit);

@@ -202,3 +202,25 @@ async fn tenant_gates_count_in_a_queue_without_lanes() {
     store.set_queue_config(&limited).await.unwrap();
     assert!(store.claim(&request(&["q"], 5)).await.unwrap().is_empty());
 }
+
+/// A claim first reads each tenant lane only as deep as its share of the limit; when the
+/// admission refuses that much (here: lane heads sharing a key of limit 1) while the queue could
+/// still admit, it reads the lanes in full and admits what a full read does.
+#[tokio::test]
+async fn a_shallow_read_that_runs_out_reads_the_lanes_in_full() {
+    let (store, _clock) = store().await;
+    store.set_queue_config(&QueueConfig::new("q").fair()).await.unwrap();
+    let keyed = |tenant: &str| {
+        let mut job = job("q", Some(tenant));
+        job.concurrency = Some(ConcurrencyKey::new("k", 1));
+        job
+    };
+    let a = vec![keyed("a"), keyed("a"), job("q", Some("a")), job("q", Some("a"))];
+    let b = vec![keyed("b"), keyed("b"), job("q", Some("b"))];
+    let want = [a[0].id, a[2].id, b[2].id, a[3].id];
+    store.enqueue(a).await.unwrap();
+    store.enqueue(b).await.unwrap();
+    let claimed = store.claim(&request(&["q"], 4)).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.job.id).collect();
+    assert_eq!(ids, want);
+}
