@@ -9,8 +9,8 @@
 //! All writes go through one writer connection, each in a `BEGIN IMMEDIATE` transaction, taken in
 //! turn (first come, first served), so the store's own calls never see `SQLITE_BUSY` from one
 //! another. Reads (`get_job`, `list_jobs`, `count_jobs`, `list_dlq`, `get_dlq`, `count_dlq`,
-//! `get_run`, `list_runs`, `checkpoints`, `get_cron`, `find_cron`, `list_cron`, `due_cron`) use
-//! a small pool of reader connections and run beside the writer (WAL). Every call has a timeout
+//! `get_run`, `list_runs`, `checkpoints`, `get_cron`, `find_cron`, `list_cron`, `due_cron`,
+//! `queue_flow`, `list_queue_flows`, `next_due`) use a small pool of reader connections and run beside the writer (WAL). Every call has a timeout
 //! ([`DEFAULT_CALL_TIMEOUT`]) and fails with
 //! [`ErrorKind::Timeout`] past it. A connection outside the store (another process, or the
 //! application's own) that holds the write lock past the

@@ -218,3 +218,26 @@ pub(crate) async fn count_running(conn: &mut SqliteConnection, queue: &str) -> R
     }
     add_running(conn, &counts).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `next_due` (`claim.rs`) reads the stored JSON with `json_extract(config, '$.paused')` and
+    /// `json_each(config, '$.paused_names')`: those fields keep their names and shapes, and a
+    /// config stored before them reads back.
+    #[test]
+    fn stored_configs_keep_the_fields_sql_reads() {
+        let mut config = QueueConfig::new("q").max_running(3);
+        config.paused = true;
+        config.paused_names.insert("send".to_owned());
+        let json: serde_json::Value = serde_json::from_str(&config_json(&config).unwrap()).unwrap();
+        assert_eq!(json["paused"], serde_json::json!(true));
+        assert_eq!(json["paused_names"], serde_json::json!(["send"]));
+        assert_eq!(config_from_text(&config_json(&config).unwrap()).unwrap(), config);
+        let stored = r#"{"queue":"q","limits":{"max_running":3,"rate":null},
+            "tenant_limits":{"max_running":null,"rate":null},"fair":false,"paused":true,
+            "paused_names":["send"]}"#;
+        assert_eq!(config_from_text(stored).unwrap(), config);
+    }
+}

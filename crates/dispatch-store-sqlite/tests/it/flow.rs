@@ -224,3 +224,23 @@ async fn a_shallow_read_that_runs_out_reads_the_lanes_in_full() {
     let ids: Vec<_> = claimed.iter().map(|c| c.job.id).collect();
     assert_eq!(ids, want);
 }
+
+/// Next-due leaves out a paused name (read from the stored config's JSON) but not the queue's
+/// other names, and a resumed name is due again.
+#[tokio::test]
+async fn next_due_leaves_out_a_paused_name() {
+    let (store, _clock) = store().await;
+    let mut other = job("q", None);
+    other.name = "other".to_owned();
+    other.run_at = RunAt::After(Duration::from_secs(5));
+    store.enqueue(vec![job("q", None), other]).await.unwrap();
+    let names = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+    let queues = names(&["q"]);
+    assert!(store.set_paused("q", Some("work"), true).await.unwrap());
+    let due = store.next_due(&queues, &names(&["work", "other"])).await.unwrap();
+    assert_eq!(due, Some(Duration::from_secs(5)), "only the other name is due");
+    assert_eq!(store.next_due(&queues, &names(&["work"])).await.unwrap(), None);
+    assert!(store.set_paused("q", Some("work"), false).await.unwrap());
+    let due = store.next_due(&queues, &names(&["work"])).await.unwrap();
+    assert_eq!(due, Some(Duration::ZERO));
+}
