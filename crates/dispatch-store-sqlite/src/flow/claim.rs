@@ -45,7 +45,7 @@ const TENANTS: &str = "WITH RECURSIVE t(tenant) AS (\
 const CANDIDATE: &str = "j.seq, j.id, j.scope_tenant, j.priority, j.run_at, j.concurrency_key, \
     j.concurrency_limit, g.running, g.tat, tg.running, tg.tat";
 
-/// The joins of a candidate's key gate (`g`) and tenant gate (`tg`) within queue `?2`.
+/// The joins of a candidate's key gate (`g`) and its tenant gate within its queue (`tg`).
 const GATES: &str = "LEFT JOIN flow_gates AS g ON g.gate = 'k' || char(31) || j.concurrency_key \
     LEFT JOIN flow_gates AS tg ON tg.gate = 't' || char(31) || j.queue || char(31) || j.scope_tenant";
 
@@ -79,25 +79,24 @@ struct Read {
 }
 
 fn read_row(row: &SqliteRow, queue: &str, name: &str) -> Result<Read> {
-    let get_err = db_error;
-    let seq: i64 = row.try_get(0).map_err(get_err)?;
-    let id: String = row.try_get(1).map_err(get_err)?;
+    let seq: i64 = row.try_get(0).map_err(db_error)?;
+    let id: String = row.try_get(1).map_err(db_error)?;
     let id: JobId = id.parse()?;
-    let tenant: Option<String> = row.try_get(2).map_err(get_err)?;
-    let priority: i32 = row.try_get(3).map_err(get_err)?;
-    let run_at: i64 = row.try_get(4).map_err(get_err)?;
-    let key: Option<String> = row.try_get(5).map_err(get_err)?;
-    let limit: Option<i64> = row.try_get(6).map_err(get_err)?;
-    let running: Option<i64> = row.try_get(7).map_err(get_err)?;
-    let tat: Option<i64> = row.try_get(8).map_err(get_err)?;
+    let tenant: Option<String> = row.try_get(2).map_err(db_error)?;
+    let priority: i32 = row.try_get(3).map_err(db_error)?;
+    let run_at: i64 = row.try_get(4).map_err(db_error)?;
+    let key: Option<String> = row.try_get(5).map_err(db_error)?;
+    let limit: Option<i64> = row.try_get(6).map_err(db_error)?;
+    let running: Option<i64> = row.try_get(7).map_err(db_error)?;
+    let tat: Option<i64> = row.try_get(8).map_err(db_error)?;
     let key = match (key, limit) {
         (Some(key), Some(limit)) => {
             Some(ConcurrencyKey::new(key, u32::try_from(limit).map_err(internal)?))
         }
         _ => None,
     };
-    let tenant_running: Option<i64> = row.try_get(9).map_err(get_err)?;
-    let tenant_tat: Option<i64> = row.try_get(10).map_err(get_err)?;
+    let tenant_running: Option<i64> = row.try_get(9).map_err(db_error)?;
+    let tenant_tat: Option<i64> = row.try_get(10).map_err(db_error)?;
     let mut gates = Vec::with_capacity(2);
     if let Some(key) = &key {
         gates.push((key_gate(&key.key), running.unwrap_or(0), tat.unwrap_or(0)));
