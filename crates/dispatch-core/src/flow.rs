@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::id::JobId;
+pub use crate::job::ConcurrencyKey;
 use crate::job::{LeaseRef, MAX_NAME_LEN};
 use crate::time::Timestamp;
 
@@ -236,37 +237,6 @@ pub struct QueueFlow {
     pub config: QueueConfig,
     /// Counted jobs of the queue running now (see the [module docs](self)).
     pub running: u64,
-}
-
-/// At most `limit` running jobs share `key`, fleet-wide and across queues. Set at enqueue; the
-/// key's limit is the one its most recently claimed job carries.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ConcurrencyKey {
-    /// The key (e.g. a customer's ID).
-    pub key: String,
-    /// The most running jobs with this key (at least 1).
-    pub limit: u32,
-}
-
-impl ConcurrencyKey {
-    /// At most `limit` running jobs with `key`.
-    pub fn new(key: impl Into<String>, limit: u32) -> Self {
-        Self { key: key.into(), limit }
-    }
-
-    /// Check the key before a store keeps it.
-    pub fn validate(&self) -> Result<()> {
-        if self.key.is_empty() || self.key.len() > MAX_NAME_LEN || self.limit == 0 {
-            return Err(Error::invalid_input(format!(
-                "concurrency key must be 1 to {MAX_NAME_LEN} bytes with a limit ≥ 1, got {:?} \
-                 ({} bytes) limit {}",
-                self.key,
-                self.key.len(),
-                self.limit
-            )));
-        }
-        Ok(())
-    }
 }
 
 /// A gate's name, as stores key their gate state: `q␟queue`, `t␟queue␟tenant`, `k␟key` (␟ is

@@ -41,7 +41,6 @@ use uuid::Uuid;
 
 use crate::codec::check_payload_size;
 use crate::error::{Error, Result};
-use crate::flow::ConcurrencyKey;
 use crate::id::{DlqId, JobId, WorkerId};
 use crate::scope::Scope;
 use crate::time::Timestamp;
@@ -140,6 +139,38 @@ pub struct UniqueKey {
     /// When set, the key stays held for this long after the holder's enqueue, even after the
     /// holder finished.
     pub window: Option<Duration>,
+}
+
+/// At most `limit` running jobs share `key`, fleet-wide and across queues (see
+/// [`crate::flow`]). Set at enqueue; a job is admitted while fewer than its own `limit` jobs
+/// with the key run, so the jobs of one key should carry the same limit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConcurrencyKey {
+    /// The key (e.g. a customer's ID).
+    pub key: String,
+    /// The most running jobs with this key (at least 1).
+    pub limit: u32,
+}
+
+impl ConcurrencyKey {
+    /// At most `limit` running jobs with `key`.
+    pub fn new(key: impl Into<String>, limit: u32) -> Self {
+        Self { key: key.into(), limit }
+    }
+
+    /// Check the key before a store keeps it.
+    pub fn validate(&self) -> Result<()> {
+        if self.key.is_empty() || self.key.len() > MAX_NAME_LEN || self.limit == 0 {
+            return Err(Error::invalid_input(format!(
+                "concurrency key must be 1 to {MAX_NAME_LEN} bytes with a limit ≥ 1, got {:?} \
+                 ({} bytes) limit {}",
+                self.key,
+                self.key.len(),
+                self.limit
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A job not yet stored: what enqueue takes. Store-independent, so it can also be written inside

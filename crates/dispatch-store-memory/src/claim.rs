@@ -12,19 +12,20 @@ impl State {
     /// A queue with a flow config makes the whole claim gated (see `flow.rs`); its jobs are
     /// counted in their gates.
     pub(crate) fn claim(&mut self, request: &ClaimRequest, now: Timestamp) -> Vec<ClaimedJob> {
-        let gated = self.gated(&request.queues);
-        let keys = if gated {
-            self.claim_gated(request, now)
-        } else {
-            self.available.best_due(&request.queues, &request.names, now, request.limit)
-        };
         let expires_at = now + request.lease_ttl;
-        let claimed: Vec<ClaimedJob> =
-            keys.into_iter().filter_map(|key| self.claim_one(key.3, request, expires_at)).collect();
-        if gated {
-            claimed.iter().for_each(|c| self.mark_counted(c.job.id));
+        if self.gated(&request.queues) {
+            let admitted = self.claim_gated(request, now);
+            return admitted
+                .into_iter()
+                .filter_map(|(key, held)| {
+                    let claimed = self.claim_one(key.3, request, expires_at)?;
+                    self.hold(claimed.job.id, held);
+                    Some(claimed)
+                })
+                .collect();
         }
-        claimed
+        let keys = self.available.best_due(&request.queues, &request.names, now, request.limit);
+        keys.into_iter().filter_map(|key| self.claim_one(key.3, request, expires_at)).collect()
     }
 
     fn claim_one(

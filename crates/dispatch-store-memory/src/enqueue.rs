@@ -81,7 +81,7 @@ impl State {
         if job.concurrency.is_some() {
             self.ensure_config(&job.queue);
         }
-        self.jobs.insert(id, Row { job, seq, last_finish: None, unique_until, counted: false });
+        self.jobs.insert(id, Row { job, seq, last_finish: None, unique_until, held: Vec::new() });
         self.index(id);
         id
     }

@@ -21,6 +21,18 @@ pub(crate) struct Flow {
     gates: HashMap<String, GateState>,
 }
 
+/// The gates `job` took a slot in when `admission` admitted it: its queue's and tenant's when
+/// the queue has a config, its key's when it has one.
+fn passed_gates(admission: &Admission, job: &Candidate) -> Vec<String> {
+    let mut gates = Vec::with_capacity(3);
+    if admission.config(&job.queue).is_some() {
+        gates.push(flow::queue_gate(&job.queue));
+        gates.extend(job.tenant.as_deref().map(|t| flow::tenant_gate(&job.queue, t)));
+    }
+    gates.extend(job.key.as_ref().map(|k| flow::key_gate(&k.key)));
+    gates
+}
+
 impl Flow {
     fn queue_flow(&self, config: &QueueConfig) -> QueueFlow {
         let running = self.gates.get(&flow::queue_gate(&config.queue)).map_or(0, |g| g.running);
@@ -52,7 +64,12 @@ impl State {
     }
 
     /// The gated claim: candidates per (queue, name) pair, merged, admitted one by one.
-    pub(crate) fn claim_gated(&mut self, request: &ClaimRequest, now: Timestamp) -> Vec<Key> {
+    /// Answers each admitted job's index key with the gates it took a slot in.
+    pub(crate) fn claim_gated(
+        &mut self,
+        request: &ClaimRequest,
+        now: Timestamp,
+    ) -> Vec<(Key, Vec<String>)> {
         let configs = request.queues.iter().filter_map(|q| self.flow.configs.get(q)).cloned();
         let mut admission = Admission::new(now, configs, self.flow.gates.clone());
         let mut sequences = Vec::new();
@@ -75,13 +92,13 @@ impl State {
                 break;
             }
             if admission.admit(&candidate) {
-                admitted.push(candidate.id);
+                admitted.push((candidate.id, passed_gates(&admission, &candidate)));
             }
         }
         for (gate, state) in admission.changed() {
             self.flow.gates.insert(gate.to_owned(), state);
         }
-        admitted.into_iter().filter_map(|id| self.key_of(id)).collect()
+        admitted.into_iter().filter_map(|(id, held)| Some((self.key_of(id)?, held))).collect()
     }
 
     /// One pair's candidates: its tenant lanes round-robin when the queue is read in lanes,
@@ -142,46 +159,45 @@ impl State {
         Some(crate::index::key(row.job.priority, row.job.run_at, row.seq, id))
     }
 
-    /// Count job `id` in its gates (it was just claimed through the gated path).
-    pub(crate) fn mark_counted(&mut self, id: dispatch_core::JobId) {
+    /// Record the gates job `id` holds a slot in (it was just claimed through the gated path).
+    pub(crate) fn hold(&mut self, id: dispatch_core::JobId, held: Vec<String>) {
         if let Some(row) = self.jobs.get_mut(&id) {
-            row.counted = true;
+            row.held = held;
         }
     }
 
-    /// Give back job `id`'s running slots when it is counted and no longer running.
+    /// Give back job `id`'s running slots once it is no longer running.
     pub(crate) fn release_gates(&mut self, id: dispatch_core::JobId) {
         let Some(row) = self.jobs.get_mut(&id) else { return };
-        if !row.counted || row.job.state == JobState::Running {
+        if row.job.state == JobState::Running {
             return;
         }
-        row.counted = false;
-        let job = &row.job;
-        let key = job.concurrency.as_ref().map(|k| k.key.as_str());
-        for gate in flow::held_gates(&job.queue, job.scope.tenant.as_deref(), key) {
+        for gate in std::mem::take(&mut row.held) {
             if let Some(state) = self.flow.gates.get_mut(&gate) {
                 state.running = state.running.saturating_sub(1);
             }
         }
     }
 
-    /// Count the running, uncounted jobs of `queue` (it just got its first config).
+    /// Count the running jobs of `queue` in its gates (it just got its first config): each
+    /// takes the queue's slot, and its tenant's, unless it holds them already.
     fn count_running(&mut self, queue: &str) {
+        let gate = flow::queue_gate(queue);
         let ids: Vec<_> = self
             .jobs
             .values()
             .filter(|row| row.job.queue == queue && row.job.state == JobState::Running)
-            .filter(|row| !row.counted)
+            .filter(|row| !row.held.contains(&gate))
             .map(|row| row.job.id)
             .collect();
         for id in ids {
             let Some(row) = self.jobs.get_mut(&id) else { continue };
-            row.counted = true;
-            let job = &row.job;
-            let key = job.concurrency.as_ref().map(|k| k.key.as_str());
-            for gate in flow::held_gates(&job.queue, job.scope.tenant.as_deref(), key) {
-                self.flow.gates.entry(gate).or_default().running += 1;
+            let mut gates = vec![gate.clone()];
+            gates.extend(row.job.scope.tenant.as_deref().map(|t| flow::tenant_gate(queue, t)));
+            for held in &gates {
+                self.flow.gates.entry(held.clone()).or_default().running += 1;
             }
+            row.held.extend(gates);
         }
     }
 }

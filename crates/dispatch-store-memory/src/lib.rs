@@ -88,8 +88,8 @@ struct Row {
     last_finish: Option<LeaseToken>,
     /// When a unique window was given: the key stays held until then.
     unique_until: Option<Timestamp>,
-    /// Whether it holds a running slot in its flow gates (see `dispatch_core::flow`).
-    counted: bool,
+    /// The flow gates it holds a running slot in while it runs (see `dispatch_core::flow`).
+    held: Vec<String>,
 }
 
 impl Row {
@@ -116,6 +116,7 @@ struct State {
     cron: cron::Crons,
     /// Queue configs and gate states.
     flow: flow::Flow,
+
     next_seq: u64,
 }
 

@@ -282,3 +282,29 @@ pub async fn progress_is_fenced_and_survives_a_retry(ctx: TestContext) {
     let late = flow.record_progress(&[update(lease(&again), json!(99))]).await.expect("record");
     assert_eq!(late, [false], "a finished job takes no progress");
 }
+
+/// A keyed job of a queue without limits, claimed in the same call as a gated queue's, holds
+/// only its key's slot; when its queue gets a config it is counted there once, and its end
+/// gives back each slot it held, no more.
+pub async fn a_job_is_counted_once_in_each_gate_it_holds(ctx: TestContext) {
+    ctx.configure(QueueConfig::new(Q).max_running(10)).await;
+    let mut keyed = job_in(NAME, "flow-plain");
+    keyed.concurrency = Some(ConcurrencyKey::new("k", 1));
+    ctx.enqueue_one(keyed).await;
+    ctx.flow().delete_queue_config("flow-plain").await.expect("delete the default config");
+    let both = request_in(&[Q, "flow-plain"], &[NAME], 16);
+    let claimed = ctx.claim_with(&both).await;
+    assert_eq!(claimed.len(), 1);
+    ctx.configure(QueueConfig::new("flow-plain").max_running(1)).await;
+    let plain = ctx.flow().queue_flow("flow-plain").await.expect("get").expect("configured");
+    assert_eq!(plain.running, 1, "counted in its queue once its queue has a config");
+    let gated = ctx.flow().queue_flow(Q).await.expect("get").expect("configured");
+    assert_eq!(gated.running, 0, "never counted in the other queue");
+    ctx.complete(&claimed).await;
+    let plain = ctx.flow().queue_flow("flow-plain").await.expect("get").expect("configured");
+    assert_eq!(plain.running, 0, "its end gives the slot back once");
+    let mut next = job_in(NAME, "flow-plain");
+    next.concurrency = Some(ConcurrencyKey::new("k", 1));
+    ctx.enqueue_one(next).await;
+    assert_eq!(ctx.claim_with(&both).await.len(), 1, "the key's slot is free again");
+}
