@@ -262,8 +262,11 @@ async fn admit(
 
 /// The running slots admitted jobs hold that the admission did not count: the queue and tenant
 /// gates of a job whose queue has no config (its admission passed only its key gate). Counted
-/// there too, so a counted job holds a slot in every gate of its
-/// [`held_gates`](dispatch_core::flow::held_gates), which is what its release gives back.
+/// there too, so a counted job (`flow_counted`) holds a slot in every gate of its
+/// [`held_gates`](dispatch_core::flow::held_gates), which is what the release trigger gives
+/// back. The memory store counts such a job in its queue's gates only when the queue gets its
+/// first config; the counts anyone can read are the same (a queue without a config shows no
+/// count, and its first config does not count a job that is counted already).
 fn uncounted_slots(admission: &Admission, admitted: &[Candidate]) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for job in admitted.iter().filter(|job| admission.config(&job.queue).is_none()) {
