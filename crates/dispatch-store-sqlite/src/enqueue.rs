@@ -13,15 +13,16 @@ use dispatch_core::{
 use sqlx::{Row, SqliteConnection};
 
 use crate::error::db_error;
+use crate::flow::gate::insert_default_config;
 use crate::row::{duration_micros, parse};
 
-/// Rows per multi-row insert: 15 columns each, well under SQLite's bound-parameter limit.
+/// Rows per multi-row insert: 17 columns each, well under SQLite's bound-parameter limit.
 const CHUNK: usize = 128;
 /// The columns every insert writes, in bind order.
 const COLUMNS: &str = "id, name, queue, payload, priority, state, attempt, max_attempts, \
                        timeout_us, run_at, created_at, unique_key, unique_until, scope_app, \
-                       scope_tenant";
-const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+                       scope_tenant, concurrency_key, concurrency_limit";
+const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// What every enqueue checks before writing: each job valid, no ID twice in the batch.
 pub(crate) fn validate_batch(jobs: &[NewJob], max_payload_bytes: usize) -> Result<()> {
@@ -183,10 +184,26 @@ async fn insert_chunk(
             .bind(unique_until.map(Timestamp::as_unix_micros))
             .bind(job.scope.app.as_deref())
             .bind(job.scope.tenant.as_deref())
+            .bind(job.concurrency.as_ref().map(|c| c.key.as_str()))
+            .bind(job.concurrency.as_ref().map(|c| i64::from(c.limit)))
     }
     let written = query.execute(&mut *conn).await.map_err(db_error)?.rows_affected();
     if written < jobs.len() as u64 {
         check_stored(conn, jobs).await?;
+    }
+    gate_keyed_queues(conn, jobs).await
+}
+
+/// Give the queues of `jobs` with a concurrency key a default config where they have none, in
+/// the caller's transaction: only a gated claim looks at keys (see [`dispatch_core::flow`]).
+/// Costs nothing for a batch without keys.
+async fn gate_keyed_queues(conn: &mut SqliteConnection, jobs: &[Job]) -> Result<()> {
+    let mut queues: Vec<&str> =
+        jobs.iter().filter(|j| j.concurrency.is_some()).map(|j| j.queue.as_str()).collect();
+    queues.sort_unstable();
+    queues.dedup();
+    for queue in queues {
+        insert_default_config(conn, queue).await?;
     }
     Ok(())
 }

@@ -14,10 +14,11 @@ use dispatch_core::{
 use sqlx::{Row, SqliteConnection};
 
 use crate::SqliteStore;
-use crate::claim::{Claim, claim_batch, next_due};
+use crate::claim::{Claim, next_due};
 use crate::enqueue::{enqueue_batch, validate_batch};
 use crate::error::db_error;
 use crate::finish::{finish_batch, rescue_batch};
+use crate::flow::claim::claim_batch;
 use crate::row::{job_from_row, load_job, save_job, sql_limit, token_text};
 use crate::run::{live_run_driven_by, request_run_cancel};
 
@@ -42,7 +43,7 @@ impl JobStore for SqliteStore {
             return Ok(Vec::new());
         }
         let now = self.clock.now();
-        let claim = Claim::new(request.clone());
+        let claim = Claim::new(request.clone())?;
         self.write("claim", move |conn| {
             Box::pin(async move { claim_batch(conn, &claim, now).await })
         })
@@ -147,6 +148,12 @@ impl JobStore for SqliteStore {
     fn as_cron_store(
         self: std::sync::Arc<Self>,
     ) -> Option<std::sync::Arc<dyn dispatch_core::CronStore>> {
+        Some(self)
+    }
+
+    fn as_flow_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::FlowStore>> {
         Some(self)
     }
 

@@ -9,8 +9,8 @@
 //! All writes go through one writer connection, each in a `BEGIN IMMEDIATE` transaction, taken in
 //! turn (first come, first served), so the store's own calls never see `SQLITE_BUSY` from one
 //! another. Reads (`get_job`, `list_jobs`, `count_jobs`, `list_dlq`, `get_dlq`, `count_dlq`,
-//! `get_run`, `list_runs`, `checkpoints`, `get_cron`, `find_cron`, `list_cron`, `due_cron`) use
-//! a small pool of reader connections and run beside the writer (WAL). Every call has a timeout
+//! `get_run`, `list_runs`, `checkpoints`, `get_cron`, `find_cron`, `list_cron`, `due_cron`,
+//! `queue_flow`, `list_queue_flows`, `next_due`) use a small pool of reader connections and run beside the writer (WAL). Every call has a timeout
 //! ([`DEFAULT_CALL_TIMEOUT`]) and fails with
 //! [`ErrorKind::Timeout`] past it. A connection outside the store (another process, or the
 //! application's own) that holds the write lock past the
@@ -27,6 +27,20 @@
 //! drive job that dies takes its run with it (failed, with the job's last error) in the
 //! transaction that writes its DLQ entry. Every drive call checks its lease inside its own
 //! transaction and writes nothing when the lease no longer holds the drive job.
+//!
+//! # Flow control
+//!
+//! Queue configs ([`FlowStore`](dispatch_core::FlowStore): fleet-wide running limits, rates,
+//! tenant limits and lanes, pauses) and concurrency keys are enforced by the claim, inside its
+//! own write transaction: the writer is the one door every claim on the file goes through, so
+//! two claims never both pass a full gate. A claim of queues without configs is the plain claim,
+//! one statement as before (it checks, in that statement, that none of its queues has a
+//! config). A job a gated claim started holds a running slot in each of its gates until it
+//! leaves running by any path; a trigger on the jobs table gives the slots back, so finishes,
+//! rescues, sweeps and workflow suspends need no code of their own for it. Tenant lanes are read
+//! through an index of available jobs with a tenant (a skip scan finds the tenants); the lane of
+//! jobs without a tenant is read from the claim index past at most
+//! [`LANE_SCAN_LIMIT`](dispatch_core::flow::LANE_SCAN_LIMIT) entries.
 //!
 //! # Wake-ups
 //!
@@ -147,6 +161,7 @@ mod enqueue;
 mod error;
 mod events;
 mod finish;
+mod flow;
 mod group;
 mod job;
 mod migrate;
@@ -472,7 +487,11 @@ mod tests {
             .join(uuid::Uuid::new_v4().simple().to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("slow.db");
+        // Migrated under the default timeout first: ten migrations on a loaded machine can
+        // take longer than the short one this test is about.
+        SqliteStore::open(path.to_str().unwrap()).await.unwrap();
         let store = SqliteStore::builder(path.to_str().unwrap())
+            .migrate(false)
             .call_timeout(Duration::from_millis(50))
             .build()
             .await

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema/0007_cluster.sql"),
     include_str!("schema/0008_retention.sql"),
     include_str!("schema/0009_cron.sql"),
+    include_str!("schema/0010_flow.sql"),
 ];
 
 /// The schema version this crate writes: the number of migrations it knows.

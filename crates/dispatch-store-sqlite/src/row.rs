@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, Checkpoint, CronEntry, CronRecord, DlqEntry, Error, Job, JobId, JobState, Leader,
-    LeaderWrite, Lease, LeaseToken, Result, Run, RunState, Scope, Timestamp, WaitingFor,
-    WorkerRecord, WorkerRegistration, WorkerState,
+    AttemptError, Checkpoint, ConcurrencyKey, CronEntry, CronRecord, DlqEntry, Error, Job, JobId,
+    JobState, Leader, LeaderWrite, Lease, LeaseToken, Result, Run, RunState, Scope, Timestamp,
+    WaitingFor, WorkerRecord, WorkerRegistration, WorkerState,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
@@ -125,14 +125,32 @@ pub(crate) fn job_from_row(row: &SqliteRow) -> Result<JobRow> {
         cancel_requested: get::<i64>(row, "cancel_requested")? != 0,
         errors: errors(&get::<String>(row, "errors")?)?,
         dlq_id: dlq_id.map(|s| parse("DLQ ID", &s)).transpose()?,
-        concurrency: None,
-        progress: None,
+        concurrency: concurrency(row)?,
+        progress: progress(row)?,
     };
     Ok(JobRow {
         job,
         seq: get(row, "seq")?,
         last_finish: last_finish.map(|t| token(&t)).transpose()?,
     })
+}
+
+/// A job row's concurrency key: both columns set, or neither.
+fn concurrency(row: &SqliteRow) -> Result<Option<ConcurrencyKey>> {
+    let key: Option<String> = get(row, "concurrency_key")?;
+    let limit: Option<i64> = get(row, "concurrency_limit")?;
+    Ok(match (key, limit) {
+        (Some(key), Some(limit)) => {
+            Some(ConcurrencyKey::new(key, count("concurrency limit", limit)?))
+        }
+        _ => None,
+    })
+}
+
+/// A job row's last progress report (JSON text).
+fn progress(row: &SqliteRow) -> Result<Option<serde_json::Value>> {
+    let text: Option<String> = get(row, "progress")?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("progress", e))).transpose()
 }
 
 /// Decode a `dlq` row selected with `*`.
