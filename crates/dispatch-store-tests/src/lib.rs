@@ -339,6 +339,7 @@ pub fn flow_tests() -> Vec<SuiteTest<dyn JobStore>> {
         flow::configs_round_trip_list_and_delete,
         flow::progress_is_fenced_and_survives_a_retry,
         flow::a_job_is_counted_once_in_each_gate_it_holds,
+        flow::tenant_counts_kept_before_tenant_limits_hold_when_set,
     ]
 }
 

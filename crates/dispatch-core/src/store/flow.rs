@@ -30,8 +30,9 @@ pub trait FlowStore: JobStore {
     /// Every queue with a config, by queue name.
     async fn list_queue_flows(&self) -> Result<Vec<QueueFlow>>;
 
-    /// Remove the config of `queue`: its claims are plain again (jobs with a concurrency key
-    /// still pass their key gates). Answers whether there was one.
+    /// Remove the config of `queue`: its claims are plain again, and its jobs' concurrency keys
+    /// are checked only while a claim also names a queue with a config (or once the queue has one
+    /// again). Gates keep their state. Answers whether there was one.
     async fn delete_queue_config(&self, queue: &str) -> Result<bool>;
 
     /// Pause (`paused = true`) or resume `queue`, or only its jobs of `name` when given, in one

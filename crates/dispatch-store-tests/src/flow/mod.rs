@@ -308,3 +308,14 @@ pub async fn a_job_is_counted_once_in_each_gate_it_holds(ctx: TestContext) {
     ctx.enqueue_one(next).await;
     assert_eq!(ctx.claim_with(&both).await.len(), 1, "the key's slot is free again");
 }
+
+/// A configured queue counts each tenant's running jobs even before it has tenant limits, so a
+/// tenant limit set later holds at once: every claim adds to the tenant's count, never resets it.
+pub async fn tenant_counts_kept_before_tenant_limits_hold_when_set(ctx: TestContext) {
+    ctx.configure(QueueConfig::new(Q).max_running(100)).await;
+    ctx.jobs(20, |_, job| job.scope = tenant("a")).await;
+    assert_eq!(ctx.take(3).await.len(), 3);
+    assert_eq!(ctx.take(2).await.len(), 2);
+    ctx.configure(QueueConfig::new(Q).max_running(100).tenant_max_running(5)).await;
+    assert!(ctx.take(16).await.is_empty(), "tenant a runs 5 already");
+}
