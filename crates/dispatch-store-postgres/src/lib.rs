@@ -237,6 +237,7 @@ mod enqueue;
 mod error;
 mod events;
 mod finish;
+mod flow;
 mod group;
 mod job;
 mod migrate;
@@ -337,6 +338,7 @@ struct Statements {
     enqueue: enqueue::Sql,
     claim: claim::Sql,
     finish: finish::Sql,
+    flow: flow::Sql,
     dlq: dlq::Sql,
     cron: cron::Sql,
     workflow: workflow::Sql,
@@ -354,6 +356,7 @@ impl Statements {
             enqueue: enqueue::Sql::new(quoted),
             claim: claim::Sql::new(quoted),
             finish: finish::Sql::new(quoted),
+            flow: flow::Sql::new(quoted),
             dlq: dlq::Sql::new(quoted),
             cron: cron::Sql::new(quoted),
             workflow: workflow::Sql::new(quoted),
