@@ -13,10 +13,13 @@
 //! leader's loop, `--batch` per call) and `dead-tuples` (a drain of `--jobs`, then again over
 //! `--dead` dead rows an idle transaction keeps from vacuum); `cron-due` (`--entries` cron
 //! entries due in the same second, fired by the leader's scheduler) and `dlq-replay`
-//! (`--entries` DLQ entries replayed in bulk by the DLQ service).
+//! (`--entries` DLQ entries replayed in bulk by the DLQ service); `drain-limited` (the drain
+//! on a queue whose fleet-wide limit never binds) and `fairness` (`--jobs` of tenant A, then 20
+//! of tenant B on a fair queue: `late_sends` counts A's starts while B waited).
 
 mod churn;
 mod counting;
+mod flow;
 mod operate;
 mod scenario;
 

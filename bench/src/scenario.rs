@@ -122,6 +122,18 @@ pub async fn run(scenario: &str, options: &Options) -> anyhow::Result<Measuremen
             drain(store, option(options, "jobs", 100_000)?, option(options, "concurrency", 256)?)
                 .await?
         }
+        "drain-limited" => {
+            crate::flow::limit_never_binds(&store).await?;
+            let mut m = drain(
+                store,
+                option(options, "jobs", 100_000)?,
+                option(options, "concurrency", 256)?,
+            )
+            .await?;
+            m.scenario = m.scenario.replacen("drain", "drain-limited", 1);
+            m
+        }
+        "fairness" => crate::flow::fairness(store, option(options, "jobs", 20_000)?).await?,
         "drain-crowded" => {
             let crowd = option(options, "crowd", 100_000)?;
             crowd_queue(&store, crowd).await?;

@@ -38,6 +38,11 @@ fn scenarios(quick: bool, store: &str) -> Vec<Vec<String>> {
         // The drain beside a crowded queue must stay close to the plain drain.
         vec!["drain-crowded", "--jobs", drain_jobs, "--concurrency", "16", "--crowd", crowd],
         vec!["drain-crowded", "--jobs", drain_jobs, "--concurrency", "256", "--crowd", crowd],
+        // Flow control: a fleet-wide limit that never binds must cost the drain little.
+        vec!["drain-limited", "--jobs", drain_jobs, "--concurrency", "16"],
+        vec!["drain-limited", "--jobs", drain_jobs, "--concurrency", "256"],
+        // One tenant's 20,000-job backlog must not starve another's 20 jobs.
+        vec!["fairness", "--jobs", if quick { "5000" } else { "20000" }],
     ];
     list.push(vec!["workflow", "--runs", if quick { "200" } else { "1000" }, "--steps", "10"]);
     for rate in rates {

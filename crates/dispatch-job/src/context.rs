@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
+use crate::progress::ProgressSink;
 use dispatch_core::{JobId, LeaseRef, LeaseToken, Scope};
 use tokio::sync::Notify;
 
@@ -142,6 +143,8 @@ pub struct JobContext {
     pub(crate) scope: Scope,
     pub(crate) cancel: CancelToken,
     pub(crate) token: LeaseToken,
+    pub(crate) progress: ProgressSink,
+    pub(crate) saved_progress: Option<serde_json::Value>,
 }
 
 impl JobContext {
@@ -206,6 +209,32 @@ impl JobContext {
         self.cancel.is_cancelled()
     }
 
+    /// Report the attempt's progress (any value that serializes to JSON, e.g. `json!({"done":
+    /// 40, "of": 100})`). The latest report is written at the worker's next heartbeat (reports
+    /// in between replace each other) and when the attempt ends; it shows on the job record
+    /// ([`Job::progress`](dispatch_core::Job::progress)) and is kept across retries, so a retry
+    /// can resume from it. Needs a store that keeps flow control (every built-in store); with
+    /// another, reports are dropped. Fails only when the value does not serialize.
+    pub fn progress(&self, progress: impl serde::Serialize) -> dispatch_core::Result<()> {
+        let value = serde_json::to_value(progress).map_err(|e| {
+            dispatch_core::Error::invalid_input(format!("progress does not serialize: {e}"))
+        })?;
+        self.progress.report(self.lease(), value);
+        Ok(())
+    }
+
+    /// The progress stored on the job when this attempt began: what an earlier attempt
+    /// reported last, so a retry can resume where it stopped.
+    pub fn saved_progress(&self) -> Option<&serde_json::Value> {
+        self.saved_progress.as_ref()
+    }
+
+    /// The latest progress this attempt reported and the worker has not written yet (for tests
+    /// of handlers run with [`for_test`](Self::for_test), where nothing is written).
+    pub fn pending_progress(&self) -> Option<serde_json::Value> {
+        self.progress.latest(self.id)
+    }
+
     /// A context for calling a handler directly (unit tests of handlers): attempt 1 of 1.
     pub fn for_test(name: &str) -> Self {
         Self {
@@ -218,6 +247,8 @@ impl JobContext {
             scope: Scope::default(),
             cancel: CancelToken::new(),
             token: LeaseToken::new(),
+            progress: ProgressSink::default(),
+            saved_progress: None,
         }
     }
 }

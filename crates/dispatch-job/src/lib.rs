@@ -21,10 +21,11 @@ pub mod service;
 pub mod transaction;
 pub mod worker;
 
+mod progress;
 mod waiters;
 
 #[doc(inline)]
-pub use client::{JobClient, JobCounts, JobWaitError};
+pub use client::{JobClient, JobCounts, JobWaitError, Queues};
 #[doc(inline)]
 pub use context::{CancelReason, CancelToken, JobContext, current_scope, with_scope};
 #[doc(inline)]

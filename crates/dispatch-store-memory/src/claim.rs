@@ -9,10 +9,22 @@ use crate::State;
 
 impl State {
     /// Lease up to `request.limit` due jobs, in claim order.
+    /// A queue with a flow config makes the whole claim gated (see `flow.rs`); its jobs are
+    /// counted in their gates.
     pub(crate) fn claim(&mut self, request: &ClaimRequest, now: Timestamp) -> Vec<ClaimedJob> {
-        let keys = self.available.best_due(&request.queues, &request.names, now, request.limit);
+        let gated = self.gated(&request.queues);
+        let keys = if gated {
+            self.claim_gated(request, now)
+        } else {
+            self.available.best_due(&request.queues, &request.names, now, request.limit)
+        };
         let expires_at = now + request.lease_ttl;
-        keys.into_iter().filter_map(|key| self.claim_one(key.3, request, expires_at)).collect()
+        let claimed: Vec<ClaimedJob> =
+            keys.into_iter().filter_map(|key| self.claim_one(key.3, request, expires_at)).collect();
+        if gated {
+            claimed.iter().for_each(|c| self.mark_counted(c.job.id));
+        }
+        claimed
     }
 
     fn claim_one(
@@ -36,7 +48,15 @@ impl State {
         names: &[String],
         now: Timestamp,
     ) -> Option<Duration> {
-        let earliest = self.available.earliest(queues, names);
+        let names: Vec<String> = names.to_vec();
+        let earliest = queues
+            .iter()
+            .filter_map(|queue| {
+                let open: Vec<String> =
+                    names.iter().filter(|n| self.flow_claimable(queue, n)).cloned().collect();
+                self.available.earliest(std::slice::from_ref(queue), &open)
+            })
+            .min();
         earliest.map(|run_at| run_at.duration_since(now))
     }
 }

@@ -78,7 +78,10 @@ impl State {
         unique_until: Option<Timestamp>,
     ) -> dispatch_core::JobId {
         let (id, seq) = (job.id, self.next_seq());
-        self.jobs.insert(id, Row { job, seq, last_finish: None, unique_until });
+        if job.concurrency.is_some() {
+            self.ensure_config(&job.queue);
+        }
+        self.jobs.insert(id, Row { job, seq, last_finish: None, unique_until, counted: false });
         self.index(id);
         id
     }

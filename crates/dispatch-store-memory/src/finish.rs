@@ -53,6 +53,7 @@ impl State {
         if let Some(lease) = lease {
             self.expiries.remove(&(lease.expires_at, id));
         }
+        self.release_gates(id);
         self.index(id);
         if let Some(entry) = dlq {
             self.write_dead(entry, now);

@@ -7,7 +7,7 @@
 //! step per priority level, not one per job.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use dispatch_core::{JobId, Timestamp};
@@ -21,22 +21,50 @@ pub(crate) fn key(priority: i32, run_at: Timestamp, seq: u64, id: JobId) -> Key 
     (Reverse(priority), run_at, seq, id)
 }
 
-/// Available jobs by queue, then job name.
+/// The jobs of one (queue, name) pair, by tenant (`None`: jobs without one): the lanes a fair
+/// queue's claim reads.
+pub(crate) type Lanes = BTreeMap<Option<String>, BTreeSet<Key>>;
+
+/// Available jobs by queue, then job name; and the same again by tenant, for flow control's
+/// lanes.
 #[derive(Debug, Default)]
 pub(crate) struct AvailableIndex {
     by_queue: HashMap<String, HashMap<String, BTreeSet<Key>>>,
+    lanes: HashMap<(String, String), Lanes>,
 }
 
 impl AvailableIndex {
-    pub(crate) fn insert(&mut self, queue: &str, name: &str, key: Key) {
+    pub(crate) fn insert(&mut self, queue: &str, name: &str, tenant: Option<&str>, key: Key) {
         let names = self.by_queue.entry(queue.to_owned()).or_default();
         names.entry(name.to_owned()).or_default().insert(key);
+        let lanes = self.lanes.entry((queue.to_owned(), name.to_owned())).or_default();
+        lanes.entry(tenant.map(str::to_owned)).or_default().insert(key);
     }
 
-    pub(crate) fn remove(&mut self, queue: &str, name: &str, key: &Key) {
+    pub(crate) fn remove(&mut self, queue: &str, name: &str, tenant: Option<&str>, key: &Key) {
         if let Some(set) = self.by_queue.get_mut(queue).and_then(|names| names.get_mut(name)) {
             set.remove(key);
         }
+        let pair = (queue.to_owned(), name.to_owned());
+        if let Some(lanes) = self.lanes.get_mut(&pair) {
+            let tenant = tenant.map(str::to_owned);
+            if let Some(lane) = lanes.get_mut(&tenant) {
+                lane.remove(key);
+                if lane.is_empty() {
+                    lanes.remove(&tenant);
+                }
+            }
+        }
+    }
+
+    /// The available jobs of one (queue, name) pair, in claim order.
+    pub(crate) fn pair(&self, queue: &str, name: &str) -> Option<&BTreeSet<Key>> {
+        self.by_queue.get(queue).and_then(|names| names.get(name))
+    }
+
+    /// The lanes of one (queue, name) pair.
+    pub(crate) fn lanes(&self, queue: &str, name: &str) -> Option<&Lanes> {
+        self.lanes.get(&(queue.to_owned(), name.to_owned()))
     }
 
     /// The best `limit` due jobs (run-at ≤ `now`) across the given queues and names, in claim
@@ -89,17 +117,33 @@ fn earliest_in(set: &BTreeSet<Key>) -> Option<Timestamp> {
 
 /// Push up to `limit` due keys of `set` onto `out`, in order.
 fn collect_due(set: &BTreeSet<Key>, now: Timestamp, limit: usize, out: &mut Vec<Key>) {
+    collect_due_where(set, now, limit, usize::MAX, |_| true, out);
+}
+
+/// Push up to `limit` due keys of `set` that `keep` accepts onto `out`, in order, looking at
+/// no more than `scan` due keys.
+pub(crate) fn collect_due_where(
+    set: &BTreeSet<Key>,
+    now: Timestamp,
+    limit: usize,
+    scan: usize,
+    mut keep: impl FnMut(&Key) -> bool,
+    out: &mut Vec<Key>,
+) {
     if limit == 0 {
         return;
     }
-    let mut taken = 0;
+    let (mut taken, mut scanned) = (0, 0);
     let mut start = Bound::Unbounded;
     'levels: loop {
         for key in set.range((start, Bound::Unbounded)) {
             if key.1 <= now {
-                out.push(*key);
-                taken += 1;
-                if taken == limit {
+                scanned += 1;
+                if keep(key) {
+                    out.push(*key);
+                    taken += 1;
+                }
+                if taken == limit || scanned >= scan {
                     return;
                 }
                 continue;

@@ -70,6 +70,12 @@ impl JobStore for MemoryStore {
         Some(self)
     }
 
+    fn as_flow_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::FlowStore>> {
+        Some(self)
+    }
+
     fn as_cron_store(
         self: std::sync::Arc<Self>,
     ) -> Option<std::sync::Arc<dyn dispatch_core::CronStore>> {

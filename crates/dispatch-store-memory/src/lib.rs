@@ -18,6 +18,7 @@ mod dlq;
 mod enqueue;
 mod events;
 mod finish;
+mod flow;
 mod index;
 mod job;
 mod retention;
@@ -87,6 +88,8 @@ struct Row {
     last_finish: Option<LeaseToken>,
     /// When a unique window was given: the key stays held until then.
     unique_until: Option<Timestamp>,
+    /// Whether it holds a running slot in its flow gates (see `dispatch_core::flow`).
+    counted: bool,
 }
 
 impl Row {
@@ -111,6 +114,8 @@ struct State {
     cluster: cluster::Cluster,
     /// Cron entries.
     cron: cron::Crons,
+    /// Queue configs and gate states.
+    flow: flow::Flow,
     next_seq: u64,
 }
 
@@ -134,7 +139,8 @@ impl State {
         let Some(row) = self.jobs.get(&id) else { return };
         if row.job.state == JobState::Available {
             let key = index::key(row.job.priority, row.job.run_at, row.seq, id);
-            self.available.insert(&row.job.queue, &row.job.name, key);
+            let tenant = row.job.scope.tenant.as_deref();
+            self.available.insert(&row.job.queue, &row.job.name, tenant, key);
         }
     }
 
@@ -143,7 +149,8 @@ impl State {
         let Some(row) = self.jobs.get(&id) else { return };
         if row.job.state == JobState::Available {
             let key = index::key(row.job.priority, row.job.run_at, row.seq, id);
-            self.available.remove(&row.job.queue, &row.job.name, &key);
+            let tenant = row.job.scope.tenant.as_deref();
+            self.available.remove(&row.job.queue, &row.job.name, tenant, &key);
         }
     }
 

@@ -9,8 +9,8 @@ use dispatch_core::{ClusterStore, JobStore, ManualClock, SharedClock, WorkflowSt
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::{
-    Scenario, SuiteTest, cluster_tests, cron_tests, job_scenarios, job_tests, retention_tests,
-    workflow_scenarios, workflow_tests,
+    Scenario, SuiteTest, cluster_tests, cron_tests, flow_scenarios, flow_tests, job_scenarios,
+    job_tests, retention_tests, workflow_scenarios, workflow_tests,
 };
 
 /// How long one suite test may take before it is failed as hung. Generous: the suite never
@@ -79,6 +79,14 @@ where
     runners.extend(cron_tests().into_iter().map(|test| {
         let factory = Arc::clone(&factory);
         (test.name, Box::new(move || run_one(factory, as_job_store, test)) as Runner)
+    }));
+    runners.extend(flow_tests().into_iter().map(|test| {
+        let factory = Arc::clone(&factory);
+        (test.name, Box::new(move || run_one(factory, as_job_store, test)) as Runner)
+    }));
+    runners.extend(flow_scenarios().into_iter().map(|test| {
+        let factory = Arc::clone(&factory);
+        (test.name, Box::new(move || run_scenario(factory, as_job_store, test)) as Runner)
     }));
     runners.extend(retention_tests().into_iter().chain(workflow_tests()).map(|test| {
         let factory = Arc::clone(&factory);

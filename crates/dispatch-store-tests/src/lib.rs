@@ -39,7 +39,7 @@
 //! ```
 //!
 //! Every test is a plain `pub async fn(TestContext)` in a module named after the trait it pins
-//! ([`job`], [`dlq`], [`cluster`], [`cron`], [`retention`], [`workflow`]); [`job_tests`],
+//! ([`job`], [`dlq`], [`cluster`], [`cron`], [`flow`], [`retention`], [`workflow`]); [`job_tests`],
 //! [`cluster_tests`], [`cron_tests`], [`retention_tests`] and [`workflow_tests`] list them. Tests are
 //! deterministic: time moves only through the [`ManualClock`](dispatch_core::ManualClock) in the
 //! [`TestContext`], never by sleeping, and each test touches only its own store, so they run in
@@ -67,6 +67,7 @@ pub mod server;
 pub mod cluster;
 pub mod cron;
 pub mod dlq;
+pub mod flow;
 pub mod job;
 pub mod retention;
 pub mod workflow;
@@ -115,6 +116,26 @@ pub fn job_scenarios() -> Vec<Scenario<dyn JobStore>> {
         ambiguous_finishes_never_run_a_job_twice,
         outage_shorter_than_the_lease_loses_no_finish,
         lost_claim_answers_cost_no_attempt,
+    ]
+}
+
+/// The flow control scenarios (workers over the store, real time), in a stable order: they
+/// need a [`JobStore`] that answers [`JobStore::as_flow_store`].
+pub fn flow_scenarios() -> Vec<Scenario<dyn JobStore>> {
+    macro_rules! scenarios {
+        ($($test:ident),* $(,)?) => {
+            vec![$(Scenario {
+                name: concat!("flow::", stringify!($test)),
+                run: |store| Box::pin(flow::scenarios::$test(store)),
+            },)*]
+        };
+    }
+    scenarios![
+        a_running_limit_holds_across_four_workers,
+        a_concurrency_key_never_runs_two_at_once,
+        pause_stops_claims_and_resume_restarts_them,
+        a_small_tenant_is_not_starved_by_a_backlog,
+        progress_reaches_the_record_and_the_retry,
     ]
 }
 
@@ -298,6 +319,25 @@ pub fn cluster_tests() -> Vec<SuiteTest<dyn ClusterStore>> {
         cluster::renewal_by_a_non_holder_fails,
         cluster::a_write_under_an_old_term_is_rejected,
         cluster::terms_never_overlap_under_churn,
+    ]
+}
+
+/// The flow control tests, in a stable order: they need a [`JobStore`] that answers
+/// [`JobStore::as_flow_store`].
+pub fn flow_tests() -> Vec<SuiteTest<dyn JobStore>> {
+    suite![
+        flow::a_rate_starts_its_burst_then_its_rate,
+        flow::a_running_limit_holds_and_every_exit_frees_it,
+        flow::a_first_config_counts_what_already_runs,
+        flow::a_paused_queue_claims_nothing_until_resumed,
+        flow::a_paused_name_waits_while_others_run,
+        flow::a_concurrency_key_limits_its_running_jobs,
+        flow::a_concurrency_key_holds_across_queues,
+        flow::tenant_limits_hold_for_each_tenant,
+        flow::a_fair_queue_serves_tenants_round_robin,
+        flow::other_queues_are_claimed_beside_a_full_one,
+        flow::configs_round_trip_list_and_delete,
+        flow::progress_is_fenced_and_survives_a_retry,
     ]
 }
 

@@ -53,6 +53,8 @@ pub struct DispatcherBuilder {
     /// Cron entries to register at start.
     #[cfg(feature = "cron")]
     crons: Vec<dispatch_cron::CronSpec>,
+    /// Queue configs (flow control) to store at start.
+    queues: Vec<dispatch_core::QueueConfig>,
     /// The clock the services read (default: the system clock).
     clock: Option<SharedClock>,
     /// The application's version, as the worker registry shows it.
@@ -182,6 +184,17 @@ impl DispatcherBuilder {
         self
     }
 
+    /// Store `config` for its queue at start (call once per queue): fleet-wide running and
+    /// rate limits, per-tenant limits, fairness between tenants, pause (see
+    /// [`QueueConfig`](dispatch_core::QueueConfig)). Every start writes it again, so the code
+    /// is the source of truth at deploy; change it at run time with
+    /// [`Dispatcher::queues`]. [`build`](Self::build) refuses an invalid config, or any config
+    /// on a store that keeps no flow control.
+    pub fn queue(mut self, config: dispatch_core::QueueConfig) -> Self {
+        self.queues.push(config);
+        self
+    }
+
     /// The clock the dispatcher reads outside the store: the worker's health timestamps, cron
     /// registrations' first fire and the DLQ's age purges (default: the system clock). Give
     /// the store's clock when it is not the system's (a test's `ManualClock`).
@@ -215,6 +228,7 @@ impl DispatcherBuilder {
         #[cfg(feature = "cron")]
         let crons = cron_entries(self.crons, &stores, self.cluster.is_some())?;
         let bus = HookBus::new(self.hooks.clone());
+        check_queues(&self.queues, &stores.jobs)?;
         #[cfg(feature = "cluster")]
         let (builder, cluster) = crate::membership::join(
             builder,
@@ -240,6 +254,7 @@ impl DispatcherBuilder {
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             #[cfg(feature = "cron")]
             crons,
+            queues: self.queues,
         };
         Ok(Dispatcher::new(
             worker,
@@ -250,6 +265,17 @@ impl DispatcherBuilder {
             services,
         ))
     }
+}
+
+/// Refuse queue configs that are invalid, or any on a store without flow control.
+fn check_queues(queues: &[dispatch_core::QueueConfig], jobs: &Arc<dyn JobStore>) -> Result<()> {
+    if queues.is_empty() {
+        return Ok(());
+    }
+    if jobs.clone().as_flow_store().is_none() {
+        return Err(Error::invalid_input("queue configs need a store that keeps flow control"));
+    }
+    queues.iter().try_for_each(dispatch_core::QueueConfig::validate)
 }
 
 /// The workflow engine over the store's runs (when it keeps them), with every workflow

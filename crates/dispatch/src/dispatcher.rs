@@ -106,10 +106,12 @@ impl Dispatcher {
     /// the message says what is missing, e.g. the store is down). The worker is running then
     /// all the same, retrying: [`ready`](Self::ready) waits again, [`stop`](Self::stop) stops it.
     ///
-    /// The cron entries given to the builder are registered first (inserted, or updated by
+    /// The queue configs given to the builder are stored first, then its cron entries are
+    /// registered (inserted, or updated by
     /// `(scope, name)`); a store error there fails the start, and nothing runs yet.
     pub async fn start(&mut self) -> Result<()> {
         if matches!(self.state, State::Ready(_)) {
+            self.services.configure_queues().await?;
             self.services.register_crons().await?;
         }
         match std::mem::replace(&mut self.state, State::Stopped) {

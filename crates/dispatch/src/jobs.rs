@@ -110,6 +110,16 @@ impl Dispatcher {
         self.services.jobs.get_dlq(id).await
     }
 
+    /// Flow control at run time: queue configs (fleet-wide limits, fairness), pause and resume
+    /// of a queue or one of its job names; changes apply at the next claim of every worker.
+    /// Pauses and resumes reach the dispatcher's hooks
+    /// ([`Event::QueuePaused`](dispatch_core::Event::QueuePaused),
+    /// [`Event::QueueResumed`](dispatch_core::Event::QueueResumed)). Fails with
+    /// `InvalidInput` on a store that keeps no flow control.
+    pub fn queues(&self) -> Result<dispatch_job::Queues> {
+        self.services.queues()
+    }
+
     /// The dead letter queue: list, count, replay and purge dead jobs; its replays and purges
     /// reach the dispatcher's hooks ([`Event::DlqReplayed`](dispatch_core::Event::DlqReplayed),
     /// [`Event::DlqPurged`](dispatch_core::Event::DlqPurged)).

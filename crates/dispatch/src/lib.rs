@@ -75,8 +75,8 @@ pub use dispatcher::{Dispatcher, shutdown_signal};
 pub mod prelude {
     pub use crate::{Dispatcher, Error, ErrorKind, Result};
     pub use dispatch_core::{
-        Backoff, DlqFilter, Event, Hook, Job, JobFilter, JobId, JobState, PageRequest,
-        ReplayOptions, Scope,
+        Backoff, DlqFilter, Event, Hook, Job, JobFilter, JobId, JobState, PageRequest, QueueConfig,
+        Rate, ReplayOptions, Scope,
     };
     pub use dispatch_job::{
         CancelReason, EnqueueOptions, EnqueueTransactionExt, JobContext, JobDefinition, JobError,

@@ -18,6 +18,27 @@ pub(crate) struct Services {
     /// The entries to register at start.
     #[cfg(feature = "cron")]
     pub(crate) crons: Vec<dispatch_core::CronEntry>,
+    /// The queue configs to store at start.
+    pub(crate) queues: Vec<dispatch_core::QueueConfig>,
+}
+
+impl Services {
+    /// Store the builder's queue configs (at every start: the code is the source of truth).
+    pub(crate) async fn configure_queues(&self) -> Result<()> {
+        if self.queues.is_empty() {
+            return Ok(());
+        }
+        let queues = self.queues()?;
+        for config in &self.queues {
+            queues.configure(config).await?;
+        }
+        Ok(())
+    }
+
+    /// Flow control over the store, its pauses and resumes on the dispatcher's hooks.
+    pub(crate) fn queues(&self) -> Result<dispatch_job::Queues> {
+        Ok(dispatch_job::Queues::new(self.jobs.clone())?.hooks(self.hooks.clone()))
+    }
 }
 
 #[cfg(feature = "cron")]

@@ -6,6 +6,7 @@
 
 mod counts;
 mod inspect;
+mod queues;
 mod wait;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use dispatch_core::{Enqueued, Event, JobCancel, JobId, JobInfo, JobStore, NewJob
 use tokio::sync::Notify;
 
 pub use counts::JobCounts;
+pub use queues::Queues;
 pub use wait::JobWaitError;
 
 use crate::definition::{EnqueueOptions, JobDefinition, JobInput};

@@ -32,6 +32,10 @@ pub struct WorkerConfig {
     /// behind, new events are dropped and counted rather than slowing jobs down; see
     /// [`ShutdownReport::hook_events_dropped`](super::ShutdownReport::hook_events_dropped).
     pub hook_buffer: usize,
+    /// Local slot limits per queue: a queue named here gets at most this many of the worker's
+    /// slots at once (default none: every queue shares all of them). Each must be between 1 and
+    /// `concurrency`.
+    pub queue_slots: std::collections::BTreeMap<String, usize>,
 }
 
 impl Default for WorkerConfig {
@@ -48,6 +52,7 @@ impl Default for WorkerConfig {
             finish_batch: 1000,
             ready_timeout: Duration::from_secs(30),
             hook_buffer: crate::hooks::DEFAULT_HOOK_BUFFER,
+            queue_slots: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -67,6 +72,9 @@ impl WorkerConfig {
         }
         if self.finish_batch == 0 || self.hook_buffer == 0 {
             return invalid("finish_batch and hook_buffer must be at least 1");
+        }
+        if self.queue_slots.values().any(|&n| n == 0 || n > self.concurrency) {
+            return invalid("queue_slots must be between 1 and concurrency");
         }
         if self.queues.as_ref().is_some_and(Vec::is_empty) {
             return invalid("queues must not be empty");

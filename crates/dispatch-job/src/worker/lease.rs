@@ -32,9 +32,15 @@ pub(crate) async fn heartbeat_loop(shared: Arc<Shared>, halt: CancellationToken)
 }
 
 async fn heartbeat(shared: &Shared) {
-    if let Some(membership) = &shared.membership {
-        return super::membership::heartbeat(shared, membership).await;
+    match &shared.membership {
+        Some(membership) => super::membership::heartbeat(shared, membership).await,
+        None => renew(shared).await,
     }
+    super::progress::flush(shared).await;
+}
+
+/// Renew every lease this worker holds (a worker outside a registry).
+async fn renew(shared: &Shared) {
     let leases = shared.attempts.leases();
     if leases.is_empty() {
         return;

@@ -37,9 +37,13 @@ mod finisher;
 mod health;
 mod lease;
 mod membership;
+mod progress;
 mod run;
+mod slots;
 
 use std::sync::Arc;
+
+use crate::progress::ProgressSink;
 use std::sync::atomic::AtomicBool;
 
 use dispatch_core::{
@@ -98,6 +102,15 @@ pub(crate) struct Shared {
     pub(crate) claiming: CancellationToken,
     /// Cancelled when the registry told this worker to drain (after `claiming`).
     pub(crate) drain: CancellationToken,
+    /// The store's flow control, when it keeps it (progress reports are written through it).
+    pub(crate) flow: Option<Arc<dyn dispatch_core::FlowStore>>,
+    /// Progress reports waiting for the next heartbeat.
+    pub(crate) progress: ProgressSink,
+    /// Set while the last claim came back empty with jobs due (gates full): an attempt that
+    /// ends wakes the fetch loop, since its slot may be what the gate waits for.
+    pub(crate) gated: AtomicBool,
+    /// This worker's local slot limits per queue, and what runs in each.
+    pub(crate) queue_slots: slots::QueueSlots,
 }
 
 /// Configures a [`Worker`]: handlers, settings, layers and hooks.
@@ -133,6 +146,13 @@ impl WorkerBuilder {
     /// Most attempts running at once.
     pub fn concurrency(self, concurrency: usize) -> Self {
         self.configure(|c| c.concurrency = concurrency)
+    }
+
+    /// Give `queue` at most `slots` of this worker's slots (local to this process; fleet-wide
+    /// limits are flow control's, in the store). The other queues share the rest.
+    pub fn queue_slots(self, queue: impl Into<String>, slots: usize) -> Self {
+        let queue = queue.into();
+        self.configure(move |c| _ = c.queue_slots.insert(queue, slots))
     }
 
     /// Claim from these queues only.
@@ -212,8 +232,13 @@ impl WorkerBuilder {
         };
         let capacity = self.config.concurrency.max(self.config.finish_batch) * 2;
         let (finisher, finish_rx) = mpsc::channel(capacity);
+        let flow = self.store.clone().as_flow_store();
         let shared = Arc::new(Shared {
             id: WorkerId::new(),
+            flow,
+            progress: ProgressSink::default(),
+            gated: AtomicBool::new(false),
+            queue_slots: slots::QueueSlots::new(self.config.queue_slots.clone()),
             store: self.store,
             registry,
             service,

@@ -24,6 +24,10 @@ use crate::context::{CancelReason, CancelToken, JobContext};
 use crate::error::{Action, JobError, JobResult};
 use crate::service::JobRequest;
 
+/// The first back-off of a fetch loop whose claim came back empty while jobs were due; it
+/// doubles up to the poll interval.
+const GATED_FIRST_DELAY: Duration = Duration::from_millis(1);
+
 pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
     let mut request = ClaimRequest {
         worker: shared.id,
@@ -34,6 +38,7 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
         token: LeaseToken::new(),
     };
     let mut error_delay = shared.config.poll_interval.min(Duration::from_millis(100));
+    let mut gated_delay = GATED_FIRST_DELAY;
     if shared.membership.is_some() {
         // Claim nothing the registry could not take over if this process died.
         tokio::select! {
@@ -54,46 +59,47 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
         if let Ok(more) = shared.slots.clone().try_acquire_many_owned(free as u32) {
             permits.merge(more);
         }
-        request.limit = permits.num_permits();
-        request.token = LeaseToken::new();
         let expires = tokio::time::Instant::now() + request.lease_ttl;
-        let claim = tokio::time::timeout(shared.config.store_timeout, shared.store.claim(&request));
-        let claimed = match claim.await {
-            Ok(Ok(jobs)) => jobs,
-            failed => {
-                let error = match failed {
-                    Ok(Err(error)) => error,
-                    _ => dispatch_core::Error::new(ErrorKind::Timeout, "claim timed out"),
-                };
-                tracing::warn!(%error, "claim failed; backing off");
-                shared.health.claim_failed(&error);
-                if error.kind() != ErrorKind::InvalidInput {
-                    // The store may have written leases whose answer never came back.
-                    tokio::spawn(release_lost_claim(shared.clone(), request.token));
-                }
-                drop(permits);
-                if sleep_or_stop(error_delay, &stop).await {
-                    return;
-                }
-                error_delay = (error_delay * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        shared.health.claimed();
-        error_delay = shared.config.poll_interval.min(Duration::from_millis(100));
-        let full = claimed.len() == request.limit;
+        let (claimed, full, failed) =
+            claim_round(&shared, &mut request, permits.num_permits()).await;
+        let empty = claimed.is_empty();
+        if failed.is_none() {
+            shared.health.claimed();
+            error_delay = shared.config.poll_interval.min(Duration::from_millis(100));
+        }
         for job in claimed {
             let Some(permit) = permits.split(1) else { break };
+            shared.queue_slots.started(&job.job.queue);
             let task = run_job(shared.clone(), job, expires, permit);
             shared.tracker.spawn(task);
         }
         drop(permits);
+        if let Some(error) = failed {
+            tracing::warn!(%error, "claim failed; backing off");
+            shared.health.claim_failed(&error);
+            if sleep_or_stop(error_delay, &stop).await {
+                return;
+            }
+            error_delay = (error_delay * 2).min(Duration::from_secs(5));
+            continue;
+        }
         // Let the attempts just spawned take their first step before the next claim counts free
         // slots: a handler that returns at once gives its slot back then, and counted before
         // it ran, every other claim would come back half the size it could be.
         tokio::task::yield_now().await;
         if !full {
-            let wait = until_next_due(&shared, &request).await;
+            let mut wait = until_next_due(&shared, &shared.queues, &request.names).await;
+            // Nothing claimed although jobs are due: flow control's gates are full. Back off
+            // (an attempt of this worker ending wakes the loop at once: its slot may be what
+            // a gate waits for), instead of claiming again every millisecond.
+            let gated = empty && wait <= GATED_FIRST_DELAY;
+            shared.gated.store(gated, std::sync::atomic::Ordering::Release);
+            if gated {
+                wait = gated_delay.min(shared.config.poll_interval);
+                gated_delay = (gated_delay * 2).min(shared.config.poll_interval);
+            } else {
+                gated_delay = GATED_FIRST_DELAY;
+            }
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
@@ -102,6 +108,44 @@ pub(crate) async fn fetch_loop(shared: Arc<Shared>, stop: CancellationToken) {
             }
         }
     }
+}
+
+/// One round of claims for `free` slots: one claim, or one per queue with local slots and one
+/// for the rest ([`QueueSlots::plan`](super::slots::QueueSlots::plan)). Answers the jobs
+/// claimed, whether every claim came back full, and the error that ended the round early (the
+/// leases a failed claim may have written are given back by its token in the background).
+async fn claim_round(
+    shared: &Arc<Shared>,
+    request: &mut ClaimRequest,
+    free: usize,
+) -> (Vec<ClaimedJob>, bool, Option<dispatch_core::Error>) {
+    let mut claimed = Vec::new();
+    let mut full = true;
+    for (queues, limit) in shared.queue_slots.plan(&shared.queues, free) {
+        request.queues = queues;
+        request.limit = limit;
+        request.token = LeaseToken::new();
+        let claim = tokio::time::timeout(shared.config.store_timeout, shared.store.claim(request));
+        match claim.await {
+            Ok(Ok(jobs)) => {
+                full &= jobs.len() == limit;
+                claimed.extend(jobs);
+            }
+            failed => {
+                let error = match failed {
+                    Ok(Err(error)) => error,
+                    _ => dispatch_core::Error::new(ErrorKind::Timeout, "claim timed out"),
+                };
+                if error.kind() != ErrorKind::InvalidInput {
+                    // The store may have written leases whose answer never came back.
+                    tokio::spawn(release_lost_claim(shared.clone(), request.token));
+                }
+                return (claimed, false, Some(error));
+            }
+        }
+    }
+    let full = full && !claimed.is_empty();
+    (claimed, full, None)
 }
 
 /// Give back the leases of a claim whose answer was lost (see
@@ -158,9 +202,9 @@ pub(crate) async fn forward_wakeups(
 
 /// How long an idle fetch loop sleeps: until the next job is due, at most a poll interval, at
 /// least a millisecond (a job due "now" that the claim missed is picked up on the next turn).
-async fn until_next_due(shared: &Shared, request: &ClaimRequest) -> Duration {
+async fn until_next_due(shared: &Shared, queues: &[String], names: &[String]) -> Duration {
     let poll = shared.config.poll_interval;
-    let ask = shared.store.next_due(&request.queues, &request.names);
+    let ask = shared.store.next_due(queues, names);
     match tokio::time::timeout(shared.config.store_timeout, ask).await {
         Ok(Ok(Some(due))) => due.clamp(Duration::from_millis(1), poll),
         Ok(Ok(None)) => poll,
@@ -211,6 +255,7 @@ async fn run_job(
         shared.hooks.emit(|| Event::JobStarted { job: info.clone(), attempt });
     }
     let backoff = shared.registry.get(&job.name).map(|j| j.backoff()).unwrap_or_default();
+    let queue = job.queue.clone();
     let ctx = JobContext {
         id: job.id,
         name: job.name,
@@ -221,6 +266,8 @@ async fn run_job(
         scope: job.scope,
         cancel: cancel.clone(),
         token: lease.token,
+        progress: shared.progress.clone(),
+        saved_progress: job.progress,
     };
     let started = tokio::time::Instant::now();
     let call = shared.service.clone().oneshot(JobRequest { ctx, payload: job.payload });
@@ -231,6 +278,10 @@ async fn run_job(
     };
     let elapsed = started.elapsed();
     drop(permit);
+    let local_slot_freed = shared.queue_slots.ended(&queue);
+    if local_slot_freed || shared.gated.load(std::sync::atomic::Ordering::Acquire) {
+        shared.wake.notify_one();
+    }
     let result = match result {
         Ok(result) => result,
         // Shutdown: stop releases the lease.
@@ -239,6 +290,7 @@ async fn run_job(
         Err(_) => return shared.attempts.end(lease),
     };
 
+    super::progress::flush_one(&shared, lease.job_id).await;
     let outcome = decide(result, &cancel, attempt, backoff);
     let hook = info.map(|job| HookInfo { job, attempt, elapsed });
     let request = FinishRequest { finish: Finish { lease, outcome }, hook };

@@ -138,3 +138,55 @@ async fn a_job_without_a_handler_here_is_never_claimed_and_stays_available() {
     let job = store.get_job(foreign).await.unwrap().unwrap();
     assert_eq!((job.state, job.attempt), (JobState::Available, 0));
 }
+
+/// A queue given 2 of a worker's 8 slots never runs more than 2 at once, while the other queue
+/// takes the rest of the slots meanwhile; both drain.
+#[tokio::test(start_paused = true)]
+async fn a_queue_with_local_slots_runs_no_more_than_them_and_leaves_the_rest_to_others() {
+    let store = store();
+    let (slow_now, slow_peak, fast_peak) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let fast_now = Arc::new(AtomicUsize::new(0));
+    let gauge = |now: Arc<AtomicUsize>, peak: Arc<AtomicUsize>| {
+        move |_ctx: JobContext, _: u32| {
+            let (now, peak) = (now.clone(), peak.clone());
+            async move {
+                peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    };
+    let slow = JobDefinition::new("slow", gauge(slow_now, slow_peak.clone())).queue("slow");
+    let fast = JobDefinition::new("fast", gauge(fast_now, fast_peak.clone())).queue("fast");
+    let handle = worker(store.clone())
+        .register(slow.clone())
+        .register(fast.clone())
+        .concurrency(8)
+        .queue_slots("slow", 2)
+        .build()
+        .unwrap()
+        .start();
+    let client = handle.client();
+    client.enqueue_many(&slow, 0..20).await.unwrap();
+    client.enqueue_many(&fast, 0..60).await.unwrap();
+    eventually("both queues to drain", Duration::from_secs(600), || async {
+        let counts = store.count_jobs().await.unwrap();
+        let done = counts.iter().filter(|c| c.state == JobState::Completed).map(|c| c.count);
+        (done.sum::<u64>() == 80).then_some(())
+    })
+    .await;
+    handle.stop().await;
+    assert_eq!(slow_peak.load(Ordering::SeqCst), 2, "the slow queue's local slots");
+    assert_eq!(fast_peak.load(Ordering::SeqCst), 6, "the rest of the slots");
+}
+
+#[test]
+fn local_slots_above_the_concurrency_are_refused() {
+    let built = worker(store()).concurrency(4).queue_slots("q", 5).build();
+    assert!(built.is_err());
+}

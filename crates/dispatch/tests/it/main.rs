@@ -3,6 +3,7 @@
 
 mod cluster;
 mod cron;
+mod queues;
 mod workflows;
 
 use std::sync::Arc;
