@@ -86,6 +86,9 @@ const QUEUE_FLOW: &str = "SELECT c.config::text AS config, \
 const LIST_FLOWS: &str = "SELECT c.config::text AS config, \
      coalesce((SELECT {live_running} FROM {s}.gates g WHERE g.gate = 'q' || chr(31) || c.queue), 0) AS running FROM {s}.queue_configs c ORDER BY c.queue";
 
+/// Wake the workers of queue `$2` on channel `$1` (sent at commit).
+const WAKE_QUEUE: &str = "SELECT pg_notify($1, $2)";
+
 /// Remove the config of queue `$1`.
 const DELETE_CONFIG: &str = "DELETE FROM {s}.queue_configs WHERE queue = $1 RETURNING queue";
 
@@ -116,6 +119,7 @@ pub(crate) struct Sql {
     queue_flow: SqlStr,
     list_flows: SqlStr,
     delete_config: SqlStr,
+    wake_queue: SqlStr,
     record_progress: SqlStr,
     claim: claim::Sql,
 }
@@ -135,6 +139,7 @@ impl Sql {
             queue_flow: statement(&flow(QUEUE_FLOW), quoted),
             list_flows: statement(&flow(LIST_FLOWS), quoted),
             delete_config: statement(DELETE_CONFIG, quoted),
+            wake_queue: statement(WAKE_QUEUE, quoted),
             record_progress: statement(RECORD_PROGRESS, quoted),
             claim: claim::Sql::new(quoted),
         }
@@ -351,6 +356,15 @@ impl FlowStore for PostgresStore {
                     .await
                     .map_err(db_error)?;
             }
+            if changed && !paused {
+                // Resumed: idle workers of the queue claim at once.
+                sqlx::query(self.shared.sql.flow.wake_queue.clone())
+                    .bind(self.channel())
+                    .bind(queue)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            }
             tx.commit().await.map_err(db_error)?;
             Ok(changed)
         })
@@ -405,6 +419,7 @@ mod tests {
             &q.queue_flow,
             &q.list_flows,
             &q.delete_config,
+            &q.wake_queue,
             &q.record_progress,
         ] {
             crate::assert_expanded(sql);

@@ -24,7 +24,6 @@
 //! be gone by step 7), by [`held_gates`], the same gates the release trigger gives back; the rate
 //! arrival times are those of an admission replayed over the claimed jobs alone.
 
-use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use dispatch_core::flow::{
@@ -338,8 +337,11 @@ impl PostgresStore {
             }
         }
         self.write_gates(conn, &added).await?;
-        // RETURNING gives no order: put the batch back in claim order.
-        rows.sort_by_key(|r| (Reverse(r.job.priority), r.job.run_at, r.seq));
+        // RETURNING gives no order: put the batch back in the order it was admitted (lanes
+        // round-robin, then claim order).
+        let place: HashMap<Uuid, usize> =
+            admitted.iter().enumerate().map(|(i, c)| (c.id.uuid(), i)).collect();
+        rows.sort_by_key(|r| place.get(&r.job.id.uuid()).copied().unwrap_or(usize::MAX));
         rows.into_iter()
             .map(|row| {
                 let lease = row.job.lease.ok_or_else(|| internal("claimed job without lease"))?;
