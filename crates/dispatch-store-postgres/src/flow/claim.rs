@@ -20,6 +20,14 @@
 //! 8. each gate the claimed jobs hold gets their count (and its new arrival time), folding in
 //!    its pending releases ([`super::WRITE_GATES`]); commit.
 //!
+//! What the reads cost: one probe per tenant and per priority level, and at most
+//! [`LANE_SCAN_LIMIT`] index entries per level of each lane. The lanes index holds only jobs
+//! with a tenant (an index of every available job would cost every plain enqueue and claim one
+//! more index entry), so the lane of a fair queue's jobs without a tenant is read from the claim
+//! index, passing over jobs with a tenant within that bound: behind more than
+//! [`LANE_SCAN_LIMIT`] due jobs with tenants at its priority level, it waits until they drain
+//! below it. A lane of several levels may read that many entries per level.
+//!
 //! The claimed jobs' gates are counted from the jobs actually claimed (a job read in step 4 may
 //! be gone by step 7), by [`held_gates`], the same gates the release trigger gives back; the rate
 //! arrival times are those of an admission replayed over the claimed jobs alone.
