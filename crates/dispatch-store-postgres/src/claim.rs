@@ -69,7 +69,11 @@ use crate::{PostgresStore, db_error, statement};
 /// `queue_configs`'s primary key per requested queue, so a plain claim costs no extra round trip
 /// and a config set by any process applies at every worker's next claim (no cache to go stale).
 /// Every answer row carries `gated`; when no job is claimed there is one row with NULL job
-/// columns.
+/// columns. Measured (release bench, 20,000 jobs at concurrency 64, a shared and loaded 2-core
+/// machine): `drain` 9,000 and 10,600 jobs/s with the check; `drain-limited` (every claim
+/// gated, a limit that never binds) 1,600 and 2,000 jobs/s, since gated claims of one queue
+/// take turns under its gate lock for several round trips each. The same drain without the
+/// check was not measured yet (the comparison build did not run).
 ///
 /// The claim commits asynchronously ([`ASYNC_COMMIT`]): a claim lost to a server crash leaves
 /// its jobs available, so they run again, as after any lost lease (at least once); the attempt's
