@@ -35,7 +35,7 @@ use sqlx::{AssertSqlSafe, Row, SqlStr};
 use tokio::time::Instant;
 
 use crate::error::internal;
-use crate::row::{JOB_COLUMNS, JobRow, job_from_row, micros, sql_limit};
+use crate::row::{JOB_COLUMNS, JobRow, get, job_from_row, micros, sql_limit};
 use crate::{PostgresStore, db_error, statement};
 
 /// Claim up to `$4` due jobs of queues `$2` and names `$3` for owner `$5`, leased for `$6` µs,
@@ -63,12 +63,26 @@ use crate::{PostgresStore, db_error, statement};
 /// array, a plan that stays an index lookup whatever row count the planner guesses (joined to
 /// `picked`, a generic plan guesses millions and hashes the whole table).
 ///
+/// Flow control: a request naming a queue with a config (`gate`) claims nothing here and answers
+/// `gated` (one row, its job columns NULL); the gated claim then runs
+/// ([`PostgresStore::claim_gated`]). The check rides in the claim statement itself, one probe of
+/// `queue_configs`'s primary key per requested queue, so a plain claim costs no extra round trip
+/// and a config set by any process applies at every worker's next claim (no cache to go stale).
+/// Every answer row carries `gated`; when no job is claimed there is one row with NULL job
+/// columns. Measured (release bench, 20,000 jobs at concurrency 64, a shared and loaded 2-core
+/// machine): `drain` 9,000 and 10,600 jobs/s with the check; `drain-limited` (every claim
+/// gated, a limit that never binds) 1,600 and 2,000 jobs/s, since gated claims of one queue
+/// take turns under its gate lock for several round trips each. The same drain without the
+/// check was not measured yet (the comparison build did not run).
+///
 /// The claim commits asynchronously ([`ASYNC_COMMIT`]): a claim lost to a server crash leaves
 /// its jobs available, so they run again, as after any lost lease (at least once); the attempt's
 /// finish, a durable commit, flushes the claim's WAL record with its own.
 const CLAIM: &str = "WITH RECURSIVE t AS (SELECT {now} AS now, {async_commit} AS async_commit), \
+     gate AS (SELECT EXISTS (SELECT 1 FROM {s}.queue_configs c WHERE c.queue = ANY ($2::text[])) \
+       AS gated), \
      pairs AS (SELECT DISTINCT u.q, v.n FROM unnest($2::text[]) AS u(q) \
-       CROSS JOIN unnest($3::text[]) AS v(n)), \
+       CROSS JOIN unnest($3::text[]) AS v(n) WHERE NOT (SELECT gated FROM gate)), \
      levels AS (SELECT p.q, p.n, f.priority FROM pairs p \
          CROSS JOIN LATERAL (SELECT j.priority FROM {s}.jobs j WHERE j.state = 'available' \
            AND j.queue = p.q AND j.name = p.n ORDER BY j.priority LIMIT 1) f \
@@ -95,26 +109,30 @@ const CLAIM: &str = "WITH RECURSIVE t AS (SELECT {now} AS now, {async_commit} AS
          ORDER BY j.run_at, j.seq LIMIT $4 FOR UPDATE SKIP LOCKED) c \
        WHERE (SELECT count(*) FROM marked) < $4), \
      picked AS (SELECT c.id FROM (SELECT * FROM marked UNION ALL SELECT * FROM below) c \
-       ORDER BY c.priority DESC, c.run_at, c.seq LIMIT $4) \
-     UPDATE {s}.jobs j SET state = 'running', attempt = j.attempt + 1, lease_owner = $5, \
-       lease_token = $7, lease_expires = {sat(t.now, $6)}, \
+       ORDER BY c.priority DESC, c.run_at, c.seq LIMIT $4), \
+     claimed AS (UPDATE {s}.jobs j SET state = 'running', attempt = j.attempt + 1, \
+       lease_owner = $5, lease_token = $7, lease_expires = {sat(t.now, $6)}, \
        cancel_requested = false \
      FROM t WHERE j.id = ANY (ARRAY(SELECT id FROM picked)) \
-     RETURNING {job_columns}";
+     RETURNING {job_columns}) \
+     SELECT g.gated, c.* FROM gate g LEFT JOIN claimed c ON true";
 
 /// `synchronous_commit = off` for the rest of the statement's transaction (`SET LOCAL`): its
 /// commit returns without waiting for the WAL flush, a fsync saved. Only for writes whose loss in
 /// a server crash loses nothing promised: the next durable commit on the server flushes them.
-const ASYNC_COMMIT: &str = "set_config('synchronous_commit', 'off', true)";
+pub(crate) const ASYNC_COMMIT: &str = "set_config('synchronous_commit', 'off', true)";
 
 /// Microseconds until the earliest available job of queues `$2` and names `$3` is due (0 when
-/// one is due now); NULL when none waits. One index probe per (queue, name) pair.
+/// one is due now); NULL when none waits. One index probe per (queue, name) pair; pairs whose
+/// queue or name is paused (its config in `queue_configs`) are left out.
 const NEXT_DUE: &str = "SELECT CASE WHEN min(d.run_at) IS NOT NULL \
        THEN greatest(min(d.run_at) - {now}, 0) END AS wait \
      FROM (SELECT DISTINCT q FROM unnest($2::text[]) AS u(q)) qs \
      CROSS JOIN (SELECT DISTINCT n FROM unnest($3::text[]) AS u(n)) ns \
      CROSS JOIN LATERAL (SELECT j.run_at FROM {s}.jobs j WHERE j.state = 'available' \
-       AND ARRAY[j.queue, j.name] = ARRAY[qs.q, ns.n] ORDER BY j.run_at LIMIT 1) d";
+       AND ARRAY[j.queue, j.name] = ARRAY[qs.q, ns.n] ORDER BY j.run_at LIMIT 1) d \
+     WHERE NOT EXISTS (SELECT 1 FROM {s}.queue_configs c WHERE c.queue = qs.q \
+       AND ((c.config ->> 'paused')::boolean OR c.config -> 'paused_names' ? ns.n))";
 
 /// The statements of claim, for one store's schema.
 #[derive(Debug)]
@@ -147,7 +165,14 @@ impl PostgresStore {
                 .await
                 .map_err(db_error)?;
             let took = started.elapsed();
-            let mut rows = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+            if rows.first().map(|row| get::<bool>(row, "gated")).transpose()? == Some(true) {
+                return self.claim_gated(request).await;
+            }
+            let mut rows = rows
+                .iter()
+                .filter(|row| row.try_get_raw("id").is_ok_and(|v| !sqlx::ValueRef::is_null(&v)))
+                .map(job_from_row)
+                .collect::<Result<Vec<_>>>()?;
             self.shared.claim_marks.update(request, &hints, &rows, took);
             // RETURNING gives no order: put the batch back in claim order.
             rows.sort_by_key(|r| (Reverse(r.job.priority), r.job.run_at, r.seq));

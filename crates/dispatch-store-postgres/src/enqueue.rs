@@ -70,10 +70,12 @@ fn check_text(job: &NewJob) -> Result<()> {
         job.unique.as_ref().map(|u| u.key.as_str()),
         job.scope.app.as_deref(),
         job.scope.tenant.as_deref(),
+        job.concurrency.as_ref().map(|c| c.key.as_str()),
     ];
     if texts.into_iter().flatten().any(|t| t.contains('\0')) {
         return Err(Error::invalid_input(format!(
-            "job {:?}: names, queues, unique keys and scopes must not contain NUL characters",
+            "job {:?}: names, queues, unique keys, scopes and concurrency keys must not contain \
+             NUL characters",
             job.name
         )));
     }
@@ -102,6 +104,8 @@ struct Columns<'a> {
     scope_apps: Vec<Option<&'a str>>,
     scope_tenants: Vec<Option<&'a str>>,
     candidate: Vec<bool>,
+    concurrency_keys: Vec<Option<&'a str>>,
+    concurrency_limits: Vec<Option<i32>>,
 }
 
 impl<'a> Columns<'a> {
@@ -124,6 +128,9 @@ impl<'a> Columns<'a> {
             c.scope_apps.push(job.scope.app.as_deref());
             c.scope_tenants.push(job.scope.tenant.as_deref());
             c.candidate.push(candidate(i));
+            let key = job.concurrency.as_ref();
+            c.concurrency_keys.push(key.map(|k| k.key.as_str()));
+            c.concurrency_limits.push(key.map(|k| i32::try_from(k.limit).unwrap_or(i32::MAX)));
         }
         c
     }
@@ -162,22 +169,26 @@ fn repeats(jobs: &[NewJob]) -> Vec<Option<usize>> {
 /// whose ID is stored with its name and payload (a retried enqueue, answered `retried`) is not
 /// inserted; nothing is inserted when any ID is stored with another name or payload (`clash`).
 /// A key held by a live job or within its window is not inserted; the live-holder unique index
-/// settles concurrent enqueues.
+/// settles concurrent enqueues. `$17`/`$18` are the items' concurrency keys and limits; a queue
+/// that gets a job with a key and has no config gets the default one (`cfg`, `{default_config}`
+/// with the queue's name), since only a gated claim looks at keys.
 const ENQUEUE: &str = "WITH t AS (SELECT {now} AS now), \
      i AS (SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::int4[], \
        $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::text[], $12::int8[], $13::text[], \
-       $14::text[], $15::bool[]) WITH ORDINALITY AS i(id, name, queue, payload, priority, \
-       run_abs, run_delay, max_attempts, timeout_us, unique_key, unique_window, scope_app, \
-       scope_tenant, candidate, ord)), \
+       $14::text[], $15::bool[], $17::text[], $18::int4[]) WITH ORDINALITY AS i(id, name, \
+       queue, payload, priority, run_abs, run_delay, max_attempts, timeout_us, unique_key, \
+       unique_window, scope_app, scope_tenant, candidate, concurrency_key, concurrency_limit, \
+       ord)), \
      stored AS (SELECT j.id, (j.name <> i.name OR j.payload <> i.payload) AS reused \
        FROM {s}.jobs j JOIN i ON i.id = j.id), \
      clash AS (SELECT stored.id FROM stored WHERE stored.reused LIMIT 1), \
      ins AS (INSERT INTO {s}.jobs (id, name, queue, payload, priority, state, attempt, \
        max_attempts, timeout_us, run_at, created_at, unique_key, unique_until, scope_app, \
-       scope_tenant) \
+       scope_tenant, concurrency_key, concurrency_limit) \
        SELECT i.id, i.name, i.queue, i.payload, i.priority, 'available', 0, i.max_attempts, \
        i.timeout_us, coalesce(i.run_abs, {sat(t.now, i.run_delay)}), t.now, i.unique_key, \
-       {sat(t.now, i.unique_window)}, i.scope_app, i.scope_tenant FROM i CROSS JOIN t \
+       {sat(t.now, i.unique_window)}, i.scope_app, i.scope_tenant, i.concurrency_key, \
+       i.concurrency_limit FROM i CROSS JOIN t \
        WHERE i.candidate AND NOT EXISTS (SELECT 1 FROM clash) \
        AND NOT EXISTS (SELECT 1 FROM stored WHERE stored.id = i.id) \
        AND (i.unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM {s}.jobs h \
@@ -186,7 +197,11 @@ const ENQUEUE: &str = "WITH t AS (SELECT {now} AS now), \
        ORDER BY i.ord \
        ON CONFLICT (name, unique_key) \
          WHERE unique_key IS NOT NULL AND state IN ('available', 'running') DO NOTHING \
-       RETURNING id, queue), \
+       RETURNING id, queue, concurrency_key), \
+     cfg AS (INSERT INTO {s}.queue_configs (queue, config) \
+       SELECT DISTINCT ins.queue, jsonb_set('{default_config}'::jsonb, ARRAY['queue'], \
+       to_jsonb(ins.queue)) FROM ins WHERE ins.concurrency_key IS NOT NULL \
+       ON CONFLICT (queue) DO NOTHING), \
      woke AS (SELECT pg_notify($16, CASE WHEN count(DISTINCT queue) = 1 THEN min(queue) \
        ELSE '' END) FROM ins HAVING count(*) > 0) \
      SELECT (SELECT id FROM clash) AS clash, array(SELECT id FROM ins) AS created, \
@@ -209,7 +224,8 @@ pub(crate) struct Sql {
 impl Sql {
     /// The statements for the schema named by `quoted` (see [`statement`]).
     pub(crate) fn new(quoted: &str) -> Self {
-        Self { enqueue: statement(ENQUEUE, quoted), holders: statement(HOLDERS, quoted) }
+        let enqueue = ENQUEUE.replace("{default_config}", &crate::flow::default_config_json());
+        Self { enqueue: statement(&enqueue, quoted), holders: statement(HOLDERS, quoted) }
     }
 }
 
@@ -291,6 +307,8 @@ impl PostgresStore {
             .bind(&c.scope_tenants)
             .bind(&c.candidate)
             .bind(self.channel())
+            .bind(&c.concurrency_keys)
+            .bind(&c.concurrency_limits)
             .fetch_one(&mut *conn)
             .await
             .map_err(db_error)?;

@@ -258,6 +258,12 @@ impl JobStore for PostgresStore {
         Some(self)
     }
 
+    fn as_flow_store(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn dispatch_core::FlowStore>> {
+        Some(self)
+    }
+
     fn wakeups(&self) -> Option<WakeupStream> {
         self.shared.wake.subscribe()
     }

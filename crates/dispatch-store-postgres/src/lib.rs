@@ -12,7 +12,8 @@
 //! Everything lives in one schema (default [`DEFAULT_SCHEMA`], see
 //! [`PostgresStoreBuilder::schema`]): tables `jobs` and `dlq`, the workflow tables `runs`,
 //! `checkpoints`, `event_waits` and `kept_events`, the cluster tables `workers`, `leaders` and
-//! `leader_writes`, the cron table `cron_entries`, and the store's own migrations table
+//! `leader_writes`, the cron table `cron_entries`, the flow control tables `queue_configs`,
+//! `gates` and `flow_releases`, and the store's own migrations table
 //! `dispatch_migrations`. Several stores (or test runs) share a database in separate
 //! schemas. Times are `bigint` microseconds since the Unix epoch, like
 //! [`Timestamp`](dispatch_core::Timestamp).
@@ -30,7 +31,9 @@
 //! over a partial index of available jobs), finish (array parameters; dead jobs get their DLQ
 //! entries in the same statement), heartbeat, rescue and enqueue. A finish batch with items that
 //! did not apply, or an enqueue whose unique keys were taken, reads once more to answer them.
-//! Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
+//! A claim naming a queue with a flow config ([`FlowStore`](dispatch_core::FlowStore)) is the
+//! exception: the claim statement sees the config and claims nothing, and the gated claim runs
+//! as one transaction of several statements (`flow`). Every call has a timeout ([`DEFAULT_CALL_TIMEOUT`]) and fails with
 //! [`ErrorKind::Timeout`] past it; a lost or refused connection is
 //! [`ErrorKind::Unavailable`].
 //!
@@ -213,6 +216,10 @@
 //! - `cron`: `CronStore` (entries upserted by scope and name; each `fire_cron` call one fenced
 //!   transaction that enqueues through `enqueue`'s statement).
 //! - `retention`: `RetentionStore` (the leader's fenced, batched prune).
+//! - `flow`: `FlowStore` (queue configs, pauses, progress) and, in `flow/claim`, the gated
+//!   claim: a claim naming a queue with a config, one transaction that locks the gates it
+//!   passes and admits jobs by `dispatch_core::flow::Admission`; finishes give slots back
+//!   through a trigger that appends to `flow_releases`, never touching a gate row.
 //! - `cluster`: `MembershipStore` and `LeadershipStore` (the worker registry, leadership terms
 //!   and the record of fenced leader writes); a sweep reclaims a gone worker's jobs with the
 //!   rescue body of `finish`, and a worker's heartbeat renews leases with `job`'s.
@@ -237,6 +244,7 @@ mod enqueue;
 mod error;
 mod events;
 mod finish;
+mod flow;
 mod group;
 mod job;
 mod migrate;
@@ -337,6 +345,7 @@ struct Statements {
     enqueue: enqueue::Sql,
     claim: claim::Sql,
     finish: finish::Sql,
+    flow: flow::Sql,
     dlq: dlq::Sql,
     cron: cron::Sql,
     workflow: workflow::Sql,
@@ -354,6 +363,7 @@ impl Statements {
             enqueue: enqueue::Sql::new(quoted),
             claim: claim::Sql::new(quoted),
             finish: finish::Sql::new(quoted),
+            flow: flow::Sql::new(quoted),
             dlq: dlq::Sql::new(quoted),
             cron: cron::Sql::new(quoted),
             workflow: workflow::Sql::new(quoted),

@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("schema/0009_cron.sql"),
     include_str!("schema/0010_dlq_unreplayed.sql"),
     include_str!("schema/0011_lease_index.sql"),
+    include_str!("schema/0012_flow.sql"),
 ];
 
 /// The schema version this crate writes: the number of migrations it knows.

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use dispatch_core::{
-    AttemptError, Checkpoint, CronEntry, CronId, CronRecord, DlqEntry, DlqId, Error, Job, JobId,
-    JobState, Leader, LeaderWrite, Lease, LeaseToken, Result, Run, RunAt, RunId, RunState, Scope,
-    Timestamp, WaitingFor, WorkerId, WorkerRecord, WorkerRegistration, WorkerState,
+    AttemptError, Checkpoint, ConcurrencyKey, CronEntry, CronId, CronRecord, DlqEntry, DlqId,
+    Error, Job, JobId, JobState, Leader, LeaderWrite, Lease, LeaseToken, Result, Run, RunAt, RunId,
+    RunState, Scope, Timestamp, WaitingFor, WorkerId, WorkerRecord, WorkerRegistration,
+    WorkerState,
 };
 use sqlx::Row;
 use sqlx::postgres::PgRow;
@@ -72,7 +73,8 @@ fn errors(s: &str) -> Result<Vec<AttemptError>> {
 pub(crate) const JOB_COLUMNS: &str = "j.id, j.seq, j.name, j.queue, j.payload, j.priority, j.state, \
      j.attempt, j.max_attempts, j.timeout_us, j.run_at, j.created_at, j.finished_at, \
      j.unique_key, j.scope_app, j.scope_tenant, j.lease_owner, j.lease_token, j.lease_expires, \
-     j.cancel_requested, j.errors::text AS errors, j.dlq_id";
+     j.cancel_requested, j.errors::text AS errors, j.dlq_id, j.concurrency_key, \
+     j.concurrency_limit, j.progress::text AS progress";
 
 /// Decode a job row selected with the store's job columns.
 pub(crate) fn job_from_row(row: &PgRow) -> Result<JobRow> {
@@ -108,10 +110,26 @@ pub(crate) fn job_from_row(row: &PgRow) -> Result<JobRow> {
         cancel_requested: get(row, "cancel_requested")?,
         errors: errors(&get::<String>(row, "errors")?)?,
         dlq_id: dlq_id.map(DlqId::from_uuid),
-        concurrency: None,
-        progress: None,
+        concurrency: concurrency(get(row, "concurrency_key")?, get(row, "concurrency_limit")?)?,
+        progress: progress(get(row, "progress")?)?,
     };
     Ok(JobRow { job, seq: get(row, "seq")? })
+}
+
+/// A concurrency key as stored: key and limit, both set or both NULL.
+fn concurrency(key: Option<String>, limit: Option<i32>) -> Result<Option<ConcurrencyKey>> {
+    match (key, limit) {
+        (Some(key), Some(limit)) => {
+            let limit = u32::try_from(limit).map_err(|e| corrupt("concurrency limit", e))?;
+            Ok(Some(ConcurrencyKey::new(key, limit)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A progress report as stored (`jsonb` read as text).
+fn progress(text: Option<String>) -> Result<Option<serde_json::Value>> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt("progress", e))).transpose()
 }
 
 /// The columns of a DLQ row, as [`dlq_from_row`] reads them (alias `d`).

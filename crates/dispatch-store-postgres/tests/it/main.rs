@@ -14,6 +14,7 @@ mod batches;
 mod bulk;
 mod claim_plan;
 mod cluster;
+mod flow;
 mod health;
 mod listener;
 mod lost_answers;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         ("bulk", bulk::tests()),
         ("claim_plan", claim_plan::tests()),
         ("cluster", cluster::tests()),
+        ("flow", flow::tests()),
         ("health", health::tests()),
         ("lost_answers", lost_answers::tests()),
         ("migrate", migrate::tests()),
